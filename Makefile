@@ -1,0 +1,33 @@
+# Fresh machine: `make demo` runs the whole loop locally; `make test` runs the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test lint unit test-fleet packages clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[collector,dev]'
+	touch $@
+
+demo: venv
+	$(BIN)/python -m agent.demo --project . --workdir demo
+
+lint: venv
+	$(BIN)/ruff check agent tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+
+test: venv
+	bash .ci/system-deps
+	$(MAKE) lint
+	. .ci/test-env && $(BIN)/pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(BIN)/pytest -m "not ansible" $(PYTEST_ARGS)
+
+clean:
+	rm -rf demo dist build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,281 @@
+"""Agent settings: declared once in SETTINGS (name, type, default, help), which drives validation,
+`gitops-agent config --help`-style docs and the frozen config objects. Only this module reads the
+configuration file and the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/gitops-agent/agent.yaml")
+CONFIG_ENV = "GITOPS_AGENT_CONFIG"
+REQUIRED = object()
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(text: str | int | float) -> float:
+    """'30m' -> 1800.0; '90s', '1.5h', '2d', a bare number of seconds."""
+    if isinstance(text, bool):
+        raise ValueError("expected a duration such as 30s, 5m, 1h")
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        match = _DURATION.match(text)
+        if not match:
+            raise ValueError(f"{text!r} is not a duration (use e.g. 30s, 5m, 1h, 2d)")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def _duration(value: Any) -> float:
+    return parse_duration(value)
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a non-empty string")
+    return value
+
+
+def _opt_string(value: Any) -> str | None:
+    return None if value is None else _string(value)
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("expected a whole number >= 0")
+    return value
+
+
+def _string_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("expected a list of strings")
+    return tuple(value)
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ValueError("expected a mapping with string keys")
+    return dict(value)
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in allowed:
+            raise ValueError(f"expected one of: {', '.join(allowed)}")
+        return str(value)
+
+    return check
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", _opt_string, None, "inventory hostname of this machine; default: its FQDN"),
+    Setting("source.url", _string, REQUIRED,
+            "Git repository: https, ssh, file:// URL, a local path, or a .bundle file"),
+    Setting("source.mirrors", _string_list, [], "tried in order when source.url fails"),
+    Setting("source.ref", _string, "main", "branch, tag or full commit id to run"),
+    Setting("source.verify", _choice("none", "gpg", "ssh"), "none", "commit signature policy"),
+    Setting("source.trusted_keys", _opt_string, "/etc/gitops-agent/trusted-keys",
+            "GPG public keys (dir or file) or an SSH allowed_signers file"),
+    Setting("source.allow_rewind", _boolean, False,
+            "accept a ref that moved backwards or was force-pushed"),
+    Setting("source.depth", _positive_int, 1, "fetch depth (0 = full history); deepened when needed"),
+    Setting("source.keep_releases", _positive_int, 3, "checked-out commits kept for rollback and offline use"),
+    Setting("source.timeout", _duration, "2m", "a fetch from one source longer than this is abandoned"),
+    Setting("playbooks", _string, "playbooks", "folder in the repo: role R runs <playbooks>/R.yml"),
+    Setting("inventory", _string, "inventory", "inventory file or folder in the repo"),
+    Setting("mode", _choice("enforce", "detect"), "enforce", "enforce: apply drift | detect: report only"),
+    Setting("extra_vars", _mapping, {}, "variables passed to every playbook run (-e), e.g. a target root"),
+    Setting("schedule.interval", _duration, "30m", "full drift check every this often"),
+    Setting("schedule.poll", _duration, "1m", "cheap look for new commits every this often"),
+    Setting("schedule.splay", _duration, "5m", "upper bound of the fixed per-host offset"),
+    Setting("schedule.timeout", _duration, "30m", "a run longer than this is stopped and reported"),
+    Setting("collector.url", _opt_string, None, "collector base URL; unset: reports stay local"),
+    Setting("collector.token_file", _opt_string, "/etc/gitops-agent/token", "this host's ingest token"),
+    Setting("collector.ca_file", _opt_string, None, "extra CA bundle for the collector's TLS"),
+    Setting("state_dir", _string, "/var/lib/gitops-agent", "where releases, reports and locks live"),
+    Setting("lock_wait", _duration, "10s", "how long a second invocation waits for the cycle lock"),
+    Setting("history", _positive_int, 50, "reports kept in state_dir/history"),
+)
+_BY_NAME = {s.name: s for s in SETTINGS}
+_SECTIONS = {s.name.split(".")[0] for s in SETTINGS if "." in s.name}
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    url: str
+    mirrors: tuple[str, ...]
+    ref: str
+    verify: str
+    trusted_keys: Path | None
+    allow_rewind: bool
+    depth: int
+    keep_releases: int
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    interval_s: float
+    poll_s: float
+    splay_s: float
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    url: str | None
+    token_file: Path | None
+    ca_file: Path | None
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    host: str
+    source: SourceConfig
+    playbooks: str
+    inventory: str
+    mode: str
+    extra_vars: Mapping[str, Any]
+    schedule: ScheduleConfig
+    collector: CollectorConfig
+    state_dir: Path
+    lock_wait_s: float
+    history: int
+    path: Path | None = None
+
+
+def _flatten(data: dict[str, Any], origin: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{origin}: key {key!r} must be a string")
+        if key in _SECTIONS:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(f"{origin}: {key}: expected a mapping of settings")
+            for sub, sub_value in value.items():
+                flat[f"{key}.{sub}"] = sub_value
+        else:
+            flat[key] = value
+    return flat
+
+
+def _resolve_path(value: str | None, base: Path) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _resolve_url(value: str, base: Path) -> str:
+    """Local relative paths are relative to the config file; URLs stay as they are."""
+    if "://" in value or re.match(r"^[\w.-]+@[\w.-]+:", value) or Path(value).is_absolute():
+        return value
+    return str((base / value).resolve())
+
+
+def validate(data: Any, *, origin: str = "config", base: Path | None = None) -> AgentConfig:
+    """Turn a parsed YAML document into an AgentConfig, or raise ConfigError naming the key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping of settings at the top level")
+    flat = _flatten(data, origin)
+    for key in flat:
+        if key not in _BY_NAME:
+            raise ConfigError(f"{origin}: unknown key '{key}'")
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = flat.get(setting.name, setting.default)
+        if raw is REQUIRED:
+            raise ConfigError(f"{origin}: '{setting.name}' is required ({setting.help})")
+        try:
+            values[setting.name] = setting.parse(raw)
+        except ValueError as e:
+            raise ConfigError(f"{origin}: '{setting.name}': {e}") from None
+    return _build(values, base or Path.cwd(), origin)
+
+
+def _build(v: dict[str, Any], base: Path, origin: str) -> AgentConfig:
+    schedule = ScheduleConfig(v["schedule.interval"], v["schedule.poll"], v["schedule.splay"],
+                              v["schedule.timeout"])
+    if schedule.interval_s <= 0 or schedule.poll_s <= 0 or schedule.timeout_s <= 0:
+        raise ConfigError(f"{origin}: 'schedule.interval', 'schedule.poll' and 'schedule.timeout' must be > 0")
+    if v["source.keep_releases"] < 1:
+        raise ConfigError(f"{origin}: 'source.keep_releases' must be at least 1")
+    source = SourceConfig(
+        url=_resolve_url(v["source.url"], base),
+        mirrors=tuple(_resolve_url(m, base) for m in v["source.mirrors"]),
+        ref=v["source.ref"], verify=v["source.verify"],
+        trusted_keys=_resolve_path(v["source.trusted_keys"], base),
+        allow_rewind=v["source.allow_rewind"], depth=v["source.depth"],
+        keep_releases=v["source.keep_releases"], timeout_s=v["source.timeout"],
+    )
+    collector = CollectorConfig(v["collector.url"], _resolve_path(v["collector.token_file"], base),
+                                _resolve_path(v["collector.ca_file"], base))
+    state_dir = _resolve_path(v["state_dir"], base)
+    assert state_dir is not None
+    return AgentConfig(
+        host=v["host"] or socket.getfqdn(), source=source, playbooks=v["playbooks"],
+        inventory=v["inventory"], mode=v["mode"], extra_vars=v["extra_vars"], schedule=schedule,
+        collector=collector, state_dir=state_dir, lock_wait_s=v["lock_wait"], history=v["history"],
+    )
+
+
+def config_path(explicit: str | None) -> Path:
+    """--config, else $GITOPS_AGENT_CONFIG, else /etc/gitops-agent/agent.yaml."""
+    return Path(explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def load(path: Path) -> AgentConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the configuration file ({e.strerror})") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: invalid YAML{where}") from e
+    config = validate(data, origin=str(path), base=path.parent.resolve())
+    return AgentConfig(**{**config.__dict__, "path": path})
+
+
+def describe() -> str:
+    """Every setting with its default and help: used by `gitops-agent run --help` and the docs."""
+    lines = []
+    for s in SETTINGS:
+        default = "required" if s.default is REQUIRED else f"default {s.default!r}"
+        lines.append(f"  {s.name:<22} {s.help} ({default})")
+    return "\n".join(lines)

@@ -1,0 +1,321 @@
+"""Report schema v1: typed records and the one JSON codec, shared by the agent and the collector.
+
+Decoding validates: a wrong type or value raises ReportError naming the field (``drift[2].kind``).
+Unknown extra fields are tolerated (ignored); an unknown major schema_version is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from agent.errors import ReportError
+
+SCHEMA_VERSION = 1
+
+
+class Trigger(enum.StrEnum):
+    SCHEDULE = "schedule"
+    NEW_COMMIT = "new_commit"
+    MANUAL = "manual"
+    RETRY = "retry"
+
+
+class Mode(enum.StrEnum):
+    ENFORCE = "enforce"
+    DETECT = "detect"
+    CHECK = "check"
+
+
+class Phase(enum.StrEnum):
+    FETCH = "fetch"
+    VERIFY = "verify"
+    PLAN = "plan"
+    CHECK = "check"
+    APPLY = "apply"
+    RECHECK = "recheck"
+    DONE = "done"
+
+
+class Status(enum.StrEnum):
+    IN_SYNC = "in_sync"
+    DRIFTED = "drifted"
+    CORRECTED = "corrected"
+    FAILED = "failed"
+    ERROR = "error"
+    PAUSED = "paused"
+
+
+class DriftKind(enum.StrEnum):
+    CORRECTIVE = "corrective"
+    INTENTIONAL = "intentional"
+    RECURRING = "recurring"
+    UNVERIFIABLE = "unverifiable"
+
+
+class SignatureStatus(enum.StrEnum):
+    VERIFIED = "verified"
+    UNSIGNED = "unsigned"
+    BAD = "bad"
+    UNTRUSTED = "untrusted"
+    NOT_CHECKED = "not_checked"
+
+
+@dataclass(frozen=True)
+class Signature:
+    status: SignatureStatus = SignatureStatus.NOT_CHECKED
+    signer: str | None = None
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    url: str
+    ref: str
+    commit: str | None = None
+    previous_commit: str | None = None
+    author: str | None = None
+    committed_at: datetime | None = None
+    subject: str | None = None
+    signature: Signature = field(default_factory=Signature)
+
+
+@dataclass(frozen=True)
+class Diff:
+    path: str
+    before: str | None
+    after: str | None
+
+
+@dataclass(frozen=True)
+class DriftItem:
+    play: str
+    task: str
+    role: str | None
+    module: str
+    kind: DriftKind
+    diffs: tuple[Diff, ...] = ()
+    first_seen_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class FailedTask:
+    task: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    attempted: bool
+    changed: int
+    failed_tasks: tuple[FailedTask, ...] = ()
+
+
+@dataclass(frozen=True)
+class Stats:
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    unreachable: int = 0
+
+
+@dataclass(frozen=True)
+class ErrorItem:
+    phase: Phase
+    message: str
+
+
+@dataclass(frozen=True)
+class Durations:
+    fetch: float | None = None
+    check: float | None = None
+    apply: float | None = None
+    recheck: float | None = None
+    total: float | None = None
+
+
+@dataclass(frozen=True)
+class Pause:
+    reason: str
+    by: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    checks_too: bool = False
+
+
+@dataclass(frozen=True)
+class Report:
+    run_id: str
+    host: str
+    agent_version: str
+    trigger: Trigger
+    mode: Mode
+    started_at: datetime
+    finished_at: datetime
+    source: SourceInfo
+    phase_reached: Phase
+    status: Status
+    roles: tuple[str, ...] = ()
+    drift: tuple[DriftItem, ...] = ()
+    apply: ApplyResult | None = None
+    stats: Stats = field(default_factory=Stats)
+    errors: tuple[ErrorItem, ...] = ()
+    durations_s: Durations = field(default_factory=Durations)
+    schema_version: int = SCHEMA_VERSION
+    # Extensions of v1 (optional for senders, always written by this agent):
+    interval_s: int | None = None
+    splay_s: int | None = None
+    pause: Pause | None = None
+    compacted: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Codec
+
+T = TypeVar("T")
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339 UTC with milliseconds and a Z suffix."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime in a report")
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> datetime:
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError("a time zone is required")
+    return parsed.astimezone(UTC)
+
+
+def _encode(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return format_time(value)
+    if isinstance(value, tuple | list):
+        return [_encode(v) for v in value]
+    return value
+
+
+def to_dict(report: Report) -> dict[str, Any]:
+    result: dict[str, Any] = _encode(report)
+    return result
+
+
+def to_json(report: Report, *, indent: int | None = None) -> str:
+    return json.dumps(to_dict(report), indent=indent, ensure_ascii=False, sort_keys=indent is not None)
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _decode_dataclass(cls: type[T], data: Any, where: str) -> T:
+    if not isinstance(data, dict):
+        raise ReportError(f"{where or 'report'}: expected an object, got {type(data).__name__}")
+    hints = _hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        name = f"{where}.{f.name}" if where else f.name
+        if f.name in data:
+            kwargs[f.name] = _decode(hints[f.name], data[f.name], name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ReportError(f"{name}: required field is missing")
+    return cls(**kwargs)
+
+
+def _decode_union(tp: Any, value: Any, where: str) -> Any:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if value is None:
+        if type(None) in typing.get_args(tp):
+            return None
+        raise ReportError(f"{where}: must not be null")
+    return _decode(args[0], value, where)
+
+
+def _decode_scalar(tp: Any, value: Any, where: str) -> Any:
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"no decoder for {tp!r}")
+    raise ReportError(f"{where}: expected {tp.__name__}, got {type(value).__name__}")
+
+
+def _decode(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return _decode_union(tp, value, where)
+    if value is None:
+        raise ReportError(f"{where}: must not be null")
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ReportError(f"{where}: expected a list, got {type(value).__name__}")
+        item_tp = typing.get_args(tp)[0]
+        return tuple(_decode(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _decode_dataclass(tp, value, where)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            allowed = ", ".join(str(m.value) for m in tp)
+            raise ReportError(f"{where}: {value!r} is not one of {allowed}") from None
+    if tp is datetime:
+        if not isinstance(value, str):
+            raise ReportError(f"{where}: expected an RFC 3339 time string")
+        try:
+            return parse_time(value)
+        except ValueError as e:
+            raise ReportError(f"{where}: {value!r} is not an RFC 3339 time with a zone") from e
+    return _decode_scalar(tp, value, where)
+
+
+def from_dict(data: Any) -> Report:
+    if not isinstance(data, dict):
+        raise ReportError("report: expected a JSON object")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ReportError(f"schema_version: {version!r} is not supported (this side speaks {SCHEMA_VERSION})")
+    return _decode_dataclass(Report, data, "")
+
+
+def from_json(text: str | bytes) -> Report:
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ReportError(f"report: invalid JSON ({e})") from e
+    return from_dict(data)
+
+
+def exit_code(status: Status) -> int:
+    """The CLI's exit code for a report status: 0 in sync or corrected, 2 drift left, 1 failed."""
+    if status in (Status.IN_SYNC, Status.CORRECTED):
+        return 0
+    if status in (Status.DRIFTED, Status.PAUSED):
+        return 2
+    return 1
