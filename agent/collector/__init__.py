@@ -1,0 +1,1 @@
+"""gitops-collector: ingest API, query API, web UI and metrics over a SQL database."""

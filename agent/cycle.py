@@ -1,0 +1,270 @@
+"""One reconcile pass: source -> plan -> check -> drift -> decide -> apply -> recheck -> report.
+
+Every attempt ends in a Report, including attempts that fail before Ansible starts (the phase reached
+says where). The cycle holds the state directory's lock for its whole length.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent import __version__, drift, policy, runner
+from agent.config import AgentConfig
+from agent.drift import DriftContext, Finding
+from agent.errors import AgentError
+from agent.events import TaskResult
+from agent.inventory import RunPlan, make_plan, parse_graph
+from agent.lock import cycle_lock
+from agent.report import (
+    ApplyResult,
+    DriftItem,
+    DriftKind,
+    Durations,
+    ErrorItem,
+    FailedTask,
+    Mode,
+    Pause,
+    Phase,
+    Report,
+    SourceInfo,
+    Stats,
+    Status,
+    Trigger,
+)
+from agent.runner import RunMode, RunnerSettings, RunResult
+from agent.source import GitSource, Revision, redact_url
+from agent.state import AgentState, StateStore, first_seen
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def never() -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class CycleOptions:
+    trigger: Trigger = Trigger.MANUAL
+    check_only: bool = False
+    pause: Pause | None = None
+
+
+@dataclass
+class _Attempt:
+    """What one cycle learned so far (local to the cycle, turned into a Report at the end)."""
+
+    started_at: datetime
+    phase: Phase = Phase.FETCH
+    status: Status = Status.ERROR
+    revision: Revision | None = None
+    plan: RunPlan | None = None
+    findings: tuple[Finding, ...] = ()
+    apply: ApplyResult | None = None
+    stats: Stats = field(default_factory=Stats)
+    errors: list[ErrorItem] = field(default_factory=list)
+    durations: dict[str, float] = field(default_factory=dict)
+
+    def fail(self, message: str, phase: Phase | None = None) -> None:
+        self.errors.append(ErrorItem(phase or self.phase, message))
+
+
+class Cycle:
+    def __init__(self, config: AgentConfig, *, clock: Callable[[], datetime] = utc_now,
+                 cancel: Callable[[], bool] = never) -> None:
+        self.config = config
+        self.clock = clock
+        self.cancel = cancel
+        self.store = StateStore(config.state_dir, history=config.history)
+        self.source = GitSource(config.source, config.state_dir)
+        self.settings = RunnerSettings(work_dir=self.store.work_dir, timeout_s=config.schedule.timeout_s,
+                                       extra_vars=dict(config.extra_vars))
+
+    def run(self, options: CycleOptions) -> Report:
+        """One full cycle under the state directory's lock. Never raises AgentError: it reports it."""
+        self.store.ensure()
+        with cycle_lock(self.store.lock_file, wait_s=self.config.lock_wait_s):
+            return self._run_locked(options)
+
+    def _run_locked(self, options: CycleOptions) -> Report:
+        attempt = _Attempt(started_at=self.clock())
+        started = time.monotonic()
+        state = self.store.load()
+        try:
+            state = self._reconcile(attempt, state, options)
+        except AgentError as e:
+            attempt.status = Status.ERROR
+            attempt.fail(str(e))
+            log.error("cycle failed: phase=%s error=%s", attempt.phase.value, e)
+        attempt.durations["total"] = time.monotonic() - started
+        report, state = self._report(attempt, state, options)
+        self.store.save(state)
+        self.store.write_report(report)
+        log.info("cycle done: host=%s commit=%s status=%s drift=%d duration_s=%.1f",
+                 report.host, report.source.commit, report.status.value, len(report.drift),
+                 attempt.durations["total"])
+        return report
+
+    # -- phases ------------------------------------------------------------------------------
+
+    def _timed(self, attempt: _Attempt, name: str, started: float) -> None:
+        attempt.durations[name] = attempt.durations.get(name, 0.0) + time.monotonic() - started
+
+    def _reconcile(self, attempt: _Attempt, state: AgentState, options: CycleOptions) -> AgentState:
+        started = time.monotonic()
+        revision = self.source.sync(last_commit=state.last_commit,
+                                    keep=tuple(c for c in (state.applied_commit,) if c))
+        self._timed(attempt, "fetch", started)
+        attempt.revision = revision
+        for error in revision.fetch_errors:
+            attempt.fail(error, Phase.FETCH)
+        if revision.offline:
+            attempt.fail(f"every source is unreachable; running against the last commit "
+                         f"{revision.commit[:12]}", Phase.FETCH)
+        attempt.phase = Phase.VERIFY
+        state = replace(state, last_commit=revision.commit)
+        attempt.phase = Phase.PLAN
+        attempt.plan = plan = self._plan(revision)
+        attempt.phase = Phase.CHECK
+        check = self._ansible(attempt, plan, RunMode.CHECK, "check")
+        ctx = DriftContext(commit=revision.commit, converged=frozenset(state.converged),
+                           recurring=frozenset(state.recurring.get(revision.commit, ())))
+        attempt.findings = drift.classify(check.parsed.tasks, ctx)
+        attempt.stats = check.parsed.stats
+        return self._decide_and_apply(attempt, state, options, check)
+
+    def _plan(self, revision: Revision) -> RunPlan:
+        inventory = revision.path / self.config.inventory
+        playbooks_dir = revision.path / self.config.playbooks
+        graph = parse_graph(runner.inventory_graph(inventory, revision.path, self.settings))
+        names = [p.stem for p in playbooks_dir.glob("*.yml")] if playbooks_dir.is_dir() else []
+        return make_plan(graph=graph, host=self.config.host, commit=revision.commit,
+                         project_dir=revision.path, playbooks_dir=playbooks_dir, inventory=inventory,
+                         playbook_names=names)
+
+    def _ansible(self, attempt: _Attempt, plan: RunPlan, mode: RunMode, name: str,
+                 playbooks: tuple[Path, ...] | None = None) -> RunResult:
+        started = time.monotonic()
+        try:
+            result = runner.run_playbooks(plan, mode, self.settings, cancel=self.cancel, playbooks=playbooks)
+        finally:
+            self._timed(attempt, name, started)
+        if result.status in ("timeout", "canceled"):
+            what = "timed out after" if result.status == "timeout" else "was cancelled after"
+            raise AgentError(f"ansible {name} {what} {time.monotonic() - started:.0f}s "
+                             f"(schedule.timeout is {self.settings.timeout_s:g}s)")
+        if not result.ok and not drift.failures(result.parsed.tasks):
+            detail = "; ".join(result.parsed.messages) or f"ansible-playbook exited with {result.rc}"
+            raise AgentError(f"ansible {name} failed before running tasks: {detail}")
+        return result
+
+    def _decide_and_apply(self, attempt: _Attempt, state: AgentState, options: CycleOptions,
+                          check: RunResult) -> AgentState:
+        assert attempt.revision is not None and attempt.plan is not None
+        commit = attempt.revision.commit
+        failed = drift.failures(check.parsed.tasks)
+        actionable = [f for f in attempt.findings if f.actionable]
+        decision = policy.decide(actionable_drift=len(actionable), check_failures=len(failed),
+                                 mode=self.config.mode, check_only=options.check_only,
+                                 pause=options.pause, now=self.clock())
+        log.info("decision: apply=%s reason=%s", decision.apply, decision.reason)
+        if not decision.apply:
+            for task in failed:
+                attempt.fail(f"task '{task.task}' failed: {task.message or 'no message'}", Phase.CHECK)
+            attempt.status = self._status_without_apply(failed, actionable, options)
+            attempt.phase = Phase.DONE
+            if attempt.status is Status.IN_SYNC:
+                state = state.with_converged(commit)
+            return state
+        return self._apply(attempt, state, failed, actionable)
+
+    def _status_without_apply(self, failed: tuple[TaskResult, ...], actionable: list[Finding],
+                              options: CycleOptions) -> Status:
+        if failed:
+            return Status.FAILED
+        if actionable:
+            return Status.PAUSED if policy.pause_active(options.pause, self.clock()) else Status.DRIFTED
+        return Status.IN_SYNC
+
+    def _apply(self, attempt: _Attempt, state: AgentState, failed: tuple[TaskResult, ...],
+               actionable: list[Finding]) -> AgentState:
+        assert attempt.revision is not None and attempt.plan is not None
+        plan, commit = attempt.plan, attempt.revision.commit
+        roles = {f.task.role for f in actionable} | {t.role for t in failed}
+        books = tuple(p for r, p in zip(plan.roles, plan.playbooks, strict=True) if r in roles)
+        attempt.phase = Phase.APPLY
+        applied = self._ansible(attempt, plan, RunMode.APPLY, "apply", books)
+        apply_failed = drift.failures(applied.parsed.tasks)
+        attempt.stats = applied.parsed.stats
+        attempt.apply = ApplyResult(
+            attempted=True, changed=applied.parsed.stats.changed,
+            failed_tasks=tuple(FailedTask(t.task, t.message or "no message") for t in apply_failed))
+        if apply_failed:
+            attempt.status = Status.FAILED
+            return state
+        attempt.phase = Phase.RECHECK
+        recheck = self._ansible(attempt, plan, RunMode.CHECK, "recheck", books)
+        recurring = drift.recurring_after_apply(recheck.parsed.tasks)
+        keys = {f.task.key for f in recurring}
+        attempt.findings = tuple(
+            Finding(f.task, DriftKind.RECURRING) if f.task.key in keys else f
+            for f in attempt.findings) + tuple(f for f in recurring
+                                               if f.task.key not in {x.task.key for x in attempt.findings})
+        recheck_failed = drift.failures(recheck.parsed.tasks)
+        for task in recheck_failed:
+            attempt.fail(f"task '{task.task}' failed: {task.message or 'no message'}", Phase.RECHECK)
+        attempt.status = Status.FAILED if recheck_failed else Status.CORRECTED
+        attempt.phase = Phase.DONE
+        if recheck_failed:
+            return state
+        return replace(state.with_converged(commit), applied_commit=commit,
+                       recurring={**{k: v for k, v in state.recurring.items() if k in state.converged},
+                                  commit: tuple(sorted(keys))})
+
+    # -- report ------------------------------------------------------------------------------
+
+    def _drift_items(self, attempt: _Attempt, state: AgentState) -> tuple[tuple[DriftItem, ...], AgentState]:
+        remaining = [f for f in attempt.findings if attempt.status is not Status.CORRECTED
+                     or not f.actionable]
+        state, seen = first_seen(state, [f.task.key for f in remaining], attempt.started_at)
+        items = tuple(
+            DriftItem(play=f.task.play, task=f.task.task, role=f.task.role or None, module=f.task.module,
+                      kind=f.kind, diffs=f.task.diffs, first_seen_at=seen.get(f.task.key, attempt.started_at))
+            for f in attempt.findings)
+        return items, state
+
+    def _source_info(self, attempt: _Attempt, state: AgentState) -> SourceInfo:
+        rev = attempt.revision
+        if rev is None:
+            return SourceInfo(url=redact_url(self.config.source.url), ref=self.config.source.ref,
+                              previous_commit=state.last_commit)
+        return SourceInfo(url=rev.url, ref=rev.ref, commit=rev.commit, previous_commit=rev.previous_commit,
+                          author=rev.author, committed_at=rev.committed_at, subject=rev.subject,
+                          signature=rev.signature)
+
+    def _report(self, attempt: _Attempt, state: AgentState,
+                options: CycleOptions) -> tuple[Report, AgentState]:
+        items, new_state = self._drift_items(attempt, state)
+        d = attempt.durations
+        report = Report(
+            run_id=str(uuid.uuid4()), host=self.config.host, agent_version=__version__,
+            trigger=options.trigger, mode=Mode.CHECK if options.check_only else Mode(self.config.mode),
+            started_at=attempt.started_at, finished_at=self.clock(), source=self._source_info(attempt, state),
+            roles=attempt.plan.roles if attempt.plan else (), phase_reached=attempt.phase,
+            status=attempt.status, drift=items, apply=attempt.apply, stats=attempt.stats,
+            errors=tuple(attempt.errors),
+            durations_s=Durations(fetch=d.get("fetch"), check=d.get("check"), apply=d.get("apply"),
+                                  recheck=d.get("recheck"), total=d.get("total")),
+            interval_s=int(self.config.schedule.interval_s), splay_s=int(self.config.schedule.splay_s),
+            pause=options.pause,
+        )
+        return report, new_state

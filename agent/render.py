@@ -1,0 +1,71 @@
+"""Pure: reports -> text for people (the CLI prints what these return)."""
+
+from __future__ import annotations
+
+import difflib
+from datetime import datetime
+
+from agent.report import DriftItem, Report, Status
+
+_COLOURS = {Status.IN_SYNC: "32", Status.CORRECTED: "32", Status.DRIFTED: "33", Status.PAUSED: "33",
+            Status.FAILED: "31", Status.ERROR: "31"}
+
+
+def _paint(text: str, code: str, colour: bool) -> str:
+    return f"\x1b[{code}m{text}\x1b[0m" if colour else text
+
+
+def _short(commit: str | None) -> str:
+    return commit[:12] if commit else "-"
+
+
+def _ago(when: datetime, now: datetime) -> str:
+    seconds = int((now - when).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{max(seconds, 0)}s ago"
+
+
+def summary(report: Report, *, colour: bool = False) -> str:
+    """A few lines: status, commit, roles, drift items and errors."""
+    status = _paint(report.status.value, _COLOURS[report.status], colour)
+    src = report.source
+    lines = [f"{report.host}: {status} at {_short(src.commit)} ({src.subject or 'no commit'})",
+             f"  roles: {', '.join(report.roles) or '-'}   mode: {report.mode.value}   "
+             f"phase reached: {report.phase_reached.value}   took {report.durations_s.total or 0:.1f}s"]
+    if report.apply is not None:
+        lines.append(f"  applied: {report.apply.changed} change(s), "
+                     f"{len(report.apply.failed_tasks)} failed task(s)")
+    for item in report.drift:
+        paths = ", ".join(d.path for d in item.diffs) or "-"
+        lines.append(f"  {item.kind.value:<12} {item.role or '-'} / {item.task}  [{item.module}] {paths}")
+    if report.apply is not None:
+        lines.extend(f"  failed: {t.task}: {t.message}" for t in report.apply.failed_tasks)
+    lines.extend(f"  error ({e.phase.value}): {e.message}" for e in report.errors)
+    return "\n".join(lines)
+
+
+def unified(item: DriftItem, *, colour: bool = False) -> str:
+    """The drift item's diffs as unified diffs."""
+    out = [f"--- {item.kind.value}: {item.role or '-'} / {item.play} / {item.task} [{item.module}]"]
+    for diff in item.diffs:
+        before = (diff.before or "").splitlines(keepends=True)
+        after = (diff.after or "").splitlines(keepends=True)
+        for line in difflib.unified_diff(before, after, f"{diff.path} (host)", f"{diff.path} (git)"):
+            text = line.rstrip("\n")
+            if colour and text.startswith(("+", "-")) and not text.startswith(("+++", "---")):
+                text = _paint(text, "32" if text.startswith("+") else "31", True)
+            out.append(text)
+    if not item.diffs:
+        out.append("  (no diff: check mode cannot tell what this task would do)"
+                   if item.kind.value == "unverifiable" else "  (the module gave no diff)")
+    return "\n".join(out)
+
+
+def status_text(report: Report, now: datetime) -> str:
+    drift = len(report.drift)
+    pause = f"paused: {report.pause.reason}" if report.pause else "not paused"
+    return (f"last run: {report.finished_at:%Y-%m-%d %H:%M:%S}Z ({_ago(report.finished_at, now)}), "
+            f"{report.status.value}, commit {_short(report.source.commit)}, "
+            f"{drift} drift item(s), {pause}")

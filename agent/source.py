@@ -1,0 +1,215 @@
+"""Git: fetch the desired state, refuse rewinds, check a pinned commit out into its own directory.
+
+state_dir/repo is a bare cache fetched shallowly (deepened only when ancestry must be proven). Each
+commit is exported (git archive, no .git) into releases/<sha>; `current` is a symlink switched
+atomically; the last few releases stay for rollback and for running while every source is down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from io import BytesIO
+from pathlib import Path
+
+import git
+
+from agent.config import SourceConfig
+from agent.errors import RewindError, SourceError, SourceUnreachableError
+from agent.fsutil import atomic_symlink
+from agent.report import Signature, parse_time
+
+log = logging.getLogger(__name__)
+FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
+FETCHED = "refs/gitops/fetched"
+DEEPEN_STEPS = (50, 500)
+_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_SSH_COMMAND": os.environ.get(
+    "GIT_SSH_COMMAND", "ssh -o BatchMode=yes")}
+
+
+@dataclass(frozen=True)
+class Revision:
+    commit: str
+    path: Path  # the checked-out tree (releases/<sha>)
+    url: str  # the source that served it
+    ref: str
+    previous_commit: str | None
+    author: str | None = None
+    committed_at: datetime | None = None
+    subject: str | None = None
+    signature: Signature = field(default_factory=Signature)
+    fetch_errors: tuple[str, ...] = ()  # one line per source that failed
+    offline: bool = False  # every source failed: this is the last checked-out commit
+
+
+def redact_url(url: str) -> str:
+    """Drop credentials from a URL (https://user:token@host/x -> https://***@host/x)."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", url)
+
+
+def _one_line(error: Exception) -> str:
+    text = str(getattr(error, "stderr", "") or error).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("'")]
+    return redact_url(lines[-1] if lines else type(error).__name__).removeprefix("stderr: ")
+
+
+class GitSource:
+    def __init__(self, config: SourceConfig, state_dir: Path) -> None:
+        self.config = config
+        self.cache = state_dir / "repo"
+        self.releases = state_dir / "releases"
+        self.current = state_dir / "current"
+
+    # -- public ------------------------------------------------------------------------------
+
+    def sync(self, *, last_commit: str | None, keep: tuple[str, ...] = ()) -> Revision:
+        """Fetch (url, then mirrors), resolve the ref, refuse rewinds, check out; offline fallback."""
+        repo = self._repo()
+        errors: list[str] = []
+        for url in (self.config.url, *self.config.mirrors):
+            try:
+                commit = self._fetch(repo, url)
+            except SourceError as e:
+                log.warning("source %s failed: %s", redact_url(url), e)
+                errors.append(f"{redact_url(url)}: {e}")
+                continue
+            self._check_rewind(repo, url, commit, last_commit)
+            return self._checkout(repo, commit, url, last_commit, tuple(errors), keep)
+        return self._offline(repo, last_commit, tuple(errors))
+
+    def current_commit(self) -> str | None:
+        with contextlib.suppress(OSError):
+            return self.current.readlink().name
+        return None
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    def _repo(self) -> git.Repo:
+        try:
+            if (self.cache / "HEAD").exists():
+                return git.Repo(self.cache)
+            self.cache.mkdir(parents=True, exist_ok=True)
+            return git.Repo.init(self.cache, bare=True)
+        except (git.GitError, OSError) as e:
+            raise SourceError(f"git cache {self.cache} is unusable: {e}") from e
+
+    def _git(self, repo: git.Repo, *args: str) -> str:
+        try:
+            out: str = repo.git.execute(["git", *args], env=_GIT_ENV,
+                                        kill_after_timeout=self.config.timeout_s)
+        except git.GitCommandError as e:
+            raise SourceError(_one_line(e)) from e
+        return out
+
+    def _is_bundle(self, url: str) -> bool:
+        return url.endswith(".bundle") and "://" not in url
+
+    def _fetch(self, repo: git.Repo, url: str) -> str:
+        ref = self.config.ref
+        if self._is_bundle(url) and not Path(url).is_file():
+            raise SourceUnreachableError(f"bundle file {url} does not exist")
+        depth = [] if self.config.depth == 0 or self._is_bundle(url) else [f"--depth={self.config.depth}"]
+        refspec = ref if FULL_SHA.match(ref) else f"+{ref}:{FETCHED}"
+        try:
+            self._git(repo, "fetch", "--no-tags", "--quiet", *depth, url, refspec)
+        except SourceError as e:
+            if not FULL_SHA.match(ref):
+                raise
+            # Servers that refuse a fetch by commit id: take every branch and tag, then look.
+            log.debug("fetch by commit id refused (%s); fetching all refs", e)
+            self._git(repo, "fetch", "--quiet", url, "+refs/heads/*:refs/gitops/heads/*",
+                      "+refs/tags/*:refs/tags/*")
+        target = ref if FULL_SHA.match(ref) else FETCHED
+        try:
+            return self._git(repo, "rev-parse", "--verify", "--quiet", f"{target}^{{commit}}").strip()
+        except SourceError as e:
+            raise SourceError(f"ref '{ref}' does not name a commit in {redact_url(url)}") from e
+
+    # -- rewind protection -------------------------------------------------------------------
+
+    def _is_ancestor(self, repo: git.Repo, old: str, new: str) -> bool:
+        try:
+            self._git(repo, "merge-base", "--is-ancestor", old, new)
+        except SourceError:
+            return False
+        return True
+
+    def _check_rewind(self, repo: git.Repo, url: str, new: str, last: str | None) -> None:
+        if last is None or new == last or self.config.allow_rewind:
+            return
+        if self._is_ancestor(repo, last, new):
+            return
+        if not self._is_bundle(url) and (self.cache / "shallow").exists():
+            refspec = new if FULL_SHA.match(self.config.ref) else f"+{self.config.ref}:{FETCHED}"
+            for step in DEEPEN_STEPS:
+                self._git(repo, "fetch", "--no-tags", "--quiet", f"--deepen={step}", url, refspec)
+                if self._is_ancestor(repo, last, new):
+                    return
+            self._git(repo, "fetch", "--no-tags", "--quiet", "--unshallow", url, refspec)
+            if self._is_ancestor(repo, last, new):
+                return
+        raise RewindError(
+            f"ref '{self.config.ref}' moved from {last[:12]} to {new[:12]}, which does not descend "
+            f"from it (history rewritten or an older commit replayed); refusing it. Set "
+            f"source.allow_rewind: true to accept")
+
+    # -- checkout ----------------------------------------------------------------------------
+
+    def _metadata(self, repo: git.Repo, commit: str) -> tuple[str, datetime | None, str]:
+        text = self._git(repo, "show", "-s", "--format=%an <%ae>%x00%cI%x00%s", commit)
+        author, when, subject = ([*text.split("\x00"), "", "", ""])[:3]
+        return author, parse_time(when) if when else None, subject
+
+    def _export(self, repo: git.Repo, commit: str) -> Path:
+        target = self.releases / commit
+        if target.is_dir():
+            os.utime(target)  # most recently used: pruned last
+            return target  # never re-checkout an unchanged commit
+        self.releases.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{commit[:12]}-", dir=self.releases))
+        try:
+            data = repo.git.execute(["git", "archive", "--format=tar", commit], stdout_as_string=False)
+            with tarfile.open(fileobj=BytesIO(data)) as tar:
+                tar.extractall(tmp, filter="data")
+            tmp.rename(target)
+        except (git.GitError, tarfile.TarError, OSError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SourceError(f"cannot check out {commit[:12]}: {e}") from e
+        return target
+
+    def _checkout(self, repo: git.Repo, commit: str, url: str, last: str | None,
+                  errors: tuple[str, ...], keep: tuple[str, ...]) -> Revision:
+        path = self._export(repo, commit)
+        atomic_symlink(self.current, f"releases/{commit}")
+        self._prune({commit, *(k for k in keep if k)})
+        author, when, subject = self._metadata(repo, commit)
+        return Revision(commit=commit, path=path, url=redact_url(url), ref=self.config.ref,
+                        previous_commit=last, author=author, committed_at=when, subject=subject,
+                        fetch_errors=errors)
+
+    def _offline(self, repo: git.Repo, last: str | None, errors: tuple[str, ...]) -> Revision:
+        """Every source failed: keep running against the last checked-out commit, if there is one."""
+        if last is None or not (self.releases / last).is_dir():
+            raise SourceUnreachableError("no source reachable and no earlier commit to fall back on: "
+                                         + "; ".join(errors))
+        try:
+            author, when, subject = self._metadata(repo, last)
+        except SourceError:
+            author, when, subject = None, None, None
+        return Revision(commit=last, path=self.releases / last, url=redact_url(self.config.url),
+                        ref=self.config.ref, previous_commit=last, author=author, committed_at=when,
+                        subject=subject, fetch_errors=errors, offline=True)
+
+    def _prune(self, keep: set[str]) -> None:
+        entries = [p for p in self.releases.iterdir() if p.is_dir() and FULL_SHA.match(p.name)]
+        entries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        for index, path in enumerate(entries):
+            if path.name not in keep and index >= self.config.keep_releases:
+                shutil.rmtree(path, ignore_errors=True)
