@@ -155,7 +155,7 @@ _OUTCOMES = {
 }
 
 
-def task_result(event: Mapping[str, Any], skip_reasons: Mapping[str, str]) -> TaskResult | None:
+def task_result(event: Mapping[str, Any], notes: Mapping[str, Mapping[str, Any]]) -> TaskResult | None:
     """One runner_on_* event -> TaskResult; None for events that are not a task's final result."""
     outcome = _OUTCOMES.get(str(event.get("event")))
     data = event.get("event_data") or {}
@@ -164,15 +164,16 @@ def task_result(event: Mapping[str, Any], skip_reasons: Mapping[str, str]) -> Ta
     res = data.get("res") or {}
     if not isinstance(res, Mapping):
         res = {}
+    note = notes.get(str(data.get("task_uuid") or ""), {})
     no_log = "censored" in res
-    if outcome is Outcome.OK and res.get("changed"):
+    if outcome is Outcome.OK and (res.get("changed") or note.get("changed")):
         outcome = Outcome.CHANGED
     module = short_module(str(data.get("resolved_action") or data.get("task_action") or ""))
     task = str(data.get("task") or module)
     diffs = () if no_log else _result_diffs(res, fallback_path=task)
     if no_log and outcome is Outcome.CHANGED:
         diffs = (Diff(path=task, before=REDACTED, after=REDACTED),)
-    reason = skip_reasons.get(str(data.get("task_uuid") or ""), "")
+    reason = str(note.get("skip", ""))
     return TaskResult(
         role=_role_of(data), play=str(data.get("play") or ""), task=task, module=module,
         outcome=outcome, diffs=diffs,
@@ -198,8 +199,10 @@ def _add_stats(a: Stats, b: Stats) -> Stats:
 
 
 def parse(events: Iterable[Mapping[str, Any]], *, host: str,
-          skip_reasons: Mapping[str, str] | None = None) -> ParsedRun:
-    """A run's events, in order -> its task results, its stats (summed over playbooks) and messages."""
+          notes: Mapping[str, Mapping[str, Any]] | None = None) -> ParsedRun:
+    """A run's events, in order -> its task results, its stats (summed over playbooks) and messages.
+
+    `notes` are the gitops_agent callback's per-task notes (skip reasons, no_log changed flags)."""
     tasks: list[TaskResult] = []
     stats = Stats()
     messages: list[str] = []
@@ -212,7 +215,7 @@ def parse(events: Iterable[Mapping[str, Any]], *, host: str,
             if text.startswith(("[ERROR]", "ERROR!")) or name == "error":
                 messages.append(text[:2000])
         else:
-            result = task_result(event, skip_reasons or {})
+            result = task_result(event, notes or {})
             if result is not None:
                 tasks.append(result)
     return ParsedRun(tuple(tasks), stats, tuple(messages))

@@ -68,7 +68,7 @@ def _base_env(project_dir: Path, settings: RunnerSettings) -> dict[str, str]:
         "ANSIBLE_DEPRECATION_WARNINGS": "False",
         "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
         "ANSIBLE_CALLBACK_PLUGINS": str(PLUGIN_DIR / "callback"),
-        "ANSIBLE_CALLBACKS_ENABLED": "gitops_skips",
+        "ANSIBLE_CALLBACKS_ENABLED": "gitops_agent",
         "ANSIBLE_LOCAL_TEMP": str(settings.work_dir / "tmp"),
     }
     for name, var in (("collections", "ANSIBLE_COLLECTIONS_PATH"), ("roles", "ANSIBLE_ROLES_PATH")):
@@ -103,14 +103,15 @@ def inventory_graph(inventory: Path, project_dir: Path, settings: RunnerSettings
     return str(out)
 
 
-def _read_skips(path: Path) -> dict[str, str]:
+def _read_notes(path: Path) -> dict[str, dict[str, Any]]:
+    """The gitops_agent callback's notes, merged per task id."""
     if not path.exists():
         return {}
-    reasons: dict[str, str] = {}
+    notes: dict[str, dict[str, Any]] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
-        reasons[str(record["task_uuid"])] = str(record["reason"])
-    return reasons
+        notes.setdefault(str(record.pop("task_uuid")), {}).update(record)
+    return notes
 
 
 def run_playbooks(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
@@ -121,8 +122,8 @@ def run_playbooks(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
     books = playbooks if playbooks is not None else plan.playbooks
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     private = Path(tempfile.mkdtemp(prefix=f"{mode.value}-", dir=settings.work_dir))
-    skips_file = private / "skips.jsonl"
-    env = {**_base_env(plan.project_dir, settings), "GITOPS_AGENT_SKIPS_FILE": str(skips_file)}
+    notes_file = private / "notes.jsonl"
+    env = {**_base_env(plan.project_dir, settings), "GITOPS_AGENT_NOTES_FILE": str(notes_file)}
     extra = {**settings.extra_vars, "ansible_connection": "local",
              "ansible_python_interpreter": sys.executable}
     extra_file = private / "extravars.json"
@@ -148,7 +149,7 @@ def run_playbooks(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
             event_handler=keep_in_memory,
             cancel_callback=cancel, suppress_env_files=True,
         )
-        parsed = events.parse(collected, host=plan.host, skip_reasons=_read_skips(skips_file))
+        parsed = events.parse(collected, host=plan.host, notes=_read_notes(notes_file))
         status, rc = str(runner.status), runner.rc
     except Exception as e:
         raise RunnerError(f"ansible-runner could not run the {mode.value}: {e}") from e

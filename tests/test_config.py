@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent import config
+from agent.errors import ConfigError
+
+
+def test_defaults_and_relative_paths(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("source:\n  url: repo\nstate_dir: state\nschedule: {interval: 10m, poll: 30s}\n")
+    cfg = config.load(path)
+    assert cfg.source.url == str(tmp_path / "repo")
+    assert cfg.state_dir == tmp_path / "state"
+    assert cfg.source.ref == "main" and cfg.mode == "enforce" and cfg.source.depth == 1
+    assert cfg.schedule.interval_s == 600 and cfg.schedule.poll_s == 30 and cfg.schedule.timeout_s == 1800
+    assert cfg.host  # defaults to this machine's FQDN
+
+
+@pytest.mark.parametrize("url", ["https://git.example.com/ops/fleet.git", "git@git.example.com:ops/f.git",
+                                 "file:///srv/git/fleet.git", "/srv/git/fleet.git"])
+def test_urls_are_kept(url: str) -> None:
+    assert config.validate({"source": {"url": url}}).source.url == url
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({}, "'source.url' is required"),
+    ({"source": {"url": "x"}, "colour": "red"}, "unknown key 'colour'"),
+    ({"source": {"url": "x", "branch": "main"}}, "unknown key 'source.branch'"),
+    ({"source": {"url": "x"}, "mode": "yolo"}, "'mode': expected one of: enforce, detect"),
+    ({"source": {"url": "x"}, "schedule": {"interval": "soon"}}, "'schedule.interval': 'soon' is not a duration"),
+    ({"source": {"url": "x"}, "schedule": {"poll": 0}}, "must be > 0"),
+    ({"source": {"url": "x", "allow_rewind": "yes"}}, "'source.allow_rewind': expected true or false"),
+    ({"source": {"url": "x", "mirrors": "y"}}, "'source.mirrors': expected a list of strings"),
+    ({"source": {"url": "x", "depth": -1}}, "'source.depth': expected a whole number"),
+    ({"source": "x"}, "source: expected a mapping"),
+    ([1, 2], "expected a mapping of settings at the top level"),
+])
+def test_bad_config_names_the_key(data: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        config.validate(data)
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the configuration file"):
+        config.load(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("source:\n  url: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"invalid YAML at line \d"):
+        config.load(bad)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("5m", 300), ("1.5h", 5400), ("2d", 172800),
+                                               (45, 45), ("250ms", 0.25)])
+def test_durations(text: str | int, seconds: float) -> None:
+    assert config.parse_duration(text) == seconds
+
+
+def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(config.CONFIG_ENV, raising=False)
+    assert config.config_path(None) == Path("/etc/gitops-agent/agent.yaml")
+    monkeypatch.setenv(config.CONFIG_ENV, "/tmp/from-env.yaml")
+    assert config.config_path(None) == Path("/tmp/from-env.yaml")
+    assert config.config_path("explicit.yaml") == Path("explicit.yaml")
+
+
+def test_cli_config_error_is_one_line_and_exit_1(cli, tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("source:\n  url: x\nschedule:\n  intervall: 5m\n")
+    result = cli("run", "--config", str(path))
+    assert result.code == 1
+    assert result.err.strip() == f"gitops-agent: error: {path}: unknown key 'schedule.intervall'"
+    assert not (tmp_path / "state").exists()  # nothing else happened
+
+
+def test_cli_config_from_environment(cli, tmp_path: Path) -> None:
+    result = cli("status", env={"GITOPS_AGENT_CONFIG": str(tmp_path / "nope.yaml")})
+    assert result.code == 1 and "nope.yaml: cannot read the configuration file" in result.err
+
+
+def test_help_teaches_settings(cli) -> None:
+    result = cli("--help")
+    assert result.code == 0
+    assert "source.url" in result.out and "exit codes" in result.out
