@@ -101,7 +101,7 @@ def verify_commit(git_dir: Path, commit: str, *, policy: str, trusted_keys: Path
     if outcome.status is _S.VERIFIED or ref_is_tag is None:
         return outcome
     tag_outcome = _check_tag(ctx, git_dir, sha, ref_is_tag)
-    tag_reason = f"tag {ref_is_tag}: {tag_outcome.reason}"
+    tag_reason = f"tag {ref_is_tag.removeprefix('refs/tags/')}: {tag_outcome.reason}"
     if tag_outcome.status is _S.VERIFIED:
         return replace(tag_outcome, reason=tag_reason)
     return replace(outcome, reason=f"{outcome.reason}; {tag_reason}")
