@@ -52,8 +52,7 @@ class VerifyOutcome:
         return Signature(status=self.status, signer=self.signer)
 
     @property
-    def accepted(self) -> bool:
-        """True when the commit may run: verified, or policy none."""
+    def accepted(self) -> bool:  # may this commit run: verified, or policy none
         return self.policy == "none" or self.status is _S.VERIFIED
 
     def message(self) -> str:
@@ -111,7 +110,8 @@ def _context(policy: str, trusted_keys: Path, gnupg_home: Path) -> _Ctx:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     env.update(GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull, GIT_TERMINAL_PROMPT="0",
                GNUPGHOME=str(gnupg_home), LC_ALL="C", LANGUAGE="C")
-    config = ["gpg.program=gpg", "gpg.ssh.program=ssh-keygen", "gpg.minTrustLevel=undefined"]
+    config = ["gpg.program=gpg", "gpg.openpgp.program=gpg", "gpg.ssh.program=ssh-keygen",
+              "gpg.minTrustLevel=undefined"]
     fingerprints: frozenset[str] = frozenset()
     if policy == "gpg":
         fingerprints = ensure_keyring(trusted_keys, gnupg_home, env=env)
@@ -142,19 +142,18 @@ def _check_object(ctx: _Ctx, git_dir: Path, obj: str, kind: str) -> VerifyOutcom
 
 def _check_tag(ctx: _Ctx, git_dir: Path, commit: str, tag: str) -> VerifyOutcome:
     ref = tag if tag.startswith("refs/") else f"refs/tags/{tag}"
-    name = ref.removeprefix("refs/tags/")
-    if _git(ctx, git_dir, "cat-file", "-t", ref).strip() != "tag":
+    name, sha = ref.removeprefix("refs/tags/"), _git(ctx, git_dir, "rev-parse", "--verify", ref).strip()
+    if _git(ctx, git_dir, "cat-file", "-t", sha).strip() != "tag":
         return VerifyOutcome(commit, ctx.policy, _S.UNSIGNED, reason="lightweight, not signed")
-    target = _git(ctx, git_dir, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").strip()
+    target = _git(ctx, git_dir, "rev-parse", "--verify", "--quiet", f"{sha}^{{commit}}").strip()
     if target != commit:
         reason = f"points to {target[:7]}, not this commit"
         return VerifyOutcome(commit, ctx.policy, _S.UNTRUSTED, reason=reason)
-    head = _git(ctx, git_dir, "cat-file", "tag", ref).split("\n\n", 1)[0].splitlines()
+    head = _git(ctx, git_dir, "cat-file", "tag", sha).split("\n\n", 1)[0].splitlines()
     tag_name = next((line[4:] for line in head if line.startswith("tag ")), None)
     if tag_name != name:
         return VerifyOutcome(commit, ctx.policy, _S.UNTRUSTED, reason=f"tag object is named {tag_name!r}")
-    outcome = _check_object(ctx, git_dir, ref, "tag")
-    return replace(outcome, commit=commit, tag=name)
+    return replace(_check_object(ctx, git_dir, sha, "tag"), commit=commit, tag=name)
 
 
 # --- pure parsing ---
