@@ -2,13 +2,12 @@
 
 GPG: the keys in ``source.trusted_keys`` (a file, or a directory of .asc/.gpg/.pub files) are imported into
 an agent-private keyring (``gnupg_home``, 0700, never ~/.gnupg), again only when the key files change.
-SSH: ``trusted_keys`` is an ``allowed_signers`` file. Git runs without system and global config, with the
-trust settings on its command line. With ``ref_is_tag``, a valid signature on that annotated tag verifies
-the commit it points to. Parsing gpg/ssh-keygen output is pure (``classify_gpg``, ``classify_ssh``).
-"""
+SSH: ``trusted_keys`` is an ``allowed_signers`` file. Git runs without system and global config. With
+``ref_is_tag``, a valid signature on that annotated tag verifies the commit it points to."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -124,8 +123,7 @@ def _context(policy: str, trusted_keys: Path, gnupg_home: Path) -> _Ctx:
 
 
 def _check_object(ctx: _Ctx, git_dir: Path, obj: str, kind: str) -> VerifyOutcome:
-    raw = _git(ctx, git_dir, "cat-file", kind, obj)
-    sig_kind = signature_kind(raw, kind)
+    sig_kind = signature_kind(_git(ctx, git_dir, "cat-file", kind, obj), kind)
     if sig_kind is None:
         return VerifyOutcome(obj, ctx.policy, _S.UNSIGNED, reason="not signed")
     if sig_kind != _WANTED_KIND[ctx.policy]:
@@ -147,8 +145,7 @@ def _check_tag(ctx: _Ctx, git_dir: Path, commit: str, tag: str) -> VerifyOutcome
         return VerifyOutcome(commit, ctx.policy, _S.UNSIGNED, reason="lightweight, not signed")
     target = _git(ctx, git_dir, "rev-parse", "--verify", "--quiet", f"{sha}^{{commit}}").strip()
     if target != commit:
-        reason = f"points to {target[:7]}, not this commit"
-        return VerifyOutcome(commit, ctx.policy, _S.UNTRUSTED, reason=reason)
+        return VerifyOutcome(commit, ctx.policy, _S.UNTRUSTED, reason=f"points to {target[:7]}, not here")
     head = _git(ctx, git_dir, "cat-file", "tag", sha).split("\n\n", 1)[0].splitlines()
     tag_name = next((line[4:] for line in head if line.startswith("tag ")), None)
     if tag_name != name:
@@ -200,10 +197,8 @@ def classify_gpg(output: str, fingerprints: frozenset[str], *, ok: bool, trusted
     return _S.BAD, None, "signature could not be read"
 
 
-def _signer(fields: list[str], fpr: str | None) -> str:
-    uid = " ".join(fields[1:])
-    key = fpr or fields[0]
-    return f"{uid} [{key}]" if uid else key
+def _signer(fields: list[str], fpr: str | None) -> str:  # "User <id> [FINGERPRINT]" from "KEYID User <id>"
+    return f"{' '.join(fields[1:])} [{fpr or fields[0]}]" if len(fields) > 1 else (fpr or fields[0])
 
 
 def classify_ssh(output: str, *, ok: bool, trusted_label: str) -> Finding:
@@ -228,11 +223,7 @@ def ensure_keyring(trusted_keys: Path, gnupg_home: Path, *, env: dict[str, str])
     """Import the trusted keys into `gnupg_home` unless they are unchanged; return their fingerprints."""
     files = key_files(trusted_keys)
     digest = _digest(files)
-    gnupg_home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    gnupg_home.chmod(0o700)
-    conf = gnupg_home / "gpg.conf"
-    if not conf.exists() or conf.read_text() != GPG_CONF:
-        atomic_write(conf, GPG_CONF.encode())
+    _prepare_home(gnupg_home)
     cached = _read_stamp(gnupg_home / STAMP, digest)
     if cached is not None and (gnupg_home / "pubring.kbx").exists():
         return cached
@@ -247,6 +238,17 @@ def ensure_keyring(trusted_keys: Path, gnupg_home: Path, *, env: dict[str, str])
         found |= imported
     atomic_write(gnupg_home / STAMP, json.dumps({"digest": digest, "fingerprints": sorted(found)}).encode())
     return frozenset(found)
+
+
+def _prepare_home(gnupg_home: Path) -> None:
+    if gnupg_home.resolve() == (Path.home() / ".gnupg").resolve() or any(gnupg_home.glob("private-keys*/*")):
+        raise VerifyError(f"{gnupg_home} holds a personal GnuPG keyring; "
+                          "the agent needs a directory of its own")
+    gnupg_home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    gnupg_home.chmod(0o700)
+    conf = gnupg_home / "gpg.conf"
+    if not conf.exists() or conf.read_text() != GPG_CONF:
+        atomic_write(conf, GPG_CONF.encode())
 
 
 def key_files(trusted_keys: Path) -> list[Path]:
@@ -269,13 +271,11 @@ def _digest(files: list[Path]) -> str:
 
 
 def _read_stamp(stamp: Path, digest: str) -> frozenset[str] | None:
-    try:
+    with contextlib.suppress(OSError, ValueError):
         data = json.loads(stamp.read_text())
-    except (OSError, ValueError):
-        data = None
-    if not isinstance(data, dict) or data.get("digest") != digest:
-        return None
-    return frozenset(str(f) for f in data.get("fingerprints", []))
+        if isinstance(data, dict) and data.get("digest") == digest:
+            return frozenset(str(f) for f in data.get("fingerprints", []))
+    return None
 
 
 # --- processes ---

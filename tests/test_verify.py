@@ -239,6 +239,14 @@ def test_keyring_reimported_only_when_keys_change(world: World, tmp_path: Path) 
     assert gpg_check(world, "alice", home, trusted_keys=trusted).status is S.UNTRUSTED
 
 
+def test_refuses_a_personal_keyring_as_gnupg_home(world: World) -> None:
+    personal = world.root / "gh"  # the signers' home: it holds secret keys
+    before = (personal / "pubring.kbx").read_bytes()
+    with pytest.raises(VerifyError, match="personal GnuPG keyring"):
+        gpg_check(world, "alice", personal)
+    assert (personal / "pubring.kbx").read_bytes() == before
+
+
 def test_trusted_keys_may_be_one_file(world: World, tmp_path: Path) -> None:
     keyfile = world.trusted / "alice.asc"
     outcome = gpg_check(world, "alice", tmp_path / "g", trusted_keys=keyfile)
