@@ -19,14 +19,13 @@ from agent.errors import VerifyError
 from agent.fsutil import atomic_write
 from agent.report import Signature, SignatureStatus
 
-POLICIES = ("none", "gpg", "ssh")
+POLICIES = {"none": None, "gpg": "openpgp", "ssh": "ssh"}  # policy -> the signature format it accepts
 KEY_SUFFIXES = (".asc", ".gpg", ".pub")
 GPG_CONF = "no-autostart\ntrust-model always\nno-auto-key-retrieve\n"
 STAMP = "trusted-keys.json"
 TIMEOUT_S = 60.0
 _KEYRING_FILES = ("pubring.kbx", "pubring.kbx~", "pubring.gpg", "pubring.gpg~", "trustdb.gpg", STAMP)
 _SIG_KINDS = {"PGP SIGNATURE": "openpgp", "SSH SIGNATURE": "ssh", "SIGNED MESSAGE": "x509"}
-_WANTED_KIND = {"gpg": "openpgp", "ssh": "ssh"}
 _S = SignatureStatus
 _GPG_UNTRUSTED = {"EXPKEYSIG": "signed by expired key", "REVKEYSIG": "signed by revoked key",
                   "EXPSIG": "expired signature by key"}
@@ -126,11 +125,13 @@ def _check_object(ctx: _Ctx, git_dir: Path, obj: str, kind: str) -> VerifyOutcom
     sig_kind = signature_kind(_git(ctx, git_dir, "cat-file", kind, obj), kind)
     if sig_kind is None:
         return VerifyOutcome(obj, ctx.policy, _S.UNSIGNED, reason="not signed")
-    if sig_kind != _WANTED_KIND[ctx.policy]:
+    if sig_kind != POLICIES[ctx.policy]:
         reason = f"has an {sig_kind} signature but source.verify is {ctx.policy}"
         return VerifyOutcome(obj, ctx.policy, _S.UNTRUSTED, reason=reason)
     proc = _run(["git", "-C", str(git_dir), *ctx.git_config, f"verify-{kind}", "--raw", obj], ctx.env)
     output, ok, label = proc.stdout + proc.stderr, proc.returncode == 0, str(ctx.trusted_keys)
+    if not ok and "cannot run " in output:  # gpg or ssh-keygen missing: no verdict about the commit
+        raise VerifyError(f"git verify-{kind}: {output.strip().splitlines()[-1]}")
     if ctx.policy == "gpg":
         status, signer, reason = classify_gpg(output, ctx.fingerprints, ok=ok, trusted_label=label)
     else:
@@ -162,10 +163,7 @@ def signature_kind(raw: str, kind: str) -> str | None:
         armor = next((ln.split(" ", 1)[1] for ln in head if ln.startswith(("gpgsig ", "gpgsig-sha256 "))), "")
     else:
         armor = next((ln for ln in reversed(raw.splitlines()) if ln.startswith("-----BEGIN ")), "")
-    for marker, name in _SIG_KINDS.items():
-        if armor.startswith(f"-----BEGIN {marker}-----"):
-            return name
-    return None
+    return next((n for m, n in _SIG_KINDS.items() if armor.startswith(f"-----BEGIN {m}-----")), None)
 
 
 def classify_gpg(output: str, fingerprints: frozenset[str], *, ok: bool, trusted_label: str) -> Finding:

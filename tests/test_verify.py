@@ -234,6 +234,16 @@ def test_ssh_expired_key(world: World) -> None:
     assert outcome.status is S.UNTRUSTED and outcome.reason.startswith("signed by expired key SHA256:")
 
 
+def test_missing_ssh_keygen_is_an_error_not_a_verdict(world: World, monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    git = shutil.which("git")
+    assert git is not None
+    (tmp_path / "git").symlink_to(git)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(VerifyError, match="cannot run ssh-keygen"):
+        ssh_check(world, "ssh_alice")
+
+
 def test_ssh_needs_an_allowed_signers_file(world: World) -> None:
     with pytest.raises(VerifyError, match="is not an allowed_signers file"):
         ssh_check(world, "ssh_alice", trusted_keys=world.root)
