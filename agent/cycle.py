@@ -17,10 +17,11 @@ from pathlib import Path
 from agent import __version__, drift, policy, runner
 from agent.config import AgentConfig
 from agent.drift import DriftContext, Finding
-from agent.errors import AgentError
+from agent.errors import AgentError, RewindError, VerifyError
 from agent.events import TaskResult
 from agent.inventory import RunPlan, make_plan, parse_graph
 from agent.lock import cycle_lock
+from agent.redact import redact_url
 from agent.report import (
     ApplyResult,
     DriftItem,
@@ -32,13 +33,14 @@ from agent.report import (
     Pause,
     Phase,
     Report,
+    Signature,
     SourceInfo,
     Stats,
     Status,
     Trigger,
 )
 from agent.runner import RunMode, RunnerSettings, RunResult
-from agent.source import GitSource, Revision, redact_url
+from agent.source import GitSource, Revision
 from agent.state import AgentState, StateStore, first_seen
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,8 @@ class _Attempt:
     phase: Phase = Phase.FETCH
     status: Status = Status.ERROR
     revision: Revision | None = None
+    signature: Signature | None = None  # of a commit refused at verify (no revision then)
+    refused_commit: str | None = None
     plan: RunPlan | None = None
     findings: tuple[Finding, ...] = ()
     apply: ApplyResult | None = None
@@ -101,6 +105,14 @@ class Cycle:
         state = self.store.load()
         try:
             state = self._reconcile(attempt, state, options)
+        except (RewindError, VerifyError) as e:
+            attempt.phase = Phase.VERIFY
+            outcome = getattr(e, "outcome", None)  # SignatureRejectedError says which commit and key
+            if outcome is not None:
+                attempt.signature, attempt.refused_commit = outcome.signature, outcome.commit
+            attempt.status = Status.ERROR
+            attempt.fail(str(e))
+            log.error("source refused: phase=verify error=%s", e)
         except AgentError as e:
             attempt.status = Status.ERROR
             attempt.fail(str(e))
@@ -233,9 +245,10 @@ class Cycle:
     # -- report ------------------------------------------------------------------------------
 
     def _drift_items(self, attempt: _Attempt, state: AgentState) -> tuple[tuple[DriftItem, ...], AgentState]:
-        remaining = [f for f in attempt.findings if attempt.status is not Status.CORRECTED
-                     or not f.actionable]
-        state, seen = first_seen(state, [f.task.key for f in remaining], attempt.started_at)
+        state, seen = first_seen(state, [f.task.key for f in attempt.findings], attempt.started_at)
+        if attempt.status is Status.CORRECTED:  # corrected drift starts afresh if it comes back
+            fixed = {f.task.key for f in attempt.findings if f.actionable}
+            state = replace(state, drift_seen={k: v for k, v in state.drift_seen.items() if k not in fixed})
         items = tuple(
             DriftItem(play=f.task.play, task=f.task.task, role=f.task.role or None, module=f.task.module,
                       kind=f.kind, diffs=f.task.diffs, first_seen_at=seen.get(f.task.key, attempt.started_at))
@@ -246,7 +259,9 @@ class Cycle:
         rev = attempt.revision
         if rev is None:
             return SourceInfo(url=redact_url(self.config.source.url), ref=self.config.source.ref,
-                              previous_commit=state.last_commit)
+                              commit=attempt.refused_commit,
+                              previous_commit=state.last_commit,
+                              signature=attempt.signature or Signature())
         return SourceInfo(url=rev.url, ref=rev.ref, commit=rev.commit, previous_commit=rev.previous_commit,
                           author=rev.author, committed_at=rev.committed_at, subject=rev.subject,
                           signature=rev.signature)

@@ -214,6 +214,8 @@ def parse(events: Iterable[Mapping[str, Any]], *, host: str,
             text = _ANSI.sub("", str(event.get("stdout") or "")).strip()
             if text.startswith(("[ERROR]", "ERROR!")) or name == "error":
                 messages.append(text[:2000])
+            elif text.startswith("Origin:") and messages:  # where ansible found the error
+                messages[-1] = f"{messages[-1]} ({text})"
         else:
             result = task_result(event, notes or {})
             if result is not None:

@@ -24,7 +24,9 @@ import git
 from agent.config import SourceConfig
 from agent.errors import RewindError, SourceError, SourceUnreachableError
 from agent.fsutil import atomic_symlink
+from agent.redact import redact_text, redact_url
 from agent.report import Signature, parse_time
+from agent.verify import require_verified, verify_commit
 
 log = logging.getLogger(__name__)
 FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -49,15 +51,10 @@ class Revision:
     offline: bool = False  # every source failed: this is the last checked-out commit
 
 
-def redact_url(url: str) -> str:
-    """Drop credentials from a URL (https://user:token@host/x -> https://***@host/x)."""
-    return re.sub(r"(?<=://)[^/@\s]+@", "***@", url)
-
-
 def _one_line(error: Exception) -> str:
     text = str(getattr(error, "stderr", "") or error).strip()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("'")]
-    return redact_url(lines[-1] if lines else type(error).__name__).removeprefix("stderr: ")
+    return redact_text(lines[-1] if lines else type(error).__name__).removeprefix("stderr: ")
 
 
 class GitSource:
@@ -66,6 +63,7 @@ class GitSource:
         self.cache = state_dir / "repo"
         self.releases = state_dir / "releases"
         self.current = state_dir / "current"
+        self.gnupg_home = state_dir / "gnupg"  # agent-private keyring for source.verify: gpg
 
     # -- public ------------------------------------------------------------------------------
 
@@ -81,7 +79,8 @@ class GitSource:
                 errors.append(f"{redact_url(url)}: {e}")
                 continue
             self._check_rewind(repo, url, commit, last_commit)
-            return self._checkout(repo, commit, url, last_commit, tuple(errors), keep)
+            signature = self._verify(repo, commit)
+            return self._checkout(repo, commit, url, last_commit, tuple(errors), keep, signature)
         return self._offline(repo, last_commit, tuple(errors))
 
     def current_commit(self) -> str | None:
@@ -146,19 +145,32 @@ class GitSource:
             return
         if self._is_ancestor(repo, last, new):
             return
-        if not self._is_bundle(url) and (self.cache / "shallow").exists():
-            refspec = new if FULL_SHA.match(self.config.ref) else f"+{self.config.ref}:{FETCHED}"
-            for step in DEEPEN_STEPS:
-                self._git(repo, "fetch", "--no-tags", "--quiet", f"--deepen={step}", url, refspec)
-                if self._is_ancestor(repo, last, new):
-                    return
-            self._git(repo, "fetch", "--no-tags", "--quiet", "--unshallow", url, refspec)
+        refspec = new if FULL_SHA.match(self.config.ref) else f"+{self.config.ref}:{FETCHED}"
+        for deepen in (*(f"--deepen={n}" for n in DEEPEN_STEPS), "--unshallow"):
+            # A shallow cache may just not hold the history between the two commits yet.
+            if self._is_bundle(url) or not (self.cache / "shallow").exists():
+                break
+            self._git(repo, "fetch", "--no-tags", "--quiet", deepen, url, refspec)
             if self._is_ancestor(repo, last, new):
                 return
         raise RewindError(
             f"ref '{self.config.ref}' moved from {last[:12]} to {new[:12]}, which does not descend "
             f"from it (history rewritten or an older commit replayed); refusing it. Set "
             f"source.allow_rewind: true to accept")
+
+    # -- signatures --------------------------------------------------------------------------
+
+    def _verify(self, repo: git.Repo, commit: str) -> Signature:
+        """With source.verify on, an unsigned, bad or untrusted commit is refused before checkout."""
+        tag = None
+        named = self.config.verify != "none" and not FULL_SHA.match(self.config.ref)
+        if named and self._git(repo, "cat-file", "-t", FETCHED).strip() == "tag":
+            tag = self.config.ref.removeprefix("refs/tags/")
+            self._git(repo, "update-ref", f"refs/tags/{tag}", FETCHED)
+        outcome = verify_commit(self.cache, commit, policy=self.config.verify,
+                                trusted_keys=self.config.trusted_keys, gnupg_home=self.gnupg_home,
+                                ref_is_tag=tag)
+        return require_verified(outcome).signature
 
     # -- checkout ----------------------------------------------------------------------------
 
@@ -185,14 +197,14 @@ class GitSource:
         return target
 
     def _checkout(self, repo: git.Repo, commit: str, url: str, last: str | None,
-                  errors: tuple[str, ...], keep: tuple[str, ...]) -> Revision:
+                  errors: tuple[str, ...], keep: tuple[str, ...], signature: Signature) -> Revision:
         path = self._export(repo, commit)
         atomic_symlink(self.current, f"releases/{commit}")
         self._prune({commit, *(k for k in keep if k)})
         author, when, subject = self._metadata(repo, commit)
         return Revision(commit=commit, path=path, url=redact_url(url), ref=self.config.ref,
                         previous_commit=last, author=author, committed_at=when, subject=subject,
-                        fetch_errors=errors)
+                        signature=signature, fetch_errors=errors)
 
     def _offline(self, repo: git.Repo, last: str | None, errors: tuple[str, ...]) -> Revision:
         """Every source failed: keep running against the last checked-out commit, if there is one."""
