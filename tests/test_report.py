@@ -8,7 +8,17 @@ import pytest
 from agent import report as codec
 from agent.errors import ReportError
 from agent.report import (
-    ApplyResult, Diff, DriftItem, DriftKind, FailedTask, Mode, Phase, Report, SourceInfo, Status, Trigger,
+    ApplyResult,
+    Diff,
+    DriftItem,
+    DriftKind,
+    FailedTask,
+    Mode,
+    Phase,
+    Report,
+    SourceInfo,
+    Status,
+    Trigger,
 )
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)

@@ -10,7 +10,6 @@ import pytest
 from agent.config import validate
 from agent.errors import RewindError, SourceError, SourceUnreachableError
 from agent.source import GitSource
-
 from tests.conftest import GitRepo, make_repo
 
 
