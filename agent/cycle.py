@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent import __version__, drift, policy, runner
+from agent import __version__, drift, policy, requirements, runner
 from agent.config import AgentConfig
 from agent.drift import DriftContext, Finding
 from agent.errors import AgentError, RewindError, VerifyError
@@ -155,6 +155,7 @@ class Cycle:
         return self._decide_and_apply(attempt, state, options, check)
 
     def _plan(self, revision: Revision) -> RunPlan:
+        requirements.check(revision.path)
         inventory = revision.path / self.config.inventory
         playbooks_dir = revision.path / self.config.playbooks
         graph = parse_graph(runner.inventory_graph(inventory, revision.path, self.settings))
