@@ -17,7 +17,7 @@ demo: venv
 	$(BIN)/python -m agent.demo --project . --workdir demo
 
 lint: venv
-	$(BIN)/ruff check agent tests bench
+	$(BIN)/ruff check agent tests $(wildcard bench)
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 

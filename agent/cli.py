@@ -7,15 +7,22 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+import time
+import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from agent import __version__, config, render
+from agent import __version__, child, config, daemon, render
 from agent import report as report_codec
 from agent.cycle import Cycle, CycleOptions
 from agent.errors import AgentError
-from agent.report import Report, Trigger, exit_code
+from agent.fsutil import atomic_write
+from agent.report import Pause, Report, Trigger, exit_code
+from agent.source import GitSource
 from agent.state import StateStore
 
 log = logging.getLogger("agent")
@@ -52,9 +59,60 @@ def _colour() -> bool:
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
+def _cancel_on_term() -> threading.Event:
+    """SIGTERM/SIGINT during a cycle cancel Ansible (its process group) and report the run as failed."""
+    cancelled = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        log.warning("signal %d: cancelling the cycle", signum)
+        cancelled.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return cancelled
+
+
+def _daemon_pid(state_dir: Path) -> int | None:
+    """The running daemon's pid for this state_dir, if there is one (and we are not its child)."""
+    if os.environ.get(daemon.CHILD_ENV):
+        return None
+    try:
+        pid = int((state_dir / "daemon.pid").read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def _run_through_daemon(cfg: config.AgentConfig, pid: int, check_only: bool) -> Report:
+    """Ask the running daemon for a cycle (rather than fight it for the lock) and wait for its report."""
+    requests = cfg.state_dir / "requests"
+    request_id = uuid.uuid4().hex
+    atomic_write(requests / f"{request_id}.json", json.dumps({"check_only": check_only}).encode())
+    os.kill(pid, signal.SIGUSR1)
+    print(f"gitops-agent: the daemon (pid {pid}) runs this cycle; waiting for it", file=sys.stderr)
+    done = requests / f"{request_id}.done"
+    deadline = time.monotonic() + cfg.schedule.timeout_s * 2 + 120
+    while not done.exists():
+        if time.monotonic() > deadline:
+            raise AgentError(f"the daemon (pid {pid}) did not run the requested cycle in time")
+        time.sleep(0.5)
+    done.unlink(missing_ok=True)
+    report = StateStore(cfg.state_dir).last_report()
+    if report is None:
+        raise AgentError("the daemon ran the cycle but left no report")
+    return report
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    report = Cycle(cfg).run(CycleOptions(trigger=Trigger.MANUAL, check_only=args.check))
+    pid = _daemon_pid(cfg.state_dir)
+    if pid is not None:
+        report = _run_through_daemon(cfg, pid, args.check)
+    else:
+        cancelled = _cancel_on_term()
+        report = Cycle(cfg, cancel=cancelled.is_set).run(
+            CycleOptions(trigger=Trigger(args.trigger), check_only=args.check))
     if args.json:
         print(report_codec.to_json(report, indent=2))
     else:
@@ -89,6 +147,51 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_daemon(args: argparse.Namespace) -> int:
+    path = config.config_path(args.config)
+    cfg = config.load(path)
+    store = StateStore(cfg.state_dir, history=cfg.history)
+    store.ensure()
+    source = GitSource(cfg.source, cfg.state_dir)
+    runner: daemon.Daemon | None = None
+
+    def spawn(trigger: Trigger, check_only: bool) -> daemon.CycleOutcome:
+        assert runner is not None
+        return child.run_cycle(path, store, trigger, check_only, timeout_s=runner.config.schedule.timeout_s,
+                               stop=runner.stop, grace_s=runner.config.schedule.stop_grace_s,
+                               ping=_watchdog_ping)
+
+    state = store.load()
+    runner = daemon.Daemon(path, cfg, spawn=spawn, probe=source.probe, last_commit=state.last_commit)
+    return runner.serve()
+
+
+def _watchdog_ping() -> None:
+    if daemon.watchdog_interval_s():
+        daemon.sd_notify("WATCHDOG=1")
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    now = datetime.now(UTC)
+    until = now + timedelta(seconds=config.parse_duration(args.duration)) if args.duration else None
+    who = os.environ.get("SUDO_USER") or os.environ.get("USER") or f"uid {os.getuid()}"
+    pause = Pause(reason=args.reason, by=who, since=now, until=until, checks_too=args.checks_too)
+    store = StateStore(cfg.state_dir)
+    store.ensure()
+    store.write_pause(pause)
+    what = "checks and applies" if args.checks_too else "applies (checks go on)"
+    print(f"paused {what} on {cfg.host}: {args.reason}"
+          + (f", until {until:%Y-%m-%d %H:%M:%S}Z" if until else ", until `gitops-agent resume`"))
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    print("resumed" if StateStore(cfg.state_dir).clear_pause() else "was not paused")
+    return 0
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"gitops-agent {__version__}")
     return 0
@@ -114,9 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
                               "report (exit 0 in sync/corrected, 2 drift left, 1 failed)")
     run.add_argument("--check", action="store_true", help="detect only, this run: never apply")
     run.add_argument("--json", action="store_true", help="print the report (schema v1) as JSON")
+    run.add_argument("--trigger", choices=[t.value for t in Trigger], default="manual",
+                     help=argparse.SUPPRESS)  # set by the daemon for its cycles
     status = add("status", cmd_status, "the last run: status, commit, drift count, pause")
     status.add_argument("--json", action="store_true", help="machine-readable")
     add("diff", cmd_diff, "the drift of the last run, task by task, as unified diffs")
+    add("daemon", cmd_daemon, "the scheduled loop (systemd runs this): full check every schedule.interval "
+                              "at a per-host splay, new commits picked up every schedule.poll; SIGHUP "
+                              "reloads the config, SIGTERM stops")
+    pause = add("pause", cmd_pause, "stop applying (and with --checks-too, checking) until resume or expiry")
+    pause.add_argument("--reason", required=True, help="why: shown in status and every report")
+    pause.add_argument("--for", dest="duration", metavar="DURATION",
+                       help="expire by itself after this long (e.g. 4h); default: until resume")
+    pause.add_argument("--checks-too", action="store_true", help="no checks either while paused")
+    add("resume", cmd_resume, "end a pause")
     add("version", cmd_version, "print the version")
     return parser
 

@@ -118,6 +118,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("schedule.poll", _duration, "1m", "cheap look for new commits every this often"),
     Setting("schedule.splay", _duration, "5m", "upper bound of the fixed per-host offset"),
     Setting("schedule.timeout", _duration, "30m", "a run longer than this is stopped and reported"),
+    Setting("schedule.stop_grace", _duration, "30s", "on SIGTERM, how long a running cycle may finish"),
     Setting("collector.url", _opt_string, None, "collector base URL; unset: reports stay local"),
     Setting("collector.token_file", _opt_string, "/etc/gitops-agent/token", "this host's ingest token"),
     Setting("collector.ca_file", _opt_string, None, "extra CA bundle for the collector's TLS"),
@@ -148,6 +149,7 @@ class ScheduleConfig:
     poll_s: float
     splay_s: float
     timeout_s: float
+    stop_grace_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,7 @@ def validate(data: Any, *, origin: str = "config", base: Path | None = None) -> 
 
 def _build(v: dict[str, Any], base: Path, origin: str) -> AgentConfig:
     schedule = ScheduleConfig(v["schedule.interval"], v["schedule.poll"], v["schedule.splay"],
-                              v["schedule.timeout"])
+                              v["schedule.timeout"], v["schedule.stop_grace"])
     if schedule.interval_s <= 0 or schedule.poll_s <= 0 or schedule.timeout_s <= 0:
         raise ConfigError(f"{origin}: 'schedule.interval', 'schedule.poll' and 'schedule.timeout' "
                           "must be > 0")

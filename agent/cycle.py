@@ -17,7 +17,7 @@ from pathlib import Path
 from agent import __version__, drift, policy, requirements, runner
 from agent.config import AgentConfig
 from agent.drift import DriftContext, Finding
-from agent.errors import AgentError, RewindError, VerifyError
+from agent.errors import AgentError, RewindError, RunTimeoutError, VerifyError
 from agent.events import TaskResult
 from agent.inventory import RunPlan, make_plan, parse_graph
 from agent.lock import cycle_lock
@@ -58,7 +58,6 @@ def never() -> bool:
 class CycleOptions:
     trigger: Trigger = Trigger.MANUAL
     check_only: bool = False
-    pause: Pause | None = None
 
 
 @dataclass
@@ -66,6 +65,7 @@ class _Attempt:
     """What one cycle learned so far (local to the cycle, turned into a Report at the end)."""
 
     started_at: datetime
+    pause: Pause | None = None
     phase: Phase = Phase.FETCH
     status: Status = Status.ERROR
     revision: Revision | None = None
@@ -90,6 +90,7 @@ class Cycle:
         self.cancel = cancel
         self.store = StateStore(config.state_dir, history=config.history)
         self.source = GitSource(config.source, config.state_dir)
+        self.deadline = 0.0  # monotonic; set when a cycle starts
         self.settings = RunnerSettings(work_dir=self.store.work_dir, timeout_s=config.schedule.timeout_s,
                                        extra_vars=dict(config.extra_vars))
 
@@ -100,11 +101,20 @@ class Cycle:
             return self._run_locked(options)
 
     def _run_locked(self, options: CycleOptions) -> Report:
-        attempt = _Attempt(started_at=self.clock())
+        attempt = _Attempt(started_at=self.clock(), pause=self.store.read_pause(self.clock()))
         started = time.monotonic()
+        self.deadline = started + self.config.schedule.timeout_s
         state = self.store.load()
         try:
-            state = self._reconcile(attempt, state, options)
+            if attempt.pause is not None and attempt.pause.checks_too:
+                attempt.status = Status.PAUSED  # not even a check while paused with --checks-too
+                log.info("paused, checks too: reason=%r", attempt.pause.reason)
+            else:
+                state = self._reconcile(attempt, state, options)
+        except RunTimeoutError as e:
+            attempt.status = Status.FAILED
+            attempt.fail(str(e))
+            log.error("cycle stopped: phase=%s error=%s", attempt.phase.value, e)
         except (RewindError, VerifyError) as e:
             attempt.phase = Phase.VERIFY
             outcome = getattr(e, "outcome", None)  # SignatureRejectedError says which commit and key
@@ -167,14 +177,21 @@ class Cycle:
     def _ansible(self, attempt: _Attempt, plan: RunPlan, mode: RunMode, name: str,
                  playbooks: tuple[Path, ...] | None = None) -> RunResult:
         started = time.monotonic()
+        remaining = self.deadline - started
+        if remaining <= 1:
+            raise RunTimeoutError(f"no time left for the {name} (schedule.timeout is "
+                                  f"{self.config.schedule.timeout_s:g}s)")
+        settings = replace(self.settings, timeout_s=remaining)
         try:
-            result = runner.run_playbooks(plan, mode, self.settings, cancel=self.cancel, playbooks=playbooks)
+            result = runner.run_playbooks(plan, mode, settings, cancel=self.cancel, playbooks=playbooks)
         finally:
             self._timed(attempt, name, started)
-        if result.status in ("timeout", "canceled"):
-            what = "timed out after" if result.status == "timeout" else "was cancelled after"
-            raise AgentError(f"ansible {name} {what} {time.monotonic() - started:.0f}s "
-                             f"(schedule.timeout is {self.settings.timeout_s:g}s)")
+        if result.status == "timeout":
+            raise RunTimeoutError(f"ansible {name} stopped after {time.monotonic() - started:.0f}s: "
+                                  f"the cycle ran past schedule.timeout ({self.config.schedule.timeout_s:g}s)")  # noqa: E501
+        if result.status == "canceled":
+            raise RunTimeoutError(f"ansible {name} was cancelled after {time.monotonic() - started:.0f}s "
+                                  "(the agent is stopping)")
         if not result.ok and not drift.failures(result.parsed.tasks):
             detail = "; ".join(result.parsed.messages) or f"ansible-playbook exited with {result.rc}"
             raise AgentError(f"ansible {name} failed before running tasks: {detail}")
@@ -188,12 +205,12 @@ class Cycle:
         actionable = [f for f in attempt.findings if f.actionable]
         decision = policy.decide(actionable_drift=len(actionable), check_failures=len(failed),
                                  mode=self.config.mode, check_only=options.check_only,
-                                 pause=options.pause, now=self.clock())
+                                 pause=attempt.pause, now=self.clock())
         log.info("decision: apply=%s reason=%s", decision.apply, decision.reason)
         if not decision.apply:
             for task in failed:
                 attempt.fail(f"task '{task.task}' failed: {task.message or 'no message'}", Phase.CHECK)
-            attempt.status = self._status_without_apply(failed, actionable, options)
+            attempt.status = self._status_without_apply(failed, actionable, attempt.pause)
             attempt.phase = Phase.DONE
             if attempt.status is Status.IN_SYNC:
                 state = state.with_converged(commit)
@@ -201,11 +218,11 @@ class Cycle:
         return self._apply(attempt, state, failed, actionable)
 
     def _status_without_apply(self, failed: tuple[TaskResult, ...], actionable: list[Finding],
-                              options: CycleOptions) -> Status:
+                              pause: Pause | None) -> Status:
         if failed:
             return Status.FAILED
         if actionable:
-            return Status.PAUSED if policy.pause_active(options.pause, self.clock()) else Status.DRIFTED
+            return Status.PAUSED if policy.pause_active(pause, self.clock()) else Status.DRIFTED
         return Status.IN_SYNC
 
     def _apply(self, attempt: _Attempt, state: AgentState, failed: tuple[TaskResult, ...],
@@ -281,6 +298,6 @@ class Cycle:
             durations_s=Durations(fetch=d.get("fetch"), check=d.get("check"), apply=d.get("apply"),
                                   recheck=d.get("recheck"), total=d.get("total")),
             interval_s=int(self.config.schedule.interval_s), splay_s=int(self.config.schedule.splay_s),
-            pause=options.pause,
+            pause=attempt.pause,
         )
         return report, new_state

@@ -35,6 +35,10 @@ class RunnerError(AgentError):
     """ansible-runner could not start or was stopped (timeout, cancel)."""
 
 
+class RunTimeoutError(RunnerError):
+    """The cycle ran past schedule.timeout and was stopped (its whole process group killed)."""
+
+
 class LockedError(AgentError):
     """Another cycle holds the lock on this state directory."""
 

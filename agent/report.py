@@ -207,6 +207,16 @@ def _encode(value: Any) -> Any:
     return value
 
 
+def encode(record: Any) -> Any:
+    """Any record of this module -> JSON-ready values."""
+    return _encode(record)
+
+
+def decode(cls: type[T], data: Any) -> T:
+    """JSON-ready values -> a record of this module (validating like from_dict)."""
+    return _decode_dataclass(cls, data, "")
+
+
 def to_dict(report: Report) -> dict[str, Any]:
     result: dict[str, Any] = _encode(report)
     return result

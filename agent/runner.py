@@ -8,6 +8,8 @@ memory, then the directory is removed so no diff with a secret stays behind), an
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import enum
 import json
 import logging
@@ -15,6 +17,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -114,6 +117,42 @@ def _read_notes(path: Path) -> dict[str, dict[str, Any]]:
     return notes
 
 
+def _become_subreaper() -> None:
+    """Orphans of our children re-parent to us, not to init, so leftovers can be found and killed."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, stack = [], [root]
+    while stack:
+        for pid in children.get(stack.pop(), ()):
+            found.append(pid)
+            stack.append(pid)
+    return found
+
+
+def kill_leftovers() -> int:
+    """Kill every process Ansible left behind. ansible-runner kills only ansible-playbook's process group
+    on cancel or timeout, but Ansible's task workers call setsid(), so their commands outlive it."""
+    leftovers = _descendants(os.getpid())
+    for pid in leftovers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    if leftovers:
+        log.warning("killed %d process(es) left behind by ansible", len(leftovers))
+    return len(leftovers)
+
+
 def run_playbooks(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
                   cancel: Callable[[], bool], playbooks: tuple[Path, ...] | None = None) -> RunResult:
     """Run the plan's playbooks (or a subset) for plan.host: --check --diff, or for real with --diff."""
@@ -136,6 +175,7 @@ def run_playbooks(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
             *(str(b) for b in books[:-1])]
     cmdline = " ".join(shlex.quote(a) for a in args)
     collected: list[dict[str, Any]] = []
+    _become_subreaper()
 
     def keep_in_memory(event: dict[str, Any]) -> bool:
         collected.append(event)
@@ -154,6 +194,7 @@ def run_playbooks(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
     except Exception as e:
         raise RunnerError(f"ansible-runner could not run the {mode.value}: {e}") from e
     finally:
+        kill_leftovers()
         shutil.rmtree(private, ignore_errors=True)
     duration = time.monotonic() - started
     log.debug("ansible %s finished: status=%s rc=%s tasks=%d duration_s=%.1f",

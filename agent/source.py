@@ -57,6 +57,18 @@ def _one_line(error: Exception) -> str:
     return redact_text(lines[-1] if lines else type(error).__name__).removeprefix("stderr: ")
 
 
+def _pick_ref(listing: str, ref: str) -> str | None:
+    """From `git ls-remote` output, the commit `ref` resolves to (branch, else peeled tag, else tag)."""
+    refs: dict[str, str] = {}
+    for line in listing.splitlines():
+        sha, _, name = line.partition("\t")
+        refs[name.strip()] = sha.strip()
+    for name in (f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}", ref):
+        if name in refs:
+            return refs[name]
+    return None
+
+
 class GitSource:
     def __init__(self, config: SourceConfig, state_dir: Path) -> None:
         self.config = config
@@ -82,6 +94,22 @@ class GitSource:
             signature = self._verify(repo, commit)
             return self._checkout(repo, commit, url, last_commit, tuple(errors), keep, signature)
         return self._offline(repo, last_commit, tuple(errors))
+
+    def probe(self) -> str | None:
+        """The commit source.ref points at now, by `git ls-remote` (milliseconds, no fetch); None when
+        no source answers. A full commit id as ref never moves, so it is its own answer."""
+        if FULL_SHA.match(self.config.ref):
+            return self.config.ref
+        repo = self._repo()
+        for url in (self.config.url, *self.config.mirrors):
+            try:
+                found = _pick_ref(self._git(repo, "ls-remote", url, self.config.ref), self.config.ref)
+            except SourceError as e:
+                log.debug("probe of %s failed: %s", redact_url(url), e)
+                continue
+            if found:
+                return found
+        return None
 
     def current_commit(self) -> str | None:
         with contextlib.suppress(OSError):

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from agent import report as report_codec
-from agent.errors import StateError
+from agent.errors import ReportError, StateError
 from agent.fsutil import atomic_write
-from agent.report import Report
+from agent.report import Pause, Report
 
 log = logging.getLogger(__name__)
 MAX_CONVERGED = 20
@@ -103,6 +103,32 @@ class StateStore:
         for old in sorted(history_dir.glob("*.json"))[:-self.history or None]:
             old.unlink(missing_ok=True)
         return path
+
+    @property
+    def pause_file(self) -> Path:
+        return self.dir / "pause.json"
+
+    def read_pause(self, now: datetime) -> Pause | None:
+        """The pause in force, if any. An expired pause is removed (it expires by itself)."""
+        try:
+            pause = report_codec.decode(Pause, json.loads(self.pause_file.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            return None
+        except (ValueError, ReportError) as e:
+            raise StateError(f"{self.pause_file}: not a valid pause ({e}); remove it or run resume") from e
+        if pause.until is not None and pause.until <= now:
+            self.pause_file.unlink(missing_ok=True)
+            log.info("pause expired: reason=%r until=%s", pause.reason, pause.until)
+            return None
+        return pause
+
+    def write_pause(self, pause: Pause) -> None:
+        atomic_write(self.pause_file, json.dumps(report_codec.encode(pause), indent=1).encode())
+
+    def clear_pause(self) -> bool:
+        existed = self.pause_file.exists()
+        self.pause_file.unlink(missing_ok=True)
+        return existed
 
     def last_report(self) -> Report | None:
         try:

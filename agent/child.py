@@ -1,0 +1,78 @@
+"""The daemon's one home for child processes: each cycle is `gitops-agent run` in its own session.
+
+Ansible never runs inside the daemon (so the daemon stays small), and a cycle that overstays is stopped:
+SIGTERM to the child's process group makes the child cancel Ansible (ansible-runner kills Ansible's own
+process group) and report the run as failed; SIGKILL follows if the child does not exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.daemon import CycleOutcome, child_env
+from agent.errors import AgentError
+from agent.report import Status, Trigger
+from agent.state import StateStore
+
+log = logging.getLogger(__name__)
+BACKSTOP_S = 60.0  # beyond schedule.timeout, before the child is stopped from outside
+TERM_WAIT_S = 20.0
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+
+
+def _stop(proc: subprocess.Popen[bytes], why: str) -> None:
+    log.warning("stopping the cycle process: pid=%d reason=%s", proc.pid, why)
+    _signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(TERM_WAIT_S)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
+
+
+def run_cycle(config_path: Path, store: StateStore, trigger: Trigger, check_only: bool, *, timeout_s: float,
+              stop: threading.Event, grace_s: float, ping: Callable[[], None]) -> CycleOutcome:
+    """Run one cycle in a child process; return what its report says."""
+    argv = [sys.executable, "-m", "agent.cli", "run", "--config", str(config_path),
+            "--trigger", trigger.value, *(["--check"] if check_only else [])]
+    before = store.last_report()
+    started = time.monotonic()
+    stop_by: float | None = None
+    with subprocess.Popen(argv, start_new_session=True, env=child_env(), stdout=subprocess.DEVNULL) as proc:
+        while proc.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(1.0)
+            ping()
+            now = time.monotonic()
+            if stop.is_set() and stop_by is None:
+                stop_by = now + grace_s
+            if stop_by is not None and now > stop_by:
+                _stop(proc, "the daemon is stopping")
+            elif now - started > timeout_s + BACKSTOP_S:
+                _stop(proc, f"past schedule.timeout ({timeout_s:g}s) and did not stop itself")
+    return _outcome(store, before.run_id if before else None, proc.returncode)
+
+
+def _outcome(store: StateStore, previous_run_id: str | None, code: int) -> CycleOutcome:
+    try:
+        report = store.last_report()
+    except AgentError as e:
+        log.error("cycle process left an unreadable report: %s", e)
+        return CycleOutcome(Status.ERROR, None)
+    if report is None or report.run_id == previous_run_id:
+        log.error("cycle process exited with %d and wrote no report", code)
+        return CycleOutcome(Status.ERROR, None)
+    return CycleOutcome(report.status, report.source.commit)

@@ -1,0 +1,229 @@
+"""`gitops-agent daemon`: the scheduled loop that runs on every host, for years.
+
+- a full drift check every schedule.interval, at a fixed per-host offset (splay) derived from the host
+  name, so a fleet spreads the same way every time;
+- a cheap probe for new commits every schedule.poll (`git ls-remote`); a new commit runs a cycle at once;
+- a failed cycle is retried at the interval, backing off up to 4 intervals; a newer commit runs at once;
+- every cycle runs in a child process (`gitops-agent run`), so Ansible never grows the daemon, and a
+  cycle past schedule.timeout is stopped: the child cancels Ansible (its process group), a backstop kills
+  the child's group;
+- SIGTERM/SIGINT: stop (the running cycle gets schedule.stop_grace to finish, then is cancelled);
+  SIGHUP: reload the config (an invalid one is refused, the old one kept);
+  SIGUSR1: look at requests from `gitops-agent run`;
+- systemd: READY=1, WATCHDOG=1 pings, STATUS= lines (Type=notify).
+The pure parts (splay, slots, backoff) take numbers; Daemon.run_once() takes its clock from outside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from agent import config as config_mod
+from agent.errors import AgentError
+from agent.fsutil import atomic_write
+from agent.report import Status, Trigger
+
+log = logging.getLogger(__name__)
+BACKOFF_CAP_INTERVALS = 4
+CHILD_ENV = "GITOPS_AGENT_DAEMON_CHILD"
+
+
+# -- pure scheduling ----------------------------------------------------------------------------
+
+def splay_offset(host: str, splay_s: float) -> float:
+    """A fixed offset in [0, splay_s) from the host name: the same every start, spread over a fleet."""
+    if splay_s < 1:
+        return 0.0
+    digest = int(hashlib.sha256(host.encode()).hexdigest()[:12], 16)
+    return float(digest % int(splay_s))
+
+
+def next_slot(now: float, interval_s: float, offset_s: float) -> float:
+    """The next full-check time after `now`: offset + k * interval on the epoch clock."""
+    k = math.floor((now - offset_s) / interval_s) + 1
+    return float(k * interval_s + offset_s)
+
+
+def backoff_s(failures: int, interval_s: float) -> float:
+    """After n failed cycles in a row: interval, 2x, 4x ... capped at 4 intervals."""
+    factor = float(2 ** max(failures - 1, 0))
+    return min(interval_s * factor, interval_s * BACKOFF_CAP_INTERVALS)
+
+
+# -- systemd ------------------------------------------------------------------------------------
+
+def sd_notify(message: str) -> None:
+    """Send a notification to systemd when started as Type=notify (no-op otherwise)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(message.encode(), address)
+
+
+def watchdog_interval_s() -> float | None:
+    usec = os.environ.get("WATCHDOG_USEC")
+    return int(usec) / 2e6 if usec and usec.isdigit() else None
+
+
+# -- the loop -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CycleOutcome:
+    status: Status
+    commit: str | None
+
+
+Spawn = Callable[[Trigger, bool], CycleOutcome]  # (trigger, check_only) -> outcome
+
+
+@dataclass(frozen=True)
+class Request:
+    id: str
+    check_only: bool
+
+
+class Daemon:
+    def __init__(self, config_path: Path, config: config_mod.AgentConfig, *, spawn: Spawn,
+                 probe: Callable[[], str | None], clock: Callable[[], float] = time.time,
+                 last_commit: str | None = None) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.spawn = spawn
+        self.probe = probe
+        self.clock = clock
+        self.last_commit = last_commit
+        self.failures = 0
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.reload_requested = False
+        now = clock()
+        self.next_poll_at = now  # look for a new commit right away
+        self.next_full_at = self._slot(now)
+
+    @property
+    def requests_dir(self) -> Path:
+        return self.config.state_dir / "requests"
+
+    def _slot(self, now: float) -> float:
+        sched = self.config.schedule
+        return next_slot(now, sched.interval_s, splay_offset(self.config.host, sched.splay_s))
+
+    def run_once(self) -> Trigger | None:
+        """Do what is due now: requests from `run`, a new commit, a full check. Returns the trigger run."""
+        if self.reload_requested:
+            self.reload()
+        for request in self._pending_requests():
+            self._cycle(Trigger.MANUAL, request)
+            return Trigger.MANUAL
+        now = self.clock()
+        if now >= self.next_poll_at:
+            self.next_poll_at = now + self.config.schedule.poll_s
+            commit = self.probe()
+            if commit is not None and commit != self.last_commit:
+                log.info("new commit: commit=%s previous=%s", commit[:12], (self.last_commit or "-")[:12])
+                self._cycle(Trigger.NEW_COMMIT)
+                return Trigger.NEW_COMMIT
+        if now >= self.next_full_at:
+            trigger = Trigger.RETRY if self.failures else Trigger.SCHEDULE
+            self._cycle(trigger)
+            return trigger
+        return None
+
+    def _cycle(self, trigger: Trigger, request: Request | None = None) -> None:
+        sd_notify(f"STATUS=running a cycle ({trigger.value})")
+        outcome = self.spawn(trigger, request.check_only if request else False)
+        if request is not None:
+            atomic_write(self.requests_dir / f"{request.id}.done", json.dumps(
+                {"status": outcome.status.value}).encode())
+            (self.requests_dir / f"{request.id}.json").unlink(missing_ok=True)
+        if outcome.commit:
+            self.last_commit = outcome.commit
+        now = self.clock()
+        if outcome.status in (Status.FAILED, Status.ERROR):
+            self.failures += 1
+            self.next_full_at = now + backoff_s(self.failures, self.config.schedule.interval_s)
+            log.warning("cycle %s: retry in %.0fs (failure %d in a row)", outcome.status.value,
+                        self.next_full_at - now, self.failures)
+        else:
+            self.failures = 0
+            self.next_full_at = self._slot(now)
+        sd_notify(f"STATUS={outcome.status.value} at {(outcome.commit or '-')[:12]}; next full check in "
+                  f"{self.next_full_at - now:.0f}s")
+
+    def _pending_requests(self) -> list[Request]:
+        found = []
+        for path in sorted(self.requests_dir.glob("*.json")) if self.requests_dir.is_dir() else ():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                found.append(Request(path.stem, bool(data.get("check_only"))))
+            except (OSError, ValueError):
+                path.unlink(missing_ok=True)
+        return found
+
+    def reload(self) -> None:
+        self.reload_requested = False
+        try:
+            new = config_mod.load(self.config_path)
+        except AgentError as e:
+            log.error("reload refused, keeping the old configuration: %s", e)
+            return
+        self.config = new
+        self.next_full_at = min(self.next_full_at, self._slot(self.clock()))
+        log.info("configuration reloaded from %s", self.config_path)
+
+    # -- serving ----------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_requested = True
+        elif signum != signal.SIGUSR1:
+            self.stop.set()
+        self.wake.set()
+
+    def serve(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
+        pidfile = self.config.state_dir / "daemon.pid"
+        atomic_write(pidfile, f"{os.getpid()}\n".encode(), mode=0o644)
+        sd_notify("READY=1")
+        log.info("daemon started: host=%s interval_s=%g poll_s=%g splay_s=%g", self.config.host,
+                 self.config.schedule.interval_s, self.config.schedule.poll_s, self.config.schedule.splay_s)
+        watchdog = watchdog_interval_s()
+        try:
+            while not self.stop.is_set():
+                try:
+                    self.run_once()
+                except Exception:  # a failed iteration must not end the daemon
+                    log.exception("daemon iteration failed; continuing")
+                    self.next_poll_at = self.clock() + self.config.schedule.poll_s
+                if watchdog:
+                    sd_notify("WATCHDOG=1")
+                due = min(self.next_poll_at, self.next_full_at) - self.clock()
+                self.wake.wait(max(0.0, min(due, watchdog or due)))
+                self.wake.clear()
+        finally:
+            sd_notify("STOPPING=1")
+            pidfile.unlink(missing_ok=True)
+            log.info("daemon stopped")
+        return 0
+
+
+def child_env() -> dict[str, Any]:
+    return {**os.environ, CHILD_ENV: "1"}

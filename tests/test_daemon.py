@@ -1,0 +1,146 @@
+"""The daemon loop driven by run_once() with a fake clock, a fake spawn and a fake probe (the real
+child process and Git probe are exercised in test_daemon_live.py)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent import config as config_mod
+from agent import daemon
+from agent.daemon import CycleOutcome, Daemon
+from agent.report import Pause, Status, Trigger
+from agent.state import StateStore
+
+HOUR = 3600.0
+
+
+def test_splay_is_fixed_per_host_and_spread() -> None:
+    offsets = {daemon.splay_offset(f"web{i:02d}.example.com", 300) for i in range(100)}
+    assert daemon.splay_offset("web01", 300) == daemon.splay_offset("web01", 300)
+    assert all(0 <= o < 300 for o in offsets) and len(offsets) > 60
+    assert daemon.splay_offset("web01", 0) == 0
+
+
+def test_next_slot_and_backoff() -> None:
+    assert daemon.next_slot(1000.0, 600, 30) == 1230.0
+    assert daemon.next_slot(1230.0, 600, 30) == 1830.0
+    assert [daemon.backoff_s(n, 600) for n in (1, 2, 3, 4, 5)] == [600, 1200, 2400, 2400, 2400]
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Fakes:
+    def __init__(self) -> None:
+        self.remote: str | None = "c1"
+        self.outcomes: list[Status] = []
+        self.spawned: list[tuple[Trigger, bool]] = []
+        self.ran_commit: str | None = None
+
+    def spawn(self, trigger: Trigger, check_only: bool) -> CycleOutcome:
+        self.spawned.append((trigger, check_only))
+        status = self.outcomes.pop(0) if self.outcomes else Status.IN_SYNC
+        return CycleOutcome(status, self.remote)
+
+    def probe(self) -> str | None:
+        return self.remote
+
+
+def make(tmp_path: Path, **schedule: str) -> tuple[Daemon, Fakes, Clock, Path]:
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump({"host": "web01", "source": {"url": "repo"}, "state_dir": "state",
+                                    "schedule": {"interval": "1h", "poll": "1m", "splay": "5m", **schedule}}))
+    fakes, clock = Fakes(), Clock(1_000_000.0)
+    d = Daemon(path, config_mod.load(path), spawn=fakes.spawn, probe=fakes.probe, clock=clock)
+    return d, fakes, clock, path
+
+
+def test_new_commit_runs_at_once_then_full_checks_on_schedule(tmp_path: Path) -> None:
+    d, fakes, clock, _ = make(tmp_path)
+    assert d.run_once() is Trigger.NEW_COMMIT  # first poll: a commit the host has not run
+    assert d.run_once() is None  # nothing due
+    clock.now += 61
+    assert d.run_once() is None  # polled: same commit
+    clock.now = d.next_full_at
+    assert d.run_once() is Trigger.SCHEDULE
+    offset = daemon.splay_offset("web01", 300)
+    assert (d.next_full_at - offset) % HOUR == 0  # on this host's slot
+    fakes.remote = "c2"
+    clock.now += 61
+    assert d.run_once() is Trigger.NEW_COMMIT
+
+
+def test_failed_commit_is_not_retried_on_every_poll(tmp_path: Path) -> None:
+    d, fakes, clock, _ = make(tmp_path)
+    fakes.outcomes = [Status.FAILED, Status.FAILED, Status.FAILED]
+    start = clock.now
+    assert d.run_once() is Trigger.NEW_COMMIT and d.failures == 1
+    assert d.next_full_at == start + HOUR
+    for _ in range(10):  # polls see the same, failed commit: no cycle
+        clock.now += 61
+        assert d.run_once() is None
+    clock.now = d.next_full_at
+    assert d.run_once() is Trigger.RETRY and d.failures == 2
+    assert d.next_full_at == clock.now + 2 * HOUR  # backing off
+    fakes.remote = "c3"  # a newer commit is tried at once
+    clock.now += 61
+    assert d.run_once() is Trigger.NEW_COMMIT and d.failures == 3
+    fakes.outcomes = [Status.CORRECTED]
+    clock.now = d.next_full_at
+    assert d.run_once() is Trigger.RETRY and d.failures == 0
+
+
+def test_requests_from_run_are_served_first(tmp_path: Path) -> None:
+    d, fakes, _, _ = make(tmp_path)
+    requests = tmp_path / "state/requests"
+    requests.mkdir(parents=True)
+    (requests / "abc.json").write_text(json.dumps({"check_only": True}))
+    assert d.run_once() is Trigger.MANUAL
+    assert fakes.spawned == [(Trigger.MANUAL, True)]
+    assert json.loads((requests / "abc.done").read_text()) == {"status": "in_sync"}
+    assert not (requests / "abc.json").exists()
+
+
+def test_reload_keeps_old_config_when_new_one_is_invalid(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    d, _, _, path = make(tmp_path)
+    path.write_text("source: {url: repo}\nschedule: {interval: never}\n")
+    d.reload_requested = True
+    d.run_once()
+    assert d.config.schedule.interval_s == HOUR
+    assert "reload refused, keeping the old configuration" in caplog.text
+    path.write_text("host: web01\nsource: {url: repo}\nstate_dir: state\nschedule: {interval: 10m}\n")
+    d.reload()
+    assert d.config.schedule.interval_s == 600
+
+
+def test_pause_expires_by_itself(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    now = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    store.write_pause(Pause(reason="db migration", by="alice", since=now, until=now + timedelta(hours=4)))
+    pause = store.read_pause(now + timedelta(hours=1))
+    assert pause is not None and pause.reason == "db migration" and pause.by == "alice"
+    assert store.read_pause(now + timedelta(hours=4)) is None
+    assert not store.pause_file.exists()
+
+
+def test_sd_notify_sends_datagrams(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    address = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(address))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(address))
+        daemon.sd_notify("READY=1")
+        assert sock.recv(100) == b"READY=1"
+    monkeypatch.setenv("WATCHDOG_USEC", "20000000")
+    assert daemon.watchdog_interval_s() == 10.0

@@ -1,0 +1,113 @@
+"""The real daemon: a child process per cycle, a real Git repo, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import APP_INVENTORY, APP_PLAYBOOK, ROOT, GitRepo, make_repo
+
+pytestmark = pytest.mark.ansible
+SLEEPER = APP_PLAYBOOK + """    - name: Slow migration
+      ansible.builtin.command: sleep 317
+"""
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def last_run(tmp_path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((tmp_path / "state/last_run.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+@contextmanager
+def running_daemon(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out, subprocess.Popen([sys.executable, "-m", "agent.cli", "-v", "daemon",
+                                                  "--config", str(config)], stderr=out, cwd=ROOT) as proc:
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def sleepers() -> list[str]:
+    out = subprocess.run(["pgrep", "-f", "sleep 317"], capture_output=True, text=True).stdout
+    return out.split()
+
+
+def test_daemon_picks_up_commits_serves_run_and_reloads(cli, write_config, app_repo: GitRepo,
+                                                        tmp_path: Path) -> None:
+    config = write_config(app_repo.path, schedule={"interval": "1h", "poll": "1s", "splay": "0s",
+                                                   "timeout": "120s"})
+    log = tmp_path / "daemon.log"
+    with running_daemon(config, log) as proc:
+        wait_for(lambda: (last_run(tmp_path) or {}).get("status") == "corrected", 90, "the first cycle")
+        assert last_run(tmp_path)["trigger"] == "new_commit"
+        started = time.monotonic()
+        second = app_repo.commit({"inventory/hosts.yml": APP_INVENTORY.replace('"1"', '"2"')}, "v2")
+        wait_for(lambda: (tmp_path / "root/app.conf").read_text() == "version=2\n", 90, "the new commit")
+        report = wait_for(lambda: (r := last_run(tmp_path)) and r["source"]["commit"] == second and r, 30, "report")
+        assert report["status"] == "corrected" and report["trigger"] == "new_commit"
+        print(f"new commit converged in {time.monotonic() - started:.1f}s")
+
+        result = cli("run", "--check", "--json", "--config", str(config))  # served by the daemon
+        assert f"the daemon (pid {proc.pid}) runs this cycle" in result.err
+        assert (result.code, result.report["status"], result.report["trigger"]) == (0, "in_sync", "manual")
+
+        good = config.read_text()
+        config.write_text(good + "bogus_key: 1\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload refused, keeping the old configuration" in log.read_text(), 20, "reload log")
+        assert proc.poll() is None
+        config.write_text(good)
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert not (tmp_path / "state/daemon.pid").exists()
+    assert "daemon stopped" in log.read_text()
+
+
+def test_sigterm_during_a_run_cancels_it_within_the_grace(write_config, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "origin", {"playbooks/app.yml": SLEEPER, "inventory/hosts.yml": APP_INVENTORY})
+    config = write_config(repo.path, schedule={"poll": "1s", "splay": "0s", "timeout": "300s",
+                                               "stop_grace": "2s"})
+    with running_daemon(config, tmp_path / "daemon.log") as proc:
+        wait_for(sleepers, 90, "the apply to reach the slow task")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    report = last_run(tmp_path)
+    assert report is not None and report["status"] == "failed" and report["phase_reached"] == "apply"
+    assert "cancelled" in report["errors"][0]["message"]
+    wait_for(lambda: not sleepers(), 10, "the sleeping task to be killed with its process group")
+
+
+def test_a_cycle_past_its_timeout_is_stopped_and_reported(cli, write_config, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "origin", {"playbooks/app.yml": SLEEPER, "inventory/hosts.yml": APP_INVENTORY})
+    started = time.monotonic()
+    result = cli("run", "--json", "--config", str(write_config(repo.path, schedule={"timeout": "15s"})))
+    assert time.monotonic() - started < 60
+    assert (result.code, result.report["status"], result.report["phase_reached"]) == (1, "failed", "apply")
+    assert "ran past schedule.timeout (15s)" in result.report["errors"][0]["message"]
+    wait_for(lambda: not sleepers(), 10, "the sleeping task to be killed with its process group")
+    assert os.path.exists(tmp_path / "state/last_run.json")
