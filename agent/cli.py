@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agent import __version__, child, config, daemon, render
+from agent import __version__, child, config, daemon, render, textfile
 from agent import report as report_codec
 from agent.cycle import Cycle, CycleOptions
 from agent.errors import AgentError
@@ -113,6 +113,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         cancelled = _cancel_on_term()
         report = Cycle(cfg, cancel=cancelled.is_set).run(
             CycleOptions(trigger=Trigger(args.trigger), check_only=args.check))
+        if cfg.metrics_textfile is not None:
+            atomic_write(cfg.metrics_textfile, textfile.render(report).encode(), mode=0o644)
     if args.json:
         print(report_codec.to_json(report, indent=2))
     else:

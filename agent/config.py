@@ -125,6 +125,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("state_dir", _string, "/var/lib/gitops-agent", "where releases, reports and locks live"),
     Setting("lock_wait", _duration, "10s", "how long a second invocation waits for the cycle lock"),
     Setting("history", _positive_int, 50, "reports kept in state_dir/history"),
+    Setting("metrics_textfile", _opt_string, None,
+            "write Prometheus metrics here after each cycle (node_exporter textfile collector)"),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 _SECTIONS = {s.name.split(".")[0] for s in SETTINGS if "." in s.name}
@@ -172,6 +174,7 @@ class AgentConfig:
     state_dir: Path
     lock_wait_s: float
     history: int
+    metrics_textfile: Path | None = None
     path: Path | None = None
 
 
@@ -252,6 +255,7 @@ def _build(v: dict[str, Any], base: Path, origin: str) -> AgentConfig:
         host=v["host"] or socket.getfqdn(), source=source, playbooks=v["playbooks"],
         inventory=v["inventory"], mode=v["mode"], extra_vars=v["extra_vars"], schedule=schedule,
         collector=collector, state_dir=state_dir, lock_wait_s=v["lock_wait"], history=v["history"],
+        metrics_textfile=_resolve_path(v["metrics_textfile"], base),
     )
 
 

@@ -144,3 +144,15 @@ def test_sd_notify_sends_datagrams(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert sock.recv(100) == b"READY=1"
     monkeypatch.setenv("WATCHDOG_USEC", "20000000")
     assert daemon.watchdog_interval_s() == 10.0
+
+
+def test_textfile_metrics() -> None:
+    from agent import textfile
+    from tests.test_report import sample
+
+    text = textfile.render(sample())
+    assert 'gitops_agent_last_run_status{host="web01",status="corrected"} 1' in text
+    assert 'gitops_agent_last_run_status{host="web01",status="failed"} 0' in text
+    assert 'gitops_agent_drift_items{host="web01",kind="corrective"} 1' in text
+    assert 'gitops_agent_failed_tasks{host="web01"} 1' in text
+    assert text.endswith("\n") and all(line.startswith(("#", "gitops_agent_")) for line in text.splitlines())
