@@ -131,11 +131,16 @@ def _last(args: argparse.Namespace) -> Report:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    store = StateStore(cfg.state_dir)
     last = _last(args)
+    now = datetime.now(UTC)
+    pause = store.read_pause(now)
     if args.json:
-        print(json.dumps({"last_run": report_codec.to_dict(last)}, indent=2))
+        print(json.dumps({"last_run": report_codec.to_dict(last), "daemon_pid": _daemon_pid(cfg.state_dir),
+                          "pause": report_codec.encode(pause) if pause else None}, indent=2))
     else:
-        print(render.status_text(last, datetime.now(UTC)))
+        print(render.status_text(last, now, pause))
         print(render.summary(last, colour=_colour()))
     return exit_code(last.status)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from datetime import datetime
 
-from agent.report import DriftItem, Report, Status
+from agent.report import DriftItem, Pause, Report, Status
 
 _COLOURS = {Status.IN_SYNC: "32", Status.CORRECTED: "32", Status.DRIFTED: "33", Status.PAUSED: "33",
             Status.FAILED: "31", Status.ERROR: "31"}
@@ -63,9 +63,16 @@ def unified(item: DriftItem, *, colour: bool = False) -> str:
     return "\n".join(out)
 
 
-def status_text(report: Report, now: datetime) -> str:
+def pause_text(pause: Pause | None) -> str:
+    if pause is None:
+        return "not paused"
+    what = "checks and applies" if pause.checks_too else "applies"
+    until = f"until {pause.until:%Y-%m-%d %H:%M}Z" if pause.until else "until resumed"
+    return f"{what} paused by {pause.by or 'unknown'} {until}: {pause.reason}"
+
+
+def status_text(report: Report, now: datetime, pause: Pause | None) -> str:
     drift = len(report.drift)
-    pause = f"paused: {report.pause.reason}" if report.pause else "not paused"
     return (f"last run: {report.finished_at:%Y-%m-%d %H:%M:%S}Z ({_ago(report.finished_at, now)}), "
             f"{report.status.value}, commit {_short(report.source.commit)}, "
-            f"{drift} drift item(s), {pause}")
+            f"{drift} drift item(s)\n{pause_text(pause)}")

@@ -170,3 +170,24 @@ def test_recurring_unverifiable_and_no_log(cli, write_config, tmp_path: Path) ->
     for path in (tmp_path / "state").rglob("*"):
         if path.is_file() and "releases" not in path.parts and "repo" not in path.parts:
             assert SECRET not in path.read_text(errors="replace"), path
+
+
+def test_pause_stops_applies_and_is_in_reports_and_status(cli, write_config, app_repo: GitRepo,
+                                                          tmp_path: Path) -> None:
+    config = write_config(app_repo.path)
+    paused = cli("pause", "--reason", "db migration", "--for", "2h", "--config", str(config))
+    assert paused.code == 0 and "db migration" in paused.out
+    code, report = run(cli, config)
+    assert (code, report["status"], report["apply"]) == (2, "paused", None)
+    assert report["pause"]["reason"] == "db migration" and report["pause"]["until"]
+    assert not (tmp_path / "root/app.conf").exists()
+    status = cli("status", "--config", str(config))
+    assert "applies paused by" in status.out and "db migration" in status.out
+
+    cli("pause", "--reason", "freeze", "--checks-too", "--config", str(config))
+    code, report = run(cli, config)
+    assert (code, report["status"], report["drift"], report["durations_s"]["check"]) == (2, "paused", [], None)
+
+    assert cli("resume", "--config", str(config)).out.strip() == "resumed"
+    code, report = run(cli, config)
+    assert (code, report["status"], report["pause"]) == (0, "corrected", None)
