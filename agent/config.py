@@ -108,7 +108,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("source.allow_rewind", _boolean, False,
             "accept a ref that moved backwards or was force-pushed"),
     Setting("source.depth", _positive_int, 1, "fetch depth (0 = full history); deepened when needed"),
-    Setting("source.keep_releases", _positive_int, 3, "checked-out commits kept for rollback and offline use"),
+    Setting("source.keep_releases", _positive_int, 3,
+            "checked-out commits kept for rollback and offline use"),
     Setting("source.timeout", _duration, "2m", "a fetch from one source longer than this is abandoned"),
     Setting("playbooks", _string, "playbooks", "folder in the repo: role R runs <playbooks>/R.yml"),
     Setting("inventory", _string, "inventory", "inventory file or folder in the repo"),
@@ -230,7 +231,8 @@ def _build(v: dict[str, Any], base: Path, origin: str) -> AgentConfig:
     schedule = ScheduleConfig(v["schedule.interval"], v["schedule.poll"], v["schedule.splay"],
                               v["schedule.timeout"])
     if schedule.interval_s <= 0 or schedule.poll_s <= 0 or schedule.timeout_s <= 0:
-        raise ConfigError(f"{origin}: 'schedule.interval', 'schedule.poll' and 'schedule.timeout' must be > 0")
+        raise ConfigError(
+            f"{origin}: 'schedule.interval', 'schedule.poll' and 'schedule.timeout' must be > 0")
     if v["source.keep_releases"] < 1:
         raise ConfigError(f"{origin}: 'source.keep_releases' must be at least 1")
     source = SourceConfig(

@@ -1,0 +1,154 @@
+"""The write side of the collector's storage: ingest one report, prune old runs.
+
+`ingest` stores a report in one transaction and returns only after the commit, so the API can answer
+201 knowing the report is durable. A run_id already stored changes nothing (idempotent re-sends).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from agent.collector import db
+from agent.collector.tables import commits, drift_items, host_roles, hosts, runs
+from agent.report import Report, Status
+
+PRUNE_BATCH = 500
+
+
+@dataclass(frozen=True)
+class Expectations:
+    """How often a host is expected to report when its report does not say (interval_s, splay_s)."""
+
+    interval_s: int = 1800
+    splay_s: int = 300
+
+
+def compress(raw: bytes) -> bytes:
+    return zlib.compress(raw, 6)
+
+
+def decompress(blob: bytes) -> bytes:
+    return zlib.decompress(blob)
+
+
+def ingest(engine: Engine, report: Report, raw: bytes, *, received_at: datetime,
+           expect: Expectations = Expectations()) -> bool:
+    """Store `report` (its JSON body `raw`, kept compressed). True: stored now; False: already stored."""
+    try:
+        with db.write(engine) as conn:
+            if _run_exists(conn, report.run_id):
+                return False
+            conn.execute(runs.insert().values(**_run_row(report, raw, received_at)))
+            _insert_drift(conn, report)
+            _upsert_commit(conn, report, received_at)
+            _upsert_host(conn, report, received_at, expect)
+        return True
+    except IntegrityError:
+        with engine.connect() as conn:  # two senders raced with the same run_id: the other one won
+            if _run_exists(conn, report.run_id):
+                return False
+        raise
+
+
+def _run_exists(conn: Connection, run_id: str) -> bool:
+    return conn.execute(select(runs.c.run_id).where(runs.c.run_id == run_id)).first() is not None
+
+
+def _counts(report: Report) -> dict[str, int]:
+    apply = report.apply
+    return {
+        "drift_count": len(report.drift),
+        "failed_count": len(apply.failed_tasks) if apply else 0,
+        "error_count": len(report.errors),
+    }
+
+
+def _run_row(report: Report, raw: bytes, received_at: datetime) -> dict[str, Any]:
+    source = report.source
+    return {
+        "run_id": report.run_id, "host": report.host, "status": report.status.value,
+        "mode": report.mode.value, "trigger": report.trigger.value,
+        "phase_reached": report.phase_reached.value, "commit": source.commit, "ref": source.ref,
+        "previous_commit": source.previous_commit, "agent_version": report.agent_version,
+        "started_at": report.started_at, "finished_at": report.finished_at, "received_at": received_at,
+        "changed": report.apply.changed if report.apply else 0, "compacted": report.compacted,
+        "duration_s": report.durations_s.total, "report": compress(raw), **_counts(report),
+    }
+
+
+def _insert_drift(conn: Connection, report: Report) -> None:
+    rows = [
+        {"run_id": report.run_id, "host": report.host, "play": item.play, "task": item.task,
+         "role": item.role, "module": item.module, "kind": item.kind.value,
+         "diff_count": len(item.diffs), "first_seen_at": item.first_seen_at}
+        for item in report.drift
+    ]
+    if rows:
+        conn.execute(drift_items.insert(), rows)
+
+
+def _insert_ignore(conn: Connection, table: Any, values: dict[str, Any]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING on SQLite and PostgreSQL."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(dialect.insert(table).values(**values).on_conflict_do_nothing())
+
+
+def _upsert_commit(conn: Connection, report: Report, received_at: datetime) -> None:
+    source = report.source
+    if not source.commit:
+        return
+    _insert_ignore(conn, commits, {
+        "sha": source.commit, "author": source.author, "committed_at": source.committed_at,
+        "subject": source.subject, "signature_status": source.signature.status.value,
+        "signer": source.signature.signer, "first_seen_at": received_at,
+    })
+
+
+def _host_state(report: Report) -> dict[str, Any]:
+    pause = report.pause
+    return {
+        "last_run_id": report.run_id, "status": report.status.value, "mode": report.mode.value,
+        "phase_reached": report.phase_reached.value, "commit": report.source.commit,
+        "ref": report.source.ref, "paused": pause is not None or report.status is Status.PAUSED,
+        "pause_reason": pause.reason if pause else None, "pause_until": pause.until if pause else None,
+        "agent_version": report.agent_version, "interval_s": report.interval_s,
+        "splay_s": report.splay_s, "last_finished_at": report.finished_at, **_counts(report),
+    }
+
+
+def _upsert_host(conn: Connection, report: Report, received_at: datetime, expect: Expectations) -> None:
+    expected_s = (report.interval_s or expect.interval_s) + (report.splay_s or expect.splay_s)
+    seen = {"last_seen_at": received_at, "due_at": received_at + timedelta(seconds=expected_s)}
+    state = _host_state(report)
+    _insert_ignore(conn, hosts, {"host": report.host, **state, **seen, "first_seen_at": received_at})
+    conn.execute(update(hosts).where(hosts.c.host == report.host).values(**seen))
+    newer = and_(hosts.c.host == report.host, hosts.c.last_finished_at <= report.finished_at)
+    if conn.execute(update(hosts).where(newer).values(**state)).rowcount:
+        conn.execute(delete(host_roles).where(host_roles.c.host == report.host))
+        if report.roles:
+            conn.execute(host_roles.insert(), [{"host": report.host, "role": r} for r in set(report.roles)])
+
+
+def prune(engine: Engine, *, older_than: datetime) -> int:
+    """Delete runs finished before `older_than`, except each host's latest run. Returns how many."""
+    latest = select(hosts.c.last_run_id)
+    old = and_(runs.c.finished_at < older_than, runs.c.run_id.not_in(latest))
+    total = 0
+    while True:
+        with db.write(engine) as conn:
+            batch = [r for (r,) in conn.execute(select(runs.c.run_id).where(old).limit(PRUNE_BATCH))]
+            if not batch:
+                return total
+            conn.execute(delete(drift_items).where(drift_items.c.run_id.in_(batch)))
+            conn.execute(delete(runs).where(runs.c.run_id.in_(batch)))
+        total += len(batch)
+
+
+__all__ = ["Expectations", "compress", "decompress", "ingest", "prune"]
