@@ -150,7 +150,8 @@ class Sender:
                                     verify=verify, transport=transport, follow_redirects=False)
 
     @classmethod
-    def from_config(cls, config: CollectorConfig, *, timeout_s: float = 15.0, max_attempts: int = 4) -> Sender:
+    def from_config(cls, config: CollectorConfig, *, timeout_s: float = 15.0,
+                    max_attempts: int = 4) -> Sender:
         """A sender for `collector.url` with the token from `collector.token_file` (checked)."""
         if not config.url:
             raise ConfigError("collector.url is not set: reports stay in the outbox")
