@@ -75,6 +75,8 @@ def _paths() -> dict[str, Any]:
         "/healthz": {"get": {
             "summary": "Liveness and database reachability", "security": [],
             "responses": {"200": {"description": "ok"}, "503": {"description": "database down"}}}},
+        "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [],
+                                         "responses": {"200": {"description": "OpenAPI 3.1"}}}},
         "/metrics": {"get": {"summary": "Prometheus text format", "security": [{"bearer": []}],
                              "responses": {"200": {"description": "metrics"}}}},
     }

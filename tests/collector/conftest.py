@@ -1,10 +1,9 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-
-import asyncio
 from typing import Any
 
 import httpx

@@ -21,7 +21,8 @@ def count(engine, table, *where):
 
 
 def test_new_report_is_201_and_stored_with_its_rows(send, engine):
-    report = make_report(status=Status.DRIFTED, drift=(drift_item("a"), drift_item("b", kind=DriftKind.RECURRING)))
+    drift = (drift_item("a"), drift_item("b", kind=DriftKind.RECURRING))
+    report = make_report(status=Status.DRIFTED, drift=drift)
     response = send(report)
     assert response.status_code == 201
     assert response.json() == {"run_id": report.run_id, "result": "created"}
