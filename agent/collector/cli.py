@@ -8,7 +8,8 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 
 from sqlalchemy import Engine
@@ -86,16 +87,25 @@ def _token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     revoke.add_argument("ref")
 
 
-def _open(url: str) -> Engine:
+@contextmanager
+def _open(url: str, *, check: bool = True) -> Iterator[Engine]:
     engine = db.create(url)
-    db.prepare(engine)
-    return engine
+    try:
+        if check:
+            db.prepare(engine)
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def _serve(args: argparse.Namespace) -> int:
+    with _open(args.db) as engine:
+        return _serve_with(engine, args)
+
+
+def _serve_with(engine: Engine, args: argparse.Namespace) -> int:
     import uvicorn
 
-    engine = _open(args.db)
     proxy = None
     if args.trusted_header:
         proxy = ProxyAuth(args.trusted_header, tuple(args.trusted_proxy or ("127.0.0.1", "::1")))
@@ -105,12 +115,10 @@ def _serve(args: argparse.Namespace) -> int:
     host, port = args.listen
     logging.getLogger(__name__).info("serving on %s:%d, database %s", host, port, db.redact_url(args.db))
     uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=args.log_level == "debug")
-    engine.dispose()
     return 0
 
 
-def _token(args: argparse.Namespace) -> int:
-    engine = _open(args.db)
+def _token(engine: Engine, args: argparse.Namespace) -> int:
     if args.action == "create":
         kind, name = (TokenKind.READER, args.reader) if args.reader else (TokenKind.INGEST, args.host)
         info, secret = tokens.create(engine, kind, name, now=utc_now())
@@ -130,15 +138,16 @@ def _token(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return _serve(args)
-    if args.command == "migrate":
-        print(f"database schema at revision {db.migrate(db.create(args.db))}")
+    with _open(args.db, check=args.command != "migrate") as engine:
+        if args.command == "migrate":
+            print(f"database schema at revision {db.migrate(engine)}")
+            return 0
+        if args.command == "token":
+            return _token(engine, args)
+        cutoff = utc_now() - timedelta(seconds=args.older_than)
+        pruned = store.prune(engine, older_than=cutoff)
+        print(f"pruned {pruned} run(s) finished before {cutoff:%Y-%m-%d %H:%M}Z")
         return 0
-    if args.command == "token":
-        return _token(args)
-    cutoff = utc_now() - timedelta(seconds=args.older_than)
-    pruned = store.prune(_open(args.db), older_than=cutoff)
-    print(f"pruned {pruned} run(s) finished before {cutoff:%Y-%m-%d %H:%M}Z")
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
