@@ -9,8 +9,9 @@ Files are written crash-safely (temp file, fsync, rename) with mode 0600. The ou
 `max_reports` and `max_bytes`; when over a bound it drops the least informative reports first:
 an in_sync report followed by another in_sync report, then other in_sync reports, then paused ones.
 Reports with drift, corrections, failures or errors are never dropped (so the bounds can be exceeded
-by those alone), and the newest report is never dropped. What was dropped is counted, and `put()`
-carries that count into the next report it writes (its `compacted` field).
+by those alone), and the newest report is never dropped. What was dropped is counted (including the
+counts that dropped reports themselves carried), and `put()` carries that count into the next report
+it writes (its `compacted` field): callers do not add it themselves.
 
 Usage:
     outbox = Outbox(config.state_dir / "outbox", max_reports=..., max_bytes=...)
@@ -206,10 +207,10 @@ class Outbox:
                 log.warning("outbox %s is over its bounds with reports that are never dropped (%d reports)",
                             self.directory, len(entries))
                 break
+            dropped += 1 + _carried_count(entries[victim].path)
             with contextlib.suppress(FileNotFoundError):
                 entries[victim].path.unlink()
             del entries[victim]
-            dropped += 1
         if dropped:
             fsync_dir(self.directory)
             self._write_counter(self.compacted_count() + dropped)
@@ -225,6 +226,15 @@ class Outbox:
 
 def _safe(run_id: str) -> str:
     return _SAFE_ID.sub("_", run_id)[:80] or "run"
+
+
+def _carried_count(path: Path) -> int:
+    """The `compacted` count a report being dropped carried (so that count is not lost with it)."""
+    try:
+        value = json.loads(path.read_bytes()).get("compacted", 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return value if isinstance(value, int) and value > 0 else 0
 
 
 def _read_reason(path: Path) -> tuple[str, datetime | None]:
