@@ -6,20 +6,30 @@
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, select, update
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.dml import Insert
 
 from agent.collector import db
-from agent.collector.tables import commits, drift_items, host_roles, hosts, runs
+from agent.collector.tables import UTCDateTime, commits, drift_items, host_roles, hosts, runs
 from agent.report import Report, Status
 
 PRUNE_BATCH = 500
+
+# Statements built once: the SET clause of the updates comes from the parameters given at execution.
+RUN_EXISTS = select(runs.c.run_id).where(runs.c.run_id == bindparam("key_run_id"))
+HOST_SEEN = update(hosts).where(hosts.c.host == bindparam("key_host"))
+HOST_STATE_IF_NEWER = update(hosts).where(
+    hosts.c.host == bindparam("key_host"),
+    hosts.c.last_finished_at <= bindparam("key_finished_at", type_=UTCDateTime()))
+ROLES_DELETE = delete(host_roles).where(host_roles.c.host == bindparam("key_host"))
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,7 @@ def ingest(engine: Engine, report: Report, raw: bytes, *, received_at: datetime,
         with db.write(engine) as conn:
             if _run_exists(conn, report.run_id):
                 return False
-            conn.execute(runs.insert().values(**_run_row(report, raw, received_at)))
+            conn.execute(runs.insert(), _run_row(report, raw, received_at))
             _insert_drift(conn, report)
             _upsert_commit(conn, report, received_at)
             _upsert_host(conn, report, received_at, expect)
@@ -58,7 +68,7 @@ def ingest(engine: Engine, report: Report, raw: bytes, *, received_at: datetime,
 
 
 def _run_exists(conn: Connection, run_id: str) -> bool:
-    return conn.execute(select(runs.c.run_id).where(runs.c.run_id == run_id)).first() is not None
+    return conn.execute(RUN_EXISTS, {"key_run_id": run_id}).first() is not None
 
 
 def _counts(report: Report) -> dict[str, int]:
@@ -94,10 +104,16 @@ def _insert_drift(conn: Connection, report: Report) -> None:
         conn.execute(drift_items.insert(), rows)
 
 
-def _insert_ignore(conn: Connection, table: Any, values: dict[str, Any]) -> None:
+@functools.cache
+def _insert_ignore_stmt(dialect_name: str, table: Table) -> Insert:
+    if dialect_name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
+def _insert_ignore(conn: Connection, table: Table, values: dict[str, Any]) -> None:
     """INSERT ... ON CONFLICT DO NOTHING on SQLite and PostgreSQL."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    conn.execute(dialect.insert(table).values(**values).on_conflict_do_nothing())
+    conn.execute(_insert_ignore_stmt(conn.dialect.name, table), values)
 
 
 def _upsert_commit(conn: Connection, report: Report, received_at: datetime) -> None:
@@ -128,10 +144,10 @@ def _upsert_host(conn: Connection, report: Report, received_at: datetime, expect
     seen = {"last_seen_at": received_at, "due_at": received_at + timedelta(seconds=expected_s)}
     state = _host_state(report)
     _insert_ignore(conn, hosts, {"host": report.host, **state, **seen, "first_seen_at": received_at})
-    conn.execute(update(hosts).where(hosts.c.host == report.host).values(**seen))
-    newer = and_(hosts.c.host == report.host, hosts.c.last_finished_at <= report.finished_at)
-    if conn.execute(update(hosts).where(newer).values(**state)).rowcount:
-        conn.execute(delete(host_roles).where(host_roles.c.host == report.host))
+    conn.execute(HOST_SEEN, {"key_host": report.host, **seen})
+    key = {"key_host": report.host, "key_finished_at": report.finished_at}
+    if conn.execute(HOST_STATE_IF_NEWER, {**key, **state}).rowcount:
+        conn.execute(ROLES_DELETE, {"key_host": report.host})
         if report.roles:
             conn.execute(host_roles.insert(), [{"host": report.host, "role": r} for r in set(report.roles)])
 

@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, or_, select, update
+from sqlalchemy import Engine, bindparam, or_, select, update
 
 from agent.collector import db
 from agent.collector.errors import NotFoundError
@@ -60,12 +60,14 @@ def create(engine: Engine, kind: TokenKind, name: str, *, now: datetime) -> tupl
     return TokenInfo(int(token_id), kind, name, prefix, now, None), secret
 
 
+AUTHENTICATE = select(tokens.c.kind, tokens.c.name).where(
+    tokens.c.token_hash == bindparam("key_hash"), tokens.c.revoked_at.is_(None))
+
+
 def authenticate(engine: Engine, secret: str) -> Principal | None:
     """The principal of a valid, unrevoked token, else None."""
-    query = select(tokens.c.kind, tokens.c.name).where(
-        tokens.c.token_hash == hash_token(secret), tokens.c.revoked_at.is_(None))
     with engine.connect() as conn:
-        row = conn.execute(query).first()
+        row = conn.execute(AUTHENTICATE, {"key_hash": hash_token(secret)}).first()
     return None if row is None else Principal(TokenKind(row.kind), row.name)
 
 
