@@ -93,7 +93,7 @@ def run_one(kind: str, args: argparse.Namespace, workdir: Path) -> dict[str, obj
         now = BASE_TIME
         hosts = [f"host{i:05d}.bench" for i in range(args.agents)]
         secrets = {h: tokens.create(engine, TokenKind.INGEST, h, now=now)[1] for h in hosts}
-        server = CollectorProcess(url).start()
+        server = CollectorProcess(url, None, *args.serve_args).start()
         try:
             started = time.perf_counter()
             tally = asyncio.run(drive(server.url, secrets, args.reports, args.max_seconds, args.drift_items))
@@ -120,6 +120,8 @@ def main() -> int:
     parser.add_argument("--drift-items", type=int, default=5, help="most drift items in a drifted report")
     parser.add_argument("--max-seconds", type=float, default=120.0, help="per database")
     parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--serve-args", nargs=argparse.REMAINDER, default=[],
+                        help="passed to `gitops-collector serve`, e.g. --serve-args --db-threads 4")
     args = parser.parse_args()
     if not (1 <= args.agents <= 2000 and 1 <= args.reports <= 10000 and args.max_seconds <= 900):
         parser.error("keep it bounded: agents 1..2000, reports 1..10000, max-seconds <= 900")

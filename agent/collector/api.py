@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
@@ -57,13 +56,12 @@ async def post_report(request: Request) -> Response:
     """Store one report: 201 created (after the commit), 200 duplicate run_id, 4xx with a reason."""
     collector, started = _collector(request), time.perf_counter()
     try:
-        principal = await run_in_threadpool(ingest_principal, collector.engine, request)
+        principal = await collector.db(ingest_principal, collector.engine, request)
         raw = await _read_body(request, collector.settings.max_body_bytes)
         report = _parse_report(raw)
         if report.host != principal.name:
             raise ForbiddenError(f"this token is bound to host {principal.name!r}, not {report.host!r}")
-        created = await run_in_threadpool(
-            store.ingest, collector.engine, report, raw,
+        created = await collector.db(store.ingest, collector.engine, report, raw,
             received_at=collector.now(), expect=collector.settings.expect)
     except Exception as e:
         collector.metrics.observe_ingest(type(e).__name__, time.perf_counter() - started)
@@ -75,7 +73,7 @@ async def post_report(request: Request) -> Response:
 
 async def _reader(request: Request) -> Collector:
     collector = _collector(request)
-    await run_in_threadpool(reader_principal, collector.engine, request, collector.settings.proxy)
+    await collector.db(reader_principal, collector.engine, request, collector.settings.proxy)
     return collector
 
 
@@ -125,28 +123,28 @@ async def list_hosts(request: Request) -> Response:
     f = HostFilter(status=_list_param(request, "status"), role=q.get("role"), commit=q.get("commit"),
                    stale=_bool_param(request, "stale"), search=q.get("q"), sort=q.get("sort", "host"),
                    descending=order == "desc")
-    listing = await run_in_threadpool(queries.list_hosts, collector.engine, f, page,
+    listing = await collector.db(queries.list_hosts, collector.engine, f, page,
                                       stale_before=_stale_before(collector))
     return JSONResponse(_listing(listing, page))
 
 
 async def get_host(request: Request) -> Response:
     collector = await _reader(request)
-    host = await run_in_threadpool(queries.get_host, collector.engine, request.path_params["host"],
+    host = await collector.db(queries.get_host, collector.engine, request.path_params["host"],
                                    stale_before=_stale_before(collector))
     return JSONResponse(host)
 
 
 async def host_runs(request: Request) -> Response:
     collector, page = await _reader(request), _page(request)
-    listing = await run_in_threadpool(queries.host_runs, collector.engine, request.path_params["host"], page,
+    listing = await collector.db(queries.host_runs, collector.engine, request.path_params["host"], page,
                                       status=_list_param(request, "status"))
     return JSONResponse(_listing(listing, page))
 
 
 async def get_run(request: Request) -> Response:
     collector = await _reader(request)
-    run = await run_in_threadpool(queries.get_run, collector.engine, request.path_params["run_id"])
+    run = await collector.db(queries.get_run, collector.engine, request.path_params["run_id"])
     return JSONResponse(run)
 
 
@@ -159,7 +157,7 @@ async def drift(request: Request) -> Response:
         raise BadRequestError("group: expected task or host")
     filters = {k: q.get(k) for k in ("task", "kind", "role", "host")}
     query = queries.drift_by_task if group == "task" else queries.drift_items_now
-    listing = await run_in_threadpool(query, collector.engine, page, **filters)
+    listing = await collector.db(query, collector.engine, page, **filters)
     return JSONResponse(_listing(listing, page, group=group))
 
 
@@ -168,8 +166,7 @@ async def commit_rollout(request: Request) -> Response:
     reached = request.query_params.get("hosts", "running")
     if reached not in ("running", "not_reached"):
         raise BadRequestError("hosts: expected running or not_reached")
-    result = await run_in_threadpool(
-        queries.commit_rollout, collector.engine, request.path_params["sha"], page,
+    result = await collector.db(queries.commit_rollout, collector.engine, request.path_params["sha"], page,
         stale_before=_stale_before(collector), reached=reached == "running")
     result["hosts"] = _listing(result["hosts"], page)
     return JSONResponse(result)
@@ -182,7 +179,7 @@ async def openapi(request: Request) -> Response:
 async def healthz(request: Request) -> Response:
     collector = _collector(request)
     try:
-        await run_in_threadpool(queries.ping, collector.engine)
+        await collector.db(queries.ping, collector.engine)
     except Exception as e:  # any failure here means "not healthy", said as such
         collector.metrics.db_errors += 1
         return JSONResponse({"status": "error", "database": f"unreachable: {type(e).__name__}"}, 503)
@@ -193,7 +190,7 @@ async def metrics(request: Request) -> Response:
     collector = _collector(request)
     if not collector.settings.public_metrics:
         await _reader(request)
-    fleet = await run_in_threadpool(queries.fleet_counts, collector.engine,
+    fleet = await collector.db(queries.fleet_counts, collector.engine,
                                     stale_before=_stale_before(collector))
     return PlainTextResponse(render(collector.metrics, fleet), media_type="text/plain; version=0.0.4")
 

@@ -5,11 +5,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
+import anyio
+import anyio.to_thread
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
@@ -27,6 +31,7 @@ from agent.collector.store import Expectations
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
+T = TypeVar("T")
 
 
 def utc_now() -> datetime:
@@ -40,6 +45,7 @@ class CollectorSettings:
     expect: Expectations = field(default_factory=Expectations)
     proxy: ProxyAuth | None = None
     public_metrics: bool = False
+    db_threads: int = 8
 
 
 @dataclass
@@ -50,6 +56,18 @@ class Collector:
     settings: CollectorSettings
     metrics: Metrics = field(default_factory=Metrics)
     now: Callable[[], datetime] = utc_now
+    db_limiter: anyio.CapacityLimiter | None = None
+
+    def __post_init__(self) -> None:
+        # Database calls run in worker threads; a few threads serve more requests per second than many
+        # (fewer threads fighting over the GIL and the database), while waiting requests cost nothing.
+        if self.db_limiter is None:
+            self.db_limiter = anyio.CapacityLimiter(self.settings.db_threads)
+
+    async def db(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking database call in the worker thread pool."""
+        call = functools.partial(func, *args, **kwargs)
+        return await anyio.to_thread.run_sync(call, limiter=self.db_limiter)
 
 
 def _error_body(message: str, status: int, field: str | None = None) -> JSONResponse:

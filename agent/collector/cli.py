@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--trusted-proxy", action="append", default=None,
                        help="address of that proxy (repeatable; default 127.0.0.1 and ::1)")
     serve.add_argument("--public-metrics", action="store_true", help="serve /metrics without a token")
+    serve.add_argument("--db-threads", type=int, default=8, help="worker threads for database calls")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
     _token_parser(sub, common)
@@ -110,7 +111,7 @@ def _serve_with(engine: Engine, args: argparse.Namespace) -> int:
     if args.trusted_header:
         proxy = ProxyAuth(args.trusted_header, tuple(args.trusted_proxy or ("127.0.0.1", "::1")))
     settings = CollectorSettings(max_body_bytes=args.max_body, stale_grace_s=args.stale_grace, proxy=proxy,
-                                 public_metrics=args.public_metrics)
+                                 public_metrics=args.public_metrics, db_threads=max(1, args.db_threads))
     app = create_app(Collector(engine, settings))
     host, port = args.listen
     logging.getLogger(__name__).info("serving on %s:%d, database %s", host, port, db.redact_url(args.db))

@@ -4,6 +4,7 @@ PostgreSQL through psycopg 3 (`postgresql://` URLs are mapped to the `postgresql
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -23,6 +24,7 @@ from agent.collector.errors import DatabaseError
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
+_WRITE_LOCK = "gitops_write_lock"
 
 
 def normalize_url(url: str) -> str:
@@ -51,6 +53,9 @@ def _sqlite_engine(url: str) -> Engine:
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False})
+    # Writers of this process queue on a lock (first come, first served) rather than on SQLite's busy
+    # handler, which polls with sleeps of up to 100 ms; other processes still meet the busy timeout.
+    write_lock = threading.Lock()
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -65,8 +70,17 @@ def _sqlite_engine(url: str) -> Engine:
     def _on_begin(conn: Connection) -> None:
         # Writers take the write lock up front, so two writers queue on the busy timeout instead of
         # failing when one upgrades a read snapshot that another has already changed.
-        immediate = conn.get_execution_options().get("immediate", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if not conn.get_execution_options().get("immediate", False):
+            conn.exec_driver_sql("BEGIN")
+            return
+        if not write_lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_S):
+            raise DatabaseError("timed out waiting for the SQLite write lock")
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            write_lock.release()
+            raise
+        conn.info[_WRITE_LOCK] = write_lock
 
     return engine
 
@@ -74,8 +88,14 @@ def _sqlite_engine(url: str) -> Engine:
 @contextmanager
 def write(engine: Engine) -> Iterator[Connection]:
     """A write transaction: committed when the block ends without an exception."""
-    with engine.connect().execution_options(immediate=True) as conn, conn.begin():
-        yield conn
+    with engine.connect().execution_options(immediate=True) as conn:
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            lock = conn.info.pop(_WRITE_LOCK, None)
+            if lock is not None:
+                lock.release()
 
 
 def _alembic_config() -> Config:
