@@ -155,3 +155,24 @@ def test_paused_report_marks_the_host_paused(send, client, reader):
     assert host["paused"] is True
     assert host["pause_reason"] == "maintenance"
     assert host["pause_until"] == "2026-11-20T16:00:00.000Z"
+
+
+def test_database_down_is_503_so_agents_retry(tmp_path):
+    from agent.collector import db
+    from agent.collector.app import Collector, create_app
+    from tests.collector.conftest import ASGIClient
+    from tests.live_collector import free_port
+
+    engine = db.create(f"postgresql://nobody@127.0.0.1:{free_port()}/none")
+    client = ASGIClient(create_app(Collector(engine, CollectorSettings())))
+    try:
+        health = client.get("/healthz")
+        assert health.status_code == 503
+        assert health.json()["status"] == "error"
+        ingest = client.post("/api/v1/reports", content=to_json(make_report()),
+                             headers={"Authorization": "Bearer gco_x"})
+        assert ingest.status_code == 503
+        assert ingest.json() == {"error": "database unavailable, retry later"}
+    finally:
+        client.close()
+        engine.dispose()
