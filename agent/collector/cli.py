@@ -4,6 +4,7 @@ and the only place in the collector that prints."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -11,8 +12,10 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import Engine
+from starlette.applications import Starlette
 
 from agent import __version__
 from agent.collector import db, store, tokens
@@ -22,6 +25,7 @@ from agent.collector.tokens import TokenKind
 from agent.errors import AgentError
 
 DB_ENV = "GITOPS_COLLECTOR_DB"
+SERVE_ARGS_ENV = "GITOPS_COLLECTOR_SERVE_ARGS"
 DEFAULT_DB = "sqlite:////var/lib/gitops-collector/collector.db"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)?$")
 _SIZE = re.compile(r"^(\d+)(B|KB|MB|GB)?$", re.IGNORECASE)
@@ -67,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--trusted-proxy", action="append", default=None,
                        help="address of that proxy (repeatable; default 127.0.0.1 and ::1)")
     serve.add_argument("--public-metrics", action="store_true", help="serve /metrics without a token")
-    serve.add_argument("--db-threads", type=int, default=8, help="worker threads for database calls")
+    serve.add_argument("--db-threads", type=int, default=8, help="threads for database calls, per process")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="server processes (for PostgreSQL; SQLite gains little, it has one writer)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
     _token_parser(sub, common)
@@ -99,23 +105,35 @@ def _open(url: str, *, check: bool = True) -> Iterator[Engine]:
         engine.dispose()
 
 
-def _serve(args: argparse.Namespace) -> int:
-    with _open(args.db) as engine:
-        return _serve_with(engine, args)
-
-
-def _serve_with(engine: Engine, args: argparse.Namespace) -> int:
-    import uvicorn
-
+def _settings(args: argparse.Namespace) -> CollectorSettings:
     proxy = None
     if args.trusted_header:
         proxy = ProxyAuth(args.trusted_header, tuple(args.trusted_proxy or ("127.0.0.1", "::1")))
-    settings = CollectorSettings(max_body_bytes=args.max_body, stale_grace_s=args.stale_grace, proxy=proxy,
-                                 public_metrics=args.public_metrics, db_threads=max(1, args.db_threads))
-    app = create_app(Collector(engine, settings))
-    host, port = args.listen
-    logging.getLogger(__name__).info("serving on %s:%d, database %s", host, port, db.redact_url(args.db))
-    uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=args.log_level == "debug")
+    return CollectorSettings(max_body_bytes=args.max_body, stale_grace_s=args.stale_grace, proxy=proxy,
+                             public_metrics=args.public_metrics, db_threads=max(1, args.db_threads))
+
+
+def app_from_env() -> Starlette:
+    """uvicorn's app factory in each worker process of `serve --workers N` (N > 1)."""
+    args = _parser().parse_args(json.loads(os.environ[SERVE_ARGS_ENV]))
+    return create_app(Collector(db.create(args.db), _settings(args)))
+
+
+def _serve(args: argparse.Namespace, argv: list[str]) -> int:
+    import uvicorn
+
+    with _open(args.db) as engine:  # checks (or creates) the schema once, before any worker starts
+        host, port = args.listen
+        options: dict[str, Any] = {"host": host, "port": port, "log_level": args.log_level,
+                                   "access_log": args.log_level == "debug"}
+        logging.getLogger(__name__).info("serving on %s:%d with %d process(es), database %s", host, port,
+                                         args.workers, db.redact_url(args.db))
+        if args.workers > 1:
+            os.environ[SERVE_ARGS_ENV] = json.dumps(argv)
+            engine.dispose()
+            uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=args.workers, **options)
+        else:
+            uvicorn.run(create_app(Collector(engine, _settings(args))), **options)
     return 0
 
 
@@ -136,9 +154,9 @@ def _token(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "serve":
-        return _serve(args)
+        return _serve(args, argv)
     with _open(args.db, check=args.command != "migrate") as engine:
         if args.command == "migrate":
             print(f"database schema at revision {db.migrate(engine)}")
@@ -152,11 +170,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     logging.basicConfig(level=getattr(args, "log_level", "warning").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return _run(args)
+        return _run(args, argv)
     except AgentError as e:
         print(f"gitops-collector: {e}", file=sys.stderr)
         return 1

@@ -41,3 +41,17 @@ def test_serve_creates_the_schema_of_an_empty_database(db_url):
         assert httpx.get(f"{process.url}/api/v1/hosts", timeout=10).status_code == 401
     finally:
         process.stop()
+
+
+def test_several_worker_processes(engine, db_url):
+    ingest = tokens.create(engine, TokenKind.INGEST, "web01", now=BASE_TIME)[1]
+    process = CollectorProcess(db_url, None, "--workers", "2").start()
+    try:
+        with httpx.Client(base_url=process.url, timeout=10) as client:
+            for _ in range(6):  # several connections, spread over the workers
+                report = make_report("web01")
+                response = client.post("/api/v1/reports", content=to_json(report),
+                                       headers={"Authorization": f"Bearer {ingest}", "Connection": "close"})
+                assert response.status_code == 201
+    finally:
+        process.stop()
