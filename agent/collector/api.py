@@ -59,6 +59,7 @@ async def post_report(request: Request) -> Response:
         principal = await collector.db(ingest_principal, collector.engine, request)
         raw = await _read_body(request, collector.settings.max_body_bytes)
         report = _parse_report(raw)
+        store.check_storable(report)  # before the host check, so the 422 names the field
         if report.host != principal.name:
             raise ForbiddenError(f"this token is bound to host {principal.name!r}, not {report.host!r}")
         created = await collector.db(store.ingest, collector.engine, report, raw,

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import Insert
 
 from agent.collector import db
+from agent.collector.errors import InvalidReportError
 from agent.collector.tables import UTCDateTime, commits, drift_items, host_roles, hosts, runs
 from agent.report import Report, Status
 
@@ -51,6 +52,7 @@ def decompress(blob: bytes) -> bytes:
 def ingest(engine: Engine, report: Report, raw: bytes, *, received_at: datetime,
            expect: Expectations = Expectations()) -> bool:
     """Store `report` (its JSON body `raw`, kept compressed). True: stored now; False: already stored."""
+    check_storable(report)
     try:
         with db.write(engine) as conn:
             if _run_exists(conn, report.run_id):
@@ -65,6 +67,35 @@ def ingest(engine: Engine, report: Report, raw: bytes, *, received_at: datetime,
             if _run_exists(conn, report.run_id):
                 return False
         raise
+
+
+def _stored_texts(report: Report) -> list[tuple[str, str | None, int]]:
+    source, pause = report.source, report.pause
+    texts = [("run_id", report.run_id, 64), ("host", report.host, 255),
+             ("agent_version", report.agent_version, 64), ("source.commit", source.commit, 64),
+             ("source.previous_commit", source.previous_commit, 64), ("source.ref", source.ref, 255),
+             ("source.author", source.author, 10_000), ("source.subject", source.subject, 10_000),
+             ("source.signature.signer", source.signature.signer, 10_000),
+             ("pause.reason", pause.reason if pause else None, 10_000)]
+    texts += [(f"roles[{i}]", role, 255) for i, role in enumerate(report.roles)]
+    for i, item in enumerate(report.drift):
+        texts += [(f"drift[{i}].role", item.role, 255), (f"drift[{i}].module", item.module, 255),
+                  (f"drift[{i}].task", item.task, 1000), (f"drift[{i}].play", item.play, 10_000)]
+    return texts
+
+
+def check_storable(report: Report) -> None:
+    """Refuse (422, naming the field) values that cannot go into their columns, rather than failing in
+    the database, which an agent would take for a temporary error and retry forever."""
+    for field, value, limit in _stored_texts(report):
+        if value is None:
+            continue
+        if len(value) > limit:
+            raise InvalidReportError(f"{field}: longer than {limit} characters", field)
+        if "\x00" in value:
+            raise InvalidReportError(f"{field}: contains a NUL character", field)
+        if field in ("run_id", "host") and not value.strip():
+            raise InvalidReportError(f"{field}: must not be empty", field)
 
 
 def _run_exists(conn: Connection, run_id: str) -> bool:

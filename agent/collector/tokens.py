@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import Engine, bindparam, or_, select, update
 
 from agent.collector import db
-from agent.collector.errors import NotFoundError
+from agent.collector.errors import BadRequestError, NotFoundError
 from agent.collector.tables import tokens
 
 TOKEN_PREFIX = "gco_"  # noqa: S105 (a label, not a secret)
@@ -50,6 +50,8 @@ def hash_token(token: str) -> str:
 
 def create(engine: Engine, kind: TokenKind, name: str, *, now: datetime) -> tuple[TokenInfo, str]:
     """Store a new token for `name` (a host for ingest tokens); returns it and the secret, once."""
+    if not name.strip() or len(name) > 255 or "\x00" in name:
+        raise BadRequestError(f"token name {name[:40]!r}: give 1 to 255 characters")
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     prefix = secret[: len(TOKEN_PREFIX) + 6]
     with db.write(engine) as conn:

@@ -176,3 +176,19 @@ def test_database_down_is_503_so_agents_retry(tmp_path):
     finally:
         client.close()
         engine.dispose()
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"host": "h" * 300}, "host"),
+    ({"run_id": "r" * 65}, "run_id"),
+    ({"drift": (drift_item("bad\x00task"),)}, "drift[0].task"),
+    ({"roles": ("web", "x" * 256)}, "roles[1]"),
+])
+def test_values_that_cannot_be_stored_are_422_not_a_database_error(client, engine, change, field):
+    report = make_report(status=Status.DRIFTED, **change)
+    secret = tokens.create(engine, tokens.TokenKind.INGEST, report.host[:255], now=BASE_TIME)[1]
+    response = client.post("/api/v1/reports", content=to_json(report),
+                           headers={"Authorization": f"Bearer {secret}"})
+    assert response.status_code == 422
+    assert response.json()["field"] == field
+    assert count(engine, runs) == 0
