@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -91,6 +91,12 @@ async def _database_error(request: Request, exc: Exception) -> Response:
     return _error_body("database unavailable, retry later", 503)
 
 
+async def _data_error(request: Request, exc: Exception) -> Response:
+    # The database refused a value: retrying cannot help, so this is the sender's permanent 422.
+    log.warning("database refused a value on %s %s: %s", request.method, request.url.path, exc)
+    return _error_body("the database refused a value of this report", 422)
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return _error_body(str(exc.detail), exc.status_code)
@@ -114,6 +120,7 @@ def create_app(collector: Collector) -> Starlette:
     app = Starlette(routes=ROUTES, exception_handlers={
         CollectorError: _collector_error,
         SQLAlchemyError: _database_error,
+        DataError: _data_error,
         HTTPException: _http_error,
     })
     app.state.collector = collector

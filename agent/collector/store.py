@@ -23,6 +23,7 @@ from agent.collector.tables import UTCDateTime, commits, drift_items, host_roles
 from agent.report import Report, Status
 
 PRUNE_BATCH = 500
+MAX_INT = 2**31 - 1
 
 # Statements built once: the SET clause of the updates comes from the parameters given at execution.
 RUN_EXISTS = select(runs.c.run_id).where(runs.c.run_id == bindparam("key_run_id"))
@@ -96,6 +97,11 @@ def check_storable(report: Report) -> None:
             raise InvalidReportError(f"{field}: contains a NUL character", field)
         if field in ("run_id", "host") and not value.strip():
             raise InvalidReportError(f"{field}: must not be empty", field)
+    apply_changed = report.apply.changed if report.apply else 0
+    for field, number in (("compacted", report.compacted), ("interval_s", report.interval_s),
+                          ("splay_s", report.splay_s), ("apply.changed", apply_changed)):
+        if number is not None and not 0 <= number <= MAX_INT:
+            raise InvalidReportError(f"{field}: must be from 0 to {MAX_INT}", field)
 
 
 def _run_exists(conn: Connection, run_id: str) -> bool:

@@ -192,3 +192,9 @@ def test_values_that_cannot_be_stored_are_422_not_a_database_error(client, engin
     assert response.status_code == 422
     assert response.json()["field"] == field
     assert count(engine, runs) == 0
+
+
+def test_numbers_out_of_column_range_are_422(send):
+    response = send(make_report(compacted=2**40))
+    assert response.status_code == 422
+    assert response.json()["field"] == "compacted"
