@@ -124,9 +124,10 @@ async def list_hosts(request: Request) -> Response:
     f = HostFilter(status=_list_param(request, "status"), role=q.get("role"), commit=q.get("commit"),
                    stale=_bool_param(request, "stale"), search=q.get("q"), sort=q.get("sort", "host"),
                    descending=order == "desc")
-    listing = await collector.db(queries.list_hosts, collector.engine, f, page,
-                                      stale_before=_stale_before(collector))
-    return JSONResponse(_listing(listing, page))
+    stale_before = _stale_before(collector)
+    listing = await collector.db(queries.list_hosts, collector.engine, f, page, stale_before=stale_before)
+    counts = await collector.db(queries.status_counts, collector.engine, stale_before=stale_before)
+    return JSONResponse(_listing(listing, page, counts=counts))
 
 
 async def get_host(request: Request) -> Response:

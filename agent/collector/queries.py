@@ -234,7 +234,13 @@ def commit_rollout(engine: Engine, sha: str, page: Page, *, stale_before: dateti
             "hosts": Listing([_host_dict(r, stale_before) for r in rows], total)}
 
 
-def fleet_counts(engine: Engine, *, stale_before: datetime) -> dict[str, dict[str, int]]:
+def status_counts(engine: Engine, *, stale_before: datetime) -> dict[str, int]:
+    """The whole fleet by status, plus `stale` (a host counts in its status and, if so, in stale)."""
+    fleet = fleet_counts(engine, stale_before=stale_before, drift=False)
+    return {"total": sum(fleet["hosts"].values()), **fleet["hosts"], "stale": fleet["stale"][""]}
+
+
+def fleet_counts(engine: Engine, *, stale_before: datetime, drift: bool = True) -> dict[str, dict[str, int]]:
     """Hosts by status, stale hosts and current drift items by kind (for /metrics)."""
     count = func.count()
     current = drift_items.join(hosts, hosts.c.last_run_id == drift_items.c.run_id)
@@ -244,7 +250,7 @@ def fleet_counts(engine: Engine, *, stale_before: datetime) -> dict[str, dict[st
         stale_q = select(count).select_from(hosts).where(hosts.c.due_at < stale_before)
         stale = conn.execute(stale_q).scalar_one()
         kinds_q = select(drift_items.c.kind, count).select_from(current).group_by(drift_items.c.kind)
-        by_kind: dict[str, int] = dict(conn.execute(kinds_q).all())
+        by_kind: dict[str, int] = dict(conn.execute(kinds_q).all()) if drift else {}
     return {"hosts": by_status, "stale": {"": stale}, "drift": by_kind}
 
 

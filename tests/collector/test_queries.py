@@ -52,6 +52,9 @@ def test_hosts_lists_every_host_with_its_state(client, reader, fleet):
     assert (web03["status"], web03["drift_count"], web03["commit"], web03["stale"], web03["roles"]) == (
         "drifted", 2, COMMIT_A, False, ["web"])
     assert web03["last_seen_at"] == "2026-11-20T12:02:00.000Z"
+    assert body["counts"] == {"total": 5, "in_sync": 1, "drifted": 2, "failed": 1, "corrected": 1, "stale": 0}
+    filtered = client.get("/api/v1/hosts?status=failed", headers=reader).json()
+    assert filtered["total"] == 1 and filtered["counts"]["total"] == 5  # counts are the whole fleet
 
 
 @pytest.mark.parametrize(("query", "expected"), [
