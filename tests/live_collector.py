@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -63,11 +64,13 @@ def free_port() -> int:
 class CollectorProcess:
     """`gitops-collector serve` on 127.0.0.1:port as a child process."""
 
-    def __init__(self, db_url: str, port: int | None = None, *extra: str) -> None:
+    def __init__(self, db_url: str, port: int | None = None, *extra: str,
+                 ca_file: Path | None = None) -> None:
         self.db_url = db_url
         self.port = port or free_port()
         self.extra = extra
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.ca_file = ca_file
+        self.url = f"{'https' if ca_file else 'http'}://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 30.0) -> CollectorProcess:
@@ -80,7 +83,8 @@ class CollectorProcess:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
                 raise RuntimeError(f"collector exited: {err}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                verify = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True
+                if httpx.get(f"{self.url}/healthz", timeout=1.0, verify=verify).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

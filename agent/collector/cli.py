@@ -21,6 +21,7 @@ from agent import __version__
 from agent.collector import db, store, tokens
 from agent.collector.app import DEFAULT_MAX_BODY_BYTES, Collector, CollectorSettings, create_app, utc_now
 from agent.collector.auth import ProxyAuth
+from agent.collector.errors import CollectorError
 from agent.collector.tokens import TokenKind
 from agent.errors import AgentError
 
@@ -74,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--db-threads", type=int, default=8, help="threads for database calls, per process")
     serve.add_argument("--workers", type=int, default=1,
                        help="server processes (for PostgreSQL; SQLite gains little, it has one writer)")
+    serve.add_argument("--tls-cert", help="serve HTTPS with this certificate chain (PEM); or use a proxy")
+    serve.add_argument("--tls-key", help="the certificate's private key (PEM)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
     _token_parser(sub, common)
@@ -122,10 +125,13 @@ def app_from_env() -> Starlette:
 def _serve(args: argparse.Namespace, argv: list[str]) -> int:
     import uvicorn
 
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CollectorError("serve: --tls-cert and --tls-key go together")
     with _open(args.db) as engine:  # checks (or creates) the schema once, before any worker starts
         host, port = args.listen
         options: dict[str, Any] = {"host": host, "port": port, "log_level": args.log_level,
-                                   "access_log": args.log_level == "debug"}
+                                   "access_log": args.log_level == "debug",
+                                   "ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key}
         logging.getLogger(__name__).info("serving on %s:%d with %d process(es), database %s", host, port,
                                          args.workers, db.redact_url(args.db))
         if args.workers > 1:
