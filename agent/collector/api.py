@@ -11,7 +11,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from agent.collector import queries, store
 from agent.collector.auth import ingest_principal, reader_principal
-from agent.collector.errors import BadRequestError, ForbiddenError, InvalidReportError, TooLargeError
+from agent.collector.errors import (
+    BadRequestError,
+    CollectorError,
+    ForbiddenError,
+    InvalidReportError,
+    TooLargeError,
+)
 from agent.collector.metrics import render
 from agent.collector.openapi import document
 from agent.collector.queries import HostFilter, Listing, Page
@@ -63,9 +69,10 @@ async def post_report(request: Request) -> Response:
         if report.host != principal.name:
             raise ForbiddenError(f"this token is bound to host {principal.name!r}, not {report.host!r}")
         created = await collector.db(store.ingest, collector.engine, report, raw,
-            received_at=collector.now(), expect=collector.settings.expect)
+                                     received_at=collector.now(), expect=collector.settings.expect)
     except Exception as e:
-        collector.metrics.observe_ingest(type(e).__name__, time.perf_counter() - started)
+        result = f"rejected_{e.status}" if isinstance(e, CollectorError) else "error"
+        collector.metrics.observe_ingest(result, time.perf_counter() - started)
         raise
     result = "created" if created else "duplicate"
     collector.metrics.observe_ingest(result, time.perf_counter() - started)

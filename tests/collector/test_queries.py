@@ -197,6 +197,9 @@ def test_metrics(client, reader, fleet, clock):
     assert 'gitops_drift_items{kind="corrective"} 3' in text
     assert 'gitops_reports_ingested_total{result="created"} 6' in text
     assert 'gitops_ingest_duration_seconds_count 6' in text
+    client.post("/api/v1/reports", content=b"{}")
+    text = client.get("/metrics", headers=reader).text
+    assert 'gitops_reports_ingested_total{result="rejected_401"} 1' in text
 
 
 @pytest.mark.parametrize("settings", [CollectorSettings(public_metrics=True)])
