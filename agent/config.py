@@ -73,6 +73,20 @@ def _string_list(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB)?\s*$", re.IGNORECASE)
+
+
+def _size(value: Any) -> int:
+    """A size in bytes: a whole number, or text such as 512KB, 100MB, 1GB (powers of 1024)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if not match or int(match.group(1)) < 1:
+        raise ValueError("expected a size such as 512KB, 100MB or a number of bytes > 0")
+    unit = (match.group(2) or "B").upper()
+    return int(match.group(1)) * {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[unit]
+
+
 def _mapping(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise ValueError("expected a mapping with string keys")
@@ -122,6 +136,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("collector.url", _opt_string, None, "collector base URL; unset: reports stay local"),
     Setting("collector.token_file", _opt_string, "/etc/gitops-agent/token", "this host's ingest token"),
     Setting("collector.ca_file", _opt_string, None, "extra CA bundle for the collector's TLS"),
+    Setting("outbox.max_reports", _positive_int, 1000,
+            "reports kept for delivery at most; in-sync ones are compacted first, drift never"),
+    Setting("outbox.max_bytes", _size, "100MB", "bytes kept for delivery at most (same rule)"),
     Setting("state_dir", _string, "/var/lib/gitops-agent", "where releases, reports and locks live"),
     Setting("lock_wait", _duration, "10s", "how long a second invocation waits for the cycle lock"),
     Setting("history", _positive_int, 50, "reports kept in state_dir/history"),
@@ -162,6 +179,12 @@ class CollectorConfig:
 
 
 @dataclass(frozen=True)
+class OutboxConfig:
+    max_reports: int = 1000
+    max_bytes: int = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     host: str
     source: SourceConfig
@@ -175,6 +198,7 @@ class AgentConfig:
     lock_wait_s: float
     history: int
     metrics_textfile: Path | None = None
+    outbox: OutboxConfig = OutboxConfig()
     path: Path | None = None
 
 
@@ -249,6 +273,9 @@ def _build(v: dict[str, Any], base: Path, origin: str) -> AgentConfig:
     )
     collector = CollectorConfig(v["collector.url"], _resolve_path(v["collector.token_file"], base),
                                 _resolve_path(v["collector.ca_file"], base))
+    if v["outbox.max_reports"] < 1:
+        raise ConfigError(f"{origin}: 'outbox.max_reports' must be at least 1")
+    outbox = OutboxConfig(v["outbox.max_reports"], v["outbox.max_bytes"])
     state_dir = _resolve_path(v["state_dir"], base)
     assert state_dir is not None
     return AgentConfig(
@@ -256,6 +283,7 @@ def _build(v: dict[str, Any], base: Path, origin: str) -> AgentConfig:
         inventory=v["inventory"], mode=v["mode"], extra_vars=v["extra_vars"], schedule=schedule,
         collector=collector, state_dir=state_dir, lock_wait_s=v["lock_wait"], history=v["history"],
         metrics_textfile=_resolve_path(v["metrics_textfile"], base),
+        outbox=outbox,
     )
 
 

@@ -1,1 +1,5 @@
-"""gitops-collector: ingest API, query API, web UI and metrics over a SQL database."""
+"""gitops-collector: ingest API, query API and storage for agent reports.
+
+Imports from the agent side are limited to `agent.report`, `agent.errors` and `agent.fsutil`
+(an import-linter contract enforces it).
+"""

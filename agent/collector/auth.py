@@ -1,0 +1,63 @@
+"""Who is asking: ingest tokens (bound to a host), reader tokens, or a trusted reverse-proxy header.
+
+The proxy header is off by default. When configured, it is honoured only on connections from the
+listed proxy addresses, and only for reading: ingest always needs the host's own token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from starlette.requests import HTTPConnection
+
+from agent.collector import tokens
+from agent.collector.errors import ForbiddenError, UnauthorizedError
+from agent.collector.tokens import Principal, TokenKind
+
+
+@dataclass(frozen=True)
+class ProxyAuth:
+    """Trust `header` (e.g. X-Forwarded-User) as a reader's name on requests from `proxies`."""
+
+    header: str
+    proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+
+
+def bearer(conn: HTTPConnection) -> str | None:
+    value = conn.headers.get("authorization", "")
+    scheme, _, secret = value.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        return None
+    return secret.strip()
+
+
+def _token_principal(engine: Engine, conn: HTTPConnection) -> Principal:
+    secret = bearer(conn)
+    if secret is None:
+        raise UnauthorizedError("missing bearer token (Authorization: Bearer TOKEN)")
+    principal = tokens.authenticate(engine, secret)
+    if principal is None:
+        raise UnauthorizedError("unknown or revoked token")
+    return principal
+
+
+def ingest_principal(engine: Engine, conn: HTTPConnection) -> Principal:
+    """The host an ingest token is bound to; 401 without a valid token, 403 for a reader token."""
+    principal = _token_principal(engine, conn)
+    if principal.kind is not TokenKind.INGEST:
+        raise ForbiddenError("a reader token cannot send reports; use the host's ingest token")
+    return principal
+
+
+def reader_principal(engine: Engine, conn: HTTPConnection, proxy: ProxyAuth | None) -> Principal:
+    """A reader: the trusted proxy header (when configured and from a listed proxy), or a reader token."""
+    if proxy is not None and conn.client is not None and conn.client.host in proxy.proxies:
+        name = conn.headers.get(proxy.header, "").strip()
+        if name:
+            return Principal(TokenKind.READER, name)
+    principal = _token_principal(engine, conn)
+    if principal.kind is not TokenKind.READER:
+        raise ForbiddenError(
+            "an ingest token cannot read; create one with `gitops-collector token create --reader NAME`")
+    return principal

@@ -1,0 +1,193 @@
+"""`gitops-collector`: serve, migrate, token create/list/revoke, prune. The collector's composition root
+and the only place in the collector that prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+from starlette.applications import Starlette
+
+from agent import __version__
+from agent.collector import db, store, tokens
+from agent.collector.app import DEFAULT_MAX_BODY_BYTES, Collector, CollectorSettings, create_app, utc_now
+from agent.collector.auth import ProxyAuth
+from agent.collector.errors import CollectorError
+from agent.collector.tokens import TokenKind
+from agent.errors import AgentError
+
+DB_ENV = "GITOPS_COLLECTOR_DB"
+SERVE_ARGS_ENV = "GITOPS_COLLECTOR_SERVE_ARGS"
+DEFAULT_DB = "sqlite:////var/lib/gitops-collector/collector.db"
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)?$")
+_SIZE = re.compile(r"^(\d+)(B|KB|MB|GB)?$", re.IGNORECASE)
+
+
+def duration_s(text: str) -> float:
+    """'90d' -> seconds; units s, m, h, d (a bare number is seconds)."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 90s, 10m, 1h, 90d)")
+    return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}[match.group(2)]
+
+
+def size_bytes(text: str) -> int:
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 5MB, 512KB)")
+    unit = (match.group(2) or "B").upper()
+    return int(match.group(1)) * {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[unit]
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    return host.strip("[]"), int(port)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default=os.environ.get(DB_ENV, DEFAULT_DB),
+                        help=f"database URL: sqlite:///PATH or postgresql://... (env {DB_ENV})")
+    parser = argparse.ArgumentParser(prog="gitops-collector", description="gitops-agent report collector")
+    parser.add_argument("--version", action="version", version=f"gitops-collector {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", parents=[common], help="serve the ingest and query API")
+    serve.add_argument("--listen", type=listen_address, default=("127.0.0.1", 8080), help="HOST:PORT")
+    serve.add_argument("--max-body", type=size_bytes, default=DEFAULT_MAX_BODY_BYTES,
+                       help="largest accepted report body (default 5MB)")
+    serve.add_argument("--stale-grace", type=duration_s, default=600.0,
+                       help="a host is stale after interval + splay + this (default 10m)")
+    serve.add_argument("--trusted-header", help="reader name header set by a reverse proxy (off by default)")
+    serve.add_argument("--trusted-proxy", action="append", default=None,
+                       help="address of that proxy (repeatable; default 127.0.0.1 and ::1)")
+    serve.add_argument("--public-metrics", action="store_true", help="serve /metrics without a token")
+    serve.add_argument("--db-threads", type=int, default=8, help="threads for database calls, per process")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="server processes (for PostgreSQL; SQLite gains little, it has one writer)")
+    serve.add_argument("--tls-cert", help="serve HTTPS with this certificate chain (PEM); or use a proxy")
+    serve.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
+    _token_parser(sub, common)
+    prune = sub.add_parser("prune", parents=[common], help="delete old runs (keeps each host's latest)")
+    prune.add_argument("--older-than", type=duration_s, required=True, help="e.g. 90d")
+    return parser
+
+
+def _token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                  common: argparse.ArgumentParser) -> None:
+    token = sub.add_parser("token", help="manage API tokens").add_subparsers(dest="action", required=True)
+    create = token.add_parser("create", parents=[common], help="create a token and print it once")
+    who = create.add_mutually_exclusive_group(required=True)
+    who.add_argument("host", nargs="?", help="host the ingest token is bound to")
+    who.add_argument("--reader", metavar="NAME", help="create a reader token for a person or tool")
+    token.add_parser("list", parents=[common], help="list tokens (never the secrets)")
+    revoke = token.add_parser("revoke", parents=[common], help="revoke tokens by id, prefix or name")
+    revoke.add_argument("ref")
+
+
+@contextmanager
+def _open(url: str, *, check: bool = True) -> Iterator[Engine]:
+    engine = db.create(url)
+    try:
+        if check:
+            db.prepare(engine)
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def _settings(args: argparse.Namespace) -> CollectorSettings:
+    proxy = None
+    if args.trusted_header:
+        proxy = ProxyAuth(args.trusted_header, tuple(args.trusted_proxy or ("127.0.0.1", "::1")))
+    return CollectorSettings(max_body_bytes=args.max_body, stale_grace_s=args.stale_grace, proxy=proxy,
+                             public_metrics=args.public_metrics, db_threads=max(1, args.db_threads))
+
+
+def app_from_env() -> Starlette:
+    """uvicorn's app factory in each worker process of `serve --workers N` (N > 1)."""
+    args = _parser().parse_args(json.loads(os.environ[SERVE_ARGS_ENV]))
+    return create_app(Collector(db.create(args.db), _settings(args)))
+
+
+def _serve(args: argparse.Namespace, argv: list[str]) -> int:
+    import uvicorn
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CollectorError("serve: --tls-cert and --tls-key go together")
+    with _open(args.db) as engine:  # checks (or creates) the schema once, before any worker starts
+        host, port = args.listen
+        options: dict[str, Any] = {"host": host, "port": port, "log_level": args.log_level,
+                                   "access_log": args.log_level == "debug",
+                                   "ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key}
+        logging.getLogger(__name__).info("serving on %s:%d with %d process(es), database %s", host, port,
+                                         args.workers, db.redact_url(args.db))
+        if args.workers > 1:
+            os.environ[SERVE_ARGS_ENV] = json.dumps(argv)
+            engine.dispose()
+            uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=args.workers, **options)
+        else:
+            uvicorn.run(create_app(Collector(engine, _settings(args))), **options)
+    return 0
+
+
+def _token(engine: Engine, args: argparse.Namespace) -> int:
+    if args.action == "create":
+        kind, name = (TokenKind.READER, args.reader) if args.reader else (TokenKind.INGEST, args.host)
+        info, secret = tokens.create(engine, kind, name, now=utc_now())
+        print(f"{kind.value} token {info.id} for {name!r} (prefix {info.prefix}); shown once, store it now:")
+        print(secret)
+    elif args.action == "list":
+        print(f"{'ID':>4}  {'KIND':<6}  {'NAME':<30}  {'PREFIX':<12}  {'CREATED':<20}  REVOKED")
+        for t in tokens.list_all(engine):
+            revoked = t.revoked_at.strftime("%Y-%m-%d %H:%M") if t.revoked_at else "-"
+            created = t.created_at.strftime("%Y-%m-%d %H:%M")
+            print(f"{t.id:>4}  {t.kind.value:<6}  {t.name:<30}  {t.prefix:<12}  {created:<20}  {revoked}")
+    else:
+        print(f"revoked {tokens.revoke(engine, args.ref, now=utc_now())} token(s)")
+    return 0
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.command == "serve":
+        return _serve(args, argv)
+    with _open(args.db, check=args.command != "migrate") as engine:
+        if args.command == "migrate":
+            print(f"database schema at revision {db.migrate(engine)}")
+            return 0
+        if args.command == "token":
+            return _token(engine, args)
+        cutoff = utc_now() - timedelta(seconds=args.older_than)
+        pruned = store.prune(engine, older_than=cutoff)
+        print(f"pruned {pruned} run(s) finished before {cutoff:%Y-%m-%d %H:%M}Z")
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "warning").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args, argv)
+    except AgentError as e:
+        print(f"gitops-collector: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Database engines and migrations. SQLite (WAL, one writer at a time via BEGIN IMMEDIATE) by default;
+PostgreSQL through psycopg 3 (`postgresql://` URLs are mapped to the `postgresql+psycopg` driver)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from agent.collector.errors import DatabaseError
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_S = 30.0
+_WRITE_LOCK = "gitops_write_lock"
+
+
+def normalize_url(url: str) -> str:
+    """`postgresql://` and `postgres://` use psycopg 3; everything else is passed through."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password hidden, for logs and error messages."""
+    return make_url(normalize_url(url)).render_as_string(hide_password=True)
+
+
+def create(url: str, *, pool_size: int = 10) -> Engine:
+    """An engine for `url`. SQLite files get WAL, FULL sync and a busy timeout."""
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url)
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def _sqlite_engine(url: str) -> Engine:
+    database = make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False})
+    # Writers of this process queue on a lock (first come, first served) rather than on SQLite's busy
+    # handler, which polls with sleeps of up to 100 ms; other processes still meet the busy timeout.
+    write_lock = threading.Lock()
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" event below emits BEGIN itself
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the write lock up front, so two writers queue on the busy timeout instead of
+        # failing when one upgrades a read snapshot that another has already changed.
+        if not conn.get_execution_options().get("immediate", False):
+            conn.exec_driver_sql("BEGIN")
+            return
+        if not write_lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_S):
+            raise DatabaseError("timed out waiting for the SQLite write lock")
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            write_lock.release()
+            raise
+        conn.info[_WRITE_LOCK] = write_lock
+
+    return engine
+
+
+@contextmanager
+def write(engine: Engine) -> Iterator[Connection]:
+    """A write transaction: committed when the block ends without an exception."""
+    with engine.connect().execution_options(immediate=True) as conn:
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            lock = conn.info.pop(_WRITE_LOCK, None)
+            if lock is not None:
+                lock.release()
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    location = resources.files("agent.collector") / "migrations"
+    config.set_main_option("script_location", str(location))
+    return config
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def migrate(engine: Engine) -> str | None:
+    """Bring the schema to the newest revision; returns it."""
+    config = _alembic_config()
+    with write(engine) as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+    return head_revision()
+
+
+def prepare(engine: Engine, *, auto_migrate_empty: bool = True) -> None:
+    """Check the schema before serving: migrate an empty database, refuse an outdated one."""
+    try:
+        empty = not inspect(engine).get_table_names()
+        if empty and auto_migrate_empty:
+            log.info("empty database: creating the schema")
+            migrate(engine)
+            return
+        current, head = current_revision(engine), head_revision()
+    except SQLAlchemyError as e:
+        raise DatabaseError(f"database {redact_url(str(engine.url))}: {e.__class__.__name__}: {e}") from e
+    if current != head:
+        raise DatabaseError(
+            f"database schema is at revision {current}, this collector needs {head}: "
+            "run `gitops-collector migrate`"
+        )

@@ -1,0 +1,47 @@
+"""Collector errors: children of the one AgentError hierarchy, mapped to HTTP statuses by `app`."""
+
+from __future__ import annotations
+
+from agent.errors import AgentError
+
+
+class CollectorError(AgentError):
+    """Base of the collector's errors. `status` is the HTTP status the app answers with."""
+
+    status = 500
+
+
+class DatabaseError(CollectorError):
+    """The database is unreachable, or its schema is not the one this collector expects."""
+
+    status = 503
+
+
+class NotFoundError(CollectorError):
+    status = 404
+
+
+class UnauthorizedError(CollectorError):
+    status = 401
+
+
+class ForbiddenError(CollectorError):
+    status = 403
+
+
+class TooLargeError(CollectorError):
+    status = 413
+
+
+class InvalidReportError(CollectorError):
+    """The body is not a valid report; `field` names the offending field when known."""
+
+    status = 422
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class BadRequestError(CollectorError):
+    status = 400

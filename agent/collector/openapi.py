@@ -1,0 +1,116 @@
+"""The OpenAPI 3.1 document served at /api/v1/openapi.json (written by hand, tested against the routes)."""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+from typing import Any
+
+import agent
+
+PAGE_PARAMS = [
+    {"name": "limit", "in": "query",
+     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+]
+
+
+def _q(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "query", "description": description, "schema": schema or {"type": "string"}}
+
+
+def _p(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _ok(description: str, schema: str = "Object") -> dict[str, Any]:
+    return {
+        "200": {"description": description,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}},
+        "401": {"$ref": "#/components/responses/Error"},
+        "403": {"$ref": "#/components/responses/Error"},
+    }
+
+
+def _get(summary: str, params: list[dict[str, Any]], schema: str = "Object") -> dict[str, Any]:
+    return {"get": {"summary": summary, "parameters": params, "responses": _ok(summary, schema),
+                    "security": [{"bearer": []}]}}
+
+
+def _ingest() -> dict[str, Any]:
+    error = {"$ref": "#/components/responses/Error"}
+    return {"post": {
+        "summary": "Send one report (ingest token bound to the report's host)",
+        "security": [{"bearer": []}],
+        "requestBody": {"required": True,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Report"}}}},
+        "responses": {
+            "201": {"description": "stored (the database commit is done)"},
+            "200": {"description": "this run_id was already stored; nothing changed"},
+            "401": error, "403": error, "413": error, "422": error,
+        },
+    }}
+
+
+def _paths() -> dict[str, Any]:
+    status = _q("status", "comma-separated statuses (in_sync, drifted, corrected, failed, error, paused)")
+    return {
+        "/api/v1/reports": _ingest(),
+        "/api/v1/hosts": _get("Every host with its current state", [
+            status, _q("role", "hosts having this role"), _q("commit", "current commit (prefix)"),
+            _q("stale", "true or false", {"type": "boolean"}), _q("q", "host name contains"),
+            _q("sort", "host | last_seen | status | drift | commit"), _q("order", "asc | desc"),
+            *PAGE_PARAMS], "Listing"),
+        "/api/v1/hosts/{host}": _get("One host: current state, roles, current drift", [_p("host")]),
+        "/api/v1/hosts/{host}/runs": _get("A host's runs, newest first", [_p("host"), status, *PAGE_PARAMS],
+                                          "Listing"),
+        "/api/v1/runs/{run_id}": _get("One run, with its whole report", [_p("run_id")]),
+        "/api/v1/drift": _get("Current drift across the fleet", [
+            _q("group", "task (default): one row per task | host: one row per host and task"),
+            _q("task", "exact task name"), _q("kind", "corrective | intentional | recurring | unverifiable"),
+            _q("role", "role of the drifting task"), _q("host", "exact host name"), *PAGE_PARAMS], "Listing"),
+        "/api/v1/commits/{sha}": _get("Rollout of one commit (sha or a unique prefix)", [
+            _p("sha"), _q("hosts", "running (default) | not_reached"), *PAGE_PARAMS]),
+        "/healthz": {"get": {
+            "summary": "Liveness and database reachability", "security": [],
+            "responses": {"200": {"description": "ok"}, "503": {"description": "database down"}}}},
+        "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [],
+                                         "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+        "/metrics": {"get": {"summary": "Prometheus text format", "security": [{"bearer": []}],
+                             "responses": {"200": {"description": "metrics"}}}},
+    }
+
+
+def _components() -> dict[str, Any]:
+    listing = {"type": "object", "required": ["items", "total", "limit", "offset", "next_offset"],
+               "properties": {"items": {"type": "array", "items": {"type": "object"}},
+                              "total": {"type": "integer"}, "limit": {"type": "integer"},
+                              "offset": {"type": "integer"}, "next_offset": {"type": ["integer", "null"]}}}
+    error = {"type": "object", "required": ["error"],
+             "properties": {"error": {"type": "string"}, "field": {"type": "string"}}}
+    error_response = {"description": "error with a reason (and the field, for 422)",
+                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    schemas = {"Report": report_schema(), "Listing": listing, "Error": error, "Object": {"type": "object"}}
+    return {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": schemas,
+        "responses": {"Error": error_response},
+    }
+
+
+@functools.cache
+def report_schema() -> dict[str, Any]:
+    text = (resources.files("agent") / "schema" / "report-v1.json").read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "gitops-collector API", "version": agent.__version__},
+        "paths": _paths(),
+        "components": _components(),
+        "security": [{"bearer": []}],
+    }

@@ -1,0 +1,207 @@
+"""The write side of the collector's storage: ingest one report, prune old runs.
+
+`ingest` stores a report in one transaction and returns only after the commit, so the API can answer
+201 knowing the report is durable. A run_id already stored changes nothing (idempotent re-sends).
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.dml import Insert
+
+from agent.collector import db
+from agent.collector.errors import InvalidReportError
+from agent.collector.tables import UTCDateTime, commits, drift_items, host_roles, hosts, runs
+from agent.report import Report, Status
+
+PRUNE_BATCH = 500
+MAX_INT = 2**31 - 1
+
+# Statements built once: the SET clause of the updates comes from the parameters given at execution.
+RUN_EXISTS = select(runs.c.run_id).where(runs.c.run_id == bindparam("key_run_id"))
+HOST_SEEN = update(hosts).where(hosts.c.host == bindparam("key_host"))
+HOST_STATE_IF_NEWER = update(hosts).where(
+    hosts.c.host == bindparam("key_host"),
+    hosts.c.last_finished_at <= bindparam("key_finished_at", type_=UTCDateTime()))
+ROLES_DELETE = delete(host_roles).where(host_roles.c.host == bindparam("key_host"))
+
+
+@dataclass(frozen=True)
+class Expectations:
+    """How often a host is expected to report when its report does not say (interval_s, splay_s)."""
+
+    interval_s: int = 1800
+    splay_s: int = 300
+
+
+def compress(raw: bytes) -> bytes:
+    return zlib.compress(raw, 6)
+
+
+def decompress(blob: bytes) -> bytes:
+    return zlib.decompress(blob)
+
+
+def ingest(engine: Engine, report: Report, raw: bytes, *, received_at: datetime,
+           expect: Expectations = Expectations()) -> bool:
+    """Store `report` (its JSON body `raw`, kept compressed). True: stored now; False: already stored."""
+    check_storable(report)
+    try:
+        with db.write(engine) as conn:
+            if _run_exists(conn, report.run_id):
+                return False
+            conn.execute(runs.insert(), _run_row(report, raw, received_at))
+            _insert_drift(conn, report)
+            _upsert_commit(conn, report, received_at)
+            _upsert_host(conn, report, received_at, expect)
+        return True
+    except IntegrityError:
+        with engine.connect() as conn:  # two senders raced with the same run_id: the other one won
+            if _run_exists(conn, report.run_id):
+                return False
+        raise
+
+
+def _stored_texts(report: Report) -> list[tuple[str, str | None, int]]:
+    source, pause = report.source, report.pause
+    texts = [("run_id", report.run_id, 64), ("host", report.host, 255),
+             ("agent_version", report.agent_version, 64), ("source.commit", source.commit, 64),
+             ("source.previous_commit", source.previous_commit, 64), ("source.ref", source.ref, 255),
+             ("source.author", source.author, 10_000), ("source.subject", source.subject, 10_000),
+             ("source.signature.signer", source.signature.signer, 10_000),
+             ("pause.reason", pause.reason if pause else None, 10_000)]
+    texts += [(f"roles[{i}]", role, 255) for i, role in enumerate(report.roles)]
+    for i, item in enumerate(report.drift):
+        texts += [(f"drift[{i}].role", item.role, 255), (f"drift[{i}].module", item.module, 255),
+                  (f"drift[{i}].task", item.task, 1000), (f"drift[{i}].play", item.play, 10_000)]
+    return texts
+
+
+def check_storable(report: Report) -> None:
+    """Refuse (422, naming the field) values that cannot go into their columns, rather than failing in
+    the database, which an agent would take for a temporary error and retry forever."""
+    for field, value, limit in _stored_texts(report):
+        if value is None:
+            continue
+        if len(value) > limit:
+            raise InvalidReportError(f"{field}: longer than {limit} characters", field)
+        if "\x00" in value:
+            raise InvalidReportError(f"{field}: contains a NUL character", field)
+        if field in ("run_id", "host") and not value.strip():
+            raise InvalidReportError(f"{field}: must not be empty", field)
+    apply_changed = report.apply.changed if report.apply else 0
+    for field, number in (("compacted", report.compacted), ("interval_s", report.interval_s),
+                          ("splay_s", report.splay_s), ("apply.changed", apply_changed)):
+        if number is not None and not 0 <= number <= MAX_INT:
+            raise InvalidReportError(f"{field}: must be from 0 to {MAX_INT}", field)
+
+
+def _run_exists(conn: Connection, run_id: str) -> bool:
+    return conn.execute(RUN_EXISTS, {"key_run_id": run_id}).first() is not None
+
+
+def _counts(report: Report) -> dict[str, int]:
+    apply = report.apply
+    return {
+        "drift_count": len(report.drift),
+        "failed_count": len(apply.failed_tasks) if apply else 0,
+        "error_count": len(report.errors),
+    }
+
+
+def _run_row(report: Report, raw: bytes, received_at: datetime) -> dict[str, Any]:
+    source = report.source
+    return {
+        "run_id": report.run_id, "host": report.host, "status": report.status.value,
+        "mode": report.mode.value, "trigger": report.trigger.value,
+        "phase_reached": report.phase_reached.value, "commit": source.commit, "ref": source.ref,
+        "previous_commit": source.previous_commit, "agent_version": report.agent_version,
+        "started_at": report.started_at, "finished_at": report.finished_at, "received_at": received_at,
+        "changed": report.apply.changed if report.apply else 0, "compacted": report.compacted,
+        "duration_s": report.durations_s.total, "report": compress(raw), **_counts(report),
+    }
+
+
+def _insert_drift(conn: Connection, report: Report) -> None:
+    rows = [
+        {"run_id": report.run_id, "host": report.host, "play": item.play, "task": item.task,
+         "role": item.role, "module": item.module, "kind": item.kind.value,
+         "diff_count": len(item.diffs), "first_seen_at": item.first_seen_at}
+        for item in report.drift
+    ]
+    if rows:
+        conn.execute(drift_items.insert(), rows)
+
+
+@functools.cache
+def _insert_ignore_stmt(dialect_name: str, table: Table) -> Insert:
+    if dialect_name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
+def _insert_ignore(conn: Connection, table: Table, values: dict[str, Any]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING on SQLite and PostgreSQL."""
+    conn.execute(_insert_ignore_stmt(conn.dialect.name, table), values)
+
+
+def _upsert_commit(conn: Connection, report: Report, received_at: datetime) -> None:
+    source = report.source
+    if not source.commit:
+        return
+    _insert_ignore(conn, commits, {
+        "sha": source.commit, "author": source.author, "committed_at": source.committed_at,
+        "subject": source.subject, "signature_status": source.signature.status.value,
+        "signer": source.signature.signer, "first_seen_at": received_at,
+    })
+
+
+def _host_state(report: Report) -> dict[str, Any]:
+    pause = report.pause
+    return {
+        "last_run_id": report.run_id, "status": report.status.value, "mode": report.mode.value,
+        "phase_reached": report.phase_reached.value, "commit": report.source.commit,
+        "ref": report.source.ref, "paused": pause is not None or report.status is Status.PAUSED,
+        "pause_reason": pause.reason if pause else None, "pause_until": pause.until if pause else None,
+        "agent_version": report.agent_version, "interval_s": report.interval_s,
+        "splay_s": report.splay_s, "last_finished_at": report.finished_at, **_counts(report),
+    }
+
+
+def _upsert_host(conn: Connection, report: Report, received_at: datetime, expect: Expectations) -> None:
+    expected_s = (report.interval_s or expect.interval_s) + (report.splay_s or expect.splay_s)
+    seen = {"last_seen_at": received_at, "due_at": received_at + timedelta(seconds=expected_s)}
+    state = _host_state(report)
+    _insert_ignore(conn, hosts, {"host": report.host, **state, **seen, "first_seen_at": received_at})
+    conn.execute(HOST_SEEN, {"key_host": report.host, **seen})
+    key = {"key_host": report.host, "key_finished_at": report.finished_at}
+    if conn.execute(HOST_STATE_IF_NEWER, {**key, **state}).rowcount:
+        conn.execute(ROLES_DELETE, {"key_host": report.host})
+        if report.roles:
+            conn.execute(host_roles.insert(), [{"host": report.host, "role": r} for r in set(report.roles)])
+
+
+def prune(engine: Engine, *, older_than: datetime) -> int:
+    """Delete runs finished before `older_than`, except each host's latest run. Returns how many."""
+    latest = select(hosts.c.last_run_id)
+    old = and_(runs.c.finished_at < older_than, runs.c.run_id.not_in(latest))
+    total = 0
+    while True:
+        with db.write(engine) as conn:
+            batch = [r for (r,) in conn.execute(select(runs.c.run_id).where(old).limit(PRUNE_BATCH))]
+            if not batch:
+                return total
+            conn.execute(delete(drift_items).where(drift_items.c.run_id.in_(batch)))
+            conn.execute(delete(runs).where(runs.c.run_id.in_(batch)))
+        total += len(batch)
+
+
+__all__ = ["Expectations", "compress", "decompress", "ingest", "prune"]

@@ -1,0 +1,158 @@
+"""The collector's schema (SQLAlchemy Core). Migrations in `migrations/versions` create exactly this;
+a test compares the two.
+
+- hosts: one row per host with its current state (from its newest report), for the fleet overview.
+- host_roles: (host, role) so that "hosts with role R" is an indexed query.
+- runs: one row per report with the columns the queries filter on; the whole report is a zlib blob.
+- drift_items: one row per drifted task of a run, so "which hosts drift on task X" is one indexed query.
+- commits: what is known about a commit (author, subject, signature), for rollout pages.
+- tokens: ingest tokens (bound to a host) and reader tokens; only a SHA-256 of each token is stored.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stored as naive UTC on every database; read back as an aware UTC datetime."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # SQLite aggregate results (min/max) come back as text
+            value = datetime.fromisoformat(value)
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC)
+
+
+metadata = MetaData()
+
+HOST = 255
+SHA = 64
+
+hosts = Table(
+    "hosts", metadata,
+    Column("host", String(HOST), primary_key=True),
+    Column("last_run_id", String(64), nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("mode", String(16), nullable=False),
+    Column("phase_reached", String(16), nullable=False),
+    Column("commit", String(SHA), nullable=True, index=True),
+    Column("ref", String(255), nullable=True),
+    Column("drift_count", Integer, nullable=False),
+    Column("failed_count", Integer, nullable=False),
+    Column("error_count", Integer, nullable=False),
+    Column("paused", Boolean, nullable=False),
+    Column("pause_reason", Text, nullable=True),
+    Column("pause_until", UTCDateTime, nullable=True),
+    Column("agent_version", String(64), nullable=False),
+    Column("interval_s", Integer, nullable=True),
+    Column("splay_s", Integer, nullable=True),
+    Column("last_finished_at", UTCDateTime, nullable=False),
+    Column("last_seen_at", UTCDateTime, nullable=False, index=True),
+    Column("due_at", UTCDateTime, nullable=False, index=True),
+    Column("first_seen_at", UTCDateTime, nullable=False),
+)
+
+host_roles = Table(
+    "host_roles", metadata,
+    Column("host", String(HOST), ForeignKey("hosts.host", ondelete="CASCADE"), primary_key=True),
+    Column("role", String(255), primary_key=True),
+    Index("ix_host_roles_role", "role"),
+)
+
+runs = Table(
+    "runs", metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("host", String(HOST), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("trigger", String(16), nullable=False),
+    Column("phase_reached", String(16), nullable=False),
+    Column("commit", String(SHA), nullable=True),
+    Column("ref", String(255), nullable=True),
+    Column("previous_commit", String(SHA), nullable=True),
+    Column("agent_version", String(64), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("drift_count", Integer, nullable=False),
+    Column("changed", Integer, nullable=False),
+    Column("failed_count", Integer, nullable=False),
+    Column("error_count", Integer, nullable=False),
+    Column("compacted", Integer, nullable=False),
+    Column("duration_s", Float, nullable=True),
+    Column("report", LargeBinary, nullable=False),
+    Index("ix_runs_host_finished", "host", "finished_at"),
+    Index("ix_runs_commit_host", "commit", "host"),
+    Index("ix_runs_status_finished", "status", "finished_at"),
+    Index("ix_runs_finished", "finished_at"),
+)
+
+drift_items = Table(
+    "drift_items", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(64), ForeignKey("runs.run_id", ondelete="CASCADE"), nullable=False),
+    Column("host", String(HOST), nullable=False),
+    Column("play", Text, nullable=False),
+    Column("task", Text, nullable=False),
+    Column("role", String(255), nullable=True),
+    Column("module", String(255), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("diff_count", Integer, nullable=False),
+    Column("first_seen_at", UTCDateTime, nullable=True),
+    Index("ix_drift_items_run", "run_id"),
+    Index("ix_drift_items_task_run", "task", "run_id"),
+    Index("ix_drift_items_host", "host"),
+)
+
+commits = Table(
+    "commits", metadata,
+    Column("sha", String(SHA), primary_key=True),
+    Column("author", Text, nullable=True),
+    Column("committed_at", UTCDateTime, nullable=True),
+    Column("subject", Text, nullable=True),
+    Column("signature_status", String(16), nullable=False),
+    Column("signer", Text, nullable=True),
+    Column("first_seen_at", UTCDateTime, nullable=False),
+)
+
+tokens = Table(
+    "tokens", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(8), nullable=False),
+    Column("name", String(HOST), nullable=False, index=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=True),
+)

@@ -1,0 +1,92 @@
+"""API tokens. An ingest token is bound to one host; a reader token reads the query API and UI.
+
+A token is shown once when created; the database keeps only its SHA-256 (tokens are 256 random bits,
+so a fast hash is enough) and a short prefix so people can tell tokens apart in `token list`.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, bindparam, or_, select, update
+
+from agent.collector import db
+from agent.collector.errors import BadRequestError, NotFoundError
+from agent.collector.tables import tokens
+
+TOKEN_PREFIX = "gco_"  # noqa: S105 (a label, not a secret)
+
+
+class TokenKind(enum.StrEnum):
+    INGEST = "ingest"
+    READER = "reader"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who made a request: an ingest token's host, or a reader (token or trusted proxy header)."""
+
+    kind: TokenKind
+    name: str
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    id: int
+    kind: TokenKind
+    name: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def create(engine: Engine, kind: TokenKind, name: str, *, now: datetime) -> tuple[TokenInfo, str]:
+    """Store a new token for `name` (a host for ingest tokens); returns it and the secret, once."""
+    if not name.strip() or len(name) > 255 or "\x00" in name:
+        raise BadRequestError(f"token name {name[:40]!r}: give 1 to 255 characters")
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    prefix = secret[: len(TOKEN_PREFIX) + 6]
+    with db.write(engine) as conn:
+        result = conn.execute(tokens.insert().values(
+            kind=kind.value, name=name, token_hash=hash_token(secret), prefix=prefix, created_at=now,
+        ))
+        (token_id,) = result.inserted_primary_key or (0,)
+    return TokenInfo(int(token_id), kind, name, prefix, now, None), secret
+
+
+AUTHENTICATE = select(tokens.c.kind, tokens.c.name).where(
+    tokens.c.token_hash == bindparam("key_hash"), tokens.c.revoked_at.is_(None))
+
+
+def authenticate(engine: Engine, secret: str) -> Principal | None:
+    """The principal of a valid, unrevoked token, else None."""
+    with engine.connect() as conn:
+        row = conn.execute(AUTHENTICATE, {"key_hash": hash_token(secret)}).first()
+    return None if row is None else Principal(TokenKind(row.kind), row.name)
+
+
+def list_all(engine: Engine) -> list[TokenInfo]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(tokens).order_by(tokens.c.id)).all()
+    return [TokenInfo(r.id, TokenKind(r.kind), r.name, r.prefix, r.created_at, r.revoked_at) for r in rows]
+
+
+def revoke(engine: Engine, ref: str, *, now: datetime) -> int:
+    """Revoke by id, by prefix, or every token of a name (host or reader). Returns how many."""
+    match = or_(tokens.c.prefix == ref, tokens.c.name == ref)
+    if ref.isdigit():
+        match = or_(match, tokens.c.id == int(ref))
+    with db.write(engine) as conn:
+        count = conn.execute(
+            update(tokens).where(match, tokens.c.revoked_at.is_(None)).values(revoked_at=now)).rowcount
+    if not count:
+        raise NotFoundError(f"no active token matches {ref!r} (give an id, a prefix, or a name)")
+    return count

@@ -1,0 +1,224 @@
+"""Delivery of outbox reports to the collector: the one module on the agent side that speaks HTTP.
+
+A report leaves the outbox only after a 2xx (201 stored, 200 already stored). 408, 429, 5xx and
+network errors are retried with exponential backoff and full jitter (Retry-After is honoured).
+401 (no valid token) and 404 or 3xx (wrong collector URL) stop the flush and keep every report:
+those are configuration problems, not problems of the report. Any other 4xx is permanent for that
+report: it moves to the outbox's quarantine folder with the collector's reason.
+
+Usage (the CLI and daemon):
+    with Sender.from_config(config.collector) as sender:
+        result = sender.flush(outbox)      # -> FlushResult
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import ssl
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from agent import __version__
+from agent.config import CollectorConfig
+from agent.errors import ConfigError
+from agent.outbox import Outbox, OutboxEntry
+
+log = logging.getLogger(__name__)
+
+REPORTS_PATH = "/api/v1/reports"
+STOP_STATUSES = frozenset({401, 404})
+RETRY_STATUSES = frozenset({408, 429})
+
+
+class Outcome(enum.Enum):
+    DELIVERED = "delivered"      # 2xx other than 200: stored now
+    DUPLICATE = "duplicate"      # 200: the collector already had this run_id
+    RETRY = "retry"              # try again later: 408, 429, 5xx, network
+    REJECTED = "rejected"        # permanent for this report: quarantine it
+    STOP = "stop"                # permanent for every report (token, URL): keep them, stop
+
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: Outcome
+    status_code: int | None
+    reason: str
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True)
+class FlushResult:
+    """What one flush did. `error` says why it stopped before the outbox was empty."""
+
+    delivered: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    remaining: int = 0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.remaining == 0
+
+
+def classify(status_code: int) -> Outcome:
+    """The outcome of one HTTP status from the ingest endpoint."""
+    if status_code == 200:
+        return Outcome.DUPLICATE
+    if 200 <= status_code < 300:
+        return Outcome.DELIVERED
+    if status_code in RETRY_STATUSES or status_code >= 500:
+        return Outcome.RETRY
+    if status_code in STOP_STATUSES or 300 <= status_code < 400:
+        return Outcome.STOP
+    return Outcome.REJECTED
+
+
+def backoff_delay_s(attempt: int, *, base_s: float, cap_s: float, rnd: float) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**(attempt-1))]."""
+    return rnd * min(cap_s, base_s * 2.0 ** max(attempt - 1, 0))
+
+
+def read_token(path: Path) -> str:
+    """The token in `path`; refused (like ssh does for keys) when group or others can access it."""
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            raise ConfigError(
+                f"Permissions {stat.S_IMODE(mode):04o} for '{path}' are too open: a token file must not be "
+                f"accessible by group or others (chmod 600 {path})")
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the collector token ({e.strerror})") from e
+    if not token or any(c.isspace() for c in token):
+        raise ConfigError(f"{path}: the token file must hold one token on one line")
+    return token
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """The system's trust store, plus `ca_file` (a private CA) when given. Verification is always on."""
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(ca_file))
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"collector.ca_file {ca_file}: cannot load it as a CA bundle ({e})") from e
+    return context
+
+
+def _reason(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        detail = body.get("error") if isinstance(body, dict) else None
+    except ValueError:
+        detail = None
+    detail = detail or response.text[:200].strip() or response.reason_phrase
+    return f"HTTP {response.status_code}: {detail}"
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    return float(value) if value.isdigit() else None
+
+
+class Sender:
+    """Posts reports to one collector. Construct with `from_config`, or directly in tests (`transport`,
+    `sleep` and `rnd` replace the network, the clock and the jitter)."""
+
+    def __init__(self, url: str, token: str, *, ca_file: Path | None = None, timeout_s: float = 15.0,
+                 max_attempts: int = 4, backoff_base_s: float = 1.0, backoff_cap_s: float = 60.0,
+                 transport: httpx.BaseTransport | None = None,
+                 sleep: Callable[[float], None] = time.sleep,
+                 rnd: Callable[[], float] = random.random) -> None:
+        self.max_attempts = max_attempts
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self._sleep = sleep
+        self._rnd = rnd
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+                   "User-Agent": f"gitops-agent/{__version__}"}
+        verify: ssl.SSLContext | bool = tls_context(ca_file) if url.startswith("https:") else True
+        self._client = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s,
+                                    verify=verify, transport=transport, follow_redirects=False)
+
+    @classmethod
+    def from_config(cls, config: CollectorConfig, *, timeout_s: float = 15.0,
+                    max_attempts: int = 4) -> Sender:
+        """A sender for `collector.url` with the token from `collector.token_file` (checked)."""
+        if not config.url:
+            raise ConfigError("collector.url is not set: reports stay in the outbox")
+        if config.token_file is None:
+            raise ConfigError("collector.token_file is not set")
+        return cls(config.url, read_token(config.token_file), ca_file=config.ca_file, timeout_s=timeout_s,
+                   max_attempts=max_attempts)
+
+    def __enter__(self) -> Sender:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def send(self, body: bytes) -> SendResult:
+        """POST one report body once; never raises for HTTP or network trouble."""
+        try:
+            response = self._client.post(REPORTS_PATH, content=body)
+        except httpx.HTTPError as e:
+            return SendResult(Outcome.RETRY, None, f"{type(e).__name__}: {e}")
+        outcome = classify(response.status_code)
+        return SendResult(outcome, response.status_code, _reason(response), _retry_after_s(response))
+
+    def _deliver(self, body: bytes, deadline: float | None) -> SendResult:
+        attempt = 0
+        while True:
+            result = self.send(body)
+            attempt += 1
+            if result.outcome is not Outcome.RETRY or attempt >= self.max_attempts:
+                return result
+            delay = backoff_delay_s(attempt, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s,
+                                    rnd=self._rnd())
+            delay = min(max(delay, result.retry_after_s or 0.0), self.backoff_cap_s)
+            if deadline is not None and time.monotonic() + delay > deadline:
+                return result
+            log.info("collector delivery will retry in %.1fs: %s", delay, result.reason)
+            self._sleep(delay)
+
+    def flush(self, outbox: Outbox, *, deadline_s: float | None = None) -> FlushResult:
+        """Deliver pending reports oldest first; stop at the first one that cannot be delivered now
+        (so order is kept). `deadline_s` bounds the time spent, backoff included."""
+        deadline = None if deadline_s is None else time.monotonic() + deadline_s
+        counts = {o: 0 for o in Outcome}
+        pending = outbox.pending()
+        for index, entry in enumerate(pending):
+            result = self._deliver_entry(outbox, entry, deadline)
+            if result is None:
+                continue
+            counts[result.outcome] += 1
+            if result.outcome in (Outcome.RETRY, Outcome.STOP):
+                return FlushResult(counts[Outcome.DELIVERED], counts[Outcome.DUPLICATE],
+                                   counts[Outcome.REJECTED], len(pending) - index, result.reason)
+        return FlushResult(counts[Outcome.DELIVERED], counts[Outcome.DUPLICATE], counts[Outcome.REJECTED])
+
+    def _deliver_entry(self, outbox: Outbox, entry: OutboxEntry, deadline: float | None) -> SendResult | None:
+        try:
+            body = outbox.read(entry)
+        except FileNotFoundError:
+            return None  # delivered meanwhile by another flush
+        result = self._deliver(body, deadline)
+        if result.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE):
+            outbox.remove(entry)
+        elif result.outcome is Outcome.REJECTED:
+            log.warning("collector refused report %s for good, quarantined: %s", entry.run_id, result.reason)
+            outbox.quarantine(entry, result.reason)
+        return result

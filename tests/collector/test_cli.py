@@ -1,0 +1,93 @@
+"""gitops-collector commands: migrate, token create/list/revoke, prune; the migration matches tables.py."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import select
+
+from agent.collector import db, store, tokens
+from agent.collector.cli import main
+from agent.collector.tables import drift_items, metadata, runs
+from agent.report import Status, to_json
+from tests.factory import BASE_TIME, make_report
+
+
+def test_migration_creates_exactly_the_tables_module(engine):
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+    assert db.current_revision(engine) == db.head_revision()
+
+
+def test_migrate_command_is_idempotent(db_url, capsys):
+    assert main(["migrate", "--db", db_url]) == 0
+    assert main(["migrate", "--db", db_url]) == 0
+    assert "revision 0001" in capsys.readouterr().out
+
+
+def test_outdated_schema_is_refused(engine):
+    with db.write(engine) as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0000'")
+    with pytest.raises(db.DatabaseError, match="gitops-collector migrate"):
+        db.prepare(engine)
+
+
+def test_token_create_prints_the_token_once_as_last_line_and_stores_a_hash(db_url, capsys, engine):
+    assert main(["token", "create", "web01.example.com", "--db", db_url]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    secret = out[-1]
+    assert secret.startswith(tokens.TOKEN_PREFIX) and len(secret) > 40
+    principal = tokens.authenticate(engine, secret)
+    assert principal == tokens.Principal(tokens.TokenKind.INGEST, "web01.example.com")
+    with engine.connect() as conn:
+        stored = conn.execute(select(tokens.tokens.c.token_hash)).scalars().all()
+    assert stored == [tokens.hash_token(secret)]
+
+    assert main(["token", "create", "--reader", "alice", "--db", db_url]) == 0
+    reader_secret = capsys.readouterr().out.strip().splitlines()[-1]
+    assert tokens.authenticate(engine, reader_secret).kind is tokens.TokenKind.READER
+
+    assert main(["token", "list", "--db", db_url]) == 0
+    listing = capsys.readouterr().out
+    assert "web01.example.com" in listing and "alice" in listing
+    assert secret not in listing and reader_secret not in listing
+
+    assert main(["token", "revoke", "alice", "--db", db_url]) == 0
+    assert tokens.authenticate(engine, reader_secret) is None
+    assert tokens.authenticate(engine, secret) is not None
+    assert main(["token", "revoke", "alice", "--db", db_url]) == 1
+    assert "no active token" in capsys.readouterr().err
+
+
+def test_prune_keeps_each_hosts_latest_run(engine, db_url, capsys):
+    old_time = BASE_TIME - timedelta(days=200)
+    only_old = make_report("old-host", status=Status.DRIFTED, finished_at=old_time)
+    old = make_report("web01", status=Status.DRIFTED, finished_at=old_time)
+    recent = make_report("web01", finished_at=BASE_TIME)
+    for report in (only_old, old, recent):
+        store.ingest(engine, report, to_json(report).encode(), received_at=report.finished_at)
+    assert main(["prune", "--older-than", "90d", "--db", db_url]) == 0
+    assert "pruned 1 run(s)" in capsys.readouterr().out
+    with engine.connect() as conn:
+        kept = set(conn.execute(select(runs.c.run_id)).scalars())
+        drift_left = set(conn.execute(select(drift_items.c.run_id)).scalars())
+    assert kept == {only_old.run_id, recent.run_id}
+    assert drift_left == {only_old.run_id}
+
+
+def test_bad_arguments_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["prune", "--older-than", "soon"])
+    assert e.value.code == 2
+    assert "not a duration" in capsys.readouterr().err
+
+
+def test_postgres_urls_use_psycopg3():
+    assert db.normalize_url("postgresql://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
+    assert db.normalize_url("postgres://h/db") == "postgresql+psycopg://h/db"
+    assert db.normalize_url("sqlite:///x.db") == "sqlite:///x.db"
+    assert "secret" not in db.redact_url("postgresql://u:secret@h/db")

@@ -1,0 +1,103 @@
+"""Helpers to run the collector for real: throwaway databases (SQLite file or a fresh PostgreSQL database)
+and `gitops-collector serve` as a subprocess on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from agent.collector.db import normalize_url
+
+PG_ENV = "GITOPS_TEST_POSTGRES_URL"
+
+
+def postgres_admin_url() -> str:
+    """The test server's URL, or skip (locally) / fail (under CI) when there is none."""
+    url = os.environ.get(PG_ENV)
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail(f"{PG_ENV} is not set under CI: PostgreSQL tests must run (see .ci/postgres-up)")
+        pytest.skip(f"{PG_ENV} is not set (run: export {PG_ENV}=$(bash .ci/postgres-up))")
+    return url
+
+
+@contextmanager
+def fresh_database(kind: str, tmp_path: Path) -> Iterator[str]:
+    """A URL of an empty database of `kind` ("sqlite" or "postgresql"), removed afterwards."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'collector.db'}"
+        return
+    admin_url = normalize_url(postgres_admin_url())
+    name = f"gitops_t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class CollectorProcess:
+    """`gitops-collector serve` on 127.0.0.1:port as a child process."""
+
+    def __init__(self, db_url: str, port: int | None = None, *extra: str,
+                 ca_file: Path | None = None) -> None:
+        self.db_url = db_url
+        self.port = port or free_port()
+        self.extra = extra
+        self.ca_file = ca_file
+        self.url = f"{'https' if ca_file else 'http'}://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 30.0) -> CollectorProcess:
+        cmd = [sys.executable, "-m", "agent.collector.cli", "serve", "--listen", f"127.0.0.1:{self.port}",
+               "--db", self.db_url, "--log-level", "warning", *self.extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise RuntimeError(f"collector exited: {err}")
+            try:
+                verify = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True
+                if httpx.get(f"{self.url}/healthz", timeout=1.0, verify=verify).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("collector did not become healthy in time")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
+        self.proc = None
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
