@@ -16,13 +16,11 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agent import __version__, child, config, daemon, render, textfile
+from agent import __version__, config, daemon, delivery, render, textfile
 from agent import report as report_codec
-from agent.cycle import Cycle, CycleOptions
 from agent.errors import AgentError
 from agent.fsutil import atomic_write
 from agent.report import Pause, Report, Trigger, exit_code
-from agent.source import GitSource
 from agent.state import StateStore
 
 log = logging.getLogger("agent")
@@ -110,11 +108,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if pid is not None:
         report = _run_through_daemon(cfg, pid, args.check)
     else:
+        from agent.cycle import Cycle, CycleOptions  # Git and the cycle: only for commands that run one
+
         cancelled = _cancel_on_term()
         report = Cycle(cfg, cancel=cancelled.is_set).run(
             CycleOptions(trigger=Trigger(args.trigger), check_only=args.check))
         if cfg.metrics_textfile is not None:
             atomic_write(cfg.metrics_textfile, textfile.render(report).encode(), mode=0o644)
+        _deliver(cfg, deadline_s=30.0)
     if args.json:
         print(report_codec.to_json(report, indent=2))
     else:
@@ -136,11 +137,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     last = _last(args)
     now = datetime.now(UTC)
     pause = store.read_pause(now)
+    waiting = len(delivery.outbox(cfg).pending())
     if args.json:
         print(json.dumps({"last_run": report_codec.to_dict(last), "daemon_pid": _daemon_pid(cfg.state_dir),
-                          "pause": report_codec.encode(pause) if pause else None}, indent=2))
+                          "pause": report_codec.encode(pause) if pause else None,
+                          "outbox_depth": waiting}, indent=2))
     else:
         print(render.status_text(last, now, pause))
+        print(f"outbox: {waiting} report(s) waiting for the collector" if cfg.collector.url
+              else "outbox: no collector configured (collector.url)")
         print(render.summary(last, colour=_colour()))
     return exit_code(last.status)
 
@@ -154,7 +159,40 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deliver(cfg: config.AgentConfig, *, deadline_s: float, max_attempts: int = 4) -> bool:
+    """Flush the outbox; say on stderr what stays behind. True when nothing waits any more."""
+    result = delivery.flush(cfg, deadline_s=deadline_s, max_attempts=max_attempts)
+    if result is not None and not result.ok:
+        print(f"gitops-agent: {result.remaining} report(s) wait in the outbox for the collector: "
+              f"{result.error}", file=sys.stderr)
+    return result is None or result.ok
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    box = delivery.outbox(cfg)
+    if args.flush:
+        if not cfg.collector.url:
+            raise AgentError("collector.url is not set: there is nowhere to deliver to")
+        result = delivery.flush(cfg, deadline_s=120.0)
+        if result is not None:
+            print(f"delivered {result.delivered}, already there {result.duplicates}, "
+                  f"quarantined {result.quarantined}, still waiting {result.remaining}"
+                  + (f" ({result.error})" if result.error else ""))
+    pending, quarantined = box.pending(), box.quarantined()
+    for entry in pending:
+        print(f"waiting      {entry.queued_at:%Y-%m-%d %H:%M:%S}Z  {entry.status:<10} {entry.run_id}")
+    for q in quarantined:
+        print(f"quarantined  {q.entry.queued_at:%Y-%m-%d %H:%M:%S}Z  {q.entry.status:<10} "
+              f"{q.entry.run_id}: {q.reason}")
+    print(f"{len(pending)} waiting, {len(quarantined)} quarantined, {box.compacted_count()} compacted")
+    return 0 if not pending else 2
+
+
 def cmd_daemon(args: argparse.Namespace) -> int:
+    from agent import child
+    from agent.source import GitSource
+
     path = config.config_path(args.config)
     cfg = config.load(path)
     store = StateStore(cfg.state_dir, history=cfg.history)
@@ -168,8 +206,13 @@ def cmd_daemon(args: argparse.Namespace) -> int:
                                stop=runner.stop, grace_s=runner.config.schedule.stop_grace_s,
                                ping=_watchdog_ping)
 
+    def flush(final: bool) -> bool:
+        assert runner is not None
+        return _deliver(runner.config, deadline_s=10.0, max_attempts=2 if final else 1)
+
     state = store.load()
-    runner = daemon.Daemon(path, cfg, spawn=spawn, probe=source.probe, last_commit=state.last_commit)
+    runner = daemon.Daemon(path, cfg, spawn=spawn, probe=source.probe, flush=flush,
+                           last_commit=state.last_commit)
     return runner.serve()
 
 
@@ -238,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="expire by itself after this long (e.g. 4h); default: until resume")
     pause.add_argument("--checks-too", action="store_true", help="no checks either while paused")
     add("resume", cmd_resume, "end a pause")
+    outbox = add("outbox", cmd_outbox, "reports not yet delivered to the collector, and quarantined ones "
+                                       "(exit 2 while some wait)")
+    outbox.add_argument("--flush", action="store_true", help="deliver now")
     add("version", cmd_version, "print the version")
     return parser
 

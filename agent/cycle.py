@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent import __version__, drift, policy, requirements, runner
+from agent import __version__, delivery, drift, policy, requirements, runner
 from agent.config import AgentConfig
 from agent.drift import DriftContext, Finding
 from agent.errors import AgentError, RewindError, RunTimeoutError, VerifyError
@@ -131,6 +131,7 @@ class Cycle:
         report, state = self._report(attempt, state, options)
         self.store.save(state)
         self.store.write_report(report)
+        delivery.enqueue(self.config, report)
         log.info("cycle done: host=%s commit=%s status=%s drift=%d duration_s=%.1f",
                  report.host, report.source.commit, report.status.value, len(report.drift),
                  attempt.durations["total"])

@@ -101,12 +101,14 @@ class Request:
 
 class Daemon:
     def __init__(self, config_path: Path, config: config_mod.AgentConfig, *, spawn: Spawn,
-                 probe: Callable[[], str | None], clock: Callable[[], float] = time.time,
-                 last_commit: str | None = None) -> None:
+                 probe: Callable[[], str | None], flush: Callable[[bool], bool] | None = None,
+                 clock: Callable[[], float] = time.time, last_commit: str | None = None) -> None:
         self.config_path = config_path
         self.config = config
         self.spawn = spawn
         self.probe = probe
+        self.flush = flush or (lambda final: True)
+        self.outbox_clear = True  # False while reports wait for the collector
         self.clock = clock
         self.last_commit = last_commit
         self.failures = 0
@@ -135,6 +137,8 @@ class Daemon:
         now = self.clock()
         if now >= self.next_poll_at:
             self.next_poll_at = now + self.config.schedule.poll_s
+            if not self.outbox_clear:  # the collector was away: try again at the poll pace
+                self.outbox_clear = self.flush(False)
             commit = self.probe()
             if commit is not None and commit != self.last_commit:
                 log.info("new commit: commit=%s previous=%s", commit[:12], (self.last_commit or "-")[:12])
@@ -149,6 +153,7 @@ class Daemon:
     def _cycle(self, trigger: Trigger, request: Request | None = None) -> None:
         sd_notify(f"STATUS=running a cycle ({trigger.value})")
         outcome = self.spawn(trigger, request.check_only if request else False)
+        self.outbox_clear = False  # the child flushed; whatever it left is retried at the next poll
         if request is not None:
             atomic_write(self.requests_dir / f"{request.id}.done", json.dumps(
                 {"status": outcome.status.value}).encode())
@@ -220,6 +225,7 @@ class Daemon:
                 self.wake.clear()
         finally:
             sd_notify("STOPPING=1")
+            self.flush(True)
             pidfile.unlink(missing_ok=True)
             log.info("daemon stopped")
         return 0

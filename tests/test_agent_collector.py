@@ -1,0 +1,57 @@
+"""The agent delivering to a real collector on 127.0.0.1: spooled while it is down, delivered exactly
+once when it is back, and what the collector shows matches the host."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import GitRepo
+from tests.live_collector import CollectorProcess, free_port
+
+pytestmark = pytest.mark.ansible
+
+
+def token(db: str, *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "agent.collector.cli", "token", "create", "--db", db, *args],
+                         check=True, capture_output=True, text=True).stdout
+    return out.strip().splitlines()[-1]
+
+
+def test_reports_wait_in_the_outbox_then_arrive_once(cli, write_config, app_repo: GitRepo,
+                                                     tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'collector.db'}"
+    subprocess.run([sys.executable, "-m", "agent.collector.cli", "migrate", "--db", db], check=True,
+                   capture_output=True)
+    token_file = tmp_path / "token"
+    token_file.write_text(token(db, "testhost") + "\n")
+    token_file.chmod(0o600)
+    reader = token(db, "--reader", "ops")
+    port = free_port()
+    config = write_config(app_repo.path, collector={"url": f"http://127.0.0.1:{port}",
+                                                    "token_file": str(token_file)})
+
+    first = cli("run", "--json", "--config", str(config))  # the collector is down
+    assert first.code == 0 and "1 report(s) wait in the outbox" in first.err
+    waiting = cli("outbox", "--config", str(config))
+    assert waiting.code == 2 and "1 waiting, 0 quarantined" in waiting.out
+    assert "outbox: 1 report(s) waiting" in cli("status", "--config", str(config)).out
+
+    collector = CollectorProcess(db, port).start()
+    try:
+        flushed = cli("outbox", "--flush", "--config", str(config))
+        assert flushed.code == 0 and "delivered 1," in flushed.out
+        second = cli("run", "--check", "--json", "--config", str(config))  # delivered right away
+        assert second.code == 0 and not second.err.strip()
+        headers = {"Authorization": f"Bearer {reader}"}
+        host = httpx.get(f"{collector.url}/api/v1/hosts/testhost", headers=headers).json()
+        runs = httpx.get(f"{collector.url}/api/v1/hosts/testhost/runs", headers=headers).json()
+    finally:
+        collector.stop()
+    assert host["last_run_id"] == second.report["run_id"] or host.get("status") == "in_sync"
+    run_ids = {r["run_id"] for r in runs["items"]}
+    assert run_ids == {first.report["run_id"], second.report["run_id"]}
