@@ -5,17 +5,24 @@
    path lands under demo/ (the same agent code path as production: only the root differs);
 3. runs `gitops-agent run`: the first apply (intentional drift, corrected);
 4. edits a managed file by hand and runs again: corrective drift, shown as a diff, corrected;
-5. shows `gitops-agent status`.
-The agent is run as a separate process, exactly as an operator would run it.
+5. shows `gitops-agent status`;
+6. throughout, a collector on 127.0.0.1 (SQLite in demo/) receives every report; unless DEMO_NO_SERVE is
+   set, it keeps serving afterwards (with a reader token printed) until Ctrl-C.
+The agent and the collector run as separate processes, exactly as an operator would run them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 HOST = "web01.example.com"
@@ -49,7 +56,7 @@ def make_config_repo(project: Path, repo: Path) -> None:
     git(repo, "commit", "-q", "-m", "Example fleet configuration")
 
 
-def write_config(workdir: Path) -> None:
+def write_config(workdir: Path, collector_url: str) -> None:
     root = workdir / "root"
     root.mkdir()
     (workdir / "agent.yaml").write_text(
@@ -58,13 +65,54 @@ def write_config(workdir: Path) -> None:
         f"source:\n  url: config-repo\n  ref: main\n"
         f"mode: enforce\n"
         f"state_dir: state\n"
+        f"collector:\n  url: {collector_url}\n  token_file: token\n"
         f"extra_vars:\n  target_root: {root}\n", encoding="utf-8")
+
+
+def collector_cli(*args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "agent.collector.cli", *args], check=True,
+                         capture_output=True, text=True).stdout
+    return out.strip().splitlines()[-1] if out.strip() else ""
+
+
+def free_port(preferred: int) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_collector(workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
+    """`gitops-collector serve` on 127.0.0.1 with a SQLite file in the demo folder; a host token file
+    for the agent; returns the process and a reader token for a person."""
+    db = f"sqlite:///{workdir / 'collector.db'}"
+    collector_cli("migrate", "--db", db)
+    token = workdir / "token"
+    token.write_text(collector_cli("token", "create", "--db", db, HOST) + "\n", encoding="utf-8")
+    token.chmod(0o600)
+    reader = collector_cli("token", "create", "--db", db, "--reader", "demo")
+    log = (workdir / "collector.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "agent.collector.cli", "serve", "--listen",
+                             f"127.0.0.1:{port}", "--db", db], stdout=log, stderr=log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, reader
+        if proc.poll() is not None:
+            raise SystemExit(f"demo: the collector did not start; see {workdir / 'collector.log'}")
+        time.sleep(0.2)
+    raise SystemExit("demo: the collector did not start in 30s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--project", type=Path, default=Path.cwd(), help="checkout with playbooks/")
     parser.add_argument("--workdir", type=Path, default=Path("demo"), help="sandbox (recreated)")
+    parser.add_argument("--port", type=int, default=8080, help="collector port on 127.0.0.1 (or a free one)")
     args = parser.parse_args()
     workdir = args.workdir.resolve()
     if workdir.exists():
@@ -72,8 +120,32 @@ def main() -> None:
     workdir.mkdir(parents=True)
     say(f"Config repo: {workdir / 'config-repo'} (from {args.project.resolve()}/playbooks, inventory)")
     make_config_repo(args.project.resolve(), workdir / "config-repo")
-    write_config(workdir)
-    print((workdir / "agent.yaml").read_text(encoding="utf-8"))
+    port = free_port(args.port)
+    collector, reader = start_collector(workdir, port)
+    try:
+        write_config(workdir, f"http://127.0.0.1:{port}")
+        print((workdir / "agent.yaml").read_text(encoding="utf-8"))
+        loop(workdir)
+        say(f"The collector at http://127.0.0.1:{port} has every report")
+        print(f"$ curl -H 'Authorization: Bearer {reader}' http://127.0.0.1:{port}/api/v1/hosts")
+        print(json.dumps(read_hosts(port, reader), indent=2))
+        if not os.environ.get("DEMO_NO_SERVE"):
+            print(f"\nServing http://127.0.0.1:{port} (reader token above) until Ctrl-C ...", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                collector.wait()
+    finally:
+        collector.terminate()
+        collector.wait(30)
+
+
+def read_hosts(port: int, reader: str) -> object:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/hosts",
+                                     headers={"Authorization": f"Bearer {reader}"})
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback only)
+        return json.loads(response.read())
+
+
+def loop(workdir: Path) -> None:
     say("First run: everything is new (intentional drift), so the agent applies and rechecks")
     agent(workdir, "run")
     managed = workdir / "root" / MANAGED
@@ -88,8 +160,6 @@ def main() -> None:
     say("Status")
     agent(workdir, "status")
     print(f"\nThe file is back to what Git says:\n{managed.read_text(encoding='utf-8')}")
-    if not os.environ.get("DEMO_NO_SERVE"):
-        print("(no collector in this demo yet: reports are in demo/state/last_run.json and history/)")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.ansible
 def test_demo_shows_first_apply_then_corrective_drift(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "agent.demo", "--project", str(ROOT), "--workdir",
-                           str(workdir)], capture_output=True, text=True, timeout=600,
+                           str(workdir), "--port", "0"], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "DEMO_NO_SERVE": "1"}, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
@@ -27,6 +27,7 @@ def test_demo_shows_first_apply_then_corrective_drift(tmp_path: Path) -> None:
     assert "-maintenance tonight -- bob" in out  # the diff of the hand edit
     motd = (workdir / "root/etc/motd").read_text()
     assert motd == "web01.example.com\nManaged by gitops-agent. Local edits are reverted.\n"
+    assert '"host": "web01.example.com"' in out and '"status": "corrected"' in out  # the collector has it
     last = json.loads((workdir / "state/last_run.json").read_text())
     assert last["status"] == "corrected" and last["roles"] == ["base", "web"]
     # nothing outside the sandbox: every managed path is under demo/root
