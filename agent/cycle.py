@@ -91,8 +91,11 @@ class Cycle:
         self.store = StateStore(config.state_dir, history=config.history)
         self.source = GitSource(config.source, config.state_dir)
         self.deadline = 0.0  # monotonic; set when a cycle starts
-        self.settings = RunnerSettings(work_dir=self.store.work_dir, timeout_s=config.schedule.timeout_s,
-                                       extra_vars=dict(config.extra_vars))
+        self.settings = RunnerSettings(
+            work_dir=self.store.work_dir, timeout_s=config.schedule.timeout_s,
+            extra_vars=dict(config.extra_vars), strategy=config.ansible.strategy,
+            fact_cache_dir=config.state_dir / "facts", gather_subset=config.ansible.gather_subset,
+            fact_cache_timeout_s=config.ansible.fact_cache_timeout_s)
 
     def run(self, options: CycleOptions) -> Report:
         """One full cycle under the state directory's lock. Never raises AgentError: it reports it."""
