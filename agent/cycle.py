@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent import __version__, drift, policy, requirements, runner
+from agent import __version__, drift, invcache, policy, requirements, runner
 from agent.config import AgentConfig
 from agent.drift import DriftContext, Finding
 from agent.errors import AgentError, RewindError, RunTimeoutError, VerifyError
@@ -171,7 +171,10 @@ class Cycle:
         requirements.check(revision.path)
         inventory = revision.path / self.config.inventory
         playbooks_dir = revision.path / self.config.playbooks
-        graph = parse_graph(runner.inventory_graph(inventory, revision.path, self.settings))
+        graph = parse_graph(invcache.graph(
+            self.config.state_dir / "inventory-cache", commit=revision.commit, host=self.config.host,
+            inventory_name=self.config.inventory, inventory=inventory,
+            parse=lambda: runner.inventory_graph(inventory, revision.path, self.settings)))
         names = [p.stem for p in playbooks_dir.glob("*.yml")] if playbooks_dir.is_dir() else []
         return make_plan(graph=graph, host=self.config.host, commit=revision.commit,
                          project_dir=revision.path, playbooks_dir=playbooks_dir, inventory=inventory,
