@@ -7,7 +7,7 @@
 
     .venv/bin/python bench/poll.py [--runs 20] [--workdir /tmp/gitops-bench-poll]
 
-Also prints what a no-change `agent run` spends in its fetch phase (fetch + rev-parse, no checkout).
+Also prints what a cycle's GitSource.sync() costs when the commit has not changed (fetch, no checkout).
 """
 
 from __future__ import annotations
@@ -26,13 +26,15 @@ from agent.config import load
 from agent.source import GitSource
 
 
-def probe_in_process(config: Path, runs: int) -> list[Timing]:
+def in_process(config: Path, runs: int, *, sync: bool = False) -> list[Timing]:
+    """GitSource.probe() (or, with sync, a whole fetch of the unchanged ref) inside this process."""
     source = GitSource(load(config).source, load(config).state_dir)
+    last = json.loads((load(config).state_dir / "state.json").read_text())["last_commit"]
     out = []
     for _ in range(runs):
         before = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        assert source.probe()
+        assert source.sync(last_commit=last).commit == last if sync else source.probe()
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = sum(a.ru_utime - b.ru_utime + a.ru_stime - b.ru_stime for a, b in zip(after, before, strict=True))
@@ -58,15 +60,15 @@ def main() -> None:
     subprocess.run([*pull[:1], *pull[2:]], check=False, capture_output=True, cwd=ROOT)  # clone; no host matches
     results: dict[str, list[Timing]] = {"probe (daemon)": [], "probe (process)": [], "ansible-pull -o": []}
     for _ in range(args.runs):
-        results["probe (daemon)"] += probe_in_process(config, 1)
+        results["probe (daemon)"] += in_process(config, 1)
         results["probe (process)"].append(timed(process))
         results["ansible-pull -o"].append(timed(pull))
     print(f"poll of an unchanged repo, {args.runs} runs each (alternating), medians:")
     print_table({k: (median([r.wall_s for r in v]), median([r.cpu_s for r in v])) for k, v in results.items()},
                 baselines=["ansible-pull -o"])
-    report = json.loads((args.workdir / "state/last_run.json").read_text())
-    print(f"  a cycle's fetch phase on an unchanged commit (fetch, rev-parse, no re-checkout): "
-          f"{report['durations_s']['fetch']:.3f}s wall")
+    sync = in_process(config, args.runs, sync=True)
+    print(f"  a cycle's source sync of the unchanged commit (shallow fetch of the ref, no re-checkout): "
+          f"wall {median([t.wall_s for t in sync]):.3f}s  cpu {median([t.cpu_s for t in sync]):.3f}s")
 
 
 if __name__ == "__main__":
