@@ -69,6 +69,32 @@ def _pick_ref(listing: str, ref: str) -> str | None:
     return None
 
 
+def _check_member(member: tarfile.TarInfo) -> None:
+    """Refuse what could write outside the release folder: absolute or .. paths, links out, devices."""
+    path = Path(member.name)
+    if path.is_absolute() or ".." in path.parts:
+        raise SourceError(f"refusing path {member.name!r} in the commit")
+    if member.issym() or member.islnk():
+        target = Path(member.linkname)
+        resolved = target if member.islnk() else path.parent / target
+        if target.is_absolute() or ".." in Path(os.path.normpath(resolved)).parts:
+            raise SourceError(f"refusing link {member.name!r} -> {member.linkname!r} out of the commit")
+    elif not (member.isfile() or member.isdir()):
+        raise SourceError(f"refusing special file {member.name!r} in the commit")
+
+
+def _safe_extract(tar: tarfile.TarFile, target: Path) -> None:
+    """git archive output -> target. Python 3.11.4+ has the "data" filter; Debian 12's 3.11.2 does not,
+    so the same rules are checked by hand there."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(target, filter="data")
+        return
+    members = tar.getmembers()
+    for member in members:
+        _check_member(member)
+    tar.extractall(target, members=members)  # noqa: S202 (members checked above)
+
+
 class GitSource:
     def __init__(self, config: SourceConfig, state_dir: Path) -> None:
         self.config = config
@@ -217,7 +243,7 @@ class GitSource:
         try:
             data = repo.git.execute(["git", "archive", "--format=tar", commit], stdout_as_string=False)
             with tarfile.open(fileobj=BytesIO(data)) as tar:
-                tar.extractall(tmp, filter="data")
+                _safe_extract(tar, tmp)
             tmp.rename(target)
         except (git.GitError, tarfile.TarError, OSError) as e:
             shutil.rmtree(tmp, ignore_errors=True)
