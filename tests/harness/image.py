@@ -48,7 +48,7 @@ class Recipe:
     include: tuple[str, ...] = DEFAULT_INCLUDE
     arch: str = "amd64"
     # Bump when the post-install steps in _finish() change meaning.
-    steps_version: int = 1
+    steps_version: int = 2
     extra: tuple[str, ...] = field(default=())
 
     def key(self) -> str:
@@ -148,6 +148,10 @@ def _finish(root: Path) -> None:
         link.unlink(missing_ok=True)
         link.symlink_to("/dev/null")
     (root / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
+    # Host keys were removed above; under systemd (nspawn) sshd makes its own on first start.
+    dropin = root / "etc/systemd/system/ssh.service.d"
+    dropin.mkdir(parents=True, exist_ok=True)
+    (dropin / "host-keys.conf").write_text("[Service]\nExecStartPre=/usr/bin/ssh-keygen -A\n", encoding="utf-8")
 
 
 def pack(root: Path, tarball: Path) -> None:
