@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+_SHARED_LIBRARY = re.compile(r"\.so(\.[0-9.]+)?$")
 MAINTAINER = "gitops-agent developers <gitops-agent@example.org>"
 
 
@@ -97,7 +99,10 @@ def stage_common(stage: Path, pkg: Package, *, venv: Path, version: str, date: s
     opt.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(venv, opt, symlinks=True)
     (stage / "usr/bin").mkdir(parents=True, exist_ok=True)
-    (stage / "usr/bin" / pkg.name).symlink_to(f"/opt/{pkg.name}/bin/{pkg.name}")
+    if pkg is AGENT:
+        _install(HERE / "bin/gitops-agent", stage / "usr/bin/gitops-agent", 0o755)
+    else:
+        (stage / "usr/bin" / pkg.name).symlink_to(f"/opt/{pkg.name}/bin/{pkg.name}")
     _install(HERE / "systemd" / pkg.unit, stage / "lib/systemd/system" / pkg.unit, 0o644)
     _write(stage / f"usr/share/doc/{pkg.name}/copyright", COPYRIGHT.format(name=pkg.name))
     _changelog(stage, pkg, version, date)
@@ -114,6 +119,11 @@ def stage_agent_extras(stage: Path, agent_yaml: str) -> None:
     (stage / "var/lib/gitops-agent").mkdir(parents=True, exist_ok=True)
     (stage / "var/lib/gitops-agent").chmod(0o700)
     _install(HERE / "bin/restart-when-idle", stage / "usr/lib/gitops-agent/restart-when-idle", 0o755)
+    # The bundled Ansible's commands, for the PATH that /usr/bin/gitops-agent sets.
+    tools = stage / "usr/lib/gitops-agent/bin"
+    tools.mkdir(parents=True, exist_ok=True)
+    for command in sorted((stage / "opt/gitops-agent/bin").glob("ansible*")):
+        (tools / command.name).symlink_to(f"/opt/gitops-agent/bin/{command.name}")
 
 
 def stage_collector_extras(stage: Path) -> None:
@@ -148,6 +158,8 @@ def _normalise_modes(stage: Path) -> None:
             continue
         if path.is_dir():
             path.chmod(0o755)
+        elif _SHARED_LIBRARY.search(path.name):
+            path.chmod(0o644)  # loaded, never executed (wheels ship some of them 0755)
         else:
             path.chmod(0o755 if path.stat().st_mode & 0o111 else 0o644)
 

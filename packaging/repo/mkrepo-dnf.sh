@@ -14,7 +14,8 @@ mkdir -p "$repo/Packages"
 cp -f "$@" "$repo/Packages/"
 if command -v rpmsign >/dev/null 2>&1; then
   for rpm in "$repo"/Packages/*.rpm; do
-    rpmsign --define "_gpg_name $key" --define "_gpg_path ${GNUPGHOME:-$HOME/.gnupg}" --addsign "$rpm" >/dev/null
+    rpmsign --define "_gpg_name $key" --define "_gpg_path ${GNUPGHOME:-$HOME/.gnupg}" \
+      --define "__gpg $(command -v gpg)" --addsign "$rpm" >/dev/null
   done
 fi
 createrepo_c --quiet --update "$repo"

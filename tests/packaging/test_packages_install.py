@@ -40,6 +40,18 @@ PLAYBOOK = """\
 # Paths that may differ between before-install and after-purge: package manager bookkeeping and logs,
 # and Ansible's per-user cache of the user who ran it (created by the run, not shipped by the package).
 ALLOWED_LEFTOVERS = re.compile(r"^/(var/lib/dpkg|var/lib/apt|var/cache|var/log|root/\.ansible)(/|$)")
+HEALTH_PROBE = """
+import time, urllib.request
+for attempt in range(100):
+    try:
+        print(urllib.request.urlopen("http://127.0.0.1:8080/healthz", timeout=5).status)
+        break
+    except OSError as error:
+        last = error
+        time.sleep(0.3)
+else:
+    raise SystemExit(f"collector not answering: {last}")
+"""
 SNAPSHOT = (
     "find / -xdev \\( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /tmp \\) -prune -o "
     "-printf '%p %m %u\\n' | sort"
@@ -164,15 +176,14 @@ def test_units_boot_under_systemd_and_survive_self_upgrade(make_host: object, im
     host.stop()  # the installed tree stays in its upper dir; boot it under systemd
 
     subprocess.run(["ip", "netns", "add", "ga-boot1"], check=True)
+    subprocess.run(["ip", "-n", "ga-boot1", "link", "set", "lo", "up"], check=True)
     try:
         with nspawn.booted("boot1", lower=image_root, upper=upper, workdir=tmp_path / "nspawn",
                            netns="ga-boot1") as machine:
             machine.wait_booted(90)
             agent = machine.wait_for_unit("gitops-agent.service", 120)  # Type=notify: active = READY=1
             machine.wait_for_unit("gitops-collector.service", 60)
-            health = machine.run("/opt/gitops-collector/bin/python3", "-c",
-                                 "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8080/healthz',"
-                                 " timeout=5).status)")
+            health = machine.run("/opt/gitops-collector/bin/python3", "-c", HEALTH_PROBE, timeout_s=60)
             assert health.stdout.strip() == "200", health.stdout + health.stderr
 
             # The agent upgrades its own package from inside its service: dpkg must finish, and the
