@@ -34,8 +34,10 @@ import rpm  # noqa: E402
 from tests.harness import image  # noqa: E402
 
 SMOKE = {
-    "gitops-agent": "/opt/gitops-agent/bin/python3 -c 'import agent, ansible_runner, ansible.release, git, httpx, yaml'",
-    "gitops-collector": "/opt/gitops-collector/bin/python3 -c 'import agent, sqlalchemy, uvicorn, starlette, alembic'",
+    "gitops-agent":
+        "/opt/gitops-agent/bin/python3 -c 'import agent, ansible_runner, ansible.release, git, httpx, yaml'",
+    "gitops-collector":
+        "/opt/gitops-collector/bin/python3 -c 'import agent, sqlalchemy, uvicorn, starlette, alembic'",
 }
 
 
@@ -81,7 +83,7 @@ def build_all(src: Path, out: Path, work: Path, *, rpm_too: bool, only: list[str
         tree = bundle.build_venv(root, prefix=prefix, requirement=requirement, wheels=wheels, project=project,
                                smoke=SMOKE[pkg.name], drop=DROP[pkg.name])
         bundle.check_no_build_paths(tree, [str(root), str(work), str(src), str(REPO), str(image.cache_dir()),
-                                         "/tmp/wheels", "/tmp/project"], prefix=prefix)
+                                         *bundle.MOUNTS], prefix=prefix)
         stage = work / "stage" / pkg.name
         deb.stage_common(stage, pkg, venv=tree, version=version, date=date, docs=docs)
         if pkg is deb.AGENT:
@@ -97,7 +99,8 @@ def build_all(src: Path, out: Path, work: Path, *, rpm_too: bool, only: list[str
         info["build_s"] = round(time.monotonic() - t0, 1)
         info["sizes"] = {kind: Path(str(path)).stat().st_size for kind, path in info.items()
                          if kind in ("deb", "rpm")}
-        info["venv_bytes"] = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
+        info["venv_bytes"] = sum(p.stat().st_size for p in tree.rglob("*")
+                                 if p.is_file() and not p.is_symlink())
         built[pkg.name] = info
     timings["total_s"] = time.monotonic() - started
     return {"version": version, "packages": built, "timings": {k: round(v, 1) for k, v in timings.items()}}
@@ -109,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gitops-pkg-") as tmp:
         work = args.work or Path(tmp)
         try:
-            result = build_all(args.src.resolve(), args.out.resolve(), work.resolve(), rpm_too=not args.no_rpm,
-                               only=args.only or [])
+            result = build_all(args.src.resolve(), args.out.resolve(), work.resolve(),
+                               rpm_too=not args.no_rpm, only=args.only or [])
         finally:
             image.remove_tree(work / "buildroot")
             if args.work is None:

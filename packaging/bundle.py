@@ -20,6 +20,10 @@ from pathlib import Path
 # Wheels must run on the oldest target's glibc: RHEL 9 has 2.34, Debian 12 has 2.36.
 OLDEST_GLIBC_MINOR = 34
 PYTHON_VERSION = "3.11"
+# Where the wheel directories appear inside the build root (a private, throwaway chroot).
+WHEELS_MOUNT = "/tmp/wheels"  # noqa: S108
+PROJECT_MOUNT = "/tmp/project"  # noqa: S108
+MOUNTS = (WHEELS_MOUNT, PROJECT_MOUNT)
 
 
 def platform_args() -> list[str]:
@@ -82,7 +86,7 @@ set -eu
 export LC_ALL=C.UTF-8 PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 rm -rf {prefix}
 /usr/bin/python3 -m venv {prefix}
-{prefix}/bin/python3 -m pip install -q --no-index --find-links /tmp/wheels --find-links /tmp/project \\
+{prefix}/bin/python3 -m pip install -q --no-index --find-links {WHEELS_MOUNT} --find-links {PROJECT_MOUNT} \\
     '{requirement}'
 {prefix}/bin/python3 -m pip uninstall -q -y pip setuptools
 # pip records where a local wheel came from: a build path that must not ship.
@@ -95,12 +99,14 @@ rm -f {prefix}/bin/Activate.ps1 {prefix}/bin/activate.csh {prefix}/bin/activate.
 def build_venv(root: Path, *, prefix: str, requirement: str, wheels: Path, project: Path,
                smoke: str, drop: tuple[str, ...] = ()) -> Path:
     """Create venv at prefix inside root (a Debian root filesystem); returns root/prefix."""
-    for mount_point in ("tmp/wheels", "tmp/project"):
-        (root / mount_point).mkdir(parents=True, exist_ok=True)
-    script = _chroot_script(prefix, requirement, smoke, " ".join(f"{prefix}/bin/{d}" for d in drop))
+    for mount_point in MOUNTS:
+        (root / mount_point.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    dropped = " ".join(f"{prefix}/bin/{name}" for name in drop)
+    script = _chroot_script(prefix, requirement, smoke, dropped)
     inner = (
         f"mount --rbind /dev {root}/dev && mount -t proc proc {root}/proc && "
-        f"mount --bind -o ro {wheels} {root}/tmp/wheels && mount --bind -o ro {project} {root}/tmp/project && "
+        f"mount --bind -o ro {wheels} {root}{WHEELS_MOUNT} && "
+        f"mount --bind -o ro {project} {root}{PROJECT_MOUNT} && "
         f"exec chroot {root} /bin/sh -c \"$0\""
     )
     subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", inner, script],
@@ -126,7 +132,8 @@ def check_no_build_paths(tree: Path, needles: list[str], *, prefix: str) -> None
                 problems.append(f"{path}: contains {needle.decode()}")
         if data.startswith(b"#!") and path.parent.name == "bin":
             shebang = data.split(b"\n", 1)[0].decode(errors="replace")
-            if not re.match(rf"^#!\s*({re.escape(prefix)}/bin/python3?|/bin/sh|/usr/bin/env \S+)\s*$", shebang):
+            allowed = rf"^#!\s*({re.escape(prefix)}/bin/python3?|/bin/sh|/usr/bin/env \S+)\s*$"
+            if not re.match(allowed, shebang):
                 problems.append(f"{path}: shebang {shebang}")
     cfg = (tree / "pyvenv.cfg").read_text(encoding="utf-8")
     if not re.search(r"^home = /usr/bin$", cfg, re.M):

@@ -127,7 +127,8 @@ def stage_agent_extras(stage: Path, agent_yaml: str) -> None:
 
 
 def stage_collector_extras(stage: Path) -> None:
-    _install(HERE / "etc/gitops-collector.sysusers", stage / "usr/lib/sysusers.d/gitops-collector.conf", 0o644)
+    _install(HERE / "etc/gitops-collector.sysusers", stage / "usr/lib/sysusers.d/gitops-collector.conf",
+             0o644)
 
 
 def _installed_size_kib(stage: Path) -> int:

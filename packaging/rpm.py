@@ -65,7 +65,8 @@ fi
 systemctl daemon-reload >/dev/null 2>&1 || :
 if [ $1 -ge 1 ]; then
   if grep -qE '/gitops-agent\\.service(/|$)' /proc/self/cgroup 2>/dev/null; then
-    systemd-run --no-block --collect --quiet --unit=gitops-agent-restart /usr/lib/gitops-agent/restart-when-idle || :
+    systemd-run --no-block --collect --quiet --unit=gitops-agent-restart \\
+      /usr/lib/gitops-agent/restart-when-idle || :
   else
     systemctl --no-block try-restart gitops-agent.service >/dev/null 2>&1 || :
   fi
@@ -132,7 +133,8 @@ def build(rpm_stage: Path, *, name: str, version: str, summary: str, description
     spec_path.write_text(spec, encoding="utf-8")
     subprocess.run(
         ["rpmbuild", "-bb", "--quiet", "--target", "x86_64", "--define", f"_topdir {topdir}",
-         "--define", f"_rpmdir {out}", "--define", "_build_name_fmt %%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm",
+         "--define", f"_rpmdir {out}",
+         "--define", "_build_name_fmt %%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm",
          str(spec_path)],
         check=True, stdout=subprocess.DEVNULL,
     )

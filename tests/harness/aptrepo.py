@@ -29,11 +29,11 @@ class SigningKey:
         return {**os.environ, "GNUPGHOME": str(self.gnupghome)}
 
 
-def throwaway_key(gnupghome: Path, uid: str = "gitops-agent test repository <repo@example.org>") -> SigningKey:
+def throwaway_key(gnupghome: Path, uid: str = "gitops-agent test repo <repo@example.org>") -> SigningKey:
     gnupghome.mkdir(mode=0o700, parents=True, exist_ok=True)
     env = {**os.environ, "GNUPGHOME": str(gnupghome)}
-    subprocess.run(["gpg", "--batch", "--quiet", "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign",
-                    "never"], check=True, env=env, capture_output=True)
+    subprocess.run(["gpg", "--batch", "--quiet", "--passphrase", "", "--quick-gen-key", uid, "ed25519",
+                    "sign", "never"], check=True, env=env, capture_output=True)
     listing = subprocess.run(["gpg", "--batch", "--with-colons", "--list-secret-keys"], check=True, env=env,
                              capture_output=True, text=True).stdout
     fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))

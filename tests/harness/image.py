@@ -151,7 +151,8 @@ def _finish(root: Path) -> None:
     # Host keys were removed above; under systemd (nspawn) sshd makes its own on first start.
     dropin = root / "etc/systemd/system/ssh.service.d"
     dropin.mkdir(parents=True, exist_ok=True)
-    (dropin / "host-keys.conf").write_text("[Service]\nExecStartPre=/usr/bin/ssh-keygen -A\n", encoding="utf-8")
+    (dropin / "host-keys.conf").write_text("[Service]\nExecStartPre=/usr/bin/ssh-keygen -A\n",
+                                           encoding="utf-8")
 
 
 def pack(root: Path, tarball: Path) -> None:

@@ -105,7 +105,8 @@ def test_rpm_venv_points_at_rhel_python(dist: Path, tmp_path: Path) -> None:
 def test_signed_dnf_repository(dist: Path, signing_key: aptrepo.SigningKey, tmp_path: Path) -> None:
     repo = aptrepo.build_dnf_repo(tmp_path / "dnf", [rpm(dist, name) for name in PACKAGES], signing_key)
     subprocess.run(["gpg", "--batch", "--verify", str(repo / "repodata/repomd.xml.asc"),
-                    str(repo / "repodata/repomd.xml")], check=True, env=signing_key.env(), capture_output=True)
+                    str(repo / "repodata/repomd.xml")], check=True, env=signing_key.env(),
+                   capture_output=True)
     primary = next((repo / "repodata").glob("*primary.xml.gz"))
     with gzip.open(primary, "rt") as handle:
         text = handle.read()

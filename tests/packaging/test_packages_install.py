@@ -197,7 +197,9 @@ def test_units_boot_under_systemd_and_survive_self_upgrade(make_host: object, im
             while time.monotonic() < deadline and state.get("MainPID") in (agent["MainPID"], "0"):
                 time.sleep(1)
                 state = machine.unit_state("gitops-agent.service")
-            assert state.get("MainPID") != agent["MainPID"], f"not restarted after self-upgrade: {state}"
+            assert state.get("MainPID") != agent["MainPID"], (
+                f"not restarted after self-upgrade: {state}\n--- dpkg\n{upgrade.stdout}\n"
+                f"--- journal\n{machine.run('journalctl', '--no-pager', '-n', '60').stdout}")
             machine.wait_for_unit("gitops-agent.service", 120)
             assert machine.run("dpkg", "--audit").stdout.strip() == ""
     finally:
