@@ -52,6 +52,13 @@ for attempt in range(100):
 else:
     raise SystemExit(f"collector not answering: {last}")
 """
+PROCESSES = (
+    'for p in /proc/[0-9]*; do echo "${p#/proc/} $(cat $p/comm) $(tail -1 $p/cgroup)"; done; '
+    'cg=$(systemctl show -p ControlGroup --value gitops-agent.service); '
+    'for f in /sys/fs/cgroup$cg/cgroup.procs /sys/fs/cgroup/unified$cg/cgroup.procs; do '
+    'echo "$f:"; cat $f; done; '
+    'systemctl status --no-pager gitops-agent-restart.service'
+)
 SNAPSHOT = (
     "find / -xdev \\( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /tmp \\) -prune -o "
     "-printf '%p %m %u\\n' | sort"
@@ -192,14 +199,15 @@ def test_units_boot_under_systemd_and_survive_self_upgrade(make_host: object, im
             upgrade = machine.run("/bin/sh", "-c", f"echo $$ > {procs} && exec dpkg -i /root/agent.deb",
                                   timeout_s=300)
             assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 120
             state = machine.unit_state("gitops-agent.service")
             while time.monotonic() < deadline and state.get("MainPID") in (agent["MainPID"], "0"):
                 time.sleep(1)
                 state = machine.unit_state("gitops-agent.service")
             assert state.get("MainPID") != agent["MainPID"], (
                 f"not restarted after self-upgrade: {state}\n--- dpkg\n{upgrade.stdout}\n"
-                f"--- journal\n{machine.run('journalctl', '--no-pager', '-n', '60').stdout}")
+                f"--- journal\n{machine.run('journalctl', '--no-pager', '-n', '30').stdout}\n"
+                f"--- processes\n{machine.run('/bin/sh', '-c', PROCESSES).stdout}")
             machine.wait_for_unit("gitops-agent.service", 120)
             assert machine.run("dpkg", "--audit").stdout.strip() == ""
     finally:
