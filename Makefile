@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint unit test-fleet packages clean
+.PHONY: venv demo test lint unit test-fleet packages test-packages clean
 
 venv: $(VENV)/.installed
 
@@ -24,10 +24,19 @@ lint: venv
 test: venv
 	bash .ci/system-deps
 	$(MAKE) lint
-	. .ci/test-env && $(BIN)/pytest $(PYTEST_ARGS)
+	. .ci/test-env && $(BIN)/pytest -m "not fleet" $(PYTEST_ARGS)
 
 unit: venv
-	$(BIN)/pytest -m "not ansible" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not ansible and not fleet" $(PYTEST_ARGS)
+
+# .deb and .rpm of gitops-agent and gitops-collector into dist/ (root: builds in a chroot; docs/packaging.md)
+packages: venv
+	bash .ci/system-deps
+	$(BIN)/python packaging/build.py --out dist
+
+# Install/run/purge/boot tests of the packages in isolated hosts (root, minutes)
+test-packages: packages
+	GITOPS_TEST_DIST=dist $(BIN)/pytest -m fleet tests/packaging $(PYTEST_ARGS)
 
 clean:
 	rm -rf demo dist build .pytest_cache .mypy_cache .ruff_cache
