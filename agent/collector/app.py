@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.collector import api
+from agent.collector import api, ui
 from agent.collector.auth import ProxyAuth
 from agent.collector.errors import CollectorError, InvalidReportError
 from agent.collector.metrics import Metrics
@@ -113,6 +113,7 @@ ROUTES = [
     Route("/api/v1/openapi.json", api.openapi),
     Route("/healthz", api.healthz),
     Route("/metrics", api.metrics),
+    *ui.ROUTES,
 ]
 
 
