@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 COOKIE = "gitops_session"
 SESSION_MAX_AGE_S = 12 * 3600
 MAX_FORM_BYTES = 8192
-BAD_TOKEN = "Not a valid reader token (create one with `gitops-collector token create --reader NAME`)."
+LOGIN_REFUSED = ("Not a valid reader token "
+                 "(create one with `gitops-collector token create --reader NAME`).")
 
 
 def _session_principal(collector: Collector, request: Request) -> Principal | None:
@@ -92,7 +93,7 @@ async def login_submit(request: Request) -> Response:
     secret = form.get("token", "").strip()
     principal = await collector.db(tokens.authenticate, collector.engine, secret) if secret else None
     if principal is None or principal.kind is not TokenKind.READER:
-        return page("login.html", 401, next=target, error=BAD_TOKEN)
+        return page("login.html", 401, next=target, error=LOGIN_REFUSED)
     response = RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
     response.set_cookie(COOKIE, secret, max_age=SESSION_MAX_AGE_S, path="/", httponly=True,
                         samesite="strict", secure=request.url.scheme == "https")
