@@ -81,6 +81,7 @@ hosts = Table(
     Column("last_seen_at", UTCDateTime, nullable=False, index=True),
     Column("due_at", UTCDateTime, nullable=False, index=True),
     Column("first_seen_at", UTCDateTime, nullable=False),
+    Index("ix_hosts_last_run_id", "last_run_id"),  # migration 0002: current drift joins on it
 )
 
 host_roles = Table(
