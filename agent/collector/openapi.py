@@ -72,6 +72,8 @@ def _paths() -> dict[str, Any]:
             _q("role", "role of the drifting task"), _q("host", "exact host name"), *PAGE_PARAMS], "Listing"),
         "/api/v1/commits/{sha}": _get("Rollout of one commit (sha or a unique prefix)", [
             _p("sha"), _q("hosts", "running (default) | not_reached"), *PAGE_PARAMS]),
+        "/api/v1/webhooks": _get("Webhook deliveries, newest first, with status counts", [
+            _q("status", "pending | delivered | failed"), *PAGE_PARAMS]),
         "/healthz": {"get": {
             "summary": "Liveness and database reachability", "security": [],
             "responses": {"200": {"description": "ok"}, "503": {"description": "database down"}}}},

@@ -45,12 +45,12 @@ def ui_page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         except (DatabaseError, ForbiddenError):
             raise
         except CollectorError as e:
-            return page("error.html", e.status, message=str(e), **_common(request, collector))
+            return page("error.html", e.status, message=str(e), **common(request, collector))
 
     return wrapped
 
 
-def _common(request: Request, collector: Collector) -> dict[str, Any]:
+def common(request: Request, collector: Collector) -> dict[str, Any]:
     def link(**changes: Any) -> str:
         """This page's URL with some query parameters changed (None removes one)."""
         params = dict(request.query_params)
@@ -73,7 +73,7 @@ def _int(request: Request, name: str, default: int, high: int) -> int:
     return int(text)
 
 
-def _page(request: Request, size: int = PAGE_SIZE) -> Page:
+def page_params(request: Request, size: int = PAGE_SIZE) -> Page:
     return Page(limit=_int(request, "limit", size, 1000), offset=_int(request, "offset", 0, 10**9))
 
 
@@ -95,21 +95,21 @@ def host_filter(request: Request) -> HostFilter:
 
 @ui_page
 async def overview(request: Request, collector: Collector) -> Response:
-    f, pg, stale_before = host_filter(request), _page(request), _stale_before(collector)
+    f, pg, stale_before = host_filter(request), page_params(request), _stale_before(collector)
     listing = await collector.db(queries.list_hosts, collector.engine, f, pg, stale_before=stale_before)
     counts = await collector.db(queries.status_counts, collector.engine, stale_before=stale_before)
     return page("overview.html", counts=counts, hosts=listing, page=pg, f=f,
                 api="/api/v1/hosts" + (f"?{request.url.query}" if request.url.query else ""),
-                **_common(request, collector))
+                **common(request, collector))
 
 
 @ui_page
 async def stale(request: Request, collector: Collector) -> Response:
-    pg, stale_before = _page(request), _stale_before(collector)
+    pg, stale_before = page_params(request), _stale_before(collector)
     f = HostFilter(stale=True, sort="last_seen", search=request.query_params.get("q") or None)
     listing = await collector.db(queries.list_hosts, collector.engine, f, pg, stale_before=stale_before)
     return page("stale.html", hosts=listing, page=pg, api="/api/v1/hosts?stale=true&sort=last_seen",
-                **_common(request, collector))
+                **common(request, collector))
 
 
 @ui_page
@@ -122,7 +122,7 @@ async def host(request: Request, collector: Collector) -> Response:
     commit = await collector.db(ui_queries.commit_info, collector.engine, state["commit"])
     return page("host.html", host=state, runs=runs.items[:15], total_runs=runs.total,
                 strip=run_strip(runs.items), last=last, report=last["report"], commit=commit,
-                api=f"/api/v1/hosts/{name}", **_common(request, collector))
+                api=f"/api/v1/hosts/{name}", **common(request, collector))
 
 
 @ui_page
@@ -131,26 +131,26 @@ async def run(request: Request, collector: Collector) -> Response:
     item = await collector.db(queries.get_run, collector.engine, run_id)
     commit = await collector.db(ui_queries.commit_info, collector.engine, item["commit"])
     return page("run.html", run=item, report=item["report"], commit=commit, api=f"/api/v1/runs/{run_id}",
-                **_common(request, collector))
+                **common(request, collector))
 
 
 @ui_page
 async def drift(request: Request, collector: Collector) -> Response:
-    q, pg = request.query_params, _page(request)
+    q, pg = request.query_params, page_params(request)
     filters = {k: q.get(k) or None for k in ("task", "kind", "role", "host")}
     api = "/api/v1/drift" + (f"?{request.url.query}" if request.url.query else "")
     if filters["task"] is not None:
         items = await collector.db(queries.drift_items_now, collector.engine, pg, **filters)
         return page("drift_task.html", task=filters["task"], items=items, page=pg, filters=filters,
-                    api=api + "&group=host", **_common(request, collector))
+                    api=api + "&group=host", **common(request, collector))
     tasks = await collector.db(queries.drift_by_task, collector.engine, pg, **filters)
     return page("drift.html", tasks=tasks, page=pg, filters=filters, api=api,
-                **_common(request, collector))
+                **common(request, collector))
 
 
 @ui_page
 async def commit(request: Request, collector: Collector) -> Response:
-    sha, pg = request.path_params["sha"], _page(request)
+    sha, pg = request.path_params["sha"], page_params(request)
     reached = request.query_params.get("hosts", "running")
     if reached not in ("running", "not_reached"):
         raise BadRequestError("hosts: expected running or not_reached")
@@ -158,7 +158,7 @@ async def commit(request: Request, collector: Collector) -> Response:
                                 stale_before=_stale_before(collector), reached=reached == "running")
     return page("commit.html", commit=result["commit"], summary=result["summary"], hosts=result["hosts"],
                 page=pg, reached=reached, api=f"/api/v1/commits/{sha}?hosts={reached}",
-                **_common(request, collector))
+                **common(request, collector))
 
 
 async def static(request: Request) -> Response:

@@ -119,7 +119,7 @@ def test_overview_filters(page, site):
     assert "lb01" in page.inner_text("table.hosts")
     page.goto(site["url"] + "/?limit=10")
     page.click("a[rel=next]")
-    assert "11–20 of 30" in page.inner_text(".pager")
+    assert "11\u201320 of 30" in page.inner_text(".pager")
 
 
 def test_host_page(page, site):
