@@ -167,7 +167,7 @@ def main() -> int:
     path = Path(args.db) if args.db else Path(tempfile.mkdtemp()) / "ui-bench.db"
     engine = db.create(f"sqlite:///{path}")
     event.listen(engine, "connect", _fast_writes)
-    db.prepare(engine)
+    db.migrate(engine)  # creates the schema, or upgrades a --reuse database
     rng = random.Random(42)
     if not args.reuse:
         started = time.perf_counter()
