@@ -16,6 +16,7 @@ import pytest
 from agent.collector import db, tokens
 from agent.collector.tokens import TokenKind
 from tests.collector import ui_fleet
+from tests.collector.test_ui_notify import Receiver
 from tests.live_collector import CollectorProcess
 
 pytestmark = pytest.mark.browser
@@ -40,13 +41,18 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     engine = db.create(url)
     db.prepare(engine)
     reader = tokens.create(engine, TokenKind.READER, "ops-alice", now=ui_fleet.datetime.now(ui_fleet.UTC))[1]
-    server = CollectorProcess(url, None, "--stale-grace", "1s").start()
+    receiver = Receiver()
+    server = CollectorProcess(url, None, "--stale-grace", "1s", "--notify-interval", "1s",
+                              "--webhook", f"{receiver.url}/generic",
+                              "--webhook", f"{receiver.url}/slack,slack").start()
     try:
         latest = ui_fleet.seed(engine, server.url)
         time.sleep(3.5)  # the legacy hosts promised a report every second: now they are stale
-        yield {"url": server.url, "reader": reader, "latest": latest, "chromium": executable}
+        yield {"url": server.url, "reader": reader, "latest": latest, "chromium": executable,
+               "receiver": receiver}
     finally:
         server.stop()
+        receiver.close()
         engine.dispose()
 
 
@@ -184,3 +190,15 @@ def test_xss_stays_inert(page, site):
         assert page.evaluate("document.querySelectorAll('main script, main img').length") == 0
     assert ui_fleet.XSS in page.inner_text("main")  # shown as text
     shot(page, "xss")
+
+
+def test_notifications_page(page, site):
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not any(b.get("kind") == "stale" for b in site["receiver"].bodies):
+        time.sleep(0.5)
+    kinds = {b["kind"] for b in site["receiver"].bodies if "kind" in b}
+    assert {"drifting", "failing", "stale"} <= kinds
+    page.goto(site["url"] + "/webhooks")
+    assert page.locator("table.deliveries tbody tr .w-delivered").count() >= 6
+    assert ui_fleet.XSS in page.inner_text("table.deliveries")  # the hostile task name, as text
+    shot(page, "webhooks")
