@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import sys
@@ -177,7 +178,9 @@ def main() -> int:
         print(f"seeded {len(reports)} hosts, {len(reports) + older} runs in {took:.0f}s")
     with engine.connect() as conn:
         n_runs = conn.execute(select(func.count()).select_from(runs)).scalar_one()
-    print(f"database {path}: {n_runs} runs; timing each page {args.repeat}x (in-process, server time)")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"database {path}: {n_runs} runs; timing each page {args.repeat}x (in-process, server time); "
+          f"load average {load} on {os.cpu_count()} cores")
     results = asyncio.run(time_pages(engine, args.repeat))
     print(f"{'page':<62} {'median ms':>10} {'max ms':>8}  status")
     for page_path, median, worst, status in results:
