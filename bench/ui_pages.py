@@ -138,7 +138,7 @@ def pages(engine: Engine) -> list[str]:
             f"/commits/{COMMITS[-1]}?hosts=not_reached", "/api/v1/hosts?limit=100", "/metrics"]
 
 
-async def time_pages(engine: Engine, repeat: int) -> list[tuple[str, float, float, int]]:
+async def time_pages(engine: Engine, repeat: int) -> list[tuple[str, float, float, float, int]]:
     secret = tokens.create(engine, TokenKind.READER, "bench", now=BASE_TIME)[1]
     now = BASE_TIME + timedelta(minutes=5)
     app = create_app(Collector(engine, CollectorSettings(), now=lambda: now))
@@ -147,12 +147,14 @@ async def time_pages(engine: Engine, repeat: int) -> list[tuple[str, float, floa
     async with httpx.AsyncClient(transport=transport, base_url="http://bench",
                                  headers={"Authorization": f"Bearer {secret}"}) as client:
         for path in pages(engine):
-            times = []
+            times, cpu = [], []
             for _ in range(repeat):
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 response = await client.get(path)
                 times.append((time.perf_counter() - started) * 1000)
-            results.append((path, statistics.median(times), max(times), response.status_code))
+                cpu.append((time.process_time() - cpu_started) * 1000)
+            results.append((path, statistics.median(times), max(times), statistics.median(cpu),
+                            response.status_code))
     return results
 
 
@@ -182,12 +184,14 @@ def main() -> int:
     print(f"database {path}: {n_runs} runs; timing each page {args.repeat}x (in-process, server time); "
           f"load average {load} on {os.cpu_count()} cores")
     results = asyncio.run(time_pages(engine, args.repeat))
-    print(f"{'page':<62} {'median ms':>10} {'max ms':>8}  status")
-    for page_path, median, worst, status in results:
+    # wall: what a user waits for (inflated when other processes share the cores); cpu: this process's
+    # CPU time for the request, database threads included (the cost on an idle machine, roughly)
+    print(f"{'page':<58} {'median ms':>10} {'max ms':>8} {'cpu ms':>7}  status")
+    for page_path, median, worst, cpu, status in results:
         flag = "" if median < TARGET_MS else "  OVER TARGET"
-        print(f"{page_path[:62]:<62} {median:>10.1f} {worst:>8.1f}  {status}{flag}")
+        print(f"{page_path[:58]:<58} {median:>10.1f} {worst:>8.1f} {cpu:>7.1f}  {status}{flag}")
     engine.dispose()
-    return 0 if all(r[1] < TARGET_MS and r[3] == 200 for r in results) else 1
+    return 0 if all(r[1] < TARGET_MS and r[4] == 200 for r in results) else 1
 
 
 if __name__ == "__main__":
