@@ -133,3 +133,28 @@ def test_unified_diff_classifies_lines():
     kinds = [line.kind for line in unified_diff("/f", "a\nb\n", "a\nc\n")]
     assert kinds == ["meta", "meta", "hunk", "ctx", "del", "add"]
     assert unified_diff("/f", None, None) == []
+
+
+def test_trusted_proxy_header_works_for_pages(engine, clock, fleet):
+    from agent.collector.app import Collector, CollectorSettings, create_app
+    from agent.collector.auth import ProxyAuth
+    from tests.collector.conftest import ASGIClient
+
+    settings = CollectorSettings(proxy=ProxyAuth("X-Remote-User", ("127.0.0.1",)))
+    proxied = ASGIClient(create_app(Collector(engine, settings, now=clock)))
+    try:
+        page = proxied.get("/drift", headers={"X-Remote-User": "bob"})
+        assert page.status_code == 200 and "bob" in page.text
+        assert proxied.get("/drift").status_code == 303
+    finally:
+        proxied.close()
+    elsewhere = ASGIClient(create_app(Collector(engine, settings, now=clock)), client_addr=("10.9.9.9", 1))
+    try:  # the header counts only from the listed proxies
+        assert elsewhere.get("/drift", headers={"X-Remote-User": "bob"}).status_code == 303
+    finally:
+        elsewhere.close()
+
+
+def test_ingest_token_cannot_read_pages(client, token_for, fleet):
+    response = client.get("/", headers={"Authorization": f"Bearer {token_for('web01')}"})
+    assert response.status_code == 403
