@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -81,24 +82,27 @@ def _stale_before(collector: Collector) -> Any:
     return queries.stale_cutoff(collector.now(), collector.settings.stale_grace_s)
 
 
-def host_filter(request: Request) -> HostFilter:
+def host_filter(request: Request, now: datetime) -> HostFilter:
     q = request.query_params
     status = tuple(s for raw in q.getlist("status") for s in raw.split(",") if s and s != "stale")
     stale = True if "stale" in q.getlist("status") or q.get("stale") == "true" else None
     order = q.get("order", "asc")
     if order not in ("asc", "desc"):
         raise BadRequestError("order: expected asc or desc")
+    after, before = queries.seen_window(q.get("seen") or None, now)
     return HostFilter(status=status, role=q.get("role") or None, commit=q.get("commit") or None,
                       stale=stale, search=q.get("q") or None, sort=q.get("sort") or "host",
-                      descending=order == "desc")
+                      descending=order == "desc", seen_after=after, seen_before=before)
 
 
 @ui_page
 async def overview(request: Request, collector: Collector) -> Response:
-    f, pg, stale_before = host_filter(request), page_params(request), _stale_before(collector)
+    f, pg = host_filter(request, collector.now()), page_params(request)
+    stale_before = _stale_before(collector)
     listing = await collector.db(queries.list_hosts, collector.engine, f, pg, stale_before=stale_before)
     counts = await collector.db(queries.status_counts, collector.engine, stale_before=stale_before)
-    return page("overview.html", counts=counts, hosts=listing, page=pg, f=f,
+    seen = request.query_params.get("seen", "")
+    return page("overview.html", counts=counts, hosts=listing, page=pg, f=f, seen=seen,
                 api="/api/v1/hosts" + (f"?{request.url.query}" if request.url.query else ""),
                 **common(request, collector))
 

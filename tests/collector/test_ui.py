@@ -158,3 +158,15 @@ def test_trusted_proxy_header_works_for_pages(engine, clock, fleet):
 def test_ingest_token_cannot_read_pages(client, token_for, fleet):
     response = client.get("/", headers={"Authorization": f"Bearer {token_for('web01')}"})
     assert response.status_code == 403
+
+
+def test_overview_and_api_filter_by_last_seen(client, reader, fleet, clock, send):
+    clock.now = BASE_TIME + timedelta(hours=2)
+    assert send(make_report("fresh01", finished_at=clock.now)).status_code == 201
+    recent = client.get("/?seen=1h", headers=reader).text
+    assert "fresh01" in recent and "web01" not in recent
+    old = client.get("/?seen=-1h", headers=reader).text
+    assert "fresh01" not in old and "web01" in old
+    api = client.get("/api/v1/hosts?seen=1h", headers=reader).json()
+    assert [i["host"] for i in api["items"]] == ["fresh01"]
+    assert client.get("/api/v1/hosts?seen=2y", headers=reader).status_code == 400
