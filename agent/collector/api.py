@@ -4,6 +4,7 @@ raised as CollectorError and turned into JSON by the app's handler."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -131,6 +132,8 @@ async def list_hosts(request: Request) -> Response:
     f = HostFilter(status=_list_param(request, "status"), role=q.get("role"), commit=q.get("commit"),
                    stale=_bool_param(request, "stale"), search=q.get("q"), sort=q.get("sort", "host"),
                    descending=order == "desc")
+    after, before = queries.seen_window(q.get("seen"), collector.now())
+    f = replace(f, seen_after=after, seen_before=before)
     stale_before = _stale_before(collector)
     listing = await collector.db(queries.list_hosts, collector.engine, f, page, stale_before=stale_before)
     counts = await collector.db(queries.status_counts, collector.engine, stale_before=stale_before)

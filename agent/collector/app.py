@@ -22,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.collector import api
+from agent.collector import api, notify, notify_views, ui
+from agent.collector.alerts import Webhook
 from agent.collector.auth import ProxyAuth
 from agent.collector.errors import CollectorError, InvalidReportError
 from agent.collector.metrics import Metrics
@@ -46,6 +47,8 @@ class CollectorSettings:
     proxy: ProxyAuth | None = None
     public_metrics: bool = False
     db_threads: int = 8
+    webhooks: tuple[Webhook, ...] = ()
+    notify_interval_s: float = 15.0
 
 
 @dataclass
@@ -113,11 +116,13 @@ ROUTES = [
     Route("/api/v1/openapi.json", api.openapi),
     Route("/healthz", api.healthz),
     Route("/metrics", api.metrics),
+    notify_views.API_ROUTE,
 ]
 
 
 def create_app(collector: Collector) -> Starlette:
-    app = Starlette(routes=ROUTES, exception_handlers={
+    pages = [*ui.ROUTES, notify_views.PAGE_ROUTE]  # the web UI (not in the OpenAPI document)
+    app = Starlette(routes=[*ROUTES, *pages], lifespan=notify.lifespan, exception_handlers={
         CollectorError: _collector_error,
         SQLAlchemyError: _database_error,
         DataError: _data_error,

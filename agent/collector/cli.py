@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 
 from agent import __version__
 from agent.collector import db, store, tokens
+from agent.collector.alerts import Webhook, parse_webhook
 from agent.collector.app import DEFAULT_MAX_BODY_BYTES, Collector, CollectorSettings, create_app, utc_now
 from agent.collector.auth import ProxyAuth
 from agent.collector.errors import CollectorError
@@ -46,6 +47,13 @@ def size_bytes(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 5MB, 512KB)")
     unit = (match.group(2) or "B").upper()
     return int(match.group(1)) * {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[unit]
+
+
+def webhook(text: str) -> Webhook:
+    try:
+        return parse_webhook(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def listen_address(text: str) -> tuple[str, int]:
@@ -77,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="server processes (for PostgreSQL; SQLite gains little, it has one writer)")
     serve.add_argument("--tls-cert", help="serve HTTPS with this certificate chain (PEM); or use a proxy")
     serve.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    serve.add_argument("--webhook", action="append", type=webhook, default=[], metavar="URL[,json|slack]",
+                       help="send alerts on host state changes to URL (repeatable; payload json or slack)")
+    serve.add_argument("--notify-interval", type=duration_s, default=15.0,
+                       help="how often to look for state changes and retry deliveries (default 15s)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
     _token_parser(sub, common)
@@ -113,7 +125,8 @@ def _settings(args: argparse.Namespace) -> CollectorSettings:
     if args.trusted_header:
         proxy = ProxyAuth(args.trusted_header, tuple(args.trusted_proxy or ("127.0.0.1", "::1")))
     return CollectorSettings(max_body_bytes=args.max_body, stale_grace_s=args.stale_grace, proxy=proxy,
-                             public_metrics=args.public_metrics, db_threads=max(1, args.db_threads))
+                             public_metrics=args.public_metrics, db_threads=max(1, args.db_threads),
+                             webhooks=tuple(args.webhook), notify_interval_s=args.notify_interval)
 
 
 def app_from_env() -> Starlette:

@@ -16,6 +16,7 @@ class Metrics:
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
     latency_sum_s: float = 0.0
     db_errors: int = 0
+    webhooks: dict[str, int] = field(default_factory=dict)  # delivery attempt result -> count
 
     def observe_ingest(self, result: str, seconds: float) -> None:
         self.ingested[result] = self.ingested.get(result, 0) + 1
@@ -64,4 +65,6 @@ def render(m: Metrics, fleet: dict[str, dict[str, int]]) -> str:
     lines += _histogram(m)
     lines += _family("gitops_database_errors_total", "counter", "Database errors seen by this process", "",
                      {"": m.db_errors})
+    lines += _family("gitops_webhook_attempts_total", "counter",
+                     "Webhook delivery attempts by this process, by resulting status", "status", m.webhooks)
     return "\n".join(lines) + "\n"

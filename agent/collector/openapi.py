@@ -60,6 +60,7 @@ def _paths() -> dict[str, Any]:
         "/api/v1/hosts": _get("Every host with its current state", [
             status, _q("role", "hosts having this role"), _q("commit", "current commit (prefix)"),
             _q("stale", "true or false", {"type": "boolean"}), _q("q", "host name contains"),
+            _q("seen", "1h | 24h | 7d: seen within; -1h | -24h | -7d: not seen for"),
             _q("sort", "host | last_seen | status | drift | commit"), _q("order", "asc | desc"),
             *PAGE_PARAMS], "Listing"),
         "/api/v1/hosts/{host}": _get("One host: current state, roles, current drift", [_p("host")]),
@@ -72,6 +73,8 @@ def _paths() -> dict[str, Any]:
             _q("role", "role of the drifting task"), _q("host", "exact host name"), *PAGE_PARAMS], "Listing"),
         "/api/v1/commits/{sha}": _get("Rollout of one commit (sha or a unique prefix)", [
             _p("sha"), _q("hosts", "running (default) | not_reached"), *PAGE_PARAMS]),
+        "/api/v1/webhooks": _get("Webhook deliveries, newest first, with status counts", [
+            _q("status", "pending | delivered | failed"), *PAGE_PARAMS]),
         "/healthz": {"get": {
             "summary": "Liveness and database reachability", "security": [],
             "responses": {"200": {"description": "ok"}, "503": {"description": "database down"}}}},

@@ -40,6 +40,22 @@ class HostFilter:
     search: str | None = None
     sort: str = "host"
     descending: bool = False
+    seen_after: datetime | None = None  # last seen at or after this
+    seen_before: datetime | None = None  # last seen before this
+
+
+SEEN_WINDOWS_S = {"1h": 3600, "24h": 86400, "7d": 7 * 86400}
+
+
+def seen_window(code: str | None, now: datetime) -> tuple[datetime | None, datetime | None]:
+    """`seen` filter: "1h" = seen within the last hour; "-1h" = not seen for an hour (also 24h, 7d)."""
+    if not code:
+        return None, None
+    seconds = SEEN_WINDOWS_S.get(code.lstrip("-"))
+    if seconds is None:
+        raise BadRequestError(f"seen: expected one of {', '.join(SEEN_WINDOWS_S)}, or - before one")
+    cutoff = now - timedelta(seconds=seconds)
+    return (None, cutoff) if code.startswith("-") else (cutoff, None)
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,10 @@ def _host_where(f: HostFilter, stale_before: datetime) -> list[Any]:
         where.append(hosts.c.due_at < stale_before if f.stale else hosts.c.due_at >= stale_before)
     if f.search:
         where.append(hosts.c.host.contains(f.search, autoescape=True))
+    if f.seen_after is not None:
+        where.append(hosts.c.last_seen_at >= f.seen_after)
+    if f.seen_before is not None:
+        where.append(hosts.c.last_seen_at < f.seen_before)
     return where
 
 
@@ -214,7 +234,8 @@ def _rollout_summary(engine: Engine, sha: str) -> dict[str, int]:
         status_q = select(hosts.c.status, count).where(hosts.c.commit == sha).group_by(hosts.c.status)
         by_status: dict[str, int] = dict(conn.execute(status_q).all())
         total = conn.execute(select(count).select_from(hosts)).scalar_one()
-        ever_ran = select(func.count(func.distinct(runs.c.host))).where(runs.c.commit == sha)
+        ran = select(runs.c.run_id).where(runs.c.commit == sha, runs.c.host == hosts.c.host).exists()
+        ever_ran = select(count).select_from(hosts).where(ran)  # index probes, not a scan of its runs
         ever = conn.execute(ever_ran).scalar_one()
     running = sum(by_status.values())
     return {

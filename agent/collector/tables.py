@@ -81,6 +81,7 @@ hosts = Table(
     Column("last_seen_at", UTCDateTime, nullable=False, index=True),
     Column("due_at", UTCDateTime, nullable=False, index=True),
     Column("first_seen_at", UTCDateTime, nullable=False),
+    Index("ix_hosts_last_run_id", "last_run_id"),  # migration 0002: current drift joins on it
 )
 
 host_roles = Table(
@@ -155,4 +156,32 @@ tokens = Table(
     Column("prefix", String(16), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+# Notifications (migration 0003): the alert state last notified for each host, and webhook deliveries.
+alert_states = Table(
+    "alert_states", metadata,
+    Column("host", String(HOST), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("since", UTCDateTime, nullable=False),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("url", String(1000), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("alert_kind", String(16), nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("next_attempt_at", UTCDateTime, nullable=True),
+    Column("delivered_at", UTCDateTime, nullable=True),
+    Index("ux_webhook_deliveries_url_fingerprint", "url", "fingerprint", unique=True),
+    Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
+    Index("ix_webhook_deliveries_created", "created_at"),
 )

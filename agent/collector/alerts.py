@@ -1,0 +1,133 @@
+"""Alerts from host state changes: pure functions, no clock, no I/O.
+
+A host's alert state is one of ok, drifting, failing, stale. Only a change of state makes an event
+(a host starts drifting, fails, goes stale, or recovers); events of one scan that share kind, task and
+commit are grouped into one alert, whose fingerprint is stable (the same changes give the same
+fingerprint, so a re-scan after a crash never sends an alert twice).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from agent.report import format_time
+
+
+class AlertState(enum.StrEnum):
+    OK = "ok"
+    DRIFTING = "drifting"
+    FAILING = "failing"
+    STALE = "stale"
+
+
+class WebhookKind(enum.StrEnum):
+    JSON = "json"
+    SLACK = "slack"
+
+
+@dataclass(frozen=True)
+class Webhook:
+    url: str
+    kind: WebhookKind = WebhookKind.JSON
+
+
+def parse_webhook(text: str) -> Webhook:
+    """'URL' or 'URL,slack' / 'URL,json' (from `serve --webhook`)."""
+    url, kind = text.strip(), "json"
+    head, sep, tail = url.rpartition(",")
+    if sep and tail in ("json", "slack"):
+        url, kind = head, tail
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"webhook {text!r}: expected http(s)://URL[,json|slack]")
+    return Webhook(url, WebhookKind(kind))
+
+
+def classify(status: str, stale: bool) -> AlertState:
+    if stale:
+        return AlertState.STALE
+    if status in ("failed", "error"):
+        return AlertState.FAILING
+    if status == "drifted":
+        return AlertState.DRIFTING
+    return AlertState.OK  # in_sync, corrected, paused
+
+
+@dataclass(frozen=True)
+class HostChange:
+    """One host whose state differs from the one last notified (`before` None: never seen)."""
+
+    host: str
+    before: AlertState | None
+    after: AlertState
+    since: datetime  # when the new state began (the run's finish time, or the due time when stale)
+    commit: str | None
+    task: str | None  # the first drifting task, for grouping
+
+
+@dataclass(frozen=True)
+class Alert:
+    kind: str  # drifting | failing | stale | recovered
+    task: str | None
+    commit: str | None
+    hosts: tuple[str, ...]
+    at: datetime
+    fingerprint: str
+
+
+def event_kind(change: HostChange) -> str | None:
+    """What to tell people about a change, or None (a new host that is fine says nothing)."""
+    if change.after is AlertState.OK:
+        return None if change.before in (None, AlertState.OK) else "recovered"
+    return change.after.value
+
+
+def _fingerprint(parts: list[str]) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
+
+
+def group(changes: list[HostChange]) -> list[Alert]:
+    """One alert per (kind, task, commit) among the changes of one scan."""
+    buckets: dict[tuple[str, str | None, str | None], list[HostChange]] = {}
+    for change in changes:
+        kind = event_kind(change)
+        if kind is not None:
+            task = change.task if kind == "drifting" else None
+            buckets.setdefault((kind, task, change.commit), []).append(change)
+    alerts = []
+    for (kind, task, commit), members in sorted(buckets.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        members.sort(key=lambda c: c.host)
+        parts = [kind, task or "", commit or ""] + [f"{c.host}@{format_time(c.since)}" for c in members]
+        alerts.append(Alert(kind, task, commit, tuple(c.host for c in members),
+                            max(c.since for c in members), _fingerprint(parts)))
+    return alerts
+
+
+VERBS = {"drifting": "started drifting", "failing": "started failing", "stale": "stopped reporting (stale)",
+         "recovered": "recovered"}
+
+
+def summary(alert: Alert) -> str:
+    count = len(alert.hosts)
+    who = alert.hosts[0] if count == 1 else f"{count} hosts"
+    text = f"{who} {VERBS.get(alert.kind, alert.kind)}"
+    if alert.task:
+        text += f" on task {alert.task!r}"
+    if alert.commit:
+        text += f" at commit {alert.commit[:10]}"
+    return text
+
+
+def payload(alert: Alert, kind: WebhookKind, base_url: str | None = None) -> dict[str, Any]:
+    """The body sent to a webhook: generic JSON, or a Slack-compatible message."""
+    if kind is WebhookKind.SLACK:
+        more = len(alert.hosts) - 20
+        shown = ", ".join(alert.hosts[:20]) + (f" and {more} more" if more > 0 else "")
+        link = f"\n{base_url.rstrip('/')}/drift" if base_url and alert.kind == "drifting" else ""
+        return {"text": f"[gitops] {summary(alert)}: {shown}{link}"}
+    return {"fingerprint": alert.fingerprint, "kind": alert.kind, "task": alert.task, "commit": alert.commit,
+            "hosts": list(alert.hosts), "count": len(alert.hosts), "at": format_time(alert.at),
+            "summary": summary(alert)}

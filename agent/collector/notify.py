@@ -1,0 +1,81 @@
+"""Webhook notifications: a loop in each collector process scans for host state changes, queues grouped
+alerts (notify_store) and delivers due ones with retries. Several processes may run it: the database's
+unique (url, fingerprint) and the one-transaction record keep alerts from repeating."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import anyio
+import httpx
+from starlette.applications import Starlette
+
+from agent.collector import notify_store, queries
+from agent.collector.alerts import group
+
+if TYPE_CHECKING:
+    from agent.collector.app import Collector
+
+log = logging.getLogger(__name__)
+
+
+class Notifier:
+    def __init__(self, collector: Collector, client: httpx.AsyncClient) -> None:
+        self.collector = collector
+        self.client = client
+
+    async def run_once(self) -> None:
+        """One scan: record state changes (queueing alerts), then deliver what is due."""
+        c = self.collector
+        now = c.now()
+        stale_before = queries.stale_cutoff(now, c.settings.stale_grace_s)
+        changes = await c.db(notify_store.scan, c.engine, stale_before=stale_before)
+        if changes:
+            alerts = group(changes)
+            await c.db(notify_store.record, c.engine, changes, alerts, c.settings.webhooks, now=now)
+            log.info("notify: %d host state change(s), %d alert(s)", len(changes), len(alerts))
+        await self.deliver()
+
+    async def deliver(self) -> None:
+        c = self.collector
+        for delivery in await c.db(notify_store.due, c.engine, now=c.now()):
+            error = await self._post(delivery)
+            status = await c.db(notify_store.mark, c.engine, delivery, error=error, now=c.now())
+            c.metrics.webhooks[status] = c.metrics.webhooks.get(status, 0) + 1
+            if error:
+                log.warning("webhook %s: attempt %d failed: %s", delivery.url, delivery.attempts + 1, error)
+
+    async def _post(self, delivery: notify_store.Delivery) -> str | None:
+        try:
+            response = await self.client.post(delivery.url, content=delivery.body,
+                                              headers={"Content-Type": "application/json"})
+        except httpx.HTTPError as e:
+            return f"{type(e).__name__}: {e}"[:500]
+        if response.is_success:
+            return None
+        return f"HTTP {response.status_code}: {response.text[:200]}"
+
+    async def loop(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception:  # the loop outlives a failed scan (database down): retried next time
+                self.collector.metrics.db_errors += 1
+                log.exception("notify: scan failed")
+            await anyio.sleep(self.collector.settings.notify_interval_s)
+
+
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    """Runs the notifier beside the app while webhooks are configured."""
+    collector: Collector = app.state.collector
+    if not collector.settings.webhooks:
+        yield
+        return
+    async with httpx.AsyncClient(timeout=10.0) as client, anyio.create_task_group() as tasks:
+        tasks.start_soon(Notifier(collector, client).loop)
+        yield
+        tasks.cancel_scope.cancel()

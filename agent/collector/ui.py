@@ -1,0 +1,188 @@
+"""The web UI: server-rendered pages over the same queries as the API (each page names its JSON twin).
+
+Pages need a reader (session cookie, bearer token or trusted proxy header); without one they redirect to
+/login. Everything from reports is untrusted: templates autoescape, and the CSP forbids inline code.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from agent.collector import queries, ui_auth, ui_queries
+from agent.collector.errors import BadRequestError, CollectorError, DatabaseError, ForbiddenError
+from agent.collector.queries import HostFilter, Page
+from agent.collector.ui_render import SECURITY_HEADERS, page, run_strip
+
+if TYPE_CHECKING:
+    from agent.collector.app import Collector
+
+PAGE_SIZE = 50
+STRIP_RUNS = 60
+Handler = Callable[[Request, "Collector"], Awaitable[Response]]
+STATIC_TYPES = {"ui.css": "text/css; charset=utf-8", "ui.js": "text/javascript; charset=utf-8"}
+
+
+def ui_page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Authenticate the reader (else redirect to /login) and render collector errors as a page."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: Request) -> Response:
+        collector: Collector = request.app.state.collector
+        try:
+            principal = await collector.db(ui_auth.page_reader, collector, request)
+            if principal is None:
+                return ui_auth.login_redirect(request)
+            request.state.reader = principal.name
+            return await handler(request, collector)
+        except (DatabaseError, ForbiddenError):
+            raise
+        except CollectorError as e:
+            return page("error.html", e.status, message=str(e), **common(request, collector))
+
+    return wrapped
+
+
+def common(request: Request, collector: Collector) -> dict[str, Any]:
+    def link(**changes: Any) -> str:
+        """This page's URL with some query parameters changed (None removes one)."""
+        params = dict(request.query_params)
+        params.update({k: str(v) for k, v in changes.items() if v is not None})
+        for key in [k for k, v in changes.items() if v is None]:
+            params.pop(key, None)
+        params = {k: v for k, v in params.items() if v != ""}
+        return request.url.path + (f"?{urlencode(params)}" if params else "")
+
+    return {"now": collector.now(), "link": link, "path": request.url.path,
+            "reader": getattr(request.state, "reader", None)}
+
+
+def _int(request: Request, name: str, default: int, high: int) -> int:
+    text = request.query_params.get(name, "")
+    if not text:
+        return default
+    if not text.isdigit() or int(text) > high:
+        raise BadRequestError(f"{name}: expected a whole number up to {high}")
+    return int(text)
+
+
+def page_params(request: Request, size: int = PAGE_SIZE) -> Page:
+    return Page(limit=_int(request, "limit", size, 1000), offset=_int(request, "offset", 0, 10**9))
+
+
+def _stale_before(collector: Collector) -> Any:
+    return queries.stale_cutoff(collector.now(), collector.settings.stale_grace_s)
+
+
+def host_filter(request: Request, now: datetime) -> HostFilter:
+    q = request.query_params
+    status = tuple(s for raw in q.getlist("status") for s in raw.split(",") if s and s != "stale")
+    stale = True if "stale" in q.getlist("status") or q.get("stale") == "true" else None
+    order = q.get("order", "asc")
+    if order not in ("asc", "desc"):
+        raise BadRequestError("order: expected asc or desc")
+    after, before = queries.seen_window(q.get("seen") or None, now)
+    return HostFilter(status=status, role=q.get("role") or None, commit=q.get("commit") or None,
+                      stale=stale, search=q.get("q") or None, sort=q.get("sort") or "host",
+                      descending=order == "desc", seen_after=after, seen_before=before)
+
+
+@ui_page
+async def overview(request: Request, collector: Collector) -> Response:
+    f, pg = host_filter(request, collector.now()), page_params(request)
+    stale_before = _stale_before(collector)
+    listing = await collector.db(queries.list_hosts, collector.engine, f, pg, stale_before=stale_before)
+    counts = await collector.db(queries.status_counts, collector.engine, stale_before=stale_before)
+    seen = request.query_params.get("seen", "")
+    return page("overview.html", counts=counts, hosts=listing, page=pg, f=f, seen=seen,
+                api="/api/v1/hosts" + (f"?{request.url.query}" if request.url.query else ""),
+                **common(request, collector))
+
+
+@ui_page
+async def stale(request: Request, collector: Collector) -> Response:
+    pg, stale_before = page_params(request), _stale_before(collector)
+    f = HostFilter(stale=True, sort="last_seen", search=request.query_params.get("q") or None)
+    listing = await collector.db(queries.list_hosts, collector.engine, f, pg, stale_before=stale_before)
+    return page("stale.html", hosts=listing, page=pg, api="/api/v1/hosts?stale=true&sort=last_seen",
+                **common(request, collector))
+
+
+@ui_page
+async def host(request: Request, collector: Collector) -> Response:
+    name = request.path_params["host"]
+    state = await collector.db(queries.get_host, collector.engine, name,
+                               stale_before=_stale_before(collector))
+    runs = await collector.db(queries.host_runs, collector.engine, name, Page(limit=STRIP_RUNS))
+    last = await collector.db(queries.get_run, collector.engine, state["last_run_id"])
+    commit = await collector.db(ui_queries.commit_info, collector.engine, state["commit"])
+    return page("host.html", host=state, runs=runs.items[:15], total_runs=runs.total,
+                strip=run_strip(runs.items), last=last, report=last["report"], commit=commit,
+                api=f"/api/v1/hosts/{name}", **common(request, collector))
+
+
+@ui_page
+async def run(request: Request, collector: Collector) -> Response:
+    run_id = request.path_params["run_id"]
+    item = await collector.db(queries.get_run, collector.engine, run_id)
+    commit = await collector.db(ui_queries.commit_info, collector.engine, item["commit"])
+    return page("run.html", run=item, report=item["report"], commit=commit, api=f"/api/v1/runs/{run_id}",
+                **common(request, collector))
+
+
+@ui_page
+async def drift(request: Request, collector: Collector) -> Response:
+    q, pg = request.query_params, page_params(request)
+    filters = {k: q.get(k) or None for k in ("task", "kind", "role", "host")}
+    api = "/api/v1/drift" + (f"?{request.url.query}" if request.url.query else "")
+    if filters["task"] is not None:
+        items = await collector.db(queries.drift_items_now, collector.engine, pg, **filters)
+        return page("drift_task.html", task=filters["task"], items=items, page=pg, filters=filters,
+                    api=api + "&group=host", **common(request, collector))
+    tasks = await collector.db(queries.drift_by_task, collector.engine, pg, **filters)
+    return page("drift.html", tasks=tasks, page=pg, filters=filters, api=api,
+                **common(request, collector))
+
+
+@ui_page
+async def commit(request: Request, collector: Collector) -> Response:
+    sha, pg = request.path_params["sha"], page_params(request)
+    reached = request.query_params.get("hosts", "running")
+    if reached not in ("running", "not_reached"):
+        raise BadRequestError("hosts: expected running or not_reached")
+    result = await collector.db(queries.commit_rollout, collector.engine, sha, pg,
+                                stale_before=_stale_before(collector), reached=reached == "running")
+    return page("commit.html", commit=result["commit"], summary=result["summary"], hosts=result["hosts"],
+                page=pg, reached=reached, api=f"/api/v1/commits/{sha}?hosts={reached}",
+                **common(request, collector))
+
+
+async def static(request: Request) -> Response:
+    name = request.path_params["name"]
+    if name not in STATIC_TYPES:
+        return Response("not found", 404, media_type="text/plain", headers=SECURITY_HEADERS)
+    body = (resources.files("agent.collector") / "static" / name).read_bytes()
+    headers = {**SECURITY_HEADERS, "Cache-Control": "public, max-age=3600"}
+    return Response(body, media_type=STATIC_TYPES[name], headers=headers)
+
+
+ROUTES = [
+    Route("/", overview),
+    Route("/stale", stale),
+    Route("/hosts/{host:path}", host),
+    Route("/runs/{run_id}", run),
+    Route("/drift", drift),
+    Route("/commits/{sha}", commit),
+    Route("/login", ui_auth.login_form, methods=["GET"]),
+    Route("/login", ui_auth.login_submit, methods=["POST"]),
+    Route("/logout", ui_auth.logout, methods=["POST"]),
+    Route("/static/{name}", static),
+]

@@ -1,0 +1,172 @@
+"""The web UI in-process: authentication, every page, escaping of hostile report content, headers."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+
+from agent.report import Diff, DriftItem, DriftKind, Status
+from tests.factory import BASE_TIME, COMMIT_A, COMMIT_B, make_report
+
+XSS = "<script>alert(1)</script>"
+EVIL_HOST = f"evil{XSS}"
+
+
+def hostile_item() -> DriftItem:
+    return DriftItem(play=f"play {XSS}", task=f"task {XSS}", role="web", module="template",
+                     kind=DriftKind.CORRECTIVE, first_seen_at=BASE_TIME,
+                     diffs=(Diff(path=f"/etc/{XSS}", before="a\n", after=f"a\n{XSS}\n"),))
+
+
+@pytest.fixture
+def fleet(send, clock):
+    made = {}
+    for i, (host, status, commit) in enumerate([("web01", Status.IN_SYNC, COMMIT_B),
+                                                ("web02", Status.DRIFTED, COMMIT_B),
+                                                ("db01", Status.FAILED, COMMIT_A)]):
+        report = make_report(host, status=status, commit=commit, finished_at=BASE_TIME + timedelta(minutes=i))
+        assert send(report).status_code == 201
+        made[host] = report
+    evil = make_report(EVIL_HOST, status=Status.DRIFTED, drift=(hostile_item(),), roles=("web",))
+    assert send(evil).status_code == 201
+    made["evil"] = evil
+    clock.now = BASE_TIME + timedelta(minutes=10)
+    return made
+
+
+PAGES = ["/", "/stale", "/drift", "/hosts/web02", f"/commits/{COMMIT_B[:8]}", "/drift?task=nginx+config"]
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_pages_redirect_to_login_without_auth(client, fleet, path):
+    response = client.get(path)
+    assert response.status_code == 303
+    assert response.headers["location"].startswith("/login?next=")
+
+
+def test_login_sets_a_strict_httponly_cookie_and_pages_accept_it(client, reader, fleet):
+    token = reader["Authorization"].split()[1]
+    bad = client.post("/login", content="token=nope&next=/drift",
+                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert bad.status_code == 401 and "Not a valid reader token" in bad.text
+    ok = client.post("/login", content=f"token={token}&next=/drift",
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert ok.status_code == 303 and ok.headers["location"] == "/drift"
+    cookie = ok.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "secure" not in cookie
+    assert client.get("/drift").status_code == 200  # the client keeps the cookie
+    assert client.post("/logout").status_code == 303
+    assert client.get("/drift").status_code == 303
+
+
+def test_login_refuses_cross_site_posts_and_open_redirects(client, reader, fleet):
+    token = reader["Authorization"].split()[1]
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    cross = client.post("/login", content=f"token={token}", headers={**form, "Origin": "https://evil.test"})
+    assert cross.status_code == 403 and "set-cookie" not in cross.headers
+    away = client.post("/login", content=f"token={token}&next=//evil.test/", headers=form)
+    assert away.headers["location"] == "/"
+
+
+def test_ingest_token_cannot_log_in(client, token_for, fleet):
+    response = client.post("/login", content=f"token={token_for('web01')}",
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_pages_render_with_security_headers(client, reader, fleet, path):
+    response = client.get(path, headers=reader)
+    assert response.status_code == 200, response.text
+    csp = response.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert "<script>" not in response.text.replace('<script src="/static/ui.js" defer></script>', "")
+    assert not re.search(r"\sstyle=", response.text)  # the CSP would block inline styles
+
+
+def test_hostile_report_content_renders_as_text(client, reader, fleet):
+    evil = fleet["evil"]
+    pages = [f"/hosts/{EVIL_HOST}", f"/runs/{evil.run_id}", "/", f"/drift?task=task+{XSS}", "/drift"]
+    for path in pages:
+        html = client.get(path, headers=reader).text
+        assert XSS not in html, path
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html, path
+
+
+def test_overview_filters_and_counts(client, reader, fleet):
+    html = client.get("/?status=failed", headers=reader).text
+    assert "db01" in html and "web02" not in html
+    assert 'data-status="drifted"' in html
+    assert "web01" in client.get("/?q=web0", headers=reader).text
+    assert "db01" not in client.get("/?q=web0", headers=reader).text
+
+
+def test_run_page_shows_phases_diff_and_failures(client, reader, fleet):
+    html = client.get(f"/runs/{fleet['db01'].run_id}", headers=reader).text
+    assert "restart nginx" in html and "service failed" in html and "a task failed" in html
+    html = client.get(f"/runs/{fleet['web02'].run_id}", headers=reader).text
+    assert 'class="d-add"' in html and 'class="d-del"' in html and "backend-new" in html
+
+
+def test_host_page_strip_and_commit(client, reader, fleet, send):
+    html = client.get("/hosts/web02", headers=reader).text
+    assert "<svg class=\"strip\"" in html and "Tune nginx workers" in html and "verified" in html
+
+
+def test_unknown_things_are_404_pages(client, reader, fleet):
+    for path in ("/hosts/nope", "/runs/nope", "/commits/dddddddd"):
+        response = client.get(path, headers=reader)
+        assert response.status_code == 404 and "text/html" in response.headers["content-type"]
+
+
+def test_static_assets(client):
+    css = client.get("/static/ui.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    assert client.get("/static/../app.py").status_code == 404
+
+
+def test_unified_diff_classifies_lines():
+    from agent.collector.ui_render import unified_diff
+    kinds = [line.kind for line in unified_diff("/f", "a\nb\n", "a\nc\n")]
+    assert kinds == ["meta", "meta", "hunk", "ctx", "del", "add"]
+    assert unified_diff("/f", None, None) == []
+
+
+def test_trusted_proxy_header_works_for_pages(engine, clock, fleet):
+    from agent.collector.app import Collector, CollectorSettings, create_app
+    from agent.collector.auth import ProxyAuth
+    from tests.collector.conftest import ASGIClient
+
+    settings = CollectorSettings(proxy=ProxyAuth("X-Remote-User", ("127.0.0.1",)))
+    proxied = ASGIClient(create_app(Collector(engine, settings, now=clock)))
+    try:
+        page = proxied.get("/drift", headers={"X-Remote-User": "bob"})
+        assert page.status_code == 200 and "bob" in page.text
+        assert proxied.get("/drift").status_code == 303
+    finally:
+        proxied.close()
+    elsewhere = ASGIClient(create_app(Collector(engine, settings, now=clock)), client_addr=("10.9.9.9", 1))
+    try:  # the header counts only from the listed proxies
+        assert elsewhere.get("/drift", headers={"X-Remote-User": "bob"}).status_code == 303
+    finally:
+        elsewhere.close()
+
+
+def test_ingest_token_cannot_read_pages(client, token_for, fleet):
+    response = client.get("/", headers={"Authorization": f"Bearer {token_for('web01')}"})
+    assert response.status_code == 403
+
+
+def test_overview_and_api_filter_by_last_seen(client, reader, fleet, clock, send):
+    clock.now = BASE_TIME + timedelta(hours=2)
+    assert send(make_report("fresh01", finished_at=clock.now)).status_code == 201
+    recent = client.get("/?seen=1h", headers=reader).text
+    assert "fresh01" in recent and "web01" not in recent
+    old = client.get("/?seen=-1h", headers=reader).text
+    assert "fresh01" not in old and "web01" in old
+    api = client.get("/api/v1/hosts?seen=1h", headers=reader).json()
+    assert [i["host"] for i in api["items"]] == ["fresh01"]
+    assert client.get("/api/v1/hosts?seen=2y", headers=reader).status_code == 400
