@@ -45,6 +45,12 @@ class RunnerSettings:
     timeout_s: float
     extra_vars: Mapping[str, Any] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
+    vault_password_file: Path | None = None  # passed to ansible-playbook and ansible-inventory
+
+    @property
+    def vault_args(self) -> list[str]:
+        return [] if self.vault_password_file is None else ["--vault-password-file",
+                                                            str(self.vault_password_file)]
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,8 @@ def inventory_graph(inventory: Path, project_dir: Path, settings: RunnerSettings
     with tempfile.TemporaryDirectory(prefix="inventory-", dir=settings.work_dir) as private:
         try:
             out, err, rc = ansible_runner.run_command(
-                executable_cmd=str(tool), cmdline_args=["-i", str(inventory), "--graph"],
+                executable_cmd=str(tool),
+                cmdline_args=["-i", str(inventory), "--graph", *settings.vault_args],
                 private_data_dir=private, project_dir=str(project_dir), envvars=env, quiet=True,
                 timeout=int(max(settings.timeout_s, 1)), input_fd=None,
             )
@@ -172,7 +179,7 @@ def run_playbooks(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
     # Options first, then every playbook: ansible-playbook runs several in order, each with its own
     # basedir. ansible-runner appends its single `playbook` argument after cmdline.
     args = [*flags, "-i", str(plan.inventory), "--limit", plan.host, "-e", f"@{extra_file}",
-            *(str(b) for b in books[:-1])]
+            *settings.vault_args, *(str(b) for b in books[:-1])]
     cmdline = " ".join(shlex.quote(a) for a in args)
     collected: list[dict[str, Any]] = []
     _become_subreaper()
