@@ -157,8 +157,7 @@ SETTINGS: tuple[Setting, ...] = (
             "write Prometheus metrics here after each cycle (node_exporter textfile collector)"),
     Setting("redact", _regex_list, [], "regexes: what they match in reports becomes [REDACTED]"),
     Setting("vault_password_file", _opt_string, None,
-            "Ansible Vault password file (owned by the agent's user, mode 0600); vault values are "
-            "passed to ansible and redacted from reports"),
+            "Ansible Vault password file (mode 0600); vault values are redacted from reports"),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 _SECTIONS = {s.name.split(".")[0] for s in SETTINGS if "." in s.name}
