@@ -153,6 +153,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("state_dir", _string, "/var/lib/gitops-agent", "where releases, reports and locks live"),
     Setting("lock_wait", _duration, "10s", "how long a second invocation waits for the cycle lock"),
     Setting("history", _positive_int, 50, "reports kept in state_dir/history"),
+    Setting("ansible.strategy", _choice("mitogen", "linear"), "mitogen",
+            "mitogen: persistent interpreters, ~4x less CPU per check; linear: Ansible's own (fallback)"),
+    Setting("ansible.gather_subset", _string_list, ["min"],
+            "facts gathered once per fact_cache_timeout before the playbooks ([]: as the plays say)"),
+    Setting("ansible.fact_cache_timeout", _duration, "10m",
+            "facts are reused this long (check, apply and recheck of a cycle gather once)"),
     Setting("metrics_textfile", _opt_string, None,
             "write Prometheus metrics here after each cycle (node_exporter textfile collector)"),
     Setting("redact", _regex_list, [], "regexes: what they match in reports becomes [REDACTED]"),
@@ -199,6 +205,13 @@ class OutboxConfig:
 
 
 @dataclass(frozen=True)
+class AnsibleConfig:
+    strategy: str = "mitogen"
+    gather_subset: tuple[str, ...] = ("min",)
+    fact_cache_timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     host: str
     source: SourceConfig
@@ -215,6 +228,7 @@ class AgentConfig:
     outbox: OutboxConfig = OutboxConfig()
     redact: tuple[str, ...] = ()
     vault_password_file: Path | None = None
+    ansible: AnsibleConfig = AnsibleConfig()
     path: Path | None = None
 
 
@@ -301,6 +315,8 @@ def _build(v: dict[str, Any], base: Path, origin: str) -> AgentConfig:
         metrics_textfile=_resolve_path(v["metrics_textfile"], base),
         outbox=outbox, redact=v["redact"],
         vault_password_file=_private_file(_resolve_path(v["vault_password_file"], base), origin),
+        ansible=AnsibleConfig(v["ansible.strategy"], v["ansible.gather_subset"],
+                              v["ansible.fact_cache_timeout"]),
     )
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent import __version__, delivery, drift, policy, requirements, runner, vault
+from agent import __version__, delivery, drift, invcache, policy, requirements, runner, vault
 from agent.config import AgentConfig
 from agent.drift import DriftContext, Finding
 from agent.errors import AgentError, RewindError, RunTimeoutError, VerifyError
@@ -91,9 +91,12 @@ class Cycle:
         self.store = StateStore(config.state_dir, history=config.history)
         self.source = GitSource(config.source, config.state_dir)
         self.deadline = 0.0  # monotonic; set when a cycle starts
-        self.settings = RunnerSettings(work_dir=self.store.work_dir, timeout_s=config.schedule.timeout_s,
-                                       extra_vars=dict(config.extra_vars),
-                                       vault_password_file=config.vault_password_file)
+        self.settings = RunnerSettings(
+            work_dir=self.store.work_dir, timeout_s=config.schedule.timeout_s,
+            extra_vars=dict(config.extra_vars), strategy=config.ansible.strategy,
+            fact_cache_dir=config.state_dir / "facts", gather_subset=config.ansible.gather_subset,
+            fact_cache_timeout_s=config.ansible.fact_cache_timeout_s,
+            vault_password_file=config.vault_password_file)
         self.redactor = Redactor(config.redact)  # plus the checkout's vault values once it is known
 
     def run(self, options: CycleOptions) -> Report:
@@ -174,7 +177,10 @@ class Cycle:
         requirements.check(revision.path)
         inventory = revision.path / self.config.inventory
         playbooks_dir = revision.path / self.config.playbooks
-        graph = parse_graph(runner.inventory_graph(inventory, revision.path, self.settings))
+        graph = parse_graph(invcache.graph(
+            self.config.state_dir / "inventory-cache", commit=revision.commit, host=self.config.host,
+            inventory_name=self.config.inventory, inventory=inventory,
+            parse=lambda: runner.inventory_graph(inventory, revision.path, self.settings)))
         names = [p.stem for p in playbooks_dir.glob("*.yml")] if playbooks_dir.is_dir() else []
         return make_plan(graph=graph, host=self.config.host, commit=revision.commit,
                          project_dir=revision.path, playbooks_dir=playbooks_dir, inventory=inventory,

@@ -193,11 +193,6 @@ def _stats(data: Mapping[str, Any], host: str) -> Stats:
                  skipped=count("skipped"), unreachable=count("dark"))
 
 
-def _add_stats(a: Stats, b: Stats) -> Stats:
-    return Stats(a.ok + b.ok, a.changed + b.changed, a.failed + b.failed, a.skipped + b.skipped,
-                 a.unreachable + b.unreachable)
-
-
 def parse(events: Iterable[Mapping[str, Any]], *, host: str,
           notes: Mapping[str, Mapping[str, Any]] | None = None) -> ParsedRun:
     """A run's events, in order -> its task results, its stats (summed over playbooks) and messages.
@@ -209,7 +204,9 @@ def parse(events: Iterable[Mapping[str, Any]], *, host: str,
     for event in events:
         name = event.get("event")
         if name == "playbook_on_stats":
-            stats = _add_stats(stats, _stats(event.get("event_data") or {}, host))
+            # One ansible-playbook run keeps one tally across its playbooks: each recap is the total
+            # so far, so the last one counts (adding them counted the first playbook's tasks twice).
+            stats = _stats(event.get("event_data") or {}, host)
         elif name in ("verbose", "error"):
             text = _ANSI.sub("", str(event.get("stdout") or "")).strip()
             if text.startswith(("[ERROR]", "ERROR!")) or name == "error":

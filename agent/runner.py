@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import enum
+import importlib.util
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from agent.inventory import RunPlan
 
 log = logging.getLogger(__name__)
 PLUGIN_DIR = Path(__file__).parent / "ansible_plugins"
+GATHER_PLAYBOOK = "_gather_facts.yml"  # written into each private dir when ansible.gather_subset is set
 
 
 class RunMode(enum.StrEnum):
@@ -45,6 +47,10 @@ class RunnerSettings:
     timeout_s: float
     extra_vars: Mapping[str, Any] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
+    strategy: str = "linear"  # or "mitogen": mitogen_linear, falling back to linear when it cannot load
+    fact_cache_dir: Path | None = None  # jsonfile fact cache; None: facts live only for one run
+    fact_cache_timeout_s: float = 600.0
+    gather_subset: tuple[str, ...] = ()  # gathered once (cached) before the playbooks; (): as they say
     vault_password_file: Path | None = None  # passed to ansible-playbook and ansible-inventory
 
     @property
@@ -65,6 +71,11 @@ class RunResult:
     def ok(self) -> bool:
         return self.status == "successful"
 
+    @property
+    def failed_to_start(self) -> bool:
+        """Failed before any task reported (a strategy that cannot load, a syntax error)."""
+        return self.status == "failed" and not self.parsed.tasks
+
 
 def _base_env(project_dir: Path, settings: RunnerSettings) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
@@ -79,7 +90,14 @@ def _base_env(project_dir: Path, settings: RunnerSettings) -> dict[str, str]:
         "ANSIBLE_CALLBACK_PLUGINS": str(PLUGIN_DIR / "callback"),
         "ANSIBLE_CALLBACKS_ENABLED": "gitops_agent",
         "ANSIBLE_LOCAL_TEMP": str(settings.work_dir / "tmp"),
+        "ANSIBLE_INTERPRETER_PYTHON": sys.executable,  # no interpreter discovery
+        "ANSIBLE_SYSTEM_WARNINGS": "False",
+        "ANSIBLE_DEVEL_WARNING": "False",
     }
+    if settings.fact_cache_dir is not None:  # smart: gather once, then reuse until the timeout
+        env.update(ANSIBLE_GATHERING="smart", ANSIBLE_CACHE_PLUGIN="jsonfile",
+                   ANSIBLE_CACHE_PLUGIN_CONNECTION=str(settings.fact_cache_dir),
+                   ANSIBLE_CACHE_PLUGIN_TIMEOUT=str(int(settings.fact_cache_timeout_s)))
     for name, var in (("collections", "ANSIBLE_COLLECTIONS_PATH"), ("roles", "ANSIBLE_ROLES_PATH")):
         vendored = project_dir / name
         if vendored.is_dir():  # vendored next to the playbooks: hosts never reach Galaxy
@@ -160,27 +178,76 @@ def kill_leftovers() -> int:
     return len(leftovers)
 
 
+def mitogen_strategy_dir() -> Path | None:
+    """The folder of mitogen's Ansible strategy plugins, or None when mitogen is not installed."""
+    spec = importlib.util.find_spec("ansible_mitogen")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = Path(next(iter(spec.submodule_search_locations))) / "plugins" / "strategy"
+    return found if (found / "mitogen_linear.py").is_file() else None
+
+
+def _strategy_env(strategy: str) -> dict[str, str]:
+    if strategy != "mitogen":
+        return {}
+    plugins = mitogen_strategy_dir()
+    if plugins is None:
+        log.warning("ansible.strategy is mitogen but mitogen is not installed: using linear")
+        return {}
+    return {"ANSIBLE_STRATEGY": "mitogen_linear", "ANSIBLE_STRATEGY_PLUGINS": str(plugins)}
+
+
+def _gather_playbook(private: Path, host: str, subset: tuple[str, ...]) -> Path:
+    """A first play that only gathers facts (the chosen subset) into the cache; with smart gathering
+    the host's own plays then reuse them instead of gathering again."""
+    path = private / GATHER_PLAYBOOK
+    path.write_text(json.dumps([{"name": "Gather facts", "hosts": host, "gather_facts": True,
+                                 "gather_subset": list(subset), "tasks": []}]), encoding="utf-8")
+    return path
+
+
+def _args(plan: RunPlan, mode: RunMode, extra_file: Path, books: tuple[Path, ...],
+          vault_args: list[str]) -> str:
+    flags = ["--check", "--diff"] if mode is RunMode.CHECK else ["--diff"]
+    # Options first, then every playbook: ansible-playbook runs several in order, each with its own
+    # basedir. ansible-runner appends its single `playbook` argument after cmdline.
+    args = [*flags, "-i", str(plan.inventory), "--limit", plan.host, "-e", f"@{extra_file}",
+            *vault_args, *(str(b) for b in books[:-1])]
+    return " ".join(shlex.quote(a) for a in args)
+
+
 def run_playbooks(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
                   cancel: Callable[[], bool], playbooks: tuple[Path, ...] | None = None) -> RunResult:
-    """Run the plan's playbooks (or a subset) for plan.host: --check --diff, or for real with --diff."""
+    """Run the plan's playbooks (or a subset) for plan.host: --check --diff, or for real with --diff.
+    With ansible.strategy mitogen, a run that mitogen cannot even start is run again with linear."""
+    result = _run(plan, mode, settings, cancel=cancel, playbooks=playbooks)
+    if settings.strategy == "mitogen" and result.failed_to_start and not cancel() and any(
+            "mitogen" in m.lower() for m in result.parsed.messages):
+        log.warning("the mitogen strategy failed before any task ran (%s); running with linear",
+                    "; ".join(result.parsed.messages)[-300:] or f"rc={result.rc}")
+        result = _run(plan, mode, replace(settings, strategy="linear"), cancel=cancel, playbooks=playbooks)
+    return result
+
+
+def _run(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
+         cancel: Callable[[], bool], playbooks: tuple[Path, ...] | None) -> RunResult:
     import ansible_runner
 
-    books = playbooks if playbooks is not None else plan.playbooks
     settings.work_dir.mkdir(parents=True, exist_ok=True)
+    if settings.fact_cache_dir is not None:  # facts include the environment: private to the agent
+        settings.fact_cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     private = Path(tempfile.mkdtemp(prefix=f"{mode.value}-", dir=settings.work_dir))
     notes_file = private / "notes.jsonl"
-    env = {**_base_env(plan.project_dir, settings), "GITOPS_AGENT_NOTES_FILE": str(notes_file)}
+    env = {**_base_env(plan.project_dir, settings), **_strategy_env(settings.strategy),
+           "GITOPS_AGENT_NOTES_FILE": str(notes_file)}
     extra = {**settings.extra_vars, "ansible_connection": "local",
              "ansible_python_interpreter": sys.executable}
     extra_file = private / "extravars.json"
     extra_file.write_text(json.dumps(extra), encoding="utf-8")
     extra_file.chmod(0o600)
-    flags = ["--check", "--diff"] if mode is RunMode.CHECK else ["--diff"]
-    # Options first, then every playbook: ansible-playbook runs several in order, each with its own
-    # basedir. ansible-runner appends its single `playbook` argument after cmdline.
-    args = [*flags, "-i", str(plan.inventory), "--limit", plan.host, "-e", f"@{extra_file}",
-            *settings.vault_args, *(str(b) for b in books[:-1])]
-    cmdline = " ".join(shlex.quote(a) for a in args)
+    books = playbooks if playbooks is not None else plan.playbooks
+    if settings.gather_subset:
+        books = (_gather_playbook(private, plan.host, settings.gather_subset), *books)
     collected: list[dict[str, Any]] = []
     _become_subreaper()
 
@@ -192,9 +259,10 @@ def run_playbooks(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
     try:
         runner = ansible_runner.run(
             private_data_dir=str(private), project_dir=str(plan.project_dir), playbook=str(books[-1]),
-            cmdline=cmdline, envvars=env, quiet=True, timeout=int(max(settings.timeout_s, 1)),
-            event_handler=keep_in_memory,
+            cmdline=_args(plan, mode, extra_file, books, settings.vault_args), envvars=env, quiet=True,
+            timeout=int(max(settings.timeout_s, 1)), event_handler=keep_in_memory,
             cancel_callback=cancel, suppress_env_files=True,
+            fact_cache=str(settings.fact_cache_dir or private / "facts"),
         )
         parsed = events.parse(collected, host=plan.host, notes=_read_notes(notes_file))
         status, rc = str(runner.status), runner.rc
@@ -204,8 +272,6 @@ def run_playbooks(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
         kill_leftovers()
         shutil.rmtree(private, ignore_errors=True)
     duration = time.monotonic() - started
-    log.debug("ansible %s finished: status=%s rc=%s tasks=%d duration_s=%.1f",
-              mode.value, status, rc, len(parsed.tasks), duration)
+    log.debug("ansible %s finished: status=%s rc=%s tasks=%d duration_s=%.1f strategy=%s",
+              mode.value, status, rc, len(parsed.tasks), duration, env.get("ANSIBLE_STRATEGY", "linear"))
     return RunResult(mode=mode, status=status, rc=rc, parsed=parsed, duration_s=duration)
-
-

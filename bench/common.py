@@ -22,12 +22,13 @@ class Timing:
     cpu_s: float
 
 
-def timed(argv: list[str], *, env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,)) -> Timing:
+def timed(argv: list[str], *, env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,),
+          cwd: Path | None = None) -> Timing:
     """Wall and CPU (user+sys of the command and all its children) of one run."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          env={**os.environ, **(env or {})}, check=False)
+                          env={**os.environ, **(env or {})}, check=False, cwd=cwd)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode not in ok:
@@ -59,3 +60,11 @@ def sandbox(workdir: Path, host: str = "web01.example.com") -> Path:
     subprocess.run([str(BIN / "gitops-agent"), "run", "--config", str(config)], check=True,
                    stdout=subprocess.DEVNULL)
     return config
+
+
+def print_table(rows: dict[str, tuple[float, float]], *, baselines: list[str]) -> None:
+    """rows: name -> (wall_s, cpu_s); prints each with its ratios to every baseline (lower is better)."""
+    for name, (wall, cpu) in rows.items():
+        ratios = "  ".join(f"/{b}: wall {wall / rows[b][0]:.3f} cpu {cpu / rows[b][1]:.3f}"
+                           for b in baselines if b != name)
+        print(f"  {name:<13} wall {wall:7.2f}s  cpu {cpu:7.2f}s   {ratios}")

@@ -1,43 +1,81 @@
-"""No-drift check cycle: `gitops-agent run --check` against plain `ansible-playbook --check --diff` of
-the same playbooks, on the example repo, run alternately in one invocation.
+"""No-drift check of a realistic generated role (default 60 tasks, bench/roles.py), side by side in one
+invocation, alternating run by run:
 
-    .venv/bin/python bench/cycle.py [--runs 5] [--workdir /tmp/gitops-bench]
+  agent          `gitops-agent run --check` (its defaults: mitogen strategy, fact cache, inventory cache)
+  agent-linear   the same with `ansible.strategy: linear` (what the agent costs without mitogen)
+  ansible        `ansible-playbook --check --diff` of the same playbook, by hand
+  ansible-pull   `ansible-pull --check --diff` from the same Git repo (clone/update + playbook)
+  puppet         `puppet apply --noop` of a manifest with the same desired state (when puppet is installed)
 
-Prints the median wall and CPU seconds of each and the ratios agent/ansible (lower is better).
+    .venv/bin/python bench/cycle.py [--tasks 60] [--runs 3] [--workdir /tmp/gitops-bench]
+
+Prints median wall and CPU seconds (CPU: user+sys of the command and every child) and ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
-from common import BIN, median, sandbox, timed
+from common import BIN, Timing, median, print_table, timed
+from roles import HOST, make_repo, puppet_manifest
+
+
+def prepare(workdir: Path, tasks: int) -> dict[str, list[str]]:
+    """The sandbox (converged once by the agent) and the command of each contender."""
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    repo = make_repo(workdir / "config-repo", tasks)
+    root = workdir / "root"
+    root.mkdir()
+    base = f"host: {HOST}\nsource: {{url: config-repo}}\nstate_dir: state\nextra_vars: {{target_root: {root}}}\n"
+    (workdir / "agent.yaml").write_text(base)
+    (workdir / "agent-linear.yaml").write_text(base.replace("state_dir: state", "state_dir: state-linear")
+                                               + "ansible: {strategy: linear}\n")
+    timed([str(BIN / "gitops-agent"), "run", "--config", str(workdir / "agent.yaml")])  # converge
+    extra = ["-e", f"target_root={root}", "-e", f"ansible_python_interpreter={BIN / 'python'}"]
+    commands = {
+        "agent": [str(BIN / "gitops-agent"), "run", "--check", "--config", str(workdir / "agent.yaml")],
+        "agent-linear": [str(BIN / "gitops-agent"), "run", "--check", "--config",
+                         str(workdir / "agent-linear.yaml")],
+        "ansible": [str(BIN / "ansible-playbook"), "--check", "--diff", "-i", str(repo / "inventory"),
+                    "--limit", HOST, "-c", "local", *extra, str(repo / "playbooks/bench.yml")],
+        "ansible-pull": [str(BIN / "ansible-pull"), "-U", f"file://{repo}", "-C", "main",
+                         "-d", str(workdir / "pull"), "--check", "--diff", "-i", "inventory", "--limit", HOST,
+                         "-c", "local", *extra, "playbooks/bench.yml"],
+    }
+    # the first pull clones for real (in check mode the git step does not clone); the host is converged
+    timed([a for a in commands["ansible-pull"] if a not in ("--check", "--diff")], cwd=workdir)
+    puppet = shutil.which("puppet")
+    if puppet:
+        manifest = workdir / "bench.pp"
+        manifest.write_text(puppet_manifest(tasks, root))
+        commands["puppet"] = [puppet, "apply", "--noop", "--vardir", str(workdir / "puppet/var"),
+                              "--confdir", str(workdir / "puppet/etc"), "--logdir", str(workdir / "puppet/log"),
+                              str(manifest)]
+    return commands
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--tasks", type=int, default=60)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/gitops-bench"))
+    parser.add_argument("--only", nargs="*", help="contenders to run (default: all)")
     args = parser.parse_args()
-    config = sandbox(args.workdir)
-    repo = args.workdir / "config-repo"
-    agent = [str(BIN / "gitops-agent"), "run", "--check", "--config", str(config)]
-    ansible = [str(BIN / "ansible-playbook"), "--check", "--diff", "-i", str(repo / "inventory"),
-               "--limit", "web01.example.com", "-c", "local", "-e", f"target_root={args.workdir / 'root'}",
-               "-e", f"ansible_python_interpreter={BIN / 'python'}",
-               str(repo / "playbooks/base.yml"), str(repo / "playbooks/web.yml")]
-    results: dict[str, list] = {"agent": [], "ansible": []}
-    timed(agent), timed(ansible)  # warm-up
+    commands = prepare(args.workdir, args.tasks)
+    commands = {k: v for k, v in commands.items() if not args.only or k in args.only}
+    results: dict[str, list[Timing]] = {name: [] for name in commands}
+    for argv in commands.values():
+        timed(argv, cwd=args.workdir)  # warm-up: the agent's fact and inventory caches, ansible-pull's clone
     for _ in range(args.runs):
-        results["agent"].append(timed(agent))
-        results["ansible"].append(timed(ansible))
-    print(f"no-drift check of the example repo (roles base, web), {args.runs} runs each, alternating")
-    rows = {}
-    for name, runs in results.items():
-        rows[name] = (median([r.wall_s for r in runs]), median([r.cpu_s for r in runs]))
-        print(f"  {name:<8} wall {rows[name][0]:6.2f}s   cpu {rows[name][1]:6.2f}s")
-    print(f"  ratio agent/ansible: wall {rows['agent'][0] / rows['ansible'][0]:.2f}   "
-          f"cpu {rows['agent'][1] / rows['ansible'][1]:.2f}")
+        for name, argv in commands.items():
+            results[name].append(timed(argv, cwd=args.workdir))
+    print(f"no-drift check, {args.tasks}-task role, {args.runs} runs each (alternating), medians:")
+    rows = {name: (median([r.wall_s for r in runs]), median([r.cpu_s for r in runs]))
+            for name, runs in results.items()}
+    print_table(rows, baselines=[b for b in ("ansible", "ansible-pull", "puppet") if b in rows])
 
 
 if __name__ == "__main__":

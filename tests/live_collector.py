@@ -3,6 +3,7 @@ and `gitops-collector serve` as a subprocess on 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -76,7 +77,9 @@ class CollectorProcess:
     def start(self, timeout_s: float = 30.0) -> CollectorProcess:
         cmd = [sys.executable, "-m", "agent.collector.cli", "serve", "--listen", f"127.0.0.1:{self.port}",
                "--db", self.db_url, "--log-level", "warning", *self.extra]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # its own process group, so that stopping it also stops any worker processes it forked
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -92,10 +95,20 @@ class CollectorProcess:
         raise RuntimeError("collector did not become healthy in time")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=30)
-        if self.proc is not None and self.proc.stderr is not None:
+        """Signal the collector's process group, wait, and make sure nothing of it is left."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers (workers) of this group only
+        if self.proc.stderr is not None:
             self.proc.stderr.close()
         self.proc = None
 

@@ -191,3 +191,10 @@ def test_pause_stops_applies_and_is_in_reports_and_status(cli, write_config, app
     assert cli("resume", "--config", str(config)).out.strip() == "resumed"
     code, report = run(cli, config)
     assert (code, report["status"], report["pause"]) == (0, "corrected", None)
+
+
+def test_unreachable_source_without_history_is_reported_at_fetch(cli, write_config, tmp_path: Path) -> None:
+    code, report = run(cli, write_config(tmp_path / "no-such-repo"))
+    assert (code, report["status"], report["phase_reached"], report["roles"]) == (1, "error", "fetch", [])
+    assert "no source reachable and no earlier commit" in report["errors"][0]["message"]
+    assert report["source"]["commit"] is None

@@ -114,13 +114,13 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def migrate(engine: Engine) -> str | None:
-    """Bring the schema to the newest revision; returns it."""
+def migrate(engine: Engine, revision: str = "head") -> str | None:
+    """Bring the schema to `revision` (default: the newest); returns the revision reached."""
     config = _alembic_config()
     with write(engine) as conn:
         config.attributes["connection"] = conn
-        command.upgrade(config, "head")
-    return head_revision()
+        command.upgrade(config, revision)
+    return current_revision(engine)
 
 
 def prepare(engine: Engine, *, auto_migrate_empty: bool = True) -> None:

@@ -62,7 +62,7 @@ SHA = 64
 hosts = Table(
     "hosts", metadata,
     Column("host", String(HOST), primary_key=True),
-    Column("last_run_id", String(64), nullable=False),
+    Column("last_run_id", String(64), nullable=False, index=True),
     Column("status", String(16), nullable=False, index=True),
     Column("mode", String(16), nullable=False),
     Column("phase_reached", String(16), nullable=False),

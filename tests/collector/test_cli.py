@@ -26,7 +26,23 @@ def test_migration_creates_exactly_the_tables_module(engine):
 def test_migrate_command_is_idempotent(db_url, capsys):
     assert main(["migrate", "--db", db_url]) == 0
     assert main(["migrate", "--db", db_url]) == 0
-    assert "revision 0001" in capsys.readouterr().out
+    assert f"revision {db.head_revision()}" in capsys.readouterr().out
+
+
+def test_upgrade_from_the_first_revision_keeps_the_data(db_url):
+    engine = db.create(db_url)
+    try:
+        assert db.migrate(engine, "0001") == "0001"
+        report = make_report("web01", status=Status.DRIFTED)
+        store.ingest(engine, report, to_json(report).encode(), received_at=BASE_TIME)
+        with pytest.raises(db.DatabaseError, match="migrate"):
+            db.prepare(engine)
+        assert db.migrate(engine) == db.head_revision()
+        db.prepare(engine)
+        with engine.connect() as conn:
+            assert conn.execute(select(runs.c.run_id)).scalars().all() == [report.run_id]
+    finally:
+        engine.dispose()
 
 
 def test_outdated_schema_is_refused(engine):

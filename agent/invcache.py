@@ -1,0 +1,65 @@
+"""The inventory graph of a commit, cached in state_dir so an unchanged commit does not start
+`ansible-inventory` every cycle.
+
+A commit's static inventory (YAML/INI files, host_vars, group_vars) cannot change, so its graph is keyed
+by commit + inventory path + host. A dynamic inventory can: an executable file (an inventory script) or
+an inventory plugin config (a YAML file with a top-level `plugin:` key) anywhere in the inventory turns
+the cache off for that commit, and Ansible parses it every cycle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.fsutil import atomic_write
+
+log = logging.getLogger(__name__)
+KEEP = 10  # cached graphs kept (a few commits' worth)
+_PLUGIN_KEY = re.compile(r"^plugin\s*:", re.MULTILINE)
+
+
+def is_dynamic(inventory: Path) -> bool:
+    """True when any inventory file is executable or is an inventory plugin's config."""
+    files = [inventory] if inventory.is_file() else [p for p in inventory.rglob("*") if p.is_file()]
+    for path in files:
+        if os.access(path, os.X_OK):
+            return True
+        if path.suffix in (".yml", ".yaml"):
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                if _PLUGIN_KEY.search(path.read_text(encoding="utf-8")):
+                    return True
+    return False
+
+
+def _key(commit: str, inventory: str, host: str) -> str:
+    return hashlib.sha256(f"{commit}\0{inventory}\0{host}".encode()).hexdigest()[:32]
+
+
+def graph(cache_dir: Path, *, commit: str, inventory_name: str, host: str, inventory: Path,
+          parse: Callable[[], str]) -> str:
+    """The cached graph for this commit, else parse() (stored unless the inventory is dynamic)."""
+    if is_dynamic(inventory):
+        log.debug("inventory %s is dynamic: not cached", inventory_name)
+        return parse()
+    path = cache_dir / f"{_key(commit, inventory_name, host)}.graph"
+    with contextlib.suppress(OSError):
+        text = path.read_text(encoding="utf-8")
+        os.utime(path)
+        return text
+    text = parse()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, text.encode())
+    _prune(cache_dir)
+    return text
+
+
+def _prune(cache_dir: Path) -> None:
+    entries = sorted(cache_dir.glob("*.graph"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[KEEP:]:
+        old.unlink(missing_ok=True)

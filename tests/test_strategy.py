@@ -1,0 +1,110 @@
+"""ansible.strategy: mitogen and linear give the same drift report on the same drifted host; a mitogen
+that cannot load falls back to linear; facts are gathered once and then reused from the cache."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import runner
+from agent.inventory import RunPlan
+from agent.runner import RunMode, RunnerSettings
+from tests.conftest import APP_INVENTORY, make_repo
+
+pytestmark = pytest.mark.ansible
+
+PLAYBOOK = """\
+- name: App
+  hosts: app
+  gather_facts: true
+  tasks:
+    - name: App config
+      ansible.builtin.copy:
+        dest: "{{ target_root }}/app.conf"
+        content: "version={{ app_version }}\\nos={{ ansible_facts['system'] }}\\n"
+        mode: "0644"
+    - name: App folder
+      ansible.builtin.file:
+        path: "{{ target_root }}/data"
+        state: directory
+        mode: "0755"
+    - name: Motd line
+      ansible.builtin.lineinfile:
+        path: "{{ target_root }}/motd"
+        line: "managed by gitops-agent"
+    - name: Already right
+      ansible.builtin.copy:
+        dest: "{{ target_root }}/ok.conf"
+        content: "fine\\n"
+        mode: "0644"
+    - name: Migrate
+      ansible.builtin.command: /bin/true
+"""
+
+
+def drifted_repo(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "app.conf").write_text("version=0\n")  # wrong content; data/ missing
+    (root / "motd").write_text("hello\n")  # a line missing
+    (root / "ok.conf").write_text("fine\n")
+    (root / "ok.conf").chmod(0o644)
+    return make_repo(tmp_path / "origin", {"playbooks/app.yml": PLAYBOOK,
+                                           "inventory/hosts.yml": APP_INVENTORY}).path
+
+
+def comparable(report: dict[str, Any]) -> dict[str, Any]:
+    drift = [{k: v for k, v in d.items() if k != "first_seen_at"} for d in report["drift"]]
+    return {"status": report["status"], "drift": drift, "stats": report["stats"]}
+
+
+def test_mitogen_and_linear_report_the_same_drift(cli, write_config, tmp_path: Path) -> None:
+    repo = drifted_repo(tmp_path)
+    reports = {}
+    for strategy in ("mitogen", "linear"):
+        config = write_config(repo, ansible__strategy=strategy, state_dir=str(tmp_path / strategy))
+        result = cli("run", "--check", "--json", "--config", str(config))
+        assert result.code == 2, result.err
+        reports[strategy] = comparable(result.report)
+    assert reports["mitogen"] == reports["linear"]
+    drift = reports["linear"]["drift"]
+    assert [(d["task"], d["kind"]) for d in drift] == [
+        ("App config", "intentional"), ("App folder", "intentional"), ("Motd line", "intentional"),
+        ("Migrate", "unverifiable")]
+    assert drift[0]["diffs"][0]["before"] == "version=0\n"
+    assert drift[0]["diffs"][0]["after"] == "version=1\nos=Linux\n"
+    assert (tmp_path / "root/app.conf").read_text() == "version=0\n"  # a check never changes the host
+
+
+def test_facts_are_gathered_once_and_cached(cli, write_config, tmp_path: Path) -> None:
+    config = write_config(drifted_repo(tmp_path))
+    assert cli("run", "--json", "--config", str(config)).report["status"] == "corrected"
+    (cache,) = (tmp_path / "state/facts").iterdir()  # one file: this host's facts
+    gathered_at = cache.stat().st_mtime_ns
+    assert cache.stat().st_mode & 0o077 == 0 or (tmp_path / "state/facts").stat().st_mode & 0o077 == 0
+    result = cli("run", "--check", "--json", "--config", str(config))
+    assert result.report["status"] == "in_sync"
+    assert cache.stat().st_mtime_ns == gathered_at  # check, apply, recheck, check: one gathering
+
+
+def test_mitogen_that_cannot_load_falls_back_to_linear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    broken = tmp_path / "broken-strategy"
+    broken.mkdir()
+    (broken / "mitogen_linear.py").write_text("raise ImportError('mitogen is broken here')\n")
+    monkeypatch.setattr(runner, "mitogen_strategy_dir", lambda: broken)
+    repo = make_repo(tmp_path / "origin", {"playbooks/app.yml": PLAYBOOK.replace("true", "false", 1)
+                                           .replace("\\nos={{ ansible_facts['system'] }}", ""),
+                                           "inventory/hosts.yml": APP_INVENTORY})
+    plan = RunPlan(host="testhost", commit="0" * 40, roles=("app",), playbooks=(repo.path / "playbooks/app.yml",),
+                   inventory=repo.path / "inventory", project_dir=repo.path)
+    settings = RunnerSettings(work_dir=tmp_path / "work", timeout_s=120, strategy="mitogen",
+                              extra_vars={"target_root": str(tmp_path / "root")})
+    (tmp_path / "root").mkdir()
+    with caplog.at_level(logging.WARNING, logger="agent.runner"):
+        result = runner.run_playbooks(plan, RunMode.CHECK, settings, cancel=lambda: False)
+    assert [t.task for t in result.parsed.tasks][:2] == ["App config", "App folder"]  # ran, with linear
+    assert "running with linear" in caplog.text
