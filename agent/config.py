@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,16 @@ def _string_list(value: Any) -> tuple[str, ...]:
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB)?\s*$", re.IGNORECASE)
+
+
+def _regex_list(value: Any) -> tuple[str, ...]:
+    patterns = _string_list(value)
+    for i, pattern in enumerate(patterns):
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"item {i}: invalid regular expression {pattern!r} ({e})") from None
+    return patterns
 
 
 def _size(value: Any) -> int:
@@ -150,6 +161,9 @@ SETTINGS: tuple[Setting, ...] = (
             "facts are reused this long (check, apply and recheck of a cycle gather once)"),
     Setting("metrics_textfile", _opt_string, None,
             "write Prometheus metrics here after each cycle (node_exporter textfile collector)"),
+    Setting("redact", _regex_list, [], "regexes: what they match in reports becomes [REDACTED]"),
+    Setting("vault_password_file", _opt_string, None,
+            "Ansible Vault password file (mode 0600); vault values are redacted from reports"),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 _SECTIONS = {s.name.split(".")[0] for s in SETTINGS if "." in s.name}
@@ -212,6 +226,8 @@ class AgentConfig:
     history: int
     metrics_textfile: Path | None = None
     outbox: OutboxConfig = OutboxConfig()
+    redact: tuple[str, ...] = ()
+    vault_password_file: Path | None = None
     ansible: AnsibleConfig = AnsibleConfig()
     path: Path | None = None
 
@@ -297,10 +313,31 @@ def _build(v: dict[str, Any], base: Path, origin: str) -> AgentConfig:
         inventory=v["inventory"], mode=v["mode"], extra_vars=v["extra_vars"], schedule=schedule,
         collector=collector, state_dir=state_dir, lock_wait_s=v["lock_wait"], history=v["history"],
         metrics_textfile=_resolve_path(v["metrics_textfile"], base),
-        outbox=outbox,
+        outbox=outbox, redact=v["redact"],
+        vault_password_file=_private_file(_resolve_path(v["vault_password_file"], base), origin),
         ansible=AnsibleConfig(v["ansible.strategy"], v["ansible.gather_subset"],
                               v["ansible.fact_cache_timeout"]),
     )
+
+
+def _private_file(path: Path | None, origin: str) -> Path | None:
+    """A secret file must exist and be private (like ssh's rule for keys): our owner, no group/other bits."""
+    if path is None:
+        return None
+    try:
+        info = path.stat()
+    except OSError as e:
+        raise ConfigError(f"{origin}: 'vault_password_file': {path}: cannot use it ({e.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"{origin}: 'vault_password_file': {path} is not a regular file")
+    if info.st_mode & 0o077:
+        raise ConfigError(
+            f"{origin}: 'vault_password_file': permissions {stat.S_IMODE(info.st_mode):04o} for '{path}' "
+            f"are too open: it must not be accessible by group or others (chmod 600 {path})")
+    if info.st_uid != os.geteuid():
+        raise ConfigError(f"{origin}: 'vault_password_file': {path} is owned by uid {info.st_uid}, not by "
+                          f"the agent's user (uid {os.geteuid()})")
+    return path
 
 
 def config_path(explicit: str | None) -> Path:

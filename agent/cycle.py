@@ -14,14 +14,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent import __version__, delivery, drift, invcache, policy, requirements, runner
+from agent import __version__, delivery, drift, invcache, policy, requirements, runner, vault
 from agent.config import AgentConfig
 from agent.drift import DriftContext, Finding
 from agent.errors import AgentError, RewindError, RunTimeoutError, VerifyError
 from agent.events import TaskResult
 from agent.inventory import RunPlan, make_plan, parse_graph
 from agent.lock import cycle_lock
-from agent.redact import redact_url
+from agent.redact import Redactor, redact_record, redact_report, redact_url
 from agent.report import (
     ApplyResult,
     DriftItem,
@@ -95,7 +95,9 @@ class Cycle:
             work_dir=self.store.work_dir, timeout_s=config.schedule.timeout_s,
             extra_vars=dict(config.extra_vars), strategy=config.ansible.strategy,
             fact_cache_dir=config.state_dir / "facts", gather_subset=config.ansible.gather_subset,
-            fact_cache_timeout_s=config.ansible.fact_cache_timeout_s)
+            fact_cache_timeout_s=config.ansible.fact_cache_timeout_s,
+            vault_password_file=config.vault_password_file)
+        self.redactor = Redactor(config.redact)  # plus the checkout's vault values once it is known
 
     def run(self, options: CycleOptions) -> Report:
         """One full cycle under the state directory's lock. Never raises AgentError: it reports it."""
@@ -117,7 +119,7 @@ class Cycle:
         except RunTimeoutError as e:
             attempt.status = Status.FAILED
             attempt.fail(str(e))
-            log.error("cycle stopped: phase=%s error=%s", attempt.phase.value, e)
+            log.error("cycle stopped: phase=%s error=%s", attempt.phase.value, self.redactor(str(e)))
         except (RewindError, VerifyError) as e:
             attempt.phase = Phase.VERIFY
             outcome = getattr(e, "outcome", None)  # SignatureRejectedError says which commit and key
@@ -125,13 +127,14 @@ class Cycle:
                 attempt.signature, attempt.refused_commit = outcome.signature, outcome.commit
             attempt.status = Status.ERROR
             attempt.fail(str(e))
-            log.error("source refused: phase=verify error=%s", e)
+            log.error("source refused: phase=verify error=%s", self.redactor(str(e)))
         except AgentError as e:
             attempt.status = Status.ERROR
             attempt.fail(str(e))
-            log.error("cycle failed: phase=%s error=%s", attempt.phase.value, e)
+            log.error("cycle failed: phase=%s error=%s", attempt.phase.value, self.redactor(str(e)))
         attempt.durations["total"] = time.monotonic() - started
         report, state = self._report(attempt, state, options)
+        report = redact_report(report, self.redactor)  # before it is written or sent anywhere
         self.store.save(state)
         self.store.write_report(report)
         delivery.enqueue(self.config, report)
@@ -169,6 +172,8 @@ class Cycle:
         return self._decide_and_apply(attempt, state, options, check)
 
     def _plan(self, revision: Revision) -> RunPlan:
+        self.redactor = vault.redactor(revision.path, patterns=self.config.redact,
+                                       password_file=self.config.vault_password_file)
         requirements.check(revision.path)
         inventory = revision.path / self.config.inventory
         playbooks_dir = revision.path / self.config.playbooks
@@ -193,6 +198,7 @@ class Cycle:
             result = runner.run_playbooks(plan, mode, settings, cancel=self.cancel, playbooks=playbooks)
         finally:
             self._timed(attempt, name, started)
+        result = replace(result, parsed=redact_record(result.parsed, self.redactor))  # task names, diffs
         if result.status == "timeout":
             raise RunTimeoutError(f"ansible {name} stopped after {time.monotonic() - started:.0f}s: "
                                   f"the cycle ran past schedule.timeout ({self.config.schedule.timeout_s:g}s)")  # noqa: E501

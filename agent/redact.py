@@ -3,18 +3,29 @@
 - ``redact_url``: the credentials in a URL's user-info, and token-like query parameters, become ``***``.
 - ``redact_text``: the same for every URL inside free text (git's error output echoes the URL it used), plus
   the secrets of the URLs the caller passes, wherever they appear on their own.
-- ``Redactor``: configurable regexes (``redact: [regex, ...]``); each match becomes ``[REDACTED]``.
+- ``Redactor``: configurable regexes (``redact: [regex, ...]``); each match becomes ``[REDACTED]``; and
+  known secret values (Ansible Vault plaintexts), each occurrence of which becomes ``[REDACTED: vault]``.
+- ``redact_report``: a Report with every free-text field passed through a Redactor.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from agent.errors import ConfigError
+from agent.report import Report
 
 MARKER = "[REDACTED]"
+VAULT_MARKER = "[REDACTED: vault]"
+# Identifiers, not content: never passed through patterns (a pattern must not break a run id or a commit).
+KEEP_FIELDS = frozenset({"run_id", "host", "agent_version", "commit", "previous_commit", "role", "module"})
+T = TypeVar("T")
 URL_MASK = "***"
 MIN_SECRET_LEN = 4  # shorter secrets are not searched for on their own (they would hit ordinary words)
 TOKEN_PARAMS = ("token", "access_token", "private_token", "password", "passwd", "secret", "key", "sig",
@@ -84,7 +95,10 @@ class Redactor:
     (``password=(\\S+)`` keeps ``password=``). Empty matches are ignored. URL credentials are masked too.
     """
 
-    def __init__(self, patterns: Sequence[str], *, marker: str = MARKER, urls: bool = True) -> None:
+    def __init__(self, patterns: Sequence[str], *, marker: str = MARKER, urls: bool = True,
+                 secrets: Iterable[str] = ()) -> None:
+        literals = sorted({v for s in secrets for v in secret_variants(s)}, key=len, reverse=True)
+        self.secrets = re.compile("|".join(re.escape(v) for v in literals)) if literals else None
         compiled = []
         for i, pattern in enumerate(patterns):
             try:
@@ -99,7 +113,8 @@ class Redactor:
         return self.redact(text)
 
     def redact(self, text: str) -> str:
-        result = redact_url(text) if self.urls else text
+        result = self.secrets.sub(VAULT_MARKER, text) if self.secrets else text  # before patterns cut one
+        result = redact_url(result) if self.urls else result
         for pattern in self.patterns:
             result = pattern.sub(self._replace, result)
         return result
@@ -120,3 +135,38 @@ class Redactor:
             cursor = end
         pieces.append(match.string[cursor:match.end()])
         return "".join(pieces)
+
+
+def secret_variants(value: str) -> set[str]:
+    """The forms in which a secret value can show up in a report: as it is, stripped, JSON-escaped (diffs of
+    structured values), and line by line when it spans lines (a key file re-indented by a template).
+    Pieces shorter than MIN_SECRET_LEN are left out: they would mask ordinary words and numbers."""
+    forms = {value, value.strip(), json.dumps(value)[1:-1]}
+    if "\n" in value.strip():
+        forms.update(line.strip() for line in value.splitlines())
+    return {f for f in forms if len(f) >= MIN_SECRET_LEN}
+
+
+def redact_record(record: T, redact: Callable[[str], str]) -> T:
+    """A copy of a frozen dataclass (nested dataclasses, tuples) with every text field passed through
+    `redact`; enums, numbers, times and the identifiers in KEEP_FIELDS are kept as they are."""
+    return _redacted(record, redact)  # type: ignore[no-any-return]
+
+
+def redact_report(report: Report, redact: Callable[[str], str]) -> Report:
+    """The report as it may be written and sent: configured patterns and known secrets replaced."""
+    return redact_record(report, redact)
+
+
+def _redacted(value: Any, redact: Callable[[str], str]) -> Any:
+    if isinstance(value, enum.Enum):
+        return value
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, tuple):
+        return tuple(_redacted(v, redact) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{
+            f.name: _redacted(getattr(value, f.name), redact)
+            for f in dataclasses.fields(value) if f.name not in KEEP_FIELDS and f.init})
+    return value

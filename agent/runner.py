@@ -51,6 +51,12 @@ class RunnerSettings:
     fact_cache_dir: Path | None = None  # jsonfile fact cache; None: facts live only for one run
     fact_cache_timeout_s: float = 600.0
     gather_subset: tuple[str, ...] = ()  # gathered once (cached) before the playbooks; (): as they say
+    vault_password_file: Path | None = None  # passed to ansible-playbook and ansible-inventory
+
+    @property
+    def vault_args(self) -> list[str]:
+        return [] if self.vault_password_file is None else ["--vault-password-file",
+                                                            str(self.vault_password_file)]
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,8 @@ def inventory_graph(inventory: Path, project_dir: Path, settings: RunnerSettings
     with tempfile.TemporaryDirectory(prefix="inventory-", dir=settings.work_dir) as private:
         try:
             out, err, rc = ansible_runner.run_command(
-                executable_cmd=str(tool), cmdline_args=["-i", str(inventory), "--graph"],
+                executable_cmd=str(tool),
+                cmdline_args=["-i", str(inventory), "--graph", *settings.vault_args],
                 private_data_dir=private, project_dir=str(project_dir), envvars=env, quiet=True,
                 timeout=int(max(settings.timeout_s, 1)), input_fd=None,
             )
@@ -199,12 +206,13 @@ def _gather_playbook(private: Path, host: str, subset: tuple[str, ...]) -> Path:
     return path
 
 
-def _args(plan: RunPlan, mode: RunMode, extra_file: Path, books: tuple[Path, ...]) -> str:
+def _args(plan: RunPlan, mode: RunMode, extra_file: Path, books: tuple[Path, ...],
+          vault_args: list[str]) -> str:
     flags = ["--check", "--diff"] if mode is RunMode.CHECK else ["--diff"]
     # Options first, then every playbook: ansible-playbook runs several in order, each with its own
     # basedir. ansible-runner appends its single `playbook` argument after cmdline.
     args = [*flags, "-i", str(plan.inventory), "--limit", plan.host, "-e", f"@{extra_file}",
-            *(str(b) for b in books[:-1])]
+            *vault_args, *(str(b) for b in books[:-1])]
     return " ".join(shlex.quote(a) for a in args)
 
 
@@ -251,7 +259,7 @@ def _run(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
     try:
         runner = ansible_runner.run(
             private_data_dir=str(private), project_dir=str(plan.project_dir), playbook=str(books[-1]),
-            cmdline=_args(plan, mode, extra_file, books), envvars=env, quiet=True,
+            cmdline=_args(plan, mode, extra_file, books, settings.vault_args), envvars=env, quiet=True,
             timeout=int(max(settings.timeout_s, 1)), event_handler=keep_in_memory,
             cancel_callback=cancel, suppress_env_files=True,
             fact_cache=str(settings.fact_cache_dir or private / "facts"),

@@ -84,3 +84,43 @@ def test_help_teaches_settings(cli) -> None:
     result = cli("--help")
     assert result.code == 0
     assert "source.url" in result.out and "exit codes" in result.out
+
+
+def test_redact_patterns(tmp_path: Path) -> None:
+    cfg = config.validate({"source": {"url": "x"}, "redact": [r"LIC-\d+", "pass=(\\S+)"]})
+    assert cfg.redact == (r"LIC-\d+", "pass=(\\S+)") and cfg.vault_password_file is None
+    assert config.validate({"source": {"url": "x"}}).redact == ()
+    with pytest.raises(ConfigError, match=r"'redact': item 1: invalid regular expression '\('"):
+        config.validate({"source": {"url": "x"}, "redact": ["ok", "("]})
+    with pytest.raises(ConfigError, match="'redact': expected a list of strings"):
+        config.validate({"source": {"url": "x"}, "redact": "LIC-.*"})
+
+
+def test_vault_password_file_must_exist_and_be_private(tmp_path: Path) -> None:
+    path = tmp_path / "vault-pass"
+    data = {"source": {"url": "x"}, "vault_password_file": "vault-pass"}
+    with pytest.raises(ConfigError, match=r"'vault_password_file': .*/vault-pass: cannot use it \(No such file"):
+        config.validate(data, base=tmp_path)
+    path.write_text("pw\n")
+    path.chmod(0o640)
+    with pytest.raises(ConfigError) as err:
+        config.validate(data, base=tmp_path)
+    assert str(err.value) == (f"config: 'vault_password_file': permissions 0640 for '{path}' are too open: it "
+                              f"must not be accessible by group or others (chmod 600 {path})")
+    path.chmod(0o600)
+    assert config.validate(data, base=tmp_path).vault_password_file == path
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        config.validate({**data, "vault_password_file": str(tmp_path)})
+
+
+def test_vault_password_file_owned_by_someone_else(tmp_path: Path) -> None:
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a file away")
+    path = tmp_path / "vault-pass"
+    path.write_text("pw\n")
+    path.chmod(0o600)
+    os.chown(path, 4242, -1)
+    with pytest.raises(ConfigError, match=r"owned by uid 4242, not by the agent's user \(uid 0\)"):
+        config.validate({"source": {"url": "x"}, "vault_password_file": str(path)})
