@@ -107,7 +107,8 @@ def test_a_cycle_past_its_timeout_is_stopped_and_reported(cli, write_config, tmp
     started = time.monotonic()
     result = cli("run", "--json", "--config", str(write_config(repo.path, schedule={"timeout": "15s"})))
     assert time.monotonic() - started < 60
-    assert (result.code, result.report["status"], result.report["phase_reached"]) == (1, "failed", "apply")
-    assert "ran past schedule.timeout (15s)" in result.report["errors"][0]["message"]
+    assert (result.code, result.report["status"]) == (1, "failed")
+    assert result.report["phase_reached"] in ("check", "apply")  # where 15 s ran out depends on load
+    assert "schedule.timeout" in result.report["errors"][0]["message"]
     wait_for(lambda: not sleepers(), 10, "the sleeping task to be killed with its process group")
     assert os.path.exists(tmp_path / "state/last_run.json")
