@@ -82,11 +82,10 @@ def _base_env(project_dir: Path, settings: RunnerSettings) -> dict[str, str]:
         "ANSIBLE_LOCALHOST_WARNING": "False",
         "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
         "ANSIBLE_DEPRECATION_WARNINGS": "False",
-        "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+        "ANSIBLE_PYTHON_INTERPRETER": sys.executable,  # pinned: no interpreter discovery
         "ANSIBLE_CALLBACK_PLUGINS": str(PLUGIN_DIR / "callback"),
         "ANSIBLE_CALLBACKS_ENABLED": "gitops_agent",
         "ANSIBLE_LOCAL_TEMP": str(settings.work_dir / "tmp"),
-        "ANSIBLE_INTERPRETER_PYTHON": sys.executable,  # no interpreter discovery
         "ANSIBLE_SYSTEM_WARNINGS": "False",
         "ANSIBLE_DEVEL_WARNING": "False",
     }
