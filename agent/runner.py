@@ -27,6 +27,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from agent import events
 from agent.errors import PlanError, RunnerError
 from agent.inventory import RunPlan
@@ -86,11 +88,10 @@ def _base_env(project_dir: Path, settings: RunnerSettings) -> dict[str, str]:
         "ANSIBLE_LOCALHOST_WARNING": "False",
         "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
         "ANSIBLE_DEPRECATION_WARNINGS": "False",
-        "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+        "ANSIBLE_PYTHON_INTERPRETER": sys.executable,  # pinned: no interpreter discovery
         "ANSIBLE_CALLBACK_PLUGINS": str(PLUGIN_DIR / "callback"),
         "ANSIBLE_CALLBACKS_ENABLED": "gitops_agent",
         "ANSIBLE_LOCAL_TEMP": str(settings.work_dir / "tmp"),
-        "ANSIBLE_INTERPRETER_PYTHON": sys.executable,  # no interpreter discovery
         "ANSIBLE_SYSTEM_WARNINGS": "False",
         "ANSIBLE_DEVEL_WARNING": "False",
     }
@@ -206,6 +207,22 @@ def _gather_playbook(private: Path, host: str, subset: tuple[str, ...]) -> Path:
     return path
 
 
+def plays_gather_facts(books: tuple[Path, ...]) -> bool:
+    """Whether any play in these playbooks gathers facts (gather_facts unset counts as yes; a playbook
+    that imports others or cannot be read counts as yes too). No play gathering: no prologue either."""
+    for book in books:
+        try:
+            plays = yaml.safe_load(book.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            return True
+        for play in plays if isinstance(plays, list) else [plays]:
+            if not isinstance(play, dict) or any("import_playbook" in key for key in play):
+                return True
+            if str(play.get("gather_facts", True)).lower() not in ("false", "no", "0"):
+                return True
+    return False
+
+
 def _args(plan: RunPlan, mode: RunMode, extra_file: Path, books: tuple[Path, ...],
           vault_args: list[str]) -> str:
     flags = ["--check", "--diff"] if mode is RunMode.CHECK else ["--diff"]
@@ -246,7 +263,7 @@ def _run(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
     extra_file.write_text(json.dumps(extra), encoding="utf-8")
     extra_file.chmod(0o600)
     books = playbooks if playbooks is not None else plan.playbooks
-    if settings.gather_subset:
+    if settings.gather_subset and plays_gather_facts(books):
         books = (_gather_playbook(private, plan.host, settings.gather_subset), *books)
     collected: list[dict[str, Any]] = []
     _become_subreaper()

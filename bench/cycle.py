@@ -22,7 +22,7 @@ from common import BIN, Timing, median, print_table, timed
 from roles import HOST, make_repo, puppet_manifest
 
 
-def prepare(workdir: Path, tasks: int) -> dict[str, list[str]]:
+def prepare(workdir: Path, tasks: int, *, pull: bool = True) -> dict[str, list[str]]:
     """The sandbox (converged once by the agent) and the command of each contender."""
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -46,7 +46,8 @@ def prepare(workdir: Path, tasks: int) -> dict[str, list[str]]:
                          "-c", "local", *extra, "playbooks/bench.yml"],
     }
     # the first pull clones for real (in check mode the git step does not clone); the host is converged
-    timed([a for a in commands["ansible-pull"] if a not in ("--check", "--diff")], cwd=workdir)
+    if pull:
+        timed([a for a in commands["ansible-pull"] if a not in ("--check", "--diff")], cwd=workdir)
     puppet = shutil.which("puppet")
     if puppet:
         manifest = workdir / "bench.pp"

@@ -20,14 +20,12 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/gitops-bench-scale"))
     args = parser.parse_args()
     cpu: dict[tuple[str, int], float] = {}
-    print(f"no-drift check by role size, {args.runs} run(s) each after a warm-up, medians:")
+    print(f"no-drift check by role size, {args.runs} run(s) each on a converged host, medians:")
     print(f"  {'tasks':>5} {'agent wall':>11} {'agent cpu':>10} {'ansible wall':>13} {'ansible cpu':>12} "
           f"{'cpu ratio':>9} {'agent cpu/task':>15} {'ansible cpu/task':>17}")
     for size in args.sizes:
-        commands = prepare(args.workdir / str(size), size)
+        commands = prepare(args.workdir / str(size), size, pull=False)  # converged: agent caches warm
         runs: dict[str, list[Timing]] = {"agent": [], "ansible": []}
-        for name in runs:
-            timed(commands[name], cwd=args.workdir / str(size))
         for _ in range(args.runs):
             for name in runs:
                 runs[name].append(timed(commands[name], cwd=args.workdir / str(size)))

@@ -108,3 +108,14 @@ def test_mitogen_that_cannot_load_falls_back_to_linear(tmp_path: Path, monkeypat
         result = runner.run_playbooks(plan, RunMode.CHECK, settings, cancel=lambda: False)
     assert [t.task for t in result.parsed.tasks][:2] == ["App config", "App folder"]  # ran, with linear
     assert "running with linear" in caplog.text
+
+
+def test_facts_prologue_only_when_a_play_gathers(tmp_path: Path) -> None:
+    books = {"off": "- hosts: all\n  gather_facts: false\n  tasks: []\n",
+             "default": "- hosts: all\n  tasks: []\n",
+             "imports": "- ansible.builtin.import_playbook: other.yml\n"}
+    for name, text in books.items():
+        (tmp_path / f"{name}.yml").write_text(text)
+    assert not runner.plays_gather_facts((tmp_path / "off.yml",))
+    assert runner.plays_gather_facts((tmp_path / "off.yml", tmp_path / "default.yml"))
+    assert runner.plays_gather_facts((tmp_path / "imports.yml",))
