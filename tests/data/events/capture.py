@@ -16,8 +16,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the checkout, when run as a script
+
 from agent import events, runner
 from agent.inventory import RunPlan
+from tests.test_events import as_json
 
 KEEP = ("event", "event_data", "stdout")
 
@@ -54,17 +57,6 @@ def main() -> None:
     parsed = events.parse(json.loads(text), host="localhost", notes=captured["notes"])
     (case / "expected.json").write_text(json.dumps(as_json(parsed), indent=1) + "\n")
     print(f"{case}: {len(result.parsed.tasks)} task results, status {result.status}", file=sys.stderr)
-
-
-def as_json(parsed: events.ParsedRun) -> dict[str, Any]:
-    def task(t: events.TaskResult) -> dict[str, Any]:
-        return {"role": t.role, "play": t.play, "task": t.task, "module": t.module,
-                "outcome": t.outcome.value, "no_log": t.no_log, "ignored": t.ignored,
-                "check_mode_skip": t.check_mode_skip, "message": t.message,
-                "diffs": [[d.path, d.before, d.after] for d in t.diffs]}
-
-    return {"tasks": [task(t) for t in parsed.tasks], "stats": parsed.stats.__dict__,
-            "messages": list(parsed.messages)}
 
 
 if __name__ == "__main__":
