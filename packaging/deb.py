@@ -36,7 +36,7 @@ AGENT = Package(
         "libraries are bundled in a virtualenv under /opt/gitops-agent, built for this\n"
         "release's python3."
     ),
-    depends="python3 (>= 3.11~), python3 (<< 3.12), libc6 (>= 2.34), git, openssh-client, python3-apt",
+    depends="python3 (>= 3.11~), python3 (<< 3.12), libc6 (>= 2.34), git, openssh-client, python3-apt, gpg",
     unit="gitops-agent.service",
     conffiles=(),  # agent.yaml is generated, see stage_agent
 )
@@ -114,8 +114,26 @@ def stage_common(stage: Path, pkg: Package, *, venv: Path, version: str, date: s
         _install(src, stage / path.lstrip("/"), 0o644)
 
 
+# Debian's apt bindings (package python3-apt, a dependency) made importable by the bundled interpreter, and
+# nothing else of /usr/lib/python3/dist-packages. Without them Ansible's apt module re-executes itself
+# under /usr/bin/python3 ("respawn"), which the mitogen strategy cannot do: every apt task failed.
+SYSTEM_APT = "opt/gitops-agent/lib/python3.11/system-apt"
+SYSTEM_APT_MODULES = ("apt", "aptsources", "apt_pkg.cpython-311-x86_64-linux-gnu.so",
+                      "apt_inst.cpython-311-x86_64-linux-gnu.so")
+
+
+def stage_system_apt(stage: Path) -> None:
+    bridge = stage / SYSTEM_APT
+    bridge.mkdir(parents=True, exist_ok=True)
+    for name in SYSTEM_APT_MODULES:
+        (bridge / name).symlink_to(f"/usr/lib/python3/dist-packages/{name}")
+    _write(stage / "opt/gitops-agent/lib/python3.11/site-packages/gitops-agent-system-apt.pth",
+           f"/{SYSTEM_APT}\n", 0o644)
+
+
 def stage_agent_extras(stage: Path, agent_yaml: str) -> None:
     _write(stage / "etc/gitops-agent/agent.yaml", agent_yaml, 0o644)
+    stage_system_apt(stage)
     (stage / "var/lib/gitops-agent").mkdir(parents=True, exist_ok=True)
     (stage / "var/lib/gitops-agent").chmod(0o700)
     _install(HERE / "bin/restart-when-idle", stage / "usr/lib/gitops-agent/restart-when-idle", 0o755)

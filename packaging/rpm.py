@@ -115,6 +115,12 @@ def restage(deb_stage: Path, rpm_stage: Path) -> Path:
     shutil.rmtree(rpm_stage / "usr/share/lintian", ignore_errors=True)
     for debian_only in (rpm_stage / "usr/share/doc").glob("*/changelog.Debian.gz"):
         debian_only.unlink()
+    # The bridge to Debian's apt bindings: on RHEL, dnf's bindings belong to the platform Python, so
+    # Ansible's dnf module re-executes itself there instead.
+    for debian_only in rpm_stage.glob("opt/*/lib/python3.11/site-packages/gitops-agent-system-apt.pth"):
+        debian_only.unlink()
+    for debian_only in rpm_stage.glob("opt/*/lib/python3.11/system-apt"):
+        shutil.rmtree(debian_only)
     return rpm_stage
 
 
@@ -123,7 +129,7 @@ def build(rpm_stage: Path, *, name: str, version: str, summary: str, description
     agent = name == "gitops-agent"
     spec = SPEC.format(
         name=name, version=version, summary=summary, description=description, stage=rpm_stage,
-        requires=", git-core, openssh-clients" if agent else "",
+        requires=", git-core, openssh-clients, gnupg2" if agent else "",
         files=AGENT_FILES if agent else COLLECTOR_FILES,
         scripts=AGENT_SCRIPTS if agent else COLLECTOR_SCRIPTS,
     )

@@ -48,7 +48,7 @@ def test_agent_deb_contents(dist: Path) -> None:
     assert roots <= {"etc", "lib", "opt", "usr", "var"}, roots
     control = subprocess.run(["dpkg-deb", "-f", str(deb(dist, "gitops-agent")), "Depends"], check=True,
                              capture_output=True, text=True).stdout
-    for dependency in ("python3", "git", "openssh-client", "python3-apt"):
+    for dependency in ("python3", "git", "openssh-client", "python3-apt", "gpg"):
         assert re.search(rf"(^|, ){dependency}( |,|$)", control), control
 
 
@@ -83,8 +83,9 @@ def test_rpm_metadata_and_files(dist: Path) -> None:
                  "/var/lib/gitops-agent"):
         assert path in files.splitlines(), path
     requires = subprocess.run(["rpm", "-qpR", str(agent)], check=True, capture_output=True, text=True).stdout
-    for dependency in ("python3.11", "git-core", "openssh-clients"):
+    for dependency in ("python3.11", "git-core", "openssh-clients", "gnupg2"):
         assert dependency in requires, requires
+    assert "system-apt" not in files, "Debian's apt bindings bridge has no place on RHEL"
     config = subprocess.run(["rpm", "-qpc", str(agent)], check=True, capture_output=True, text=True).stdout
     assert config.split() == ["/etc/gitops-agent/agent.yaml"]
     collector = subprocess.run(["rpm", "-qpl", str(rpm(dist, "gitops-collector"))], check=True,

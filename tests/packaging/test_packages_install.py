@@ -117,6 +117,12 @@ def test_agent_install_version_check_run_purge(make_host: object, record_propert
                                                       "gitops-agent").stdout
     verify = host.run("systemd-analyze", "verify", "/lib/systemd/system/gitops-agent.service", check=False)
     assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    # Debian's apt bindings (and only they) are importable by the bundled Python: Ansible's apt module
+    # then needs no re-exec under /usr/bin/python3, which the mitogen strategy cannot do.
+    bindings = host.run("/opt/gitops-agent/bin/python3", "-c",
+                        "import apt, apt_pkg, sys; print(apt_pkg.__file__); import yaml; print(yaml.__file__)")
+    assert bindings.stdout.split() == ["/opt/gitops-agent/lib/python3.11/system-apt/apt_pkg.cpython-311-x86_64-linux-gnu.so",
+                                       "/opt/gitops-agent/lib/python3.11/site-packages/yaml/__init__.py"], bindings.stdout
 
     run = host.run("gitops-agent", "run", "--check", "--json", "--config", "/root/agent-test.yaml",
                    check=False, timeout_s=900)
