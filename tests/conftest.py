@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
+# Session fixtures of the root-only tiers (packages, fleet): dist, image_root, signing_key, fleet_root.
+pytest_plugins = ["tests.harness.fixtures"]
+
 ROOT = Path(__file__).resolve().parent.parent
 GIT_ENV = {"GIT_AUTHOR_NAME": "Test Author", "GIT_AUTHOR_EMAIL": "author@example.com",
            "GIT_COMMITTER_NAME": "Test Author", "GIT_COMMITTER_EMAIL": "author@example.com",

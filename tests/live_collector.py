@@ -63,19 +63,20 @@ def free_port() -> int:
 
 
 class CollectorProcess:
-    """`gitops-collector serve` on 127.0.0.1:port as a child process."""
+    """`gitops-collector serve` on address:port (127.0.0.1 unless told) as a child process."""
 
     def __init__(self, db_url: str, port: int | None = None, *extra: str,
-                 ca_file: Path | None = None) -> None:
+                 ca_file: Path | None = None, address: str = "127.0.0.1") -> None:
         self.db_url = db_url
+        self.address = address
         self.port = port or free_port()
         self.extra = extra
         self.ca_file = ca_file
-        self.url = f"{'https' if ca_file else 'http'}://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ca_file else 'http'}://{address}:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 30.0) -> CollectorProcess:
-        cmd = [sys.executable, "-m", "agent.collector.cli", "serve", "--listen", f"127.0.0.1:{self.port}",
+        cmd = [sys.executable, "-m", "agent.collector.cli", "serve", "--listen", f"{self.address}:{self.port}",
                "--db", self.db_url, "--log-level", "warning", *self.extra]
         # its own process group, so that stopping it also stops any worker processes it forked
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -19,7 +19,7 @@ import ipaddress
 import shlex
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +88,27 @@ class Bridge:
         subprocess.run(["ip", "link", "del", self.name], capture_output=True, check=False)
 
 
+def add_netns(name: str, bridge: Bridge | None = None, address: str | None = None) -> str:
+    """A fresh network namespace ga-NAME with lo up and, given a bridge, eth0 at address on it."""
+    netns = f"ga-{name}"[:15]
+    subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
+    _ip("netns", "add", netns)
+    _ip("-n", netns, "link", "set", "lo", "up")
+    if bridge is not None and address is not None:
+        veth = f"vga-{name}"[:15]
+        subprocess.run(["ip", "link", "del", veth], capture_output=True, check=False)
+        _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
+        _ip("link", "set", veth, "master", bridge.name, "up")
+        _ip("-n", netns, "addr", "add", f"{address}/{bridge.prefixlen}", "dev", "eth0")
+        _ip("-n", netns, "link", "set", "eth0", "up")
+    return netns
+
+
+def del_netns(name: str) -> None:
+    subprocess.run(["ip", "netns", "del", f"ga-{name}"[:15]], capture_output=True, check=False)
+    subprocess.run(["ip", "link", "del", f"vga-{name}"[:15]], capture_output=True, check=False)
+
+
 @dataclass
 class Host:
     name: str
@@ -99,29 +120,21 @@ class Host:
     log: Path
 
     @classmethod
-    def start(cls, name: str, *, lower: Path, workdir: Path, bridge: Bridge | None = None,
+    def start(cls, name: str, *, lower: Path | Sequence[Path], workdir: Path, bridge: Bridge | None = None,
               address: str | None = None, timeout_s: float = 20.0) -> Host:
-        """Start a host on an overlay of lower; its writable layer lives in workdir/upper."""
+        """Start a host on an overlay of lower (one directory, or several: uppermost first); its writable
+        layer lives in workdir/upper."""
         upper, work, merged = workdir / "upper", workdir / "work", workdir / "merged"
         for path in (upper, work, merged):
             path.mkdir(parents=True, exist_ok=True)
-        netns = f"ga-{name}"[:15]
-        subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
-        _ip("netns", "add", netns)
-        _ip("-n", netns, "link", "set", "lo", "up")
-        if bridge is not None and address is not None:
-            veth = f"vga-{name}"[:15]
-            subprocess.run(["ip", "link", "del", veth], capture_output=True, check=False)
-            _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
-            _ip("link", "set", veth, "master", bridge.name, "up")
-            _ip("-n", netns, "addr", "add", f"{address}/{bridge.prefixlen}", "dev", "eth0")
-            _ip("-n", netns, "link", "set", "eth0", "up")
+        netns = add_netns(name, bridge, address)
+        lowerdir = str(lower) if isinstance(lower, Path) else ":".join(map(str, lower))
         log = workdir / "host.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
                 ["ip", "netns", "exec", netns, "unshare", "--uts", "--ipc", "--mount", "--pid", "--fork",
                  "--propagation", "private", "/bin/sh", "-c", _BOOT, "boot",
-                 str(lower), str(upper), str(work), str(merged), name],
+                 lowerdir, str(upper), str(work), str(merged), name],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
         host = cls(name, netns, 0, upper, process, address, log)
@@ -174,8 +187,7 @@ class Host:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=timeout_s)
-        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True, check=False)
-        subprocess.run(["ip", "link", "del", f"vga-{self.name}"[:15]], capture_output=True, check=False)
+        del_netns(self.name)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,7 +105,7 @@ class Machine:
 
 
 @contextlib.contextmanager
-def booted(name: str, *, lower: Path, upper: Path, workdir: Path, netns: str | None = None,
+def booted(name: str, *, lower: Path | Sequence[Path], upper: Path, workdir: Path, netns: str | None = None,
            extra_args: tuple[str, ...] = ()) -> Iterator[Machine]:
     work, merged = workdir / "work", workdir / "merged"
     for path in (upper, work, merged):
@@ -117,7 +117,8 @@ def booted(name: str, *, lower: Path, upper: Path, workdir: Path, netns: str | N
     with log.open("wb") as out:
         process = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", _LAUNCH, "nspawn",
-             str(lower), str(upper), str(work), str(merged), f"gitops-test-{name}", *args, *extra_args],
+             str(lower) if isinstance(lower, Path) else ":".join(map(str, lower)), str(upper), str(work),
+             str(merged), f"gitops-test-{name}", *args, *extra_args],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     machine = Machine(name, process, log)
