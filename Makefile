@@ -29,14 +29,22 @@ test: venv
 unit: venv
 	$(BIN)/pytest -m "not ansible and not fleet" $(PYTEST_ARGS)
 
-# .deb and .rpm of gitops-agent and gitops-collector into dist/ (root: builds in a chroot; docs/packaging.md)
-packages: venv
+# .deb and .rpm of gitops-agent and gitops-collector into dist/ (root: builds in a chroot; docs/packaging.md).
+# Rebuilt only when a tracked file they are made from changed (`rm dist/.built` forces it).
+packages: dist/.built
+
+dist/.built: $(VENV)/.installed $(shell git ls-files agent packaging pyproject.toml 2>/dev/null)
 	bash .ci/system-deps
 	$(BIN)/python packaging/build.py --out dist
+	touch $@
 
 # Install/run/purge/boot tests of the packages in isolated hosts (root, minutes)
-test-packages: packages
+test-packages: dist/.built
 	GITOPS_TEST_DIST=dist $(BIN)/pytest -m fleet tests/packaging $(PYTEST_ARGS)
+
+# The fleet in a box: 4 isolated hosts with the agent's .deb, a Git server and a collector (root, minutes)
+test-fleet: dist/.built
+	GITOPS_TEST_DIST=dist $(BIN)/pytest -m fleet tests/fleet $(PYTEST_ARGS)
 
 clean:
 	rm -rf demo dist build .pytest_cache .mypy_cache .ruff_cache
