@@ -68,6 +68,7 @@ class RunResult:
     rc: int | None
     parsed: events.ParsedRun
     duration_s: float
+    respawn_failed: bool = False  # a module could not re-execute itself under another interpreter
 
     @property
     def ok(self) -> bool:
@@ -236,14 +237,33 @@ def _args(plan: RunPlan, mode: RunMode, extra_file: Path, books: tuple[Path, ...
 def run_playbooks(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
                   cancel: Callable[[], bool], playbooks: tuple[Path, ...] | None = None) -> RunResult:
     """Run the plan's playbooks (or a subset) for plan.host: --check --diff, or for real with --diff.
-    With ansible.strategy mitogen, a run that mitogen cannot even start is run again with linear."""
+    With ansible.strategy mitogen, a run that mitogen cannot start, or in which a module could not
+    re-execute itself under another Python (Ansible's respawn: apt/dnf without their bindings, which
+    mitogen does not support), is run again with linear."""
     result = _run(plan, mode, settings, cancel=cancel, playbooks=playbooks)
-    if settings.strategy == "mitogen" and result.failed_to_start and not cancel() and any(
-            "mitogen" in m.lower() for m in result.parsed.messages):
-        log.warning("the mitogen strategy failed before any task ran (%s); running with linear",
-                    "; ".join(result.parsed.messages)[-300:] or f"rc={result.rc}")
-        result = _run(plan, mode, replace(settings, strategy="linear"), cancel=cancel, playbooks=playbooks)
-    return result
+    if settings.strategy != "mitogen" or cancel():
+        return result
+    if result.failed_to_start and any("mitogen" in m.lower() for m in result.parsed.messages):
+        detail = "; ".join(result.parsed.messages)[-300:] or f"rc={result.rc}"
+        why = f"failed before any task ran ({detail})"
+    elif result.respawn_failed:
+        why = "cannot run a module that re-executes itself under another Python (e.g. apt, dnf)"
+    else:
+        return result
+    log.warning("the mitogen strategy %s; running the %s again with linear", why, mode.value)
+    return _run(plan, mode, replace(settings, strategy="linear"), cancel=cancel, playbooks=playbooks)
+
+
+def module_respawn_failed(raw_events: list[dict[str, Any]]) -> bool:
+    """Did a task fail because its module could not respawn (re-execute under another interpreter)?"""
+    for event in raw_events:
+        if event.get("event") != "runner_on_failed":
+            continue
+        res = (event.get("event_data") or {}).get("res") or {}
+        stderr = res.get("module_stderr") if isinstance(res, dict) else None
+        if isinstance(stderr, str) and "respawn" in stderr:
+            return True
+    return False
 
 
 def _run(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
@@ -291,4 +311,5 @@ def _run(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
     duration = time.monotonic() - started
     log.debug("ansible %s finished: status=%s rc=%s tasks=%d duration_s=%.1f strategy=%s",
               mode.value, status, rc, len(parsed.tasks), duration, env.get("ANSIBLE_STRATEGY", "linear"))
-    return RunResult(mode=mode, status=status, rc=rc, parsed=parsed, duration_s=duration)
+    return RunResult(mode=mode, status=status, rc=rc, parsed=parsed, duration_s=duration,
+                     respawn_failed=module_respawn_failed(collected))

@@ -3,7 +3,10 @@ that cannot load falls back to linear; facts are gathered once and then reused f
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +110,32 @@ def test_mitogen_that_cannot_load_falls_back_to_linear(tmp_path: Path, monkeypat
     with caplog.at_level(logging.WARNING, logger="agent.runner"):
         result = runner.run_playbooks(plan, RunMode.CHECK, settings, cancel=lambda: False)
     assert [t.task for t in result.parsed.tasks][:2] == ["App config", "App folder"]  # ran, with linear
-    assert "running with linear" in caplog.text
+    assert "running the check again with linear" in caplog.text
+
+
+def test_a_module_that_must_respawn_runs_again_with_linear(tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """Ansible's apt module, not finding the apt bindings in the agent's Python, re-executes itself under
+    /usr/bin/python3, which mitogen cannot do: the run is repeated with linear and then succeeds."""
+    if importlib.util.find_spec("apt") is not None:
+        pytest.fail("this venv can import apt: the apt module would not respawn and the test proves nothing")
+    system_apt = subprocess.run(["/usr/bin/python3", "-c", "import apt"], capture_output=True, check=False)
+    if system_apt.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail("python3-apt is missing under CI (.ci/system-deps installs it)")
+        pytest.skip("/usr/bin/python3 has no apt bindings (apt-get install python3-apt)")
+    playbook = ("- hosts: app\n  gather_facts: false\n  tasks:\n"
+                "    - name: Base files are installed\n      ansible.builtin.apt:\n"
+                "        name: base-files\n        state: present\n")
+    repo = make_repo(tmp_path / "origin", {"playbooks/app.yml": playbook, "inventory/hosts.yml": APP_INVENTORY})
+    plan = RunPlan(host="testhost", commit="0" * 40, roles=("app",), playbooks=(repo.path / "playbooks/app.yml",),
+                   inventory=repo.path / "inventory", project_dir=repo.path)
+    settings = RunnerSettings(work_dir=tmp_path / "work", timeout_s=120, strategy="mitogen")
+    with caplog.at_level(logging.WARNING, logger="agent.runner"):
+        result = runner.run_playbooks(plan, RunMode.CHECK, settings, cancel=lambda: False)
+    assert "re-executes itself under another Python" in caplog.text
+    assert [(t.task, t.outcome.value) for t in result.parsed.tasks] == [("Base files are installed", "ok")]
+    assert result.ok and not result.respawn_failed
 
 
 def test_facts_prologue_only_when_a_play_gathers(tmp_path: Path) -> None:
