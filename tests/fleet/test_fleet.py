@@ -133,12 +133,17 @@ def test_4_reports_wait_while_the_collector_is_down_and_arrive_once(fleet: Fleet
     assert_runs(during, exit_code=0, status="in_sync", commit=commit)
     assert_runs(again, exit_code=0, status="in_sync", commit=commit)
     for run in during.values():
-        assert "wait in the outbox" in run.stderr, run.stderr
+        assert "1 report(s) wait in the outbox" in run.stderr, run.stderr
     assert "2 report(s) wait in the outbox" in again["fleet1"].stderr
 
-    for member in fleet.on_demand:
+    # The collector is back: fleet1's next run delivers its backlog with its own report; an operator
+    # flushes the others by hand.
+    after = fleet.run_agents(fleet.on_demand[:1])
+    assert "outbox" not in after["fleet1"].stderr, after["fleet1"].stderr
+    for member in fleet.on_demand[1:]:
         flushed = member.run("gitops-agent", "outbox", "--flush")
-        assert "delivered" in flushed.stdout, flushed.stdout
+        assert "delivered 1," in flushed.stdout, flushed.stdout
+    for member in fleet.on_demand:
         assert member.run("gitops-agent", "outbox", check=False).returncode == 0  # nothing waits
         stored = [r["run_id"] for r in fleet.runs_of(member.name)]
         assert len(stored) == len(set(stored)), f"{member.name}: a report was stored twice"
@@ -147,21 +152,23 @@ def test_4_reports_wait_while_the_collector_is_down_and_arrive_once(fleet: Fleet
 
 def test_5_hosts_keep_their_commit_while_the_git_server_is_down(fleet: Fleet) -> None:
     commit = fleet.repo.git("rev-parse", "HEAD")
-    member = fleet.members["fleet3"]
+    edited = fleet.members["fleet3"]
     fleet.git_server.stop()
     try:
-        member.run("/bin/sh", "-c", "echo 'greeting = edited' >> /etc/gitops-app/app.conf")
-        run = fleet.run_agents([member])["fleet3"]
+        edited.run("/bin/sh", "-c", "echo 'greeting = edited' >> /etc/gitops-app/app.conf")
+        runs = fleet.run_agents(fleet.on_demand)
     finally:
         fleet.git_server.start()
-    # The drift check ran against the last verified commit and corrected the edit; the report says the
-    # source could not be reached.
-    assert run.report["source"]["commit"] == commit and run.report["status"] == "corrected", run.report
-    messages = " | ".join(e["message"] for e in run.report["errors"] if e["phase"] == "fetch")
-    assert "every source is unreachable" in messages and fleet.git_server.address in messages, messages
-    assert "greeting = edited" not in member.ssh().file("/etc/gitops-app/app.conf").content_string
-    stored = fleet.api(f"/runs/{run.report['run_id']}")["report"]
-    assert [e["phase"] for e in stored["errors"]].count("fetch") >= 1
+    # Each drift check ran against the last verified commit (and corrected fleet3's edit); each report
+    # says the source could not be reached.
+    for name, run in runs.items():
+        expected = "corrected" if name == edited.name else "in_sync"
+        assert (run.report["source"]["commit"], run.report["status"]) == (commit, expected), run.report
+        fetch = " | ".join(e["message"] for e in run.report["errors"] if e["phase"] == "fetch")
+        assert "every source is unreachable" in fetch and fleet.git_server.address in fetch, fetch
+        stored = fleet.api(f"/runs/{run.report['run_id']}")["report"]
+        assert stored["errors"] == run.report["errors"]
+    assert "greeting = edited" not in edited.ssh().file("/etc/gitops-app/app.conf").content_string
 
 
 def test_6_a_failing_task_fails_its_role_only(fleet: Fleet) -> None:
@@ -230,7 +237,7 @@ def test_8_the_systemd_daemon_picks_up_a_new_commit_within_poll_and_run_time(fle
     print(f"\nfleet4: picked up {commit[:10]} {started - pushed_at:.1f}s after the push, "
           f"converged {finished - pushed_at:.1f}s after it")
     assert run["trigger"] == "new_commit" and run["status"] == "corrected", run
-    assert started - pushed_at <= POLL_S + 5, "the daemon did not notice the commit within its poll interval"
+    assert started - pushed_at <= POLL_S + 15, "the daemon did not notice the commit within its poll interval"
     host = fleet.daemon_host.ssh()
     assert "greeting = hello from commit 8" in host.file("/etc/gitops-app/app.conf").content_string
     assert host.service("gitops-app.service").is_running

@@ -99,7 +99,7 @@ def test_no_route_out_and_signed_repo_only(make_host: object) -> None:
 def test_agent_install_version_check_run_purge(make_host: object, record_property: object) -> None:
     host = make_host("pkg1", 1)  # type: ignore[operator]
     host.run("apt-get", "update", "-q")
-    host.run("apt-get", "install", "-y", "-q", "python3-apt")  # a dependency, from the mirror
+    host.run("apt-get", "install", "-y", "-q", "python3-apt", "gpg")  # dependencies, from the mirror
     commit = make_config_repo(host)
     host.run("tee", "/root/agent-test.yaml", input_text=agent_config(host.name))
     before = snapshot(host)
