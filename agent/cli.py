@@ -18,15 +18,18 @@ from pathlib import Path
 
 from agent import __version__, config, daemon, delivery, render, textfile
 from agent import report as report_codec
-from agent.errors import AgentError
+from agent.errors import AgentError, ConfigError
 from agent.fsutil import atomic_write
 from agent.report import Pause, Report, Trigger, exit_code
 from agent.state import StateStore
 
+EX_CONFIG = 78  # sysexits.h: gitops-agent.service does not restart on it
+
 log = logging.getLogger("agent")
 
 EPILOG = """\
-exit codes: 0 in sync or corrected, 2 drift left (detect mode, --check, paused), 1 failed or error.
+exit codes: 0 in sync or corrected, 2 drift left (detect mode, --check, paused), 1 failed or error;
+`daemon` exits 78 (EX_CONFIG) when its configuration is invalid.
 configuration: --config, else $GITOPS_AGENT_CONFIG, else /etc/gitops-agent/agent.yaml. Settings:
 """ + config.describe()
 
@@ -294,6 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         code: int = args.func(args)
+    except ConfigError as e:
+        print(f"gitops-agent: error: {e}", file=sys.stderr)
+        # The unit's RestartPreventExitStatus: restarting a daemon with a bad configuration cannot help.
+        return EX_CONFIG if args.command == "daemon" else 1
     except AgentError as e:
         print(f"gitops-agent: error: {e}", file=sys.stderr)
         return 1

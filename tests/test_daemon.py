@@ -156,3 +156,14 @@ def test_textfile_metrics() -> None:
     assert 'gitops_agent_drift_items{host="web01",kind="corrective"} 1' in text
     assert 'gitops_agent_failed_tasks{host="web01"} 1' in text
     assert text.endswith("\n") and all(line.startswith(("#", "gitops_agent_")) for line in text.splitlines())
+
+
+def test_daemon_with_an_invalid_configuration_exits_78(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """EX_CONFIG: gitops-agent.service's RestartPreventExitStatus, so systemd does not restart it in a loop."""
+    from agent.cli import main
+
+    bad = tmp_path / "agent.yaml"
+    bad.write_text("host: web01\nsource: {url: repo}\nschedule: {interval: often}\n")
+    assert main(["daemon", "--config", str(bad)]) == 78
+    assert "schedule.interval" in capsys.readouterr().err
+    assert main(["run", "--config", str(bad)]) == 1  # the other commands keep exit 1 for errors
