@@ -200,8 +200,9 @@ class Cycle:
             self._timed(attempt, name, started)
         result = replace(result, parsed=redact_record(result.parsed, self.redactor))  # task names, diffs
         if result.status == "timeout":
+            limit_s = self.config.schedule.timeout_s
             raise RunTimeoutError(f"ansible {name} stopped after {time.monotonic() - started:.0f}s: "
-                                  f"the cycle ran past schedule.timeout ({self.config.schedule.timeout_s:g}s)")  # noqa: E501
+                                  f"the cycle ran past schedule.timeout ({limit_s:g}s)")
         if result.status == "canceled":
             raise RunTimeoutError(f"ansible {name} was cancelled after {time.monotonic() - started:.0f}s "
                                   "(the agent is stopping)")
