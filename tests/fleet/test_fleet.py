@@ -241,4 +241,7 @@ def test_8_the_systemd_daemon_picks_up_a_new_commit_within_poll_and_run_time(fle
     host = fleet.daemon_host.ssh()
     assert "greeting = hello from commit 8" in host.file("/etc/gitops-app/app.conf").content_string
     assert host.service("gitops-app.service").is_running
-    assert fleet.daemon_host.run("systemctl", "is-active", "gitops-agent.service").stdout.strip() == "active"
+    unit = fleet.daemon_host.machine.unit_state("gitops-agent.service")  # type: ignore[union-attr]
+    assert (unit["ActiveState"], unit["NRestarts"]) == ("active", "0"), unit  # never restarted or killed
+    watchdog = fleet.daemon_host.run("systemctl", "show", "-p", "WatchdogUSec", "--value", "gitops-agent.service")
+    assert watchdog.stdout.strip() == "15min"  # and it kept pinging through every scenario
