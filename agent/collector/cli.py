@@ -23,6 +23,7 @@ from agent.collector.alerts import Webhook, parse_webhook
 from agent.collector.app import DEFAULT_MAX_BODY_BYTES, Collector, CollectorSettings, create_app, utc_now
 from agent.collector.auth import ProxyAuth
 from agent.collector.errors import CollectorError
+from agent.collector.payload import PayloadLimits
 from agent.collector.tokens import TokenKind
 from agent.errors import AgentError
 
@@ -74,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", type=listen_address, default=("127.0.0.1", 8080), help="HOST:PORT")
     serve.add_argument("--max-body", type=size_bytes, default=DEFAULT_MAX_BODY_BYTES,
                        help="largest accepted report body (default 5MB)")
+    serve.add_argument("--max-depth", type=int, default=PayloadLimits.max_depth,
+                       help=f"deepest JSON nesting accepted in a report (default {PayloadLimits.max_depth})")
+    serve.add_argument("--max-string", type=size_bytes, default=PayloadLimits.max_string_chars,
+                       help="longest string accepted in a report, in characters (default 1MB)")
     serve.add_argument("--stale-grace", type=duration_s, default=600.0,
                        help="a host is stale after interval + splay + this (default 10m)")
     serve.add_argument("--trusted-header", help="reader name header set by a reverse proxy (off by default)")
@@ -126,7 +131,9 @@ def _settings(args: argparse.Namespace) -> CollectorSettings:
         proxy = ProxyAuth(args.trusted_header, tuple(args.trusted_proxy or ("127.0.0.1", "::1")))
     return CollectorSettings(max_body_bytes=args.max_body, stale_grace_s=args.stale_grace, proxy=proxy,
                              public_metrics=args.public_metrics, db_threads=max(1, args.db_threads),
-                             webhooks=tuple(args.webhook), notify_interval_s=args.notify_interval)
+                             webhooks=tuple(args.webhook), notify_interval_s=args.notify_interval,
+                             payload=PayloadLimits(max_depth=max(1, args.max_depth),
+                                                   max_string_chars=args.max_string))
 
 
 def app_from_env() -> Starlette:
