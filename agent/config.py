@@ -59,6 +59,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("source.depth", _positive_int, 1, "fetch depth (0 = full history); deepened when needed"),
     Setting("source.keep_releases", _positive_int, 3, "checked-out commits kept (rollback, offline)"),
     Setting("source.timeout", _duration, "2m", "a fetch from one source longer than this is abandoned"),
+    Setting("source.credentials_file", _opt_string, None,
+            "HTTPS sources: file (mode 0600) with lines https://USER:TOKEN@HOST given to git, never logged"),
+    Setting("source.ssh_key", _opt_string, None, "SSH sources: private key (mode 0600) used by git's ssh"),
+    Setting("source.known_hosts", _opt_string, None,
+            "SSH sources: pinned known_hosts; with it, unknown or changed host keys are refused"),
     Setting("playbooks", _string, "playbooks", "folder in the repo: role R runs <playbooks>/R.yml"),
     Setting("inventory", _string, "inventory", "inventory file or folder in the repo"),
     Setting("mode", _choice("enforce", "detect"), "enforce", "enforce: apply drift | detect: report only"),
@@ -71,6 +76,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("collector.url", _opt_string, None, "collector base URL; unset: reports stay local"),
     Setting("collector.token_file", _opt_string, "/etc/gitops-agent/token", "this host's ingest token"),
     Setting("collector.ca_file", _opt_string, None, "extra CA bundle for the collector's TLS"),
+    Setting("collector.client_cert", _opt_string, None,
+            "client certificate (PEM) for a collector that requires one (serve --tls-client-ca)"),
+    Setting("collector.client_key", _opt_string, None, "its private key (PEM, mode 0600)"),
     Setting("outbox.max_reports", _positive_int, 1000,
             "reports kept for delivery at most; in-sync ones are compacted first, drift never"),
     Setting("outbox.max_bytes", _size, "100MB", "bytes kept for delivery at most (same rule)"),
@@ -104,6 +112,9 @@ class SourceConfig:
     depth: int
     keep_releases: int
     timeout_s: float
+    credentials_file: Path | None = None
+    ssh_key: Path | None = None
+    known_hosts: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +131,8 @@ class CollectorConfig:
     url: str | None
     token_file: Path | None
     ca_file: Path | None
+    client_cert: Path | None = None
+    client_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -224,9 +237,16 @@ def _build(v: dict[str, Any], base: Path, origin: str) -> AgentConfig:
         trusted_keys=_resolve_path(v["source.trusted_keys"], base),
         allow_rewind=v["source.allow_rewind"], depth=v["source.depth"],
         keep_releases=v["source.keep_releases"], timeout_s=v["source.timeout"],
+        credentials_file=_secret(v, "source.credentials_file", base, origin),
+        ssh_key=_secret(v, "source.ssh_key", base, origin),
+        known_hosts=_resolve_path(v["source.known_hosts"], base),
     )
     collector = CollectorConfig(v["collector.url"], _resolve_path(v["collector.token_file"], base),
-                                _resolve_path(v["collector.ca_file"], base))
+                                _resolve_path(v["collector.ca_file"], base),
+                                _resolve_path(v["collector.client_cert"], base),
+                                _secret(v, "collector.client_key", base, origin))
+    if (collector.client_cert is None) != (collector.client_key is None):
+        raise ConfigError(f"{origin}: 'collector.client_cert' and 'collector.client_key' go together")
     if v["outbox.max_reports"] < 1:
         raise ConfigError(f"{origin}: 'outbox.max_reports' must be at least 1")
     outbox = OutboxConfig(v["outbox.max_reports"], v["outbox.max_bytes"])
@@ -243,6 +263,10 @@ def _build(v: dict[str, Any], base: Path, origin: str) -> AgentConfig:
         ansible=AnsibleConfig(v["ansible.strategy"], v["ansible.gather_subset"],
                               v["ansible.fact_cache_timeout"]),
     )
+
+
+def _secret(v: dict[str, Any], name: str, base: Path, origin: str) -> Path | None:
+    return private_file(_resolve_path(v[name], base), origin, name)
 
 
 def config_path(explicit: str | None) -> Path:

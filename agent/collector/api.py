@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from agent.collector import queries, store
-from agent.collector.auth import ingest_principal, reader_principal
+from agent.collector.auth import check_client_cert, ingest_principal, reader_principal
 from agent.collector.errors import (
     BadRequestError,
     CollectorError,
@@ -57,6 +57,8 @@ async def post_report(request: Request) -> Response:
         store.check_storable(report)  # before the host check, so the 422 names the field
         if report.host != principal.name:
             raise ForbiddenError(f"this token is bound to host {principal.name!r}, not {report.host!r}")
+        if collector.settings.client_cert_required:
+            check_client_cert(request, report.host)
         created = await collector.db(store.ingest, collector.engine, report, raw,
                                      received_at=collector.now(), expect=collector.settings.expect)
     except Exception as e:

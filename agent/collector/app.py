@@ -51,6 +51,7 @@ class CollectorSettings:
     webhooks: tuple[Webhook, ...] = ()
     notify_interval_s: float = 15.0
     payload: PayloadLimits = field(default_factory=PayloadLimits)
+    client_cert_required: bool = False
 
 
 @dataclass

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import ssl
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -90,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="server processes (for PostgreSQL; SQLite gains little, it has one writer)")
     serve.add_argument("--tls-cert", help="serve HTTPS with this certificate chain (PEM); or use a proxy")
     serve.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    serve.add_argument("--tls-client-ca", metavar="FILE",
+                       help="require client certificates signed by this CA (PEM); a report's host must be "
+                            "the name the certificate gives (first DNS subjectAltName, else CN)")
     serve.add_argument("--webhook", action="append", type=webhook, default=[], metavar="URL[,json|slack]",
                        help="send alerts on host state changes to URL (repeatable; payload json or slack)")
     serve.add_argument("--notify-interval", type=duration_s, default=15.0,
@@ -133,7 +137,8 @@ def _settings(args: argparse.Namespace) -> CollectorSettings:
                              public_metrics=args.public_metrics, db_threads=max(1, args.db_threads),
                              webhooks=tuple(args.webhook), notify_interval_s=args.notify_interval,
                              payload=PayloadLimits(max_depth=max(1, args.max_depth),
-                                                   max_string_chars=args.max_string))
+                                                   max_string_chars=args.max_string),
+                             client_cert_required=bool(args.tls_client_ca))
 
 
 def app_from_env() -> Starlette:
@@ -147,11 +152,16 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CollectorError("serve: --tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        raise CollectorError("serve: --tls-client-ca needs --tls-cert and --tls-key")
     with _open(args.db) as engine:  # checks (or creates) the schema once, before any worker starts
         host, port = args.listen
         options: dict[str, Any] = {"host": host, "port": port, "log_level": args.log_level,
                                    "access_log": args.log_level == "debug",
                                    "ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key}
+        if args.tls_client_ca:
+            options.update(ssl_ca_certs=args.tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED,
+                           http="agent.collector.tls:ClientCertProtocol")
         logging.getLogger(__name__).info("serving on %s:%d with %d process(es), database %s", host, port,
                                          args.workers, db.redact_url(args.db))
         if args.workers > 1:
