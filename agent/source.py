@@ -117,7 +117,10 @@ class GitSource:
                 log.warning("source %s failed: %s", redact_url(url), e)
                 errors.append(f"{redact_url(url)}: {e}")
                 continue
-            self._check_rewind(repo, url, commit, last_commit)
+            try:
+                self._check_rewind(repo, url, commit, last_commit)
+            except RewindError as e:  # name the source that served the other history
+                raise RewindError(f"{redact_url(url)}: {e}") from e
             signature = self._verify(repo, commit)
             return self._checkout(repo, commit, url, last_commit, tuple(errors), keep, signature)
         return self._offline(repo, last_commit, tuple(errors))
