@@ -155,6 +155,8 @@ class Sender:
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
                    "User-Agent": f"gitops-agent/{__version__}"}
         https = url.startswith("https:")
+        # A TLS 1.3 server that wants a client certificate drops the connection after the handshake.
+        self._cert_hint = https and client_cert is None
         verify: ssl.SSLContext | bool = tls_context(ca_file, client_cert) if https else True
         self._client = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s,
                                     verify=verify, transport=transport, follow_redirects=False)
@@ -188,7 +190,11 @@ class Sender:
         try:
             response = self._client.post(REPORTS_PATH, content=body)
         except httpx.HTTPError as e:
-            return SendResult(Outcome.RETRY, None, f"{type(e).__name__}: {e}")
+            hint = ""
+            if self._cert_hint and isinstance(e, httpx.RemoteProtocolError):
+                hint = (" (if the collector requires client certificates, set collector.client_cert and "
+                        "collector.client_key)")
+            return SendResult(Outcome.RETRY, None, f"{type(e).__name__}: {e}{hint}")
         outcome = classify(response.status_code)
         return SendResult(outcome, response.status_code, _reason(response), _retry_after_s(response))
 

@@ -91,6 +91,7 @@ def test_the_agent_sender_delivers_with_its_client_certificate(tmp_path, engine,
     with Sender.from_config(without, max_attempts=1) as sender:
         refused = sender.flush(outbox)
     assert refused.remaining == 1 and refused.delivered == 0
+    assert "set collector.client_cert and collector.client_key" in refused.error
     config = CollectorConfig(served.url, token_file, pki / "ca.pem", pki / "web01.pem", pki / "web01.key")
     with Sender.from_config(config) as sender:
         assert sender.flush(outbox).delivered == 1
