@@ -53,6 +53,19 @@ def test_hostile_bodies_are_422_with_one_line_and_nothing_stored(case, client, t
         assert conn.execute(select(func.count()).select_from(runs)).scalar_one() == 0
 
 
+@pytest.mark.parametrize(("body", "limit", "allowed"), [
+    (b"1", 0, True), (b"[]", 0, False), (b"[[][[]]]", 3, True), (b"[[][[]]]", 2, False),
+    (b'{"a": {"b": [1, {}]}}', 4, True), (b'{"a": {"b": [1, {}]}}', 3, False),
+    (b"[[", 5, False), (b"][", 5, False),  # unbalanced: refused here rather than left to the parser
+])
+def test_depth_is_counted_exactly(body, limit, allowed):
+    if allowed:
+        check_depth(body, limit)
+    else:
+        with pytest.raises(InvalidReportError, match=f"nested deeper than {limit} levels, or unbalanced"):
+            check_depth(body, limit)
+
+
 def test_brackets_inside_strings_do_not_count_as_nesting():
     check_depth(json.dumps({"a": "[" * 1000 + "{" * 1000}).encode(), 2)
     check_depth(json.dumps({"a": '\\"[[[['}).encode(), 2)
