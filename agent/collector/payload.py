@@ -40,8 +40,11 @@ def check_depth(raw: bytes, max_depth: int) -> None:
         if not brackets or too_deep in brackets:
             break
         brackets = brackets.replace(b"[]", b"")
-    if brackets:
-        raise InvalidReportError(f"report: nested deeper than {max_depth} levels, or unbalanced brackets")
+    if not brackets:
+        return
+    if brackets.count(b"[") != brackets.count(b"]") or brackets.startswith(b"]"):
+        raise InvalidReportError("report: invalid JSON (brackets or braces do not match)")
+    raise InvalidReportError(f"report: nested deeper than {max_depth} levels")
 
 
 def _refuse_constant(name: str) -> Any:

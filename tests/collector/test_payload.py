@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from sqlalchemy import func, select
@@ -28,7 +29,8 @@ def _splice(text: str, key: str, raw_value: str) -> bytes:
 HOSTILE = {
     "deep_lists": ("x", "[" * 100_000 + "]" * 100_000, "nested deeper than 32 levels"),
     "deep_objects": ("x", '{"a":' * 5000 + "1" + "}" * 5000, "nested deeper than 32 levels"),
-    "unclosed_deep": ("x", "[" * 100_000, "nested deeper than 32 levels"),
+    "unclosed_deep": ("x", "[" * 100_000, "invalid JSON (brackets or braces do not match)"),
+    "truncated": ("x", '{"a": [1, {"b": 2', "invalid JSON (brackets or braces do not match)"),
     "nan": ("x", "NaN", "NaN is not a JSON number"),
     "infinity": ("x", "-Infinity", "-Infinity is not a JSON number"),
     "overflowing_float": ("x", "1e999", "out of range"),
@@ -53,16 +55,18 @@ def test_hostile_bodies_are_422_with_one_line_and_nothing_stored(case, client, t
         assert conn.execute(select(func.count()).select_from(runs)).scalar_one() == 0
 
 
-@pytest.mark.parametrize(("body", "limit", "allowed"), [
-    (b"1", 0, True), (b"[]", 0, False), (b"[[][[]]]", 3, True), (b"[[][[]]]", 2, False),
-    (b'{"a": {"b": [1, {}]}}', 4, True), (b'{"a": {"b": [1, {}]}}', 3, False),
-    (b"[[", 5, False), (b"][", 5, False),  # unbalanced: refused here rather than left to the parser
+@pytest.mark.parametrize(("body", "limit", "error"), [
+    (b"1", 0, None), (b"[]", 0, "nested deeper than 0 levels"), (b"[[][[]]]", 3, None),
+    (b"[[][[]]]", 2, "nested deeper than 2 levels"), (b'{"a": {"b": [1, {}]}}', 4, None),
+    (b'{"a": {"b": [1, {}]}}', 3, "nested deeper than 3 levels"),
+    # unbalanced, when the depth check cannot prove the body shallow: refused here, not left to the parser
+    (b"[[" * 20, 5, "brackets or braces do not match"), (b"][" * 20, 5, "brackets or braces do not match"),
 ])
-def test_depth_is_counted_exactly(body, limit, allowed):
-    if allowed:
+def test_depth_is_counted_exactly(body, limit, error):
+    if error is None:
         check_depth(body, limit)
     else:
-        with pytest.raises(InvalidReportError, match=f"nested deeper than {limit} levels, or unbalanced"):
+        with pytest.raises(InvalidReportError, match=re.escape(error)):
             check_depth(body, limit)
 
 
