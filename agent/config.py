@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,102 +15,27 @@ from typing import Any
 
 import yaml
 
+from agent.config_values import (
+    _boolean,
+    _choice,
+    _duration,
+    _mapping,
+    _opt_string,
+    _positive_int,
+    _regex_list,
+    _size,
+    _string,
+    _string_list,
+    private_file,
+)
+from agent.config_values import (
+    parse_duration as parse_duration,
+)
 from agent.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/gitops-agent/agent.yaml")
 CONFIG_ENV = "GITOPS_AGENT_CONFIG"
 REQUIRED = object()
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-
-
-def parse_duration(text: str | int | float) -> float:
-    """'30m' -> 1800.0; '90s', '1.5h', '2d', a bare number of seconds."""
-    if isinstance(text, bool):
-        raise ValueError("expected a duration such as 30s, 5m, 1h")
-    if isinstance(text, int | float):
-        seconds = float(text)
-    else:
-        match = _DURATION.match(text)
-        if not match:
-            raise ValueError(f"{text!r} is not a duration (use e.g. 30s, 5m, 1h, 2d)")
-        seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds
-
-
-def _duration(value: Any) -> float:
-    return parse_duration(value)
-
-
-def _string(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError("expected a non-empty string")
-    return value
-
-
-def _opt_string(value: Any) -> str | None:
-    return None if value is None else _string(value)
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("expected true or false")
-    return value
-
-
-def _positive_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError("expected a whole number >= 0")
-    return value
-
-
-def _string_list(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ValueError("expected a list of strings")
-    return tuple(value)
-
-
-_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB)?\s*$", re.IGNORECASE)
-
-
-def _regex_list(value: Any) -> tuple[str, ...]:
-    patterns = _string_list(value)
-    for i, pattern in enumerate(patterns):
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise ValueError(f"item {i}: invalid regular expression {pattern!r} ({e})") from None
-    return patterns
-
-
-def _size(value: Any) -> int:
-    """A size in bytes: a whole number, or text such as 512KB, 100MB, 1GB (powers of 1024)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    match = _SIZE.match(value) if isinstance(value, str) else None
-    if not match or int(match.group(1)) < 1:
-        raise ValueError("expected a size such as 512KB, 100MB or a number of bytes > 0")
-    unit = (match.group(2) or "B").upper()
-    return int(match.group(1)) * {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[unit]
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise ValueError("expected a mapping with string keys")
-    return dict(value)
-
-
-def _choice(*allowed: str) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if value not in allowed:
-            raise ValueError(f"expected one of: {', '.join(allowed)}")
-        return str(value)
-
-    return check
-
 
 @dataclass(frozen=True)
 class Setting:
@@ -135,6 +59,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("source.depth", _positive_int, 1, "fetch depth (0 = full history); deepened when needed"),
     Setting("source.keep_releases", _positive_int, 3, "checked-out commits kept (rollback, offline)"),
     Setting("source.timeout", _duration, "2m", "a fetch from one source longer than this is abandoned"),
+    Setting("source.credentials_file", _opt_string, None,
+            "HTTPS sources: file (mode 0600) with lines https://USER:TOKEN@HOST given to git, never logged"),
+    Setting("source.ssh_key", _opt_string, None, "SSH sources: private key (mode 0600) used by git's ssh"),
+    Setting("source.known_hosts", _opt_string, None,
+            "SSH sources: pinned known_hosts; with it, unknown or changed host keys are refused"),
     Setting("playbooks", _string, "playbooks", "folder in the repo: role R runs <playbooks>/R.yml"),
     Setting("inventory", _string, "inventory", "inventory file or folder in the repo"),
     Setting("mode", _choice("enforce", "detect"), "enforce", "enforce: apply drift | detect: report only"),
@@ -147,6 +76,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("collector.url", _opt_string, None, "collector base URL; unset: reports stay local"),
     Setting("collector.token_file", _opt_string, "/etc/gitops-agent/token", "this host's ingest token"),
     Setting("collector.ca_file", _opt_string, None, "extra CA bundle for the collector's TLS"),
+    Setting("collector.client_cert", _opt_string, None,
+            "client certificate (PEM) for a collector that requires one (serve --tls-client-ca)"),
+    Setting("collector.client_key", _opt_string, None, "its private key (PEM, mode 0600)"),
     Setting("outbox.max_reports", _positive_int, 1000,
             "reports kept for delivery at most; in-sync ones are compacted first, drift never"),
     Setting("outbox.max_bytes", _size, "100MB", "bytes kept for delivery at most (same rule)"),
@@ -180,6 +112,9 @@ class SourceConfig:
     depth: int
     keep_releases: int
     timeout_s: float
+    credentials_file: Path | None = None
+    ssh_key: Path | None = None
+    known_hosts: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -196,6 +131,8 @@ class CollectorConfig:
     url: str | None
     token_file: Path | None
     ca_file: Path | None
+    client_cert: Path | None = None
+    client_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -300,9 +237,16 @@ def _build(v: dict[str, Any], base: Path, origin: str) -> AgentConfig:
         trusted_keys=_resolve_path(v["source.trusted_keys"], base),
         allow_rewind=v["source.allow_rewind"], depth=v["source.depth"],
         keep_releases=v["source.keep_releases"], timeout_s=v["source.timeout"],
+        credentials_file=_secret(v, "source.credentials_file", base, origin),
+        ssh_key=_secret(v, "source.ssh_key", base, origin),
+        known_hosts=_resolve_path(v["source.known_hosts"], base),
     )
     collector = CollectorConfig(v["collector.url"], _resolve_path(v["collector.token_file"], base),
-                                _resolve_path(v["collector.ca_file"], base))
+                                _resolve_path(v["collector.ca_file"], base),
+                                _resolve_path(v["collector.client_cert"], base),
+                                _secret(v, "collector.client_key", base, origin))
+    if (collector.client_cert is None) != (collector.client_key is None):
+        raise ConfigError(f"{origin}: 'collector.client_cert' and 'collector.client_key' go together")
     if v["outbox.max_reports"] < 1:
         raise ConfigError(f"{origin}: 'outbox.max_reports' must be at least 1")
     outbox = OutboxConfig(v["outbox.max_reports"], v["outbox.max_bytes"])
@@ -314,30 +258,15 @@ def _build(v: dict[str, Any], base: Path, origin: str) -> AgentConfig:
         collector=collector, state_dir=state_dir, lock_wait_s=v["lock_wait"], history=v["history"],
         metrics_textfile=_resolve_path(v["metrics_textfile"], base),
         outbox=outbox, redact=v["redact"],
-        vault_password_file=_private_file(_resolve_path(v["vault_password_file"], base), origin),
+        vault_password_file=private_file(_resolve_path(v["vault_password_file"], base), origin,
+                                         "vault_password_file"),
         ansible=AnsibleConfig(v["ansible.strategy"], v["ansible.gather_subset"],
                               v["ansible.fact_cache_timeout"]),
     )
 
 
-def _private_file(path: Path | None, origin: str) -> Path | None:
-    """A secret file must exist and be private (like ssh's rule for keys): our owner, no group/other bits."""
-    if path is None:
-        return None
-    try:
-        info = path.stat()
-    except OSError as e:
-        raise ConfigError(f"{origin}: 'vault_password_file': {path}: cannot use it ({e.strerror})") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ConfigError(f"{origin}: 'vault_password_file': {path} is not a regular file")
-    if info.st_mode & 0o077:
-        raise ConfigError(
-            f"{origin}: 'vault_password_file': permissions {stat.S_IMODE(info.st_mode):04o} for '{path}' "
-            f"are too open: it must not be accessible by group or others (chmod 600 {path})")
-    if info.st_uid != os.geteuid():
-        raise ConfigError(f"{origin}: 'vault_password_file': {path} is owned by uid {info.st_uid}, not by "
-                          f"the agent's user (uid {os.geteuid()})")
-    return path
+def _secret(v: dict[str, Any], name: str, base: Path, origin: str) -> Path | None:
+    return private_file(_resolve_path(v[name], base), origin, name)
 
 
 def config_path(explicit: str | None) -> Path:

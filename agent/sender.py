@@ -103,14 +103,22 @@ def read_token(path: Path) -> str:
     return token
 
 
-def tls_context(ca_file: Path | None) -> ssl.SSLContext:
-    """The system's trust store, plus `ca_file` (a private CA) when given. Verification is always on."""
+def tls_context(ca_file: Path | None, client_cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:
+    """The system's trust store, plus `ca_file` (a private CA) when given. Verification is always on.
+    `client_cert` (certificate, key) is presented to a collector that asks for one."""
     context = ssl.create_default_context()
     if ca_file is not None:
         try:
             context.load_verify_locations(cafile=str(ca_file))
         except (OSError, ssl.SSLError) as e:
             raise ConfigError(f"collector.ca_file {ca_file}: cannot load it as a CA bundle ({e})") from e
+    if client_cert is not None:
+        cert, key = client_cert
+        try:
+            context.load_cert_chain(certfile=str(cert), keyfile=str(key))
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"collector.client_cert {cert} / client_key {key}: cannot load them "
+                              f"({e})") from e
     return context
 
 
@@ -133,7 +141,8 @@ class Sender:
     """Posts reports to one collector. Construct with `from_config`, or directly in tests (`transport`,
     `sleep` and `rnd` replace the network, the clock and the jitter)."""
 
-    def __init__(self, url: str, token: str, *, ca_file: Path | None = None, timeout_s: float = 15.0,
+    def __init__(self, url: str, token: str, *, ca_file: Path | None = None,
+                 client_cert: tuple[Path, Path] | None = None, timeout_s: float = 15.0,
                  max_attempts: int = 4, backoff_base_s: float = 1.0, backoff_cap_s: float = 60.0,
                  transport: httpx.BaseTransport | None = None,
                  sleep: Callable[[float], None] = time.sleep,
@@ -145,7 +154,10 @@ class Sender:
         self._rnd = rnd
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
                    "User-Agent": f"gitops-agent/{__version__}"}
-        verify: ssl.SSLContext | bool = tls_context(ca_file) if url.startswith("https:") else True
+        https = url.startswith("https:")
+        # A TLS 1.3 server that wants a client certificate drops the connection after the handshake.
+        self._cert_hint = https and client_cert is None
+        verify: ssl.SSLContext | bool = tls_context(ca_file, client_cert) if https else True
         self._client = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s,
                                     verify=verify, transport=transport, follow_redirects=False)
 
@@ -157,8 +169,11 @@ class Sender:
             raise ConfigError("collector.url is not set: reports stay in the outbox")
         if config.token_file is None:
             raise ConfigError("collector.token_file is not set")
-        return cls(config.url, read_token(config.token_file), ca_file=config.ca_file, timeout_s=timeout_s,
-                   max_attempts=max_attempts)
+        client_cert = None
+        if config.client_cert is not None and config.client_key is not None:
+            client_cert = (config.client_cert, config.client_key)
+        return cls(config.url, read_token(config.token_file), ca_file=config.ca_file, client_cert=client_cert,
+                   timeout_s=timeout_s, max_attempts=max_attempts)
 
     def __enter__(self) -> Sender:
         return self
@@ -175,7 +190,11 @@ class Sender:
         try:
             response = self._client.post(REPORTS_PATH, content=body)
         except httpx.HTTPError as e:
-            return SendResult(Outcome.RETRY, None, f"{type(e).__name__}: {e}")
+            hint = ""
+            if self._cert_hint and isinstance(e, httpx.RemoteProtocolError):
+                hint = (" (if the collector requires client certificates, set collector.client_cert and "
+                        "collector.client_key)")
+            return SendResult(Outcome.RETRY, None, f"{type(e).__name__}: {e}{hint}")
         outcome = classify(response.status_code)
         return SendResult(outcome, response.status_code, _reason(response), _retry_after_s(response))
 

@@ -24,6 +24,7 @@ import git
 from agent.config import SourceConfig
 from agent.errors import RewindError, SourceError, SourceUnreachableError
 from agent.fsutil import atomic_symlink
+from agent.gitauth import git_env, git_options
 from agent.redact import redact_text, redact_url
 from agent.report import Signature, parse_time
 from agent.verify import require_verified, verify_commit
@@ -32,8 +33,6 @@ log = logging.getLogger(__name__)
 FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 FETCHED = "refs/gitops/fetched"
 DEEPEN_STEPS = (50, 500)
-_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_SSH_COMMAND": os.environ.get(
-    "GIT_SSH_COMMAND", "ssh -o BatchMode=yes")}
 
 
 @dataclass(frozen=True)
@@ -102,6 +101,8 @@ class GitSource:
         self.releases = state_dir / "releases"
         self.current = state_dir / "current"
         self.gnupg_home = state_dir / "gnupg"  # agent-private keyring for source.verify: gpg
+        self._git_env = git_env(config, os.environ)
+        self._git_options = git_options(config)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -116,7 +117,10 @@ class GitSource:
                 log.warning("source %s failed: %s", redact_url(url), e)
                 errors.append(f"{redact_url(url)}: {e}")
                 continue
-            self._check_rewind(repo, url, commit, last_commit)
+            try:
+                self._check_rewind(repo, url, commit, last_commit)
+            except RewindError as e:  # name the source that served the other history
+                raise RewindError(f"{redact_url(url)}: {e}") from e
             signature = self._verify(repo, commit)
             return self._checkout(repo, commit, url, last_commit, tuple(errors), keep, signature)
         return self._offline(repo, last_commit, tuple(errors))
@@ -155,7 +159,7 @@ class GitSource:
 
     def _git(self, repo: git.Repo, *args: str) -> str:
         try:
-            out: str = repo.git.execute(["git", *args], env=_GIT_ENV,
+            out: str = repo.git.execute(["git", *self._git_options, *args], env=self._git_env,
                                         kill_after_timeout=self.config.timeout_s)
         except git.GitCommandError as e:
             raise SourceError(_one_line(e)) from e

@@ -66,12 +66,14 @@ class CollectorProcess:
     """`gitops-collector serve` on address:port (127.0.0.1 unless told) as a child process."""
 
     def __init__(self, db_url: str, port: int | None = None, *extra: str,
-                 ca_file: Path | None = None, address: str = "127.0.0.1") -> None:
+                 ca_file: Path | None = None, client_cert: tuple[Path, Path] | None = None,
+                 address: str = "127.0.0.1") -> None:
         self.db_url = db_url
         self.address = address
         self.port = port or free_port()
         self.extra = extra
         self.ca_file = ca_file
+        self.client_cert = client_cert
         self.url = f"{'https' if ca_file else 'http'}://{address}:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -87,13 +89,20 @@ class CollectorProcess:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
                 raise RuntimeError(f"collector exited: {err}")
             try:
-                verify = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True
+                verify = self.tls_context() if self.ca_file else True
                 if httpx.get(f"{self.url}/healthz", timeout=1.0, verify=verify).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
         raise RuntimeError("collector did not become healthy in time")
+
+    def tls_context(self) -> ssl.SSLContext:
+        """Trusts the collector's CA and presents `client_cert` (certificate, key) when given."""
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        if self.client_cert is not None:
+            context.load_cert_chain(*map(str, self.client_cert))
+        return context
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the collector's process group, wait, and make sure nothing of it is left."""

@@ -124,3 +124,25 @@ def test_vault_password_file_owned_by_someone_else(tmp_path: Path) -> None:
     os.chown(path, 4242, -1)
     with pytest.raises(ConfigError, match=r"owned by uid 4242, not by the agent's user \(uid 0\)"):
         config.validate({"source": {"url": "x"}, "vault_password_file": str(path)})
+
+
+@pytest.mark.parametrize("name", ["source.credentials_file", "source.ssh_key", "collector.client_key"])
+def test_secret_files_must_be_private(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "secret"
+    path.write_text("s\n")
+    path.chmod(0o644)
+    section, key = name.split(".")
+    data: dict = {"source": {"url": "x"}, "collector": {"client_cert": "cert.pem"}}
+    data[section] = {**data.get(section, {}), key: "secret"}
+    if name != "collector.client_key":
+        data["collector"] = {}
+    with pytest.raises(ConfigError, match=rf"'{name}': permissions 0644 for '{path}' are too open"):
+        config.validate(data, base=tmp_path)
+    path.chmod(0o600)
+    cfg = config.validate(data, base=tmp_path)
+    assert path in (cfg.source.credentials_file, cfg.source.ssh_key, cfg.collector.client_key)
+
+
+def test_client_cert_and_key_go_together(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"'collector\.client_cert' and 'collector\.client_key' go together"):
+        config.validate({"source": {"url": "x"}, "collector": {"client_cert": "c.pem"}}, base=tmp_path)

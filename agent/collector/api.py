@@ -11,19 +11,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from agent.collector import queries, store
-from agent.collector.auth import ingest_principal, reader_principal
+from agent.collector.auth import check_client_cert, ingest_principal, reader_principal
 from agent.collector.errors import (
     BadRequestError,
     CollectorError,
     ForbiddenError,
-    InvalidReportError,
     TooLargeError,
 )
 from agent.collector.metrics import render
 from agent.collector.openapi import document
+from agent.collector.payload import parse_report
 from agent.collector.queries import HostFilter, Listing, Page
-from agent.errors import ReportError
-from agent.report import Report, from_json
 
 if TYPE_CHECKING:
     from agent.collector.app import Collector
@@ -49,26 +47,18 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse_report(raw: bytes) -> Report:
-    try:
-        return from_json(raw)
-    except ReportError as e:
-        message = str(e)
-        where, sep, _ = message.partition(": ")
-        field = where if sep and " " not in where and where != "report" else None
-        raise InvalidReportError(message, field) from e
-
-
 async def post_report(request: Request) -> Response:
     """Store one report: 201 created (after the commit), 200 duplicate run_id, 4xx with a reason."""
     collector, started = _collector(request), time.perf_counter()
     try:
         principal = await collector.db(ingest_principal, collector.engine, request)
         raw = await _read_body(request, collector.settings.max_body_bytes)
-        report = _parse_report(raw)
+        report = parse_report(raw, collector.settings.payload)
         store.check_storable(report)  # before the host check, so the 422 names the field
         if report.host != principal.name:
             raise ForbiddenError(f"this token is bound to host {principal.name!r}, not {report.host!r}")
+        if collector.settings.client_cert_required:
+            check_client_cert(request, report.host)
         created = await collector.db(store.ingest, collector.engine, report, raw,
                                      received_at=collector.now(), expect=collector.settings.expect)
     except Exception as e:

@@ -27,6 +27,7 @@ from agent.collector.alerts import Webhook
 from agent.collector.auth import ProxyAuth
 from agent.collector.errors import CollectorError, InvalidReportError
 from agent.collector.metrics import Metrics
+from agent.collector.payload import PayloadLimits
 from agent.collector.store import Expectations
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class CollectorSettings:
     db_threads: int = 8
     webhooks: tuple[Webhook, ...] = ()
     notify_interval_s: float = 15.0
+    payload: PayloadLimits = field(default_factory=PayloadLimits)
+    client_cert_required: bool = False
 
 
 @dataclass

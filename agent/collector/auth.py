@@ -15,6 +15,9 @@ from agent.collector import tokens
 from agent.collector.errors import ForbiddenError, UnauthorizedError
 from agent.collector.tokens import Principal, TokenKind
 
+# Request-state key under which the TLS layer (agent.collector.tls) leaves the client certificate's name.
+CLIENT_CERT_HOST = "gitops_client_cert_host"
+
 
 @dataclass(frozen=True)
 class ProxyAuth:
@@ -61,3 +64,12 @@ def reader_principal(engine: Engine, conn: HTTPConnection, proxy: ProxyAuth | No
         raise ForbiddenError(
             "an ingest token cannot read; create one with `gitops-collector token create --reader NAME`")
     return principal
+
+
+def check_client_cert(conn: HTTPConnection, host: str) -> None:
+    """With client certificates required: the report's host must be the one the certificate names."""
+    name = conn.scope.get("state", {}).get(CLIENT_CERT_HOST)
+    if name is None:
+        raise ForbiddenError("a client certificate naming this host is required")
+    if name != host:
+        raise ForbiddenError(f"the client certificate is for host {name!r}, not {host!r}")

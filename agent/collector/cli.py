@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import ssl
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from agent.collector.alerts import Webhook, parse_webhook
 from agent.collector.app import DEFAULT_MAX_BODY_BYTES, Collector, CollectorSettings, create_app, utc_now
 from agent.collector.auth import ProxyAuth
 from agent.collector.errors import CollectorError
+from agent.collector.payload import PayloadLimits
 from agent.collector.tokens import TokenKind
 from agent.errors import AgentError
 
@@ -74,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", type=listen_address, default=("127.0.0.1", 8080), help="HOST:PORT")
     serve.add_argument("--max-body", type=size_bytes, default=DEFAULT_MAX_BODY_BYTES,
                        help="largest accepted report body (default 5MB)")
+    serve.add_argument("--max-depth", type=int, default=PayloadLimits.max_depth,
+                       help=f"deepest JSON nesting accepted in a report (default {PayloadLimits.max_depth})")
+    serve.add_argument("--max-string", type=size_bytes, default=PayloadLimits.max_string_chars,
+                       help="longest string accepted in a report, in characters (default 1MB)")
     serve.add_argument("--stale-grace", type=duration_s, default=600.0,
                        help="a host is stale after interval + splay + this (default 10m)")
     serve.add_argument("--trusted-header", help="reader name header set by a reverse proxy (off by default)")
@@ -85,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="server processes (for PostgreSQL; SQLite gains little, it has one writer)")
     serve.add_argument("--tls-cert", help="serve HTTPS with this certificate chain (PEM); or use a proxy")
     serve.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    serve.add_argument("--tls-client-ca", metavar="FILE",
+                       help="require client certificates signed by this CA (PEM); a report's host must be "
+                            "the name the certificate gives (first DNS subjectAltName, else CN)")
     serve.add_argument("--webhook", action="append", type=webhook, default=[], metavar="URL[,json|slack]",
                        help="send alerts on host state changes to URL (repeatable; payload json or slack)")
     serve.add_argument("--notify-interval", type=duration_s, default=15.0,
@@ -126,7 +135,10 @@ def _settings(args: argparse.Namespace) -> CollectorSettings:
         proxy = ProxyAuth(args.trusted_header, tuple(args.trusted_proxy or ("127.0.0.1", "::1")))
     return CollectorSettings(max_body_bytes=args.max_body, stale_grace_s=args.stale_grace, proxy=proxy,
                              public_metrics=args.public_metrics, db_threads=max(1, args.db_threads),
-                             webhooks=tuple(args.webhook), notify_interval_s=args.notify_interval)
+                             webhooks=tuple(args.webhook), notify_interval_s=args.notify_interval,
+                             payload=PayloadLimits(max_depth=max(1, args.max_depth),
+                                                   max_string_chars=args.max_string),
+                             client_cert_required=bool(args.tls_client_ca))
 
 
 def app_from_env() -> Starlette:
@@ -140,11 +152,16 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CollectorError("serve: --tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        raise CollectorError("serve: --tls-client-ca needs --tls-cert and --tls-key")
     with _open(args.db) as engine:  # checks (or creates) the schema once, before any worker starts
         host, port = args.listen
         options: dict[str, Any] = {"host": host, "port": port, "log_level": args.log_level,
                                    "access_log": args.log_level == "debug",
                                    "ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key}
+        if args.tls_client_ca:
+            options.update(ssl_ca_certs=args.tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED,
+                           http="agent.collector.tls:ClientCertProtocol")
         logging.getLogger(__name__).info("serving on %s:%d with %d process(es), database %s", host, port,
                                          args.workers, db.redact_url(args.db))
         if args.workers > 1:

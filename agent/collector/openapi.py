@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable
 from importlib import resources
 from typing import Any
 
 import agent
+from agent.collector.queries import HOST_SORTS, SEEN_WINDOWS_S
 
 PAGE_PARAMS = [
     {"name": "limit", "in": "query",
      "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
-    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+    {"name": "offset", "in": "query",
+     "schema": {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0}},
 ]
 
 
@@ -20,16 +23,19 @@ def _q(name: str, description: str, schema: dict[str, Any] | None = None) -> dic
     return {"name": name, "in": "query", "description": description, "schema": schema or {"type": "string"}}
 
 
-def _p(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+def _enum(name: str, description: str, values: Iterable[str]) -> dict[str, Any]:
+    return _q(name, description, {"type": "string", "enum": list(values)})
+
+
+def _p(name: str, **schema: Any) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string", **schema}}
 
 
 def _ok(description: str, schema: str = "Object") -> dict[str, Any]:
     return {
         "200": {"description": description,
                 "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}},
-        "401": {"$ref": "#/components/responses/Error"},
-        "403": {"$ref": "#/components/responses/Error"},
+        **{code: {"$ref": "#/components/responses/Error"} for code in ("400", "401", "403", "404")},
     }
 
 
@@ -60,21 +66,24 @@ def _paths() -> dict[str, Any]:
         "/api/v1/hosts": _get("Every host with its current state", [
             status, _q("role", "hosts having this role"), _q("commit", "current commit (prefix)"),
             _q("stale", "true or false", {"type": "boolean"}), _q("q", "host name contains"),
-            _q("seen", "1h | 24h | 7d: seen within; -1h | -24h | -7d: not seen for"),
-            _q("sort", "host | last_seen | status | drift | commit"), _q("order", "asc | desc"),
+            _enum("seen", "1h | 24h | 7d: seen within; -1h | -24h | -7d: not seen for",
+                  [*SEEN_WINDOWS_S, *(f"-{w}" for w in SEEN_WINDOWS_S)]),
+            _enum("sort", "sort key", HOST_SORTS), _enum("order", "sort order", ("asc", "desc")),
             *PAGE_PARAMS], "Listing"),
         "/api/v1/hosts/{host}": _get("One host: current state, roles, current drift", [_p("host")]),
         "/api/v1/hosts/{host}/runs": _get("A host's runs, newest first", [_p("host"), status, *PAGE_PARAMS],
                                           "Listing"),
         "/api/v1/runs/{run_id}": _get("One run, with its whole report", [_p("run_id")]),
         "/api/v1/drift": _get("Current drift across the fleet", [
-            _q("group", "task (default): one row per task | host: one row per host and task"),
+            _enum("group", "task (default): one row per task | host: one row per host and task",
+                  ("task", "host")),
             _q("task", "exact task name"), _q("kind", "corrective | intentional | recurring | unverifiable"),
             _q("role", "role of the drifting task"), _q("host", "exact host name"), *PAGE_PARAMS], "Listing"),
         "/api/v1/commits/{sha}": _get("Rollout of one commit (sha or a unique prefix)", [
-            _p("sha"), _q("hosts", "running (default) | not_reached"), *PAGE_PARAMS]),
+            _p("sha", minLength=4),
+            _enum("hosts", "running (default) | not_reached", ("running", "not_reached")), *PAGE_PARAMS]),
         "/api/v1/webhooks": _get("Webhook deliveries, newest first, with status counts", [
-            _q("status", "pending | delivered | failed"), *PAGE_PARAMS]),
+            _enum("status", "delivery status", ("pending", "delivered", "failed")), *PAGE_PARAMS]),
         "/healthz": {"get": {
             "summary": "Liveness and database reachability", "security": [],
             "responses": {"200": {"description": "ok"}, "503": {"description": "database down"}}}},
@@ -94,7 +103,7 @@ def _components() -> dict[str, Any]:
              "properties": {"error": {"type": "string"}, "field": {"type": "string"}}}
     error_response = {"description": "error with a reason (and the field, for 422)",
                       "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    schemas = {"Report": report_schema(), "Listing": listing, "Error": error, "Object": {"type": "object"}}
+    schemas = {**_report_schemas(), "Listing": listing, "Error": error, "Object": {"type": "object"}}
     return {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "schemas": schemas,
@@ -107,6 +116,17 @@ def report_schema() -> dict[str, Any]:
     text = (resources.files("agent") / "schema" / "report-v1.json").read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
+
+
+def _report_schemas() -> dict[str, Any]:
+    """The report schema as components: its $defs lifted next to it and its references rewritten, since
+    tools resolve "#/$defs/..." against the OpenAPI document's root, not the embedded schema's $id."""
+    text = json.dumps(report_schema()).replace('"#/$defs/', '"#/components/schemas/')
+    report = json.loads(text)
+    defs: dict[str, Any] = report.pop("$defs")
+    for key in ("$id", "$schema"):
+        report.pop(key, None)
+    return {**defs, "Report": report}
 
 
 def document() -> dict[str, Any]:

@@ -107,3 +107,17 @@ def test_postgres_urls_use_psycopg3():
     assert db.normalize_url("postgres://h/db") == "postgresql+psycopg://h/db"
     assert db.normalize_url("sqlite:///x.db") == "sqlite:///x.db"
     assert "secret" not in db.redact_url("postgresql://u:secret@h/db")
+
+
+def test_client_ca_needs_tls_and_limits_reach_the_settings(tmp_path, capsys):
+    assert main(["serve", "--db", f"sqlite:///{tmp_path / 'c.db'}", "--tls-client-ca", "ca.pem"]) == 1
+    assert capsys.readouterr().err == (
+        "gitops-collector: serve: --tls-client-ca needs --tls-cert and --tls-key\n")
+    from agent.collector.cli import _parser, _settings
+
+    args = _parser().parse_args(["serve", "--max-depth", "5", "--max-string", "2KB", "--tls-cert", "c",
+                                 "--tls-key", "k", "--tls-client-ca", "ca"])
+    settings = _settings(args)
+    assert (settings.payload.max_depth, settings.payload.max_string_chars) == (5, 2048)
+    assert settings.client_cert_required
+    assert not _settings(_parser().parse_args(["serve"])).client_cert_required

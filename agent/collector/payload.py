@@ -1,0 +1,109 @@
+"""Parse a report body under limits, before anything walks it: nesting depth, string and key lengths,
+no NaN/Infinity, no duplicate keys, no lone surrogates. Every refusal is an InvalidReportError (422)
+with one readable line; nothing here recurses on the input, so a hostile body cannot exhaust the stack.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from agent.collector.errors import InvalidReportError
+from agent.errors import ReportError
+from agent.report import Report, from_dict
+
+# A JSON string literal, escapes included (written so that the regex engine loops, not backtracks).
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# Keep only the brackets, braces as brackets: b'{"a": [1, {}]}' -> b'[[[]]]'.
+_BRACKETS_ONLY = (bytes.maketrans(b"{}", b"[]"), bytes(set(range(256)) - set(b"[]{}")))
+
+
+@dataclass(frozen=True)
+class PayloadLimits:
+    """What a report body may contain. Defaults are far above anything the agent sends."""
+
+    max_depth: int = 32
+    max_string_chars: int = 1024 * 1024
+    max_key_chars: int = 256
+
+
+def check_depth(raw: bytes, max_depth: int) -> None:
+    """Refuse a body nested deeper than `max_depth` (counted on the bytes, before parsing: Python's json
+    module recurses once per level). Each pass drops the innermost bracket pairs, so a body of depth N is
+    empty after N passes; each pass is one scan in C."""
+    brackets = _STRING.sub(b"", raw).translate(*_BRACKETS_ONLY)
+    too_deep = b"[" * (max_depth + 1)  # that many opened in a row: no need to count further
+    for _ in range(max_depth):
+        if not brackets or too_deep in brackets:
+            break
+        brackets = brackets.replace(b"[]", b"")
+    if not brackets:
+        return
+    if brackets.count(b"[") != brackets.count(b"]") or brackets.startswith(b"]"):
+        raise InvalidReportError("report: invalid JSON (brackets or braces do not match)")
+    raise InvalidReportError(f"report: nested deeper than {max_depth} levels")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise InvalidReportError(f"report: {name} is not a JSON number")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidReportError(f"report: number {text[:40]} is out of range")
+    return value
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise InvalidReportError(f"report: duplicate key {key[:80]!r}")
+        result[key] = value
+    return result
+
+
+def _check_text(text: str, limit: int, what: str) -> None:
+    if len(text) > limit:
+        raise InvalidReportError(f"report: a {what} is longer than {limit} characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidReportError(f"report: a {what} contains a lone surrogate (\\ud800-\\udfff)") from None
+
+
+def check_strings(data: Any, limits: PayloadLimits) -> None:
+    """Walk the parsed value iteratively; every key and string value must be within the limits."""
+    pending = [data]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            _check_text(value, limits.max_string_chars, "string")
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, dict):
+            for key in value:
+                _check_text(key, limits.max_key_chars, "key")
+            pending.extend(value.values())
+
+
+def parse_report(raw: bytes, limits: PayloadLimits) -> Report:
+    """Bytes of a POSTed report -> a validated Report, or InvalidReportError (422) naming the problem."""
+    check_depth(raw, limits.max_depth)
+    try:
+        data = json.loads(raw, parse_constant=_refuse_constant, parse_float=_float,
+                          object_pairs_hook=_object)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidReportError(f"report: invalid JSON ({e})") from e
+    check_strings(data, limits)
+    try:
+        return from_dict(data)
+    except ReportError as e:
+        message = str(e)
+        where, sep, _ = message.partition(": ")
+        field = where if sep and " " not in where and where != "report" else None
+        raise InvalidReportError(message, field) from e
