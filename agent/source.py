@@ -50,10 +50,16 @@ class Revision:
     offline: bool = False  # every source failed: this is the last checked-out commit
 
 
+# Advice git prints after any failed connection: it hides the line that says what went wrong.
+_GIT_ADVICE = ("Please make sure you have the correct access rights", "and the repository exists.")
+
+
 def _one_line(error: Exception) -> str:
-    text = str(getattr(error, "stderr", "") or error).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("'")]
-    return redact_text(lines[-1] if lines else type(error).__name__).removeprefix("stderr: ")
+    """git's error as one line: its last few meaningful lines (e.g. ssh's reason, then git's fatal)."""
+    text = str(getattr(error, "stderr", "") or error).strip().removeprefix("stderr:").strip().strip("'")
+    lines = [ln.strip() for ln in text.splitlines()
+             if ln.strip() and not ln.strip().startswith("'") and ln.strip() not in _GIT_ADVICE]
+    return redact_text(" ".join(lines[-3:]) if lines else type(error).__name__)
 
 
 def _pick_ref(listing: str, ref: str) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import git
 import pytest
 
 from agent.config import validate
@@ -144,3 +145,12 @@ def test_links_out_of_the_tree_are_refused_without_the_filter(tmp_path: Path, re
     repo.commit({}, "a link out")
     with pytest.raises(SourceError, match="refusing link 'escape'"):
         source(tmp_path, repo.path).sync(last_commit=None)
+
+
+def test_a_fetch_error_says_what_went_wrong_not_git_s_advice() -> None:
+    from agent.source import _one_line
+
+    error = git.GitCommandError(["git", "fetch"], 128, stderr=(
+        "Host key verification failed.\nfatal: Could not read from remote repository.\n\n"
+        "Please make sure you have the correct access rights\nand the repository exists."))
+    assert _one_line(error) == "Host key verification failed. fatal: Could not read from remote repository."
