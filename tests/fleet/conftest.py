@@ -84,6 +84,9 @@ def _agent_layer(image_root: Path, repo: Path, tmp: Path, *, ssh_pub: str, signi
                 "chmod 0600 /root/.ssh/authorized_keys", input_text=ssh_pub)
         host.sh("install -d -m 0755 /etc/gitops-agent/trusted-keys && "
                 "cat > /etc/gitops-agent/trusted-keys/site-ops.asc", input_text=signing_pub)
+    # The seed's sshd made itself a host key: every host must make its own, as real servers do.
+    for key in (workdir / "upper/etc/ssh").glob("ssh_host_*"):
+        key.unlink()
     return workdir / "upper"
 
 
