@@ -48,7 +48,7 @@ class Recipe:
     include: tuple[str, ...] = DEFAULT_INCLUDE
     arch: str = "amd64"
     # Bump when the post-install steps in _finish() change meaning.
-    steps_version: int = 2
+    steps_version: int = 3
     extra: tuple[str, ...] = field(default=())
 
     def key(self) -> str:
@@ -151,8 +151,10 @@ def _finish(root: Path) -> None:
     # Host keys were removed above; under systemd (nspawn) sshd makes its own on first start.
     dropin = root / "etc/systemd/system/ssh.service.d"
     dropin.mkdir(parents=True, exist_ok=True)
-    (dropin / "host-keys.conf").write_text("[Service]\nExecStartPre=/usr/bin/ssh-keygen -A\n",
-                                           encoding="utf-8")
+    # Debian's unit checks its configuration (`sshd -t`) first, which fails without keys: make them first.
+    (dropin / "host-keys.conf").write_text(
+        "[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n",
+        encoding="utf-8")
 
 
 def pack(root: Path, tarball: Path) -> None:
