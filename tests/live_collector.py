@@ -55,6 +55,18 @@ def fresh_database(kind: str, tmp_path: Path) -> Iterator[str]:
         admin.dispose()
 
 
+def collector_cli(db_url: str, *args: str) -> str:
+    """Run `gitops-collector ARGS --db DB_URL`; its last output line (a token, for `token create`)."""
+    out = subprocess.run([sys.executable, "-m", "agent.collector.cli", *args, "--db", db_url], check=True,
+                         capture_output=True, text=True).stdout
+    return out.strip().splitlines()[-1]
+
+
+def token(db_url: str, *args: str) -> str:
+    """A new token: `token(db, "web01")` for ingest, `token(db, "--reader", "ops")` for a reader."""
+    return collector_cli(db_url, "token", "create", *args)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

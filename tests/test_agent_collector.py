@@ -11,15 +11,9 @@ import httpx
 import pytest
 
 from tests.conftest import GitRepo
-from tests.live_collector import CollectorProcess, free_port
+from tests.live_collector import CollectorProcess, free_port, token
 
 pytestmark = pytest.mark.ansible
-
-
-def token(db: str, *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "agent.collector.cli", "token", "create", "--db", db, *args],
-                         check=True, capture_output=True, text=True).stdout
-    return out.strip().splitlines()[-1]
 
 
 def test_reports_wait_in_the_outbox_then_arrive_once(cli, write_config, app_repo: GitRepo,

@@ -16,7 +16,7 @@ import pytest
 
 from agent.redact import MARKER, VAULT_MARKER
 from tests.conftest import make_repo
-from tests.live_collector import CollectorProcess, free_port
+from tests.live_collector import CollectorProcess, free_port, token
 
 pytestmark = pytest.mark.ansible
 BIN = Path(sys.executable).parent
@@ -63,12 +63,6 @@ def vaulted_repo(tmp_path: Path, password_file: Path) -> Path:
     vault("encrypt", "--vault-password-file", str(password_file), str(repo.path / "inventory/group_vars/app/vault.yml"))
     repo.commit({}, "vault the token")
     return repo.path
-
-
-def token(db: str, *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "agent.collector.cli", "token", "create", "--db", db, *args],
-                         check=True, capture_output=True, text=True).stdout
-    return out.strip().splitlines()[-1]
 
 
 def leaks(text: str) -> list[str]:

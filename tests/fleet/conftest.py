@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from tests.harness import aptrepo, image, netns, nspawn
 from tests.harness.dist import deb
 from tests.harness.fixtures import MIRRORED_DEPENDENCIES, seed_host
 from tests.harness.gitserver import GitDaemon
-from tests.live_collector import CollectorProcess, free_port
+from tests.live_collector import CollectorProcess, collector_cli, free_port, token
 
 BRIDGE = ("gafleet0", "10.213.9.1/24")
 HOSTS = {"fleet1": "web", "fleet2": "web", "fleet3": "app", "fleet4": "app"}
@@ -55,12 +54,6 @@ def agent_config(host: str, *, git_url: str, collector_url: str) -> str:
         "collector": {"url": collector_url, "token_file": "/etc/gitops-agent/token"},
         "schedule": {"interval": "30m", "poll": f"{POLL_S}s", "splay": "0s", "timeout": "10m"},
     }, sort_keys=False)
-
-
-def _collector_cli(db: str, *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "agent.collector.cli", *args, "--db", db], check=True,
-                         capture_output=True, text=True).stdout
-    return out.strip().splitlines()[-1]
 
 
 def _ssh_identity(tmp: Path) -> Path:
@@ -126,8 +119,8 @@ def fleet(fleet_root: None, dist: Path, image_root: Path, signing_key: aptrepo.S
     layer = _agent_layer(image_root, repo_dir, tmp, ssh_pub=(tmp / "id_ed25519.pub").read_text(),
                          signing_pub=signing_pub)
     db = f"sqlite:///{tmp / 'collector.db'}"
-    _collector_cli(db, "migrate")
-    reader = _collector_cli(db, "token", "create", "--reader", "fleet-tests")
+    collector_cli(db, "migrate")
+    reader = token(db, "--reader", "fleet-tests")
 
     with contextlib.ExitStack() as stack:
         bridge = stack.enter_context(netns.Bridge(*BRIDGE))
@@ -139,7 +132,7 @@ def fleet(fleet_root: None, dist: Path, image_root: Path, signing_key: aptrepo.S
             address = f"10.213.9.{11 + index}"
             workdir = tmp / name
             config = agent_config(name, git_url=git_server.url("fleet.git"), collector_url=collector.url)
-            _write_host_files(workdir / "upper", config, _collector_cli(db, "token", "create", name))
+            _write_host_files(workdir / "upper", config, token(db, name))
             member = Member(name, address, ("base", group), ssh_config)
             if name == SYSTEMD_HOST:
                 netns_name = netns.add_netns(name, bridge, address)
