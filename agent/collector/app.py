@@ -52,6 +52,7 @@ class CollectorSettings:
     notify_interval_s: float = 15.0
     payload: PayloadLimits = field(default_factory=PayloadLimits)
     client_cert_required: bool = False
+    public_urls: tuple[str, ...] = ()  # where browsers reach the collector (a proxy's https://NAME)
 
 
 @dataclass
