@@ -14,7 +14,7 @@ import httpx
 from starlette.applications import Starlette
 
 from agent.collector import notify_store, queries
-from agent.collector.alerts import group
+from agent.collector.alerts import group, mask_url, scrub_url
 
 if TYPE_CHECKING:
     from agent.collector.app import Collector
@@ -46,17 +46,21 @@ class Notifier:
             status = await c.db(notify_store.mark, c.engine, delivery, error=error, now=c.now())
             c.metrics.webhooks[status] = c.metrics.webhooks.get(status, 0) + 1
             if error:
-                log.warning("webhook %s: attempt %d failed: %s", delivery.url, delivery.attempts + 1, error)
+                log.warning("webhook %s: attempt %d failed: %s", mask_url(delivery.url),
+                            delivery.attempts + 1, error)
 
     async def _post(self, delivery: notify_store.Delivery) -> str | None:
+        """None when delivered, else the error (with the URL masked: readers see it on /webhooks)."""
         try:
             response = await self.client.post(delivery.url, content=delivery.body,
                                               headers={"Content-Type": "application/json"})
         except httpx.HTTPError as e:
-            return f"{type(e).__name__}: {e}"[:500]
-        if response.is_success:
-            return None
-        return f"HTTP {response.status_code}: {response.text[:200]}"
+            error = f"{type(e).__name__}: {e}"
+        else:
+            if response.is_success:
+                return None
+            error = f"HTTP {response.status_code}: {response.text[:200]}"
+        return scrub_url(error, delivery.url)[:500]
 
     async def loop(self) -> None:
         while True:
