@@ -35,7 +35,9 @@ class Notifier:
         changes = await c.db(notify_store.scan, c.engine, stale_before=stale_before)
         if changes:
             alerts = group(changes)
-            await c.db(notify_store.record, c.engine, changes, alerts, c.settings.webhooks, now=now)
+            public = c.settings.public_urls[0] if c.settings.public_urls else None  # links in messages
+            await c.db(notify_store.record, c.engine, changes, alerts, c.settings.webhooks, now=now,
+                       base_url=public)
             log.info("notify: %d host state change(s), %d alert(s)", len(changes), len(alerts))
         await self.deliver()
 

@@ -69,7 +69,8 @@ def receiver():
 def settings(receiver):
     return CollectorSettings(webhooks=(Webhook(f"{receiver.url}/generic/{SECRET}"),
                                        Webhook(f"{receiver.url}/slack/{SECRET}", WebhookKind.SLACK),
-                                       Webhook(f"{receiver.url}/gone/{SECRET}?token=query-s3cr3t")))
+                                       Webhook(f"{receiver.url}/gone/{SECRET}?token=query-s3cr3t")),
+                             public_urls=("https://collector.example.com",))
 
 
 def test_slack_text_is_literal_whatever_the_report_says():
@@ -94,6 +95,7 @@ def test_hostile_report_values_reach_slack_escaped_and_json_as_data(collector, s
     (slack,) = receiver.bodies("/slack/")
     assert "<" not in slack["text"] and "&lt;!channel&gt;" in slack["text"]
     assert "&lt;https://evil.example/login|Click to re-authenticate&gt;" in slack["text"]
+    assert slack["text"].endswith("\nhttps://collector.example.com/drift")  # serve --public-url
     (generic,) = receiver.bodies("/generic/")
     assert (generic["task"], generic["commit"]) == (PHISH, hostile.source.commit)  # values as reported
     assert PHISH in generic["summary"]
