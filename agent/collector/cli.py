@@ -34,6 +34,7 @@ from agent.errors import AgentError
 
 DB_ENV = "GITOPS_COLLECTOR_DB"
 WEBHOOKS_ENV = "GITOPS_COLLECTOR_WEBHOOKS"
+WEBHOOK_FILE_ENV = "GITOPS_COLLECTOR_WEBHOOK_FILE"
 SERVE_ARGS_ENV = "GITOPS_COLLECTOR_SERVE_ARGS"
 DEFAULT_DB = "sqlite:////var/lib/gitops-collector/collector.db"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)?$")
@@ -104,8 +105,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="send alerts on host state changes to URL (repeatable; payload json or slack). "
                             "Visible to every local user in `ps`: prefer --webhook-file or "
                             f"${WEBHOOKS_ENV} for URLs that carry a secret")
-    serve.add_argument("--webhook-file", type=Path, metavar="FILE",
-                       help="webhooks, one URL[,json|slack] a line (# comments); not readable by others")
+    serve.add_argument("--webhook-file", type=Path, metavar="FILE", default=os.environ.get(WEBHOOK_FILE_ENV),
+                       help="webhooks, one URL[,json|slack] a line (# comments); not readable by others "
+                            f"(env {WEBHOOK_FILE_ENV})")
     serve.add_argument("--public-url", action="append", default=[], metavar="URL",
                        help="where browsers reach the collector when it differs from the address served, "
                             "e.g. https://collector.example.com behind a proxy (repeatable): accepted as "

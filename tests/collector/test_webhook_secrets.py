@@ -135,6 +135,7 @@ def serve_args(*extra: str):
 
 def test_webhooks_from_a_file_not_readable_by_others(tmp_path: Path, monkeypatch):
     monkeypatch.delenv("GITOPS_COLLECTOR_WEBHOOKS", raising=False)
+    monkeypatch.delenv("GITOPS_COLLECTOR_WEBHOOK_FILE", raising=False)
     hooks = tmp_path / "webhooks"
     hooks.write_text(f"# alerts\n\nhttps://hooks.example.com/a/{SECRET}\n"
                      f"  https://hooks.slack.example/services/{SECRET},slack  \n")
@@ -146,6 +147,8 @@ def test_webhooks_from_a_file_not_readable_by_others(tmp_path: Path, monkeypatch
     webhooks = _settings(serve_args("--webhook-file", str(hooks))).webhooks
     assert webhooks == (Webhook(f"https://hooks.example.com/a/{SECRET}"),
                         Webhook(f"https://hooks.slack.example/services/{SECRET}", WebhookKind.SLACK))
+    monkeypatch.setenv("GITOPS_COLLECTOR_WEBHOOK_FILE", str(hooks))  # the packaged service's way
+    assert _settings(serve_args()).webhooks == webhooks
     hooks.write_text(f"https://hooks.example.com/a/{SECRET}\nhooks.example.com/{SECRET}\n")
     with pytest.raises(CollectorError, match=r"line 2: webhook: expected http\(s\)://HOST/PATH") as e:
         _settings(serve_args("--webhook-file", str(hooks)))
