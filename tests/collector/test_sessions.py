@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -15,6 +16,7 @@ from agent.collector.app import Collector, CollectorSettings, create_app
 from agent.collector.tables import sessions
 from tests.collector.conftest import ASGIClient
 from tests.factory import BASE_TIME, make_report
+from tests.live_collector import CollectorProcess
 
 HERE = "http://collector.test"  # the test client's base URL: the collector's own origin
 URLENCODED = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -136,3 +138,23 @@ def test_the_public_url_of_a_proxy_is_accepted_and_makes_the_cookie_secure(clien
 def test_the_login_page_says_what_logout_does(client):
     html = client.get("/login").text
     assert "Logging out ends the session on the server" in html and "revoking the token" in html
+
+
+def test_two_collector_processes_on_one_database_share_sessions(db_url, engine):
+    """The multi-collector setup for real: two `serve` processes on one database, a browser signing in
+    on one and (as a load balancer would send it) using the cookie on the other, then logging out."""
+    reader_token = tokens.create(engine, tokens.TokenKind.READER, "bob", now=BASE_TIME)[1]
+    first, second = CollectorProcess(db_url).start(), CollectorProcess(db_url).start()
+    try:
+        with httpx.Client(base_url=first.url, timeout=10) as one, httpx.Client(base_url=second.url,
+                                                                                 timeout=10) as two:
+            signed_in = one.post("/login", content=f"token={reader_token}&next=/",
+                                 headers={**URLENCODED, "Origin": first.url})
+            assert signed_in.status_code == 303
+            cookie = {"Cookie": f"gitops_session={session_cookie(signed_in)}"}
+            assert two.get("/", headers=cookie).status_code == 200
+            assert one.post("/logout", headers={**cookie, "Origin": first.url}).status_code == 303
+            assert two.get("/", headers=cookie).status_code == 303
+    finally:
+        first.stop()
+        second.stop()
