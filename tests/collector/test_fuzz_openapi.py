@@ -1,6 +1,6 @@
 """Schemathesis against the served OpenAPI document: every operation, generated inputs, the real app
-in-process over SQLite. No 5xx, and responses conform to the document (status codes, content types,
-schemas).
+in-process over SQLite and PostgreSQL. No 5xx, and responses conform to the document (status codes,
+content types, schemas).
 
 Half of the generated cases are then given one hostile value of issue 15 (tests/collector/hostile.py),
 asked for explicitly because a schema-driven generator would not write them: in a query or path
@@ -11,7 +11,6 @@ outside the schema on purpose, so only the "schema-valid is accepted" check is l
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,8 +72,8 @@ def hostile(draw: st.DrawFn, operation: Any, label: str) -> tuple[schemathesis.C
 
 
 @pytest.mark.parametrize("label", OPERATIONS)
-def test_every_operation_answers_without_server_errors_and_as_documented(label, tmp_path: Path):
-    engine = db.create(f"sqlite:///{tmp_path / 'openapi.db'}")
+def test_every_operation_answers_without_server_errors_and_as_documented(label, db_url):
+    engine = db.create(db_url)
     db.prepare(engine)
     reader = tokens.create(engine, TokenKind.READER, "fuzzer", now=BASE_TIME)[1]
     app = create_app(Collector(engine, CollectorSettings(), now=lambda: BASE_TIME))
@@ -110,7 +109,8 @@ def test_every_operation_answers_without_server_errors_and_as_documented(label, 
     finally:
         engine.dispose()
     statuses = [status for status, _ in calls]
-    print(f"\nschemathesis {label}: {len(calls)} cases, {sum(m for _, m in calls)} with a hostile value, "
+    kind = "postgresql" if db_url.startswith("postgres") else "sqlite"
+    print(f"\nschemathesis {label} on {kind}: {len(calls)} cases, {sum(m for _, m in calls)} with a hostile value, "
           f"5xx: {sum(s >= 500 for s in statuses)}")  # shown with pytest -s
     assert calls and max(statuses) < 500
     if post:
