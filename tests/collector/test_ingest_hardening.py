@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from agent.collector import db, store, tokens
+from agent.collector.cli import main
 from agent.collector.errors import BadRequestError
 from agent.collector.tables import commits, drift_items, hosts, runs
 from agent.collector.tokens import TokenKind
@@ -194,6 +195,13 @@ def test_accepted_host_names_are_reachable_in_the_api_and_ui(send, client, reade
         assert client.get(f"/api/v1/hosts/{name}/runs", headers=reader).json()["items"][0]["host"] == name
         page = client.get(f"/hosts/{name}", headers=reader)
         assert page.status_code == 200 and name in page.text, name
+
+
+def test_token_create_says_the_rule(db_url, engine, capsys):
+    assert main(["token", "create", "x/runs", "--db", db_url]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gitops-collector: host name: 'x/runs' is not a host name (1 to 253 characters")
+    assert err.count("\n") == 1
 
 
 def test_reader_names_keep_their_freedom(engine):
