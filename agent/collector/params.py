@@ -1,8 +1,9 @@
 """Numbers in query strings and headers: ASCII digits only, bounded in length before conversion.
 
-`str.isdigit()` is true for "²" and "٣", which int() then refuses (or, for "²", cannot convert at all),
-and int() of a 5,000-digit string raises: either was a 500. Here every such text is simply "not a whole
-number", which the callers turn into a 400 naming the parameter.
+`str.isdigit()` is true for "²", which int() then cannot convert, and int() of a 5,000-digit string
+raises: both were a 500. int() also reads "٣" (Arabic-Indic three) as 3, one more spelling than the API
+documents. Here all of them are simply "not a whole number", which the callers turn into a 400 naming
+the parameter.
 """
 
 from __future__ import annotations
