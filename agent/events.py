@@ -3,6 +3,13 @@
 Diff shapes differ by module (copy/template: a list of {before, after, *_header}; lineinfile: one such
 dict; file: before/after state dicts; package modules: {prepared: text}). They are normalised here into
 `Diff(path, before, after)` with string values, bounded in size.
+
+A looped task gives one TaskResult per loop item, read from the per-item events (runner_item_on_*): the
+task's final event carries every item's result too, but ansible-runner blanks a result larger than its
+event limit (MAX_EVENT_RES, 700,000 characters), which a loop over a thousand paths exceeds. A task's
+identity (`TaskResult.key`) is the agent's role, the play, the Ansible role, the task's file and line,
+its name and its loop item (with the items of the looped includes it came from), so the iterations of
+one task file included in a loop are told apart.
 """
 
 from __future__ import annotations
@@ -11,17 +18,28 @@ import enum
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 from typing import Any
 
 from agent.report import Diff, Stats
 
 MAX_DIFF_CHARS = 64 * 1024
+MAX_MESSAGE_CHARS = 1000
+MAX_ITEM_CHARS = 200
+# Per task execution, at most this many loop items that changed, failed or could not be checked are
+# kept one by one; the rest become one result that counts them.
+MAX_ITEMS_KEPT = 100
 REDACTED = "[REDACTED: no_log]"
 # Modules that do nothing in check mode and say so by skipping: their drift cannot be known.
 CHECK_MODE_BLIND = frozenset({"command", "shell", "script", "raw", "expect"})
+# Implicit fact gathering is no evidence that a play's tasks ran for the host.
+GATHER_MODULES = frozenset({"gather_facts"})
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# Encoded payloads (mitogen's bootstrap, base64 module payloads): long runs of base64 characters.
+_BLOB = re.compile(r"[A-Za-z0-9+/]{120,}={0,2}")
+# A Python bootstrap passed inline (`python -c "import ...;exec(...)"`, as mitogen starts its children).
+_BOOTSTRAP = re.compile(r"""(["'])import [^"']*exec\([^"']*\1""")
 
 
 class Outcome(enum.StrEnum):
@@ -44,18 +62,42 @@ class TaskResult:
     no_log: bool = False
     ignored: bool = False
     check_mode_skip: bool = False
+    ansible_role: str | None = None  # the Ansible role the task belongs to (roles/<name>), if any
+    task_path: str | None = None  # "file:line", relative to the checkout when the file is in it
+    item: str | None = None  # loop item label(s), outermost include first, joined by " / "
+    rescued: bool = False  # failed inside a block whose rescue took over (Ansible counts it rescued)
+    real_in_check: bool = False  # ran for real inside a --check run (check_mode: false)
+    execution: str = ""  # the task's id in this run: the results of one looped task share it
 
     @property
     def key(self) -> str:
-        """Identity of a task across runs (role, play, task name)."""
-        return f"{self.role}\x1f{self.play}\x1f{self.task}"
+        """Identity of a task (and loop item) across runs."""
+        return "\x1f".join((self.role, self.play, self.ansible_role or "", self.task_path or "",
+                            self.task, self.item or ""))
+
+    @property
+    def label(self) -> str:
+        """The task as people read it: name, then the item in brackets."""
+        return f"{self.task} [{self.item}]" if self.item else self.task
+
+
+@dataclass(frozen=True)
+class NoHostsPlay:
+    """A play Ansible skipped because its `hosts:` pattern matched no host of this run."""
+
+    role: str
+    play: str
+    pattern: str
 
 
 @dataclass(frozen=True)
 class ParsedRun:
     tasks: tuple[TaskResult, ...]
-    stats: Stats
+    stats: Stats  # Ansible's recap for this host (ok, changed, failed, skipped, unreachable, ...)
     messages: tuple[str, ...]  # error text ansible printed outside tasks (syntax errors, etc.)
+    no_hosts: tuple[NoHostsPlay, ...] = ()
+    recap_seen: bool = False  # the run reached Ansible's recap (playbook_on_stats)
+    started: tuple[str, ...] = field(default=())  # roles whose playbook started, in order
 
 
 def short_module(action: str) -> str:
@@ -114,37 +156,73 @@ def normalise_diffs(raw: Any, fallback_path: str, target: str | None = None) -> 
 
 
 def _target(res: Mapping[str, Any]) -> str | None:
-    for key in ("dest", "path"):
-        value = res.get(key)
-        if isinstance(value, str) and value:
-            return value
+    """The path a module manages: its result's dest or path, else its arguments' (a template or copy
+    that creates a file reports no dest in check mode, and its diff names the controller's temporary
+    copy of the template)."""
+    invocation = res.get("invocation")
+    args = invocation.get("module_args") if isinstance(invocation, Mapping) else None
+    for source in (res, args if isinstance(args, Mapping) else {}):
+        for key in ("dest", "path"):
+            value = source.get(key)
+            if isinstance(value, str) and value:
+                return value
     return None
 
 
-def _result_diffs(res: Mapping[str, Any], fallback_path: str) -> tuple[Diff, ...]:
-    diffs = list(normalise_diffs(res.get("diff"), fallback_path, _target(res)))
-    for item in res.get("results") or ():  # loops: one result per item
-        if isinstance(item, Mapping) and item.get("changed"):
-            diffs.extend(normalise_diffs(item.get("diff"), fallback_path, _target(item)))
-    return tuple(diffs)
+def clean_message(text: str) -> str:
+    """One bounded line: ANSI colours, encoded payloads (such as mitogen's base64 bootstrap) and blank
+    lines dropped, lines joined with ' | '."""
+    text = _BOOTSTRAP.sub(r"\1[bootstrap code]\1", _ANSI.sub("", text))
+    text = _BLOB.sub(lambda m: f"[{len(m.group())} characters of encoded data]", text)
+    line = " | ".join(part.strip() for part in text.splitlines() if part.strip())
+    return line if len(line) <= MAX_MESSAGE_CHARS else line[:MAX_MESSAGE_CHARS - 1] + "…"
 
 
 def _message(res: Mapping[str, Any]) -> str | None:
-    for key in ("msg", "stderr", "reason"):
+    found = None
+    for key in ("msg", "stderr", "reason", "exception"):
         value = res.get(key)
         if isinstance(value, str) and value.strip():
-            return value.strip()[:2000]
-    for item in res.get("results") or ():
-        if isinstance(item, Mapping) and item.get("failed"):
-            found = _message(item)
-            if found:
-                return found
-    return None
+            found = value
+            break
+    stderr = res.get("stderr")
+    if found is not None and found != stderr and isinstance(stderr, str) and stderr.strip():
+        found = f"{found}: {stderr.strip()}"  # a command's "non-zero return code": what it said
+    if found is not None and found.startswith("MODULE FAILURE"):
+        for key in ("module_stderr", "module_stdout"):  # where the module's own words are
+            detail = res.get(key)
+            if isinstance(detail, str) and detail.strip():
+                found = f"MODULE FAILURE: {detail.strip().splitlines()[-1]}"
+                break
+    return clean_message(found) if found is not None else None
 
 
 def _role_of(data: Mapping[str, Any]) -> str:
     playbook = data.get("playbook")
     return PurePath(playbook).stem if isinstance(playbook, str) and playbook else ""
+
+
+def _relative(path: Any, project_dir: str | None) -> str | None:
+    if not isinstance(path, str) or not path:
+        return None
+    if project_dir:
+        prefix = project_dir.rstrip("/") + "/"
+        if path.startswith(prefix):
+            return path[len(prefix):]
+    return path
+
+
+def item_label(res: Mapping[str, Any]) -> str | None:
+    """A loop item's label as Ansible shows it (loop_control.label, else the item itself)."""
+    if "_ansible_item_label" in res:
+        value = res["_ansible_item_label"]
+    else:
+        loop_var = str(res.get("ansible_loop_var") or "item")
+        if loop_var not in res:
+            return None
+        value = res[loop_var]
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= MAX_ITEM_CHARS else text[:MAX_ITEM_CHARS - 1] + "…"
 
 
 _OUTCOMES = {
@@ -153,35 +231,137 @@ _OUTCOMES = {
     "runner_on_skipped": Outcome.SKIPPED,
     "runner_on_unreachable": Outcome.UNREACHABLE,
 }
+_ITEM_OUTCOMES = {
+    "runner_item_on_ok": Outcome.OK,
+    "runner_item_on_failed": Outcome.FAILED,
+    "runner_item_on_skipped": Outcome.SKIPPED,
+}
 
 
-def task_result(event: Mapping[str, Any], notes: Mapping[str, Mapping[str, Any]]) -> TaskResult | None:
-    """One runner_on_* event -> TaskResult; None for events that are not a task's final result."""
+def _skipped_by_check_mode(module: str, res: Mapping[str, Any], reason: str) -> bool:
+    if reason:
+        return reason == "check_mode"
+    if "skip_reason" in res or "false_condition" in res:
+        return False
+    return "check mode" in str(res.get("msg", "")) or module in CHECK_MODE_BLIND
+
+
+def _base(data: Mapping[str, Any], note: Mapping[str, Any], project_dir: str | None) -> TaskResult:
+    """The fields every result of one task execution shares."""
+    module = short_module(str(data.get("resolved_action") or data.get("task_action") or ""))
+    includes = [str(i) for i in note.get("include_items") or ()]
+    role = data.get("resolved_role") or data.get("role")
+    return TaskResult(
+        role=_role_of(data), play=str(data.get("play") or ""), task=str(data.get("task") or module),
+        module=module, outcome=Outcome.OK, ansible_role=str(role) if role else None,
+        task_path=_relative(data.get("task_path"), project_dir), item=" / ".join(includes) or None,
+        ignored=bool(data.get("ignore_errors")), real_in_check=bool(note.get("real_in_check")),
+        rescued=bool(note.get("rescued")), execution=str(data.get("task_uuid") or ""))
+
+
+def _with_item(base: TaskResult, label: str | None) -> str | None:
+    if label is None:
+        return base.item
+    return f"{base.item} / {label}" if base.item else label
+
+
+def _result(base: TaskResult, outcome: Outcome, res: Mapping[str, Any], *, reason: str = "",
+            label: str | None = None, noted_changed: bool = False) -> TaskResult:
+    """One task result (or one loop item's) from its `res` dict (`noted_changed`: the callback saw the
+    task change, which a censored result does not say)."""
+    no_log = "censored" in res
+    if outcome is Outcome.OK and (res.get("changed") or noted_changed):
+        outcome = Outcome.CHANGED
+    diffs: tuple[Diff, ...] = ()
+    if no_log and outcome is Outcome.CHANGED:
+        diffs = (Diff(path=base.task, before=REDACTED, after=REDACTED),)
+    elif not no_log:
+        diffs = normalise_diffs(res.get("diff"), base.task, _target(res))
+    message = None if no_log or outcome is Outcome.OK else _message(res)
+    return replace(base, outcome=outcome, diffs=diffs, message=message, no_log=no_log,
+                   item=_with_item(base, label),
+                   check_mode_skip=outcome is Outcome.SKIPPED
+                   and _skipped_by_check_mode(base.module, res, reason))
+
+
+def _interesting(result: TaskResult) -> bool:
+    return result.outcome in (Outcome.CHANGED, Outcome.FAILED, Outcome.UNREACHABLE) or result.check_mode_skip
+
+
+def _bounded(base: TaskResult, results: list[TaskResult]) -> list[TaskResult]:
+    """Keep every boring item (ok, skipped by a condition) and at most MAX_ITEMS_KEPT interesting ones;
+    the interesting rest becomes one result per outcome that counts them."""
+    kept: list[TaskResult] = []
+    rest: dict[Outcome, list[TaskResult]] = {}
+    shown = 0
+    for result in results:
+        interesting = _interesting(result)
+        if interesting and shown >= MAX_ITEMS_KEPT:
+            rest.setdefault(result.outcome, []).append(result)
+            continue
+        shown += interesting
+        kept.append(result)
+    for outcome, group in rest.items():
+        what = "could not be checked" if outcome is Outcome.SKIPPED else outcome.value
+        kept.append(replace(group[0], item=_with_item(base, "more items"), diffs=(),
+                            message=f"{len(group)} more items {what}, not listed one by one "
+                                    f"(the first: {group[0].item})"))
+    return kept
+
+
+def _item_events(res: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A looped task's per-item results from its final result, shaped like runner_item_on_* events
+    (for runs whose per-item events are missing)."""
+    found: list[Mapping[str, Any]] = []
+    for item in res.get("results") or ():
+        if isinstance(item, Mapping):
+            kind = "failed" if item.get("failed") else "skipped" if item.get("skipped") else "ok"
+            found.append({"event": f"runner_item_on_{kind}", "event_data": {"res": item}})
+    return found
+
+
+def _loop_results(base: TaskResult, outcome: Outcome, res: Mapping[str, Any],
+                  items: list[Mapping[str, Any]]) -> list[TaskResult]:
+    results = []
+    for n, item in enumerate(items, 1):
+        item_res = (item.get("event_data") or {}).get("res") or {}
+        label = None if "censored" in item_res else item_label(item_res)
+        results.append(_result(base, _ITEM_OUTCOMES.get(str(item.get("event")), Outcome.OK), item_res,
+                               label=label or f"#{n}"))
+    if outcome is Outcome.FAILED and not any(r.outcome is Outcome.FAILED for r in results):
+        results.append(_result(base, outcome, res))  # the loop itself failed (e.g. its list)
+    return _bounded(base, results)
+
+
+def task_results(event: Mapping[str, Any], notes: Mapping[str, Mapping[str, Any]],
+                 items: list[Mapping[str, Any]] | None = None,
+                 project_dir: str | None = None) -> list[TaskResult]:
+    """One runner_on_* event (with the task's per-item events, if it looped) -> its results; [] for
+    events that are not a task's final result."""
     outcome = _OUTCOMES.get(str(event.get("event")))
     data = event.get("event_data") or {}
     if outcome is None or not isinstance(data, Mapping):
-        return None
+        return []
     res = data.get("res") or {}
     if not isinstance(res, Mapping):
         res = {}
     note = notes.get(str(data.get("task_uuid") or ""), {})
-    no_log = "censored" in res
-    if outcome is Outcome.OK and (res.get("changed") or note.get("changed")):
-        outcome = Outcome.CHANGED
-    module = short_module(str(data.get("resolved_action") or data.get("task_action") or ""))
-    task = str(data.get("task") or module)
-    diffs = () if no_log else _result_diffs(res, fallback_path=task)
-    if no_log and outcome is Outcome.CHANGED:
-        diffs = (Diff(path=task, before=REDACTED, after=REDACTED),)
-    reason = str(note.get("skip", ""))
-    return TaskResult(
-        role=_role_of(data), play=str(data.get("play") or ""), task=task, module=module,
-        outcome=outcome, diffs=diffs,
-        message=None if no_log else _message(res) if outcome is not Outcome.OK else None,
-        no_log=no_log, ignored=bool(data.get("ignore_errors")),
-        check_mode_skip=outcome is Outcome.SKIPPED and (
-            reason == "check_mode" or (not reason and module in CHECK_MODE_BLIND)),
-    )
+    base = _base(data, note, project_dir)
+    looped = items or _item_events(res)
+    if looped and outcome is not Outcome.UNREACHABLE:
+        return _loop_results(base, outcome, res, looped)
+    if outcome is Outcome.OK and not res and note.get("changed"):
+        # ansible-runner blanked a result over its size limit: the callback's note still says changed
+        return [replace(base, outcome=Outcome.CHANGED, message="the result was larger than ansible-runner's "
+                        "event limit, so its diff is not available")]
+    return [_result(base, outcome, res, reason=str(note.get("skip", "")),
+                    noted_changed=bool(note.get("changed")))]
+
+
+def task_result(event: Mapping[str, Any], notes: Mapping[str, Mapping[str, Any]]) -> TaskResult | None:
+    """One runner_on_* event of a task that did not loop -> TaskResult; None for other events."""
+    found = task_results(event, notes)
+    return found[0] if found else None
 
 
 def _stats(data: Mapping[str, Any], host: str) -> Stats:
@@ -190,31 +370,62 @@ def _stats(data: Mapping[str, Any], host: str) -> Stats:
         return int(per_host.get(host, 0)) if isinstance(per_host, Mapping) else 0
 
     return Stats(ok=count("ok"), changed=count("changed"), failed=count("failures"),
-                 skipped=count("skipped"), unreachable=count("dark"))
+                 skipped=count("skipped"), unreachable=count("dark"), rescued=count("rescued"),
+                 ignored=count("ignored"))
 
 
-def parse(events: Iterable[Mapping[str, Any]], *, host: str,
-          notes: Mapping[str, Mapping[str, Any]] | None = None) -> ParsedRun:
-    """A run's events, in order -> its task results, its stats (summed over playbooks) and messages.
+@dataclass
+class _Reader:
+    host: str
+    notes: Mapping[str, Mapping[str, Any]]
+    project_dir: str | None
+    tasks: list[TaskResult] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    no_hosts: list[NoHostsPlay] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    items: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)
+    stats: Stats = field(default_factory=Stats)
+    recap_seen: bool = False
 
-    `notes` are the gitops_agent callback's per-task notes (skip reasons, no_log changed flags)."""
-    tasks: list[TaskResult] = []
-    stats = Stats()
-    messages: list[str] = []
-    for event in events:
-        name = event.get("event")
+    def read(self, event: Mapping[str, Any]) -> None:
+        name = str(event.get("event"))
+        data = event.get("event_data") or {}
+        if not isinstance(data, Mapping):
+            data = {}
         if name == "playbook_on_stats":
             # One ansible-playbook run keeps one tally across its playbooks: each recap is the total
             # so far, so the last one counts (adding them counted the first playbook's tasks twice).
-            stats = _stats(event.get("event_data") or {}, host)
+            self.stats, self.recap_seen = _stats(data, self.host), True
+        elif name == "playbook_on_start":
+            self.started.append(_role_of(data))
+        elif name == "playbook_on_no_hosts_matched":
+            self.no_hosts.append(NoHostsPlay(role=_role_of(data), play=str(data.get("play") or ""),
+                                             pattern=str(data.get("play_pattern") or "")))
         elif name in ("verbose", "error"):
-            text = _ANSI.sub("", str(event.get("stdout") or "")).strip()
-            if text.startswith(("[ERROR]", "ERROR!")) or name == "error":
-                messages.append(text[:2000])
-            elif text.startswith("Origin:") and messages:  # where ansible found the error
-                messages[-1] = f"{messages[-1]} ({text})"
-        else:
-            result = task_result(event, notes or {})
-            if result is not None:
-                tasks.append(result)
-    return ParsedRun(tuple(tasks), stats, tuple(messages))
+            self._message(name, _ANSI.sub("", str(event.get("stdout") or "")).strip())
+        elif name in _ITEM_OUTCOMES:
+            if data.get("host") in (None, self.host):
+                self.items.setdefault(str(data.get("task_uuid") or ""), []).append(event)
+        elif name in _OUTCOMES and data.get("host") in (None, self.host):
+            looped = self.items.pop(str(data.get("task_uuid") or ""), None)
+            self.tasks.extend(task_results(event, self.notes, looped, self.project_dir))
+
+    def _message(self, name: str, text: str) -> None:
+        if text.startswith(("[ERROR]", "ERROR!")) or name == "error":
+            self.messages.append(clean_message(text))
+        elif text.startswith("Origin:") and self.messages:  # where ansible found the error
+            self.messages[-1] = f"{self.messages[-1]} ({text})"
+
+
+def parse(events: Iterable[Mapping[str, Any]], *, host: str,
+          notes: Mapping[str, Mapping[str, Any]] | None = None,
+          project_dir: str | None = None) -> ParsedRun:
+    """A run's events, in order -> its task results, its recap for `host`, and what else it said.
+
+    `notes` are the gitops_agent callback's per-task notes (skip reasons, changed flags, rescues, loop
+    items of includes); `project_dir` (the checkout) makes task paths relative to it."""
+    reader = _Reader(host=host, notes=notes or {}, project_dir=project_dir)
+    for event in events:
+        reader.read(event)
+    return ParsedRun(tuple(reader.tasks), reader.stats, tuple(reader.messages), tuple(reader.no_hosts),
+                     reader.recap_seen, tuple(reader.started))

@@ -20,18 +20,29 @@ def as_json(parsed: events.ParsedRun) -> dict[str, Any]:
         return {"role": t.role, "play": t.play, "task": t.task, "module": t.module,
                 "outcome": t.outcome.value, "no_log": t.no_log, "ignored": t.ignored,
                 "check_mode_skip": t.check_mode_skip, "message": t.message,
+                "ansible_role": t.ansible_role, "task_path": t.task_path, "item": t.item,
+                "rescued": t.rescued, "real_in_check": t.real_in_check,
                 "diffs": [[d.path, d.before, d.after] for d in t.diffs]}
 
     return {"tasks": [task(t) for t in parsed.tasks], "stats": parsed.stats.__dict__,
-            "messages": list(parsed.messages)}
+            "messages": list(parsed.messages), "recap_seen": parsed.recap_seen,
+            "started": list(parsed.started),
+            "no_hosts": [[p.role, p.play, p.pattern] for p in parsed.no_hosts]}
+
+
+def parsed(case: Path) -> events.ParsedRun:
+    """The case's events parsed as agent.runner parses them (meta.json: its host and project dir)."""
+    meta = json.loads((case / "meta.json").read_text()) if (case / "meta.json").exists() else {}
+    raw = json.loads((case / "events.json").read_text())
+    notes = json.loads((case / "notes.json").read_text())
+    return events.parse(raw, host=meta.get("host", "localhost"), notes=notes,
+                        project_dir=meta.get("project_dir"))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_case(case: Path) -> None:
-    raw = json.loads((case / "events.json").read_text())
-    notes = json.loads((case / "notes.json").read_text())
     expected = json.loads((case / "expected.json").read_text())
-    assert as_json(events.parse(raw, host="localhost", notes=notes)) == expected
+    assert as_json(parsed(case)) == expected
 
 
 def test_cases_exist() -> None:
