@@ -7,8 +7,9 @@
 runs PLAYBOOK against localhost (connection local, target_root in a temp dir) through agent.runner, or
 the playbooks of the config-repo case tests/semantics/cases/NAME as its host (a copy of its repo/ is the
 project directory, so task paths are relative to it), and writes CASE/events.json (the raw events, minus
-noise), CASE/notes.json (the gitops_agent callback's notes), CASE/meta.json (host, project directory) and
-CASE/expected.json (what agent.events parses them into today). Read expected.json before committing it:
+noise; the temp dir becomes /TMP, this checkout /CHECKOUT), CASE/notes.json (the gitops_agent callback's
+notes), CASE/meta.json (host, project directory) and CASE/expected.json (what agent.events parses them
+into today). Read expected.json before committing it:
 it is the assertion. `--max-event-res` lowers ansible-runner's event size limit (MAX_EVENT_RES) so a
 small run shows what a large one does.
 """
@@ -31,6 +32,7 @@ from tests.semantics.cases import load
 from tests.test_events import as_json
 
 KEEP = ("event", "event_data", "stdout")
+CHECKOUT = Path(__file__).resolve().parents[3]
 
 
 def _plan(args: argparse.Namespace, tmp: str) -> RunPlan:
@@ -76,6 +78,7 @@ def main() -> None:
         result = runner.run_playbooks(plan, mode, settings, cancel=lambda: False)
         project_dir = str(plan.project_dir).replace(tmp, "/TMP")
     text = json.dumps(captured["events"], indent=1).replace(tmp, "/TMP")
+    text = text.replace(str(CHECKOUT), "/CHECKOUT")
     case = Path(__file__).parent / args.case
     case.mkdir(exist_ok=True)
     (case / "events.json").write_text(text + "\n")
