@@ -67,7 +67,7 @@ class TaskResult:
     item: str | None = None  # loop item label(s), outermost include first, joined by " / "
     rescued: bool = False  # failed inside a block whose rescue took over (Ansible counts it rescued)
     real_in_check: bool = False  # ran for real inside a --check run (check_mode: false)
-    execution: str = ""  # the task's id in this run: the results of one looped task share it
+    execution: str = ""  # this execution of the task in this run: the results of one loop share it
 
     @property
     def key(self) -> str:
@@ -335,9 +335,10 @@ def _loop_results(base: TaskResult, outcome: Outcome, res: Mapping[str, Any],
 
 def task_results(event: Mapping[str, Any], notes: Mapping[str, Mapping[str, Any]],
                  items: list[Mapping[str, Any]] | None = None,
-                 project_dir: str | None = None) -> list[TaskResult]:
+                 project_dir: str | None = None, execution: str | None = None) -> list[TaskResult]:
     """One runner_on_* event (with the task's per-item events, if it looped) -> its results; [] for
-    events that are not a task's final result."""
+    events that are not a task's final result. `execution` tells apart the runs of one task (a handler
+    that runs twice); by default the task's id."""
     outcome = _OUTCOMES.get(str(event.get("event")))
     data = event.get("event_data") or {}
     if outcome is None or not isinstance(data, Mapping):
@@ -347,6 +348,8 @@ def task_results(event: Mapping[str, Any], notes: Mapping[str, Mapping[str, Any]
         res = {}
     note = notes.get(str(data.get("task_uuid") or ""), {})
     base = _base(data, note, project_dir)
+    if execution is not None:
+        base = replace(base, execution=execution)
     looped = items or _item_events(res)
     if looped and outcome is not Outcome.UNREACHABLE:
         return _loop_results(base, outcome, res, looped)
@@ -384,6 +387,7 @@ class _Reader:
     no_hosts: list[NoHostsPlay] = field(default_factory=list)
     started: list[str] = field(default_factory=list)
     items: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)
+    runs: dict[str, int] = field(default_factory=dict)  # task id -> final results seen so far
     stats: Stats = field(default_factory=Stats)
     recap_seen: bool = False
 
@@ -407,8 +411,10 @@ class _Reader:
             if data.get("host") in (None, self.host):
                 self.items.setdefault(str(data.get("task_uuid") or ""), []).append(event)
         elif name in _OUTCOMES and data.get("host") in (None, self.host):
-            looped = self.items.pop(str(data.get("task_uuid") or ""), None)
-            self.tasks.extend(task_results(event, self.notes, looped, self.project_dir))
+            uuid = str(data.get("task_uuid") or "")
+            self.runs[uuid] = self.runs.get(uuid, 0) + 1
+            self.tasks.extend(task_results(event, self.notes, self.items.pop(uuid, None), self.project_dir,
+                                           execution=f"{uuid}#{self.runs[uuid]}"))
 
     def _message(self, name: str, text: str) -> None:
         if text.startswith(("[ERROR]", "ERROR!")) or name == "error":

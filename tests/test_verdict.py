@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from agent import drift, verdict
+from agent import drift, events, verdict
 from agent.drift import DriftContext
 from agent.events import Outcome, ParsedRun, TaskResult
 from agent.report import DriftKind, Stats
@@ -125,3 +125,11 @@ def test_a_command_that_runs_in_check_mode_is_unverifiable_not_intentional() -> 
     assert "check_mode: false" in (found[0].reason or "")
     assert drift.recurring_after_apply([command]) == ()
 
+
+
+def test_a_handler_that_runs_twice_is_two_changes() -> None:
+    handler = {"event": "runner_on_ok", "event_data": {"host": "h", "task_uuid": "u9", "task": "Restart",
+                                                       "playbook": "app.yml", "res": {"changed": True}}}
+    stats = {"event": "playbook_on_stats", "event_data": {"changed": {"h": 2}, "ok": {"h": 2}}}
+    twice = events.parse([handler, handler, stats], host="h")
+    assert verdict.judge(twice, host="h", roles=("app",), playbooks=BOOKS).unattributed == ()
