@@ -1,12 +1,9 @@
 """Pure: raw ansible-runner event dicts -> typed task results. Nothing else sees raw events.
 
-Diff shapes differ by module (copy/template: a list of {before, after, *_header}; lineinfile: one such
-dict; file: before/after state dicts; package modules: {prepared: text}). They are normalised here into
-`Diff(path, before, after)` with string values, bounded in size.
-
-A looped task gives one TaskResult per loop item, read from the per-item events (runner_item_on_*): the
-task's final event carries every item's result too, but ansible-runner blanks a result larger than its
-event limit (MAX_EVENT_RES, 700,000 characters), which a loop over a thousand paths exceeds. A task's
+The texts inside a result (diffs, messages, loop labels) are normalised by agent.result_text. A looped
+task gives one TaskResult per loop item, read from the per-item events (runner_item_on_*): the task's
+final event carries every item's result too, but ansible-runner blanks a result larger than its event
+limit (MAX_EVENT_RES, 700,000 characters), which a loop over a thousand paths exceeds. A task's
 identity (`TaskResult.key`) is the agent's role, the play, the Ansible role, the task's file and line,
 its name and its loop item (with the items of the looped includes it came from), so the iterations of
 one task file included in a loop are told apart.
@@ -15,7 +12,6 @@ one task file included in a loop are told apart.
 from __future__ import annotations
 
 import enum
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -23,10 +19,8 @@ from pathlib import PurePath
 from typing import Any
 
 from agent.report import Diff, Stats
+from agent.result_text import clean_message, item_label, normalise_diffs, result_message, target
 
-MAX_DIFF_CHARS = 64 * 1024
-MAX_MESSAGE_CHARS = 1000
-MAX_ITEM_CHARS = 200
 # Per task execution, at most this many loop items that changed, failed or could not be checked are
 # kept one by one; the rest become one result that counts them.
 MAX_ITEMS_KEPT = 100
@@ -36,10 +30,6 @@ CHECK_MODE_BLIND = frozenset({"command", "shell", "script", "raw", "expect"})
 # Implicit fact gathering is no evidence that a play's tasks ran for the host.
 GATHER_MODULES = frozenset({"gather_facts"})
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# Encoded payloads (mitogen's bootstrap, base64 module payloads): long runs of base64 characters.
-_BLOB = re.compile(r"[A-Za-z0-9+/]{120,}={0,2}")
-# A Python bootstrap passed inline (`python -c "import ...;exec(...)"`, as mitogen starts its children).
-_BOOTSTRAP = re.compile(r"""(["'])import [^"']*exec\([^"']*\1""")
 
 
 class Outcome(enum.StrEnum):
@@ -108,95 +98,6 @@ def short_module(action: str) -> str:
     return action
 
 
-def _bound(text: str) -> str:
-    if len(text) <= MAX_DIFF_CHARS:
-        return text
-    return text[:MAX_DIFF_CHARS] + f"\n[... {len(text) - MAX_DIFF_CHARS} more characters not kept]"
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return _bound(value)
-    if isinstance(value, Mapping):
-        return _bound("".join(f"{k}: {json.dumps(v)}\n" for k, v in sorted(value.items())))
-    return _bound(json.dumps(value, sort_keys=True, default=str))
-
-
-def _header_path(header: Any) -> str | None:
-    if not isinstance(header, str) or not header:
-        return None
-    return header.removesuffix(" (content)").removesuffix(" (file attributes)")
-
-
-def _one_diff(raw: Mapping[str, Any], fallback_path: str, target: str | None) -> Diff | None:
-    if "prepared" in raw:
-        return Diff(path=target or fallback_path, before=None, after=_text(raw["prepared"]))
-    before, after = raw.get("before"), raw.get("after")
-    if before is None and after is None:
-        return None
-    # copy/template put the *source* file in after_header: the managed path is dest/before_header.
-    path = target or _header_path(raw.get("before_header")) or _header_path(raw.get("after_header"))
-    if path is None:
-        for side in (after, before):
-            if isinstance(side, Mapping) and isinstance(side.get("path"), str):
-                path = side["path"]
-                break
-    return Diff(path=path or fallback_path, before=_text(before), after=_text(after))
-
-
-def normalise_diffs(raw: Any, fallback_path: str, target: str | None = None) -> tuple[Diff, ...]:
-    """Any module's `diff` value -> Diff records (empty when there is nothing to show).
-
-    `target` is the path the module manages, when its result names one (dest or path)."""
-    items = raw if isinstance(raw, list) else [raw]
-    diffs = [_one_diff(item, fallback_path, target) for item in items if isinstance(item, Mapping)]
-    return tuple(d for d in diffs if d is not None and d.before != d.after)
-
-
-def _target(res: Mapping[str, Any]) -> str | None:
-    """The path a module manages: its result's dest or path, else its arguments' (a template or copy
-    that creates a file reports no dest in check mode, and its diff names the controller's temporary
-    copy of the template)."""
-    invocation = res.get("invocation")
-    args = invocation.get("module_args") if isinstance(invocation, Mapping) else None
-    for source in (res, args if isinstance(args, Mapping) else {}):
-        for key in ("dest", "path"):
-            value = source.get(key)
-            if isinstance(value, str) and value:
-                return value
-    return None
-
-
-def clean_message(text: str) -> str:
-    """One bounded line: ANSI colours, encoded payloads (such as mitogen's base64 bootstrap) and blank
-    lines dropped, lines joined with ' | '."""
-    text = _BOOTSTRAP.sub(r"\1[bootstrap code]\1", _ANSI.sub("", text))
-    text = _BLOB.sub(lambda m: f"[{len(m.group())} characters of encoded data]", text)
-    line = " | ".join(part.strip() for part in text.splitlines() if part.strip())
-    return line if len(line) <= MAX_MESSAGE_CHARS else line[:MAX_MESSAGE_CHARS - 1] + "…"
-
-
-def _message(res: Mapping[str, Any]) -> str | None:
-    found = None
-    for key in ("msg", "stderr", "reason", "exception"):
-        value = res.get(key)
-        if isinstance(value, str) and value.strip():
-            found = value
-            break
-    stderr = res.get("stderr")
-    if found is not None and found != stderr and isinstance(stderr, str) and stderr.strip():
-        found = f"{found}: {stderr.strip()}"  # a command's "non-zero return code": what it said
-    if found is not None and found.startswith("MODULE FAILURE"):
-        for key in ("module_stderr", "module_stdout"):  # where the module's own words are
-            detail = res.get(key)
-            if isinstance(detail, str) and detail.strip():
-                found = f"MODULE FAILURE: {detail.strip().splitlines()[-1]}"
-                break
-    return clean_message(found) if found is not None else None
-
-
 def _role_of(data: Mapping[str, Any]) -> str:
     playbook = data.get("playbook")
     return PurePath(playbook).stem if isinstance(playbook, str) and playbook else ""
@@ -210,19 +111,6 @@ def _relative(path: Any, project_dir: str | None) -> str | None:
         if path.startswith(prefix):
             return path[len(prefix):]
     return path
-
-
-def item_label(res: Mapping[str, Any]) -> str | None:
-    """A loop item's label as Ansible shows it (loop_control.label, else the item itself)."""
-    if "_ansible_item_label" in res:
-        value = res["_ansible_item_label"]
-    else:
-        loop_var = str(res.get("ansible_loop_var") or "item")
-        if loop_var not in res:
-            return None
-        value = res[loop_var]
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-    return text if len(text) <= MAX_ITEM_CHARS else text[:MAX_ITEM_CHARS - 1] + "…"
 
 
 _OUTCOMES = {
@@ -276,8 +164,8 @@ def _result(base: TaskResult, outcome: Outcome, res: Mapping[str, Any], *, reaso
     if no_log and outcome is Outcome.CHANGED:
         diffs = (Diff(path=base.task, before=REDACTED, after=REDACTED),)
     elif not no_log:
-        diffs = normalise_diffs(res.get("diff"), base.task, _target(res))
-    message = None if no_log or outcome is Outcome.OK else _message(res)
+        diffs = normalise_diffs(res.get("diff"), base.task, target(res))
+    message = None if no_log or outcome is Outcome.OK else result_message(res)
     return replace(base, outcome=outcome, diffs=diffs, message=message, no_log=no_log,
                    item=_with_item(base, label),
                    check_mode_skip=outcome is Outcome.SKIPPED

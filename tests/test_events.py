@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agent import events
+from agent import events, result_text
 from agent.report import Diff
 
 CASES = sorted(p for p in (Path(__file__).parent / "data" / "events").iterdir() if p.is_dir())
@@ -67,16 +67,16 @@ def test_no_log_secret_never_parsed() -> None:
     (None, []),
 ])
 def test_diff_shapes(raw: Any, expected: list[Diff]) -> None:
-    assert list(events.normalise_diffs(raw, "task", target="/x")) == expected
+    assert list(result_text.normalise_diffs(raw, "task", target="/x")) == expected
 
 
 def test_diff_path_from_headers_without_target() -> None:
     raw = {"before": "", "after": "X=1\n", "before_header": "/e (content)", "after_header": "/e (content)"}
-    assert events.normalise_diffs(raw, "task") == (Diff("/e", "", "X=1\n"),)
+    assert result_text.normalise_diffs(raw, "task") == (Diff("/e", "", "X=1\n"),)
 
 
 def test_huge_diffs_are_bounded() -> None:
-    (diff,) = events.normalise_diffs({"before": "", "after": "x" * 200_000}, "t", target="/big")
+    (diff,) = result_text.normalise_diffs({"before": "", "after": "x" * 200_000}, "t", target="/big")
     assert diff.after is not None and len(diff.after) < 70_000 and "more characters not kept" in diff.after
 
 
@@ -180,11 +180,11 @@ def test_items_kept_one_by_one_are_bounded() -> None:
 
 
 def test_messages_are_one_bounded_line() -> None:
-    assert events.clean_message("\x1b[31mfirst\n\n  second  \n") == "first | second"
-    long = events.clean_message("x " * 2000)
-    assert len(long) == events.MAX_MESSAGE_CHARS and long.endswith("…")
+    assert result_text.clean_message("\x1b[31mfirst\n\n  second  \n") == "first | second"
+    long = result_text.clean_message("x " * 2000)
+    assert len(long) == result_text.MAX_MESSAGE_CHARS and long.endswith("…")
     blob = "A" * 300
-    assert events.clean_message(f"failed: {blob} end") == "failed: [300 characters of encoded data] end"
+    assert result_text.clean_message(f"failed: {blob} end") == "failed: [300 characters of encoded data] end"
 
 
 def test_a_commands_stderr_joins_its_message() -> None:
