@@ -170,3 +170,18 @@ def test_overview_and_api_filter_by_last_seen(client, reader, fleet, clock, send
     api = client.get("/api/v1/hosts?seen=1h", headers=reader).json()
     assert [i["host"] for i in api["items"]] == ["fresh01"]
     assert client.get("/api/v1/hosts?seen=2y", headers=reader).status_code == 400
+
+
+def test_a_drift_items_identity_and_reason_are_stored_served_and_shown(client, reader, send):
+    twin = DriftItem(play="Web", task="Site config", role="web", module="template", kind=DriftKind.UNVERIFIABLE,
+                     reason="fails only in check mode", ansible_role="sites",
+                     task_path="roles/sites/tasks/site.yml:1", item="b")
+    report = make_report("web07", status=Status.IN_SYNC, drift=(twin,))
+    assert send(report).status_code == 201
+    served = client.get(f"/api/v1/runs/{report.run_id}", headers=reader).json()["report"]["drift"][0]
+    assert {k: served[k] for k in ("reason", "ansible_role", "task_path", "item")} == {
+        "reason": "fails only in check mode", "ansible_role": "sites",
+        "task_path": "roles/sites/tasks/site.yml:1", "item": "b"}
+    page = client.get(f"/runs/{report.run_id}", headers=reader).text
+    assert "Site config [b]" in page and "Ansible role sites" in page and "roles/sites/tasks/site.yml:1" in page
+    assert "fails only in check mode" in page
