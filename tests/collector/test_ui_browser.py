@@ -227,7 +227,7 @@ def test_diff_sides_are_labelled(page, site):
     run_id = site["latest"]["web03.dc1.example.com"].run_id
     page.goto(f"{site['url']}/runs/{run_id}")
     caption = page.locator("figure.diff figcaption").first
-    assert caption.locator(".sides").inner_text() == "− host now + Git"
+    assert caption.locator(".sides").inner_text() == "\u2212 host now + Git"
     meta = page.locator("figure.diff pre .d-meta").all_inner_texts()[:2]
     assert meta == ["--- /etc/nginx/nginx.conf (host now)", "+++ /etc/nginx/nginx.conf (Git)"]
     assert page.locator("figure.diff pre .d-del").first.inner_text() == "-worker_processes 2;"
