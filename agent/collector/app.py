@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent.collector import api, notify, notify_views, ui
-from agent.collector.alerts import Webhook
+from agent.collector.alerts import Grouping, Webhook
 from agent.collector.auth import ProxyAuth
 from agent.collector.errors import CollectorError, InvalidReportError
 from agent.collector.metrics import Metrics
@@ -52,6 +52,7 @@ class CollectorSettings:
     notify_interval_s: float = 15.0
     payload: PayloadLimits = field(default_factory=PayloadLimits)
     client_cert_required: bool = False
+    alert_grouping: Grouping = field(default_factory=Grouping)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from starlette.applications import Starlette
 
 from agent import __version__
 from agent.collector import db, fleet_cli, store, tokens
-from agent.collector.alerts import Webhook, parse_webhook
+from agent.collector.alerts import Grouping, Webhook, parse_webhook
 from agent.collector.app import DEFAULT_MAX_BODY_BYTES, Collector, CollectorSettings, create_app, utc_now
 from agent.collector.auth import ProxyAuth
 from agent.collector.errors import CollectorError
@@ -103,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="send alerts on host state changes to URL (repeatable; payload json or slack)")
     serve.add_argument("--notify-interval", type=duration_s, default=15.0,
                        help="how often to look for state changes and retry deliveries (default 15s)")
+    serve.add_argument("--alert-group-wait", type=duration_s, default=Grouping.wait_s,
+                       help="hold a new alert group (kind, task, commit) this long for more hosts (30s)")
+    serve.add_argument("--alert-group-interval", type=duration_s, default=Grouping.interval_s,
+                       help="then send further hosts of that group at most this often (default 5m)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
     _token_parser(sub, common)
@@ -150,7 +154,8 @@ def _settings(args: argparse.Namespace) -> CollectorSettings:
                              webhooks=tuple(args.webhook), notify_interval_s=args.notify_interval,
                              payload=PayloadLimits(max_depth=max(1, args.max_depth),
                                                    max_string_chars=args.max_string),
-                             client_cert_required=bool(args.tls_client_ca))
+                             client_cert_required=bool(args.tls_client_ca),
+                             alert_grouping=Grouping(args.alert_group_wait, args.alert_group_interval))
 
 
 def app_from_env() -> Starlette:

@@ -44,6 +44,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     receiver = Receiver()
     long_hook = f"{receiver.url}/services/T0123ABCDE/B0456FGHIJ/{'k' * 48}?channel=ops-fleet-alerts"
     server = CollectorProcess(url, None, "--stale-grace", "1s", "--notify-interval", "1s",
+                              "--alert-group-wait", "1s", "--alert-group-interval", "2s",
                               "--webhook", f"{receiver.url}/generic",
                               "--webhook", f"{receiver.url}/slack,slack",
                               "--webhook", f"{long_hook},json").start()
