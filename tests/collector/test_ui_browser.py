@@ -285,4 +285,5 @@ def test_pages_fit_an_800px_window(browser, site):
         assert width <= 800, f"{path} is {width}px wide in an 800px window: {wide}"
     pg.goto(site["url"] + "/webhooks")
     shot(pg, "webhooks-800px")
+    pg.screenshot(path=str(ARTIFACTS / "webhooks-800px-top.png"))  # the first screenful, as seen
     context.close()
