@@ -168,7 +168,8 @@ def q_hosts(client: FleetClient, args: argparse.Namespace) -> tuple[Any, Show]:
         summary = ", ".join(f"{s.status(k)} {counts[k]}" for k in SEVERITY if counts.get(k))
         return [*table(("HOST", "STATUS", "COMMIT", "DRIFT", "LAST SEEN", "ROLES"), rows),
                 *_more(len(rows), body["total"], "hosts"),
-                f"fleet: {counts['total']} hosts" + (f"; {summary}" if summary else "")
+                f"fleet: {counts['total']} host{'' if counts['total'] == 1 else 's'}"
+                + (f"; {summary}" if summary else "")
                 + (f"; {counts['stale']} stale" if counts.get("stale") else "")]
 
     return _listing(first, items, "counts"), show
