@@ -266,6 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(getattr(e, "exit_code", 1))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `gitops-collector hosts | head`: the reader left; no traceback, no retry
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

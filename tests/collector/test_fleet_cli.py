@@ -164,6 +164,19 @@ def test_a_terminal_gets_a_table_and_env_settings_work(live, tmp_path):
     assert "HOST" in text and "web11.dc1.example.com" in text and "\x1b[31mfailed\x1b[0m" in text
 
 
+def test_a_closed_pipe_ends_quietly(live):
+    """`gitops-collector runs | head -1` on more rows than a pipe buffer: no BrokenPipeError traceback."""
+    env = {**os.environ, "GITOPS_COLLECTOR_URL": live["url"],
+           "GITOPS_COLLECTOR_TOKEN_FILE": str(live["files"]["reader"])}
+    # the JSON (about 100 KB) outgrows the pipe's buffer: the write fails; the table may fit in it
+    for output, codes in (("--json", ("141",)), ("--table", ("0", "141"))):
+        proc = subprocess.run(f"{sys.executable} -m agent.collector.cli runs --limit 0 {output} | head -c 10; "
+                              "echo \" rc=${PIPESTATUS[0]}\"", shell=True, executable="/bin/bash", env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert proc.stderr == "", proc.stderr
+        assert proc.stdout.rsplit(" rc=", 1)[1].strip() in codes, proc.stdout
+
+
 @dataclass
 class Bad:
     """One bad input: the command line, the exit code and a fragment of the one line on stderr."""
