@@ -50,7 +50,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     output.add_argument("--json", action="store_true", help="print the API's JSON (default when not a TTY)")
     output.add_argument("--table", action="store_true", help="print a table (default on a TTY)")
     limit = argparse.ArgumentParser(add_help=False)
-    limit.add_argument("--limit", type=_count, default=100, help="at most N rows (default 100; 0: all)")
+    limit.add_argument("--limit", type=_count, default=100, metavar="N",
+                       help="at most N rows (default 100; 0: all)")
 
     hosts = sub.add_parser("hosts", parents=[reader, limit], help="hosts and their state (query API)")
     hosts.add_argument("--status", action="append", choices=[*SEVERITY], help="only these (repeatable)")
@@ -61,7 +62,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     hosts.add_argument("--sort", choices=list(HOST_SORTS), default="status",
                        help="sort key (default status: most severe first)")
     hosts.add_argument("--reverse", action="store_true", help="reverse the order")
-    host = sub.add_parser("host", parents=[reader], help="one host: state, current drift, last runs")
+    host = sub.add_parser("host", parents=[reader], help="one host: state, commit, current drift")
     host.add_argument("name", metavar="HOST")
     drift = sub.add_parser("drift", parents=[reader, limit], help="current drift by task (or --by-host)")
     drift.add_argument("--by-host", action="store_true", help="one row per host and task")
