@@ -36,7 +36,8 @@ def fleet(send, clock):
     return made
 
 
-PAGES = ["/", "/stale", "/drift", "/hosts/web02", f"/commits/{COMMIT_B[:8]}", "/drift?task=nginx+config"]
+PAGES = ["/", "/stale", "/drift", "/hosts/web02", "/commits", f"/commits/{COMMIT_B[:8]}",
+         "/drift?task=nginx+config"]
 
 
 @pytest.mark.parametrize("path", PAGES)
@@ -126,6 +127,17 @@ def test_static_assets(client):
     css = client.get("/static/ui.css")
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     assert client.get("/static/../app.py").status_code == 404
+    icon = client.get("/static/favicon.svg")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+    assert icon.text.startswith("<svg") and "<script" not in icon.text
+
+
+def test_every_page_links_the_favicon_and_the_commit_list(client, reader, fleet):
+    html = client.get("/drift", headers=reader).text
+    assert '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">' in html
+    assert '<a href="/commits" >Commits</a>' in html.replace("  ", " ")
+    commits = client.get("/commits", headers=reader).text
+    assert f'href="/commits/{COMMIT_B}"' in commits and "Tune nginx workers" in commits
 
 
 def test_unified_diff_classifies_lines():
