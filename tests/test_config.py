@@ -66,18 +66,19 @@ def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.config_path("explicit.yaml") == Path("explicit.yaml")
 
 
-def test_cli_config_error_is_one_line_and_exit_1(cli, tmp_path: Path) -> None:
+def test_cli_config_error_is_one_line_and_exit_78(cli, tmp_path: Path) -> None:
     path = tmp_path / "agent.yaml"
     path.write_text("source:\n  url: x\nschedule:\n  intervall: 5m\n")
     result = cli("run", "--config", str(path))
-    assert result.code == 1
-    assert result.err.strip() == f"gitops-agent: error: {path}: unknown key 'schedule.intervall'"
+    assert result.code == 78  # EX_CONFIG, as for the daemon
+    assert result.err.strip() == (f"gitops-agent: error: {path}: unknown key 'schedule.intervall'; "
+                                  "did you mean 'schedule.interval'?")
     assert not (tmp_path / "state").exists()  # nothing else happened
 
 
 def test_cli_config_from_environment(cli, tmp_path: Path) -> None:
     result = cli("status", env={"GITOPS_AGENT_CONFIG": str(tmp_path / "nope.yaml")})
-    assert result.code == 1 and "nope.yaml: cannot read the configuration file" in result.err
+    assert result.code == 78 and "nope.yaml: cannot read the configuration file" in result.err
 
 
 def test_help_teaches_settings(cli) -> None:
