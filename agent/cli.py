@@ -93,7 +93,7 @@ def _colour() -> bool:
 
 def _progress_view() -> Any:
     """A progress display on stderr when it is a terminal (not under systemd); else None."""
-    if _journald() or os.environ.get("TERM") == "dumb":
+    if _journald() or os.environ.get("TERM") == "dumb" or os.environ.get(daemon.CHILD_ENV):
         return None
     from rich.console import Console
 
@@ -165,12 +165,17 @@ def _run_here(cfg: config.AgentConfig, args: argparse.Namespace, refusal: str | 
 
 def _delivery_warnings(cfg: config.AgentConfig, report: Report) -> list[str]:
     """A report that did not reach the collector: a warning, never a failure (the outbox keeps it)."""
-    where = delivery.destination(cfg, report.run_id)
-    if where.startswith("queued"):
-        return [f"the report was not delivered: {where}; it is sent with the next delivery "
-                "(or: gitops-agent outbox --flush)"]
-    if where.startswith("quarantined"):
-        return [f"the report was {where}: see gitops-agent outbox"]
+    if not cfg.collector.url:
+        return []
+    box = delivery.outbox(cfg)
+    pending = box.pending()
+    if any(e.run_id == report.run_id for e in pending):
+        state = delivery.last_state(cfg)
+        why = f" ({state.error})" if state is not None and state.error else ""
+        return [f"the report was not delivered{why}: {len(pending)} report(s) wait in the outbox for the "
+                "next delivery (or: gitops-agent outbox --flush)"]
+    if any(q.entry.run_id == report.run_id for q in box.quarantined()):
+        return ["the collector refused the report for good: it is quarantined (see: gitops-agent outbox)"]
     return []
 
 
@@ -198,8 +203,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if refusal is not None:
         raise ConfigError(f"{refusal}; nothing was run (this attempt is reported as an error, "
                           f"{delivery.destination(cfg, report.run_id)})")
-    if not args.json:
-        warnings = _delivery_warnings(cfg, report)
+    warnings = _delivery_warnings(cfg, report)
+    if args.json:  # stdout is the report; people still hear the warning
+        for warning in warnings:
+            print(f"gitops-agent: warning: {warning}", file=sys.stderr)
+    else:
         print(render.summary(report, colour=_colour()))
         if warnings:
             print(render.warning_lines(warnings, colour=_colour()))

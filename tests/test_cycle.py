@@ -124,10 +124,14 @@ def test_host_without_role(cli, write_config, tmp_path: Path) -> None:
 def test_broken_playbook_yaml(cli, write_config, tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "origin", {"playbooks/app.yml": "- hosts: app\n  tasks: [\n",
                                            "inventory/hosts.yml": APP_INVENTORY})
-    code, report = run(cli, write_config(repo.path))
-    assert (code, report["status"], report["phase_reached"]) == (1, "error", "check")
-    assert "failed before running tasks" in report["errors"][0]["message"]
-    assert "app.yml" in report["errors"][0]["message"]
+    code, report = run(cli, write_config(repo.path))  # the host's only role cannot be loaded: no run at all
+    assert (code, report["status"], report["phase_reached"]) == (1, "failed", "plan")
+    (error,) = report["errors"]
+    assert error["phase"] == "plan" and error["message"].startswith("role 'app' cannot be loaded, so it did not "
+                                                                    "run: YAML parsing failed")
+    assert error["message"].endswith("(playbooks/app.yml line 3, column 1)")
+    assert "\r" not in error["message"] and "\n" not in error["message"]
+    assert report["roles"] == ["app"] and report["apply"] is None
 
 
 SPECIAL = """\
