@@ -27,6 +27,7 @@ REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO)]
 
 import bundle  # noqa: E402
+import cli_docs  # noqa: E402
 import conffile  # noqa: E402
 import deb  # noqa: E402
 import rpm  # noqa: E402
@@ -72,7 +73,7 @@ def build_all(src: Path, out: Path, work: Path, *, rpm_too: bool, only: list[str
     root = image.extract(image.ensure_image(), work / "buildroot")
     timings["buildroot_s"] = time.monotonic() - t0
     date = email.utils.formatdate().replace("-0000", "+0000")
-    docs = [REPO / "docs/packaging.md", REPO / "docs/air-gapped.md"]
+    docs = [REPO / "docs/packaging.md", REPO / "docs/air-gapped.md", REPO / "docs/operations.md"]
     built: dict[str, dict[str, object]] = {}
     for pkg in (deb.AGENT, deb.COLLECTOR):
         if only and pkg.name not in only:
@@ -88,6 +89,10 @@ def build_all(src: Path, out: Path, work: Path, *, rpm_too: bool, only: list[str
         deb.stage_common(stage, pkg, venv=tree, version=version, date=date, docs=docs)
         if pkg is deb.AGENT:
             deb.stage_agent_extras(stage, conffile.render(src))
+            # The man page and the bash/zsh completions, from the parser of the tree being packaged.
+            cli_docs.generate(cli_docs.load_parser(str(cli_docs.AGENT["spec"]), src), stage, version=version,
+                              date=cli_docs.build_date(), summary=str(cli_docs.AGENT["summary"]),
+                              files=cli_docs.AGENT["files"])  # type: ignore[arg-type]
         else:
             deb.stage_collector_extras(stage)
         info: dict[str, object] = {"deb": str(deb.build(stage, pkg, version=version, out=out))}

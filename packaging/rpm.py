@@ -45,6 +45,9 @@ AGENT_FILES = """\
 /usr/bin/gitops-agent
 /usr/lib/gitops-agent
 /usr/lib/systemd/system/gitops-agent.service
+/usr/share/man/man1/gitops-agent.1.gz
+/usr/share/bash-completion/completions/gitops-agent
+/usr/share/zsh/site-functions/_gitops-agent
 %dir /etc/gitops-agent
 %config(noreplace) /etc/gitops-agent/agent.yaml
 %dir %attr(0700,root,root) /var/lib/gitops-agent
@@ -121,6 +124,10 @@ def restage(deb_stage: Path, rpm_stage: Path) -> Path:
         debian_only.unlink()
     for debian_only in rpm_stage.glob("opt/*/lib/python3.11/system-apt"):
         shutil.rmtree(debian_only)
+    # zsh completions: Debian's vendor-completions is site-functions on RHEL.
+    vendor = rpm_stage / "usr/share/zsh/vendor-completions"
+    if vendor.is_dir():
+        vendor.rename(rpm_stage / "usr/share/zsh/site-functions")
     return rpm_stage
 
 

@@ -116,3 +116,43 @@ def test_wheels_are_limited_to_the_oldest_glibc() -> None:
     assert "manylinux_2_34_x86_64" in platforms
     assert not any(re.match(r"manylinux_2_(3[5-9]|[4-9]\d)_", p) for p in platforms)
     assert "linux_x86_64" not in platforms
+
+
+def test_man_page_and_completions_come_from_the_parser(tmp_path: Path) -> None:
+    """packaging/cli_docs.py, as build.py runs it: every command is in the man page (which groff renders
+    without warnings) and in both completions (which bash and zsh parse); a second parser works too."""
+    cli_docs = _module("cli_docs")
+    parser = cli_docs.load_parser("agent.cli:build_parser", REPO)
+    man, bash, zsh = cli_docs.generate(parser, tmp_path, version="9.9.9", date="2026-01-02",
+                                       summary=cli_docs.AGENT["summary"], files=cli_docs.AGENT["files"])
+    assert man == tmp_path / "usr/share/man/man1/gitops-agent.1.gz"
+    assert bash == tmp_path / "usr/share/bash-completion/completions/gitops-agent"
+    assert zsh == tmp_path / "usr/share/zsh/vendor-completions/_gitops-agent"
+    import gzip
+    page = gzip.decompress(man.read_bytes()).decode()
+    assert page.startswith('.TH GITOPS\\-AGENT "1" "2026\\-01\\-02" "gitops\\-agent 9.9.9"')
+    again = cli_docs.generate(parser, tmp_path / "again", version="9.9.9", date="2026-01-02",
+                              summary=cli_docs.AGENT["summary"], files=cli_docs.AGENT["files"])
+    assert [p.read_bytes() for p in again] == [p.read_bytes() for p in (man, bash, zsh)], "reproducible"
+    rendered = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z"], input=page, capture_output=True,
+                              text=True, check=True)
+    assert rendered.stderr == "", rendered.stderr
+    commands = ("run", "status", "diff", "daemon", "pause", "resume", "outbox", "doctor", "version")
+    for command in commands:
+        assert f"gitops\\-agent {command}" in page, command
+    assert ".SH FILES" in page and "exit codes" in page
+    subprocess.run(["bash", "-n", str(bash)], check=True)
+    subprocess.run(["zsh", "-n", str(zsh)], check=True)
+    for command in commands:
+        assert command in bash.read_text() and command in zsh.read_text(), command
+    completed = subprocess.run(
+        ["bash", "-c", f". {bash} && COMP_WORDS=(gitops-agent do) COMP_CWORD=1 && "
+                       "$(complete -p gitops-agent | sed 's/.* -F \\([^ ]*\\) .*/\\1/') && echo \"${COMPREPLY[@]}\""],
+        capture_output=True, text=True, check=True)
+    assert completed.stdout.split() == ["doctor"]
+
+    import argparse
+    other = argparse.ArgumentParser(prog="gitops-other", description="another command")
+    other.add_subparsers(dest="command").add_parser("hosts", help="list hosts")
+    paths = cli_docs.generate(other, tmp_path / "other", version="1", date="2026-01-02", summary="other")
+    assert [p.name for p in paths] == ["gitops-other.1.gz", "gitops-other", "_gitops-other"]
