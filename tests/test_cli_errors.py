@@ -8,6 +8,7 @@ config by default, or one with a broken part); `{config}` and `{tmp}` in argv ar
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -200,3 +201,23 @@ def test_global_options_after_the_command_and_version(tmp_path: Path) -> None:
     assert after.stdout == before.stdout and "last run: none yet" in after.stdout
     version = run_cli(["--version"])
     assert version.returncode == 0 and re.fullmatch(r"gitops-agent \d+\.\d+\.\d+\n", version.stdout)
+
+
+def test_a_refused_run_is_reported_and_the_json_views_show_it(tmp_path: Path) -> None:
+    """A run refused before Ansible (the token file is missing) is still an attempt: an error report in
+    last_run.json and the outbox (it reaches the collector once the token is fixed)."""
+    config = _token(tmp_path, None)
+    refused = run_cli(["run", "--json", "--config", str(config)])
+    assert refused.returncode == 78 and len(refused.stderr.splitlines()) == 1
+    report = json.loads(refused.stdout)
+    assert (report["status"], report["phase_reached"], report["roles"]) == ("error", "fetch", [])
+    assert "'collector.token_file'" in report["errors"][0]["message"]
+    outbox = json.loads(run_cli(["outbox", "--json", "--config", str(config)]).stdout)
+    assert [(e["run_id"], e["status"]) for e in outbox["pending"]] == [(report["run_id"], "error")]
+    assert outbox["quarantined"] == [] and outbox["flush"] is None
+    diff = run_cli(["diff", "--json", "--config", str(config)])
+    assert diff.returncode == 0
+    assert json.loads(diff.stdout) | {"finished_at": None} == {
+        "run_id": report["run_id"], "status": "error", "commit": None, "finished_at": None, "drift": []}
+    status = json.loads(run_cli(["status", "--json", "--config", str(config)]).stdout)
+    assert status["last_run"]["run_id"] == report["run_id"] and status["outbox_depth"] == 1

@@ -107,7 +107,7 @@ def test_failing_task_is_named(cli, write_config, tmp_path: Path) -> None:
 
 def test_unknown_host_is_reported(cli, write_config, app_repo: GitRepo, tmp_path: Path) -> None:
     code, report = run(cli, write_config(app_repo.path, host="stranger.example.com"))
-    assert (code, report["status"], report["phase_reached"]) == (1, "error", "plan")
+    assert (code, report["status"], report["phase_reached"]) == (78, "error", "plan")  # EX_CONFIG
     message = report["errors"][0]["message"]
     assert "host 'stranger.example.com' is not in the inventory" in message and "/inventory" in message
     assert json.loads((tmp_path / "state/last_run.json").read_text())["run_id"] == report["run_id"]
@@ -117,7 +117,7 @@ def test_host_without_role(cli, write_config, tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "origin", {"playbooks/app.yml": APP_PLAYBOOK,
                                            "inventory/hosts.yml": "all:\n  children:\n    db:\n      hosts:\n        testhost:\n"})
     code, report = run(cli, write_config(repo.path))
-    assert (code, report["phase_reached"]) == (1, "plan")
+    assert (code, report["phase_reached"]) == (78, "plan")
     assert "has no role: none of its groups (db) has a playbook" in report["errors"][0]["message"]
 
 
