@@ -104,3 +104,4 @@ def test_progress_on_a_terminal_and_a_broken_role_fails_alone(write_config, tmp_
     assert re.fullmatch(r"error \(plan\): role 'web' cannot be loaded, so it did not run: YAML parsing failed: "
                         r".+ \(playbooks/web\.yml line 4, column 1\)", error), error
     assert "\\r" not in out and "\\n" not in out
+    assert not (tmp_path / "state/syntax-checked").exists()  # a commit with a broken role is checked every time
