@@ -36,7 +36,7 @@ from tests.harness import image  # noqa: E402
 
 SMOKE = {
     "gitops-agent":
-        "/opt/gitops-agent/bin/python3 -c 'import agent, ansible_runner, ansible.release, git, httpx, yaml'",
+        "/opt/gitops-agent/bin/python3 -c 'import agent, ansible_runner, ansible.release, git, httpx, yaml, rich'",
     "gitops-collector":
         "/opt/gitops-collector/bin/python3 -c 'import agent, sqlalchemy, uvicorn, starlette, alembic'",
 }
