@@ -6,6 +6,8 @@ says where). The cycle holds the state directory's lock for its whole length.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 import uuid
@@ -19,8 +21,10 @@ from agent import verdict as verdict_of
 from agent.config import AgentConfig
 from agent.drift import DriftContext, Finding
 from agent.errors import AgentError, RewindError, RunTimeoutError, VerifyError
+from agent.fsutil import atomic_write
 from agent.inventory import RunPlan, make_plan, parse_graph
 from agent.lock import cycle_lock
+from agent.progress import PhaseDone, PhaseStarted, Progress, ProgressEvent
 from agent.redact import Redactor, redact_record, redact_report, redact_url
 from agent.report import (
     ApplyResult,
@@ -59,6 +63,9 @@ def never() -> bool:
 class CycleOptions:
     trigger: Trigger = Trigger.MANUAL
     check_only: bool = False
+    # A local problem found before the cycle (the CLI's preflight: e.g. an unsafe token file): the
+    # attempt is reported as an error at phase fetch, and nothing is fetched or run.
+    refusal: str | None = None
 
 
 @dataclass
@@ -78,6 +85,8 @@ class _Attempt:
     stats: Stats = field(default_factory=Stats)
     errors: list[ErrorItem] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
+    broken_roles: dict[str, str] = field(default_factory=dict)  # role -> why Ansible cannot load it
+    all_roles: tuple[str, ...] = ()  # the host's roles, broken ones included (the plan has the others)
 
     def fail(self, message: str, phase: Phase | None = None) -> None:
         self.errors.append(ErrorItem(phase or self.phase, message))
@@ -97,10 +106,11 @@ def _converged(state: AgentState, commit: str, *, recurring: set[str], check_onl
 
 class Cycle:
     def __init__(self, config: AgentConfig, *, clock: Callable[[], datetime] = utc_now,
-                 cancel: Callable[[], bool] = never) -> None:
+                 cancel: Callable[[], bool] = never, progress: Progress | None = None) -> None:
         self.config = config
         self.clock = clock
         self.cancel = cancel
+        self.progress = progress
         self.store = StateStore(config.state_dir, history=config.history)
         self.source = GitSource(config.source, config.state_dir)
         self.deadline = 0.0  # monotonic; set when a cycle starts
@@ -124,7 +134,9 @@ class Cycle:
         self.deadline = started + self.config.schedule.timeout_s
         state = self.store.load()
         try:
-            if attempt.pause is not None and attempt.pause.checks_too:
+            if options.refusal is not None:
+                attempt.fail(options.refusal)  # status stays error, phase fetch: nothing ran
+            elif attempt.pause is not None and attempt.pause.checks_too:
                 attempt.status = Status.PAUSED  # not even a check while paused with --checks-too
                 log.info("paused, checks too: reason=%r", attempt.pause.reason)
             else:
@@ -132,7 +144,7 @@ class Cycle:
         except RunTimeoutError as e:
             attempt.status = Status.FAILED
             attempt.fail(str(e))
-            log.error("cycle stopped: phase=%s error=%s", attempt.phase.value, self.redactor(str(e)))
+            log.info("cycle stopped: phase=%s error=%s", attempt.phase.value, self.redactor(str(e)))
         except (RewindError, VerifyError) as e:
             attempt.phase = Phase.VERIFY
             outcome = getattr(e, "outcome", None)  # SignatureRejectedError says which commit and key
@@ -140,11 +152,11 @@ class Cycle:
                 attempt.signature, attempt.refused_commit = outcome.signature, outcome.commit
             attempt.status = Status.ERROR
             attempt.fail(str(e))
-            log.error("source refused: phase=verify error=%s", self.redactor(str(e)))
+            log.info("source refused: phase=verify error=%s", self.redactor(str(e)))
         except AgentError as e:
             attempt.status = Status.ERROR
             attempt.fail(str(e))
-            log.error("cycle failed: phase=%s error=%s", attempt.phase.value, self.redactor(str(e)))
+            log.info("cycle failed: phase=%s error=%s", attempt.phase.value, self.redactor(str(e)))
         attempt.durations["total"] = time.monotonic() - started
         report, state = self._report(attempt, state, options)
         report = redact_report(report, self.redactor)  # before it is written or sent anywhere
@@ -158,14 +170,29 @@ class Cycle:
 
     # -- phases ------------------------------------------------------------------------------
 
+    def _emit(self, event: ProgressEvent) -> None:
+        """Tell the onlooker (if any); a display that fails never stops the cycle."""
+        if self.progress is None:
+            return
+        try:
+            self.progress(event)
+        except Exception:
+            log.debug("progress display failed; not showing progress any more", exc_info=True)
+            self.progress = None
+
     def _timed(self, attempt: _Attempt, name: str, started: float) -> None:
         attempt.durations[name] = attempt.durations.get(name, 0.0) + time.monotonic() - started
 
     def _reconcile(self, attempt: _Attempt, state: AgentState, options: CycleOptions) -> AgentState:
         started = time.monotonic()
+        self._emit(PhaseStarted("fetch"))
         revision = self.source.sync(last_commit=state.last_commit,
                                     keep=tuple(c for c in (state.applied_commit,) if c))
         self._timed(attempt, "fetch", started)
+        self._emit(PhaseDone("fetch", f"{revision.commit[:12]} {revision.subject or ''}".strip()
+                             + (" (offline: the last commit)" if revision.offline else "")))
+        self._emit(PhaseDone("verify", f"signature {revision.signature.status.value.replace('_', ' ')}"
+                             + (f" by {revision.signature.signer}" if revision.signature.signer else "")))
         attempt.revision = revision
         for error in revision.fetch_errors:
             attempt.fail(error, Phase.FETCH)
@@ -175,7 +202,12 @@ class Cycle:
         attempt.phase = Phase.VERIFY
         state = replace(state, last_commit=revision.commit)
         attempt.phase = Phase.PLAN
-        attempt.plan = plan = self._plan(revision)
+        self._emit(PhaseStarted("plan"))
+        attempt.plan = plan = self._without_broken_roles(attempt, self._plan(revision))
+        self._emit(PhaseDone("plan", f"roles: {', '.join(attempt.plan.roles) or '-'}"))
+        if not plan.roles:  # every role is broken: nothing Ansible could run
+            attempt.status = Status.FAILED
+            return state
         attempt.phase = Phase.CHECK
         check = self._ansible(attempt, plan, RunMode.CHECK, "check")
         verdict = self._judge(check, plan, self._check_only_keys(state, revision.commit))
@@ -184,7 +216,13 @@ class Cycle:
         attempt.findings = (drift.classify((*check.parsed.tasks, *verdict.unattributed), ctx)
                             + drift.check_only_findings(verdict, self._playbook_names(plan)))
         attempt.stats = check.parsed.stats
-        return self._decide_and_apply(attempt, state, options, verdict)
+        decided = self._decide_and_apply(attempt, state, options, verdict)
+        if attempt.broken_roles and attempt.status is not Status.ERROR:
+            # A role of this host did not run: the host is not in the commit's state, whatever the
+            # others did. Failed, and never counted as converged to this commit.
+            attempt.status = Status.FAILED
+            decided = replace(decided, converged=state.converged)
+        return decided
 
     @staticmethod
     def _check_only_keys(state: AgentState, commit: str) -> frozenset[str]:
@@ -205,6 +243,29 @@ class Cycle:
     def _judge(self, result: RunResult, plan: RunPlan, check_only: frozenset[str]) -> RunVerdict:
         return verdict_of.judge(result.parsed, host=plan.host, roles=plan.roles,
                                 playbooks=self._playbook_names(plan), check_only_keys=check_only)
+
+    def _without_broken_roles(self, attempt: _Attempt, plan: RunPlan) -> RunPlan:
+        """The plan less the roles whose playbook Ansible cannot load, each reported as a failed role
+        with its one-line error: a broken role fails alone, the others still run (together, in one
+        ansible-playbook run, so facts set by one reach the next)."""
+        # A commit's playbooks load the same way every time for the same roles and variables: once they
+        # all loaded, the next cycles of that commit skip the check (~1.5 CPU-s each; bench/README.md).
+        key = hashlib.sha256(json.dumps([plan.commit, plan.roles, self.settings.extra_vars,
+                                         str(self.settings.vault_password_file)],
+                                        sort_keys=True, default=str).encode()).hexdigest()
+        marker = self.config.state_dir / "syntax-checked"
+        broken: dict[str, str] = {}
+        if not marker.is_file() or marker.read_text(encoding="utf-8").strip() != key:
+            remaining = self.deadline - time.monotonic()
+            broken = runner.syntax_errors(plan, replace(self.settings, timeout_s=remaining))
+            if not broken:
+                atomic_write(marker, f"{key}\n".encode())
+        for role, error in broken.items():
+            attempt.fail(f"role '{role}' cannot be loaded, so it did not run: {self.redactor(error)}",
+                         Phase.PLAN)
+        attempt.broken_roles, attempt.all_roles = broken, plan.roles
+        kept = [(r, p) for r, p in zip(plan.roles, plan.playbooks, strict=True) if r not in broken]
+        return replace(plan, roles=tuple(r for r, _ in kept), playbooks=tuple(p for _, p in kept))
 
     def _plan(self, revision: Revision) -> RunPlan:
         self.redactor = vault.redactor(revision.path, patterns=self.config.redact,
@@ -229,10 +290,13 @@ class Cycle:
             raise RunTimeoutError(f"no time left for the {name} (schedule.timeout is "
                                   f"{self.config.schedule.timeout_s:g}s)")
         settings = replace(self.settings, timeout_s=remaining)
+        self._emit(PhaseStarted(name))
         try:
-            result = runner.run_playbooks(plan, mode, settings, cancel=self.cancel, playbooks=playbooks)
+            result = runner.run_playbooks(plan, mode, settings, cancel=self.cancel, playbooks=playbooks,
+                                          progress=self._emit if self.progress else None)
         finally:
             self._timed(attempt, name, started)
+        self._emit(PhaseDone(name))
         result = replace(result, parsed=redact_record(result.parsed, self.redactor))  # task names, diffs
         if result.status == "timeout":
             limit_s = self.config.schedule.timeout_s
@@ -355,7 +419,8 @@ class Cycle:
             run_id=str(uuid.uuid4()), host=self.config.host, agent_version=__version__,
             trigger=options.trigger, mode=Mode.CHECK if options.check_only else Mode(self.config.mode),
             started_at=attempt.started_at, finished_at=self.clock(), source=self._source_info(attempt, state),
-            roles=attempt.plan.roles if attempt.plan else (), phase_reached=attempt.phase,
+            roles=attempt.all_roles or (attempt.plan.roles if attempt.plan else ()),
+            phase_reached=attempt.phase,
             status=attempt.status, drift=items, apply=attempt.apply, stats=attempt.stats,
             errors=tuple(attempt.errors),
             durations_s=Durations(fetch=d.get("fetch"), check=d.get("check"), apply=d.get("apply"),

@@ -36,7 +36,7 @@ from tests.harness import image  # noqa: E402
 
 SMOKE = {
     "gitops-agent":
-        "/opt/gitops-agent/bin/python3 -c 'import agent, ansible_runner, ansible.release, git, httpx, yaml'",
+        "/opt/gitops-agent/bin/python3 -c 'import agent, ansible_runner, ansible.release, git, httpx, yaml, rich'",
     "gitops-collector":
         "/opt/gitops-collector/bin/python3 -c 'import agent, sqlalchemy, uvicorn, starlette, alembic'",
 }
@@ -73,7 +73,7 @@ def build_all(src: Path, out: Path, work: Path, *, rpm_too: bool, only: list[str
     root = image.extract(image.ensure_image(), work / "buildroot")
     timings["buildroot_s"] = time.monotonic() - t0
     date = email.utils.formatdate().replace("-0000", "+0000")
-    docs = [REPO / "docs/packaging.md", REPO / "docs/air-gapped.md"]
+    docs = [REPO / "docs/packaging.md", REPO / "docs/air-gapped.md", REPO / "docs/operations.md"]
     built: dict[str, dict[str, object]] = {}
     for pkg in (deb.AGENT, deb.COLLECTOR):
         if only and pkg.name not in only:

@@ -17,9 +17,20 @@ from pathlib import Path
 
 # command -> "module:function" returning its whole argparse parser
 PARSERS = {
+    "gitops-agent": "agent.cli:build_parser",
     "gitops-collector": "agent.collector.cli:build_parser",
 }
 SECTIONS = {
+    "gitops-agent": {
+        "files": (
+            ".TP\n\\fB/etc/gitops\\-agent/agent.yaml\\fR\n"
+            "the configuration (gitops\\-agent \\-\\-help lists every setting)\n"
+            ".TP\n\\fB/etc/gitops\\-agent/token\\fR\nthe collector ingest token (mode 0600)\n"
+            ".TP\n\\fB/var/lib/gitops\\-agent\\fR\n"
+            "state_dir: last_run.json, history/, outbox/, releases/, daemon.json, pause.json\n"
+            ".TP\n\\fB/usr/share/doc/gitops\\-agent\\fR\noperations.md, packaging.md, air\\-gapped.md"),
+        "see also": "gitops\\-collector(1); /usr/share/doc/gitops\\-agent/operations.md",
+    },
     "gitops-collector": {
         "exit status": (
             ".TP\n\\fB0\\fR\ndone\n"
@@ -40,7 +51,8 @@ SECTIONS = {
         "see also": "gitops\\-agent(1); /usr/share/doc/gitops\\-collector/",
     },
 }
-DESCRIPTION = {"gitops-collector": "collector, API, web UI and fleet queries for gitops-agent reports"}
+DESCRIPTION = {"gitops-agent": "keep this host in the state its Git repository declares (Ansible), report drift",
+               "gitops-collector": "collector, API, web UI and fleet queries for gitops-agent reports"}
 
 
 def _parser(name: str) -> argparse.ArgumentParser:

@@ -45,6 +45,9 @@ AGENT_FILES = """\
 /usr/bin/gitops-agent
 /usr/lib/gitops-agent
 /usr/lib/systemd/system/gitops-agent.service
+/usr/share/man/man1/gitops-agent.1.gz
+/usr/share/bash-completion/completions/gitops-agent
+/usr/share/zsh/site-functions/_gitops-agent
 %dir /etc/gitops-agent
 %config(noreplace) /etc/gitops-agent/agent.yaml
 %dir %attr(0700,root,root) /var/lib/gitops-agent

@@ -15,6 +15,9 @@ from tests.harness.dist import deb, rpm
 
 pytestmark = [pytest.mark.fleet, pytest.mark.timeout(900)]
 PACKAGES = ("gitops-agent", "gitops-collector")
+# Generated from the argparse parser at build time (packaging/cli_docs.py).
+AGENT_CLI_DOCS = ("/usr/share/man/man1/gitops-agent.1.gz", "/usr/share/bash-completion/completions/gitops-agent",
+                  "/usr/share/zsh/vendor-completions/_gitops-agent")
 
 
 def _listing(package: Path) -> dict[str, str]:
@@ -38,8 +41,11 @@ def test_agent_deb_contents(dist: Path) -> None:
     for path in ("/opt/gitops-agent/bin/gitops-agent", "/opt/gitops-agent/bin/ansible-playbook",
                  "/opt/gitops-agent/pyvenv.cfg", "/usr/bin/gitops-agent", "/etc/gitops-agent/agent.yaml",
                  "/lib/systemd/system/gitops-agent.service", "/usr/lib/gitops-agent/restart-when-idle",
-                 "/usr/share/doc/gitops-agent/copyright"):
+                 "/usr/share/doc/gitops-agent/copyright", "/usr/share/doc/gitops-agent/operations.md",
+                 *AGENT_CLI_DOCS):
         assert path in entries, path
+    for path in AGENT_CLI_DOCS:
+        assert entries[path] == "-rw-r--r--", (path, entries[path])
     assert entries["/var/lib/gitops-agent"] == "drwx------"
     assert entries["/usr/bin/gitops-agent"] == "-rwxr-xr-x"
     assert entries["/usr/lib/gitops-agent/bin/ansible-playbook"].startswith("l")
@@ -91,7 +97,9 @@ def test_rpm_metadata_and_files(dist: Path) -> None:
     files = subprocess.run(["rpm", "-qpl", str(agent)], check=True, capture_output=True, text=True).stdout
     for path in ("/opt/gitops-agent/bin/gitops-agent", "/usr/bin/gitops-agent",
                  "/usr/lib/systemd/system/gitops-agent.service", "/etc/gitops-agent/agent.yaml",
-                 "/var/lib/gitops-agent"):
+                 "/var/lib/gitops-agent", "/usr/share/man/man1/gitops-agent.1.gz",
+                 "/usr/share/bash-completion/completions/gitops-agent",
+                 "/usr/share/zsh/site-functions/_gitops-agent"):
         assert path in files.splitlines(), path
     requires = subprocess.run(["rpm", "-qpR", str(agent)], check=True, capture_output=True, text=True).stdout
     for dependency in ("python3.11", "git-core", "openssh-clients", "gnupg2"):

@@ -112,6 +112,18 @@ def test_agent_install_version_check_run_purge(make_host: object, record_propert
 
     version = host.run("gitops-agent", "version").stdout
     assert re.search(r"\b0\.\d+\.\d+", version), version
+    assert host.run("gitops-agent", "--version").stdout == version
+    # The man page and the completions are installed and work: the page names every command, and bash
+    # completes the commands after sourcing the completion file the way bash-completion does.
+    page = host.run("sh", "-c", "zcat /usr/share/man/man1/gitops-agent.1.gz").stdout
+    assert ".SH NAME" in page and "gitops\\-agent doctor" in page, page[:500]
+    completed = host.run("bash", "-c", ". /usr/share/bash-completion/completions/gitops-agent && "
+                         "COMP_WORDS=(gitops-agent st) COMP_CWORD=1 && "
+                         "$(complete -p gitops-agent | sed 's/.* -F \\([^ ]*\\) .*/\\1/') && "
+                         "echo \"${COMPREPLY[@]}\"").stdout
+    assert completed.split() == ["status"], completed
+    assert host.run("sh", "-c", "head -n 1 /usr/share/zsh/vendor-completions/_gitops-agent").stdout.startswith(
+        "#compdef gitops-agent")
     assert host.run("stat", "-c", "%a %U", "/var/lib/gitops-agent").stdout.split() == ["700", "root"]
     assert "/etc/gitops-agent/agent.yaml" in host.run("dpkg-query", "--showformat=${Conffiles}", "--show",
                                                       "gitops-agent").stdout
