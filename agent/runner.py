@@ -32,6 +32,7 @@ import yaml
 from agent import events
 from agent.errors import PlanError, RunnerError
 from agent.inventory import RunPlan
+from agent.progress import Progress, from_runner_event
 
 log = logging.getLogger(__name__)
 PLUGIN_DIR = Path(__file__).parent / "ansible_plugins"
@@ -131,6 +132,71 @@ def inventory_graph(inventory: Path, project_dir: Path, settings: RunnerSettings
         text = re.sub(r"\x1b\[[0-9;]*m", "", f"{out}\n{err}").strip().splitlines() or ["no output"]
         raise PlanError(f"inventory {inventory} could not be parsed: {text[-1].strip()}")
     return str(out)
+
+
+def _one_line_error(output: str, project_dir: Path) -> str:
+    """Ansible's error block (`[ERROR]: ...` and its continuation lines, `Origin: file:line:col`) as
+    one line: '<message> (playbooks/web.yml line 5, column 1)'. Terminal line ends (\\r\\n) and
+    colour codes are dropped."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in output.splitlines()]
+    message: list[str] = []
+    origin = ""
+    for line in lines:
+        if line.startswith(("[ERROR]:", "ERROR!")) and not message:
+            message.append(line.split(":", 1)[1].strip() if line.startswith("[") else line[6:].strip())
+        elif message and line.startswith("Origin:"):
+            origin = line.removeprefix("Origin:").strip()
+            break
+        elif message and line:
+            message.append(line)
+        elif message:
+            break
+    text = " ".join(message) or next((line for line in reversed(lines) if line), "no output")
+    match = re.match(r"^(.*?):(\d+):(\d+)$", origin)
+    if match:
+        path = Path(match.group(1))
+        shown = path.relative_to(project_dir) if path.is_relative_to(project_dir) else path
+        text += f" ({shown} line {match.group(2)}, column {match.group(3)})"
+    return text
+
+
+def _syntax_check(books: tuple[Path, ...], plan: RunPlan, settings: RunnerSettings,
+                  private: Path) -> str | None:
+    """None when `ansible-playbook --syntax-check` loads every playbook, else its error as one line."""
+    import ansible_runner
+
+    extra_file = private / "extravars.json"
+    extra_file.write_text(json.dumps(dict(settings.extra_vars)), encoding="utf-8")
+    extra_file.chmod(0o600)
+    tool = Path(sys.executable).parent / "ansible-playbook"
+    args = ["--syntax-check", "-i", str(plan.inventory), "-e", f"@{extra_file}", *settings.vault_args,
+            *(str(b) for b in books)]
+    try:
+        out, err, rc = ansible_runner.run_command(
+            executable_cmd=str(tool), cmdline_args=args, private_data_dir=str(private),
+            project_dir=str(plan.project_dir), envvars=_base_env(plan.project_dir, settings), quiet=True,
+            timeout=int(max(settings.timeout_s, 1)), input_fd=None)
+    except Exception as e:  # ansible-runner raises bare ConfigurationError/RuntimeError
+        raise RunnerError(f"ansible-playbook --syntax-check could not run: {e}") from e
+    return None if rc == 0 else _one_line_error(f"{out}\n{err}", plan.project_dir)
+
+
+def syntax_errors(plan: RunPlan, settings: RunnerSettings) -> dict[str, str]:
+    """role -> one-line error, for each of the plan's playbooks that Ansible cannot load (YAML errors,
+    unknown modules or keywords, missing imports: `ansible-playbook --syntax-check`). Every playbook is
+    checked in one run first (about 1 CPU-second, whatever their number); only when that fails is each
+    checked alone, so that a broken role can be left out and the others still run."""
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="syntax-", dir=settings.work_dir) as tmp:
+        private = Path(tmp)
+        if _syntax_check(plan.playbooks, plan, settings, private) is None:
+            return {}
+        found = {}
+        for role, book in zip(plan.roles, plan.playbooks, strict=True):
+            error = _syntax_check((book,), plan, settings, private)
+            if error is not None:
+                found[role] = error
+        return found
 
 
 def _read_notes(path: Path) -> dict[str, dict[str, Any]]:
@@ -235,12 +301,14 @@ def _args(plan: RunPlan, mode: RunMode, extra_file: Path, books: tuple[Path, ...
 
 
 def run_playbooks(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
-                  cancel: Callable[[], bool], playbooks: tuple[Path, ...] | None = None) -> RunResult:
+                  cancel: Callable[[], bool], playbooks: tuple[Path, ...] | None = None,
+                  progress: Progress | None = None) -> RunResult:
     """Run the plan's playbooks (or a subset) for plan.host: --check --diff, or for real with --diff.
     With ansible.strategy mitogen, a run that mitogen cannot start, or in which a module could not
     re-execute itself under another Python (Ansible's respawn: apt/dnf without their bindings, which
-    mitogen does not support), is run again with linear."""
-    result = _run(plan, mode, settings, cancel=cancel, playbooks=playbooks)
+    mitogen does not support), is run again with linear. `progress` hears of each task as it starts
+    and ends (agent.progress records; it must not raise)."""
+    result = _run(plan, mode, settings, cancel=cancel, playbooks=playbooks, progress=progress)
     if settings.strategy != "mitogen" or cancel():
         return result
     if result.failed_to_start and any("mitogen" in m.lower() for m in result.parsed.messages):
@@ -251,7 +319,8 @@ def run_playbooks(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
     else:
         return result
     log.warning("the mitogen strategy %s; running the %s again with linear", why, mode.value)
-    return _run(plan, mode, replace(settings, strategy="linear"), cancel=cancel, playbooks=playbooks)
+    return _run(plan, mode, replace(settings, strategy="linear"), cancel=cancel, playbooks=playbooks,
+                progress=progress)
 
 
 def module_respawn_failed(raw_events: list[dict[str, Any]]) -> bool:
@@ -267,7 +336,8 @@ def module_respawn_failed(raw_events: list[dict[str, Any]]) -> bool:
 
 
 def _run(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
-         cancel: Callable[[], bool], playbooks: tuple[Path, ...] | None) -> RunResult:
+         cancel: Callable[[], bool], playbooks: tuple[Path, ...] | None,
+         progress: Progress | None = None) -> RunResult:
     import ansible_runner
 
     settings.work_dir.mkdir(parents=True, exist_ok=True)
@@ -290,6 +360,10 @@ def _run(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
 
     def keep_in_memory(event: dict[str, Any]) -> bool:
         collected.append(event)
+        if progress is not None:
+            record = from_runner_event(event)
+            if record is not None:
+                progress(record)
         return False  # False: ansible-runner writes no event file for it
 
     started = time.monotonic()
@@ -301,7 +375,8 @@ def _run(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
             cancel_callback=cancel, suppress_env_files=True,
             fact_cache=str(settings.fact_cache_dir or private / "facts"),
         )
-        parsed = events.parse(collected, host=plan.host, notes=_read_notes(notes_file))
+        parsed = events.parse(collected, host=plan.host, notes=_read_notes(notes_file),
+                              project_dir=str(plan.project_dir))
         status, rc = str(runner.status), runner.rc
     except Exception as e:
         raise RunnerError(f"ansible-runner could not run the {mode.value}: {e}") from e

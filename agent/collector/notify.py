@@ -37,7 +37,7 @@ class Notifier:
             alerts = group(changes)
             public = c.settings.public_urls[0] if c.settings.public_urls else None  # links in messages
             await c.db(notify_store.record, c.engine, changes, alerts, c.settings.webhooks, now=now,
-                       base_url=public)
+                       base_url=public, grouping=c.settings.alert_grouping)
             log.info("notify: %d host state change(s), %d alert(s)", len(changes), len(alerts))
         await self.deliver()
 

@@ -7,7 +7,7 @@ a test compares the two.
 - drift_items: one row per drifted task of a run, so "which hosts drift on task X" is one indexed query.
 - commits: what is known about a commit (author, subject, signature), for rollout pages.
 - tokens: ingest tokens (bound to a host) and reader tokens; only a SHA-256 of each token is stored.
-- sessions: web UI sign-ins (migration 0004); only a SHA-256 of each session cookie is stored.
+- sessions: web UI sign-ins (migration 0005); only a SHA-256 of each session cookie is stored.
 """
 
 from __future__ import annotations
@@ -185,9 +185,14 @@ webhook_deliveries = Table(
     Index("ux_webhook_deliveries_url_fingerprint", "url", "fingerprint", unique=True),
     Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
     Index("ix_webhook_deliveries_created", "created_at"),
+    # migration 0004: the alert group (kind, task, commit) a delivery belongs to and its (host, since)
+    # members as JSON, so later changes of the group merge into a delivery not sent yet
+    Column("group_key", String(64), nullable=True),
+    Column("members", Text, nullable=True),
+    Index("ix_webhook_deliveries_url_group", "url", "group_key", "created_at"),
 )
 
-# Web UI sessions (migration 0004): one row per sign-in, ended by logout, by expiry, or by revoking the
+# Web UI sessions (migration 0005): one row per sign-in, ended by logout, by expiry, or by revoking the
 # reader token it was made with (a session counts only while its token is unrevoked).
 sessions = Table(
     "sessions", metadata,

@@ -126,10 +126,10 @@ def test_extreme_times_anywhere_are_a_clear_answer_never_a_500(client, token_for
     assert answers == {201, 422}
 
 
-def test_migration_0004_unfreezes_hosts_stored_before_the_clock_rule(db_url):
+def test_migration_0005_unfreezes_hosts_stored_before_the_clock_rule(db_url):
     engine = db.create(db_url)
     try:
-        db.migrate(engine, "0003")
+        db.migrate(engine, "0004")
         frozen = make_report(HOST, status=Status.FAILED, finished_at=FUTURE)
         with db.write(engine) as conn:  # what an older collector stored: the 2099 time as sent
             conn.execute(runs.insert(), store._run_row(frozen, to_json(frozen).encode(), BASE_TIME))

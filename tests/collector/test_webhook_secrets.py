@@ -14,7 +14,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.collector.alerts import Alert, Webhook, WebhookKind, mask_url, payload, scrub_url, slack_escape
+from agent.collector.alerts import (
+    Alert,
+    Grouping,
+    Webhook,
+    WebhookKind,
+    mask_url,
+    payload,
+    scrub_url,
+    slack_escape,
+)
 from agent.collector.app import CollectorSettings
 from agent.collector.cli import _parser, _settings
 from agent.collector.errors import CollectorError
@@ -70,7 +79,8 @@ def settings(receiver):
     return CollectorSettings(webhooks=(Webhook(f"{receiver.url}/generic/{SECRET}"),
                                        Webhook(f"{receiver.url}/slack/{SECRET}", WebhookKind.SLACK),
                                        Webhook(f"{receiver.url}/gone/{SECRET}?token=query-s3cr3t")),
-                             public_urls=("https://collector.example.com",))
+                             public_urls=("https://collector.example.com",),
+                             alert_grouping=Grouping(wait_s=0.0, interval_s=0.0))  # sent at the first scan
 
 
 def test_slack_text_is_literal_whatever_the_report_says():

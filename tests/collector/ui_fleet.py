@@ -100,7 +100,7 @@ def _evil(now: datetime) -> Report:
                         diffs=(Diff(f"/etc/{XSS}", "a\n", f'a\n{XSS}\n<img src=x onerror="alert(2)">\n'),))
     report = make_report(EVIL_HOST, status=Status.DRIFTED, drift=(hostile,), roles=("web", f"role{XSS}"),
                          commit=EVIL_COMMIT, finished_at=now - timedelta(minutes=2),
-                         pause=Pause(f"reason {XSS}"), agent_version=XSS)
+                         pause=Pause(f"reason {XSS}"))
     return _subject(report, f"subject {XSS}")
 
 
