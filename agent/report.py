@@ -197,11 +197,20 @@ def format_time(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class TimeRangeError(ValueError):
+    """A well-formed time that is not representable in UTC."""
+
+
 def parse_time(text: str) -> datetime:
+    """RFC 3339 with a zone -> an aware UTC datetime. ValueError when it is not one, or when it falls
+    outside years 1..9999 once in UTC (0001-01-01T00:00:00+01:00, 9999-12-31T23:59:59-01:00)."""
     parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     if parsed.tzinfo is None:
         raise ValueError("a time zone is required")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise TimeRangeError("out of range in UTC (years 1 to 9999)") from None
 
 
 def _encode(value: Any) -> Any:
@@ -276,7 +285,10 @@ def _decode_scalar(tp: Any, value: Any, where: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer beyond the float range (a 400-digit number)
+                raise ReportError(f"{where}: {str(value)[:20]}... is out of range for a number") from None
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -309,8 +321,10 @@ def _decode(tp: Any, value: Any, where: str) -> Any:
             raise ReportError(f"{where}: expected an RFC 3339 time string")
         try:
             return parse_time(value)
+        except TimeRangeError as e:
+            raise ReportError(f"{where}: {value[:40]!r} is {e}") from e
         except ValueError as e:
-            raise ReportError(f"{where}: {value!r} is not an RFC 3339 time with a zone") from e
+            raise ReportError(f"{where}: {value[:40]!r} is not an RFC 3339 time with a zone") from e
     return _decode_scalar(tp, value, where)
 
 

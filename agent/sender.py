@@ -1,10 +1,23 @@
 """Delivery of outbox reports to the collector: the one module on the agent side that speaks HTTP.
 
-A report leaves the outbox only after a 2xx (201 stored, 200 already stored). 408, 429, 5xx and
-network errors are retried with exponential backoff and full jitter (Retry-After is honoured).
-401 (no valid token) and 404 or 3xx (wrong collector URL) stop the flush and keep every report:
-those are configuration problems, not problems of the report. Any other 4xx is permanent for that
-report: it moves to the outbox's quarantine folder with the collector's reason.
+A report leaves the outbox only after a 2xx. What each answer of the collector does:
+
+| answer                      | outcome    | the report                                                   |
+| --------------------------- | ---------- | ------------------------------------------------------------ |
+| 201 stored, other 2xx       | DELIVERED  | removed from the outbox                                      |
+| 200 already stored          | DUPLICATE  | removed (this same report was stored before)                 |
+| 408, 429, 5xx, network      | RETRY      | kept; retried with exponential backoff and full jitter       |
+|                             |            | (Retry-After honoured), then at the next flush               |
+| 401, 404, 3xx               | STOP       | kept, and so is every later one: a token or collector.url    |
+|                             |            | problem, not the report's; the flush stops                   |
+| 409 run_id conflict         | REJECTED   | quarantined with the reason, logged as a conflict: the       |
+|                             |            | collector holds another report under this run_id (this host  |
+|                             |            | re-used one, or another host did); sending it again cannot   |
+|                             |            | succeed, and dropping it would lose the run                  |
+| any other 4xx (413, 422...) | REJECTED   | quarantined with the collector's reason                      |
+
+Quarantined reports stay in `outbox/quarantine/` beside a `.reason` file (`gitops-agent outbox` lists
+them) until someone requeues or removes them; they never block the reports behind them.
 
 Usage (the CLI and daemon):
     with Sender.from_config(config.collector) as sender:
@@ -37,6 +50,7 @@ REPORTS_PATH = "/api/v1/reports"
 HEALTH_PATH = "/healthz"
 STOP_STATUSES = frozenset({401, 404})
 RETRY_STATUSES = frozenset({408, 429})
+CONFLICT = 409
 
 
 class Outcome(enum.Enum):
@@ -135,7 +149,8 @@ def _reason(response: httpx.Response) -> str:
 
 def _retry_after_s(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after", "")
-    return float(value) if value.isdigit() else None
+    # ASCII digits only: "²".isdigit() is true and float("²") raises (a long number is inf: capped later).
+    return float(value) if value.isascii() and value.isdigit() else None
 
 
 class Sender:
@@ -258,6 +273,10 @@ class Sender:
         result = self._deliver(body, deadline)
         if result.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE):
             outbox.remove(entry)
+        elif result.status_code == CONFLICT:
+            log.error("collector holds another report under run_id %s; this one is quarantined, not "
+                      "retried: %s", entry.run_id, result.reason)
+            outbox.quarantine(entry, result.reason)
         elif result.outcome is Outcome.REJECTED:
             log.warning("collector refused report %s for good, quarantined: %s", entry.run_id, result.reason)
             outbox.quarantine(entry, result.reason)

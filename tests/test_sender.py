@@ -54,7 +54,8 @@ def outbox(tmp_path):
 @pytest.mark.parametrize(("status", "outcome"), [
     (201, Outcome.DELIVERED), (202, Outcome.DELIVERED), (200, Outcome.DUPLICATE),
     (408, Outcome.RETRY), (429, Outcome.RETRY), (500, Outcome.RETRY), (503, Outcome.RETRY),
-    (400, Outcome.REJECTED), (403, Outcome.REJECTED), (413, Outcome.REJECTED), (422, Outcome.REJECTED),
+    (400, Outcome.REJECTED), (403, Outcome.REJECTED), (409, Outcome.REJECTED), (413, Outcome.REJECTED),
+    (422, Outcome.REJECTED),
     (401, Outcome.STOP), (404, Outcome.STOP), (301, Outcome.STOP),
 ])
 def test_classify(status, outcome):
@@ -106,6 +107,27 @@ def test_permanent_4xx_quarantines_with_the_reason_and_goes_on(outbox):
     (q,) = outbox.quarantined()
     assert q.entry.run_id == first.run_id
     assert q.reason == "HTTP 422: drift[0].kind: no (status 422)"
+
+
+def test_a_run_id_conflict_is_quarantined_once_logged_and_the_flush_goes_on(outbox, caplog):
+    first = outbox.pending()[0]
+    collector = Collector(409)
+    with caplog.at_level("ERROR", logger="agent.sender"):
+        result = make_sender(collector, max_attempts=4).flush(outbox)
+    assert (result.quarantined, result.delivered, result.ok) == (1, 2, True)
+    assert len(collector.received) == 3  # sent once: a conflict is not retried
+    (q,) = outbox.quarantined()
+    assert (q.entry.run_id, q.reason) == (first.run_id, "HTTP 409: drift[0].kind: no (status 409)")
+    assert f"collector holds another report under run_id {first.run_id}" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0663", "9" * 5000, "-1", "Wed, 21 Oct 2026 07:28:00 GMT"])
+def test_a_retry_after_that_is_not_ascii_seconds_never_breaks_delivery(outbox, value):
+    sleeps: list[float] = []
+    collector = Collector(429, headers={"Retry-After": value.encode()})
+    result = make_sender(collector, sleeps, backoff_base_s=1, backoff_cap_s=60).flush(outbox)
+    assert result.ok and result.delivered == 3
+    assert sleeps and sleeps[0] <= 60
 
 
 @pytest.mark.parametrize("status", [401, 404])

@@ -18,6 +18,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from agent.report import format_time
 
@@ -40,14 +41,38 @@ class Webhook:
     kind: WebhookKind = WebhookKind.JSON
 
 
+def mask_url(url: str) -> str:
+    """A webhook URL as readers and logs see it: scheme, host and port only. The path, query and any
+    user:password@ are what carry a webhook's secret (a Slack URL is a credential), so they become "…"."""
+    parts = urlsplit(url)
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    host = parts.hostname or "?"
+    return f"{parts.scheme}://{f'[{host}]' if ':' in host else host}{port}/…"
+
+
+def scrub_url(text: str, url: str) -> str:
+    """`text` (an error message, a receiver's answer) without `url` or its secret parts (path, query)."""
+    parts = urlsplit(url)
+    text = text.replace(url, mask_url(url))
+    for secret in (f"{parts.path}?{parts.query}", parts.path, parts.query):
+        if len(secret) >= 8:
+            text = text.replace(secret, "/…")
+    return text
+
+
 def parse_webhook(text: str) -> Webhook:
     """'URL' or 'URL,slack' / 'URL,json' (from `serve --webhook`)."""
     url, kind = text.strip(), "json"
     head, sep, tail = url.rpartition(",")
     if sep and tail in ("json", "slack"):
         url, kind = head, tail
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"webhook {text!r}: expected http(s)://URL[,json|slack]")
+    well_formed = url.startswith(("http://", "https://")) and not any(c.isspace() for c in url)
+    if not well_formed or not urlsplit(url).hostname:
+        # the text may be a secret: show only how it starts
+        raise ValueError(f"webhook: expected http(s)://HOST/PATH[,json|slack], got {url[:8]!r}...")
     return Webhook(url, WebhookKind(kind))
 
 
@@ -154,13 +179,21 @@ def summary(alert: Alert) -> str:
     return text
 
 
+def slack_escape(text: str) -> str:
+    """Text as Slack shows it literally: &, < and > are Slack's control characters (`<!channel>`,
+    `<https://x|label>`, `<@U123>`), so they go as the entities Slack decodes for display."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def payload(alert: Alert, kind: WebhookKind, base_url: str | None = None) -> dict[str, Any]:
-    """The body sent to a webhook: generic JSON, or a Slack-compatible message."""
+    """The body sent to a webhook: generic JSON (values as reported, for programs), or a Slack message
+    (every character of it literal: report values cannot mention, link or format; no link previews)."""
     if kind is WebhookKind.SLACK:
         more = len(alert.hosts) - 20
         shown = ", ".join(alert.hosts[:20]) + (f" and {more} more" if more > 0 else "")
         link = f"\n{base_url.rstrip('/')}/drift" if base_url and alert.kind == "drifting" else ""
-        return {"text": f"[gitops] {summary(alert)}: {shown}{link}"}
+        return {"text": slack_escape(f"[gitops] {summary(alert)}: {shown}{link}"),
+                "unfurl_links": False, "unfurl_media": False}
     return {"fingerprint": alert.fingerprint, "kind": alert.kind, "task": alert.task, "commit": alert.commit,
             "hosts": list(alert.hosts), "count": len(alert.hosts), "at": format_time(alert.at),
             "summary": summary(alert)}

@@ -3,6 +3,7 @@ raised as CollectorError and turned into JSON by the app's handler."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -20,13 +21,16 @@ from agent.collector.errors import (
 )
 from agent.collector.metrics import render
 from agent.collector.openapi import document
+from agent.collector.params import whole_number
 from agent.collector.payload import parse_report
 from agent.collector.queries import HostFilter, Listing, Page
+from agent.collector.report_times import CLOCK_AHEAD_WARN_S, seconds_ahead
 
 if TYPE_CHECKING:
     from agent.collector.app import Collector
 
 MAX_LIMIT = 1000
+log = logging.getLogger(__name__)
 
 
 def _collector(request: Request) -> Collector:
@@ -36,8 +40,11 @@ def _collector(request: Request) -> Collector:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise TooLargeError(f"body of {declared} bytes is over the limit of {limit}")
+    if declared is not None:
+        if not (declared.isascii() and declared.isdigit()):
+            raise BadRequestError("Content-Length: expected a whole number of bytes")
+        if len(declared) > 18 or int(declared) > limit:
+            raise TooLargeError(f"body of {declared[:20]} bytes is over the limit of {limit}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -59,14 +66,21 @@ async def post_report(request: Request) -> Response:
             raise ForbiddenError(f"this token is bound to host {principal.name!r}, not {report.host!r}")
         if collector.settings.client_cert_required:
             check_client_cert(request, report.host)
+        received_at = collector.now()
         created = await collector.db(store.ingest, collector.engine, report, raw,
-                                     received_at=collector.now(), expect=collector.settings.expect)
+                                     received_at=received_at, expect=collector.settings.expect)
     except Exception as e:
         result = f"rejected_{e.status}" if isinstance(e, CollectorError) else "error"
         collector.metrics.observe_ingest(result, time.perf_counter() - started)
         raise
     result = "created" if created else "duplicate"
     collector.metrics.observe_ingest(result, time.perf_counter() - started)
+    ahead_s = seconds_ahead(report, received_at)
+    if created and ahead_s > CLOCK_AHEAD_WARN_S:
+        collector.metrics.clock_ahead += 1
+        log.warning("host=%s run_id=%s: finished_at is %.0fs ahead of this collector's clock; its times "
+                    "are stored as the receive time (check the host's clock)", report.host, report.run_id,
+                    ahead_s)
     return JSONResponse({"run_id": report.run_id, "result": result}, status_code=201 if created else 200)
 
 
@@ -80,9 +94,10 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     text = request.query_params.get(name)
     if text is None:
         return default
-    if not text.isdigit() or not low <= int(text) <= high:
+    value = whole_number(text)
+    if value is None or not low <= value <= high:
         raise BadRequestError(f"{name}: expected a whole number from {low} to {high}")
-    return int(text)
+    return value
 
 
 def _bool_param(request: Request, name: str) -> bool | None:

@@ -53,6 +53,7 @@ class CollectorSettings:
     payload: PayloadLimits = field(default_factory=PayloadLimits)
     client_cert_required: bool = False
     alert_grouping: Grouping = field(default_factory=Grouping)
+    public_urls: tuple[str, ...] = ()  # where browsers reach the collector (a proxy's https://NAME)
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """Who is asking: ingest tokens (bound to a host), reader tokens, or a trusted reverse-proxy header.
 
 The proxy header is off by default. When configured, it is honoured only on connections from the
-listed proxy addresses, and only for reading: ingest always needs the host's own token.
+listed proxy addresses, and only for reading: ingest always needs the host's own token. The address is
+the socket's peer: `serve` runs uvicorn with proxy_headers off, so no X-Forwarded-For can stand in for it
+(tests/collector/test_proxy.py puts a real nginx in front).
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def ingest_principal(engine: Engine, conn: HTTPConnection) -> Principal:
 
 
 def reader_principal(engine: Engine, conn: HTTPConnection, proxy: ProxyAuth | None) -> Principal:
-    """A reader: the trusted proxy header (when configured and from a listed proxy), or a reader token."""
+    """A reader: the trusted proxy header (when configured and the connection's peer is a listed proxy),
+    or a reader token."""
     if proxy is not None and conn.client is not None and conn.client.host in proxy.proxies:
         name = conn.headers.get(proxy.header, "").strip()
         if name:

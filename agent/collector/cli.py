@@ -13,10 +13,12 @@ import logging
 import os
 import re
 import ssl
+import stat
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
@@ -24,16 +26,20 @@ from starlette.applications import Starlette
 
 from agent import __version__
 from agent.collector import db, fleet_cli, store, tokens
-from agent.collector.alerts import Grouping, Webhook, parse_webhook
+from agent.collector.alerts import Grouping, Webhook, mask_url, parse_webhook
 from agent.collector.app import DEFAULT_MAX_BODY_BYTES, Collector, CollectorSettings, create_app, utc_now
 from agent.collector.auth import ProxyAuth
 from agent.collector.errors import CollectorError
+from agent.collector.params import whole_number
 from agent.collector.payload import PayloadLimits
 from agent.collector.tokens import TokenKind
+from agent.collector.ui_auth import origin_of
 from agent.errors import AgentError
 from agent.report import format_time
 
 DB_ENV = "GITOPS_COLLECTOR_DB"
+WEBHOOKS_ENV = "GITOPS_COLLECTOR_WEBHOOKS"
+WEBHOOK_FILE_ENV = "GITOPS_COLLECTOR_WEBHOOK_FILE"
 SERVE_ARGS_ENV = "GITOPS_COLLECTOR_SERVE_ARGS"
 DEFAULT_DB = "sqlite:////var/lib/gitops-collector/collector.db"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)?$")
@@ -65,9 +71,10 @@ def webhook(text: str) -> Webhook:
 
 def listen_address(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    number = whole_number(port)
+    if not sep or number is None or number > 65535 or not host:
         raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
-    return host.strip("[]"), int(port)
+    return host.strip("[]"), number
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,7 +107,16 @@ def _parser() -> argparse.ArgumentParser:
                        help="require client certificates signed by this CA (PEM); a report's host must be "
                             "the name the certificate gives (first DNS subjectAltName, else CN)")
     serve.add_argument("--webhook", action="append", type=webhook, default=[], metavar="URL[,json|slack]",
-                       help="send alerts on host state changes to URL (repeatable; payload json or slack)")
+                       help="send alerts on host state changes to URL (repeatable; payload json or slack). "
+                            "Visible to every local user in `ps`: prefer --webhook-file or "
+                            f"${WEBHOOKS_ENV} for URLs that carry a secret")
+    serve.add_argument("--webhook-file", type=Path, metavar="FILE", default=os.environ.get(WEBHOOK_FILE_ENV),
+                       help="webhooks, one URL[,json|slack] a line (# comments); not readable by others "
+                            f"(env {WEBHOOK_FILE_ENV})")
+    serve.add_argument("--public-url", action="append", default=[], metavar="URL",
+                       help="where browsers reach the collector when it differs from the address served, "
+                            "e.g. https://collector.example.com behind a proxy (repeatable): accepted as "
+                            "the Origin of the login form, makes the session cookie Secure, links in alerts")
     serve.add_argument("--notify-interval", type=duration_s, default=15.0,
                        help="how often to look for state changes and retry deliveries (default 15s)")
     serve.add_argument("--alert-group-wait", type=duration_s, default=Grouping.wait_s,
@@ -145,17 +161,65 @@ def _open(url: str, *, check: bool = True) -> Iterator[Engine]:
         engine.dispose()
 
 
+def _webhook_lines(text: str, where: str) -> list[Webhook]:
+    hooks = []
+    for number, line in enumerate(text.splitlines(), 1):
+        entry = line.strip()
+        if entry and not entry.startswith("#"):
+            try:
+                hooks.append(parse_webhook(entry))
+            except ValueError as e:
+                raise CollectorError(f"{where}, line {number}: {e}") from None
+    return hooks
+
+
+def _webhook_file(path: Path) -> list[Webhook]:
+    """Webhooks from a file that others cannot read (like ssh for keys; the group may, for a service)."""
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o007:
+            raise CollectorError(f"--webhook-file {path}: permissions {stat.S_IMODE(mode):04o} let others "
+                                 f"read its secrets (chmod o-rwx {path})")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CollectorError(f"--webhook-file {path}: cannot read it ({e})") from e
+    return _webhook_lines(text, f"--webhook-file {path}")
+
+
+def webhooks_of(args: argparse.Namespace) -> tuple[Webhook, ...]:
+    """--webhook, then --webhook-file, then $GITOPS_COLLECTOR_WEBHOOKS (whitespace-separated); each URL
+    once."""
+    hooks = list(args.webhook)
+    if args.webhook_file is not None:
+        hooks += _webhook_file(args.webhook_file)
+    hooks += _webhook_lines("\n".join(os.environ.get(WEBHOOKS_ENV, "").split()), f"${WEBHOOKS_ENV}")
+    seen: set[str] = set()
+    for hook in hooks:
+        if hook.url in seen:
+            raise CollectorError(f"webhook {mask_url(hook.url)}: the same URL is given twice")
+        seen.add(hook.url)
+    return tuple(hooks)
+
+
+def _public_urls(urls: list[str]) -> tuple[str, ...]:
+    for url in urls:
+        if origin_of(url) is None:
+            raise CollectorError(f"--public-url {url!r}: expected http(s)://HOST[:PORT]")
+    return tuple(urls)
+
+
 def _settings(args: argparse.Namespace) -> CollectorSettings:
     proxy = None
     if args.trusted_header:
         proxy = ProxyAuth(args.trusted_header, tuple(args.trusted_proxy or ("127.0.0.1", "::1")))
     return CollectorSettings(max_body_bytes=args.max_body, stale_grace_s=args.stale_grace, proxy=proxy,
                              public_metrics=args.public_metrics, db_threads=max(1, args.db_threads),
-                             webhooks=tuple(args.webhook), notify_interval_s=args.notify_interval,
+                             webhooks=webhooks_of(args), notify_interval_s=args.notify_interval,
                              payload=PayloadLimits(max_depth=max(1, args.max_depth),
                                                    max_string_chars=args.max_string),
                              client_cert_required=bool(args.tls_client_ca),
-                             alert_grouping=Grouping(args.alert_group_wait, args.alert_group_interval))
+                             alert_grouping=Grouping(args.alert_group_wait, args.alert_group_interval),
+                             public_urls=_public_urls(args.public_url))
 
 
 def app_from_env() -> Starlette:
@@ -171,10 +235,14 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
         raise CollectorError("serve: --tls-cert and --tls-key go together")
     if args.tls_client_ca and not args.tls_cert:
         raise CollectorError("serve: --tls-client-ca needs --tls-cert and --tls-key")
+    settings = _settings(args)  # refuses bad webhooks and public URLs before anything starts
     with _open(args.db) as engine:  # checks (or creates) the schema once, before any worker starts
         host, port = args.listen
+        # proxy_headers=False: the client address is the socket's peer. uvicorn would otherwise take it
+        # from X-Forwarded-For on connections from $FORWARDED_ALLOW_IPS, and --trusted-proxy would then
+        # trust whatever address a client wrote there (and distrust the real local proxy).
         options: dict[str, Any] = {"host": host, "port": port, "log_level": args.log_level,
-                                   "access_log": args.log_level == "debug",
+                                   "access_log": args.log_level == "debug", "proxy_headers": False,
                                    "ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key}
         if args.tls_client_ca:
             options.update(ssl_ca_certs=args.tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED,
@@ -186,7 +254,7 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
             engine.dispose()
             uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=args.workers, **options)
         else:
-            uvicorn.run(create_app(Collector(engine, _settings(args))), **options)
+            uvicorn.run(create_app(Collector(engine, settings)), **options)
     return 0
 
 

@@ -33,6 +33,12 @@ class TooLargeError(CollectorError):
     status = 413
 
 
+class ConflictError(CollectorError):
+    """A run_id already stored with a different report (the same host's, or another host's)."""
+
+    status = 409
+
+
 class InvalidReportError(CollectorError):
     """The body is not a valid report; `field` names the offending field when known."""
 

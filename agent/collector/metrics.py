@@ -17,6 +17,7 @@ class Metrics:
     latency_sum_s: float = 0.0
     db_errors: int = 0
     webhooks: dict[str, int] = field(default_factory=dict)  # delivery attempt result -> count
+    clock_ahead: int = 0  # reports whose finish time was ahead of this collector's clock (clamped)
 
     def observe_ingest(self, result: str, seconds: float) -> None:
         self.ingested[result] = self.ingested.get(result, 0) + 1
@@ -65,6 +66,9 @@ def render(m: Metrics, fleet: dict[str, dict[str, int]]) -> str:
     lines += _histogram(m)
     lines += _family("gitops_database_errors_total", "counter", "Database errors seen by this process", "",
                      {"": m.db_errors})
+    lines += _family("gitops_reports_clock_ahead_total", "counter",
+                     "Reports finished over a minute ahead of this collector's clock (times stored as the "
+                     "receive time)", "", {"": m.clock_ahead})
     lines += _family("gitops_webhook_attempts_total", "counter",
                      "Webhook delivery attempts by this process, by resulting status", "status", m.webhooks)
     return "\n".join(lines) + "\n"

@@ -14,7 +14,7 @@ import httpx
 from starlette.applications import Starlette
 
 from agent.collector import notify_store, queries
-from agent.collector.alerts import group
+from agent.collector.alerts import group, mask_url, scrub_url
 
 if TYPE_CHECKING:
     from agent.collector.app import Collector
@@ -35,8 +35,9 @@ class Notifier:
         changes = await c.db(notify_store.scan, c.engine, stale_before=stale_before)
         if changes:
             alerts = group(changes)
+            public = c.settings.public_urls[0] if c.settings.public_urls else None  # links in messages
             await c.db(notify_store.record, c.engine, changes, alerts, c.settings.webhooks, now=now,
-                       grouping=c.settings.alert_grouping)
+                       base_url=public, grouping=c.settings.alert_grouping)
             log.info("notify: %d host state change(s), %d alert(s)", len(changes), len(alerts))
         await self.deliver()
 
@@ -47,17 +48,21 @@ class Notifier:
             status = await c.db(notify_store.mark, c.engine, delivery, error=error, now=c.now())
             c.metrics.webhooks[status] = c.metrics.webhooks.get(status, 0) + 1
             if error:
-                log.warning("webhook %s: attempt %d failed: %s", delivery.url, delivery.attempts + 1, error)
+                log.warning("webhook %s: attempt %d failed: %s", mask_url(delivery.url),
+                            delivery.attempts + 1, error)
 
     async def _post(self, delivery: notify_store.Delivery) -> str | None:
+        """None when delivered, else the error (with the URL masked: readers see it on /webhooks)."""
         try:
             response = await self.client.post(delivery.url, content=delivery.body,
                                               headers={"Content-Type": "application/json"})
         except httpx.HTTPError as e:
-            return f"{type(e).__name__}: {e}"[:500]
-        if response.is_success:
-            return None
-        return f"HTTP {response.status_code}: {response.text[:200]}"
+            error = f"{type(e).__name__}: {e}"
+        else:
+            if response.is_success:
+                return None
+            error = f"HTTP {response.status_code}: {response.text[:200]}"
+        return scrub_url(error, delivery.url)[:500]
 
     async def loop(self) -> None:
         while True:

@@ -9,6 +9,7 @@ from importlib import resources
 from typing import Any
 
 import agent
+from agent.collector.hostnames import HOST_NAME_PATTERN, HOST_NAME_RULE, MAX_HOST_CHARS
 from agent.collector.queries import HOST_SORTS, SEEN_WINDOWS_S
 
 PAGE_PARAMS = [
@@ -51,10 +52,16 @@ def _ingest() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "requestBody": {"required": True,
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Report"}}}},
+        "description": (
+            "The body must be UTF-8 JSON. Times later than the moment the collector receives the report "
+            "are stored as that moment (the report is kept as sent); started_at and finished_at before "
+            "2000-01-01 are refused (422). `host` must be a host name: " + HOST_NAME_RULE + "."),
         "responses": {
             "201": {"description": "stored (the database commit is done)"},
-            "200": {"description": "this run_id was already stored; nothing changed"},
-            "401": error, "403": error, "413": error, "422": error,
+            "200": {"description": "this same report was already stored under this run_id; nothing changed"},
+            "409": {**error, "description": "another report is stored under this run_id (from this host or "
+                                            "another one); the stored one is kept"},
+            "400": error, "401": error, "403": error, "413": error, "422": error,
         },
     }}
 
@@ -86,7 +93,8 @@ def _paths() -> dict[str, Any]:
         "/api/v1/commits/{sha}": _get("Rollout of one commit (sha or a unique prefix)", [
             _p("sha", minLength=4),
             _enum("hosts", "running (default) | not_reached", ("running", "not_reached")), *PAGE_PARAMS]),
-        "/api/v1/webhooks": _get("Webhook deliveries, newest first, with status counts", [
+        "/api/v1/webhooks": _get("Webhook deliveries, newest first, with status counts. Webhook URLs are "
+                                 "shown masked (scheme and host) and numbered in configuration order", [
             _enum("status", "delivery status", ("pending", "delivered", "failed")), *PAGE_PARAMS]),
         "/healthz": {"get": {
             "summary": "Liveness and database reachability", "security": [],
@@ -130,6 +138,9 @@ def _report_schemas() -> dict[str, Any]:
     defs: dict[str, Any] = report.pop("$defs")
     for key in ("$id", "$schema"):
         report.pop(key, None)
+    # What the collector accepts beyond the report schema (agent.collector.hostnames).
+    report["properties"]["host"] = {"type": "string", "pattern": HOST_NAME_PATTERN,
+                                    "maxLength": MAX_HOST_CHARS, "description": HOST_NAME_RULE}
     return {**defs, "Report": report}
 
 

@@ -1,6 +1,7 @@
-"""Parse a report body under limits, before anything walks it: nesting depth, string and key lengths,
-no NaN/Infinity, no duplicate keys, no lone surrogates. Every refusal is an InvalidReportError (422)
-with one readable line; nothing here recurses on the input, so a hostile body cannot exhaust the stack.
+"""Parse a report body under limits, before anything walks it: UTF-8 only, nesting depth, string and key
+lengths, no NaN/Infinity, no integer beyond 64 bits, no duplicate keys, no lone surrogates. Every refusal
+is an InvalidReportError (422) with one readable line; nothing here recurses on the input, so a hostile
+body cannot exhaust the stack.
 """
 
 from __future__ import annotations
@@ -51,6 +52,20 @@ def _refuse_constant(name: str) -> Any:
     raise InvalidReportError(f"report: {name} is not a JSON number")
 
 
+# Integers a report may hold: the 64-bit range (every integer field of the report is far smaller).
+MAX_INT_DIGITS = 19
+INT_RANGE = 2**63
+
+
+def _int(text: str) -> int:
+    """A JSON integer; beyond 64 bits refused before int() converts it (quadratic in the digits)."""
+    value = int(text) if len(text.lstrip("-")) <= MAX_INT_DIGITS else INT_RANGE
+    if not -INT_RANGE <= value < INT_RANGE:
+        shown = text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+        raise InvalidReportError(f"report: number {shown} is out of range (integers are 64-bit)")
+    return value
+
+
 def _float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
@@ -91,14 +106,31 @@ def check_strings(data: Any, limits: PayloadLimits) -> None:
             pending.extend(value.values())
 
 
+def decode_utf8(raw: bytes) -> str:
+    """The body as text: UTF-8 only (RFC 8259 section 8.1), without a byte order mark. Other encodings
+    (UTF-16, UTF-32, Latin-1...) are refused rather than guessed: json.loads would guess them from the
+    first bytes, after the depth check has read the bytes as UTF-8."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidReportError(f"report: the body is not UTF-8 (byte 0x{raw[e.start]:02x} at offset "
+                                 f"{e.start}); send JSON in UTF-8") from None
+    if text.startswith("\ufeff"):
+        raise InvalidReportError("report: the body starts with a byte order mark; send UTF-8 without one")
+    return text
+
+
 def parse_report(raw: bytes, limits: PayloadLimits) -> Report:
     """Bytes of a POSTed report -> a validated Report, or InvalidReportError (422) naming the problem."""
+    text = decode_utf8(raw)
     check_depth(raw, limits.max_depth)
     try:
-        data = json.loads(raw, parse_constant=_refuse_constant, parse_float=_float,
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_float, parse_int=_int,
                           object_pairs_hook=_object)
-    except (ValueError, UnicodeDecodeError) as e:
+    except ValueError as e:
         raise InvalidReportError(f"report: invalid JSON ({e})") from e
+    except RecursionError:  # check_depth makes this unreachable; never a 500 if it were not
+        raise InvalidReportError("report: nested too deeply to parse") from None
     check_strings(data, limits)
     try:
         return from_dict(data)

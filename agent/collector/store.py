@@ -1,12 +1,15 @@
 """The write side of the collector's storage: ingest one report, prune old runs.
 
 `ingest` stores a report in one transaction and returns only after the commit, so the API can answer
-201 knowing the report is durable. A run_id already stored changes nothing (idempotent re-sends).
+201 knowing the report is durable. The same report again changes nothing (idempotent re-sends); a
+different report under a run_id already stored is a conflict (409), and the first one stays. Times ahead
+of the collector's clock are stored as the receive time (`report_times`).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,7 +21,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import Insert
 
 from agent.collector import db
-from agent.collector.errors import InvalidReportError
+from agent.collector.errors import ConflictError, InvalidReportError
+from agent.collector.hostnames import host_name_problem
+from agent.collector.report_times import check_run_times, clamp
 from agent.collector.tables import UTCDateTime, commits, drift_items, host_roles, hosts, runs
 from agent.report import Report, Status
 
@@ -26,7 +31,7 @@ PRUNE_BATCH = 500
 MAX_INT = 2**31 - 1
 
 # Statements built once: the SET clause of the updates comes from the parameters given at execution.
-RUN_EXISTS = select(runs.c.run_id).where(runs.c.run_id == bindparam("key_run_id"))
+RUN_STORED = select(runs.c.host, runs.c.report).where(runs.c.run_id == bindparam("key_run_id"))
 HOST_SEEN = update(hosts).where(hosts.c.host == bindparam("key_host"))
 HOST_STATE_IF_NEWER = update(hosts).where(
     hosts.c.host == bindparam("key_host"),
@@ -52,11 +57,13 @@ def decompress(blob: bytes) -> bytes:
 
 def ingest(engine: Engine, report: Report, raw: bytes, *, received_at: datetime,
            expect: Expectations = Expectations()) -> bool:
-    """Store `report` (its JSON body `raw`, kept compressed). True: stored now; False: already stored."""
+    """Store `report` (its JSON body `raw`, kept compressed). True: stored now; False: this same report
+    was already stored. ConflictError (409) when its run_id is stored with a different report."""
     check_storable(report)
+    report = clamp(report, received_at)
     try:
         with db.write(engine) as conn:
-            if _run_exists(conn, report.run_id):
+            if _already_stored(conn, report, raw):
                 return False
             conn.execute(runs.insert(), _run_row(report, raw, received_at))
             _insert_drift(conn, report)
@@ -65,7 +72,7 @@ def ingest(engine: Engine, report: Report, raw: bytes, *, received_at: datetime,
         return True
     except IntegrityError:
         with engine.connect() as conn:  # two senders raced with the same run_id: the other one won
-            if _run_exists(conn, report.run_id):
+            if _already_stored(conn, report, raw):
                 return False
         raise
 
@@ -87,7 +94,9 @@ def _stored_texts(report: Report) -> list[tuple[str, str | None, int]]:
 
 def check_storable(report: Report) -> None:
     """Refuse (422, naming the field) values that cannot go into their columns, rather than failing in
-    the database, which an agent would take for a temporary error and retry forever."""
+    the database, which an agent would take for a temporary error and retry forever; and run times from
+    a clock that was never set (`report_times`)."""
+    check_run_times(report)
     for field, value, limit in _stored_texts(report):
         if value is None:
             continue
@@ -97,6 +106,9 @@ def check_storable(report: Report) -> None:
             raise InvalidReportError(f"{field}: contains a NUL character", field)
         if field in ("run_id", "host") and not value.strip():
             raise InvalidReportError(f"{field}: must not be empty", field)
+    problem = host_name_problem(report.host)
+    if problem is not None:
+        raise InvalidReportError(f"host: {problem}", "host")
     apply_changed = report.apply.changed if report.apply else 0
     for field, number in (("compacted", report.compacted), ("interval_s", report.interval_s),
                           ("splay_s", report.splay_s), ("apply.changed", apply_changed)):
@@ -104,8 +116,21 @@ def check_storable(report: Report) -> None:
             raise InvalidReportError(f"{field}: must be from 0 to {MAX_INT}", field)
 
 
-def _run_exists(conn: Connection, run_id: str) -> bool:
-    return conn.execute(RUN_EXISTS, {"key_run_id": run_id}).first() is not None
+def _already_stored(conn: Connection, report: Report, raw: bytes) -> bool:
+    """False when the run_id is new; True when the same report (as JSON values: key order and spacing
+    aside) is stored under it; ConflictError when another report is."""
+    row = conn.execute(RUN_STORED, {"key_run_id": report.run_id}).first()
+    if row is None:
+        return False
+    if row.host != report.host:
+        raise ConflictError(f"run_id {report.run_id!r} is already stored for another host: each run needs "
+                            "its own run_id (a new uuid4)")
+    stored, sent = json.loads(decompress(row.report)), json.loads(raw)
+    if stored != sent:
+        differ = sorted(k for k in stored.keys() | sent.keys() if stored.get(k) != sent.get(k))
+        raise ConflictError(f"run_id {report.run_id!r} is already stored with a different report "
+                            f"(differs in {', '.join(differ)[:200]}); the stored one is kept")
+    return True
 
 
 def _counts(report: Report) -> dict[str, int]:

@@ -7,6 +7,7 @@ a test compares the two.
 - drift_items: one row per drifted task of a run, so "which hosts drift on task X" is one indexed query.
 - commits: what is known about a commit (author, subject, signature), for rollout pages.
 - tokens: ingest tokens (bound to a host) and reader tokens; only a SHA-256 of each token is stored.
+- sessions: web UI sign-ins (migration 0005); only a SHA-256 of each session cookie is stored.
 """
 
 from __future__ import annotations
@@ -189,4 +190,16 @@ webhook_deliveries = Table(
     Column("group_key", String(64), nullable=True),
     Column("members", Text, nullable=True),
     Index("ix_webhook_deliveries_url_group", "url", "group_key", "created_at"),
+)
+
+# Web UI sessions (migration 0005): one row per sign-in, ended by logout, by expiry, or by revoking the
+# reader token it was made with (a session counts only while its token is unrevoked).
+sessions = Table(
+    "sessions", metadata,
+    Column("session_hash", String(64), primary_key=True),
+    Column("token_id", Integer, ForeignKey("tokens.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Index("ix_sessions_token", "token_id"),
+    Index("ix_sessions_expires", "expires_at"),
 )

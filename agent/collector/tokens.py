@@ -16,6 +16,8 @@ from sqlalchemy import Engine, bindparam, or_, select, update
 
 from agent.collector import db
 from agent.collector.errors import BadRequestError, NotFoundError
+from agent.collector.hostnames import host_name_problem
+from agent.collector.params import whole_number
 from agent.collector.tables import tokens
 
 TOKEN_PREFIX = "gco_"  # noqa: S105 (a label, not a secret)
@@ -52,6 +54,9 @@ def create(engine: Engine, kind: TokenKind, name: str, *, now: datetime) -> tupl
     """Store a new token for `name` (a host for ingest tokens); returns it and the secret, once."""
     if not name.strip() or len(name) > 255 or "\x00" in name:
         raise BadRequestError(f"token name {name[:40]!r}: give 1 to 255 characters")
+    problem = host_name_problem(name) if kind is TokenKind.INGEST else None
+    if problem is not None:
+        raise BadRequestError(f"host name: {problem}")
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     prefix = secret[: len(TOKEN_PREFIX) + 6]
     with db.write(engine) as conn:
@@ -82,8 +87,9 @@ def list_all(engine: Engine) -> list[TokenInfo]:
 def revoke(engine: Engine, ref: str, *, now: datetime) -> int:
     """Revoke by id, by prefix, or every token of a name (host or reader). Returns how many."""
     match = or_(tokens.c.prefix == ref, tokens.c.name == ref)
-    if ref.isdigit():
-        match = or_(match, tokens.c.id == int(ref))
+    token_id = whole_number(ref)
+    if token_id is not None:
+        match = or_(match, tokens.c.id == token_id)
     with db.write(engine) as conn:
         count = conn.execute(
             update(tokens).where(match, tokens.c.revoked_at.is_(None)).values(revoked_at=now)).rowcount

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from agent.collector import queries, ui_auth, ui_queries
 from agent.collector.errors import BadRequestError, CollectorError, DatabaseError, ForbiddenError
+from agent.collector.params import whole_number
 from agent.collector.queries import HostFilter, Page
 from agent.collector.ui_render import SECURITY_HEADERS, page, run_strip
 
@@ -70,9 +71,10 @@ def _int(request: Request, name: str, default: int, high: int) -> int:
     text = request.query_params.get(name, "")
     if not text:
         return default
-    if not text.isdigit() or int(text) > high:
+    value = whole_number(text)
+    if value is None or value > high:
         raise BadRequestError(f"{name}: expected a whole number up to {high}")
-    return int(text)
+    return value
 
 
 def page_params(request: Request, size: int = PAGE_SIZE) -> Page:

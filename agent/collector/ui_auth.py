@@ -1,8 +1,13 @@
-"""Who reads the web UI: a session cookie set by the login form, a bearer reader token, or the trusted
-proxy header (as in the API). The login form accepts reader tokens from the token store.
+"""Who reads the web UI: a session made by the login form, a bearer reader token, or the trusted proxy
+header (as in the API).
 
-The session cookie carries the reader token itself (HttpOnly, SameSite=Strict, Secure under TLS), so a
-revoked token ends its sessions at once and several collector processes need no shared secret.
+Sessions live in the database (`sessions`): the cookie holds a random session secret, never the token.
+Logout deletes the session, so a copied cookie stops working at once in every collector process sharing
+the database; revoking the reader token ends all of its sessions the same way.
+
+Every form POST (login, logout) must come from the collector's own pages: its Origin header, or when a
+browser sends none its Referer, must name this collector's origin (the one the request reached, or one
+given with `serve --public-url`, e.g. the HTTPS name of a proxy in front). Neither header: refused.
 """
 
 from __future__ import annotations
@@ -13,28 +18,29 @@ from urllib.parse import parse_qs, quote, urlsplit
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from agent.collector import tokens
+from agent.collector import sessions
 from agent.collector.auth import reader_principal
 from agent.collector.errors import UnauthorizedError
-from agent.collector.tokens import Principal, TokenKind
+from agent.collector.tokens import Principal
 from agent.collector.ui_render import SECURITY_HEADERS, page
 
 if TYPE_CHECKING:
     from agent.collector.app import Collector
 
 COOKIE = "gitops_session"
-SESSION_MAX_AGE_S = 12 * 3600
+SESSION_MAX_AGE_S = sessions.SESSION_MAX_AGE_S
 MAX_FORM_BYTES = 8192
 LOGIN_REFUSED = ("Not a valid reader token "
                  "(create one with `gitops-collector token create --reader NAME`).")
+CROSS_SITE = "This form must be sent from this site's own pages (the Origin or Referer header names another)."
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _session_principal(collector: Collector, request: Request) -> Principal | None:
     secret = request.cookies.get(COOKIE)
     if not secret:
         return None
-    principal = tokens.authenticate(collector.engine, secret)
-    return principal if principal is not None and principal.kind is TokenKind.READER else None
+    return sessions.reader(collector.engine, secret, now=collector.now())
 
 
 def page_reader(collector: Collector, request: Request) -> Principal | None:
@@ -62,12 +68,34 @@ def safe_next(value: str | None) -> str:
     return value
 
 
-def _same_origin(request: Request) -> bool:
-    origin = request.headers.get("origin")
-    if origin is None or origin == "null":
-        return origin is None
-    parts = urlsplit(origin)
-    return parts.netloc == request.url.netloc and parts.scheme == request.url.scheme
+def origin_of(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an absolute http(s) URL, default ports filled in; None for anything else."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "")
+    if scheme not in DEFAULT_PORTS or not host:
+        return None
+    return scheme, host, port or DEFAULT_PORTS[scheme]
+
+
+def from_this_site(request: Request, public_urls: tuple[str, ...]) -> bool:
+    """True when the form was posted from this collector's pages: Origin (or, only when a browser sends
+    no Origin, Referer) names the origin the request reached or one of `public_urls`."""
+    sender = request.headers.get("origin")
+    if sender is None:
+        sender = request.headers.get("referer")
+    if not sender or sender == "null":
+        return False
+    allowed = {origin_of(str(request.url)), *(origin_of(url) for url in public_urls)} - {None}
+    return origin_of(sender) in allowed
+
+
+def secure_cookie(request: Request, public_urls: tuple[str, ...]) -> bool:
+    """Mark the cookie Secure when served over TLS, or when the public URL (a TLS proxy) is https."""
+    return request.url.scheme == "https" or any(u.lower().startswith("https:") for u in public_urls)
 
 
 async def login_form(request: Request) -> Response:
@@ -86,24 +114,32 @@ async def _form(request: Request) -> dict[str, str]:
 
 async def login_submit(request: Request) -> Response:
     collector: Collector = request.app.state.collector
+    public_urls = collector.settings.public_urls
     form = await _form(request)
     target = safe_next(form.get("next"))
-    if not _same_origin(request):
-        return page("login.html", 403, next=target, error="This form must be sent from this site.")
-    secret = form.get("token", "").strip()
-    principal = await collector.db(tokens.authenticate, collector.engine, secret) if secret else None
-    if principal is None or principal.kind is not TokenKind.READER:
+    if not from_this_site(request, public_urls):
+        return page("login.html", 403, next=target, error=CROSS_SITE)
+    token = form.get("token", "").strip()
+    secret = None
+    if token:
+        secret = await collector.db(sessions.start, collector.engine, token, now=collector.now())
+    if secret is None:
         return page("login.html", 401, next=target, error=LOGIN_REFUSED)
     response = RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
     response.set_cookie(COOKIE, secret, max_age=SESSION_MAX_AGE_S, path="/", httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https")
+                        samesite="strict", secure=secure_cookie(request, public_urls))
     return response
 
 
 async def logout(request: Request) -> Response:
-    if not _same_origin(request):
-        return page("login.html", 403, next="/", error="This form must be sent from this site.")
+    collector: Collector = request.app.state.collector
+    public_urls = collector.settings.public_urls
+    if not from_this_site(request, public_urls):
+        return page("login.html", 403, next="/", error=CROSS_SITE)
+    secret = request.cookies.get(COOKIE)
+    if secret:
+        await collector.db(sessions.end, collector.engine, secret)
     response = RedirectResponse("/login", status_code=303, headers=SECURITY_HEADERS)
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict",
-                           secure=request.url.scheme == "https")
+                           secure=secure_cookie(request, public_urls))
     return response

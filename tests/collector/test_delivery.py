@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import func, select
 
-from agent.collector import tokens
+from agent.collector import store, tokens
 from agent.collector.tables import runs
 from agent.collector.tokens import TokenKind
 from agent.outbox import Outbox
+from agent.report import Status, to_json
 from agent.sender import Sender
 from tests.factory import BASE_TIME, make_report
 from tests.live_collector import CollectorProcess, free_port
@@ -121,3 +123,25 @@ def test_sender_from_config_with_a_real_token_file(tmp_path, engine, db_url, hos
             assert sender.flush(outbox).delivered == 1
     finally:
         process.stop()
+
+
+def test_a_run_id_already_stored_with_another_report_is_quarantined_not_lost(tmp_path, engine, db_url,
+                                                                            host_token, caplog):
+    stored = make_report("web01", status=Status.IN_SYNC)
+    store.ingest(engine, stored, to_json(stored).encode(), received_at=BASE_TIME)
+    outbox = Outbox(tmp_path / "outbox")
+    clash = replace(make_report("web01", status=Status.FAILED), run_id=stored.run_id)
+    after = make_report("web01")
+    outbox.put(clash)
+    outbox.put(after)
+    process = CollectorProcess(db_url).start()
+    try:
+        with quick_sender(process.url, host_token) as sender, caplog.at_level("ERROR", logger="agent.sender"):
+            result = sender.flush(outbox)
+    finally:
+        process.stop()
+    assert (result.quarantined, result.delivered, result.ok) == (1, 1, True)
+    (q,) = outbox.quarantined()
+    assert q.entry.run_id == stored.run_id and q.reason.startswith("HTTP 409: run_id")
+    assert "stored one is kept" in q.reason and "collector holds another report" in caplog.text
+    assert sorted(stored_run_ids(engine)) == sorted([stored.run_id, after.run_id])

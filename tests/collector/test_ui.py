@@ -11,7 +11,7 @@ from agent.report import Diff, DriftItem, DriftKind, Status
 from tests.factory import BASE_TIME, COMMIT_A, COMMIT_B, make_report
 
 XSS = "<script>alert(1)</script>"
-EVIL_HOST = f"evil{XSS}"
+EVIL_HOST = "evil01.example.com"  # host names cannot carry markup: it goes in every other field
 
 
 def hostile_item() -> DriftItem:
@@ -29,7 +29,8 @@ def fleet(send, clock):
         report = make_report(host, status=status, commit=commit, finished_at=BASE_TIME + timedelta(minutes=i))
         assert send(report).status_code == 201
         made[host] = report
-    evil = make_report(EVIL_HOST, status=Status.DRIFTED, drift=(hostile_item(),), roles=("web",))
+    evil = make_report(EVIL_HOST, status=Status.DRIFTED, drift=(hostile_item(),), roles=("web", f"r{XSS}"),
+                       agent_version=XSS)
     assert send(evil).status_code == 201
     made["evil"] = evil
     clock.now = BASE_TIME + timedelta(minutes=10)
@@ -47,33 +48,34 @@ def test_pages_redirect_to_login_without_auth(client, fleet, path):
     assert response.headers["location"].startswith("/login?next=")
 
 
+# A form posted from the collector's own pages (the test client's base URL is http://collector.test).
+FORM = {"Content-Type": "application/x-www-form-urlencoded", "Origin": "http://collector.test"}
+
+
 def test_login_sets_a_strict_httponly_cookie_and_pages_accept_it(client, reader, fleet):
     token = reader["Authorization"].split()[1]
-    bad = client.post("/login", content="token=nope&next=/drift",
-                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+    bad = client.post("/login", content="token=nope&next=/drift", headers=FORM)
     assert bad.status_code == 401 and "Not a valid reader token" in bad.text
-    ok = client.post("/login", content=f"token={token}&next=/drift",
-                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    ok = client.post("/login", content=f"token={token}&next=/drift", headers=FORM)
     assert ok.status_code == 303 and ok.headers["location"] == "/drift"
     cookie = ok.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie and "secure" not in cookie
+    assert token.lower() not in cookie  # the cookie is a session, never the token
     assert client.get("/drift").status_code == 200  # the client keeps the cookie
-    assert client.post("/logout").status_code == 303
+    assert client.post("/logout", headers=FORM).status_code == 303
     assert client.get("/drift").status_code == 303
 
 
 def test_login_refuses_cross_site_posts_and_open_redirects(client, reader, fleet):
     token = reader["Authorization"].split()[1]
-    form = {"Content-Type": "application/x-www-form-urlencoded"}
-    cross = client.post("/login", content=f"token={token}", headers={**form, "Origin": "https://evil.test"})
+    cross = client.post("/login", content=f"token={token}", headers={**FORM, "Origin": "https://evil.test"})
     assert cross.status_code == 403 and "set-cookie" not in cross.headers
-    away = client.post("/login", content=f"token={token}&next=//evil.test/", headers=form)
+    away = client.post("/login", content=f"token={token}&next=//evil.test/", headers=FORM)
     assert away.headers["location"] == "/"
 
 
 def test_ingest_token_cannot_log_in(client, token_for, fleet):
-    response = client.post("/login", content=f"token={token_for('web01')}",
-                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    response = client.post("/login", content=f"token={token_for('web01')}", headers=FORM)
     assert response.status_code == 401
 
 

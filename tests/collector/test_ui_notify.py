@@ -121,7 +121,7 @@ def test_state_changes_are_sent_once_grouped_and_recoveries_too(collector, send,
     kinds = sorted((b["kind"], b["count"], b["task"]) for b in generic(receiver))
     assert kinds == [("drifting", 3, "nginx <b>config</b>"), ("failing", 1, None)]
     slack = [b["text"] for b in receiver.bodies if "text" in b]
-    assert any("3 hosts started drifting on task 'nginx <b>config</b>'" in t for t in slack)
+    assert any("3 hosts started drifting on task 'nginx &lt;b&gt;config&lt;/b&gt;'" in t for t in slack)
     run_once(collector)
     assert len(generic(receiver)) == 2  # nothing changed: nothing sent again
     clock.now += timedelta(minutes=1)

@@ -16,7 +16,7 @@ from agent.report import Diff, DriftItem, DriftKind, ErrorItem, Pause, Phase, Re
 from tests.factory import make_report
 
 XSS = "<script>alert(1)</script>"
-EVIL_HOST = f"evil{XSS}"
+EVIL_HOST = "evil01.dc9.example.com"  # host names cannot carry markup (agent.collector.hostnames)
 OLD = "3f9a1c07d2b84e6f9a0c1d2e3f4a5b6c7d8e9f01"
 EVIL_COMMIT = "e" * 40
 NEW = "8c2e5b9d0f1a4c3e7b6d5a4f3e2d1c0b9a8f7e6d"
@@ -98,7 +98,7 @@ def _evil(now: datetime) -> Report:
     hostile = DriftItem(play=f"play {XSS}", task=f"task {XSS}", role="web", module="template",
                         kind=DriftKind.CORRECTIVE, first_seen_at=now - timedelta(hours=1),
                         diffs=(Diff(f"/etc/{XSS}", "a\n", f'a\n{XSS}\n<img src=x onerror="alert(2)">\n'),))
-    report = make_report(EVIL_HOST, status=Status.DRIFTED, drift=(hostile,), roles=("web",),
+    report = make_report(EVIL_HOST, status=Status.DRIFTED, drift=(hostile,), roles=("web", f"role{XSS}"),
                          commit=EVIL_COMMIT, finished_at=now - timedelta(minutes=2),
                          pause=Pause(f"reason {XSS}"))
     return _subject(report, f"subject {XSS}")
