@@ -14,7 +14,18 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent import __version__, delivery, drift, invcache, policy, requirements, runner, vault
+from agent import (
+    __version__,
+    ansible_cfg,
+    ansible_env,
+    delivery,
+    drift,
+    invcache,
+    policy,
+    requirements,
+    runner,
+    vault,
+)
 from agent.config import AgentConfig
 from agent.drift import DriftContext, Finding
 from agent.errors import AgentError, RewindError, RunTimeoutError, VerifyError
@@ -77,6 +88,8 @@ class _Attempt:
     stats: Stats = field(default_factory=Stats)
     errors: list[ErrorItem] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # run-level: where Ansible ran unlike ansible-playbook
+    strategy: str | None = None  # set when mitogen was dropped for this cycle (runner's fallback)
 
     def fail(self, message: str, phase: Phase | None = None) -> None:
         self.errors.append(ErrorItem(phase or self.phase, message))
@@ -163,6 +176,8 @@ class Cycle:
         state = replace(state, last_commit=revision.commit)
         attempt.phase = Phase.PLAN
         attempt.plan = plan = self._plan(revision)
+        attempt.warnings.extend(ansible_env.warnings(ansible_cfg.load(revision.path),
+                                                     inventory=plan.inventory))
         attempt.phase = Phase.CHECK
         check = self._ansible(attempt, plan, RunMode.CHECK, "check")
         ctx = DriftContext(commit=revision.commit, converged=frozenset(state.converged),
@@ -193,11 +208,15 @@ class Cycle:
         if remaining <= 1:
             raise RunTimeoutError(f"no time left for the {name} (schedule.timeout is "
                                   f"{self.config.schedule.timeout_s:g}s)")
-        settings = replace(self.settings, timeout_s=remaining)
+        settings = replace(self.settings, timeout_s=remaining,
+                           strategy=attempt.strategy or self.settings.strategy)
         try:
             result = runner.run_playbooks(plan, mode, settings, cancel=self.cancel, playbooks=playbooks)
         finally:
             self._timed(attempt, name, started)
+        attempt.warnings.extend(result.warnings)
+        if result.fallback is not None:  # what mitogen could not run in the check, it cannot in the apply
+            attempt.strategy = "linear"
         result = replace(result, parsed=redact_record(result.parsed, self.redactor))  # task names, diffs
         if result.status == "timeout":
             limit_s = self.config.schedule.timeout_s
@@ -312,6 +331,6 @@ class Cycle:
             durations_s=Durations(fetch=d.get("fetch"), check=d.get("check"), apply=d.get("apply"),
                                   recheck=d.get("recheck"), total=d.get("total")),
             interval_s=int(self.config.schedule.interval_s), splay_s=int(self.config.schedule.splay_s),
-            pause=attempt.pause,
+            pause=attempt.pause, warnings=tuple(dict.fromkeys(attempt.warnings)),
         )
         return report, new_state
