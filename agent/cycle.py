@@ -189,7 +189,7 @@ class Cycle:
     def _plan(self, revision: Revision) -> RunPlan:
         self.redactor = vault.redactor(revision.path, patterns=self.config.redact,
                                        password_file=self.config.vault_password_file)
-        requirements.check(revision.path)
+        requirements.check(revision.path, revision.path / self.config.playbooks)
         inventory = revision.path / self.config.inventory
         playbooks_dir = revision.path / self.config.playbooks
         graph = parse_graph(invcache.graph(
