@@ -101,3 +101,11 @@ def test_the_wrapper_drops_the_terminal_and_stdin_and_keeps_the_process(tmp_path
     assert lines[:3] == ["stdin=none", "ctty=no", "stdout=tty"]
     assert lines[3] == f"pid={child.pid} pgid={child.pid}"  # same process, same group: killable as one
     assert lines[4] == "leaked=unset kept=1"
+
+
+def test_the_human_summary_lists_the_warnings() -> None:
+    from agent import render
+    from tests.factory import make_report
+
+    warning = "task 'Confirm' asked for input and went on without it (Ansible runs with no terminal) [D-no-terminal]"
+    assert render.summary(make_report(warnings=(warning,))).splitlines()[-1] == f"  warning: {warning}"
