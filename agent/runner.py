@@ -106,7 +106,8 @@ def _command(run_env: RunEnv, tool: str, args: list[str]) -> list[str]:
 
 
 def inventory_graph(inventory: Path, project_dir: Path, settings: RunnerSettings) -> str:
-    """`ansible-inventory --graph` for the checkout's inventory (Ansible's own parsing)."""
+    """`ansible-inventory --graph` for the checkout's inventory (Ansible's own parsing, run in the checkout
+    as for the playbooks, so the repo's ansible.cfg applies: enabled inventory plugins, ignored files)."""
     import ansible_runner  # heavy: imported only when a cycle runs
 
     if not inventory.exists():
@@ -120,6 +121,7 @@ def inventory_graph(inventory: Path, project_dir: Path, settings: RunnerSettings
                 executable_cmd=sys.executable, cmdline_args=_command(run_env, "ansible-inventory", args),
                 private_data_dir=private, project_dir=str(project_dir), envvars=run_env.env, quiet=True,
                 timeout=int(max(settings.timeout_s, 1)), input_fd=None,
+                host_cwd=str(project_dir),  # in the checkout: ansible-inventory reads the repo's ansible.cfg
             )
         except Exception as e:  # ansible-runner raises bare ConfigurationError/RuntimeError
             raise PlanError(f"inventory {inventory}: {e}") from e

@@ -183,3 +183,20 @@ def test_the_fact_cache_lives_in_one_private_folder_per_subset(tmp_path: Path) -
     second = gathering.cache_dir(root, gathering.parse_subset(["min", "network"]))
     assert list(root.iterdir()) == [second] and stat.S_IMODE(second.stat().st_mode) == 0o700
     assert gathering.cache_dir(root, None) == root / "none" and second.exists()  # no play gathers: kept
+
+
+@pytest.mark.ansible
+def test_the_inventory_is_parsed_with_the_repos_ansible_cfg(tmp_path: Path) -> None:
+    """The plan's `ansible-inventory --graph` runs in the checkout too: here the repo's ansible.cfg keeps
+    Ansible from reading an inventory file meant for another site."""
+    from agent import runner
+    from agent.inventory import parse_graph
+    from agent.runner import RunnerSettings
+
+    repo = make_repo(tmp_path / "origin", {
+        "ansible.cfg": "[inventory]\nignore_patterns = lab\n",
+        "inventory/hosts.yml": "all:\n  children:\n    app:\n      hosts:\n        testhost:\n",
+        "inventory/lab.yml": "all:\n  children:\n    web:\n      hosts:\n        testhost:\n"})
+    settings = RunnerSettings(work_dir=tmp_path / "work", timeout_s=60)
+    graph = parse_graph(runner.inventory_graph(repo.path / "inventory", repo.path, settings))
+    assert graph.host_groups["testhost"] == {"all", "app"}
