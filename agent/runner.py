@@ -298,6 +298,22 @@ def unanswered_prompts(raw_events: list[dict[str, Any]]) -> list[str]:
     return found
 
 
+def delegated_elsewhere(raw_events: list[dict[str, Any]], host: str) -> list[str]:
+    """Tasks delegated to another host (delegate_to), which the agent's ansible_connection=local ran on
+    this host instead (D-connection-local)."""
+    found = []
+    local = {"localhost", "127.0.0.1", "::1", host}
+    for event in raw_events:
+        data = event.get("event_data") or {}
+        res = data.get("res")
+        delegated = res.get("_ansible_delegated_vars") if isinstance(res, dict) else None
+        target = delegated.get("ansible_host") if isinstance(delegated, dict) else None
+        if str(event.get("event")).startswith("runner_on_") and target and str(target) not in local:
+            found.append(f"task '{data.get('task')}' is delegated to {target}; with the agent's "
+                         "ansible_connection 'local' it ran on this host [D-connection-local]")
+    return found
+
+
 def _asked_for_input(res: Any) -> bool:
     warnings = res.get("warnings") if isinstance(res, dict) else None
     return isinstance(warnings, list) and any("not interactive" in str(w) for w in warnings)
@@ -340,7 +356,8 @@ def _run(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
             fact_cache_type="agent",  # not "jsonfile": the fact cache settings are agent.ansible_env's
         )
         parsed = events.parse(collected, host=plan.host, notes=_read_notes(notes_file))
-        warnings = (*_read_note_warnings(notes_file), *unanswered_prompts(collected))
+        warnings = (*_read_note_warnings(notes_file), *unanswered_prompts(collected),
+                    *delegated_elsewhere(collected, plan.host))
         status, rc = str(runner.status), runner.rc
     except Exception as e:
         raise RunnerError(f"ansible-runner could not run the {mode.value}: {e}") from e

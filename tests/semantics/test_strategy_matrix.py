@@ -88,9 +88,11 @@ def test_the_inventorys_interpreter_and_connection_under_both_strategies(tmp_pat
     assert python_task.diffs[0].after is not None and python_task.diffs[0].after.strip() == "/usr/bin/python3"
     for result in (mitogen, linear):  # the inventory's interpreter won over the agent's; ssh did not
         assert result.fallback is None
-        (warning,) = result.warnings
-        assert "give this host ansible_connection 'ssh'; the agent runs it with 'local'" in warning
-        assert "[D-connection-local]" in warning
+        assert result.warnings == (
+            "the inventory or play vars give this host ansible_connection 'ssh'; the agent runs it with 'local' "
+            "[D-connection-local]",
+            "task 'Register with the load balancer' is delegated to 192.0.2.50; with the agent's "
+            "ansible_connection 'local' it ran on this host [D-connection-local]")
 
 
 @pytest.mark.ansible
@@ -173,3 +175,17 @@ def test_a_fallback_in_the_check_runs_the_apply_and_recheck_with_linear(tmp_path
     assert report.status.value == "corrected", report.errors
     assert strategies == ["mitogen", "linear", "linear"]
     assert report.warnings == ("ansible.strategy mitogen failed ... [D-strategy-fallback]",)
+
+
+def test_only_tasks_delegated_to_another_host_are_named() -> None:
+    def event(task: str, target: str | None) -> dict[str, Any]:
+        res: dict[str, Any] = {"changed": False}
+        if target is not None:
+            res["_ansible_delegated_vars"] = {"ansible_host": target, "ansible_connection": "local"}
+        return {"event": "runner_on_ok", "event_data": {"task": task, "res": res}}
+
+    raw = [event("to lb", "lb01.example.com"), event("to localhost", "localhost"), event("to self", "web01"),
+           event("plain", None), event("loopback", "127.0.0.1")]
+    assert runner.delegated_elsewhere(raw, "web01") == [
+        "task 'to lb' is delegated to lb01.example.com; with the agent's ansible_connection 'local' it ran on "
+        "this host [D-connection-local]"]
