@@ -16,11 +16,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from agent.daemon import CycleOutcome, child_env
 from agent.errors import AgentError
-from agent.report import Status, Trigger
+from agent.report import Report, Status, Trigger
 from agent.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,10 @@ def _stop(proc: subprocess.Popen[bytes], why: str) -> None:
 
 
 def run_cycle(config_path: Path, store: StateStore, trigger: Trigger, check_only: bool, *, timeout_s: float,
-              stop: threading.Event, grace_s: float, ping: Callable[[], None]) -> CycleOutcome:
-    """Run one cycle in a child process; return what its report says."""
+              stop: threading.Event, grace_s: float, ping: Callable[[], None],
+              destination: Callable[[Report], str] | None = None) -> CycleOutcome:
+    """Run one cycle in a child process; return what its report says (and, with `destination`, where
+    the report went: the child delivers it before it exits)."""
     argv = [sys.executable, "-m", "agent.cli", "run", "--config", str(config_path),
             "--trigger", trigger.value, *(["--check"] if check_only else [])]
     before = store.last_report()
@@ -63,16 +66,22 @@ def run_cycle(config_path: Path, store: StateStore, trigger: Trigger, check_only
                 _stop(proc, "the daemon is stopping")
             elif now - started > timeout_s + BACKSTOP_S:
                 _stop(proc, f"past schedule.timeout ({timeout_s:g}s) and did not stop itself")
-    return _outcome(store, before.run_id if before else None, proc.returncode)
+    outcome = _outcome(store, before.run_id if before else None, proc.returncode)
+    if outcome.report is not None and destination is not None:
+        try:
+            outcome = replace(outcome, destination=destination(outcome.report))
+        except (OSError, AgentError) as e:
+            outcome = replace(outcome, destination=f"unknown ({e})")
+    return outcome
 
 
 def _outcome(store: StateStore, previous_run_id: str | None, code: int) -> CycleOutcome:
+    """What the cycle process left. Its problems are not logged here: the daemon's cycle line says them."""
     try:
         report = store.last_report()
     except AgentError as e:
-        log.error("cycle process left an unreadable report: %s", e)
-        return CycleOutcome(Status.ERROR, None)
+        return CycleOutcome(Status.ERROR, None, problem=f"the cycle process left an unreadable report: {e}")
     if report is None or report.run_id == previous_run_id:
-        log.error("cycle process exited with %d and wrote no report", code)
-        return CycleOutcome(Status.ERROR, None)
-    return CycleOutcome(report.status, report.source.commit)
+        return CycleOutcome(Status.ERROR, None,
+                            problem=f"the cycle process exited with {code} and wrote no report")
+    return CycleOutcome(report.status, report.source.commit, report=report)

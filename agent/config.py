@@ -5,6 +5,7 @@ configuration file and the environment.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import socket
@@ -210,7 +211,7 @@ def validate(data: Any, *, origin: str = "config", base: Path | None = None) -> 
     flat = _flatten(data, origin)
     for key in flat:
         if key not in _BY_NAME:
-            raise ConfigError(f"{origin}: unknown key '{key}'")
+            raise ConfigError(f"{origin}: unknown key '{key}'{did_you_mean(key)}")
     values: dict[str, Any] = {}
     for setting in SETTINGS:
         raw = flat.get(setting.name, setting.default)
@@ -275,17 +276,61 @@ def config_path(explicit: str | None) -> Path:
     return Path(explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
 
 
+def did_you_mean(key: str) -> str:
+    """'; did you mean 'schedule.interval'?' for a near miss of a setting's name, else ''.
+
+    A key is compared with every setting's full name and, when it has no section, with the last part
+    of each name too (`interval` at the top level -> 'schedule.interval')."""
+    names = [s.name for s in SETTINGS] + sorted(_SECTIONS)
+    found = difflib.get_close_matches(key, names, n=1, cutoff=0.7)
+    if not found and "." not in key:
+        by_tail = {n.rpartition(".")[2]: n for n in names if "." in n}
+        tails = difflib.get_close_matches(key, list(by_tail), n=1, cutoff=0.7)
+        found = [by_tail[t] for t in tails]
+    return f"; did you mean '{found[0]}'?" if found else ""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping (at any depth) is an error:
+    YAML 1.2 requires unique keys, and PyYAML would silently keep the last value."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor`: its keys may be overridden, as YAML intends
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # an unhashable key: the base class says what is wrong with it
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given at line {first + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, origin: str) -> Any:
+    """YAML text -> data, refusing duplicate keys; ConfigError with the line and the reason."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None)
+        raise ConfigError(f"{origin}: invalid YAML{where}" + (f": {problem}" if problem else "")) from e
+
+
 def load(path: Path) -> AgentConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the configuration file ({e.strerror})") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: invalid YAML{where}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from e
+    data = parse_yaml(text, str(path))
     config = validate(data, origin=str(path), base=path.parent.resolve())
     return AgentConfig(**{**config.__dict__, "path": path})
 

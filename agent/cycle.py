@@ -6,6 +6,8 @@ says where). The cycle holds the state directory's lock for its whole length.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 import uuid
@@ -26,12 +28,14 @@ from agent import (
     runner,
     vault,
 )
+from agent import verdict as verdict_of
 from agent.config import AgentConfig
 from agent.drift import DriftContext, Finding
 from agent.errors import AgentError, RewindError, RunTimeoutError, VerifyError
-from agent.events import TaskResult
+from agent.fsutil import atomic_write
 from agent.inventory import RunPlan, make_plan, parse_graph
 from agent.lock import cycle_lock
+from agent.progress import PhaseDone, PhaseStarted, Progress, ProgressEvent
 from agent.redact import Redactor, redact_record, redact_report, redact_url
 from agent.report import (
     ApplyResult,
@@ -53,6 +57,7 @@ from agent.report import (
 from agent.runner import RunMode, RunnerSettings, RunResult
 from agent.source import GitSource, Revision
 from agent.state import AgentState, StateStore, first_seen
+from agent.verdict import RunVerdict
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,9 @@ def never() -> bool:
 class CycleOptions:
     trigger: Trigger = Trigger.MANUAL
     check_only: bool = False
+    # A local problem found before the cycle (the CLI's preflight: e.g. an unsafe token file): the
+    # attempt is reported as an error at phase fetch, and nothing is fetched or run.
+    refusal: str | None = None
 
 
 @dataclass
@@ -88,6 +96,8 @@ class _Attempt:
     stats: Stats = field(default_factory=Stats)
     errors: list[ErrorItem] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
+    broken_roles: dict[str, str] = field(default_factory=dict)  # role -> why Ansible cannot load it
+    all_roles: tuple[str, ...] = ()  # the host's roles, broken ones included (the plan has the others)
     warnings: list[str] = field(default_factory=list)  # run-level: where Ansible ran unlike ansible-playbook
     strategy: str | None = None  # set when mitogen was dropped for this cycle (runner's fallback)
 
@@ -95,12 +105,25 @@ class _Attempt:
         self.errors.append(ErrorItem(phase or self.phase, message))
 
 
+def _converged(state: AgentState, commit: str, *, recurring: set[str], check_only: set[str]) -> AgentState:
+    """The state after an apply of `commit` converged: what recurs and what fails only in check mode
+    are remembered for it (and kept for the other commits this host converged to)."""
+    def kept(per_commit: dict[str, tuple[str, ...]], keys: set[str]) -> dict[str, tuple[str, ...]]:
+        found = {k: v for k, v in per_commit.items() if k in state.converged and k != commit}
+        return {**found, commit: tuple(sorted(keys))} if keys else found
+
+    return replace(state.with_converged(commit), applied_commit=commit,
+                   recurring={**kept(state.recurring, recurring), commit: tuple(sorted(recurring))},
+                   check_only=kept(state.check_only, check_only))
+
+
 class Cycle:
     def __init__(self, config: AgentConfig, *, clock: Callable[[], datetime] = utc_now,
-                 cancel: Callable[[], bool] = never) -> None:
+                 cancel: Callable[[], bool] = never, progress: Progress | None = None) -> None:
         self.config = config
         self.clock = clock
         self.cancel = cancel
+        self.progress = progress
         self.store = StateStore(config.state_dir, history=config.history)
         self.source = GitSource(config.source, config.state_dir)
         self.deadline = 0.0  # monotonic; set when a cycle starts
@@ -124,7 +147,9 @@ class Cycle:
         self.deadline = started + self.config.schedule.timeout_s
         state = self.store.load()
         try:
-            if attempt.pause is not None and attempt.pause.checks_too:
+            if options.refusal is not None:
+                attempt.fail(options.refusal)  # status stays error, phase fetch: nothing ran
+            elif attempt.pause is not None and attempt.pause.checks_too:
                 attempt.status = Status.PAUSED  # not even a check while paused with --checks-too
                 log.info("paused, checks too: reason=%r", attempt.pause.reason)
             else:
@@ -132,7 +157,7 @@ class Cycle:
         except RunTimeoutError as e:
             attempt.status = Status.FAILED
             attempt.fail(str(e))
-            log.error("cycle stopped: phase=%s error=%s", attempt.phase.value, self.redactor(str(e)))
+            log.info("cycle stopped: phase=%s error=%s", attempt.phase.value, self.redactor(str(e)))
         except (RewindError, VerifyError) as e:
             attempt.phase = Phase.VERIFY
             outcome = getattr(e, "outcome", None)  # SignatureRejectedError says which commit and key
@@ -140,11 +165,11 @@ class Cycle:
                 attempt.signature, attempt.refused_commit = outcome.signature, outcome.commit
             attempt.status = Status.ERROR
             attempt.fail(str(e))
-            log.error("source refused: phase=verify error=%s", self.redactor(str(e)))
+            log.info("source refused: phase=verify error=%s", self.redactor(str(e)))
         except AgentError as e:
             attempt.status = Status.ERROR
             attempt.fail(str(e))
-            log.error("cycle failed: phase=%s error=%s", attempt.phase.value, self.redactor(str(e)))
+            log.info("cycle failed: phase=%s error=%s", attempt.phase.value, self.redactor(str(e)))
         attempt.durations["total"] = time.monotonic() - started
         report, state = self._report(attempt, state, options)
         report = redact_report(report, self.redactor)  # before it is written or sent anywhere
@@ -158,14 +183,29 @@ class Cycle:
 
     # -- phases ------------------------------------------------------------------------------
 
+    def _emit(self, event: ProgressEvent) -> None:
+        """Tell the onlooker (if any); a display that fails never stops the cycle."""
+        if self.progress is None:
+            return
+        try:
+            self.progress(event)
+        except Exception:
+            log.debug("progress display failed; not showing progress any more", exc_info=True)
+            self.progress = None
+
     def _timed(self, attempt: _Attempt, name: str, started: float) -> None:
         attempt.durations[name] = attempt.durations.get(name, 0.0) + time.monotonic() - started
 
     def _reconcile(self, attempt: _Attempt, state: AgentState, options: CycleOptions) -> AgentState:
         started = time.monotonic()
+        self._emit(PhaseStarted("fetch"))
         revision = self.source.sync(last_commit=state.last_commit,
                                     keep=tuple(c for c in (state.applied_commit,) if c))
         self._timed(attempt, "fetch", started)
+        self._emit(PhaseDone("fetch", f"{revision.commit[:12]} {revision.subject or ''}".strip()
+                             + (" (offline: the last commit)" if revision.offline else "")))
+        self._emit(PhaseDone("verify", f"signature {revision.signature.status.value.replace('_', ' ')}"
+                             + (f" by {revision.signature.signer}" if revision.signature.signer else "")))
         attempt.revision = revision
         for error in revision.fetch_errors:
             attempt.fail(error, Phase.FETCH)
@@ -175,16 +215,72 @@ class Cycle:
         attempt.phase = Phase.VERIFY
         state = replace(state, last_commit=revision.commit)
         attempt.phase = Phase.PLAN
-        attempt.plan = plan = self._plan(revision)
+        self._emit(PhaseStarted("plan"))
+        attempt.plan = plan = self._without_broken_roles(attempt, self._plan(revision))
         attempt.warnings.extend(ansible_env.warnings(ansible_cfg.load(revision.path),
                                                      inventory=plan.inventory))
+        self._emit(PhaseDone("plan", f"roles: {', '.join(attempt.plan.roles) or '-'}"))
+        if not plan.roles:  # every role is broken: nothing Ansible could run
+            attempt.status = Status.FAILED
+            return state
         attempt.phase = Phase.CHECK
         check = self._ansible(attempt, plan, RunMode.CHECK, "check")
+        verdict = self._judge(check, plan, self._check_only_keys(state, revision.commit))
         ctx = DriftContext(commit=revision.commit, converged=frozenset(state.converged),
                            recurring=frozenset(state.recurring.get(revision.commit, ())))
-        attempt.findings = drift.classify(check.parsed.tasks, ctx)
+        attempt.findings = (drift.classify((*check.parsed.tasks, *verdict.unattributed), ctx)
+                            + drift.check_only_findings(verdict, self._playbook_names(plan)))
         attempt.stats = check.parsed.stats
-        return self._decide_and_apply(attempt, state, options, check)
+        decided = self._decide_and_apply(attempt, state, options, verdict)
+        if attempt.broken_roles and attempt.status is not Status.ERROR:
+            # A role of this host did not run: the host is not in the commit's state, whatever the
+            # others did. Failed, and never counted as converged to this commit.
+            attempt.status = Status.FAILED
+            decided = replace(decided, converged=state.converged)
+        return decided
+
+    @staticmethod
+    def _check_only_keys(state: AgentState, commit: str) -> frozenset[str]:
+        """Tasks known to fail only in check mode, for a commit this host converged to."""
+        return frozenset(state.check_only.get(commit, ())) if commit in state.converged else frozenset()
+
+    @staticmethod
+    def _playbook_names(plan: RunPlan) -> dict[str, str]:
+        """role -> its playbook as the report names it (relative to the checkout)."""
+        names = {}
+        for role, book in zip(plan.roles, plan.playbooks, strict=True):
+            try:
+                names[role] = str(book.relative_to(plan.project_dir))
+            except ValueError:
+                names[role] = str(book)
+        return names
+
+    def _judge(self, result: RunResult, plan: RunPlan, check_only: frozenset[str]) -> RunVerdict:
+        return verdict_of.judge(result.parsed, host=plan.host, roles=plan.roles,
+                                playbooks=self._playbook_names(plan), check_only_keys=check_only)
+
+    def _without_broken_roles(self, attempt: _Attempt, plan: RunPlan) -> RunPlan:
+        """The plan less the roles whose playbook Ansible cannot load, each reported as a failed role
+        with its one-line error: a broken role fails alone, the others still run (together, in one
+        ansible-playbook run, so facts set by one reach the next)."""
+        # A commit's playbooks load the same way every time for the same roles and variables: once they
+        # all loaded, the next cycles of that commit skip the check (~1.5 CPU-s each; bench/README.md).
+        key = hashlib.sha256(json.dumps([plan.commit, plan.roles, self.settings.extra_vars,
+                                         str(self.settings.vault_password_file)],
+                                        sort_keys=True, default=str).encode()).hexdigest()
+        marker = self.config.state_dir / "syntax-checked"
+        broken: dict[str, str] = {}
+        if not marker.is_file() or marker.read_text(encoding="utf-8").strip() != key:
+            remaining = self.deadline - time.monotonic()
+            broken = runner.syntax_errors(plan, replace(self.settings, timeout_s=remaining))
+            if not broken:
+                atomic_write(marker, f"{key}\n".encode())
+        for role, error in broken.items():
+            attempt.fail(f"role '{role}' cannot be loaded, so it did not run: {self.redactor(error)}",
+                         Phase.PLAN)
+        attempt.broken_roles, attempt.all_roles = broken, plan.roles
+        kept = [(r, p) for r, p in zip(plan.roles, plan.playbooks, strict=True) if r not in broken]
+        return replace(plan, roles=tuple(r for r, _ in kept), playbooks=tuple(p for _, p in kept))
 
     def _plan(self, revision: Revision) -> RunPlan:
         self.redactor = vault.redactor(revision.path, patterns=self.config.redact,
@@ -210,10 +306,13 @@ class Cycle:
                                   f"{self.config.schedule.timeout_s:g}s)")
         settings = replace(self.settings, timeout_s=remaining,
                            strategy=attempt.strategy or self.settings.strategy)
+        self._emit(PhaseStarted(name))
         try:
-            result = runner.run_playbooks(plan, mode, settings, cancel=self.cancel, playbooks=playbooks)
+            result = runner.run_playbooks(plan, mode, settings, cancel=self.cancel, playbooks=playbooks,
+                                          progress=self._emit if self.progress else None)
         finally:
             self._timed(attempt, name, started)
+        self._emit(PhaseDone(name))
         attempt.warnings.extend(result.warnings)
         if result.fallback is not None:  # what mitogen could not run in the check, it cannot in the apply
             attempt.strategy = "linear"
@@ -225,73 +324,85 @@ class Cycle:
         if result.status == "canceled":
             raise RunTimeoutError(f"ansible {name} was cancelled after {time.monotonic() - started:.0f}s "
                                   "(the agent is stopping)")
-        if not result.ok and not drift.failures(result.parsed.tasks):
+        recap = result.parsed.stats
+        judged = result.parsed.recap_seen and recap.failed + recap.unreachable > 0
+        if not result.ok and not drift.failures(result.parsed.tasks) and not judged:
             detail = "; ".join(result.parsed.messages) or f"ansible-playbook exited with {result.rc}"
             raise AgentError(f"ansible {name} failed before running tasks: {detail}")
         return result
 
     def _decide_and_apply(self, attempt: _Attempt, state: AgentState, options: CycleOptions,
-                          check: RunResult) -> AgentState:
+                          verdict: RunVerdict) -> AgentState:
         assert attempt.revision is not None and attempt.plan is not None
         commit = attempt.revision.commit
-        failed = drift.failures(check.parsed.tasks)
+        for message in verdict.idle_roles:
+            attempt.fail(message, Phase.CHECK)
         actionable = [f for f in attempt.findings if f.actionable]
-        decision = policy.decide(actionable_drift=len(actionable), check_failures=len(failed),
+        decision = policy.decide(actionable_drift=len(actionable), check_failures=len(verdict.failed),
                                  mode=self.config.mode, check_only=options.check_only,
                                  pause=attempt.pause, now=self.clock())
         log.info("decision: apply=%s reason=%s", decision.apply, decision.reason)
         if not decision.apply:
-            for task in failed:
-                attempt.fail(f"task '{task.task}' failed: {task.message or 'no message'}", Phase.CHECK)
-            attempt.status = self._status_without_apply(failed, actionable, attempt.pause)
+            for task in verdict.failed:
+                attempt.fail(f"task '{task.label}' failed: {task.message or 'no message'}", Phase.CHECK)
+            attempt.status = self._status_without_apply(verdict, actionable, attempt.pause)
             attempt.phase = Phase.DONE
             if attempt.status is Status.IN_SYNC:
                 state = state.with_converged(commit)
             return state
-        return self._apply(attempt, state, failed, actionable)
+        return self._apply(attempt, state, verdict)
 
-    def _status_without_apply(self, failed: tuple[TaskResult, ...], actionable: list[Finding],
+    def _status_without_apply(self, verdict: RunVerdict, actionable: list[Finding],
                               pause: Pause | None) -> Status:
-        if failed:
+        if verdict.failed:
             return Status.FAILED
+        if verdict.idle_roles:
+            return Status.ERROR  # a role ran nothing: never in sync
         if actionable:
             return Status.PAUSED if policy.pause_active(pause, self.clock()) else Status.DRIFTED
         return Status.IN_SYNC
 
-    def _apply(self, attempt: _Attempt, state: AgentState, failed: tuple[TaskResult, ...],
-               actionable: list[Finding]) -> AgentState:
+    def _apply(self, attempt: _Attempt, state: AgentState, check: RunVerdict) -> AgentState:
+        """Apply every playbook of the plan (the same set as the check: Ansible skips what is in sync,
+        and a playbook may need what an earlier one sets), then check again."""
         assert attempt.revision is not None and attempt.plan is not None
         plan, commit = attempt.plan, attempt.revision.commit
-        roles = {f.task.role for f in actionable} | {t.role for t in failed}
-        books = tuple(p for r, p in zip(plan.roles, plan.playbooks, strict=True) if r in roles)
         attempt.phase = Phase.APPLY
-        applied = self._ansible(attempt, plan, RunMode.APPLY, "apply", books)
-        apply_failed = drift.failures(applied.parsed.tasks)
+        applied = self._ansible(attempt, plan, RunMode.APPLY, "apply")
+        apply_failed = self._judge(applied, plan, frozenset()).failed
         attempt.stats = applied.parsed.stats
         attempt.apply = ApplyResult(
             attempted=True, changed=applied.parsed.stats.changed,
-            failed_tasks=tuple(FailedTask(t.task, t.message or "no message") for t in apply_failed))
+            failed_tasks=tuple(FailedTask(t.task, t.message or "no message", t.item) for t in apply_failed))
         if apply_failed:
             attempt.status = Status.FAILED
             return state
         attempt.phase = Phase.RECHECK
-        recheck = self._ansible(attempt, plan, RunMode.CHECK, "recheck", books)
-        recurring = drift.recurring_after_apply(recheck.parsed.tasks)
+        recheck = self._ansible(attempt, plan, RunMode.CHECK, "recheck")
+        after = self._judge(recheck, plan, self._check_only_keys(state, commit))
+        # The apply of these very playbooks succeeded: a task that fails in the check right after it
+        # fails only in check mode. A failure no task result explains is no such evidence.
+        check_only = tuple(t for t in after.failed if t.module)
+        failed = tuple(t for t in after.failed if not t.module)
+        recurring = drift.recurring_after_apply((*recheck.parsed.tasks, *after.unattributed))
         keys = {f.task.key for f in recurring}
         attempt.findings = tuple(
-            Finding(f.task, DriftKind.RECURRING) if f.task.key in keys else f
+            Finding(f.task, DriftKind.RECURRING, f.reason) if f.task.key in keys else f
             for f in attempt.findings) + tuple(f for f in recurring
                                                if f.task.key not in {x.task.key for x in attempt.findings})
-        recheck_failed = drift.failures(recheck.parsed.tasks)
-        for task in recheck_failed:
-            attempt.fail(f"task '{task.task}' failed: {task.message or 'no message'}", Phase.RECHECK)
-        attempt.status = Status.FAILED if recheck_failed else Status.CORRECTED
+        unverifiable = drift.check_only_findings(replace(after, failed=failed), self._playbook_names(plan),
+                                                 check_only)
+        attempt.findings = tuple(f for f in attempt.findings if f.task.key not in
+                                 {u.task.key for u in unverifiable}) + unverifiable
+        for task in failed:
+            attempt.fail(f"task '{task.label}' failed: {task.message or 'no message'}", Phase.RECHECK)
         attempt.phase = Phase.DONE
-        if recheck_failed:
+        if failed or check.idle_roles:
+            attempt.status = Status.FAILED if failed else Status.ERROR
             return state
-        return replace(state.with_converged(commit), applied_commit=commit,
-                       recurring={**{k: v for k, v in state.recurring.items() if k in state.converged},
-                                  commit: tuple(sorted(keys))})
+        attempt.status = Status.CORRECTED
+        return _converged(state, commit, recurring=keys,
+                          check_only={t.key for t in (*check_only, *after.check_only)})
 
     # -- report ------------------------------------------------------------------------------
 
@@ -302,7 +413,9 @@ class Cycle:
             state = replace(state, drift_seen={k: v for k, v in state.drift_seen.items() if k not in fixed})
         items = tuple(
             DriftItem(play=f.task.play, task=f.task.task, role=f.task.role or None, module=f.task.module,
-                      kind=f.kind, diffs=f.task.diffs, first_seen_at=seen.get(f.task.key, attempt.started_at))
+                      kind=f.kind, diffs=f.task.diffs, first_seen_at=seen.get(f.task.key, attempt.started_at),
+                      reason=f.reason, ansible_role=f.task.ansible_role, task_path=f.task.task_path,
+                      item=f.task.item)
             for f in attempt.findings)
         return items, state
 
@@ -325,7 +438,8 @@ class Cycle:
             run_id=str(uuid.uuid4()), host=self.config.host, agent_version=__version__,
             trigger=options.trigger, mode=Mode.CHECK if options.check_only else Mode(self.config.mode),
             started_at=attempt.started_at, finished_at=self.clock(), source=self._source_info(attempt, state),
-            roles=attempt.plan.roles if attempt.plan else (), phase_reached=attempt.phase,
+            roles=attempt.all_roles or (attempt.plan.roles if attempt.plan else ()),
+            phase_reached=attempt.phase,
             status=attempt.status, drift=items, apply=attempt.apply, stats=attempt.stats,
             errors=tuple(attempt.errors),
             durations_s=Durations(fetch=d.get("fetch"), check=d.get("check"), apply=d.get("apply"),

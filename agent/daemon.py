@@ -10,8 +10,11 @@
 - SIGTERM/SIGINT: stop (the running cycle gets schedule.stop_grace to finish, then is cancelled);
   SIGHUP: reload the config (an invalid one is refused, the old one kept);
   SIGUSR1: look at requests from `gitops-agent run`;
-- systemd: READY=1, WATCHDOG=1 pings, STATUS= lines (Type=notify).
-The pure parts (splay, slots, backoff) take numbers; Daemon.run_once() takes its clock from outside.
+- systemd: READY=1, WATCHDOG=1 pings, STATUS= lines (Type=notify);
+- one log line per cycle (trigger, commit, status, drift by kind, changes, duration, where the report
+  went), and `state_dir/daemon.json` (pid, next full check, the cycle in progress) for `status`.
+The pure parts (splay, slots, backoff, the cycle line) take values; Daemon.run_once() takes its clock
+from outside.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -35,7 +40,7 @@ from typing import Any
 from agent import config as config_mod
 from agent.errors import AgentError
 from agent.fsutil import atomic_write
-from agent.report import Status, Trigger
+from agent.report import Report, Status, Trigger, format_time, parse_time
 
 log = logging.getLogger(__name__)
 BACKOFF_CAP_INTERVALS = 4
@@ -88,6 +93,71 @@ def watchdog_interval_s() -> float | None:
 class CycleOutcome:
     status: Status
     commit: str | None
+    report: Report | None = None  # the cycle's report; None when the cycle process left none
+    destination: str = ""  # where the report went: delivered, queued in the outbox (why), kept locally
+    problem: str | None = None  # why there is no report
+
+
+def cycle_line(trigger: Trigger, outcome: CycleOutcome, duration_s: float) -> str:
+    """The daemon's one log line per cycle: 'cycle done: trigger=schedule commit=3f89d6cd416e
+    status=corrected drift=2 drift_kinds=intentional:1,corrective:1 changed=2 duration_s=12.3
+    report=delivered' (plus error=... when the cycle failed, with its first error)."""
+    report = outcome.report
+    if report is None:
+        problem = outcome.problem or "the cycle process wrote no report"
+        return (f"cycle done: trigger={trigger.value} status={outcome.status.value} "
+                f"duration_s={duration_s:.1f} report=none error={problem!r}")
+    kinds = Counter(d.kind.value for d in report.drift)
+    total_s = report.durations_s.total if report.durations_s.total is not None else duration_s
+    line = (f"cycle done: trigger={trigger.value} commit={(report.source.commit or '-')[:12]} "
+            f"status={report.status.value} drift={len(report.drift)} "
+            f"drift_kinds={','.join(f'{k}:{n}' for k, n in sorted(kinds.items())) or '-'} "
+            f"changed={report.apply.changed if report.apply else 0} "
+            f"duration_s={total_s:.1f} "
+            f"report={outcome.destination or '-'}")
+    if report.errors:
+        line += f" error={report.errors[0].message!r}"
+    return line
+
+
+STATUS_FILE = "daemon.json"
+
+
+@dataclass(frozen=True)
+class DaemonStatus:
+    """What the daemon says about itself in state_dir/daemon.json (read by `gitops-agent status`)."""
+
+    pid: int
+    started_at: datetime
+    next_check_at: datetime | None
+    cycle_trigger: str | None  # set while a cycle runs
+    cycle_started_at: datetime | None
+    updated_at: datetime
+
+
+def read_status(state_dir: Path) -> DaemonStatus | None:
+    """The daemon's status file, or None when there is none (or it cannot be read)."""
+    try:
+        data = json.loads((state_dir / STATUS_FILE).read_text(encoding="utf-8"))
+        cycle = data.get("cycle") or {}
+        return DaemonStatus(
+            pid=int(data["pid"]), started_at=parse_time(data["started_at"]),
+            next_check_at=parse_time(data["next_check_at"]) if data.get("next_check_at") else None,
+            cycle_trigger=cycle.get("trigger"),
+            cycle_started_at=parse_time(cycle["started_at"]) if cycle.get("started_at") else None,
+            updated_at=parse_time(data["updated_at"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, AgentError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, and belongs to someone else
+    return True
 
 
 Spawn = Callable[[Trigger, bool], CycleOutcome]  # (trigger, check_only) -> outcome
@@ -118,6 +188,8 @@ class Daemon:
         now = clock()
         self.next_poll_at = now  # look for a new commit right away
         self.next_full_at = self._slot(now)
+        self.started_at = now
+        self.cycle_running: tuple[Trigger, float] | None = None
 
     @property
     def requests_dir(self) -> Path:
@@ -150,9 +222,30 @@ class Daemon:
             return trigger
         return None
 
+    def _stamp(self, when: float) -> str:
+        return format_time(datetime.fromtimestamp(when, UTC))
+
+    def write_status(self) -> None:
+        """state_dir/daemon.json: what `gitops-agent status` shows about the daemon. Best effort."""
+        running = self.cycle_running
+        data = {"pid": os.getpid(), "host": self.config.host, "started_at": self._stamp(self.started_at),
+                "next_check_at": self._stamp(self.next_full_at), "updated_at": self._stamp(self.clock()),
+                "cycle": {"trigger": running[0].value, "started_at": self._stamp(running[1])}
+                if running else None}
+        try:
+            atomic_write(self.config.state_dir / STATUS_FILE, json.dumps(data, indent=1).encode(), mode=0o644)
+        except OSError as e:
+            log.warning("cannot write the daemon's status file: %s", e)
+
     def _cycle(self, trigger: Trigger, request: Request | None = None) -> None:
         sd_notify(f"STATUS=running a cycle ({trigger.value})")
-        outcome = self.spawn(trigger, request.check_only if request else False)
+        started = self.clock()
+        self.cycle_running = (trigger, started)
+        self.write_status()
+        try:
+            outcome = self.spawn(trigger, request.check_only if request else False)
+        finally:
+            self.cycle_running = None
         self.outbox_clear = False  # the child flushed; whatever it left is retried at the next poll
         if request is not None:
             atomic_write(self.requests_dir / f"{request.id}.done", json.dumps(
@@ -161,14 +254,17 @@ class Daemon:
         if outcome.commit:
             self.last_commit = outcome.commit
         now = self.clock()
+        line = cycle_line(trigger, outcome, now - started)
         if outcome.status in (Status.FAILED, Status.ERROR):
             self.failures += 1
             self.next_full_at = now + backoff_s(self.failures, self.config.schedule.interval_s)
-            log.warning("cycle %s: retry in %.0fs (failure %d in a row)", outcome.status.value,
-                        self.next_full_at - now, self.failures)
+            log.warning("%s retry_in_s=%.0f failures_in_a_row=%d", line, self.next_full_at - now,
+                        self.failures)
         else:
             self.failures = 0
             self.next_full_at = self._slot(now)
+            log.info("%s next_check_in_s=%.0f", line, self.next_full_at - now)
+        self.write_status()
         sd_notify(f"STATUS={outcome.status.value} at {(outcome.commit or '-')[:12]}; next full check in "
                   f"{self.next_full_at - now:.0f}s")
 
@@ -191,6 +287,7 @@ class Daemon:
             return
         self.config = new
         self.next_full_at = min(self.next_full_at, self._slot(self.clock()))
+        self.write_status()
         log.info("configuration reloaded from %s", self.config_path)
 
     # -- serving ----------------------------------------------------------------------------
@@ -207,6 +304,7 @@ class Daemon:
             signal.signal(sig, self._on_signal)
         pidfile = self.config.state_dir / "daemon.pid"
         atomic_write(pidfile, f"{os.getpid()}\n".encode(), mode=0o644)
+        self.write_status()
         sd_notify("READY=1")
         log.info("daemon started: host=%s interval_s=%g poll_s=%g splay_s=%g", self.config.host,
                  self.config.schedule.interval_s, self.config.schedule.poll_s, self.config.schedule.splay_s)
@@ -227,6 +325,7 @@ class Daemon:
             sd_notify("STOPPING=1")
             self.flush(True)
             pidfile.unlink(missing_ok=True)
+            (self.config.state_dir / STATUS_FILE).unlink(missing_ok=True)
             log.info("daemon stopped")
         return 0
 

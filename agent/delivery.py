@@ -6,13 +6,18 @@ Every finished attempt goes into the outbox (when a collector is configured) bef
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from agent.config import AgentConfig
 from agent.errors import AgentError
+from agent.fsutil import atomic_write
 from agent.outbox import Outbox
-from agent.report import Report
+from agent.report import Report, format_time, parse_time
 
 if TYPE_CHECKING:
     from agent.sender import FlushResult
@@ -31,10 +36,40 @@ def enqueue(config: AgentConfig, report: Report) -> None:
         outbox(config).put(report)
 
 
+@dataclass(frozen=True)
+class DeliveryState:
+    """How the last delivery attempt went (state_dir/delivery.json): `status` and `doctor` show it."""
+
+    at: datetime
+    error: str | None  # None: everything was delivered
+    remaining: int
+
+
+def last_state(config: AgentConfig) -> DeliveryState | None:
+    """The last delivery attempt's outcome, or None (none yet, or no collector)."""
+    try:
+        data = json.loads((config.state_dir / "delivery.json").read_text(encoding="utf-8"))
+        return DeliveryState(parse_time(data["at"]), data.get("error"), int(data.get("remaining", 0)))
+    except (OSError, ValueError, KeyError, TypeError, AgentError):
+        return None
+
+
+def _record(config: AgentConfig, error: str | None, remaining: int) -> None:
+    data = {"at": format_time(datetime.now(UTC)), "error": error, "remaining": remaining}
+    with contextlib.suppress(OSError):  # only a note for people: never fails a cycle
+        atomic_write(config.state_dir / "delivery.json", json.dumps(data).encode(), mode=0o644)
+
+
 def flush(config: AgentConfig, *, deadline_s: float, max_attempts: int = 4) -> FlushResult | None:
-    """Deliver what waits in the outbox; None when no collector is configured or nothing waits."""
+    """Deliver what waits in the outbox; None when no collector is configured or nothing waits.
+    Never raises for delivery trouble: the result's `error` says it (the caller decides who hears)."""
     box = outbox(config)
-    if not config.collector.url or not box.pending():
+    if not config.collector.url:
+        return None
+    if not box.pending():
+        previous = last_state(config)
+        if previous is None or previous.error:
+            _record(config, None, 0)
         return None
     from agent.sender import FlushResult, Sender  # httpx: only when there is something to send
 
@@ -42,9 +77,26 @@ def flush(config: AgentConfig, *, deadline_s: float, max_attempts: int = 4) -> F
         with Sender.from_config(config.collector, max_attempts=max_attempts) as sender:
             result = sender.flush(box, deadline_s=deadline_s)
     except AgentError as e:  # token file missing or unsafe: say so, keep the reports
-        log.error("cannot deliver reports: %s", e)
-        return FlushResult(remaining=len(box.pending()), error=str(e))
-    log.info("outbox flushed: delivered=%d duplicates=%d quarantined=%d remaining=%d%s", result.delivered,
-             result.duplicates, result.quarantined, result.remaining,
-             f" error={result.error!r}" if result.error else "")
+        result = FlushResult(remaining=len(box.pending()), error=str(e))
+    _record(config, result.error, result.remaining)
+    log.debug("outbox flushed: delivered=%d duplicates=%d quarantined=%d remaining=%d%s", result.delivered,
+              result.duplicates, result.quarantined, result.remaining,
+              f" error={result.error!r}" if result.error else "")
     return result
+
+
+def destination(config: AgentConfig, run_id: str) -> str:
+    """Where the report `run_id` is now, in words: 'delivered', 'queued in the outbox (N waiting: why)',
+    'quarantined (refused by the collector)', or 'kept locally (no collector.url)'."""
+    if not config.collector.url:
+        return "kept locally (no collector.url)"
+    box = outbox(config)
+    pending = box.pending()
+    if any(e.run_id == run_id for e in pending):
+        state = last_state(config)
+        why = f": {state.error}" if state is not None and state.error else ""
+        return f"queued in the outbox ({len(pending)} waiting{why})"
+    if any(q.entry.run_id == run_id for q in box.quarantined()):
+        return "quarantined (refused by the collector)"
+    return "delivered"
+

@@ -47,5 +47,13 @@ class StateError(AgentError):
     """The state directory is unusable."""
 
 
+class StorageError(AgentError):
+    """Writing failed for a reason of the disk, not of the configuration (full, quota, I/O error)."""
+
+
+class UsageError(AgentError):
+    """The command line is wrong (an unknown option, a bad value)."""
+
+
 class ReportError(AgentError):
     """A report does not follow the schema."""

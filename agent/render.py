@@ -39,17 +39,29 @@ def summary(report: Report, *, colour: bool = False) -> str:
                      f"{len(report.apply.failed_tasks)} failed task(s)")
     for item in report.drift:
         paths = ", ".join(d.path for d in item.diffs) or "-"
-        lines.append(f"  {item.kind.value:<12} {item.role or '-'} / {item.task}  [{item.module}] {paths}")
+        lines.append(f"  {item.kind.value:<12} {item.role or '-'} / {_task(item)}  [{item.module}] {paths}")
+        if item.reason:
+            lines.append(f"  {'':<12} {item.reason}")
     if report.apply is not None:
-        lines.extend(f"  failed: {t.task}: {t.message}" for t in report.apply.failed_tasks)
+        lines.extend(f"  failed: {t.task}{f' [{t.item}]' if t.item else ''}: {t.message}"
+                     for t in report.apply.failed_tasks)
     lines.extend(f"  error ({e.phase.value}): {e.message}" for e in report.errors)
     lines.extend(f"  warning: {w}" for w in report.warnings)
     return "\n".join(lines)
 
 
+def _task(item: DriftItem) -> str:
+    """The task as people find it: its Ansible role, name and loop item."""
+    name = f"{item.ansible_role} : {item.task}" if item.ansible_role else item.task
+    return f"{name} [{item.item}]" if item.item else name
+
+
 def unified(item: DriftItem, *, colour: bool = False) -> str:
     """The drift item's diffs as unified diffs."""
-    out = [f"--- {item.kind.value}: {item.role or '-'} / {item.play} / {item.task} [{item.module}]"]
+    where = f" ({item.task_path})" if item.task_path else ""
+    out = [f"--- {item.kind.value}: {item.role or '-'} / {item.play} / {_task(item)} [{item.module}]{where}"]
+    if item.reason:
+        out.append(f"  {item.reason}")
     for diff in item.diffs:
         before = (diff.before or "").splitlines(keepends=True)
         after = (diff.after or "").splitlines(keepends=True)
@@ -58,7 +70,7 @@ def unified(item: DriftItem, *, colour: bool = False) -> str:
             if colour and text.startswith(("+", "-")) and not text.startswith(("+++", "---")):
                 text = _paint(text, "32" if text.startswith("+") else "31", True)
             out.append(text)
-    if not item.diffs:
+    if not item.diffs and not item.reason:
         out.append("  (no diff: check mode cannot tell what this task would do)"
                    if item.kind.value == "unverifiable" else "  (the module gave no diff)")
     return "\n".join(out)
@@ -77,3 +89,46 @@ def status_text(report: Report, now: datetime, pause: Pause | None) -> str:
     return (f"last run: {report.finished_at:%Y-%m-%d %H:%M:%S}Z ({_ago(report.finished_at, now)}), "
             f"{report.status.value}, commit {_short(report.source.commit)}, "
             f"{drift} drift item(s)\n{pause_text(pause)}")
+
+
+def _in(when: datetime, now: datetime) -> str:
+    seconds = int((when - now).total_seconds())
+    if seconds <= 0:
+        return "due now"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"in {seconds // size}{unit}"
+    return f"in {seconds}s"
+
+
+def daemon_text(*, pid: int | None, alive: bool, started_at: datetime | None, next_check_at: datetime | None,
+                cycle_trigger: str | None, cycle_started_at: datetime | None, now: datetime) -> str:
+    """'daemon: running (pid 812, started 2h ago); next full check 12:30:05Z (in 14m)', plus the cycle in
+    progress; or 'daemon: not running'."""
+    if pid is None:
+        return "daemon: not running"
+    if not alive:
+        return f"daemon: not running (pid {pid} of its status file is gone: it did not stop cleanly)"
+    text = f"daemon: running (pid {pid}" + (f", started {_ago(started_at, now)})" if started_at else ")")
+    if cycle_trigger is not None:
+        since = f" for {_ago(cycle_started_at, now).removesuffix(' ago')}" if cycle_started_at else ""
+        text += f"; a cycle is running ({cycle_trigger}){since}"
+    if next_check_at is not None:
+        text += f"; next full check {next_check_at:%Y-%m-%d %H:%M:%S}Z ({_in(next_check_at, now)})"
+    return text
+
+
+def delivery_text(*, collector: bool, waiting: int, error: str | None, at: datetime | None,
+                  now: datetime) -> str:
+    """The outbox line of `status`: how many reports wait, and the last delivery problem if any."""
+    if not collector:
+        return "outbox: no collector configured (collector.url): reports stay on this host"
+    text = f"outbox: {waiting} report(s) waiting for the collector"
+    if error and at is not None:
+        text += f"; warning: the last delivery failed {_ago(at, now)}: {error}"
+    return text
+
+
+def warning_lines(warnings: list[str], *, colour: bool = False) -> str:
+    """Warnings under a run's summary (things that did not block the run: a collector that is down)."""
+    return "\n".join(f"  {_paint('warning', '33', colour)}: {w}" for w in warnings)

@@ -35,6 +35,7 @@ from agent import ansible_cfg, ansible_env, events, gathering
 from agent.ansible_env import RunEnv, Strategy
 from agent.errors import PlanError, RunnerError
 from agent.inventory import RunPlan
+from agent.progress import Progress, from_runner_event
 
 log = logging.getLogger(__name__)
 PLUGIN_DIR = Path(__file__).parent / "ansible_plugins"
@@ -131,6 +132,72 @@ def inventory_graph(inventory: Path, project_dir: Path, settings: RunnerSettings
     return str(out)
 
 
+def _one_line_error(output: str, project_dir: Path) -> str:
+    """Ansible's error block (`[ERROR]: ...` and its continuation lines, `Origin: file:line:col`) as
+    one line: '<message> (playbooks/web.yml line 5, column 1)'. Terminal line ends (\\r\\n) and
+    colour codes are dropped."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in output.splitlines()]
+    message: list[str] = []
+    origin = ""
+    for line in lines:
+        if line.startswith(("[ERROR]:", "ERROR!")) and not message:
+            message.append(line.split(":", 1)[1].strip() if line.startswith("[") else line[6:].strip())
+        elif message and line.startswith("Origin:"):
+            origin = line.removeprefix("Origin:").strip()
+            break
+        elif message and line:
+            message.append(line)
+        elif message:
+            break
+    text = " ".join(message) or next((line for line in reversed(lines) if line), "no output")
+    match = re.match(r"^(.*?):(\d+):(\d+)$", origin)
+    if match:
+        path = Path(match.group(1))
+        shown = path.relative_to(project_dir) if path.is_relative_to(project_dir) else path
+        text += f" ({shown} line {match.group(2)}, column {match.group(3)})"
+    return text
+
+
+def _syntax_check(books: tuple[Path, ...], plan: RunPlan, settings: RunnerSettings,
+                  private: Path) -> str | None:
+    """None when `ansible-playbook --syntax-check` loads every playbook, else its error as one line."""
+    import ansible_runner
+
+    extra_file = private / "extravars.json"
+    extra_file.write_text(json.dumps(dict(settings.extra_vars)), encoding="utf-8")
+    extra_file.chmod(0o600)
+    args = ["--syntax-check", "-i", str(plan.inventory), "-e", f"@{extra_file}", *settings.vault_args,
+            *(str(b) for b in books)]
+    run_env = _run_env(plan.project_dir, settings, cfg=ansible_cfg.load(plan.project_dir))
+    try:
+        out, err, rc = ansible_runner.run_command(
+            executable_cmd=sys.executable, cmdline_args=_command(run_env, "ansible-playbook", args),
+            private_data_dir=str(private), project_dir=str(plan.project_dir), envvars=run_env.env,
+            quiet=True, timeout=int(max(settings.timeout_s, 1)), input_fd=None,
+            host_cwd=str(plan.project_dir))  # in the checkout: the repo's ansible.cfg (roles_path) applies
+    except Exception as e:  # ansible-runner raises bare ConfigurationError/RuntimeError
+        raise RunnerError(f"ansible-playbook --syntax-check could not run: {e}") from e
+    return None if rc == 0 else _one_line_error(f"{out}\n{err}", plan.project_dir)
+
+
+def syntax_errors(plan: RunPlan, settings: RunnerSettings) -> dict[str, str]:
+    """role -> one-line error, for each of the plan's playbooks that Ansible cannot load (YAML errors,
+    unknown modules or keywords, missing imports: `ansible-playbook --syntax-check`). Every playbook is
+    checked in one run first (about 1 CPU-second, whatever their number); only when that fails is each
+    checked alone, so that a broken role can be left out and the others still run."""
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="syntax-", dir=settings.work_dir) as tmp:
+        private = Path(tmp)
+        if _syntax_check(plan.playbooks, plan, settings, private) is None:
+            return {}
+        found = {}
+        for role, book in zip(plan.roles, plan.playbooks, strict=True):
+            error = _syntax_check((book,), plan, settings, private)
+            if error is not None:
+                found[role] = error
+        return found
+
+
 def _read_notes(path: Path) -> dict[str, dict[str, Any]]:
     """The gitops_agent callback's notes, merged per task id."""
     if not path.exists():
@@ -222,20 +289,23 @@ def _args(plan: RunPlan, mode: RunMode, extra_file: Path, books: tuple[Path, ...
 
 
 def run_playbooks(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
-                  cancel: Callable[[], bool], playbooks: tuple[Path, ...] | None = None) -> RunResult:
+                  cancel: Callable[[], bool], playbooks: tuple[Path, ...] | None = None,
+                  progress: Progress | None = None) -> RunResult:
     """Run the plan's playbooks (or a subset) for plan.host: --check --diff, or for real with --diff.
     With ansible.strategy mitogen, a run that mitogen cannot start, in which a module could not
     re-execute itself under another Python (Ansible's respawn: apt/dnf without their bindings, which
     mitogen does not support), or in which a task failed with an error of mitogen's own, is run again
-    with linear; the result says so (`fallback`, and a warning for the report)."""
-    result = _run(plan, mode, settings, cancel=cancel, playbooks=playbooks)
+    with linear; the result says so (`fallback`, and a warning for the report). `progress` hears of each
+    task as it starts and ends (agent.progress records; it must not raise)."""
+    result = _run(plan, mode, settings, cancel=cancel, playbooks=playbooks, progress=progress)
     if result.strategy != MITOGEN_STRATEGY or cancel():
         return result
     why = _fallback_reason(result)
     if why is None:
         return result
     log.warning("the mitogen strategy %s; running the %s again with linear", why, mode.value)
-    again = _run(plan, mode, replace(settings, strategy="linear"), cancel=cancel, playbooks=playbooks)
+    again = _run(plan, mode, replace(settings, strategy="linear"), cancel=cancel, playbooks=playbooks,
+                 progress=progress)
     note = (f"ansible.strategy mitogen {why}; the {mode.value} ran again with linear, and this report is "
             "linear's [D-strategy-fallback]")
     return replace(again, fallback=why, warnings=(*again.warnings, note))
@@ -320,7 +390,8 @@ def _asked_for_input(res: Any) -> bool:
 
 
 def _run(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
-         cancel: Callable[[], bool], playbooks: tuple[Path, ...] | None) -> RunResult:
+         cancel: Callable[[], bool], playbooks: tuple[Path, ...] | None,
+         progress: Progress | None = None) -> RunResult:
     import ansible_runner
 
     settings.work_dir.mkdir(parents=True, exist_ok=True)
@@ -343,6 +414,10 @@ def _run(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
 
     def keep_in_memory(event: dict[str, Any]) -> bool:
         collected.append(event)
+        if progress is not None:
+            record = from_runner_event(event)
+            if record is not None:
+                progress(record)
         return False  # False: ansible-runner writes no event file for it
 
     started = time.monotonic()
@@ -355,7 +430,8 @@ def _run(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
             cancel_callback=cancel, suppress_env_files=True,
             fact_cache_type="agent",  # not "jsonfile": the fact cache settings are agent.ansible_env's
         )
-        parsed = events.parse(collected, host=plan.host, notes=_read_notes(notes_file))
+        parsed = events.parse(collected, host=plan.host, notes=_read_notes(notes_file),
+                              project_dir=str(plan.project_dir))
         warnings = (*_read_note_warnings(notes_file), *unanswered_prompts(collected),
                     *delegated_elsewhere(collected, plan.host))
         status, rc = str(runner.status), runner.rc

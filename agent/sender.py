@@ -34,6 +34,7 @@ from agent.outbox import Outbox, OutboxEntry
 log = logging.getLogger(__name__)
 
 REPORTS_PATH = "/api/v1/reports"
+HEALTH_PATH = "/healthz"
 STOP_STATUSES = frozenset({401, 404})
 RETRY_STATUSES = frozenset({408, 429})
 
@@ -197,6 +198,26 @@ class Sender:
             return SendResult(Outcome.RETRY, None, f"{type(e).__name__}: {e}{hint}")
         outcome = classify(response.status_code)
         return SendResult(outcome, response.status_code, _reason(response), _retry_after_s(response))
+
+    def health(self) -> tuple[bool, str]:
+        """Whether the collector answers GET /healthz with 200 (it and its database are up), and why not."""
+        try:
+            response = self._client.get(HEALTH_PATH)
+        except httpx.HTTPError as e:
+            return False, f"{type(e).__name__}: {e}"
+        return response.status_code == 200, "reachable" if response.status_code == 200 else _reason(response)
+
+    def token_accepted(self) -> tuple[bool, str]:
+        """Whether the collector accepts this token for reports, without storing anything: an empty
+        body is posted; the token is checked before the body, so 401/403 mean the token is refused
+        (unknown, revoked, a reader token) and a 400/422 about the body means it was accepted."""
+        try:
+            response = self._client.post(REPORTS_PATH, content=b"{}")
+        except httpx.HTTPError as e:
+            return False, f"{type(e).__name__}: {e}"
+        if response.status_code in (400, 413, 422):
+            return True, "accepted"
+        return False, _reason(response)
 
     def _deliver(self, body: bytes, deadline: float | None) -> SendResult:
         attempt = 0

@@ -120,7 +120,7 @@ class GitSource:
             try:
                 commit = self._fetch(repo, url)
             except SourceError as e:
-                log.warning("source %s failed: %s", redact_url(url), e)
+                log.info("source %s failed: %s", redact_url(url), e)  # the report says it
                 errors.append(f"{redact_url(url)}: {e}")
                 continue
             try:

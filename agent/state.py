@@ -35,6 +35,8 @@ class AgentState:
     converged: tuple[str, ...] = ()  # recent commits this host was seen in sync with (newest last)
     recurring: dict[str, tuple[str, ...]] = field(default_factory=dict)  # commit -> task keys
     drift_seen: dict[str, str] = field(default_factory=dict)  # task key -> first seen (RFC 3339)
+    # commit -> task keys whose check fails only in check mode (the apply of that commit succeeded)
+    check_only: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def with_converged(self, commit: str) -> AgentState:
         kept = (*tuple(c for c in self.converged if c != commit), commit)
@@ -47,6 +49,7 @@ def _from_json(data: dict[str, Any]) -> AgentState:
         converged=tuple(data.get("converged") or ()),
         recurring={k: tuple(v) for k, v in (data.get("recurring") or {}).items()},
         drift_seen=dict(data.get("drift_seen") or {}),
+        check_only={k: tuple(v) for k, v in (data.get("check_only") or {}).items()},
     )
 
 

@@ -27,6 +27,7 @@ REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO)]
 
 import bundle  # noqa: E402
+import clidocs  # noqa: E402
 import conffile  # noqa: E402
 import deb  # noqa: E402
 import rpm  # noqa: E402
@@ -35,7 +36,7 @@ from tests.harness import image  # noqa: E402
 
 SMOKE = {
     "gitops-agent":
-        "/opt/gitops-agent/bin/python3 -c 'import agent, ansible_runner, ansible.release, git, httpx, yaml'",
+        "/opt/gitops-agent/bin/python3 -c 'import agent, ansible_runner, ansible.release, git, httpx, yaml, rich'",
     "gitops-collector":
         "/opt/gitops-collector/bin/python3 -c 'import agent, sqlalchemy, uvicorn, starlette, alembic'",
 }
@@ -72,7 +73,7 @@ def build_all(src: Path, out: Path, work: Path, *, rpm_too: bool, only: list[str
     root = image.extract(image.ensure_image(), work / "buildroot")
     timings["buildroot_s"] = time.monotonic() - t0
     date = email.utils.formatdate().replace("-0000", "+0000")
-    docs = [REPO / "docs/packaging.md", REPO / "docs/air-gapped.md"]
+    docs = [REPO / "docs/packaging.md", REPO / "docs/air-gapped.md", REPO / "docs/operations.md"]
     built: dict[str, dict[str, object]] = {}
     for pkg in (deb.AGENT, deb.COLLECTOR):
         if only and pkg.name not in only:
@@ -86,6 +87,8 @@ def build_all(src: Path, out: Path, work: Path, *, rpm_too: bool, only: list[str
                                          *bundle.MOUNTS], prefix=prefix)
         stage = work / "stage" / pkg.name
         deb.stage_common(stage, pkg, venv=tree, version=version, date=date, docs=docs)
+        if pkg.name in clidocs.PARSERS:  # man page, bash and zsh completions from the parser
+            clidocs.stage(stage, pkg.name, version=version, date=time.strftime("%Y-%m-%d", time.gmtime()))
         if pkg is deb.AGENT:
             deb.stage_agent_extras(stage, conffile.render(src))
         else:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -66,18 +67,19 @@ def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.config_path("explicit.yaml") == Path("explicit.yaml")
 
 
-def test_cli_config_error_is_one_line_and_exit_1(cli, tmp_path: Path) -> None:
+def test_cli_config_error_is_one_line_and_exit_78(cli, tmp_path: Path) -> None:
     path = tmp_path / "agent.yaml"
     path.write_text("source:\n  url: x\nschedule:\n  intervall: 5m\n")
     result = cli("run", "--config", str(path))
-    assert result.code == 1
-    assert result.err.strip() == f"gitops-agent: error: {path}: unknown key 'schedule.intervall'"
+    assert result.code == 78  # EX_CONFIG, as for the daemon
+    assert result.err.strip() == (f"gitops-agent: error: {path}: unknown key 'schedule.intervall'; "
+                                  "did you mean 'schedule.interval'?")
     assert not (tmp_path / "state").exists()  # nothing else happened
 
 
 def test_cli_config_from_environment(cli, tmp_path: Path) -> None:
     result = cli("status", env={"GITOPS_AGENT_CONFIG": str(tmp_path / "nope.yaml")})
-    assert result.code == 1 and "nope.yaml: cannot read the configuration file" in result.err
+    assert result.code == 78 and "nope.yaml: cannot read the configuration file" in result.err
 
 
 def test_help_teaches_settings(cli) -> None:
@@ -146,3 +148,33 @@ def test_secret_files_must_be_private(tmp_path: Path, name: str) -> None:
 def test_client_cert_and_key_go_together(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"'collector\.client_cert' and 'collector\.client_key' go together"):
         config.validate({"source": {"url": "x"}, "collector": {"client_cert": "c.pem"}}, base=tmp_path)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("source:\n  url: x\nmode: detect\nmode: enforce\n",
+     "invalid YAML at line 4: duplicate key 'mode' (first given at line 3)"),
+    ("source:\n  url: x\n  url: y\n", "invalid YAML at line 3: duplicate key 'url' (first given at line 2)"),
+    ("source: {url: x}\nextra_vars:\n  app: {port: 1, port: 2}\n",
+     "invalid YAML at line 3: duplicate key 'port' (first given at line 3)"),
+    ("source: {url: x}\nsource: {url: y}\n", "invalid YAML at line 2: duplicate key 'source'"),
+])
+def test_duplicate_keys_are_refused_at_any_depth(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: {message}")):
+        config.load(path)
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("extra_vars:\n  defaults: &d {port: 1, user: app}\n  app:\n    <<: *d\n    port: 2\n"
+                    "source: {url: x}\n")
+    assert config.load(path).extra_vars["app"] == {"port": 2, "user": "app"}
+
+
+@pytest.mark.parametrize(("key", "hint"), [
+    ("schedule.intervall", "schedule.interval"), ("interval", "schedule.interval"), ("state-dir", "state_dir"),
+    ("sauce", "source"), ("collector.token", "collector.token_file"), ("colour", None), ("zzz", None),
+])
+def test_unknown_keys_get_a_did_you_mean(key: str, hint: str | None) -> None:
+    assert config.did_you_mean(key) == (f"; did you mean '{hint}'?" if hint else "")

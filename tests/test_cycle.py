@@ -99,7 +99,7 @@ def test_failing_task_is_named(cli, write_config, tmp_path: Path) -> None:
     code, report = run(cli, write_config(repo.path))
     assert (code, report["status"], report["phase_reached"]) == (1, "failed", "apply")
     assert report["apply"]["failed_tasks"] == [{"task": "Install the widget",
-                                                "message": "widget repository unavailable"}]
+                                                "message": "widget repository unavailable", "item": None}]
     code, report = run(cli, write_config(repo.path), "--check")
     assert (code, report["status"]) == (1, "failed")
     assert "task 'Install the widget' failed: widget repository unavailable" in report["errors"][0]["message"]
@@ -107,7 +107,7 @@ def test_failing_task_is_named(cli, write_config, tmp_path: Path) -> None:
 
 def test_unknown_host_is_reported(cli, write_config, app_repo: GitRepo, tmp_path: Path) -> None:
     code, report = run(cli, write_config(app_repo.path, host="stranger.example.com"))
-    assert (code, report["status"], report["phase_reached"]) == (1, "error", "plan")
+    assert (code, report["status"], report["phase_reached"]) == (78, "error", "plan")  # EX_CONFIG
     message = report["errors"][0]["message"]
     assert "host 'stranger.example.com' is not in the inventory" in message and "/inventory" in message
     assert json.loads((tmp_path / "state/last_run.json").read_text())["run_id"] == report["run_id"]
@@ -117,17 +117,21 @@ def test_host_without_role(cli, write_config, tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "origin", {"playbooks/app.yml": APP_PLAYBOOK,
                                            "inventory/hosts.yml": "all:\n  children:\n    db:\n      hosts:\n        testhost:\n"})
     code, report = run(cli, write_config(repo.path))
-    assert (code, report["phase_reached"]) == (1, "plan")
+    assert (code, report["phase_reached"]) == (78, "plan")
     assert "has no role: none of its groups (db) has a playbook" in report["errors"][0]["message"]
 
 
 def test_broken_playbook_yaml(cli, write_config, tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "origin", {"playbooks/app.yml": "- hosts: app\n  tasks: [\n",
                                            "inventory/hosts.yml": APP_INVENTORY})
-    code, report = run(cli, write_config(repo.path))
-    assert (code, report["status"], report["phase_reached"]) == (1, "error", "check")
-    assert "failed before running tasks" in report["errors"][0]["message"]
-    assert "app.yml" in report["errors"][0]["message"]
+    code, report = run(cli, write_config(repo.path))  # the host's only role cannot be loaded: no run at all
+    assert (code, report["status"], report["phase_reached"]) == (1, "failed", "plan")
+    (error,) = report["errors"]
+    assert error["phase"] == "plan" and error["message"].startswith("role 'app' cannot be loaded, so it did not "
+                                                                    "run: YAML parsing failed")
+    assert error["message"].endswith("(playbooks/app.yml line 3, column 1)")
+    assert "\r" not in error["message"] and "\n" not in error["message"]
+    assert report["roles"] == ["app"] and report["apply"] is None
 
 
 SPECIAL = """\

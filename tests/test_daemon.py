@@ -166,4 +166,4 @@ def test_daemon_with_an_invalid_configuration_exits_78(tmp_path: Path, capsys: p
     bad.write_text("host: web01\nsource: {url: repo}\nschedule: {interval: often}\n")
     assert main(["daemon", "--config", str(bad)]) == 78
     assert "schedule.interval" in capsys.readouterr().err
-    assert main(["run", "--config", str(bad)]) == 1  # the other commands keep exit 1 for errors
+    assert main(["run", "--config", str(bad)]) == 78  # every command: a configuration error is EX_CONFIG

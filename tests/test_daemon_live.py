@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,7 +43,7 @@ def last_run(tmp_path: Path) -> dict[str, Any] | None:
 
 @contextmanager
 def running_daemon(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out, subprocess.Popen([sys.executable, "-m", "agent.cli", "-v", "daemon",
+    with log.open("wb") as out, subprocess.Popen([sys.executable, "-m", "agent.cli", "daemon",
                                                   "--config", str(config)], stderr=out, cwd=ROOT) as proc:
         try:
             yield proc
@@ -64,6 +65,15 @@ def test_daemon_picks_up_commits_serves_run_and_reloads(cli, write_config, app_r
     with running_daemon(config, log) as proc:
         wait_for(lambda: (last_run(tmp_path) or {}).get("status") == "corrected", 90, "the first cycle")
         assert last_run(tmp_path)["trigger"] == "new_commit"
+        # One line per cycle in the journal (logged at the daemon's default level, as under systemd).
+        line = wait_for(lambda: next((x for x in log.read_text().splitlines() if "cycle done:" in x), None), 30,
+                        "the cycle's log line")
+        assert re.search(rf"cycle done: trigger=new_commit commit={app_repo.head[:12]} status=corrected drift=2 "
+                         r"drift_kinds=intentional:2 changed=2 duration_s=\d+\.\d report=kept locally "
+                         r"\(no collector\.url\) next_check_in_s=\d+", line), line
+        status = cli("status", "--config", str(config))
+        assert f"daemon: running (pid {proc.pid}, started " in status.out, status.out
+        assert "next full check" in status.out
         started = time.monotonic()
         second = app_repo.commit({"inventory/hosts.yml": APP_INVENTORY.replace('"1"', '"2"')}, "v2")
         wait_for(lambda: (tmp_path / "root/app.conf").read_text() == "version=2\n", 90, "the new commit")

@@ -42,7 +42,8 @@ def test_second_cycle_is_refused_with_the_holder(tmp_path: Path, cli, write_conf
     config = write_config(app_repo.path)
     with hold(tmp_path / "state" / "lock", 60) as holder:
         result = cli("run", "--config", str(config))
-    assert result.code == 1
+    assert result.code == 75  # EX_TEMPFAIL: try again later (not 1, a failed run)
+    assert len(result.err.splitlines()) == 1
     assert f"another gitops-agent cycle is running on {tmp_path / 'state'} (pid {holder.pid})" in result.err
     assert not (tmp_path / "state" / "last_run.json").exists()  # nothing ran
 

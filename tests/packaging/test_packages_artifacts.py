@@ -15,6 +15,9 @@ from tests.harness.dist import deb, rpm
 
 pytestmark = [pytest.mark.fleet, pytest.mark.timeout(900)]
 PACKAGES = ("gitops-agent", "gitops-collector")
+# Generated from the argparse parser at build time (packaging/cli_docs.py).
+AGENT_CLI_DOCS = ("/usr/share/man/man1/gitops-agent.1.gz", "/usr/share/bash-completion/completions/gitops-agent",
+                  "/usr/share/zsh/vendor-completions/_gitops-agent")
 
 
 def _listing(package: Path) -> dict[str, str]:
@@ -38,8 +41,11 @@ def test_agent_deb_contents(dist: Path) -> None:
     for path in ("/opt/gitops-agent/bin/gitops-agent", "/opt/gitops-agent/bin/ansible-playbook",
                  "/opt/gitops-agent/pyvenv.cfg", "/usr/bin/gitops-agent", "/etc/gitops-agent/agent.yaml",
                  "/lib/systemd/system/gitops-agent.service", "/usr/lib/gitops-agent/restart-when-idle",
-                 "/usr/share/doc/gitops-agent/copyright"):
+                 "/usr/share/doc/gitops-agent/copyright", "/usr/share/doc/gitops-agent/operations.md",
+                 *AGENT_CLI_DOCS):
         assert path in entries, path
+    for path in AGENT_CLI_DOCS:
+        assert entries[path] == "-rw-r--r--", (path, entries[path])
     assert entries["/var/lib/gitops-agent"] == "drwx------"
     assert entries["/usr/bin/gitops-agent"] == "-rwxr-xr-x"
     assert entries["/usr/lib/gitops-agent/bin/ansible-playbook"].startswith("l")
@@ -50,6 +56,17 @@ def test_agent_deb_contents(dist: Path) -> None:
                              capture_output=True, text=True).stdout
     for dependency in ("python3", "git", "openssh-client", "python3-apt", "gpg"):
         assert re.search(rf"(^|, ){dependency}( |,|$)", control), control
+
+
+def test_collector_deb_has_its_man_page_and_completions(dist: Path, tmp_path: Path) -> None:
+    entries = _listing(deb(dist, "gitops-collector"))
+    for path in ("/usr/share/man/man1/gitops-collector.1.gz", "/usr/share/zsh/vendor-completions/_gitops-collector",
+                 "/usr/share/bash-completion/completions/gitops-collector"):
+        assert entries.get(path) == "-rw-r--r--", path
+    subprocess.run(["dpkg-deb", "-x", str(deb(dist, "gitops-collector")), str(tmp_path)], check=True)
+    with gzip.open(tmp_path / "usr/share/man/man1/gitops-collector.1.gz", "rt") as page:
+        text = page.read()
+    assert text.startswith(".TH GITOPS\\-COLLECTOR") and "token list" in text and ".SH EXIT STATUS" in text
 
 
 def test_bundled_venv_has_no_build_paths(dist: Path, tmp_path: Path) -> None:
@@ -80,7 +97,9 @@ def test_rpm_metadata_and_files(dist: Path) -> None:
     files = subprocess.run(["rpm", "-qpl", str(agent)], check=True, capture_output=True, text=True).stdout
     for path in ("/opt/gitops-agent/bin/gitops-agent", "/usr/bin/gitops-agent",
                  "/usr/lib/systemd/system/gitops-agent.service", "/etc/gitops-agent/agent.yaml",
-                 "/var/lib/gitops-agent"):
+                 "/var/lib/gitops-agent", "/usr/share/man/man1/gitops-agent.1.gz",
+                 "/usr/share/bash-completion/completions/gitops-agent",
+                 "/usr/share/zsh/site-functions/_gitops-agent"):
         assert path in files.splitlines(), path
     requires = subprocess.run(["rpm", "-qpR", str(agent)], check=True, capture_output=True, text=True).stdout
     for dependency in ("python3.11", "git-core", "openssh-clients", "gnupg2"):
@@ -91,6 +110,9 @@ def test_rpm_metadata_and_files(dist: Path) -> None:
     collector = subprocess.run(["rpm", "-qpl", str(rpm(dist, "gitops-collector"))], check=True,
                                capture_output=True, text=True).stdout
     assert "/usr/lib/systemd/system/gitops-collector.service" in collector
+    for path in ("/usr/share/man/man1/gitops-collector.1.gz", "/usr/share/zsh/site-functions/_gitops-collector",
+                 "/usr/share/bash-completion/completions/gitops-collector"):
+        assert path in collector.splitlines(), path
     assert "/usr/lib/sysusers.d/gitops-collector.conf" in collector
 
 

@@ -112,6 +112,18 @@ def test_agent_install_version_check_run_purge(make_host: object, record_propert
 
     version = host.run("gitops-agent", "version").stdout
     assert re.search(r"\b0\.\d+\.\d+", version), version
+    assert host.run("gitops-agent", "--version").stdout == version
+    # The man page and the completions are installed and work: the page names every command, and bash
+    # completes the commands after sourcing the completion file the way bash-completion does.
+    page = host.run("sh", "-c", "zcat /usr/share/man/man1/gitops-agent.1.gz").stdout
+    assert ".SH NAME" in page and "gitops\\-agent doctor" in page, page[:500]
+    completed = host.run("bash", "-c", ". /usr/share/bash-completion/completions/gitops-agent && "
+                         "COMP_WORDS=(gitops-agent st) COMP_CWORD=1 && "
+                         "$(complete -p gitops-agent | sed 's/.* -F \\([^ ]*\\) .*/\\1/') && "
+                         "echo \"${COMPREPLY[@]}\"").stdout
+    assert completed.split() == ["status"], completed
+    assert host.run("sh", "-c", "head -n 1 /usr/share/zsh/vendor-completions/_gitops-agent").stdout.startswith(
+        "#compdef gitops-agent")
     assert host.run("stat", "-c", "%a %U", "/var/lib/gitops-agent").stdout.split() == ["700", "root"]
     assert "/etc/gitops-agent/agent.yaml" in host.run("dpkg-query", "--showformat=${Conffiles}", "--show",
                                                       "gitops-agent").stdout
@@ -150,6 +162,17 @@ def test_collector_install_hardened_purge(make_host: object, record_property: ob
     assert host.run("stat", "-c", "%a %U", "/var/lib/gitops-collector").stdout.split() == \
         ["750", "gitops-collector"]
     assert re.search(r"\b0\.\d+\.\d+", host.run("gitops-collector", "--version").stdout)
+    for doc in ("/usr/share/man/man1/gitops-collector.1.gz", "/usr/share/zsh/vendor-completions/_gitops-collector",
+                "/usr/share/bash-completion/completions/gitops-collector"):
+        assert host.run("test", "-s", doc, check=False).returncode == 0, doc
+    completes = host.run("bash", "-c", "source /usr/share/bash-completion/completions/gitops-collector; "
+                         "COMP_WORDS=(gitops-collector to); COMP_CWORD=1; _shtab_gitops_collector; "
+                         "echo ${COMPREPLY[*]}")
+    assert completes.stdout.split() == ["token"], completes.stdout + completes.stderr
+    # a read command on a fresh install: one line, exit 66, and no database made at the default path
+    listing = host.run("gitops-collector", "token", "list", check=False)
+    assert listing.returncode == 66 and listing.stderr.count("\n") == 1, listing.stderr
+    assert host.run("test", "-e", "/var/lib/gitops-collector/collector.db", check=False).returncode == 1
     unit = "/lib/systemd/system/gitops-collector.service"
     verify = host.run("systemd-analyze", "verify", unit, check=False)
     assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr

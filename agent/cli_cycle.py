@@ -1,0 +1,196 @@
+"""`gitops-agent run` and `gitops-agent daemon`: the commands that run cycles (agent.cli parses and maps
+errors; this module builds the objects and prints)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from agent import config, daemon, delivery, preflight, render, textfile
+from agent import report as report_codec
+from agent.cli_common import EX_CONFIG, colour, journald, load
+from agent.errors import AgentError, ConfigError
+from agent.fsutil import atomic_write
+from agent.report import Phase, Report, Status, Trigger, exit_code
+from agent.state import StateStore
+
+log = logging.getLogger("agent")
+
+
+def _progress_view() -> Any:
+    """A progress display on stderr when it is a terminal (not under systemd); else None."""
+    if journald() or os.environ.get("TERM") == "dumb" or os.environ.get(daemon.CHILD_ENV):
+        return None
+    from rich.console import Console
+
+    from agent.console import ProgressView
+
+    return ProgressView(Console(stderr=True, highlight=False))
+
+
+def _cancel_on_term() -> threading.Event:
+    """SIGTERM/SIGINT during a cycle cancel Ansible (its process group) and report the run as failed."""
+    cancelled = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        log.warning("signal %d: cancelling the cycle", signum)
+        cancelled.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return cancelled
+
+
+def _daemon_pid(state_dir: Path) -> int | None:
+    """The running daemon's pid for this state_dir, if there is one (and we are not its child)."""
+    if os.environ.get(daemon.CHILD_ENV):
+        return None
+    try:
+        pid = int((state_dir / "daemon.pid").read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def _run_through_daemon(cfg: config.AgentConfig, pid: int, check_only: bool) -> Report:
+    """Ask the running daemon for a cycle (rather than fight it for the lock) and wait for its report."""
+    requests = cfg.state_dir / "requests"
+    request_id = uuid.uuid4().hex
+    atomic_write(requests / f"{request_id}.json", json.dumps({"check_only": check_only}).encode())
+    os.kill(pid, signal.SIGUSR1)
+    print(f"gitops-agent: the daemon (pid {pid}) runs this cycle; waiting for it", file=sys.stderr)
+    done = requests / f"{request_id}.done"
+    deadline = time.monotonic() + cfg.schedule.timeout_s * 2 + 120
+    while not done.exists():
+        if time.monotonic() > deadline:
+            raise AgentError(f"the daemon (pid {pid}) did not run the requested cycle in time")
+        time.sleep(0.5)
+    done.unlink(missing_ok=True)
+    report = StateStore(cfg.state_dir).last_report()
+    if report is None:
+        raise AgentError("the daemon ran the cycle but left no report")
+    return report
+
+
+def _run_here(cfg: config.AgentConfig, args: argparse.Namespace, refusal: str | None) -> Report:
+    from agent.cycle import Cycle, CycleOptions  # Git and the cycle: only for commands that run one
+
+    cancelled = _cancel_on_term()
+    view = None if refusal else _progress_view()
+    try:
+        report = Cycle(cfg, cancel=cancelled.is_set, progress=view).run(
+            CycleOptions(trigger=Trigger(args.trigger), check_only=args.check, refusal=refusal))
+    finally:
+        if view is not None:
+            view.close()
+    if cfg.metrics_textfile is not None:
+        atomic_write(cfg.metrics_textfile, textfile.render(report).encode(), mode=0o644)
+    return report
+
+
+def _delivery_warnings(cfg: config.AgentConfig, report: Report) -> list[str]:
+    """A report that did not reach the collector: a warning, never a failure (the outbox keeps it)."""
+    if not cfg.collector.url:
+        return []
+    box = delivery.outbox(cfg)
+    pending = box.pending()
+    if any(e.run_id == report.run_id for e in pending):
+        state = delivery.last_state(cfg)
+        why = f" ({state.error})" if state is not None and state.error else ""
+        return [f"the report was not delivered{why}: {len(pending)} report(s) wait in the outbox for the "
+                "next delivery (or: gitops-agent outbox --flush)"]
+    if any(q.entry.run_id == report.run_id for q in box.quarantined()):
+        return ["the collector refused the report for good: it is quarantined (see: gitops-agent outbox)"]
+    return []
+
+
+def _run_exit_code(report: Report) -> int:
+    """0/2/1 from the status, except an error in the plan phase (the host not in the inventory, no role,
+    an inventory or vault that cannot be read): that is configuration, 78, like the checks before it."""
+    if report.status is Status.ERROR and report.phase_reached is Phase.PLAN:
+        return EX_CONFIG
+    return exit_code(report.status)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = load(args)
+    preflight.check_state_dir(cfg.state_dir, write=True)  # without it not even an error can be reported
+    refusal = preflight.local_problem(cfg)
+    pid = None if refusal else _daemon_pid(cfg.state_dir)
+    if pid is not None:
+        report = _run_through_daemon(cfg, pid, args.check)
+    else:
+        report = _run_here(cfg, args, refusal)
+        if refusal is None:
+            delivery.flush(cfg, deadline_s=30.0)
+    if args.json:
+        print(report_codec.to_json(report, indent=2))
+    if refusal is not None:
+        raise ConfigError(f"{refusal}; nothing was run (this attempt is reported as an error, "
+                          f"{delivery.destination(cfg, report.run_id)})")
+    warnings = _delivery_warnings(cfg, report)
+    if args.json:  # stdout is the report; people still hear the warning
+        for warning in warnings:
+            print(f"gitops-agent: warning: {warning}", file=sys.stderr)
+    else:
+        print(render.summary(report, colour=colour()))
+        if warnings:
+            print(render.warning_lines(warnings, colour=colour()))
+    return _run_exit_code(report)
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from agent import child
+    from agent.source import GitSource
+
+    path = config.config_path(args.config)
+    cfg = config.load(path)
+    preflight.check_state_dir(cfg.state_dir, write=True)
+    preflight.check_token_file(cfg)
+    store = StateStore(cfg.state_dir, history=cfg.history)
+    store.ensure()
+    source = GitSource(cfg.source, cfg.state_dir)
+    runner: daemon.Daemon | None = None
+    last_error: list[str | None] = [None]
+
+    def spawn(trigger: Trigger, check_only: bool) -> daemon.CycleOutcome:
+        assert runner is not None
+        current = runner.config
+        return child.run_cycle(path, store, trigger, check_only, timeout_s=current.schedule.timeout_s,
+                               stop=runner.stop, grace_s=current.schedule.stop_grace_s,
+                               ping=_watchdog_ping,
+                               destination=lambda r: delivery.destination(current, r.run_id))
+
+    def flush(final: bool) -> bool:
+        """Retries between cycles; the journal hears when delivery starts or stops failing, not each try."""
+        assert runner is not None
+        result = delivery.flush(runner.config, deadline_s=10.0, max_attempts=2 if final else 1)
+        error = result.error if result is not None and not result.ok else None
+        if error != last_error[0]:
+            if error:
+                log.warning("reports wait in the outbox: waiting=%d error=%r",
+                            result.remaining if result else 0, error)
+            elif last_error[0]:
+                log.info("the outbox is delivered again")
+            last_error[0] = error
+        return result is None or result.ok
+
+    state = store.load()
+    runner = daemon.Daemon(path, cfg, spawn=spawn, probe=source.probe, flush=flush,
+                           last_commit=state.last_commit)
+    return runner.serve()
+
+
+def _watchdog_ping() -> None:
+    if daemon.watchdog_interval_s():
+        daemon.sd_notify("WATCHDOG=1")
