@@ -88,8 +88,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("history", _positive_int, 50, "reports kept in state_dir/history"),
     Setting("ansible.strategy", _choice("mitogen", "linear"), "mitogen",
             "mitogen: persistent interpreters, ~4x less CPU per check; linear: Ansible's own (fallback)"),
-    Setting("ansible.gather_subset", _string_list, ["min"],
-            "facts gathered once per fact_cache_timeout before the playbooks ([]: as the plays say)"),
+    Setting("ansible.gather_subset", _string_list, [],
+            "facts gathered once per fact_cache_timeout before the playbooks, besides the subsets the "
+            "plays ask for ([]: just those)"),
     Setting("ansible.fact_cache_timeout", _duration, "10m",
             "facts are reused this long (check, apply and recheck of a cycle gather once)"),
     Setting("metrics_textfile", _opt_string, None,
@@ -145,7 +146,7 @@ class OutboxConfig:
 @dataclass(frozen=True)
 class AnsibleConfig:
     strategy: str = "mitogen"
-    gather_subset: tuple[str, ...] = ("min",)
+    gather_subset: tuple[str, ...] = ()
     fact_cache_timeout_s: float = 600.0
 
 

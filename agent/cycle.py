@@ -16,7 +16,18 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent import __version__, delivery, drift, invcache, policy, requirements, runner, vault
+from agent import (
+    __version__,
+    ansible_cfg,
+    ansible_env,
+    delivery,
+    drift,
+    invcache,
+    policy,
+    requirements,
+    runner,
+    vault,
+)
 from agent import verdict as verdict_of
 from agent.config import AgentConfig
 from agent.drift import DriftContext, Finding
@@ -87,6 +98,8 @@ class _Attempt:
     durations: dict[str, float] = field(default_factory=dict)
     broken_roles: dict[str, str] = field(default_factory=dict)  # role -> why Ansible cannot load it
     all_roles: tuple[str, ...] = ()  # the host's roles, broken ones included (the plan has the others)
+    warnings: list[str] = field(default_factory=list)  # run-level: where Ansible ran unlike ansible-playbook
+    strategy: str | None = None  # set when mitogen was dropped for this cycle (runner's fallback)
 
     def fail(self, message: str, phase: Phase | None = None) -> None:
         self.errors.append(ErrorItem(phase or self.phase, message))
@@ -204,6 +217,8 @@ class Cycle:
         attempt.phase = Phase.PLAN
         self._emit(PhaseStarted("plan"))
         attempt.plan = plan = self._without_broken_roles(attempt, self._plan(revision))
+        attempt.warnings.extend(ansible_env.warnings(ansible_cfg.load(revision.path),
+                                                     inventory=plan.inventory))
         self._emit(PhaseDone("plan", f"roles: {', '.join(attempt.plan.roles) or '-'}"))
         if not plan.roles:  # every role is broken: nothing Ansible could run
             attempt.status = Status.FAILED
@@ -270,7 +285,7 @@ class Cycle:
     def _plan(self, revision: Revision) -> RunPlan:
         self.redactor = vault.redactor(revision.path, patterns=self.config.redact,
                                        password_file=self.config.vault_password_file)
-        requirements.check(revision.path)
+        requirements.check(revision.path, revision.path / self.config.playbooks)
         inventory = revision.path / self.config.inventory
         playbooks_dir = revision.path / self.config.playbooks
         graph = parse_graph(invcache.graph(
@@ -289,7 +304,8 @@ class Cycle:
         if remaining <= 1:
             raise RunTimeoutError(f"no time left for the {name} (schedule.timeout is "
                                   f"{self.config.schedule.timeout_s:g}s)")
-        settings = replace(self.settings, timeout_s=remaining)
+        settings = replace(self.settings, timeout_s=remaining,
+                           strategy=attempt.strategy or self.settings.strategy)
         self._emit(PhaseStarted(name))
         try:
             result = runner.run_playbooks(plan, mode, settings, cancel=self.cancel, playbooks=playbooks,
@@ -297,6 +313,9 @@ class Cycle:
         finally:
             self._timed(attempt, name, started)
         self._emit(PhaseDone(name))
+        attempt.warnings.extend(result.warnings)
+        if result.fallback is not None:  # what mitogen could not run in the check, it cannot in the apply
+            attempt.strategy = "linear"
         result = replace(result, parsed=redact_record(result.parsed, self.redactor))  # task names, diffs
         if result.status == "timeout":
             limit_s = self.config.schedule.timeout_s
@@ -426,6 +445,6 @@ class Cycle:
             durations_s=Durations(fetch=d.get("fetch"), check=d.get("check"), apply=d.get("apply"),
                                   recheck=d.get("recheck"), total=d.get("total")),
             interval_s=int(self.config.schedule.interval_s), splay_s=int(self.config.schedule.splay_s),
-            pause=attempt.pause,
+            pause=attempt.pause, warnings=tuple(dict.fromkeys(attempt.warnings)),
         )
         return report, new_state

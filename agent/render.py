@@ -28,7 +28,7 @@ def _ago(when: datetime, now: datetime) -> str:
 
 
 def summary(report: Report, *, colour: bool = False) -> str:
-    """A few lines: status, commit, roles, drift items and errors."""
+    """A few lines: status, commit, roles, drift items, errors and warnings."""
     status = _paint(report.status.value, _COLOURS[report.status], colour)
     src = report.source
     lines = [f"{report.host}: {status} at {_short(src.commit)} ({src.subject or 'no commit'})",
@@ -46,6 +46,7 @@ def summary(report: Report, *, colour: bool = False) -> str:
         lines.extend(f"  failed: {t.task}{f' [{t.item}]' if t.item else ''}: {t.message}"
                      for t in report.apply.failed_tasks)
     lines.extend(f"  error ({e.phase.value}): {e.message}" for e in report.errors)
+    lines.extend(f"  warning: {w}" for w in report.warnings)
     return "\n".join(lines)
 
 

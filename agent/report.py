@@ -182,6 +182,9 @@ class Report:
     splay_s: int | None = None
     pause: Pause | None = None
     compacted: int = 0
+    # Where this run knowingly differed from `ansible-playbook` run from the checkout, or what it could
+    # not do as asked (each names its entry in docs/ansible-semantics.md, e.g. [D-no-terminal]).
+    warnings: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------

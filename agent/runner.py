@@ -4,6 +4,10 @@ Every run gets a fresh private_data_dir (ansible-runner reuses stale env/cmdline
 run's --check could leak into an apply), always a cancel callback (without one ansible-runner replaces
 the process's SIGTERM/SIGINT handlers), quiet output, no event files on disk (events are parsed in
 memory, then the directory is removed so no diff with a secret stays behind), and a timeout.
+
+Ansible runs as ansible-playbook would from the checkout: in it (so it reads the repo's ansible.cfg),
+with the agent's settings beneath the repo's (agent.ansible_env), and with no terminal and no stdin
+(agent.noninteractive), so nothing can wait for an answer. docs/ansible-semantics.md lists what differs.
 """
 
 from __future__ import annotations
@@ -27,16 +31,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from agent import events
+from agent import ansible_cfg, ansible_env, events, gathering
+from agent.ansible_env import RunEnv, Strategy
 from agent.errors import PlanError, RunnerError
 from agent.inventory import RunPlan
 from agent.progress import Progress, from_runner_event
 
 log = logging.getLogger(__name__)
 PLUGIN_DIR = Path(__file__).parent / "ansible_plugins"
-GATHER_PLAYBOOK = "_gather_facts.yml"  # written into each private dir when ansible.gather_subset is set
+NONINTERACTIVE = Path(__file__).parent / "noninteractive.py"
+GATHER_PLAYBOOK = gathering.PROLOGUE_PLAYBOOK  # written into each private dir when a play gathers facts
+MITOGEN_STRATEGY = "gitops_mitogen_linear"  # agent/ansible_plugins/strategy: mitogen_linear, Ansible's rules
 
 
 class RunMode(enum.StrEnum):
@@ -51,9 +56,9 @@ class RunnerSettings:
     extra_vars: Mapping[str, Any] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
     strategy: str = "linear"  # or "mitogen": mitogen_linear, falling back to linear when it cannot load
-    fact_cache_dir: Path | None = None  # jsonfile fact cache; None: facts live only for one run
+    fact_cache_dir: Path | None = None  # jsonfile fact caches (one folder per subset); None: no cache
     fact_cache_timeout_s: float = 600.0
-    gather_subset: tuple[str, ...] = ()  # gathered once (cached) before the playbooks; (): as they say
+    gather_subset: tuple[str, ...] = ()  # gathered too, besides what the plays ask for (agent.gathering)
     vault_password_file: Path | None = None  # passed to ansible-playbook and ansible-inventory
 
     @property
@@ -70,6 +75,9 @@ class RunResult:
     parsed: events.ParsedRun
     duration_s: float
     respawn_failed: bool = False  # a module could not re-execute itself under another interpreter
+    strategy: str = "linear"  # the strategy the plays ran with unless they named one
+    fallback: str | None = None  # why mitogen's run was dropped and the run repeated with linear
+    warnings: tuple[str, ...] = ()  # where this run knowingly differs from ansible-playbook, or asked
 
     @property
     def ok(self) -> bool:
@@ -81,50 +89,40 @@ class RunResult:
         return self.status == "failed" and not self.parsed.tasks
 
 
-def _base_env(project_dir: Path, settings: RunnerSettings) -> dict[str, str]:
-    bin_dir = str(Path(sys.executable).parent)
-    env = {
-        "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-        "ANSIBLE_RETRY_FILES_ENABLED": "False",
-        "ANSIBLE_NOCOLOR": "True",
-        "ANSIBLE_LOCALHOST_WARNING": "False",
-        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
-        "ANSIBLE_DEPRECATION_WARNINGS": "False",
-        "ANSIBLE_PYTHON_INTERPRETER": sys.executable,  # pinned: no interpreter discovery
-        "ANSIBLE_CALLBACK_PLUGINS": str(PLUGIN_DIR / "callback"),
-        "ANSIBLE_CALLBACKS_ENABLED": "gitops_agent",
-        "ANSIBLE_LOCAL_TEMP": str(settings.work_dir / "tmp"),
-        "ANSIBLE_SYSTEM_WARNINGS": "False",
-        "ANSIBLE_DEVEL_WARNING": "False",
-    }
-    if settings.fact_cache_dir is not None:  # smart: gather once, then reuse until the timeout
-        env.update(ANSIBLE_GATHERING="smart", ANSIBLE_CACHE_PLUGIN="jsonfile",
-                   ANSIBLE_CACHE_PLUGIN_CONNECTION=str(settings.fact_cache_dir),
-                   ANSIBLE_CACHE_PLUGIN_TIMEOUT=str(int(settings.fact_cache_timeout_s)))
-    for name, var in (("collections", "ANSIBLE_COLLECTIONS_PATH"), ("roles", "ANSIBLE_ROLES_PATH")):
-        vendored = project_dir / name
-        if vendored.is_dir():  # vendored next to the playbooks: hosts never reach Galaxy
-            env[var] = str(vendored)
-    env.update(settings.env)
-    return env
+def _run_env(project_dir: Path, settings: RunnerSettings, *, cfg: ansible_cfg.AnsibleCfg,
+             strategy: Strategy | None = None, fact_cache: Path | None = None) -> RunEnv:
+    """The environment of one run: the repo's ansible.cfg first, the agent's settings beneath it."""
+    run_env = ansible_env.build(project_dir, cfg, plugin_dir=PLUGIN_DIR, tmp_dir=settings.work_dir / "tmp",
+                                fact_cache=fact_cache, fact_cache_timeout_s=settings.fact_cache_timeout_s,
+                                strategy=strategy, inherited=os.environ)
+    run_env.env.update(settings.env)
+    return run_env
+
+
+def _command(run_env: RunEnv, tool: str, args: list[str]) -> list[str]:
+    """Arguments after sys.executable: `tool ARGS` started with no terminal, no stdin and without the
+    variables ansible-runner passes on but the run must not have (agent.noninteractive)."""
+    unset = ["--unset", ",".join(run_env.unset)] if run_env.unset else []
+    return ["-I", "-S", str(NONINTERACTIVE), *unset, "--", str(Path(sys.executable).parent / tool), *args]
 
 
 def inventory_graph(inventory: Path, project_dir: Path, settings: RunnerSettings) -> str:
-    """`ansible-inventory --graph` for the checkout's inventory (Ansible's own parsing)."""
+    """`ansible-inventory --graph` for the checkout's inventory (Ansible's own parsing, run in the checkout
+    as for the playbooks, so the repo's ansible.cfg applies: enabled inventory plugins, ignored files)."""
     import ansible_runner  # heavy: imported only when a cycle runs
 
     if not inventory.exists():
         raise PlanError(f"inventory {inventory} does not exist in the repository")
-    env = _base_env(project_dir, settings)
+    run_env = _run_env(project_dir, settings, cfg=ansible_cfg.load(project_dir))
     settings.work_dir.mkdir(parents=True, exist_ok=True)
-    tool = Path(sys.executable).parent / "ansible-inventory"
+    args = ["-i", str(inventory), "--graph", *settings.vault_args]
     with tempfile.TemporaryDirectory(prefix="inventory-", dir=settings.work_dir) as private:
         try:
             out, err, rc = ansible_runner.run_command(
-                executable_cmd=str(tool),
-                cmdline_args=["-i", str(inventory), "--graph", *settings.vault_args],
-                private_data_dir=private, project_dir=str(project_dir), envvars=env, quiet=True,
+                executable_cmd=sys.executable, cmdline_args=_command(run_env, "ansible-inventory", args),
+                private_data_dir=private, project_dir=str(project_dir), envvars=run_env.env, quiet=True,
                 timeout=int(max(settings.timeout_s, 1)), input_fd=None,
+                host_cwd=str(project_dir),  # in the checkout: ansible-inventory reads the repo's ansible.cfg
             )
         except Exception as e:  # ansible-runner raises bare ConfigurationError/RuntimeError
             raise PlanError(f"inventory {inventory}: {e}") from e
@@ -168,14 +166,15 @@ def _syntax_check(books: tuple[Path, ...], plan: RunPlan, settings: RunnerSettin
     extra_file = private / "extravars.json"
     extra_file.write_text(json.dumps(dict(settings.extra_vars)), encoding="utf-8")
     extra_file.chmod(0o600)
-    tool = Path(sys.executable).parent / "ansible-playbook"
     args = ["--syntax-check", "-i", str(plan.inventory), "-e", f"@{extra_file}", *settings.vault_args,
             *(str(b) for b in books)]
+    run_env = _run_env(plan.project_dir, settings, cfg=ansible_cfg.load(plan.project_dir))
     try:
         out, err, rc = ansible_runner.run_command(
-            executable_cmd=str(tool), cmdline_args=args, private_data_dir=str(private),
-            project_dir=str(plan.project_dir), envvars=_base_env(plan.project_dir, settings), quiet=True,
-            timeout=int(max(settings.timeout_s, 1)), input_fd=None)
+            executable_cmd=sys.executable, cmdline_args=_command(run_env, "ansible-playbook", args),
+            private_data_dir=str(private), project_dir=str(plan.project_dir), envvars=run_env.env,
+            quiet=True, timeout=int(max(settings.timeout_s, 1)), input_fd=None,
+            host_cwd=str(plan.project_dir))  # in the checkout: the repo's ansible.cfg (roles_path) applies
     except Exception as e:  # ansible-runner raises bare ConfigurationError/RuntimeError
         raise RunnerError(f"ansible-playbook --syntax-check could not run: {e}") from e
     return None if rc == 0 else _one_line_error(f"{out}\n{err}", plan.project_dir)
@@ -206,8 +205,17 @@ def _read_notes(path: Path) -> dict[str, dict[str, Any]]:
     notes: dict[str, dict[str, Any]] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
-        notes.setdefault(str(record.pop("task_uuid")), {}).update(record)
+        if "task_uuid" in record:
+            notes.setdefault(str(record.pop("task_uuid")), {}).update(record)
     return notes
+
+
+def _read_note_warnings(path: Path) -> list[str]:
+    """The gitops_agent callback's run-level warnings (e.g. a connection the agent overrides)."""
+    if not path.exists():
+        return []
+    records = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines())
+    return [str(r["warning"]) for r in records if "warning" in r]
 
 
 def _become_subreaper() -> None:
@@ -255,72 +263,79 @@ def mitogen_strategy_dir() -> Path | None:
     return found if (found / "mitogen_linear.py").is_file() else None
 
 
-def _strategy_env(strategy: str) -> dict[str, str]:
+def _agent_strategy(strategy: str) -> Strategy | None:
+    """The agent's strategy plugin for ansible.strategy (None: Ansible's linear)."""
     if strategy != "mitogen":
-        return {}
+        return None
     plugins = mitogen_strategy_dir()
     if plugins is None:
         log.warning("ansible.strategy is mitogen but mitogen is not installed: using linear")
-        return {}
-    return {"ANSIBLE_STRATEGY": "mitogen_linear", "ANSIBLE_STRATEGY_PLUGINS": str(plugins)}
+        return None
+    return Strategy(MITOGEN_STRATEGY, (PLUGIN_DIR / "strategy", plugins))
 
 
-def _gather_playbook(private: Path, host: str, subset: tuple[str, ...]) -> Path:
-    """A first play that only gathers facts (the chosen subset) into the cache; with smart gathering
-    the host's own plays then reuse them instead of gathering again."""
-    path = private / GATHER_PLAYBOOK
-    path.write_text(json.dumps([{"name": "Gather facts", "hosts": host, "gather_facts": True,
-                                 "gather_subset": list(subset), "tasks": []}]), encoding="utf-8")
-    return path
-
-
-def plays_gather_facts(books: tuple[Path, ...]) -> bool:
-    """Whether any play in these playbooks gathers facts (gather_facts unset counts as yes; a playbook
-    that imports others or cannot be read counts as yes too). No play gathering: no prologue either."""
-    for book in books:
-        try:
-            plays = yaml.safe_load(book.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError):
-            return True
-        for play in plays if isinstance(plays, list) else [plays]:
-            if not isinstance(play, dict) or any("import_playbook" in key for key in play):
-                return True
-            if str(play.get("gather_facts", True)).lower() not in ("false", "no", "0"):
-                return True
-    return False
+def plays_gather_facts(books: tuple[Path, ...], *, implicit: bool = True) -> bool:
+    """Whether any play in these playbooks gathers facts (gather_facts unset counts as `implicit`; a
+    playbook that imports others or cannot be read counts as yes). No play gathering: no prologue."""
+    return bool(gathering.play_subsets(books, implicit=implicit))
 
 
 def _args(plan: RunPlan, mode: RunMode, extra_file: Path, books: tuple[Path, ...],
-          vault_args: list[str]) -> str:
+          vault_args: list[str]) -> list[str]:
     flags = ["--check", "--diff"] if mode is RunMode.CHECK else ["--diff"]
-    # Options first, then every playbook: ansible-playbook runs several in order, each with its own
-    # basedir. ansible-runner appends its single `playbook` argument after cmdline.
-    args = [*flags, "-i", str(plan.inventory), "--limit", plan.host, "-e", f"@{extra_file}",
-            *vault_args, *(str(b) for b in books[:-1])]
-    return " ".join(shlex.quote(a) for a in args)
+    # Options first, then every playbook: ansible-playbook runs several in order, each with its own basedir.
+    return [*flags, "-i", str(plan.inventory), "--limit", plan.host, "-e", f"@{extra_file}",
+            *vault_args, *(str(b) for b in books)]
 
 
 def run_playbooks(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
                   cancel: Callable[[], bool], playbooks: tuple[Path, ...] | None = None,
                   progress: Progress | None = None) -> RunResult:
     """Run the plan's playbooks (or a subset) for plan.host: --check --diff, or for real with --diff.
-    With ansible.strategy mitogen, a run that mitogen cannot start, or in which a module could not
+    With ansible.strategy mitogen, a run that mitogen cannot start, in which a module could not
     re-execute itself under another Python (Ansible's respawn: apt/dnf without their bindings, which
-    mitogen does not support), is run again with linear. `progress` hears of each task as it starts
-    and ends (agent.progress records; it must not raise)."""
+    mitogen does not support), or in which a task failed with an error of mitogen's own, is run again
+    with linear; the result says so (`fallback`, and a warning for the report). `progress` hears of each
+    task as it starts and ends (agent.progress records; it must not raise)."""
     result = _run(plan, mode, settings, cancel=cancel, playbooks=playbooks, progress=progress)
-    if settings.strategy != "mitogen" or cancel():
+    if result.strategy != MITOGEN_STRATEGY or cancel():
         return result
-    if result.failed_to_start and any("mitogen" in m.lower() for m in result.parsed.messages):
-        detail = "; ".join(result.parsed.messages)[-300:] or f"rc={result.rc}"
-        why = f"failed before any task ran ({detail})"
-    elif result.respawn_failed:
-        why = "cannot run a module that re-executes itself under another Python (e.g. apt, dnf)"
-    else:
+    why = _fallback_reason(result)
+    if why is None:
         return result
     log.warning("the mitogen strategy %s; running the %s again with linear", why, mode.value)
-    return _run(plan, mode, replace(settings, strategy="linear"), cancel=cancel, playbooks=playbooks,
-                progress=progress)
+    again = _run(plan, mode, replace(settings, strategy="linear"), cancel=cancel, playbooks=playbooks,
+                 progress=progress)
+    note = (f"ansible.strategy mitogen {why}; the {mode.value} ran again with linear, and this report is "
+            "linear's [D-strategy-fallback]")
+    return replace(again, fallback=why, warnings=(*again.warnings, note))
+
+
+def _fallback_reason(result: RunResult) -> str | None:
+    """Why a mitogen run must be repeated with linear, or None when its result stands."""
+    if result.failed_to_start and any("mitogen" in m.lower() for m in result.parsed.messages):
+        detail = "; ".join(result.parsed.messages)[-300:] or f"rc={result.rc}"
+        return f"failed before any task ran ({detail})"
+    if result.respawn_failed:
+        return "cannot run a module that re-executes itself under another Python (e.g. apt, dnf)"
+    for task in result.parsed.tasks:
+        if task.outcome.value in ("failed", "unreachable") and _is_mitogen_error(task.message or ""):
+            return f"failed task '{task.task}' with an error of its own ({_short_error(task.message or '')})"
+    return None
+
+
+_MITOGEN_MARKS = ("mitogen", "child start failed", "eof on stream")
+
+
+def _is_mitogen_error(message: str) -> bool:
+    lowered = message.lower()
+    return any(mark in lowered for mark in _MITOGEN_MARKS)
+
+
+def _short_error(message: str) -> str:
+    """An error without mitogen's bootstrap command (a long base64 blob), bounded."""
+    cut = re.split(r'\s-c\s+"?import\b', message, maxsplit=1)[0]
+    return cut.strip()[:200]
 
 
 def module_respawn_failed(raw_events: list[dict[str, Any]]) -> bool:
@@ -335,26 +350,65 @@ def module_respawn_failed(raw_events: list[dict[str, Any]]) -> bool:
     return False
 
 
+def unanswered_prompts(raw_events: list[dict[str, Any]]) -> list[str]:
+    """Prompts of the run that nobody answered (Ansible runs without a terminal): vars_prompt variables,
+    and tasks that asked for input (`pause` without a duration). Ansible goes on, as it does under cron."""
+    found = []
+    for event in raw_events:
+        data = event.get("event_data") or {}
+        if event.get("event") == "playbook_on_vars_prompt":
+            name, default = data.get("varname"), data.get("default")
+            outcome = (f"it took its default {default!r}" if default is not None
+                       else "it has no default, so Ansible set it to the text 'None'")
+            found.append(f"vars_prompt '{name}' was not answered (Ansible runs with no terminal): {outcome} "
+                         "[D-no-terminal]")
+        elif str(event.get("event")).startswith("runner_on_") and _asked_for_input(data.get("res")):
+            found.append(f"task '{data.get('task')}' asked for input and went on without it (Ansible runs "
+                         "with no terminal) [D-no-terminal]")
+    return found
+
+
+def delegated_elsewhere(raw_events: list[dict[str, Any]], host: str) -> list[str]:
+    """Tasks delegated to another host (delegate_to), which the agent's ansible_connection=local ran on
+    this host instead (D-connection-local)."""
+    found = []
+    local = {"localhost", "127.0.0.1", "::1", host}
+    for event in raw_events:
+        data = event.get("event_data") or {}
+        res = data.get("res")
+        delegated = res.get("_ansible_delegated_vars") if isinstance(res, dict) else None
+        target = delegated.get("ansible_host") if isinstance(delegated, dict) else None
+        if str(event.get("event")).startswith("runner_on_") and target and str(target) not in local:
+            found.append(f"task '{data.get('task')}' is delegated to {target}; with the agent's "
+                         "ansible_connection 'local' it ran on this host [D-connection-local]")
+    return found
+
+
+def _asked_for_input(res: Any) -> bool:
+    warnings = res.get("warnings") if isinstance(res, dict) else None
+    return isinstance(warnings, list) and any("not interactive" in str(w) for w in warnings)
+
+
 def _run(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
          cancel: Callable[[], bool], playbooks: tuple[Path, ...] | None,
          progress: Progress | None = None) -> RunResult:
     import ansible_runner
 
     settings.work_dir.mkdir(parents=True, exist_ok=True)
-    if settings.fact_cache_dir is not None:  # facts include the environment: private to the agent
-        settings.fact_cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    cfg = ansible_cfg.load(plan.project_dir)
+    subset, fact_cache, implicit = _facts(plan, settings, cfg)
+    run_env = _run_env(plan.project_dir, settings, cfg=cfg, strategy=_agent_strategy(settings.strategy),
+                       fact_cache=fact_cache)
     private = Path(tempfile.mkdtemp(prefix=f"{mode.value}-", dir=settings.work_dir))
     notes_file = private / "notes.jsonl"
-    env = {**_base_env(plan.project_dir, settings), **_strategy_env(settings.strategy),
-           "GITOPS_AGENT_NOTES_FILE": str(notes_file)}
-    extra = {**settings.extra_vars, "ansible_connection": "local",
-             "ansible_python_interpreter": sys.executable}
+    env = {**run_env.env, "GITOPS_AGENT_NOTES_FILE": str(notes_file), "GITOPS_AGENT_HOST": plan.host}
+    extra = {**settings.extra_vars, "ansible_connection": "local"}  # must win: see D-connection-local
     extra_file = private / "extravars.json"
     extra_file.write_text(json.dumps(extra), encoding="utf-8")
     extra_file.chmod(0o600)
     books = playbooks if playbooks is not None else plan.playbooks
-    if settings.gather_subset and plays_gather_facts(books):
-        books = (_gather_playbook(private, plan.host, settings.gather_subset), *books)
+    if subset is not None and plays_gather_facts(books, implicit=implicit):
+        books = (gathering.write_prologue(private, plan.host, subset), *books)
     collected: list[dict[str, Any]] = []
     _become_subreaper()
 
@@ -368,15 +422,18 @@ def _run(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
 
     started = time.monotonic()
     try:
+        args = _args(plan, mode, extra_file, books, settings.vault_args)
         runner = ansible_runner.run(
-            private_data_dir=str(private), project_dir=str(plan.project_dir), playbook=str(books[-1]),
-            cmdline=_args(plan, mode, extra_file, books, settings.vault_args), envvars=env, quiet=True,
+            private_data_dir=str(private), project_dir=str(plan.project_dir), binary=sys.executable,
+            cmdline=shlex.join(_command(run_env, "ansible-playbook", args)), envvars=env, quiet=True,
             timeout=int(max(settings.timeout_s, 1)), event_handler=keep_in_memory,
             cancel_callback=cancel, suppress_env_files=True,
-            fact_cache=str(settings.fact_cache_dir or private / "facts"),
+            fact_cache_type="agent",  # not "jsonfile": the fact cache settings are agent.ansible_env's
         )
         parsed = events.parse(collected, host=plan.host, notes=_read_notes(notes_file),
                               project_dir=str(plan.project_dir))
+        warnings = (*_read_note_warnings(notes_file), *unanswered_prompts(collected),
+                    *delegated_elsewhere(collected, plan.host))
         status, rc = str(runner.status), runner.rc
     except Exception as e:
         raise RunnerError(f"ansible-runner could not run the {mode.value}: {e}") from e
@@ -385,6 +442,20 @@ def _run(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
         shutil.rmtree(private, ignore_errors=True)
     duration = time.monotonic() - started
     log.debug("ansible %s finished: status=%s rc=%s tasks=%d duration_s=%.1f strategy=%s",
-              mode.value, status, rc, len(parsed.tasks), duration, env.get("ANSIBLE_STRATEGY", "linear"))
+              mode.value, status, rc, len(parsed.tasks), duration, run_env.strategy)
     return RunResult(mode=mode, status=status, rc=rc, parsed=parsed, duration_s=duration,
-                     respawn_failed=module_respawn_failed(collected))
+                     respawn_failed=module_respawn_failed(collected), strategy=run_env.strategy,
+                     warnings=tuple(dict.fromkeys(warnings)))
+
+
+def _facts(plan: RunPlan, settings: RunnerSettings,
+           cfg: ansible_cfg.AnsibleCfg) -> tuple[gathering.Subset | None, Path | None, bool]:
+    """What the prologue gathers (None: no prologue), the fact cache folder for it, and whether plays
+    that do not say gather facts (Ansible's `gathering`, the repo's or the agent's `smart`)."""
+    if settings.fact_cache_dir is None:
+        return None, None, (cfg.get("gathering") or "implicit") != "explicit"
+    gather = cfg.values.get("gathering", "smart")
+    # The subset comes from all of the plan's playbooks, so check, apply and recheck share one cache.
+    subset = (gathering.prologue_subset(plan.playbooks, extra=settings.gather_subset, implicit=True)
+              if gather == "smart" else None)
+    return subset, gathering.cache_dir(settings.fact_cache_dir, subset), gather != "explicit"

@@ -85,9 +85,10 @@ def test_mitogen_and_linear_report_the_same_drift(cli, write_config, tmp_path: P
 def test_facts_are_gathered_once_and_cached(cli, write_config, tmp_path: Path) -> None:
     config = write_config(drifted_repo(tmp_path))
     assert cli("run", "--json", "--config", str(config)).report["status"] == "corrected"
-    (cache,) = (tmp_path / "state/facts").iterdir()  # one file: this host's facts
+    (subset,) = (tmp_path / "state/facts").iterdir()  # one folder: the facts of one gather_subset
+    (cache,) = subset.iterdir()  # one file: this host's facts
     gathered_at = cache.stat().st_mtime_ns
-    assert cache.stat().st_mode & 0o077 == 0 or (tmp_path / "state/facts").stat().st_mode & 0o077 == 0
+    assert subset.stat().st_mode & 0o077 == 0 and (tmp_path / "state/facts").stat().st_mode & 0o077 == 0
     result = cli("run", "--check", "--json", "--config", str(config))
     assert result.report["status"] == "in_sync"
     assert cache.stat().st_mtime_ns == gathered_at  # check, apply, recheck, check: one gathering

@@ -198,3 +198,15 @@ def test_numbers_out_of_column_range_are_422(send):
     response = send(make_report(compacted=2**40))
     assert response.status_code == 422
     assert response.json()["field"] == "compacted"
+
+
+def test_run_level_warnings_are_kept_and_shown(client, token_for, engine):
+    warning = "vars_prompt 'release_note' was not answered (Ansible runs with no terminal) [D-no-terminal]"
+    report = make_report(warnings=(warning,))
+    response = client.post("/api/v1/reports", content=to_json(report),
+                           headers={"Authorization": f"Bearer {token_for(report.host)}"})
+    assert response.status_code == 201
+    reader = {"Authorization": f"Bearer {tokens.create(engine, tokens.TokenKind.READER, 'r', now=BASE_TIME)[1]}"}
+    assert client.get(f"/api/v1/runs/{report.run_id}", headers=reader).json()["report"]["warnings"] == [warning]
+    page = client.get(f"/runs/{report.run_id}", headers=reader).text
+    assert "<h2>Warnings</h2>" in page and "vars_prompt &#39;release_note&#39; was not answered" in page

@@ -8,9 +8,11 @@
 - Whether a task ran for real inside a --check run (`check_mode: false`).
 - The loop items of the looped includes a task came from (`include_tasks` with `loop`): the events name
   the task and its file, but two iterations of one included file are otherwise the same task.
+- Whether the inventory or the play gives the agent's host ($GITOPS_AGENT_HOST) a connection other than
+  `local`, which the agent's extra var `ansible_connection: local` overrides (a warning for the report).
 One JSON line per note is appended to $GITOPS_AGENT_NOTES_FILE; agent.runner reads it after the run.
-Nothing secret is written: the task's id, a skip reason, flags, and loop labels of tasks without no_log
-(they pass through the agent's redaction like every other text of a run).
+Nothing secret is written: the task's id, a skip reason, flags, loop labels of tasks without no_log
+(they pass through the agent's redaction like every other text of a run) and a connection name.
 """
 
 from __future__ import annotations
@@ -68,6 +70,23 @@ def rescued(task: Any) -> bool:
     return False
 
 
+def _overridden_connection(play: Any, host_name: str) -> str | None:
+    """The ansible_connection that the play's variables give `host_name` without the extra vars, when it
+    is set and is not `local`."""
+    manager = play.get_variable_manager()
+    host = manager._inventory.get_host(host_name) if manager is not None and host_name else None
+    if host is None:
+        return None
+    extra = manager._extra_vars
+    manager._extra_vars = {k: v for k, v in extra.items() if k != "ansible_connection"}
+    try:
+        connection = manager.get_vars(play=play, host=host, include_hostvars=False).get("ansible_connection")
+    finally:
+        manager._extra_vars = extra
+    local = ("local", "ansible.builtin.local", "ansible.legacy.local")
+    return str(connection) if connection and str(connection) not in local else None
+
+
 class CallbackModule(CallbackBase):  # type: ignore[misc]
     CALLBACK_VERSION = 2.0
     CALLBACK_TYPE = "aggregate"
@@ -85,9 +104,22 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]
                 fields["include_items"] = items
         if context.CLIARGS.get("check") and task.check_mode is False:
             fields["real_in_check"] = True
-        line = json.dumps({"task_uuid": task._uuid, **fields})
-        with open(path, "a", encoding="utf-8") as f:  # noqa: PTH123
-            f.write(line + "\n")
+        self._write({"task_uuid": task._uuid, **fields})
+
+    def _write(self, record: dict[str, Any]) -> None:
+        path = os.environ.get("GITOPS_AGENT_NOTES_FILE")
+        if path:
+            with open(path, "a", encoding="utf-8") as f:  # noqa: PTH123
+                f.write(json.dumps(record) + "\n")
+
+    def v2_playbook_on_play_start(self, play: Any) -> None:
+        try:
+            connection = _overridden_connection(play, os.environ.get("GITOPS_AGENT_HOST", ""))
+        except Exception:  # a note must never break the run
+            return
+        if connection:
+            self._write({"warning": f"the inventory or play vars give this host ansible_connection "
+                                    f"'{connection}'; the agent runs it with 'local' [D-connection-local]"})
 
     def v2_runner_on_skipped(self, result: Any) -> None:
         self._note(result, skip=_skip_reason(result._result))
