@@ -101,6 +101,7 @@ class DriftItem:
     kind: DriftKind
     diffs: tuple[Diff, ...] = ()
     first_seen_at: datetime | None = None
+    diff_truncated: bool = False  # diffs shortened or left out to keep the report under its size cap
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,8 @@ class Report:
     splay_s: int | None = None
     pause: Pause | None = None
     compacted: int = 0
+    warnings: tuple[str, ...] = ()  # run-level notes: what the agent had to work around, one line each
+    truncated: bool = False  # shortened to stay under the report size cap (warnings say what)
 
 
 # ---------------------------------------------------------------------------------------------

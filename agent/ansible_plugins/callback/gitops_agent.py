@@ -3,6 +3,8 @@
 - Why a task was skipped: events drop a skipped task's result, so the agent could not tell "check mode
   cannot run it" (unverifiable drift) from "its `when` was false".
 - Whether a no_log task changed: its censored result in the events has no `changed` key.
+- Whether a task with a huge result changed: ansible-runner's event callback drops a result longer than
+  $MAX_EVENT_RES characters altogether (changed flag and diffs), which would make that drift vanish.
 One JSON line per note is appended to $GITOPS_AGENT_NOTES_FILE; agent.runner reads it after the run.
 Nothing secret is written: only the task's id, a skip reason and a changed flag.
 """
@@ -43,3 +45,6 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]
     def v2_runner_on_ok(self, result: Any) -> None:
         if result._task.no_log:
             self._note(result, changed=bool(result._result.get("changed")))
+        elif result._result.get("changed") and len(str(result._result)) > int(os.environ.get("MAX_EVENT_RES",
+                                                                                               "700000")):
+            self._note(result, changed=True)
