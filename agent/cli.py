@@ -35,10 +35,19 @@ configuration: --config, else $GITOPS_AGENT_CONFIG, else /etc/gitops-agent/agent
 
 
 class _KeyValueFormatter(logging.Formatter):
-    """For journald: no timestamp (journald adds one), level and logger as fields."""
+    """For journald: no timestamp (journald adds one), level and logger as fields; an exception as
+    `error=` (its type and message) and `at=` (file:line where it was raised), on the same line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"level={record.levelname.lower()} logger={record.name} msg={record.getMessage()!r}"
+        line = f"level={record.levelname.lower()} logger={record.name} msg={record.getMessage()!r}"
+        if record.exc_info and record.exc_info[1] is not None:
+            error, tb = record.exc_info[1], record.exc_info[2]
+            line += f" error={f'{type(error).__name__}: {error}'!r}"
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            if tb is not None:
+                line += f" at={Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}"
+        return line
 
 
 def setup_logging(verbose: int) -> None:
@@ -114,11 +123,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         from agent.cycle import Cycle, CycleOptions  # Git and the cycle: only for commands that run one
 
         cancelled = _cancel_on_term()
-        report = Cycle(cfg, cancel=cancelled.is_set).run(
-            CycleOptions(trigger=Trigger(args.trigger), check_only=args.check))
+        cycle = Cycle(cfg, cancel=cancelled.is_set)
+        report = cycle.run(CycleOptions(trigger=Trigger(args.trigger), check_only=args.check))
+        for problem in cycle.problems:  # e.g. out of disk: the report is sent from memory below
+            print(f"gitops-agent: error: {problem}", file=sys.stderr)
         if cfg.metrics_textfile is not None:
             atomic_write(cfg.metrics_textfile, textfile.render(report).encode(), mode=0o644)
-        _deliver(cfg, deadline_s=30.0)
+        _deliver(cfg, deadline_s=30.0, unspooled=cycle.unspooled)
     if args.json:
         print(report_codec.to_json(report, indent=2))
     else:
@@ -162,10 +173,15 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
-def _deliver(cfg: config.AgentConfig, *, deadline_s: float, max_attempts: int = 4) -> bool:
-    """Flush the outbox; say on stderr what stays behind. True when nothing waits any more."""
-    result = delivery.flush(cfg, deadline_s=deadline_s, max_attempts=max_attempts)
-    if result is not None and not result.ok:
+def _deliver(cfg: config.AgentConfig, *, deadline_s: float, max_attempts: int = 4,
+             unspooled: Sequence[Report] = ()) -> bool:
+    """Flush the outbox (then reports that are in no outbox); say on stderr what stays behind or is
+    lost. True when nothing waits any more."""
+    result = delivery.flush(cfg, deadline_s=deadline_s, max_attempts=max_attempts, unspooled=unspooled)
+    if result is not None and result.lost:
+        print(f"gitops-agent: error: report(s) {', '.join(result.lost)} could not be kept on disk or "
+              f"delivered: lost", file=sys.stderr)
+    if result is not None and not result.ok and (result.error or result.remaining):
         print(f"gitops-agent: {result.remaining} report(s) wait in the outbox for the collector: "
               f"{result.error}", file=sys.stderr)
     return result is None or result.ok
@@ -213,9 +229,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         assert runner is not None
         return _deliver(runner.config, deadline_s=10.0, max_attempts=2 if final else 1)
 
-    state = store.load()
     runner = daemon.Daemon(path, cfg, spawn=spawn, probe=source.probe, flush=flush,
-                           last_commit=state.last_commit)
+                           last_commit=store.peek_last_commit())
     return runner.serve()
 
 

@@ -35,6 +35,11 @@ from agent.inventory import RunPlan
 
 log = logging.getLogger(__name__)
 PLUGIN_DIR = Path(__file__).parent / "ansible_plugins"
+# ansible-runner drops a task's whole result (its changed flag and diffs) from the event when it is longer
+# than MAX_EVENT_RES characters (700000 by default): a loop over a few big templates is enough. The agent
+# raises the bound (the report is capped later, agent.report_size); past it, the gitops_agent callback still
+# notes that the task changed.
+MAX_EVENT_RES_CHARS = 64 * 1024 * 1024
 GATHER_PLAYBOOK = "_gather_facts.yml"  # written into each private dir when ansible.gather_subset is set
 
 
@@ -180,6 +185,119 @@ def kill_leftovers() -> int:
     return len(leftovers)
 
 
+# -- what an earlier, killed cycle left behind -----------------------------------------------------
+# A SIGKILL of the agent (or a power loss) skips every `finally` above: ansible-runner's private dir stays
+# under work/, and Ansible, which runs in sessions of its own, carries on without the agent and its lock.
+# Every process of a cycle carries MARKER_STATE_DIR/MARKER_RUN_ID in its environment (inherited through
+# fork/exec and setsid), so the next cycle finds those processes and kills them before it starts.
+
+MARKER_STATE_DIR = "GITOPS_AGENT_STATE_DIR"
+MARKER_RUN_ID = "GITOPS_AGENT_RUN_ID"
+
+
+def marker_env(state_dir: Path, run_id: str) -> dict[str, str]:
+    """The environment entries that mark a cycle's processes (Ansible's and Git's)."""
+    return {MARKER_STATE_DIR: str(state_dir.resolve()), MARKER_RUN_ID: run_id}
+
+
+def _environ(pid: int) -> dict[bytes, bytes]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.partition(b"=")[::2] for item in raw.split(b"\0") if item)
+
+
+def _command(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        text = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return text.strip()[:80] or "?"
+    return "?"
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie has finished: it only waits for its parent to collect it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def stale_processes(state_dir: Path) -> list[int]:
+    """Processes (and their descendants) marked as belonging to a cycle of `state_dir`. Call it under the
+    cycle lock: then no cycle of this state_dir is running, and every one of them is a leftover."""
+    wanted = str(state_dir.resolve()).encode()
+    me = os.getpid()
+    marked = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        pid = int(entry.name)
+        with contextlib.suppress(OSError):  # gone meanwhile, or another user's process
+            if pid != me and _environ(pid).get(MARKER_STATE_DIR.encode()) == wanted and _alive(pid):
+                marked.append(pid)
+    found = set(marked)
+    for pid in marked:  # e.g. a command under sudo (become), whose environment was reset
+        found.update(p for p in _descendants(pid) if p != me)
+    return sorted(found)
+
+
+def kill_stale(state_dir: Path, *, wait_s: float = 5.0) -> list[str]:
+    """SIGKILL what earlier cycles of `state_dir` left running; one line per process killed."""
+    pids = stale_processes(state_dir)
+    killed = []
+    for pid in pids:
+        name = _command(pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(f"pid {pid} ({name})")
+    deadline = time.monotonic() + wait_s
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if killed:
+        log.warning("killed %d process(es) an earlier cycle left running: %s", len(killed), "; ".join(killed))
+    return killed
+
+
+def ansible_environ(project_dir: Path, settings: RunnerSettings) -> dict[str, str]:
+    """The environment Ansible runs with: the agent's own, overlaid by what the runner sets."""
+    return {**os.environ, **_base_env(project_dir, settings)}
+
+
+def clear_work_dir(work_dir: Path) -> int:
+    """Remove whatever a killed run left in work/ (ansible-runner private dirs: events, command lines,
+    Ansible's local temp files with module arguments). Returns how many entries were removed."""
+    if not work_dir.is_dir():
+        return 0
+    removed = 0
+    for entry in work_dir.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed += 1
+    if removed:
+        log.warning("removed %d leftover(s) of an earlier run from %s", removed, work_dir)
+    return removed
+
+
+def drop_bad_facts(fact_cache_dir: Path | None) -> list[str]:
+    """Delete cached facts that are not a JSON object (Ansible would fail the run on them); their names."""
+    if fact_cache_dir is None or not fact_cache_dir.is_dir():
+        return []
+    dropped = []
+    for path in fact_cache_dir.iterdir():
+        try:
+            ok = path.is_file() and isinstance(json.loads(path.read_bytes().decode("utf-8")), dict)
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            with contextlib.suppress(OSError):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                dropped.append(path.name)
+    if dropped:
+        log.warning("dropped unreadable cached facts: %s", ", ".join(dropped))
+    return dropped
+
+
 def mitogen_strategy_dir() -> Path | None:
     """The folder of mitogen's Ansible strategy plugins, or None when mitogen is not installed."""
     spec = importlib.util.find_spec("ansible_mitogen")
@@ -254,6 +372,15 @@ def run_playbooks(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
     return _run(plan, mode, replace(settings, strategy="linear"), cancel=cancel, playbooks=playbooks)
 
 
+def _no_output_file(private: Path) -> None:
+    """ansible-runner writes Ansible's whole output (--diff included) to artifacts/<id>/stdout unless its
+    setting suppress_output_file is on, and it reads its settings only from env/settings (a `settings=`
+    argument is dropped when that file is missing). Without the file nothing of a diff reaches the disk,
+    even when a SIGKILL skips the removal of the private dir."""
+    (private / "env").mkdir(mode=0o700)
+    (private / "env" / "settings").write_text(json.dumps({"suppress_output_file": True}), encoding="utf-8")
+
+
 def module_respawn_failed(raw_events: list[dict[str, Any]]) -> bool:
     """Did a task fail because its module could not respawn (re-execute under another interpreter)?"""
     for event in raw_events:
@@ -276,9 +403,10 @@ def _run(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
     private = Path(tempfile.mkdtemp(prefix=f"{mode.value}-", dir=settings.work_dir))
     notes_file = private / "notes.jsonl"
     env = {**_base_env(plan.project_dir, settings), **_strategy_env(settings.strategy),
-           "GITOPS_AGENT_NOTES_FILE": str(notes_file)}
+           "GITOPS_AGENT_NOTES_FILE": str(notes_file), "MAX_EVENT_RES": str(MAX_EVENT_RES_CHARS)}
     extra = {**settings.extra_vars, "ansible_connection": "local",
              "ansible_python_interpreter": sys.executable}
+    _no_output_file(private)
     extra_file = private / "extravars.json"
     extra_file.write_text(json.dumps(extra), encoding="utf-8")
     extra_file.chmod(0o600)
