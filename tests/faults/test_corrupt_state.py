@@ -144,3 +144,22 @@ def test_damaged_cached_facts_are_dropped(tmp_path: Path) -> None:
     (facts / "a-list").write_text("[]")
     assert sorted(runner.drop_bad_facts(facts)) == ["a-list", "binary", "truncated"]
     assert [p.name for p in facts.iterdir()] == ["good"]
+
+
+def test_git_lock_files_a_killed_fetch_left_are_cleared(tmp_path: Path) -> None:
+    from agent.config import SourceConfig
+    from agent.source import GitSource
+
+    repo = cheap_repo(tmp_path / "origin")
+    config = SourceConfig(url=str(repo.path), mirrors=(), ref="main", verify="none", trusted_keys=None,
+                          allow_rewind=False, depth=1, keep_releases=3, timeout_s=30.0)
+    source = GitSource(config, tmp_path / "state")
+    first = source.sync(last_commit=None)
+    (tmp_path / "state/repo/shallow.lock").write_text("")  # a fetch SIGKILLed mid-way leaves these
+    (tmp_path / "state/repo/refs/gitops").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "state/repo/refs/gitops/fetched.lock").write_text("")
+    second = repo.commit({"README": "two\n"}, "two")
+    stuck = source.sync(last_commit=first.commit)
+    assert stuck.offline and "git process may have crashed" in stuck.fetch_errors[0]  # every later cycle
+    assert sorted(source.clear_stale_locks()) == ["refs/gitops/fetched.lock", "shallow.lock"]
+    assert source.sync(last_commit=first.commit).commit == second
