@@ -139,22 +139,22 @@ class Cycle:
         return warnings
 
     def _begin(self, options: CycleOptions, warnings: list[str]) -> tuple[_Attempt, AgentState]:
-        """Load the state (an unreadable file is quarantined and reported) and record the cycle."""
+        """Record the cycle, then load the state (an unreadable file is quarantined and reported)."""
         now = self.clock()
+        attempt = _Attempt(started_at=now, warnings=warnings)
+        mode = Mode.CHECK if options.check_only else Mode(self.config.mode)
+        problem = self.journal.begin(CycleRecord(attempt.run_id, os.getpid(), now, options.trigger, mode,
+                                                 previous_commit=self.store.peek_last_commit()))
+        if problem:
+            attempt.warnings.append(problem)
         state, state_problem = self.store.load_or_quarantine(now)
-        pause, pause_problem = self.store.read_pause_or_quarantine(now)
-        attempt = _Attempt(started_at=now, pause=pause, warnings=warnings)
+        attempt.pause, pause_problem = self.store.read_pause_or_quarantine(now)
         for problem in (state_problem, pause_problem):
             if problem:
                 attempt.fail(problem)
         marker = runner.marker_env(self.config.state_dir, attempt.run_id)
         self.settings = replace(self.settings, env={**self.settings.env, **marker})
         self.source.mark(marker)
-        mode = Mode.CHECK if options.check_only else Mode(self.config.mode)
-        problem = self.journal.begin(CycleRecord(attempt.run_id, os.getpid(), now, options.trigger, mode,
-                                                 previous_commit=state.last_commit))
-        if problem:
-            attempt.warnings.append(problem)
         return attempt, state
 
     def _run_locked(self, options: CycleOptions, warnings: list[str]) -> Report:
