@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 FETCHED = "refs/gitops/fetched"
 DEEPEN_STEPS = (50, 500)
+CAT_FILE_LIMITS = ("core.bigFileThreshold=1m", "core.packedGitWindowSize=16m", "core.packedGitLimit=64m")
 
 
 @dataclass(frozen=True)
@@ -234,6 +235,9 @@ class GitSource:
             problem = checkout.submodule_error(entries, commit)
             if problem is not None:
                 raise problem
+            # git's cat-file inflates a packed blob under core.bigFileThreshold (512 MiB) into memory and
+            # maps packs in windows of up to 1 GiB: bound both, so that its memory stays flat too.
+            repo.git.set_persistent_git_options(c=list(CAT_FILE_LIMITS))
             links = checkout.read_link_targets(entries, lambda oid: self._blob(repo, oid))
             checkout.validate(entries, links, commit)
             tmp = Path(tempfile.mkdtemp(prefix=f".{commit[:12]}-", dir=self.releases))

@@ -2,7 +2,7 @@
 plus a few small ones, checked out by `GitSource.sync()` into a fresh state_dir, in a fresh process.
 
 Prints the agent process's peak RSS (what counts against the unit's MemoryHigh), the largest git child's
-(fetch, index-pack, cat-file) and the time of the checkout itself (the fetch before it is timed apart). With --compare, the same tree exported the old way (`git archive` output held
+(ls-tree and cat-file for the checkout; the fetch before it is measured apart, in its own process). With --compare, the same tree exported the old way (`git archive` output held
 in memory, then tarfile) in another fresh process, for reference.
 
     .venv/bin/python bench/checkout_rss.py [--size-mb 1024] [--compare] [--workdir /tmp/gitops-bench-rss]
@@ -25,6 +25,7 @@ GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
 MEASURE = """
 import json, resource, sys, time
 from pathlib import Path
+import git
 from agent.config import SourceConfig
 from agent.source import GitSource
 config = SourceConfig(url=sys.argv[1], mirrors=(), ref="main", verify="none", trusted_keys=None,
@@ -32,13 +33,16 @@ config = SourceConfig(url=sys.argv[1], mirrors=(), ref="main", verify="none", tr
 source = GitSource(config, Path(sys.argv[2]))
 repo = source._repo()
 started = time.monotonic()
-commit = source._fetch(repo, sys.argv[1])  # git's work (fetch, index-pack): its own processes
-fetched = time.monotonic()
-path = source._export(repo, commit)  # the checkout: this process, and git cat-file
-size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+if sys.argv[3] == "fetch":  # git's work (fetch, index-pack): its own processes
+    source._fetch(repo, sys.argv[1])
+    size = 0
+else:  # the checkout: this process, git ls-tree and git cat-file
+    path = source._export(repo, repo.git.rev_parse("refs/gitops/fetched"))
+    repo.git.clear_cache()  # ends the persistent cat-file, so that its usage is counted below
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 print(json.dumps({"self_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "children_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-                  "fetch_s": fetched - started, "wall_s": time.monotonic() - fetched, "bytes": size}))
+                  "wall_s": time.monotonic() - started, "bytes": size}))
 """
 
 OLD_WAY = """
@@ -94,20 +98,19 @@ def main() -> None:
     started = time.monotonic()
     make_repo(args.workdir / "origin", args.size_mb)
     print(f"repository with a {args.size_mb} MiB file made in {time.monotonic() - started:.0f}s")
-    rows = [("agent checkout (ls-tree + streamed cat-file)",
-             measure(MEASURE, str(args.workdir / "origin"), str(args.workdir / "state")))]
+    origin, state = str(args.workdir / "origin"), str(args.workdir / "state")
+    rows = [("agent: the fetch before the checkout (git)", measure(MEASURE, origin, state, "fetch")),
+            ("agent checkout (ls-tree + streamed cat-file)", measure(MEASURE, origin, state, "export"))]
     shutil.rmtree(args.workdir / "state")
     if args.compare:
         (args.workdir / "old").mkdir()
         rows.append(("old: git archive in memory + tarfile",
                      measure(OLD_WAY, str(args.workdir / "origin"), str(args.workdir / "old"))))
-    print("\n| what | checked out | agent process peak RSS | largest git child peak RSS | checkout wall |")
+    print("\n| what | checked out | agent process peak RSS | largest git child peak RSS | wall |")
     print("| --- | --- | --- | --- | --- |")
     for name, r in rows:
         print(f"| {name} | {r['bytes'] / 2**20:.0f} MiB | {r['self_kb'] / 1024:.0f} MiB | "
               f"{r['children_kb'] / 1024:.0f} MiB | {r['wall_s']:.1f} s |")
-        if "fetch_s" in r:
-            print(f"(the fetch before it: {r['fetch_s']:.0f} s, git's own processes)")
     shutil.rmtree(args.workdir)
 
 
