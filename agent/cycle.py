@@ -124,7 +124,7 @@ class Cycle:
         try:
             killed = runner.kill_stale(self.config.state_dir)
             runner.clear_work_dir(self.store.work_dir)
-            self.source.clear_stale_locks()
+            warnings += self.source.clear_leftovers()
             recovery = self.journal.recover(killed)
             warnings += recovery.warnings
             for published in recovery.published:

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import git
@@ -272,12 +272,25 @@ class GitSource:
         """Extra environment for every git process of this source (the cycle's marker, agent.runner)."""
         self._git_env = {**self._git_env, **env}
 
-    def clear_stale_locks(self) -> list[str]:
-        """Remove the lock files a killed git left in the cache (git itself refuses to run while they
-        exist: "Unable to create '.../shallow.lock': File exists"). Only under the cycle lock, after the
-        earlier cycle's processes were killed."""
-        if not self.cache.is_dir():
-            return []
+    def clear_leftovers(self) -> list[str]:
+        """What a killed cycle's git left, cleared: lock files (git refuses to run while they exist:
+        "Unable to create '.../shallow.lock': File exists"), half-written release folders, and a cache git
+        cannot open at all (moved aside as repo.corrupt-<time>, then fetched anew). Only under the cycle
+        lock, after the earlier cycle's processes were killed. Returns what the report should say."""
+        notes: list[str] = []
+        if self.releases.is_dir():
+            for partial in self.releases.glob(".*"):
+                if partial.is_dir() and not partial.is_symlink():
+                    shutil.rmtree(partial, ignore_errors=True)
+                    log.warning("removed a half-written checkout: %s", partial)
+        if self.cache.exists():
+            try:
+                self._repo()
+            except SourceError as e:
+                kept = self.cache.with_name(f"repo.corrupt-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+                self.cache.replace(kept)
+                log.error("%s: moved aside as %s", e, kept.name)
+                return [f"{e}: moved aside as {kept.name}; the repository is fetched anew"]
         removed = []
         for folder, dirs, files in os.walk(self.cache):
             dirs[:] = [d for d in dirs if d != "objects"]
@@ -288,8 +301,8 @@ class GitSource:
                         path.unlink()
                         removed.append(str(path.relative_to(self.cache)))
         if removed:
-            log.warning("removed stale git lock file(s) in %s: %s", self.cache, ", ".join(removed))
-        return removed
+            log.warning("removed stale git lock file(s) in %s: %s", self.cache, ", ".join(sorted(removed)))
+        return notes
 
     def _checkout(self, repo: git.Repo, commit: str, url: str, last: str | None,
                   errors: tuple[str, ...], keep: tuple[str, ...], signature: Signature) -> Revision:

@@ -146,7 +146,7 @@ def test_damaged_cached_facts_are_dropped(tmp_path: Path) -> None:
     assert [p.name for p in facts.iterdir()] == ["good"]
 
 
-def test_git_lock_files_a_killed_fetch_left_are_cleared(tmp_path: Path) -> None:
+def test_what_a_killed_git_left_is_cleared(tmp_path: Path) -> None:
     from agent.config import SourceConfig
     from agent.source import GitSource
 
@@ -161,5 +161,23 @@ def test_git_lock_files_a_killed_fetch_left_are_cleared(tmp_path: Path) -> None:
     second = repo.commit({"README": "two\n"}, "two")
     stuck = source.sync(last_commit=first.commit)
     assert stuck.offline and "git process may have crashed" in stuck.fetch_errors[0]  # every later cycle
-    assert sorted(source.clear_stale_locks()) == ["refs/gitops/fetched.lock", "shallow.lock"]
+    half = tmp_path / "state/releases" / f".{second[:12]}-x1y2"  # a checkout killed half-way
+    (half / "playbooks").mkdir(parents=True)
+    assert source.clear_leftovers() == []
+    assert not (tmp_path / "state/repo/shallow.lock").exists() and not half.exists()
     assert source.sync(last_commit=first.commit).commit == second
+
+
+def test_a_git_cache_git_cannot_open_is_moved_aside_and_fetched_anew(tmp_path: Path) -> None:
+    from agent.config import SourceConfig
+    from agent.source import GitSource
+
+    repo = cheap_repo(tmp_path / "origin")
+    config = SourceConfig(url=str(repo.path), mirrors=(), ref="main", verify="none", trusted_keys=None,
+                          allow_rewind=False, depth=1, keep_releases=3, timeout_s=30.0)
+    source = GitSource(config, tmp_path / "state")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state/repo").write_text("not a repository\n")
+    (note,) = source.clear_leftovers()
+    assert "git cache" in note and "moved aside as repo.corrupt-" in note
+    assert source.sync(last_commit=None).commit == repo.head

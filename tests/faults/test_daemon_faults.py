@@ -99,7 +99,7 @@ def test_the_key_value_log_line_keeps_the_exception(capsys: pytest.CaptureFixtur
 def test_the_daemon_starts_and_reports_with_corrupt_state_and_a_broken_git_cache(write_config, tmp_path: Path
                                                                                  ) -> None:
     """Corrupt last_run.json and state.json, and a git cache that is a file: the daemon starts, reports
-    each problem in an error report, backs off, and keeps pinging the watchdog (cycles do run)."""
+    each problem, moves each aside, backs off, and keeps pinging the watchdog (cycles do run)."""
     config = write_config(tmp_path / "origin", schedule={"interval": "2s", "poll": "1s", "splay": "0s"})
     state = tmp_path / "state"
     state.mkdir()
@@ -141,7 +141,8 @@ def test_the_daemon_starts_and_reports_with_corrupt_state_and_a_broken_git_cache
     first = reports[0]
     assert first["status"] == "error" and "state.json" in first["errors"][0]["message"]
     assert any("last_run.json" in w and "moved aside" in w for w in first["warnings"])
-    assert all(r["status"] == "error" and "git cache" in r["errors"][0]["message"] for r in reports[1:])
+    assert any("git cache" in w and "moved aside as repo.corrupt-" in w for w in first["warnings"])
+    assert all(r["status"] == "error" and r["errors"][0]["phase"] == "fetch" for r in reports[1:])
     text = log.read_text()
     assert text.count("iteration failed") == 0 and "Traceback" not in text, text
     assert "WATCHDOG=1" in messages
