@@ -84,7 +84,10 @@ class GitSource:
         self.current = state_dir / "current"
         self.gnupg_home = state_dir / "gnupg"  # agent-private keyring for source.verify: gpg
         self._git_env = git_env(config, os.environ)
-        self._git_options = git_options(config)
+        # Fetched objects stay in packs (never unpacked into loose objects): git maps a loose object whole
+        # to read it, but streams a packed one in bounded windows (CAT_FILE_LIMITS), and unpacking a big
+        # object was the slow half of a fetch.
+        self._git_options = [*git_options(config), "-c", "fetch.unpackLimit=1"]
 
     # -- public ------------------------------------------------------------------------------
 
