@@ -260,20 +260,21 @@ def ansible_environ(project_dir: Path, settings: RunnerSettings) -> dict[str, st
 
 
 def clear_work_dir(work_dir: Path) -> int:
-    """Remove whatever a killed run left in work/ (ansible-runner private dirs: events, command lines,
-    Ansible's local temp files with module arguments). Returns how many entries were removed."""
+    """Remove whatever a killed run left in work/ (ansible-runner private dirs: events, command lines;
+    Ansible's local temp files under work/tmp, with module arguments). Returns how many were removed."""
     if not work_dir.is_dir():
         return 0
-    removed = 0
-    for entry in work_dir.iterdir():
+    leftovers = [e for e in work_dir.iterdir() if e.name != "tmp"]
+    if (work_dir / "tmp").is_dir():  # ANSIBLE_LOCAL_TEMP: empty after every run that finished
+        leftovers += list((work_dir / "tmp").iterdir())
+    for entry in leftovers:
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
-        removed += 1
-    if removed:
-        log.warning("removed %d leftover(s) of an earlier run from %s", removed, work_dir)
-    return removed
+    if leftovers:
+        log.warning("removed %d leftover(s) of an earlier run from %s", len(leftovers), work_dir)
+    return len(leftovers)
 
 
 def drop_bad_facts(fact_cache_dir: Path | None) -> list[str]:
