@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agent import __version__, drift, invcache, policy, report_size, requirements, runner, vault
+from agent import verdict as verdict_of
 from agent.config import AgentConfig
 from agent.drift import DriftContext, Finding
 from agent.errors import AgentError, RewindError, RunTimeoutError, VerifyError
-from agent.events import TaskResult
 from agent.fsutil import describe_os_error
 from agent.inventory import RunPlan, make_plan, parse_graph
 from agent.journal import CycleRecord, Journal, Published
@@ -49,6 +49,7 @@ from agent.report import (
 from agent.runner import RunMode, RunnerSettings, RunResult
 from agent.source import GitSource, Revision
 from agent.state import AgentState, StateStore, first_seen
+from agent.verdict import RunVerdict
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,18 @@ class _Attempt:
 
     def fail(self, message: str, phase: Phase | None = None) -> None:
         self.errors.append(ErrorItem(phase or self.phase, message))
+
+
+def _converged(state: AgentState, commit: str, *, recurring: set[str], check_only: set[str]) -> AgentState:
+    """The state after an apply of `commit` converged: what recurs and what fails only in check mode
+    are remembered for it (and kept for the other commits this host converged to)."""
+    def kept(per_commit: dict[str, tuple[str, ...]], keys: set[str]) -> dict[str, tuple[str, ...]]:
+        found = {k: v for k, v in per_commit.items() if k in state.converged and k != commit}
+        return {**found, commit: tuple(sorted(keys))} if keys else found
+
+    return replace(state.with_converged(commit), applied_commit=commit,
+                   recurring={**kept(state.recurring, recurring), commit: tuple(sorted(recurring))},
+                   check_only=kept(state.check_only, check_only))
 
 
 class Cycle:
@@ -237,11 +250,33 @@ class Cycle:
         attempt.plan = plan = self._plan(revision)
         attempt.phase = Phase.CHECK
         check = self._ansible(attempt, plan, RunMode.CHECK, "check")
+        verdict = self._judge(check, plan, self._check_only_keys(state, revision.commit))
         ctx = DriftContext(commit=revision.commit, converged=frozenset(state.converged),
                            recurring=frozenset(state.recurring.get(revision.commit, ())))
-        attempt.findings = drift.classify(check.parsed.tasks, ctx)
+        attempt.findings = (drift.classify((*check.parsed.tasks, *verdict.unattributed), ctx)
+                            + drift.check_only_findings(verdict, self._playbook_names(plan)))
         attempt.stats = check.parsed.stats
-        return self._decide_and_apply(attempt, state, options, check)
+        return self._decide_and_apply(attempt, state, options, verdict)
+
+    @staticmethod
+    def _check_only_keys(state: AgentState, commit: str) -> frozenset[str]:
+        """Tasks known to fail only in check mode, for a commit this host converged to."""
+        return frozenset(state.check_only.get(commit, ())) if commit in state.converged else frozenset()
+
+    @staticmethod
+    def _playbook_names(plan: RunPlan) -> dict[str, str]:
+        """role -> its playbook as the report names it (relative to the checkout)."""
+        names = {}
+        for role, book in zip(plan.roles, plan.playbooks, strict=True):
+            try:
+                names[role] = str(book.relative_to(plan.project_dir))
+            except ValueError:
+                names[role] = str(book)
+        return names
+
+    def _judge(self, result: RunResult, plan: RunPlan, check_only: frozenset[str]) -> RunVerdict:
+        return verdict_of.judge(result.parsed, host=plan.host, roles=plan.roles,
+                                playbooks=self._playbook_names(plan), check_only_keys=check_only)
 
     def _plan(self, revision: Revision) -> RunPlan:
         vault.check_password_sources([revision.path, Path.cwd()],
@@ -281,73 +316,85 @@ class Cycle:
         if result.status == "canceled":
             raise RunTimeoutError(f"ansible {name} was cancelled after {time.monotonic() - started:.0f}s "
                                   "(the agent is stopping)")
-        if not result.ok and not drift.failures(result.parsed.tasks):
+        recap = result.parsed.stats
+        judged = result.parsed.recap_seen and recap.failed + recap.unreachable > 0
+        if not result.ok and not drift.failures(result.parsed.tasks) and not judged:
             detail = "; ".join(result.parsed.messages) or f"ansible-playbook exited with {result.rc}"
             raise AgentError(f"ansible {name} failed before running tasks: {detail}")
         return result
 
     def _decide_and_apply(self, attempt: _Attempt, state: AgentState, options: CycleOptions,
-                          check: RunResult) -> AgentState:
+                          verdict: RunVerdict) -> AgentState:
         assert attempt.revision is not None and attempt.plan is not None
         commit = attempt.revision.commit
-        failed = drift.failures(check.parsed.tasks)
+        for message in verdict.idle_roles:
+            attempt.fail(message, Phase.CHECK)
         actionable = [f for f in attempt.findings if f.actionable]
-        decision = policy.decide(actionable_drift=len(actionable), check_failures=len(failed),
+        decision = policy.decide(actionable_drift=len(actionable), check_failures=len(verdict.failed),
                                  mode=self.config.mode, check_only=options.check_only,
                                  pause=attempt.pause, now=self.clock())
         log.info("decision: apply=%s reason=%s", decision.apply, decision.reason)
         if not decision.apply:
-            for task in failed:
-                attempt.fail(f"task '{task.task}' failed: {task.message or 'no message'}", Phase.CHECK)
-            attempt.status = self._status_without_apply(failed, actionable, attempt.pause)
+            for task in verdict.failed:
+                attempt.fail(f"task '{task.label}' failed: {task.message or 'no message'}", Phase.CHECK)
+            attempt.status = self._status_without_apply(verdict, actionable, attempt.pause)
             attempt.phase = Phase.DONE
             if attempt.status is Status.IN_SYNC:
                 state = state.with_converged(commit)
             return state
-        return self._apply(attempt, state, failed, actionable)
+        return self._apply(attempt, state, verdict)
 
-    def _status_without_apply(self, failed: tuple[TaskResult, ...], actionable: list[Finding],
+    def _status_without_apply(self, verdict: RunVerdict, actionable: list[Finding],
                               pause: Pause | None) -> Status:
-        if failed:
+        if verdict.failed:
             return Status.FAILED
+        if verdict.idle_roles:
+            return Status.ERROR  # a role ran nothing: never in sync
         if actionable:
             return Status.PAUSED if policy.pause_active(pause, self.clock()) else Status.DRIFTED
         return Status.IN_SYNC
 
-    def _apply(self, attempt: _Attempt, state: AgentState, failed: tuple[TaskResult, ...],
-               actionable: list[Finding]) -> AgentState:
+    def _apply(self, attempt: _Attempt, state: AgentState, check: RunVerdict) -> AgentState:
+        """Apply every playbook of the plan (the same set as the check: Ansible skips what is in sync,
+        and a playbook may need what an earlier one sets), then check again."""
         assert attempt.revision is not None and attempt.plan is not None
         plan, commit = attempt.plan, attempt.revision.commit
-        roles = {f.task.role for f in actionable} | {t.role for t in failed}
-        books = tuple(p for r, p in zip(plan.roles, plan.playbooks, strict=True) if r in roles)
         attempt.phase = Phase.APPLY
-        applied = self._ansible(attempt, plan, RunMode.APPLY, "apply", books)
-        apply_failed = drift.failures(applied.parsed.tasks)
+        applied = self._ansible(attempt, plan, RunMode.APPLY, "apply")
+        apply_failed = self._judge(applied, plan, frozenset()).failed
         attempt.stats = applied.parsed.stats
         attempt.apply = ApplyResult(
             attempted=True, changed=applied.parsed.stats.changed,
-            failed_tasks=tuple(FailedTask(t.task, t.message or "no message") for t in apply_failed))
+            failed_tasks=tuple(FailedTask(t.task, t.message or "no message", t.item) for t in apply_failed))
         if apply_failed:
             attempt.status = Status.FAILED
             return state
         attempt.phase = Phase.RECHECK
-        recheck = self._ansible(attempt, plan, RunMode.CHECK, "recheck", books)
-        recurring = drift.recurring_after_apply(recheck.parsed.tasks)
+        recheck = self._ansible(attempt, plan, RunMode.CHECK, "recheck")
+        after = self._judge(recheck, plan, self._check_only_keys(state, commit))
+        # The apply of these very playbooks succeeded: a task that fails in the check right after it
+        # fails only in check mode. A failure no task result explains is no such evidence.
+        check_only = tuple(t for t in after.failed if t.module)
+        failed = tuple(t for t in after.failed if not t.module)
+        recurring = drift.recurring_after_apply((*recheck.parsed.tasks, *after.unattributed))
         keys = {f.task.key for f in recurring}
         attempt.findings = tuple(
-            Finding(f.task, DriftKind.RECURRING) if f.task.key in keys else f
+            Finding(f.task, DriftKind.RECURRING, f.reason) if f.task.key in keys else f
             for f in attempt.findings) + tuple(f for f in recurring
                                                if f.task.key not in {x.task.key for x in attempt.findings})
-        recheck_failed = drift.failures(recheck.parsed.tasks)
-        for task in recheck_failed:
-            attempt.fail(f"task '{task.task}' failed: {task.message or 'no message'}", Phase.RECHECK)
-        attempt.status = Status.FAILED if recheck_failed else Status.CORRECTED
+        unverifiable = drift.check_only_findings(replace(after, failed=failed), self._playbook_names(plan),
+                                                 check_only)
+        attempt.findings = tuple(f for f in attempt.findings if f.task.key not in
+                                 {u.task.key for u in unverifiable}) + unverifiable
+        for task in failed:
+            attempt.fail(f"task '{task.label}' failed: {task.message or 'no message'}", Phase.RECHECK)
         attempt.phase = Phase.DONE
-        if recheck_failed:
+        if failed or check.idle_roles:
+            attempt.status = Status.FAILED if failed else Status.ERROR
             return state
-        return replace(state.with_converged(commit), applied_commit=commit,
-                       recurring={**{k: v for k, v in state.recurring.items() if k in state.converged},
-                                  commit: tuple(sorted(keys))})
+        attempt.status = Status.CORRECTED
+        return _converged(state, commit, recurring=keys,
+                          check_only={t.key for t in (*check_only, *after.check_only)})
 
     # -- report ------------------------------------------------------------------------------
 
@@ -358,7 +405,9 @@ class Cycle:
             state = replace(state, drift_seen={k: v for k, v in state.drift_seen.items() if k not in fixed})
         items = tuple(
             DriftItem(play=f.task.play, task=f.task.task, role=f.task.role or None, module=f.task.module,
-                      kind=f.kind, diffs=f.task.diffs, first_seen_at=seen.get(f.task.key, attempt.started_at))
+                      kind=f.kind, diffs=f.task.diffs, first_seen_at=seen.get(f.task.key, attempt.started_at),
+                      reason=f.reason, ansible_role=f.task.ansible_role, task_path=f.task.task_path,
+                      item=f.task.item)
             for f in attempt.findings)
         return items, state
 

@@ -6,24 +6,28 @@
 3. runs `gitops-agent run`: the first apply (intentional drift, corrected);
 4. edits a managed file by hand and runs again: corrective drift, shown as a diff, corrected;
 5. shows `gitops-agent status`;
-6. throughout, a collector on 127.0.0.1 (SQLite in demo/) receives every report; unless DEMO_NO_SERVE is
-   set, it keeps serving afterwards (with a reader token printed) until Ctrl-C.
-The agent and the collector run as separate processes, exactly as an operator would run them.
+6. throughout, a collector on 127.0.0.1:8080 (SQLite in demo/) receives every report; the demo ends by
+   showing the fleet with `gitops-collector hosts` and printing the web UI's URL and a reader token to
+   sign in with; unless DEMO_NO_SERVE is set, it keeps serving until Ctrl-C (or SIGTERM).
+The agent and the collector run as separate processes, exactly as an operator would run them. The port
+is fixed: a port another program listens on stops the demo at once, with a message; connections of an
+earlier run still closing (TIME_WAIT) do not count, as for the collector itself (SO_REUSEADDR).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 HOST = "web01.example.com"
 MANAGED = "etc/motd"
@@ -75,74 +79,106 @@ def collector_cli(*args: str) -> str:
     return out.strip().splitlines()[-1] if out.strip() else ""
 
 
-def free_port(preferred: int) -> int:
+def claim_port(port: int) -> int:
+    """`port` on 127.0.0.1 if nothing listens on it (0: any free port); binds the way uvicorn does, with
+    SO_REUSEADDR, so that an earlier run's connections in TIME_WAIT do not count. Exits when it is taken."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", preferred))
-        except OSError:
-            s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise SystemExit(f"demo: port {port} on 127.0.0.1 is in use ({e.strerror}); stop what listens "
+                             f"there, or give --port N") from None
+        chosen: int = s.getsockname()[1]
+        return chosen
 
 
 def start_collector(workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
     """`gitops-collector serve` on 127.0.0.1 with a SQLite file in the demo folder; a host token file
-    for the agent; returns the process and a reader token for a person."""
+    for the agent; returns the process and a reader token for a person (also in workdir/reader-token)."""
     db = f"sqlite:///{workdir / 'collector.db'}"
     collector_cli("migrate", "--db", db)
     token = workdir / "token"
     token.write_text(collector_cli("token", "create", "--db", db, HOST) + "\n", encoding="utf-8")
     token.chmod(0o600)
     reader = collector_cli("token", "create", "--db", db, "--reader", "demo")
+    reader_file = workdir / "reader-token"
+    reader_file.write_text(reader + "\n", encoding="utf-8")
+    reader_file.chmod(0o600)
     log = (workdir / "collector.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "agent.collector.cli", "serve", "--listen",
                              f"127.0.0.1:{port}", "--db", db], stdout=log, stderr=log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, reader
-        if proc.poll() is not None:
-            raise SystemExit(f"demo: the collector did not start; see {workdir / 'collector.log'}")
-        time.sleep(0.2)
-    raise SystemExit("demo: the collector did not start in 30s")
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return proc, reader
+            if proc.poll() is not None:
+                raise SystemExit(f"demo: the collector did not start; see {workdir / 'collector.log'}")
+            time.sleep(0.2)
+        raise SystemExit("demo: the collector did not start in 30s")
+    except BaseException:
+        proc.terminate()
+        proc.wait(30)
+        raise
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--project", type=Path, default=Path.cwd(), help="checkout with playbooks/")
     parser.add_argument("--workdir", type=Path, default=Path("demo"), help="sandbox (recreated)")
-    parser.add_argument("--port", type=int, default=8080, help="collector port on 127.0.0.1 (or a free one)")
+    parser.add_argument("--port", type=int, default=8080, help="collector port on 127.0.0.1 (0: any free)")
     args = parser.parse_args()
+    port = claim_port(args.port)  # before anything slow: a taken port stops the demo at once
     workdir = args.workdir.resolve()
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     say(f"Config repo: {workdir / 'config-repo'} (from {args.project.resolve()}/playbooks, inventory)")
     make_config_repo(args.project.resolve(), workdir / "config-repo")
-    port = free_port(args.port)
-    collector, reader = start_collector(workdir, port)
-    try:
-        write_config(workdir, f"http://127.0.0.1:{port}")
-        print((workdir / "agent.yaml").read_text(encoding="utf-8"))
-        loop(workdir)
-        say(f"The collector at http://127.0.0.1:{port} has every report")
-        print(f"$ curl -H 'Authorization: Bearer {reader}' http://127.0.0.1:{port}/api/v1/hosts")
-        print(json.dumps(read_hosts(port, reader), indent=2))
-        if not os.environ.get("DEMO_NO_SERVE"):
-            print(f"\nServing http://127.0.0.1:{port} (reader token above) until Ctrl-C ...", flush=True)
-            with contextlib.suppress(KeyboardInterrupt):
+    with stop_on_signals():
+        collector, reader = start_collector(workdir, port)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            write_config(workdir, url)
+            print((workdir / "agent.yaml").read_text(encoding="utf-8"))
+            loop(workdir)
+            show_collector(workdir, url, reader)
+            if not os.environ.get("DEMO_NO_SERVE"):
+                print(f"\nServing {url}/ until Ctrl-C ...", flush=True)
                 collector.wait()
+        except KeyboardInterrupt:
+            print("\ndemo: stopping the collector", flush=True)
+        finally:
+            collector.terminate()
+            collector.wait(30)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP stop the demo like Ctrl-C, so that the collector it started stops with it."""
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
     finally:
-        collector.terminate()
-        collector.wait(30)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
-def read_hosts(port: int, reader: str) -> object:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/hosts",
-                                     headers={"Authorization": f"Bearer {reader}"})
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback only)
-        return json.loads(response.read())
+def show_collector(workdir: Path, url: str, reader: str) -> None:
+    say(f"The collector at {url} has every report")
+    token_file = workdir / "reader-token"
+    print(f"$ gitops-collector hosts --url {url} --token-file {token_file} --table", flush=True)
+    subprocess.run([sys.executable, "-m", "agent.collector.cli", "hosts", "--url", url, "--token-file",
+                    str(token_file), "--table"], check=True)
+    say("The web UI")
+    print(f"  URL:           {url}/\n  reader token:  {reader}")
+    print(f"  Sign in: open the URL and paste the reader token (also in {token_file}) into the form.",
+          flush=True)
 
 
 def loop(workdir: Path) -> None:

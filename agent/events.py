@@ -1,26 +1,34 @@
 """Pure: raw ansible-runner event dicts -> typed task results. Nothing else sees raw events.
 
-Diff shapes differ by module (copy/template: a list of {before, after, *_header}; lineinfile: one such
-dict; file: before/after state dicts; package modules: {prepared: text}). They are normalised here into
-`Diff(path, before, after)` with string values, bounded in size.
+The texts inside a result (diffs, messages, loop labels) are normalised by agent.result_text. A looped
+task gives one TaskResult per loop item, read from the per-item events (runner_item_on_*): the task's
+final event carries every item's result too, but ansible-runner blanks a result larger than its event
+limit (MAX_EVENT_RES, 700,000 characters), which a loop over a thousand paths exceeds. A task's
+identity (`TaskResult.key`) is the agent's role, the play, the Ansible role, the task's file and line,
+its name and its loop item (with the items of the looped includes it came from), so the iterations of
+one task file included in a loop are told apart.
 """
 
 from __future__ import annotations
 
 import enum
-import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 from typing import Any
 
 from agent.report import Diff, Stats
+from agent.result_text import clean_message, item_label, normalise_diffs, result_message, target
 
-MAX_DIFF_CHARS = 64 * 1024
+# Per task execution, at most this many loop items that changed, failed or could not be checked are
+# kept one by one; the rest become one result that counts them.
+MAX_ITEMS_KEPT = 100
 REDACTED = "[REDACTED: no_log]"
 # Modules that do nothing in check mode and say so by skipping: their drift cannot be known.
 CHECK_MODE_BLIND = frozenset({"command", "shell", "script", "raw", "expect"})
+# Implicit fact gathering is no evidence that a play's tasks ran for the host.
+GATHER_MODULES = frozenset({"gather_facts"})
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -44,18 +52,42 @@ class TaskResult:
     no_log: bool = False
     ignored: bool = False
     check_mode_skip: bool = False
+    ansible_role: str | None = None  # the Ansible role the task belongs to (roles/<name>), if any
+    task_path: str | None = None  # "file:line", relative to the checkout when the file is in it
+    item: str | None = None  # loop item label(s), outermost include first, joined by " / "
+    rescued: bool = False  # failed inside a block whose rescue took over (Ansible counts it rescued)
+    real_in_check: bool = False  # ran for real inside a --check run (check_mode: false)
+    execution: str = ""  # this execution of the task in this run: the results of one loop share it
 
     @property
     def key(self) -> str:
-        """Identity of a task across runs (role, play, task name)."""
-        return f"{self.role}\x1f{self.play}\x1f{self.task}"
+        """Identity of a task (and loop item) across runs."""
+        return "\x1f".join((self.role, self.play, self.ansible_role or "", self.task_path or "",
+                            self.task, self.item or ""))
+
+    @property
+    def label(self) -> str:
+        """The task as people read it: name, then the item in brackets."""
+        return f"{self.task} [{self.item}]" if self.item else self.task
+
+
+@dataclass(frozen=True)
+class NoHostsPlay:
+    """A play Ansible skipped because its `hosts:` pattern matched no host of this run."""
+
+    role: str
+    play: str
+    pattern: str
 
 
 @dataclass(frozen=True)
 class ParsedRun:
     tasks: tuple[TaskResult, ...]
-    stats: Stats
+    stats: Stats  # Ansible's recap for this host (ok, changed, failed, skipped, unreachable, ...)
     messages: tuple[str, ...]  # error text ansible printed outside tasks (syntax errors, etc.)
+    no_hosts: tuple[NoHostsPlay, ...] = ()
+    recap_seen: bool = False  # the run reached Ansible's recap (playbook_on_stats)
+    started: tuple[str, ...] = field(default=())  # roles whose playbook started, in order
 
 
 def short_module(action: str) -> str:
@@ -66,85 +98,19 @@ def short_module(action: str) -> str:
     return action
 
 
-def _bound(text: str) -> str:
-    if len(text) <= MAX_DIFF_CHARS:
-        return text
-    return text[:MAX_DIFF_CHARS] + f"\n[... {len(text) - MAX_DIFF_CHARS} more characters not kept]"
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return _bound(value)
-    if isinstance(value, Mapping):
-        return _bound("".join(f"{k}: {json.dumps(v)}\n" for k, v in sorted(value.items())))
-    return _bound(json.dumps(value, sort_keys=True, default=str))
-
-
-def _header_path(header: Any) -> str | None:
-    if not isinstance(header, str) or not header:
-        return None
-    return header.removesuffix(" (content)").removesuffix(" (file attributes)")
-
-
-def _one_diff(raw: Mapping[str, Any], fallback_path: str, target: str | None) -> Diff | None:
-    if "prepared" in raw:
-        return Diff(path=target or fallback_path, before=None, after=_text(raw["prepared"]))
-    before, after = raw.get("before"), raw.get("after")
-    if before is None and after is None:
-        return None
-    # copy/template put the *source* file in after_header: the managed path is dest/before_header.
-    path = target or _header_path(raw.get("before_header")) or _header_path(raw.get("after_header"))
-    if path is None:
-        for side in (after, before):
-            if isinstance(side, Mapping) and isinstance(side.get("path"), str):
-                path = side["path"]
-                break
-    return Diff(path=path or fallback_path, before=_text(before), after=_text(after))
-
-
-def normalise_diffs(raw: Any, fallback_path: str, target: str | None = None) -> tuple[Diff, ...]:
-    """Any module's `diff` value -> Diff records (empty when there is nothing to show).
-
-    `target` is the path the module manages, when its result names one (dest or path)."""
-    items = raw if isinstance(raw, list) else [raw]
-    diffs = [_one_diff(item, fallback_path, target) for item in items if isinstance(item, Mapping)]
-    return tuple(d for d in diffs if d is not None and d.before != d.after)
-
-
-def _target(res: Mapping[str, Any]) -> str | None:
-    for key in ("dest", "path"):
-        value = res.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return None
-
-
-def _result_diffs(res: Mapping[str, Any], fallback_path: str) -> tuple[Diff, ...]:
-    diffs = list(normalise_diffs(res.get("diff"), fallback_path, _target(res)))
-    for item in res.get("results") or ():  # loops: one result per item
-        if isinstance(item, Mapping) and item.get("changed"):
-            diffs.extend(normalise_diffs(item.get("diff"), fallback_path, _target(item)))
-    return tuple(diffs)
-
-
-def _message(res: Mapping[str, Any]) -> str | None:
-    for key in ("msg", "stderr", "reason"):
-        value = res.get(key)
-        if isinstance(value, str) and value.strip():
-            return value.strip()[:2000]
-    for item in res.get("results") or ():
-        if isinstance(item, Mapping) and item.get("failed"):
-            found = _message(item)
-            if found:
-                return found
-    return None
-
-
 def _role_of(data: Mapping[str, Any]) -> str:
     playbook = data.get("playbook")
     return PurePath(playbook).stem if isinstance(playbook, str) and playbook else ""
+
+
+def _relative(path: Any, project_dir: str | None) -> str | None:
+    if not isinstance(path, str) or not path:
+        return None
+    if project_dir:
+        prefix = project_dir.rstrip("/") + "/"
+        if path.startswith(prefix):
+            return path[len(prefix):]
+    return path
 
 
 _OUTCOMES = {
@@ -153,35 +119,140 @@ _OUTCOMES = {
     "runner_on_skipped": Outcome.SKIPPED,
     "runner_on_unreachable": Outcome.UNREACHABLE,
 }
+_ITEM_OUTCOMES = {
+    "runner_item_on_ok": Outcome.OK,
+    "runner_item_on_failed": Outcome.FAILED,
+    "runner_item_on_skipped": Outcome.SKIPPED,
+}
 
 
-def task_result(event: Mapping[str, Any], notes: Mapping[str, Mapping[str, Any]]) -> TaskResult | None:
-    """One runner_on_* event -> TaskResult; None for events that are not a task's final result."""
+def _skipped_by_check_mode(module: str, res: Mapping[str, Any], reason: str) -> bool:
+    if reason:
+        return reason == "check_mode"
+    if "skip_reason" in res or "false_condition" in res:
+        return False
+    return "check mode" in str(res.get("msg", "")) or module in CHECK_MODE_BLIND
+
+
+def _base(data: Mapping[str, Any], note: Mapping[str, Any], project_dir: str | None) -> TaskResult:
+    """The fields every result of one task execution shares."""
+    module = short_module(str(data.get("resolved_action") or data.get("task_action") or ""))
+    includes = [str(i) for i in note.get("include_items") or ()]
+    role = data.get("resolved_role") or data.get("role")
+    return TaskResult(
+        role=_role_of(data), play=str(data.get("play") or ""), task=str(data.get("task") or module),
+        module=module, outcome=Outcome.OK, ansible_role=str(role) if role else None,
+        task_path=_relative(data.get("task_path"), project_dir), item=" / ".join(includes) or None,
+        ignored=bool(data.get("ignore_errors")), real_in_check=bool(note.get("real_in_check")),
+        rescued=bool(note.get("rescued")), execution=str(data.get("task_uuid") or ""))
+
+
+def _with_item(base: TaskResult, label: str | None) -> str | None:
+    if label is None:
+        return base.item
+    return f"{base.item} / {label}" if base.item else label
+
+
+def _result(base: TaskResult, outcome: Outcome, res: Mapping[str, Any], *, reason: str = "",
+            label: str | None = None, noted_changed: bool = False) -> TaskResult:
+    """One task result (or one loop item's) from its `res` dict (`noted_changed`: the callback saw the
+    task change, which a censored result does not say)."""
+    no_log = "censored" in res
+    if outcome is Outcome.OK and (res.get("changed") or noted_changed):
+        outcome = Outcome.CHANGED
+    diffs: tuple[Diff, ...] = ()
+    if no_log and outcome is Outcome.CHANGED:
+        diffs = (Diff(path=base.task, before=REDACTED, after=REDACTED),)
+    elif not no_log:
+        diffs = normalise_diffs(res.get("diff"), base.task, target(res))
+    message = None if no_log or outcome is Outcome.OK else result_message(res)
+    return replace(base, outcome=outcome, diffs=diffs, message=message, no_log=no_log,
+                   item=_with_item(base, label),
+                   check_mode_skip=outcome is Outcome.SKIPPED
+                   and _skipped_by_check_mode(base.module, res, reason))
+
+
+def _interesting(result: TaskResult) -> bool:
+    return result.outcome in (Outcome.CHANGED, Outcome.FAILED, Outcome.UNREACHABLE) or result.check_mode_skip
+
+
+def _bounded(base: TaskResult, results: list[TaskResult]) -> list[TaskResult]:
+    """Keep every boring item (ok, skipped by a condition) and at most MAX_ITEMS_KEPT interesting ones;
+    the interesting rest becomes one result per outcome that counts them."""
+    kept: list[TaskResult] = []
+    rest: dict[Outcome, list[TaskResult]] = {}
+    shown = 0
+    for result in results:
+        interesting = _interesting(result)
+        if interesting and shown >= MAX_ITEMS_KEPT:
+            rest.setdefault(result.outcome, []).append(result)
+            continue
+        shown += interesting
+        kept.append(result)
+    for outcome, group in rest.items():
+        what = "could not be checked" if outcome is Outcome.SKIPPED else outcome.value
+        kept.append(replace(group[0], item=_with_item(base, "more items"), diffs=(),
+                            message=f"{len(group)} more items {what}, not listed one by one "
+                                    f"(the first: {group[0].item})"))
+    return kept
+
+
+def _item_events(res: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A looped task's per-item results from its final result, shaped like runner_item_on_* events
+    (for runs whose per-item events are missing)."""
+    found: list[Mapping[str, Any]] = []
+    for item in res.get("results") or ():
+        if isinstance(item, Mapping):
+            kind = "failed" if item.get("failed") else "skipped" if item.get("skipped") else "ok"
+            found.append({"event": f"runner_item_on_{kind}", "event_data": {"res": item}})
+    return found
+
+
+def _loop_results(base: TaskResult, outcome: Outcome, res: Mapping[str, Any],
+                  items: list[Mapping[str, Any]]) -> list[TaskResult]:
+    results = []
+    for n, item in enumerate(items, 1):
+        item_res = (item.get("event_data") or {}).get("res") or {}
+        label = None if "censored" in item_res else item_label(item_res)
+        results.append(_result(base, _ITEM_OUTCOMES.get(str(item.get("event")), Outcome.OK), item_res,
+                               label=label or f"#{n}"))
+    if outcome is Outcome.FAILED and not any(r.outcome is Outcome.FAILED for r in results):
+        results.append(_result(base, outcome, res))  # the loop itself failed (e.g. its list)
+    return _bounded(base, results)
+
+
+def task_results(event: Mapping[str, Any], notes: Mapping[str, Mapping[str, Any]],
+                 items: list[Mapping[str, Any]] | None = None,
+                 project_dir: str | None = None, execution: str | None = None) -> list[TaskResult]:
+    """One runner_on_* event (with the task's per-item events, if it looped) -> its results; [] for
+    events that are not a task's final result. `execution` tells apart the runs of one task (a handler
+    that runs twice); by default the task's id."""
     outcome = _OUTCOMES.get(str(event.get("event")))
     data = event.get("event_data") or {}
     if outcome is None or not isinstance(data, Mapping):
-        return None
+        return []
     res = data.get("res") or {}
     if not isinstance(res, Mapping):
         res = {}
     note = notes.get(str(data.get("task_uuid") or ""), {})
-    no_log = "censored" in res
-    if outcome is Outcome.OK and (res.get("changed") or note.get("changed")):
-        outcome = Outcome.CHANGED
-    module = short_module(str(data.get("resolved_action") or data.get("task_action") or ""))
-    task = str(data.get("task") or module)
-    diffs = () if no_log else _result_diffs(res, fallback_path=task)
-    if no_log and outcome is Outcome.CHANGED:
-        diffs = (Diff(path=task, before=REDACTED, after=REDACTED),)
-    reason = str(note.get("skip", ""))
-    return TaskResult(
-        role=_role_of(data), play=str(data.get("play") or ""), task=task, module=module,
-        outcome=outcome, diffs=diffs,
-        message=None if no_log else _message(res) if outcome is not Outcome.OK else None,
-        no_log=no_log, ignored=bool(data.get("ignore_errors")),
-        check_mode_skip=outcome is Outcome.SKIPPED and (
-            reason == "check_mode" or (not reason and module in CHECK_MODE_BLIND)),
-    )
+    base = _base(data, note, project_dir)
+    if execution is not None:
+        base = replace(base, execution=execution)
+    looped = items or _item_events(res)
+    if looped and outcome is not Outcome.UNREACHABLE:
+        return _loop_results(base, outcome, res, looped)
+    if outcome is Outcome.OK and not res and note.get("changed"):
+        # ansible-runner blanked a result over its size limit: the callback's note still says changed
+        return [replace(base, outcome=Outcome.CHANGED, message="the result was larger than ansible-runner's "
+                        "event limit, so its diff is not available")]
+    return [_result(base, outcome, res, reason=str(note.get("skip", "")),
+                    noted_changed=bool(note.get("changed")))]
+
+
+def task_result(event: Mapping[str, Any], notes: Mapping[str, Mapping[str, Any]]) -> TaskResult | None:
+    """One runner_on_* event of a task that did not loop -> TaskResult; None for other events."""
+    found = task_results(event, notes)
+    return found[0] if found else None
 
 
 def _stats(data: Mapping[str, Any], host: str) -> Stats:
@@ -190,31 +261,65 @@ def _stats(data: Mapping[str, Any], host: str) -> Stats:
         return int(per_host.get(host, 0)) if isinstance(per_host, Mapping) else 0
 
     return Stats(ok=count("ok"), changed=count("changed"), failed=count("failures"),
-                 skipped=count("skipped"), unreachable=count("dark"))
+                 skipped=count("skipped"), unreachable=count("dark"), rescued=count("rescued"),
+                 ignored=count("ignored"))
 
 
-def parse(events: Iterable[Mapping[str, Any]], *, host: str,
-          notes: Mapping[str, Mapping[str, Any]] | None = None) -> ParsedRun:
-    """A run's events, in order -> its task results, its stats (summed over playbooks) and messages.
+@dataclass
+class _Reader:
+    host: str
+    notes: Mapping[str, Mapping[str, Any]]
+    project_dir: str | None
+    tasks: list[TaskResult] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    no_hosts: list[NoHostsPlay] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    items: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)
+    runs: dict[str, int] = field(default_factory=dict)  # task id -> final results seen so far
+    stats: Stats = field(default_factory=Stats)
+    recap_seen: bool = False
 
-    `notes` are the gitops_agent callback's per-task notes (skip reasons, no_log changed flags)."""
-    tasks: list[TaskResult] = []
-    stats = Stats()
-    messages: list[str] = []
-    for event in events:
-        name = event.get("event")
+    def read(self, event: Mapping[str, Any]) -> None:
+        name = str(event.get("event"))
+        data = event.get("event_data") or {}
+        if not isinstance(data, Mapping):
+            data = {}
         if name == "playbook_on_stats":
             # One ansible-playbook run keeps one tally across its playbooks: each recap is the total
             # so far, so the last one counts (adding them counted the first playbook's tasks twice).
-            stats = _stats(event.get("event_data") or {}, host)
+            self.stats, self.recap_seen = _stats(data, self.host), True
+        elif name == "playbook_on_start":
+            self.started.append(_role_of(data))
+        elif name == "playbook_on_no_hosts_matched":
+            self.no_hosts.append(NoHostsPlay(role=_role_of(data), play=str(data.get("play") or ""),
+                                             pattern=str(data.get("play_pattern") or "")))
         elif name in ("verbose", "error"):
-            text = _ANSI.sub("", str(event.get("stdout") or "")).strip()
-            if text.startswith(("[ERROR]", "ERROR!")) or name == "error":
-                messages.append(text[:2000])
-            elif text.startswith("Origin:") and messages:  # where ansible found the error
-                messages[-1] = f"{messages[-1]} ({text})"
-        else:
-            result = task_result(event, notes or {})
-            if result is not None:
-                tasks.append(result)
-    return ParsedRun(tuple(tasks), stats, tuple(messages))
+            self._message(name, _ANSI.sub("", str(event.get("stdout") or "")).strip())
+        elif name in _ITEM_OUTCOMES:
+            if data.get("host") in (None, self.host):
+                self.items.setdefault(str(data.get("task_uuid") or ""), []).append(event)
+        elif name in _OUTCOMES and data.get("host") in (None, self.host):
+            uuid = str(data.get("task_uuid") or "")
+            self.runs[uuid] = self.runs.get(uuid, 0) + 1
+            self.tasks.extend(task_results(event, self.notes, self.items.pop(uuid, None), self.project_dir,
+                                           execution=f"{uuid}#{self.runs[uuid]}"))
+
+    def _message(self, name: str, text: str) -> None:
+        if text.startswith(("[ERROR]", "ERROR!")) or name == "error":
+            self.messages.append(clean_message(text))
+        elif text.startswith("Origin:") and self.messages:  # where ansible found the error
+            self.messages[-1] = f"{self.messages[-1]} ({text})"
+
+
+def parse(events: Iterable[Mapping[str, Any]], *, host: str,
+          notes: Mapping[str, Mapping[str, Any]] | None = None,
+          project_dir: str | None = None) -> ParsedRun:
+    """A run's events, in order -> its task results, its recap for `host`, and what else it said.
+
+    `notes` are the gitops_agent callback's per-task notes (skip reasons, changed flags, rescues, loop
+    items of includes); `project_dir` (the checkout) makes task paths relative to it."""
+    reader = _Reader(host=host, notes=notes or {}, project_dir=project_dir)
+    for event in events:
+        reader.read(event)
+    return ParsedRun(tuple(reader.tasks), reader.stats, tuple(reader.messages), tuple(reader.no_hosts),
+                     reader.recap_seen, tuple(reader.started))

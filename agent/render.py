@@ -39,16 +39,28 @@ def summary(report: Report, *, colour: bool = False) -> str:
                      f"{len(report.apply.failed_tasks)} failed task(s)")
     for item in report.drift:
         paths = ", ".join(d.path for d in item.diffs) or "-"
-        lines.append(f"  {item.kind.value:<12} {item.role or '-'} / {item.task}  [{item.module}] {paths}")
+        lines.append(f"  {item.kind.value:<12} {item.role or '-'} / {_task(item)}  [{item.module}] {paths}")
+        if item.reason:
+            lines.append(f"  {'':<12} {item.reason}")
     if report.apply is not None:
-        lines.extend(f"  failed: {t.task}: {t.message}" for t in report.apply.failed_tasks)
+        lines.extend(f"  failed: {t.task}{f' [{t.item}]' if t.item else ''}: {t.message}"
+                     for t in report.apply.failed_tasks)
     lines.extend(f"  error ({e.phase.value}): {e.message}" for e in report.errors)
     return "\n".join(lines)
 
 
+def _task(item: DriftItem) -> str:
+    """The task as people find it: its Ansible role, name and loop item."""
+    name = f"{item.ansible_role} : {item.task}" if item.ansible_role else item.task
+    return f"{name} [{item.item}]" if item.item else name
+
+
 def unified(item: DriftItem, *, colour: bool = False) -> str:
     """The drift item's diffs as unified diffs."""
-    out = [f"--- {item.kind.value}: {item.role or '-'} / {item.play} / {item.task} [{item.module}]"]
+    where = f" ({item.task_path})" if item.task_path else ""
+    out = [f"--- {item.kind.value}: {item.role or '-'} / {item.play} / {_task(item)} [{item.module}]{where}"]
+    if item.reason:
+        out.append(f"  {item.reason}")
     for diff in item.diffs:
         before = (diff.before or "").splitlines(keepends=True)
         after = (diff.after or "").splitlines(keepends=True)
@@ -57,7 +69,7 @@ def unified(item: DriftItem, *, colour: bool = False) -> str:
             if colour and text.startswith(("+", "-")) and not text.startswith(("+++", "---")):
                 text = _paint(text, "32" if text.startswith("+") else "31", True)
             out.append(text)
-    if not item.diffs:
+    if not item.diffs and not item.reason:
         out.append("  (no diff: check mode cannot tell what this task would do)"
                    if item.kind.value == "unverifiable" else "  (the module gave no diff)")
     return "\n".join(out)

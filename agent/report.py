@@ -101,6 +101,12 @@ class DriftItem:
     kind: DriftKind
     diffs: tuple[Diff, ...] = ()
     first_seen_at: datetime | None = None
+    # Extensions of v1 (optional): why the kind (e.g. what check mode could not verify), and the task's
+    # identity beyond its name: its Ansible role, its file and line in the repository, its loop item.
+    reason: str | None = None
+    ansible_role: str | None = None
+    task_path: str | None = None
+    item: str | None = None
     diff_truncated: bool = False  # diffs shortened or left out to keep the report under its size cap
 
 
@@ -108,6 +114,7 @@ class DriftItem:
 class FailedTask:
     task: str
     message: str
+    item: str | None = None  # the loop item that failed (extension of v1)
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,8 @@ class Stats:
     failed: int = 0
     skipped: int = 0
     unreachable: int = 0
+    rescued: int = 0  # extensions of v1: the rest of Ansible's recap
+    ignored: int = 0
 
 
 @dataclass(frozen=True)

@@ -430,7 +430,8 @@ def _run(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
             cancel_callback=cancel, suppress_env_files=True,
             fact_cache=str(settings.fact_cache_dir or private / "facts"),
         )
-        parsed = events.parse(collected, host=plan.host, notes=_read_notes(notes_file))
+        parsed = events.parse(collected, host=plan.host, notes=_read_notes(notes_file),
+                              project_dir=str(plan.project_dir))
         status, rc = str(runner.status), runner.rc
     except Exception as e:
         raise RunnerError(f"ansible-runner could not run the {mode.value}: {e}") from e

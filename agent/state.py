@@ -51,6 +51,8 @@ class AgentState:
     converged: tuple[str, ...] = ()  # recent commits this host was seen in sync with (newest last)
     recurring: dict[str, tuple[str, ...]] = field(default_factory=dict)  # commit -> task keys
     drift_seen: dict[str, str] = field(default_factory=dict)  # task key -> first seen (RFC 3339)
+    # commit -> task keys whose check fails only in check mode (the apply of that commit succeeded)
+    check_only: dict[str, tuple[str, ...]] = field(default_factory=dict)
     updated_at: str | None = None  # start (RFC 3339) of the cycle whose outcome this is (agent.journal)
 
     def with_converged(self, commit: str) -> AgentState:
@@ -100,6 +102,8 @@ def state_from_json(data: Any) -> AgentState:
         recurring={_text(k, "recurring key"): _texts(v, f"recurring[{k!r}]")
                    for k, v in _mapping(data.get("recurring"), "recurring").items()},
         drift_seen=seen,
+        check_only={_text(k, "check_only key"): _texts(v, f"check_only[{k!r}]")
+                    for k, v in _mapping(data.get("check_only"), "check_only").items()},
         updated_at=_text(data.get("updated_at"), "updated_at", optional=True),
     )
 

@@ -135,7 +135,8 @@ def pages(engine: Engine) -> list[str]:
     return ["/", "/?status=drifted", "/?status=failed&sort=last_seen&order=desc", "/?role=db&sort=commit",
             "/?q=00123", "/?offset=9950", f"/?commit={COMMITS[-2][:8]}", "/stale", f"/hosts/{some_host}",
             f"/runs/{run_id}", "/drift", f"/drift?{task_q}", f"/commits/{COMMITS[-1]}",
-            f"/commits/{COMMITS[-1]}?hosts=not_reached", "/api/v1/hosts?limit=100", "/metrics"]
+            f"/commits/{COMMITS[-1]}?hosts=not_reached", "/commits", "/?sort=status", "/api/v1/hosts?limit=100",
+            "/api/v1/runs?limit=100", "/api/v1/runs?status=failed&limit=100", "/metrics"]
 
 
 async def time_pages(engine: Engine, repeat: int) -> list[tuple[str, float, float, float, int]]:

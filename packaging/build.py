@@ -27,6 +27,7 @@ REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO)]
 
 import bundle  # noqa: E402
+import clidocs  # noqa: E402
 import conffile  # noqa: E402
 import deb  # noqa: E402
 import rpm  # noqa: E402
@@ -86,6 +87,8 @@ def build_all(src: Path, out: Path, work: Path, *, rpm_too: bool, only: list[str
                                          *bundle.MOUNTS], prefix=prefix)
         stage = work / "stage" / pkg.name
         deb.stage_common(stage, pkg, venv=tree, version=version, date=date, docs=docs)
+        if pkg.name in clidocs.PARSERS:  # man page, bash and zsh completions from the parser
+            clidocs.stage(stage, pkg.name, version=version, date=time.strftime("%Y-%m-%d", time.gmtime()))
         if pkg is deb.AGENT:
             deb.stage_agent_extras(stage, conffile.render(src))
         else:

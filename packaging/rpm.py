@@ -77,6 +77,9 @@ fi"""
 COLLECTOR_FILES = """\
 /opt/gitops-collector
 /usr/bin/gitops-collector
+/usr/share/man/man1/gitops-collector.1.gz
+/usr/share/bash-completion/completions/gitops-collector
+/usr/share/zsh/site-functions/_gitops-collector
 /usr/lib/systemd/system/gitops-collector.service
 /usr/lib/sysusers.d/gitops-collector.conf
 %dir /etc/gitops-collector
@@ -115,6 +118,9 @@ def restage(deb_stage: Path, rpm_stage: Path) -> Path:
     shutil.rmtree(rpm_stage / "usr/share/lintian", ignore_errors=True)
     for debian_only in (rpm_stage / "usr/share/doc").glob("*/changelog.Debian.gz"):
         debian_only.unlink()
+    zsh = rpm_stage / "usr/share/zsh"
+    if (zsh / "vendor-completions").is_dir():  # Debian's place for packaged zsh completions; RHEL's:
+        (zsh / "vendor-completions").rename(zsh / "site-functions")
     # The bridge to Debian's apt bindings: on RHEL, dnf's bindings belong to the platform Python, so
     # Ansible's dnf module re-executes itself there instead.
     for debian_only in rpm_stage.glob("opt/*/lib/python3.11/site-packages/gitops-agent-system-apt.pth"):

@@ -99,7 +99,7 @@ def test_failing_task_is_named(cli, write_config, tmp_path: Path) -> None:
     code, report = run(cli, write_config(repo.path))
     assert (code, report["status"], report["phase_reached"]) == (1, "failed", "apply")
     assert report["apply"]["failed_tasks"] == [{"task": "Install the widget",
-                                                "message": "widget repository unavailable"}]
+                                                "message": "widget repository unavailable", "item": None}]
     code, report = run(cli, write_config(repo.path), "--check")
     assert (code, report["status"]) == (1, "failed")
     assert "task 'Install the widget' failed: widget repository unavailable" in report["errors"][0]["message"]

@@ -112,7 +112,7 @@ def test_secrets_never_leave_the_host(cli, write_config, tmp_path: Path) -> None
     assert token_item["task"] == f"Token {VAULT_MARKER}"
     assert token_item["diffs"] == [{"path": f"Token {VAULT_MARKER}", "before": "[REDACTED: no_log]",
                                     "after": "[REDACTED: no_log]"}]
-    assert report["apply"]["failed_tasks"] == [{"task": "Register the license",
+    assert report["apply"]["failed_tasks"] == [{"task": "Register the license", "item": None,
                                                 "message": f"license {MARKER} rejected for {VAULT_MARKER}"}]
     assert "debug" in run.err.lower() and not leaks(run.out) and not leaks(run.err)
     for shown in (cli("status", "--config", str(config)), cli("diff", "--config", str(config))):

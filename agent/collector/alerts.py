@@ -4,6 +4,11 @@ A host's alert state is one of ok, drifting, failing, stale. Only a change of st
 (a host starts drifting, fails, goes stale, or recovers); events of one scan that share kind, task and
 commit are grouped into one alert, whose fingerprint is stable (the same changes give the same
 fingerprint, so a re-scan after a crash never sends an alert twice).
+
+Across scans, alerts of one group (kind, task, commit: for failures, one commit's rollout) are held
+and merged the way Prometheus Alertmanager groups notifications: a new group waits `group_wait` for
+more of its hosts, and after a delivery further changes of that group wait until `group_interval` has
+passed since it (`Grouping`; notify_store applies it).
 """
 
 from __future__ import annotations
@@ -76,6 +81,38 @@ class Alert:
     hosts: tuple[str, ...]
     at: datetime
     fingerprint: str
+    since: tuple[datetime, ...] = ()  # when each host's new state began, in the order of `hosts`
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """How long alerts of one group are held (seconds): Alertmanager's group_wait and group_interval."""
+
+    wait_s: float = 30.0
+    interval_s: float = 300.0
+
+
+def group_key(alert: Alert) -> str:
+    """The group an alert belongs to across scans: its kind, task and commit (hashed, 32 hex digits)."""
+    return _fingerprint([alert.kind, alert.task or "", alert.commit or ""])
+
+
+def make_alert(kind: str, task: str | None, commit: str | None,
+               members: list[tuple[str, datetime]]) -> Alert:
+    """An alert over (host, since) members: sorted by host, one entry per host (its latest since)."""
+    latest: dict[str, datetime] = {}
+    for host, since in members:
+        latest[host] = max(since, latest.get(host, since))
+    hosts = sorted(latest)
+    parts = [kind, task or "", commit or ""] + [f"{h}@{format_time(latest[h])}" for h in hosts]
+    return Alert(kind, task, commit, tuple(hosts), max(latest.values()), _fingerprint(parts),
+                 tuple(latest[h] for h in hosts))
+
+
+def merge(held: Alert, new: Alert) -> Alert:
+    """One alert with the hosts of both (of one group: same kind, task and commit)."""
+    members = [*zip(held.hosts, held.since, strict=True), *zip(new.hosts, new.since, strict=True)]
+    return make_alert(held.kind, held.task, held.commit, members)
 
 
 def event_kind(change: HostChange) -> str | None:
@@ -97,13 +134,9 @@ def group(changes: list[HostChange]) -> list[Alert]:
         if kind is not None:
             task = change.task if kind == "drifting" else None
             buckets.setdefault((kind, task, change.commit), []).append(change)
-    alerts = []
-    for (kind, task, commit), members in sorted(buckets.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        members.sort(key=lambda c: c.host)
-        parts = [kind, task or "", commit or ""] + [f"{c.host}@{format_time(c.since)}" for c in members]
-        alerts.append(Alert(kind, task, commit, tuple(c.host for c in members),
-                            max(c.since for c in members), _fingerprint(parts)))
-    return alerts
+    ordered = sorted(buckets.items(), key=lambda kv: tuple(map(str, kv[0])))
+    return [make_alert(kind, task, commit, [(c.host, c.since) for c in members])
+            for (kind, task, commit), members in ordered]
 
 
 VERBS = {"drifting": "started drifting", "failing": "started failing", "stale": "stopped reporting (stale)",

@@ -196,3 +196,19 @@ async def metrics(request: Request) -> Response:
                                     stale_before=_stale_before(collector))
     return PlainTextResponse(render(collector.metrics, fleet), media_type="text/plain; version=0.0.4")
 
+
+
+async def list_runs(request: Request) -> Response:
+    """Runs across the fleet, newest first (`status`, `commit` prefix); a host's own: /hosts/{host}/runs."""
+    collector, page = await _reader(request), _page(request)
+    listing = await collector.db(queries.recent_runs, collector.engine, page,
+                                 status=_list_param(request, "status"),
+                                 commit=request.query_params.get("commit") or None)
+    return JSONResponse(_listing(listing, page))
+
+
+async def list_commits(request: Request) -> Response:
+    """Commits some host reported, newest first, with how many hosts run it and how many converged."""
+    collector, page = await _reader(request), _page(request)
+    listing = await collector.db(queries.list_commits, collector.engine, page)
+    return JSONResponse(_listing(listing, page))

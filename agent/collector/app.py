@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent.collector import api, notify, notify_views, ui
-from agent.collector.alerts import Webhook
+from agent.collector.alerts import Grouping, Webhook
 from agent.collector.auth import ProxyAuth
 from agent.collector.errors import CollectorError, InvalidReportError
 from agent.collector.metrics import Metrics
@@ -52,6 +52,7 @@ class CollectorSettings:
     notify_interval_s: float = 15.0
     payload: PayloadLimits = field(default_factory=PayloadLimits)
     client_cert_required: bool = False
+    alert_grouping: Grouping = field(default_factory=Grouping)
 
 
 @dataclass
@@ -113,8 +114,10 @@ ROUTES = [
     Route("/api/v1/hosts", api.list_hosts),
     Route("/api/v1/hosts/{host}", api.get_host),
     Route("/api/v1/hosts/{host}/runs", api.host_runs),
+    Route("/api/v1/runs", api.list_runs),
     Route("/api/v1/runs/{run_id}", api.get_run),
     Route("/api/v1/drift", api.drift),
+    Route("/api/v1/commits", api.list_commits),
     Route("/api/v1/commits/{sha}", api.commit_rollout),
     Route("/api/v1/openapi.json", api.openapi),
     Route("/healthz", api.healthz),

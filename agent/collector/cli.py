@@ -1,5 +1,9 @@
-"""`gitops-collector`: serve, migrate, token create/list/revoke, prune. The collector's composition root
-and the only place in the collector that prints."""
+"""`gitops-collector`: serve, migrate, token create/list/revoke, prune, and the fleet queries of
+`fleet_cli` (hosts, host, drift, runs, run, commits, commit). The collector's composition root; it and
+`fleet_cli` are the only places in the collector that print.
+
+Exit codes: 0 done; 1 failed; 2 bad usage; 66 no such database (or host, run, commit); 69 collector
+unreachable; 77 token refused; 78 bad URL, token file or CA file (sysexits.h)."""
 
 from __future__ import annotations
 
@@ -19,14 +23,15 @@ from sqlalchemy import Engine
 from starlette.applications import Starlette
 
 from agent import __version__
-from agent.collector import db, store, tokens
-from agent.collector.alerts import Webhook, parse_webhook
+from agent.collector import db, fleet_cli, store, tokens
+from agent.collector.alerts import Grouping, Webhook, parse_webhook
 from agent.collector.app import DEFAULT_MAX_BODY_BYTES, Collector, CollectorSettings, create_app, utc_now
 from agent.collector.auth import ProxyAuth
 from agent.collector.errors import CollectorError
 from agent.collector.payload import PayloadLimits
 from agent.collector.tokens import TokenKind
 from agent.errors import AgentError
+from agent.report import format_time
 
 DB_ENV = "GITOPS_COLLECTOR_DB"
 SERVE_ARGS_ENV = "GITOPS_COLLECTOR_SERVE_ARGS"
@@ -98,12 +103,22 @@ def _parser() -> argparse.ArgumentParser:
                        help="send alerts on host state changes to URL (repeatable; payload json or slack)")
     serve.add_argument("--notify-interval", type=duration_s, default=15.0,
                        help="how often to look for state changes and retry deliveries (default 15s)")
+    serve.add_argument("--alert-group-wait", type=duration_s, default=Grouping.wait_s,
+                       help="hold a new alert group (kind, task, commit) this long for more hosts (30s)")
+    serve.add_argument("--alert-group-interval", type=duration_s, default=Grouping.interval_s,
+                       help="then send further hosts of that group at most this often (default 5m)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
     _token_parser(sub, common)
     prune = sub.add_parser("prune", parents=[common], help="delete old runs (keeps each host's latest)")
     prune.add_argument("--older-than", type=duration_s, required=True, help="e.g. 90d")
+    fleet_cli.add_parsers(sub)
     return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line (for the man page and shell completions, packaging/clidocs.py)."""
+    return _parser()
 
 
 def _token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -113,7 +128,8 @@ def _token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     who = create.add_mutually_exclusive_group(required=True)
     who.add_argument("host", nargs="?", help="host the ingest token is bound to")
     who.add_argument("--reader", metavar="NAME", help="create a reader token for a person or tool")
-    token.add_parser("list", parents=[common], help="list tokens (never the secrets)")
+    listing = token.add_parser("list", parents=[common], help="list tokens (never the secrets)")
+    listing.add_argument("--json", action="store_true", help="a JSON array instead of a table")
     revoke = token.add_parser("revoke", parents=[common], help="revoke tokens by id, prefix or name")
     revoke.add_argument("ref")
 
@@ -138,7 +154,8 @@ def _settings(args: argparse.Namespace) -> CollectorSettings:
                              webhooks=tuple(args.webhook), notify_interval_s=args.notify_interval,
                              payload=PayloadLimits(max_depth=max(1, args.max_depth),
                                                    max_string_chars=args.max_string),
-                             client_cert_required=bool(args.tls_client_ca))
+                             client_cert_required=bool(args.tls_client_ca),
+                             alert_grouping=Grouping(args.alert_group_wait, args.alert_group_interval))
 
 
 def app_from_env() -> Starlette:
@@ -179,6 +196,8 @@ def _token(engine: Engine, args: argparse.Namespace) -> int:
         info, secret = tokens.create(engine, kind, name, now=utc_now())
         print(f"{kind.value} token {info.id} for {name!r} (prefix {info.prefix}); shown once, store it now:")
         print(secret)
+    elif args.action == "list" and args.json:
+        print(json.dumps([_token_json(t) for t in tokens.list_all(engine)], indent=2))
     elif args.action == "list":
         print(f"{'ID':>4}  {'KIND':<6}  {'NAME':<30}  {'PREFIX':<12}  {'CREATED':<20}  REVOKED")
         for t in tokens.list_all(engine):
@@ -190,19 +209,49 @@ def _token(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_json(t: tokens.TokenInfo) -> dict[str, Any]:
+    return {"id": t.id, "kind": t.kind.value, "name": t.name, "prefix": t.prefix,
+            "created_at": format_time(t.created_at),
+            "revoked_at": format_time(t.revoked_at) if t.revoked_at else None}
+
+
+# Commands that only read or change what is there: they never create a database (a wrong --db must not
+# leave an empty database behind). `migrate`, `serve` and `token create` create one when there is none.
+NEEDS_EXISTING_DB = {("token", "list"), ("token", "revoke"), ("prune", None)}
+
+
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "serve":
         return _serve(args, argv)
+    if args.command in fleet_cli.COMMANDS:
+        return fleet_cli.run_query(args)
+    if (args.command, getattr(args, "action", None)) in NEEDS_EXISTING_DB:
+        with _open_existing(args.db) as engine:
+            return _token(engine, args) if args.command == "token" else _prune(engine, args)
     with _open(args.db, check=args.command != "migrate") as engine:
         if args.command == "migrate":
             print(f"database schema at revision {db.migrate(engine)}")
             return 0
-        if args.command == "token":
-            return _token(engine, args)
-        cutoff = utc_now() - timedelta(seconds=args.older_than)
-        pruned = store.prune(engine, older_than=cutoff)
-        print(f"pruned {pruned} run(s) finished before {cutoff:%Y-%m-%d %H:%M}Z")
-        return 0
+        return _token(engine, args)  # token create
+
+
+def _prune(engine: Engine, args: argparse.Namespace) -> int:
+    cutoff = utc_now() - timedelta(seconds=args.older_than)
+    pruned = store.prune(engine, older_than=cutoff)
+    print(f"pruned {pruned} run(s) finished before {cutoff:%Y-%m-%d %H:%M}Z")
+    return 0
+
+
+@contextmanager
+def _open_existing(url: str) -> Iterator[Engine]:
+    """An engine on a database that exists and has this collector's schema; never creates either."""
+    db.require_existing(url)
+    engine = db.create(url)
+    try:
+        db.prepare(engine, auto_migrate_empty=False)
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -214,9 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, argv)
     except AgentError as e:
         print(f"gitops-collector: {e}", file=sys.stderr)
-        return 1
+        return int(getattr(e, "exit_code", 1))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `gitops-collector hosts | head`: the reader left; no traceback, no retry
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ PostgreSQL through psycopg 3 (`postgresql://` URLs are mapped to the `postgresql
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,12 +20,13 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from agent.collector.errors import DatabaseError
+from agent.collector.errors import DatabaseError, NoDatabaseError
 
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 _WRITE_LOCK = "gitops_write_lock"
+_NO_PG_DATABASE = re.compile(r'FATAL: +database ".*" does not exist')
 
 
 def normalize_url(url: str) -> str:
@@ -123,17 +125,44 @@ def migrate(engine: Engine, revision: str = "head") -> str | None:
     return current_revision(engine)
 
 
+def require_existing(url: str) -> None:
+    """Refuse (NoDatabaseError) a SQLite URL whose file does not exist (or is empty), before anything
+    creates it.
+    A server database (PostgreSQL) is never created by connecting, so it needs no check here."""
+    url = normalize_url(url)
+    if not url.startswith("sqlite"):
+        return
+    database = make_url(url).database
+    path = Path(database or "")
+    if not database or database == ":memory:" or not path.is_file() or not path.stat().st_size:
+        raise NoDatabaseError(f"no database at {database or url} (give --db or GITOPS_COLLECTOR_DB; "
+                              "`gitops-collector migrate` creates one)")
+
+
+def _one_line(error: SQLAlchemyError) -> str:
+    """SQLAlchemy's message without its multi-line SQL and background link."""
+    text = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return f"{error.__class__.__name__}: {text[0] if text else ''}"
+
+
 def prepare(engine: Engine, *, auto_migrate_empty: bool = True) -> None:
-    """Check the schema before serving: migrate an empty database, refuse an outdated one."""
+    """Check the schema before serving: migrate an empty database (or refuse it, NoDatabaseError, when
+    `auto_migrate_empty` is off), refuse an outdated one."""
     try:
         empty = not inspect(engine).get_table_names()
         if empty and auto_migrate_empty:
             log.info("empty database: creating the schema")
             migrate(engine)
             return
+        if empty:
+            raise NoDatabaseError(f"database {redact_url(str(engine.url))} has no tables: "
+                                  "`gitops-collector migrate` creates them")
         current, head = current_revision(engine), head_revision()
     except SQLAlchemyError as e:
-        raise DatabaseError(f"database {redact_url(str(engine.url))}: {e.__class__.__name__}: {e}") from e
+        orig = getattr(e, "orig", None)  # PostgreSQL: invalid_catalog_name, or said when connecting
+        if getattr(orig, "sqlstate", None) == "3D000" or _NO_PG_DATABASE.search(str(orig)):
+            raise NoDatabaseError(f"no database {redact_url(str(engine.url))} on that server") from e
+        raise DatabaseError(f"database {redact_url(str(engine.url))}: {_one_line(e)}") from e
     if current != head:
         raise DatabaseError(
             f"database schema is at revision {current}, this collector needs {head}: "

@@ -45,3 +45,9 @@ class InvalidReportError(CollectorError):
 
 class BadRequestError(CollectorError):
     status = 400
+
+
+class NoDatabaseError(DatabaseError):
+    """A command that must not create a database found none (exit 66, EX_NOINPUT, on the command line)."""
+
+    exit_code = 66

@@ -35,7 +35,8 @@ class Notifier:
         changes = await c.db(notify_store.scan, c.engine, stale_before=stale_before)
         if changes:
             alerts = group(changes)
-            await c.db(notify_store.record, c.engine, changes, alerts, c.settings.webhooks, now=now)
+            await c.db(notify_store.record, c.engine, changes, alerts, c.settings.webhooks, now=now,
+                       grouping=c.settings.alert_grouping)
             log.info("notify: %d host state change(s), %d alert(s)", len(changes), len(alerts))
         await self.deliver()
 

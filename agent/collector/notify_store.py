@@ -1,5 +1,10 @@
 """The SQL side of notifications: find hosts whose alert state changed, record the new states together
-with the deliveries they cause (one transaction: no alert lost, none repeated), and track deliveries."""
+with the deliveries they cause (one transaction: no alert lost, none repeated), and track deliveries.
+
+Deliveries of one alert group (alerts.group_key) are held and merged (alerts.Grouping): a new group's
+delivery waits `wait_s`; until it is sent, later alerts of the group join it; after it, the next one
+waits until `interval_s` after the previous one was queued. A delivery that gained hosts while another
+process was sending it is marked delivered only if what was sent is what it holds; else it goes again."""
 
 from __future__ import annotations
 
@@ -11,13 +16,26 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, select, update
 
 from agent.collector import db, store
-from agent.collector.alerts import Alert, AlertState, HostChange, Webhook, classify, payload, summary
+from agent.collector.alerts import (
+    Alert,
+    AlertState,
+    Grouping,
+    HostChange,
+    Webhook,
+    classify,
+    group_key,
+    make_alert,
+    merge,
+    payload,
+    summary,
+)
 from agent.collector.queries import Listing, Page
 from agent.collector.tables import alert_states, drift_items, hosts, webhook_deliveries
-from agent.report import format_time
+from agent.report import format_time, parse_time
 
 MAX_ATTEMPTS = 8
 BACKOFF_S = (5, 15, 60, 300, 900, 1800, 3600)
+
 
 
 @dataclass(frozen=True)
@@ -55,10 +73,12 @@ def _first_tasks(conn: Any, run_ids: list[str]) -> dict[str, str]:
 
 
 def record(engine: Engine, changes: list[HostChange], alerts: list[Alert], webhooks: tuple[Webhook, ...],
-           *, now: datetime, base_url: str | None = None) -> None:
-    """Store the hosts' new states and queue one delivery per alert and webhook, atomically."""
+           *, now: datetime, base_url: str | None = None, grouping: Grouping | None = None) -> None:
+    """Store the hosts' new states and queue (or merge into a held delivery) each alert for each webhook,
+    atomically. Without `grouping`, every alert is queued to go at once."""
     if not changes:
         return
+    grouping = grouping or Grouping(wait_s=0.0, interval_s=0.0)
     with db.write(engine) as conn:
         names = [c.host for c in changes]
         for start in range(0, len(names), 500):
@@ -67,11 +87,40 @@ def record(engine: Engine, changes: list[HostChange], alerts: list[Alert], webho
                                              for c in changes])
         for alert in alerts:
             for hook in webhooks:
-                store._insert_ignore(conn, webhook_deliveries, {
-                    "url": hook.url, "kind": hook.kind.value, "fingerprint": alert.fingerprint,
-                    "alert_kind": alert.kind, "summary": summary(alert),
-                    "payload": json.dumps(payload(alert, hook.kind, base_url)), "status": "pending",
-                    "attempts": 0, "created_at": now, "next_attempt_at": now})
+                _queue(conn, hook, alert, now=now, grouping=grouping, base_url=base_url)
+
+
+def _members(alert: Alert) -> str:
+    return json.dumps([[h, format_time(t)] for h, t in zip(alert.hosts, alert.since, strict=True)])
+
+
+def _values(hook: Webhook, alert: Alert, base_url: str | None) -> dict[str, Any]:
+    return {"fingerprint": alert.fingerprint, "summary": summary(alert), "members": _members(alert),
+            "payload": json.dumps(payload(alert, hook.kind, base_url))}
+
+
+def _queue(conn: Any, hook: Webhook, alert: Alert, *, now: datetime, grouping: Grouping,
+           base_url: str | None) -> None:
+    key, d = group_key(alert), webhook_deliveries.c
+    ours = (d.url == hook.url, d.group_key == key)
+    held = conn.execute(select(d.id, d.members).where(
+        *ours, d.status == "pending", d.attempts == 0,
+        d.next_attempt_at >= now).order_by(d.id.desc()).limit(1)).first()
+    if held is not None:
+        before = make_alert(alert.kind, alert.task, alert.commit,
+                            [(h, parse_time(t)) for h, t in json.loads(held.members)])
+        merged = merge(before, alert)
+        conn.execute(update(webhook_deliveries).where(d.id == held.id)
+                     .values(**_values(hook, merged, base_url)))
+        return
+    due_at = now + timedelta(seconds=grouping.wait_s)
+    previous = conn.execute(select(func.max(d.created_at)).where(*ours)).scalar_one()
+    if previous is not None:
+        due_at = max(due_at, previous + timedelta(seconds=grouping.interval_s))
+    store._insert_ignore(conn, webhook_deliveries, {
+        "url": hook.url, "kind": hook.kind.value, "alert_kind": alert.kind, "group_key": key,
+        "status": "pending", "attempts": 0, "created_at": now, "next_attempt_at": due_at,
+        **_values(hook, alert, base_url)})
 
 
 def due(engine: Engine, *, now: datetime, limit: int = 50) -> list[Delivery]:
@@ -96,13 +145,19 @@ def mark(engine: Engine, delivery: Delivery, *, error: str | None, now: datetime
         values.update(next_attempt_at=now + timedelta(seconds=wait_s))
     with db.write(engine) as conn:
         this = webhook_deliveries.c.id == delivery.id
-        conn.execute(update(webhook_deliveries).where(this).values(**values))
+        if error is None:  # delivered what was read: unless hosts joined it meanwhile (another process)
+            sent = conn.execute(update(webhook_deliveries).where(
+                this, webhook_deliveries.c.payload == delivery.body).values(**values)).rowcount
+            if not sent:  # then it goes again, whole (a repeat rather than a loss)
+                conn.execute(update(webhook_deliveries).where(this).values(next_attempt_at=now))
+        else:
+            conn.execute(update(webhook_deliveries).where(this).values(**values))
     return str(values.get("status", "pending"))
 
 
 def list_deliveries(engine: Engine, page: Page, *, status: str | None = None) -> Listing:
     where = [webhook_deliveries.c.status == status] if status else []
-    columns = [c for c in webhook_deliveries.c if c.name != "payload"]
+    columns = [c for c in webhook_deliveries.c if c.name not in ("payload", "members")]
     query = (select(*columns).where(*where).order_by(webhook_deliveries.c.id.desc())
              .limit(page.limit).offset(page.offset))
     with engine.connect() as conn:

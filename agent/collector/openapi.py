@@ -73,12 +73,16 @@ def _paths() -> dict[str, Any]:
         "/api/v1/hosts/{host}": _get("One host: current state, roles, current drift", [_p("host")]),
         "/api/v1/hosts/{host}/runs": _get("A host's runs, newest first", [_p("host"), status, *PAGE_PARAMS],
                                           "Listing"),
+        "/api/v1/runs": _get("Runs across the fleet, newest first", [
+            status, _q("commit", "the run's commit (prefix)"), *PAGE_PARAMS], "Listing"),
         "/api/v1/runs/{run_id}": _get("One run, with its whole report", [_p("run_id")]),
         "/api/v1/drift": _get("Current drift across the fleet", [
             _enum("group", "task (default): one row per task | host: one row per host and task",
                   ("task", "host")),
             _q("task", "exact task name"), _q("kind", "corrective | intentional | recurring | unverifiable"),
             _q("role", "role of the drifting task"), _q("host", "exact host name"), *PAGE_PARAMS], "Listing"),
+        "/api/v1/commits": _get("Commits hosts reported, newest first, with hosts running and converged",
+                                PAGE_PARAMS, "Listing"),
         "/api/v1/commits/{sha}": _get("Rollout of one commit (sha or a unique prefix)", [
             _p("sha", minLength=4),
             _enum("hosts", "running (default) | not_reached", ("running", "not_reached")), *PAGE_PARAMS]),

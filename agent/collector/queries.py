@@ -21,7 +21,10 @@ from agent.report import DriftKind, format_time
 
 CONVERGED = ("in_sync", "corrected")
 FAILING = ("failed", "error")
-HOST_SORTS = {"host": hosts.c.host, "last_seen": hosts.c.last_seen_at, "status": hosts.c.status,
+# Most severe first: sorting hosts by status ascending puts the ones that need someone at the top.
+SEVERITY = ("failed", "error", "drifted", "paused", "corrected", "in_sync")
+STATUS_SEVERITY = case({s: i for i, s in enumerate(SEVERITY)}, value=hosts.c.status, else_=len(SEVERITY))
+HOST_SORTS = {"host": hosts.c.host, "last_seen": hosts.c.last_seen_at, "status": STATUS_SEVERITY,
               "drift": hosts.c.drift_count, "commit": hosts.c.commit}
 
 
@@ -282,3 +285,41 @@ def fleet_counts(engine: Engine, *, stale_before: datetime, drift: bool = True) 
 def stale_cutoff(now: datetime, grace_s: float) -> datetime:
     """Hosts whose due time is before this are stale (not reported within interval + splay + grace)."""
     return now - timedelta(seconds=grace_s)
+
+
+def recent_runs(engine: Engine, page: Page, *, status: tuple[str, ...] = (),
+                commit: str | None = None) -> Listing:
+    """Runs across the fleet, newest first (finished time); filter by status and commit (a prefix)."""
+    where: list[Any] = [runs.c.status.in_(status)] if status else []
+    if commit:
+        where.append(runs.c.commit.startswith(commit, autoescape=True))
+    query = (select(*RUN_COLUMNS).where(*where).order_by(runs.c.finished_at.desc(), runs.c.run_id)
+             .limit(page.limit).offset(page.offset))
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+        total = conn.execute(select(func.count()).select_from(runs).where(*where)).scalar_one()
+    return Listing([_row(r) for r in rows], total)
+
+
+def list_commits(engine: Engine, page: Page) -> Listing:
+    """Commits some host reported, newest first (first seen by the collector, then commit time), each
+    with `running` (hosts whose current commit it is) and, of those, `converged` and `failed`."""
+    order = (commits.c.first_seen_at.desc(), commits.c.committed_at.desc(), commits.c.sha)
+    with engine.connect() as conn:
+        rows = conn.execute(select(commits).order_by(*order).limit(page.limit).offset(page.offset)).all()
+        total = conn.execute(select(func.count()).select_from(commits)).scalar_one()
+        shas = [r.sha for r in rows]
+        counts = select(hosts.c.commit, func.count().label("running"),
+                        func.sum(case((hosts.c.status.in_(CONVERGED), 1), else_=0)).label("converged"),
+                        func.sum(case((hosts.c.status.in_(FAILING), 1), else_=0)).label("failed"))
+        by_sha = {r.commit: r for r in conn.execute(counts.where(hosts.c.commit.in_(shas))
+                                                    .group_by(hosts.c.commit))} if shas else {}
+        hosts_total = conn.execute(select(func.count()).select_from(hosts)).scalar_one()
+    items = []
+    for row in rows:
+        item, found = _row(row), by_sha.get(row.sha)
+        for key in ("running", "converged", "failed"):
+            item[key] = int(getattr(found, key) or 0) if found is not None else 0
+        item["hosts_total"] = hosts_total
+        items.append(item)
+    return Listing(items, total)

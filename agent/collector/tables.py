@@ -184,4 +184,9 @@ webhook_deliveries = Table(
     Index("ux_webhook_deliveries_url_fingerprint", "url", "fingerprint", unique=True),
     Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
     Index("ix_webhook_deliveries_created", "created_at"),
+    # migration 0004: the alert group (kind, task, commit) a delivery belongs to and its (host, since)
+    # members as JSON, so later changes of the group merge into a delivery not sent yet
+    Column("group_key", String(64), nullable=True),
+    Column("members", Text, nullable=True),
+    Index("ix_webhook_deliveries_url_group", "url", "group_key", "created_at"),
 )

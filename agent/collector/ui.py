@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 PAGE_SIZE = 50
 STRIP_RUNS = 60
 Handler = Callable[[Request, "Collector"], Awaitable[Response]]
-STATIC_TYPES = {"ui.css": "text/css; charset=utf-8", "ui.js": "text/javascript; charset=utf-8"}
+STATIC_TYPES = {"ui.css": "text/css; charset=utf-8", "ui.js": "text/javascript; charset=utf-8",
+                "favicon.svg": "image/svg+xml"}
 
 
 def ui_page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -165,6 +166,14 @@ async def commit(request: Request, collector: Collector) -> Response:
                 **common(request, collector))
 
 
+@ui_page
+async def commits(request: Request, collector: Collector) -> Response:
+    pg = page_params(request)
+    listing = await collector.db(queries.list_commits, collector.engine, pg)
+    return page("commits.html", commits=listing, page=pg, api="/api/v1/commits",
+                **common(request, collector))
+
+
 async def static(request: Request) -> Response:
     name = request.path_params["name"]
     if name not in STATIC_TYPES:
@@ -180,6 +189,7 @@ ROUTES = [
     Route("/hosts/{host:path}", host),
     Route("/runs/{run_id}", run),
     Route("/drift", drift),
+    Route("/commits", commits),
     Route("/commits/{sha}", commit),
     Route("/login", ui_auth.login_form, methods=["GET"]),
     Route("/login", ui_auth.login_submit, methods=["POST"]),

@@ -34,10 +34,12 @@ class DiffLine:
 
 
 def unified_diff(path: str, before: str | None, after: str | None) -> list[DiffLine]:
-    """A unified diff of two texts as classified lines (the template colours them by kind)."""
+    """A unified diff of two texts as classified lines (the template colours them by kind): `before` is
+    the host now ("-" lines), `after` what Git would make it ("+" lines)."""
     old, new = (before or "").splitlines(), (after or "").splitlines()
     lines: list[DiffLine] = []
-    for text in difflib.unified_diff(old, new, f"a{path}", f"b{path}", lineterm="", n=3):
+    # before = the host as it is now, after = what Git (the commit being checked) would make it
+    for text in difflib.unified_diff(old, new, f"{path} (host now)", f"{path} (Git)", lineterm="", n=3):
         if text.startswith(("---", "+++")):
             kind = "meta"
         elif text.startswith("@@"):

@@ -220,3 +220,34 @@ def test_unknown_route_is_json_404(client):
     response = client.get("/api/v1/nothing")
     assert response.status_code == 404
     assert "error" in response.json()
+
+
+def test_sorting_by_status_goes_by_severity_not_the_alphabet(client, reader, fleet, send):
+    assert send(make_report("lb01", status=Status.PAUSED, finished_at=BASE_TIME)).status_code == 201
+    assert send(make_report("app01", status=Status.ERROR, finished_at=BASE_TIME)).status_code == 201
+    ordered = names(client.get("/api/v1/hosts?sort=status", headers=reader))
+    assert ordered == ["db01", "app01", "web02", "web03", "lb01", "db02", "web01"]
+    assert names(client.get("/api/v1/hosts?sort=status&order=desc", headers=reader))[0] == "web01"
+
+
+def test_runs_across_the_fleet_newest_first(client, reader, fleet):
+    body = client.get("/api/v1/runs?limit=2", headers=reader).json()
+    assert [i["host"] for i in body["items"]] == ["db02", "db01"] and body["total"] == 6
+    assert body["next_offset"] == 2 and "report" not in body["items"][0]
+    failed = client.get("/api/v1/runs?status=failed,drifted", headers=reader).json()
+    assert sorted(i["host"] for i in failed["items"]) == ["db01", "web02", "web03"]
+    on_a = client.get(f"/api/v1/runs?commit={COMMIT_A[:6]}", headers=reader).json()
+    assert sorted(i["host"] for i in on_a["items"]) == ["db02", "web02", "web03"]
+
+
+def test_commits_newest_first_with_hosts_running_and_converged(client, reader, fleet, send, clock):
+    clock.now = BASE_TIME + timedelta(hours=1)
+    newest = "c0ffee" + "0" * 34
+    assert send(make_report("web01", commit=newest, finished_at=clock.now)).status_code == 201
+    body = client.get("/api/v1/commits", headers=reader).json()
+    rows = [(i["sha"], i["running"], i["converged"], i["failed"], i["hosts_total"]) for i in body["items"]]
+    # first seen by the collector: COMMIT_B (web01, minute 0), COMMIT_A (web03, minute 2), then newest
+    assert rows == [(newest, 1, 1, 0, 5), (COMMIT_A, 2, 1, 0, 5), (COMMIT_B, 2, 0, 1, 5)]
+    assert body["items"][0]["subject"] == "Tune nginx workers" and body["total"] == 3
+    page = client.get("/api/v1/commits?limit=1&offset=2", headers=reader).json()
+    assert [i["sha"] for i in page["items"]] == [COMMIT_B] and page["next_offset"] is None

@@ -36,7 +36,8 @@ def fleet(send, clock):
     return made
 
 
-PAGES = ["/", "/stale", "/drift", "/hosts/web02", f"/commits/{COMMIT_B[:8]}", "/drift?task=nginx+config"]
+PAGES = ["/", "/stale", "/drift", "/hosts/web02", "/commits", f"/commits/{COMMIT_B[:8]}",
+         "/drift?task=nginx+config"]
 
 
 @pytest.mark.parametrize("path", PAGES)
@@ -137,6 +138,17 @@ def test_static_assets(client):
     css = client.get("/static/ui.css")
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     assert client.get("/static/../app.py").status_code == 404
+    icon = client.get("/static/favicon.svg")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+    assert icon.text.startswith("<svg") and "<script" not in icon.text
+
+
+def test_every_page_links_the_favicon_and_the_commit_list(client, reader, fleet):
+    html = client.get("/drift", headers=reader).text
+    assert '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">' in html
+    assert '<a href="/commits" >Commits</a>' in html.replace("  ", " ")
+    commits = client.get("/commits", headers=reader).text
+    assert f'href="/commits/{COMMIT_B}"' in commits and "Tune nginx workers" in commits
 
 
 def test_unified_diff_classifies_lines():
@@ -181,3 +193,18 @@ def test_overview_and_api_filter_by_last_seen(client, reader, fleet, clock, send
     api = client.get("/api/v1/hosts?seen=1h", headers=reader).json()
     assert [i["host"] for i in api["items"]] == ["fresh01"]
     assert client.get("/api/v1/hosts?seen=2y", headers=reader).status_code == 400
+
+
+def test_a_drift_items_identity_and_reason_are_stored_served_and_shown(client, reader, send):
+    twin = DriftItem(play="Web", task="Site config", role="web", module="template", kind=DriftKind.UNVERIFIABLE,
+                     reason="fails only in check mode", ansible_role="sites",
+                     task_path="roles/sites/tasks/site.yml:1", item="b")
+    report = make_report("web07", status=Status.IN_SYNC, drift=(twin,))
+    assert send(report).status_code == 201
+    served = client.get(f"/api/v1/runs/{report.run_id}", headers=reader).json()["report"]["drift"][0]
+    assert {k: served[k] for k in ("reason", "ansible_role", "task_path", "item")} == {
+        "reason": "fails only in check mode", "ansible_role": "sites",
+        "task_path": "roles/sites/tasks/site.yml:1", "item": "b"}
+    page = client.get(f"/runs/{report.run_id}", headers=reader).text
+    assert "Site config [b]" in page and "Ansible role sites" in page and "roles/sites/tasks/site.yml:1" in page
+    assert "fails only in check mode" in page

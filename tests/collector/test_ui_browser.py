@@ -42,9 +42,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     db.prepare(engine)
     reader = tokens.create(engine, TokenKind.READER, "ops-alice", now=ui_fleet.datetime.now(ui_fleet.UTC))[1]
     receiver = Receiver()
+    long_hook = f"{receiver.url}/services/T0123ABCDE/B0456FGHIJ/{'k' * 48}?channel=ops-fleet-alerts"
     server = CollectorProcess(url, None, "--stale-grace", "1s", "--notify-interval", "1s",
+                              "--alert-group-wait", "1s", "--alert-group-interval", "2s",
                               "--webhook", f"{receiver.url}/generic",
-                              "--webhook", f"{receiver.url}/slack,slack").start()
+                              "--webhook", f"{receiver.url}/slack,slack",
+                              "--webhook", f"{long_hook},json").start()
     try:
         latest = ui_fleet.seed(engine, server.url)
         time.sleep(3.5)  # the legacy hosts promised a report every second: now they are stale
@@ -202,3 +205,85 @@ def test_notifications_page(page, site):
     assert page.locator("table.deliveries tbody tr .w-delivered").count() >= 6
     assert ui_fleet.XSS in page.inner_text("table.deliveries")  # the hostile task name, as text
     shot(page, "webhooks")
+
+
+def test_status_sorts_by_severity_and_drift_first_sorts_descending(page, site):
+    page.click("table.hosts th a:has-text('Status')")
+    page.wait_for_url("**sort=status**")
+    badges = page.locator("table.hosts tbody tr td:nth-child(2) .badge:not(.s-stale)").all_inner_texts()
+    severity = ["failed", "error", "drifted", "paused", "corrected", "in sync"]
+    assert badges[:3] == ["failed", "error", "drifted"]
+    assert badges == sorted(badges, key=severity.index)
+    shot(page, "overview-by-status")
+    page.click("table.hosts th a:has-text('Drift')")
+    page.wait_for_url("**sort=drift**")
+    assert "order=desc" in page.url
+    drift = [int(n) for n in page.locator("table.hosts tbody tr td.num").all_inner_texts()]
+    assert drift[0] == max(drift) == 2 and drift == sorted(drift, reverse=True)
+    page.click("table.hosts th a:has-text('Drift')")  # the second click flips it
+    page.wait_for_url("**order=asc**")
+
+
+def test_diff_sides_are_labelled(page, site):
+    run_id = site["latest"]["web03.dc1.example.com"].run_id
+    page.goto(f"{site['url']}/runs/{run_id}")
+    caption = page.locator("figure.diff figcaption").first
+    assert caption.locator(".sides").inner_text() == "\u2212 host now + Git"
+    meta = page.locator("figure.diff pre .d-meta").all_inner_texts()[:2]
+    assert meta == ["--- /etc/nginx/nginx.conf (host now)", "+++ /etc/nginx/nginx.conf (Git)"]
+    assert page.locator("figure.diff pre .d-del").first.inner_text() == "-worker_processes 2;"
+    caption.screenshot(path=str(ARTIFACTS / "diff-sides.png"))
+
+
+def test_commits_page_lists_rollouts_newest_first(page, site):
+    page.click("header nav a:has-text('Commits')")
+    page.wait_for_url(site["url"] + "/commits")
+    rows = page.locator("table.commits tbody tr")
+    assert rows.count() == 3
+    first = [c.strip() for c in rows.nth(0).locator("td").all_inner_texts()]
+    newest = rows.nth(1).locator("td").all_inner_texts()  # the hostile host's commit came last
+    assert first[0] == ui_fleet.EVIL_COMMIT[:10]
+    assert newest[0] == ui_fleet.NEW[:10] and newest[4] == "20 of 30" and newest[5] == "15"
+    assert page.get_attribute("header nav a[href='/commits']", "aria-current") == "page"
+    shot(page, "commits")
+    rows.nth(1).locator("a.sha").click()
+    page.wait_for_url(f"**/commits/{ui_fleet.NEW}")
+
+
+def test_favicon_is_served_under_the_csp(page, site):
+    href = page.get_attribute("link[rel=icon]", "href")
+    assert href == "/static/favicon.svg"
+    response = page.request.get(site["url"] + href)
+    assert response.status == 200 and response.headers["content-type"] == "image/svg+xml"
+    assert response.body().startswith(b"<svg")
+    loaded = page.evaluate("""async () => { const img = new Image(); img.src = '/static/favicon.svg';
+        await img.decode(); return img.naturalWidth > 0; }""")
+    assert loaded  # img-src 'self' lets it load; the page fixture fails on any CSP console error
+
+
+def test_pages_fit_an_800px_window(browser, site):
+    context = browser.new_context(viewport={"width": 800, "height": 900})
+    pg = context.new_page()
+    pg.goto(site["url"] + "/login")
+    pg.fill("#token", site["reader"])
+    pg.click("button[type=submit]")
+    pg.wait_for_url(site["url"] + "/")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(site["receiver"].bodies) < 6:
+        time.sleep(0.5)
+    for path in ("/webhooks", "/commits", "/drift", "/"):
+        pg.goto(site["url"] + path)
+        width = pg.evaluate("document.documentElement.scrollWidth")
+        wide = pg.evaluate("""() => { const out = [], w = document.documentElement.clientWidth;
+            const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+            while (walk.nextNode() && out.length < 5) { const r = document.createRange();
+              r.selectNodeContents(walk.currentNode); const b = r.getBoundingClientRect();
+              if (b.right > w) out.push(walk.currentNode.parentElement.tagName + ': '
+                                        + walk.currentNode.textContent.slice(0, 40) + ' ' + Math.round(b.right)); }
+            return out; }""")
+        shot(pg, "narrow" + path.replace("/", "-"))
+        assert width <= 800, f"{path} is {width}px wide in an 800px window: {wide}"
+    pg.goto(site["url"] + "/webhooks")
+    shot(pg, "webhooks-800px")
+    pg.screenshot(path=str(ARTIFACTS / "webhooks-800px-top.png"))  # the first screenful, as seen
+    context.close()

@@ -12,7 +12,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from agent.collector.alerts import AlertState, HostChange, Webhook, WebhookKind, group, parse_webhook
+from agent.collector.alerts import (
+    AlertState,
+    Grouping,
+    HostChange,
+    Webhook,
+    WebhookKind,
+    group,
+    parse_webhook,
+)
 from agent.collector.app import CollectorSettings
 from agent.collector.notify import Notifier
 from agent.report import Status
@@ -61,7 +69,8 @@ def receiver():
 @pytest.fixture
 def settings(receiver):
     return CollectorSettings(webhooks=(Webhook(f"{receiver.url}/generic"),
-                                       Webhook(f"{receiver.url}/slack", WebhookKind.SLACK)))
+                                       Webhook(f"{receiver.url}/slack", WebhookKind.SLACK)),
+                             alert_grouping=Grouping(wait_s=0, interval_s=0))  # each scan sends at once
 
 
 def run_once(collector) -> None:
@@ -144,3 +153,79 @@ def test_failed_deliveries_are_retried_with_visible_status(collector, send, cloc
     assert client.get("/api/v1/webhooks", headers=reader).json()["counts"] == {"delivered": 2}
     metrics = client.get("/metrics", headers=reader).text
     assert 'gitops_webhook_attempts_total{status="delivered"} 2' in metrics
+
+
+def rollout_notifier(engine, clock, receiver, grouping):
+    from agent.collector.app import Collector
+
+    settings = CollectorSettings(webhooks=(Webhook(f"{receiver.url}/generic"),
+                                           Webhook(f"{receiver.url}/slack", WebhookKind.SLACK)),
+                                 alert_grouping=grouping)
+    return Collector(engine, settings, now=clock)
+
+
+def fail_rollout(engine, collector, clock, hosts=158, splay_s=300, scan_s=15, until_s=345):
+    """`hosts` hosts fail on COMMIT_B one after another across the splay; a scan every `scan_s`."""
+    from agent.collector import store
+    from agent.report import to_json
+
+    async def go() -> None:
+        start, sent = clock.now, 0
+        async with httpx.AsyncClient(timeout=5) as client:
+            notifier = Notifier(collector, client)
+            for t in range(0, until_s + 1, scan_s):
+                clock.now = start + timedelta(seconds=t)
+                while sent < hosts and sent * splay_s / hosts <= t:
+                    report = make_report(f"web{sent:03d}", status=Status.FAILED, commit=COMMIT_B,
+                                         finished_at=start + timedelta(seconds=sent * splay_s / hosts))
+                    store.ingest(engine, report, to_json(report).encode(), received_at=clock.now)
+                    sent += 1
+                await notifier.run_once()
+    asyncio.run(go())
+
+
+def test_a_failing_rollout_is_grouped_per_commit_not_per_scan(engine, clock, receiver):
+    """158 hosts failing one commit over a 5-minute splay, scanned every 15s: 21 scans found failures
+    (48 deliveries for 2 webhooks before grouping); with the default group wait and interval, the first
+    failures go out after 30s and every other host in one more delivery, each host exactly once."""
+    fail_rollout(engine, rollout_notifier(engine, clock, receiver, Grouping()), clock)
+    bodies = generic(receiver)
+    assert [b["kind"] for b in bodies] == ["failing", "failing"]
+    assert all(b["commit"] == COMMIT_B for b in bodies)
+    hosts = [h for b in bodies for h in b["hosts"]]
+    assert sorted(hosts) == [f"web{i:03d}" for i in range(158)]  # each host once, none lost
+    assert bodies[0]["count"] < 20 and bodies[1]["count"] > 130
+    slack = [b["text"] for b in receiver.bodies if "text" in b]
+    assert len(slack) == 2 and "hosts started failing at commit b1cccccccc" in slack[1]
+
+
+def test_without_grouping_every_scan_is_a_delivery(engine, clock, receiver):
+    """The fault as it was: one delivery per scan and webhook (what the issue measured)."""
+    fail_rollout(engine, rollout_notifier(engine, clock, receiver, Grouping(0, 0)), clock)
+    assert len(generic(receiver)) == 21 and len(receiver.bodies) == 42
+
+
+def test_a_group_wait_covering_the_splay_gives_one_delivery(engine, clock, receiver):
+    fail_rollout(engine, rollout_notifier(engine, clock, receiver, Grouping(wait_s=330, interval_s=600)),
+                 clock)
+    assert [b["count"] for b in generic(receiver)] == [158]
+
+
+def test_a_delivery_that_gained_hosts_while_being_sent_goes_again(collector, send, clock, receiver):
+    """Two collector processes: one sends a held delivery while the other adds a host to it."""
+    from agent.collector import notify_store
+    from agent.collector.alerts import make_alert
+
+    assert send(make_report("db01", status=Status.FAILED, commit=COMMIT_B)).status_code == 201
+    changes = notify_store.scan(collector.engine, stale_before=BASE_TIME - timedelta(days=1))
+    hooks = collector.settings.webhooks[:1]
+    notify_store.record(collector.engine, changes, group(changes), hooks, now=clock.now)
+    (sending,) = notify_store.due(collector.engine, now=clock.now)
+    late = make_alert("failing", None, COMMIT_B, [("db02", BASE_TIME)])
+    notify_store.record(collector.engine, [change("db02", AlertState.FAILING, commit=COMMIT_B, task=None)],
+                        [late], hooks, now=clock.now)
+    assert notify_store.mark(collector.engine, sending, error=None, now=clock.now) == "delivered"
+    (again,) = notify_store.due(collector.engine, now=clock.now)
+    assert again.id == sending.id and json.loads(again.body)["hosts"] == ["db01", "db02"]
+    notify_store.mark(collector.engine, again, error=None, now=clock.now)
+    assert notify_store.due(collector.engine, now=clock.now) == []

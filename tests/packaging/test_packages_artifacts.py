@@ -52,6 +52,17 @@ def test_agent_deb_contents(dist: Path) -> None:
         assert re.search(rf"(^|, ){dependency}( |,|$)", control), control
 
 
+def test_collector_deb_has_its_man_page_and_completions(dist: Path, tmp_path: Path) -> None:
+    entries = _listing(deb(dist, "gitops-collector"))
+    for path in ("/usr/share/man/man1/gitops-collector.1.gz", "/usr/share/zsh/vendor-completions/_gitops-collector",
+                 "/usr/share/bash-completion/completions/gitops-collector"):
+        assert entries.get(path) == "-rw-r--r--", path
+    subprocess.run(["dpkg-deb", "-x", str(deb(dist, "gitops-collector")), str(tmp_path)], check=True)
+    with gzip.open(tmp_path / "usr/share/man/man1/gitops-collector.1.gz", "rt") as page:
+        text = page.read()
+    assert text.startswith(".TH GITOPS\\-COLLECTOR") and "token list" in text and ".SH EXIT STATUS" in text
+
+
 def test_bundled_venv_has_no_build_paths(dist: Path, tmp_path: Path) -> None:
     """Shebangs, pyvenv.cfg and bytecode name /opt and /usr/bin only (the build checks it; so do we)."""
     for name in PACKAGES:
@@ -91,6 +102,9 @@ def test_rpm_metadata_and_files(dist: Path) -> None:
     collector = subprocess.run(["rpm", "-qpl", str(rpm(dist, "gitops-collector"))], check=True,
                                capture_output=True, text=True).stdout
     assert "/usr/lib/systemd/system/gitops-collector.service" in collector
+    for path in ("/usr/share/man/man1/gitops-collector.1.gz", "/usr/share/zsh/site-functions/_gitops-collector",
+                 "/usr/share/bash-completion/completions/gitops-collector"):
+        assert path in collector.splitlines(), path
     assert "/usr/lib/sysusers.d/gitops-collector.conf" in collector
 
 

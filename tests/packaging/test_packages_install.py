@@ -150,6 +150,17 @@ def test_collector_install_hardened_purge(make_host: object, record_property: ob
     assert host.run("stat", "-c", "%a %U", "/var/lib/gitops-collector").stdout.split() == \
         ["750", "gitops-collector"]
     assert re.search(r"\b0\.\d+\.\d+", host.run("gitops-collector", "--version").stdout)
+    for doc in ("/usr/share/man/man1/gitops-collector.1.gz", "/usr/share/zsh/vendor-completions/_gitops-collector",
+                "/usr/share/bash-completion/completions/gitops-collector"):
+        assert host.run("test", "-s", doc, check=False).returncode == 0, doc
+    completes = host.run("bash", "-c", "source /usr/share/bash-completion/completions/gitops-collector; "
+                         "COMP_WORDS=(gitops-collector to); COMP_CWORD=1; _shtab_gitops_collector; "
+                         "echo ${COMPREPLY[*]}")
+    assert completes.stdout.split() == ["token"], completes.stdout + completes.stderr
+    # a read command on a fresh install: one line, exit 66, and no database made at the default path
+    listing = host.run("gitops-collector", "token", "list", check=False)
+    assert listing.returncode == 66 and listing.stderr.count("\n") == 1, listing.stderr
+    assert host.run("test", "-e", "/var/lib/gitops-collector/collector.db", check=False).returncode == 1
     unit = "/lib/systemd/system/gitops-collector.service"
     verify = host.run("systemd-analyze", "verify", unit, check=False)
     assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
