@@ -1,8 +1,8 @@
 """The agent's memory in state_dir: what it converged to, what drifted since when, and its reports.
 
 Layout (everything the agent keeps; README.md lists it for operators):
-  cycle.json          the cycle in progress, then its finished report (agent.journal): written before
-                      anything can change the host, removed once the report is published
+  cycles/<run_id>.json  the cycle in progress, then its finished report (agent.journal): written
+                      before anything can change the host, removed once the report is published
   state.json          AgentState (below)
   last_run.json       the last report, v1 format (what monitoring reads)
   history/            the last N reports, one file each, oldest pruned
