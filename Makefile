@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint unit test-fleet packages test-packages clean
+.PHONY: venv demo test lint unit test-faults test-fleet packages test-packages clean
 
 venv: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ test: venv
 
 unit: venv
 	$(BIN)/pytest -m "not ansible and not fleet" $(PYTEST_ARGS)
+
+# The agent under faults (part of `make test`): kills, corrupt state, full disk (root), hostile trees
+test-faults: venv
+	$(BIN)/pytest tests/faults $(PYTEST_ARGS)
 
 # .deb and .rpm of gitops-agent and gitops-collector into dist/ (root: builds in a chroot; docs/packaging.md).
 # Rebuilt only when a tracked file they are made from changed (`rm dist/.built` forces it).

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from agent import __version__, config, preflight
@@ -30,10 +31,19 @@ configuration: --config, else $GITOPS_AGENT_CONFIG, else /etc/gitops-agent/agent
 
 
 class _KeyValueFormatter(logging.Formatter):
-    """For journald: no timestamp (journald adds one), level and logger as fields."""
+    """For journald: no timestamp (journald adds one), level and logger as fields; an exception as
+    `error=` (its type and message) and `at=` (file:line where it was raised), on the same line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"level={record.levelname.lower()} logger={record.name} msg={record.getMessage()!r}"
+        line = f"level={record.levelname.lower()} logger={record.name} msg={record.getMessage()!r}"
+        if record.exc_info and record.exc_info[1] is not None:
+            error, tb = record.exc_info[1], record.exc_info[2]
+            line += f" error={f'{type(error).__name__}: {error}'!r}"
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            if tb is not None:
+                line += f" at={Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}"
+        return line
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]

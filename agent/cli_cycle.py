@@ -82,20 +82,26 @@ def _run_through_daemon(cfg: config.AgentConfig, pid: int, check_only: bool) -> 
     return report
 
 
-def _run_here(cfg: config.AgentConfig, args: argparse.Namespace, refusal: str | None) -> Report:
+def _run_here(cfg: config.AgentConfig, args: argparse.Namespace,
+              refusal: str | None) -> tuple[Report, list[Report]]:
+    """One cycle in this process; the report, and the reports no outbox could take (out of disk: they
+    are sent from memory by the delivery that follows)."""
     from agent.cycle import Cycle, CycleOptions  # Git and the cycle: only for commands that run one
 
     cancelled = _cancel_on_term()
     view = None if refusal else _progress_view()
+    cycle = Cycle(cfg, cancel=cancelled.is_set, progress=view)
     try:
-        report = Cycle(cfg, cancel=cancelled.is_set, progress=view).run(
-            CycleOptions(trigger=Trigger(args.trigger), check_only=args.check, refusal=refusal))
+        report = cycle.run(CycleOptions(trigger=Trigger(args.trigger), check_only=args.check,
+                                        refusal=refusal))
     finally:
         if view is not None:
             view.close()
+    for problem in cycle.problems:  # e.g. out of disk: what could not be written, one line each
+        print(f"gitops-agent: error: {problem}", file=sys.stderr)
     if cfg.metrics_textfile is not None:
         atomic_write(cfg.metrics_textfile, textfile.render(report).encode(), mode=0o644)
-    return report
+    return report, cycle.unspooled
 
 
 def _delivery_warnings(cfg: config.AgentConfig, report: Report) -> list[str]:
@@ -130,9 +136,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if pid is not None:
         report = _run_through_daemon(cfg, pid, args.check)
     else:
-        report = _run_here(cfg, args, refusal)
-        if refusal is None:
-            delivery.flush(cfg, deadline_s=30.0)
+        report, unspooled = _run_here(cfg, args, refusal)
+        if refusal is None or unspooled:
+            result = delivery.flush(cfg, deadline_s=30.0, unspooled=unspooled)
+            if result is not None and result.lost:
+                print(f"gitops-agent: error: report(s) {', '.join(result.lost)} could not be kept on disk "
+                      "or delivered: lost", file=sys.stderr)
     if args.json:
         print(report_codec.to_json(report, indent=2))
     if refusal is not None:
@@ -185,9 +194,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
             last_error[0] = error
         return result is None or result.ok
 
-    state = store.load()
     runner = daemon.Daemon(path, cfg, spawn=spawn, probe=source.probe, flush=flush,
-                           last_commit=state.last_commit)
+                           last_commit=store.peek_last_commit())
     return runner.serve()
 
 

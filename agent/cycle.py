@@ -1,7 +1,10 @@
 """One reconcile pass: source -> plan -> check -> drift -> decide -> apply -> recheck -> report.
 
 Every attempt ends in a Report, including attempts that fail before Ansible starts (the phase reached
-says where). The cycle holds the state directory's lock for its whole length.
+says where). The cycle holds the state directory's lock for its whole length. Under it, before anything
+else, it finishes what an earlier cycle could not (agent.journal): kills that cycle's leftover processes,
+clears its runner files, and publishes its report. A cycle counts as done when its journal record holds
+its report; everything after that is idempotent copying.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -20,10 +24,10 @@ from agent import (
     __version__,
     ansible_cfg,
     ansible_env,
-    delivery,
     drift,
     invcache,
     policy,
+    report_size,
     requirements,
     runner,
     vault,
@@ -32,8 +36,9 @@ from agent import verdict as verdict_of
 from agent.config import AgentConfig
 from agent.drift import DriftContext, Finding
 from agent.errors import AgentError, RewindError, RunTimeoutError, VerifyError
-from agent.fsutil import atomic_write
+from agent.fsutil import atomic_write, describe_os_error
 from agent.inventory import RunPlan, make_plan, parse_graph
+from agent.journal import CycleRecord, Journal, Published
 from agent.lock import cycle_lock
 from agent.progress import PhaseDone, PhaseStarted, Progress, ProgressEvent
 from agent.redact import Redactor, redact_record, redact_report, redact_url
@@ -53,6 +58,7 @@ from agent.report import (
     Stats,
     Status,
     Trigger,
+    format_time,
 )
 from agent.runner import RunMode, RunnerSettings, RunResult
 from agent.source import GitSource, Revision
@@ -84,6 +90,7 @@ class _Attempt:
     """What one cycle learned so far (local to the cycle, turned into a Report at the end)."""
 
     started_at: datetime
+    run_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     pause: Pause | None = None
     phase: Phase = Phase.FETCH
     status: Status = Status.ERROR
@@ -134,21 +141,66 @@ class Cycle:
             fact_cache_timeout_s=config.ansible.fact_cache_timeout_s,
             vault_password_file=config.vault_password_file)
         self.redactor = Redactor(config.redact)  # plus the checkout's vault values once it is known
+        self.journal = Journal(config, self.store, clock=clock)
+        self.unspooled: list[Report] = []  # reports that could not go into the outbox: deliver them directly
+        self.problems: list[str] = []  # what could not be written, one line each (for the CLI)
 
     def run(self, options: CycleOptions) -> Report:
         """One full cycle under the state directory's lock. Never raises AgentError: it reports it."""
         self.store.ensure()
         with cycle_lock(self.store.lock_file, wait_s=self.config.lock_wait_s):
-            return self._run_locked(options)
+            return self._run_locked(options, self._recover())
 
-    def _run_locked(self, options: CycleOptions) -> Report:
-        attempt = _Attempt(started_at=self.clock(), pause=self.store.read_pause(self.clock()))
+    def _recover(self) -> list[str]:
+        """What earlier cycles left: their processes killed, their runner files and git locks removed,
+        their reports published (agent.journal), unreadable cache files dropped. Returns warnings."""
+        warnings: list[str] = []
+        try:
+            killed = runner.kill_stale(self.config.state_dir)
+            runner.clear_work_dir(self.store.work_dir)
+            warnings += self.source.clear_leftovers()
+            recovery = self.journal.recover(killed)
+            warnings += recovery.warnings
+            for published in recovery.published:
+                self._published(published)
+            dropped = runner.drop_bad_facts(self.settings.fact_cache_dir)
+            warnings += [f"dropped unreadable cached facts: {', '.join(dropped)}"] if dropped else []
+            problem = self.store.check_last_run(self.clock())
+            warnings += [problem] if problem else []
+        except OSError as e:
+            warnings.append(f"cleaning up after earlier cycles failed: {describe_os_error(e)}")
+            log.error("cleaning up after earlier cycles failed: %s", describe_os_error(e))
+        return warnings
+
+    def _begin(self, options: CycleOptions, warnings: list[str]) -> tuple[_Attempt, AgentState]:
+        """Record the cycle, then load the state (an unreadable file is quarantined and reported)."""
+        now = self.clock()
+        attempt = _Attempt(started_at=now, warnings=warnings)
+        mode = Mode.CHECK if options.check_only else Mode(self.config.mode)
+        problem = self.journal.begin(CycleRecord(attempt.run_id, os.getpid(), now, options.trigger, mode,
+                                                 previous_commit=self.store.peek_last_commit()))
+        if problem:
+            attempt.warnings.append(problem)
+        state, state_problem = self.store.load_or_quarantine(now)
+        attempt.pause, pause_problem = self.store.read_pause_or_quarantine(now)
+        for problem in (state_problem, pause_problem):
+            if problem:
+                attempt.fail(problem)
+        marker = runner.marker_env(self.config.state_dir, attempt.run_id)
+        self.settings = replace(self.settings, env={**self.settings.env, **marker})
+        self.source.mark(marker)
+        return attempt, state
+
+    def _run_locked(self, options: CycleOptions, warnings: list[str]) -> Report:
+        attempt, state = self._begin(options, warnings)
         started = time.monotonic()
         self.deadline = started + self.config.schedule.timeout_s
-        state = self.store.load()
         try:
             if options.refusal is not None:
                 attempt.fail(options.refusal)  # status stays error, phase fetch: nothing ran
+            elif attempt.errors:  # an unreadable state file, moved aside: this cycle says so, the next runs
+                attempt.status = Status.ERROR
+                log.info("cycle stopped: %s", "; ".join(e.message for e in attempt.errors))
             elif attempt.pause is not None and attempt.pause.checks_too:
                 attempt.status = Status.PAUSED  # not even a check while paused with --checks-too
                 log.info("paused, checks too: reason=%r", attempt.pause.reason)
@@ -170,16 +222,34 @@ class Cycle:
             attempt.status = Status.ERROR
             attempt.fail(str(e))
             log.info("cycle failed: phase=%s error=%s", attempt.phase.value, self.redactor(str(e)))
+        except OSError as e:  # e.g. out of disk: a report, not a traceback
+            attempt.status = Status.ERROR
+            attempt.fail(describe_os_error(e))
+            log.info("cycle failed: phase=%s error=%s", attempt.phase.value, describe_os_error(e))
         attempt.durations["total"] = time.monotonic() - started
         report, state = self._report(attempt, state, options)
         report = redact_report(report, self.redactor)  # before it is written or sent anywhere
-        self.store.save(state)
-        self.store.write_report(report)
-        delivery.enqueue(self.config, report)
+        report = report_size.fit(report)  # so that the collector can always take it
+        self._finish(report, replace(state, updated_at=format_time(attempt.started_at)))
         log.info("cycle done: host=%s commit=%s status=%s drift=%d duration_s=%.1f",
                  report.host, report.source.commit, report.status.value, len(report.drift),
                  attempt.durations["total"])
         return report
+
+    def _finish(self, report: Report, state: AgentState) -> None:
+        """The durable ordering (agent.journal): the record takes the report (the cycle is done), then the
+        outbox, history and last_run.json, state.json."""
+        problem = self.journal.commit(report, state)
+        self._published(self.journal.publish(report, state, committed=problem is None,
+                                             problems=(problem,) if problem else ()))
+
+    def _published(self, published: Published) -> None:
+        if not published.spooled:
+            self.unspooled.append(published.report)
+        if published.problems:
+            line = f"report {published.report.run_id}: could not write " + "; ".join(published.problems)
+            self.problems.append(line)
+            log.error("%s", line)
 
     # -- phases ------------------------------------------------------------------------------
 
@@ -283,6 +353,8 @@ class Cycle:
         return replace(plan, roles=tuple(r for r, _ in kept), playbooks=tuple(p for _, p in kept))
 
     def _plan(self, revision: Revision) -> RunPlan:
+        vault.check_password_sources([revision.path],
+                                     runner.ansible_environ(revision.path, self.settings))
         self.redactor = vault.redactor(revision.path, patterns=self.config.redact,
                                        password_file=self.config.vault_password_file)
         requirements.check(revision.path, revision.path / self.config.playbooks)
@@ -306,6 +378,7 @@ class Cycle:
                                   f"{self.config.schedule.timeout_s:g}s)")
         settings = replace(self.settings, timeout_s=remaining,
                            strategy=attempt.strategy or self.settings.strategy)
+        self.journal.progress(phase=attempt.phase, commit=plan.commit, roles=plan.roles)
         self._emit(PhaseStarted(name))
         try:
             result = runner.run_playbooks(plan, mode, settings, cancel=self.cancel, playbooks=playbooks,
@@ -435,7 +508,7 @@ class Cycle:
         items, new_state = self._drift_items(attempt, state)
         d = attempt.durations
         report = Report(
-            run_id=str(uuid.uuid4()), host=self.config.host, agent_version=__version__,
+            run_id=attempt.run_id, host=self.config.host, agent_version=__version__,
             trigger=options.trigger, mode=Mode.CHECK if options.check_only else Mode(self.config.mode),
             started_at=attempt.started_at, finished_at=self.clock(), source=self._source_info(attempt, state),
             roles=attempt.all_roles or (attempt.plan.roles if attempt.plan else ()),

@@ -4,6 +4,8 @@
   name, so a fleet spreads the same way every time;
 - a cheap probe for new commits every schedule.poll (`git ls-remote`); a new commit runs a cycle at once;
 - a failed cycle is retried at the interval, backing off up to 4 intervals; a newer commit runs at once;
+- a failure of the loop itself is retried after poll, 2x, 4x ... up to one interval (never a hot loop),
+  and the watchdog is pinged only after an iteration that went through;
 - every cycle runs in a child process (`gitops-agent run`), so Ansible never grows the daemon, and a
   cycle past schedule.timeout is stopped: the child cancels Ansible (its process group), a backstop kills
   the child's group;
@@ -69,6 +71,12 @@ def backoff_s(failures: int, interval_s: float) -> float:
     return min(interval_s * factor, interval_s * BACKOFF_CAP_INTERVALS)
 
 
+def loop_backoff_s(failures: int, poll_s: float, interval_s: float) -> float:
+    """After n failed loop iterations in a row (the loop itself, not a cycle): poll, 2x, 4x ... capped at
+    one interval, and never under a second."""
+    return max(1.0, min(poll_s * float(2 ** max(failures - 1, 0)), interval_s))
+
+
 # -- systemd ------------------------------------------------------------------------------------
 
 def sd_notify(message: str) -> None:
@@ -79,6 +87,7 @@ def sd_notify(message: str) -> None:
     if address.startswith("@"):
         address = "\0" + address[1:]
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)  # a notification is never worth a stuck daemon (a full socket queue)
         sock.sendto(message.encode(), address)
 
 
@@ -182,6 +191,8 @@ class Daemon:
         self.clock = clock
         self.last_commit = last_commit
         self.failures = 0
+        self.loop_failures = 0  # iterations of the loop itself that raised, in a row
+        self.retry_at = 0.0  # when the loop tries again after its last failure
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.reload_requested = False
@@ -211,7 +222,7 @@ class Daemon:
             self.next_poll_at = now + self.config.schedule.poll_s
             if not self.outbox_clear:  # the collector was away: try again at the poll pace
                 self.outbox_clear = self.flush(False)
-            commit = self.probe()
+            commit = self._probe()
             if commit is not None and commit != self.last_commit:
                 log.info("new commit: commit=%s previous=%s", commit[:12], (self.last_commit or "-")[:12])
                 self._cycle(Trigger.NEW_COMMIT)
@@ -236,6 +247,37 @@ class Daemon:
             atomic_write(self.config.state_dir / STATUS_FILE, json.dumps(data, indent=1).encode(), mode=0o644)
         except OSError as e:
             log.warning("cannot write the daemon's status file: %s", e)
+
+    def _probe(self) -> str | None:
+        """The source's current commit; None when the probe fails (the full check then runs as planned and
+        reports why: a broken probe must not stop cycles)."""
+        try:
+            return self.probe()
+        except Exception as e:
+            log.error("probe for new commits failed: %s: %s", type(e).__name__, e)
+            return None
+
+    def _iterate(self) -> bool:
+        """One iteration of the loop; a failure (the loop's own, not a cycle's) backs off exponentially,
+        so that a persistent one is retried slowly, never in a hot loop. True while the loop is healthy:
+        no failure, or the retry after the last one went through."""
+        started = self.clock()
+        try:
+            self.run_once()
+        except Exception:  # a failed iteration must not end the daemon
+            self.loop_failures += 1
+            now = self.clock()
+            delay = loop_backoff_s(self.loop_failures, self.config.schedule.poll_s,
+                                   self.config.schedule.interval_s)
+            self.retry_at = self.next_poll_at = now + delay
+            self.next_full_at = max(self.next_full_at, now + delay)
+            log.exception("daemon iteration failed (%d in a row); retry in %.0fs", self.loop_failures, delay)
+            sd_notify(f"STATUS=the loop failed {self.loop_failures} time(s) in a row; retry in {delay:.0f}s")
+            return False
+        if self.loop_failures and started >= self.retry_at:
+            log.info("daemon loop recovered after %d failure(s)", self.loop_failures)
+            self.loop_failures = 0
+        return self.loop_failures == 0
 
     def _cycle(self, trigger: Trigger, request: Request | None = None) -> None:
         sd_notify(f"STATUS=running a cycle ({trigger.value})")
@@ -311,12 +353,8 @@ class Daemon:
         watchdog = watchdog_interval_s()
         try:
             while not self.stop.is_set():
-                try:
-                    self.run_once()
-                except Exception:  # a failed iteration must not end the daemon
-                    log.exception("daemon iteration failed; continuing")
-                    self.next_poll_at = self.clock() + self.config.schedule.poll_s
-                if watchdog:
+                healthy = self._iterate()
+                if watchdog and healthy:  # a loop that keeps failing stops pinging: systemd restarts it
                     sd_notify("WATCHDOG=1")
                 due = min(self.next_poll_at, self.next_full_at) - self.clock()
                 self.wake.wait(max(0.0, min(due, watchdog or due)))

@@ -1,14 +1,19 @@
 """Reports to the collector: the outbox of one agent configuration, and flushing it.
 
 Every finished attempt goes into the outbox (when a collector is configured) before delivery is tried;
-`flush` delivers oldest first and leaves whatever could not be delivered for the next try.
+`flush` delivers oldest first and leaves whatever could not be delivered for the next try. A report that
+could not go into the outbox (a full or read-only file system) is handed to `flush` as `unspooled`: it is
+sent from memory after the backlog, once, and is lost only if that fails too (the result says so).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -17,7 +22,7 @@ from agent.config import AgentConfig
 from agent.errors import AgentError
 from agent.fsutil import atomic_write
 from agent.outbox import Outbox
-from agent.report import Report, format_time, parse_time
+from agent.report import Report, format_time, parse_time, to_json
 
 if TYPE_CHECKING:
     from agent.sender import FlushResult
@@ -31,7 +36,8 @@ def outbox(config: AgentConfig) -> Outbox:
 
 
 def enqueue(config: AgentConfig, report: Report) -> None:
-    """Spool the report for the collector (nothing to do when no collector is configured)."""
+    """Spool the report for the collector (nothing to do when no collector is configured). StateError
+    when the outbox cannot take it."""
     if config.collector.url:
         outbox(config).put(report)
 
@@ -60,27 +66,37 @@ def _record(config: AgentConfig, error: str | None, remaining: int) -> None:
         atomic_write(config.state_dir / "delivery.json", json.dumps(data).encode(), mode=0o644)
 
 
-def flush(config: AgentConfig, *, deadline_s: float, max_attempts: int = 4) -> FlushResult | None:
-    """Deliver what waits in the outbox; None when no collector is configured or nothing waits.
-    Never raises for delivery trouble: the result's `error` says it (the caller decides who hears)."""
+def flush(config: AgentConfig, *, deadline_s: float, max_attempts: int = 4,
+          unspooled: Sequence[Report] = ()) -> FlushResult | None:
+    """Deliver what waits in the outbox, then the `unspooled` reports (ones no outbox could take) from
+    memory; None when no collector is configured or nothing waits. Never raises for delivery trouble: the
+    result's `error` (and `lost`) say it; the caller decides who hears."""
     box = outbox(config)
     if not config.collector.url:
         return None
-    if not box.pending():
+    if not (box.pending() or unspooled):
         previous = last_state(config)
         if previous is None or previous.error:
             _record(config, None, 0)
         return None
     from agent.sender import FlushResult, Sender  # httpx: only when there is something to send
 
+    started = time.monotonic()
     try:
         with Sender.from_config(config.collector, max_attempts=max_attempts) as sender:
             result = sender.flush(box, deadline_s=deadline_s)
+            lost = [r.run_id for r in unspooled if not sender.deliver_body(
+                to_json(r).encode("utf-8"), deadline_s=max(deadline_s - (time.monotonic() - started), 1.0))]
     except AgentError as e:  # token file missing or unsafe: say so, keep the reports
-        result = FlushResult(remaining=len(box.pending()), error=str(e))
+        result = FlushResult(remaining=len(box.pending()), error=str(e),
+                             lost=tuple(r.run_id for r in unspooled))
+    else:
+        if unspooled:
+            result = dataclasses.replace(result, delivered=result.delivered + len(unspooled) - len(lost),
+                                         lost=tuple(lost))
     _record(config, result.error, result.remaining)
-    log.debug("outbox flushed: delivered=%d duplicates=%d quarantined=%d remaining=%d%s", result.delivered,
-              result.duplicates, result.quarantined, result.remaining,
+    log.debug("outbox flushed: delivered=%d duplicates=%d quarantined=%d remaining=%d lost=%d%s",
+              result.delivered, result.duplicates, result.quarantined, result.remaining, len(result.lost),
               f" error={result.error!r}" if result.error else "")
     return result
 

@@ -42,3 +42,9 @@ def atomic_symlink(link: Path, target: str) -> None:
     tmp.symlink_to(target)
     tmp.replace(link)
     fsync_dir(link.parent)
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for an OSError: its reason and the file, e.g. 'No space left on device: /var/x'."""
+    reason = error.strerror or type(error).__name__
+    return f"{reason}: {error.filename}" if error.filename else reason

@@ -5,6 +5,9 @@ A commit's static inventory (YAML/INI files, host_vars, group_vars) cannot chang
 by commit + inventory path + host. A dynamic inventory can: an executable file (an inventory script) or
 an inventory plugin config (a YAML file with a top-level `plugin:` key) anywhere in the inventory turns
 the cache off for that commit, and Ansible parses it every cycle.
+
+Each entry starts with a line holding the SHA-256 of the graph that follows; an entry that does not match
+it (truncated, overwritten, binary garbage) is dropped and the graph parsed again.
 """
 
 from __future__ import annotations
@@ -48,15 +51,40 @@ def graph(cache_dir: Path, *, commit: str, inventory_name: str, host: str, inven
         log.debug("inventory %s is dynamic: not cached", inventory_name)
         return parse()
     path = cache_dir / f"{_key(commit, inventory_name, host)}.graph"
-    with contextlib.suppress(OSError):
-        text = path.read_text(encoding="utf-8")
-        os.utime(path)
-        return text
+    cached = _read(path)
+    if cached is not None:
+        return cached
     text = parse()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, text.encode())
+    atomic_write(path, f"{_digest(text)}\n{text}".encode())
     _prune(cache_dir)
     return text
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read(path: Path) -> str | None:
+    """The cached graph, or None when there is none; an entry that fails its checksum is removed."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    digest, _, text = data.partition(b"\n")
+    try:
+        graph_text = text.decode("utf-8")
+        good = digest.decode("ascii") == _digest(graph_text)
+    except UnicodeDecodeError:
+        good = False
+    if not good:
+        log.warning("inventory cache entry %s is damaged: dropped, parsing the inventory again", path.name)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(path)
+    return graph_text
 
 
 def _prune(cache_dir: Path) -> None:

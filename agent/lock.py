@@ -35,8 +35,9 @@ def cycle_lock(path: Path, *, wait_s: float, poll_s: float = 0.1) -> Iterator[No
                         f"another gitops-agent cycle is running on {path.parent}{_holder(fd)}; "
                         f"waited {wait_s:g}s") from None
                 time.sleep(poll_s)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with contextlib.suppress(OSError):  # the holder's pid is only a hint (a full disk refuses it)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock

@@ -5,9 +5,12 @@ Layout of `state_dir/outbox/`:
     quarantine/<same name>           reports the collector refused for good, each with <name>.reason
     compacted                        how many reports were compacted and not yet counted in a report
 
-Files are written crash-safely (temp file, fsync, rename) with mode 0600. The outbox is bounded by
-`max_reports` and `max_bytes`; when over a bound it drops the least informative reports first:
-an in_sync report followed by another in_sync report, then other in_sync reports, then paused ones.
+Files are written crash-safely (temp file, fsync, rename) with mode 0600. `put` is idempotent per run_id
+(a report already waiting is not written twice), and raises StateError (one line) when the file system
+refuses the write (full, read-only); delivering and removing reports needs no free space.
+The outbox is bounded by `max_reports` and `max_bytes`; when over a bound it drops the least informative
+reports first: an in_sync report followed by another in_sync report, then other in_sync reports, then
+paused ones.
 Reports with drift, corrections, failures or errors are never dropped (so the bounds can be exceeded
 by those alone), and the newest report is never dropped. What was dropped is counted (including the
 counts that dropped reports themselves carried), and `put()` carries that count into the next report
@@ -116,13 +119,22 @@ class Outbox:
     def put(self, report: Report) -> OutboxEntry:
         """Write `report` durably (adding the compacted count to it), then enforce the bounds."""
         self._ensure()
+        waiting = next((e for e in self.pending() if e.run_id == _safe(report.run_id)), None)
+        if waiting is not None:
+            return waiting
         pending_compacted = self.compacted_count()
         if pending_compacted:
             report = dataclasses.replace(report, compacted=report.compacted + pending_compacted)
         path = self.directory / f"{self._next_seq():020d}-{report.status.value}-{_safe(report.run_id)}.json"
-        atomic_write(path, to_json(report).encode("utf-8"), mode=0o600)
+        try:
+            atomic_write(path, to_json(report).encode("utf-8"), mode=0o600)
+        except OSError as e:
+            raise StateError(f"outbox {self.directory}: cannot write the report ({e.strerror})") from e
         if pending_compacted:
-            self._write_counter(0)
+            try:
+                self._write_counter(0)
+            except OSError as e:  # the count is in the report now; at worst it is counted again later
+                log.error("outbox: cannot reset the compacted count (%s)", e.strerror)
         self._clean_stale_tmp()
         self._enforce_bounds()
         entry = _entry(path)
@@ -150,7 +162,10 @@ class Outbox:
         self._ensure()
         note = {"reason": reason, "at": datetime.now(UTC).isoformat(timespec="seconds")}
         target = self.quarantine_dir / entry.path.name
-        atomic_write(target.with_name(target.name + ".reason"), json.dumps(note).encode(), mode=0o600)
+        try:
+            atomic_write(target.with_name(target.name + ".reason"), json.dumps(note).encode(), mode=0o600)
+        except OSError as e:  # out of space: move the report all the same, without its reason
+            log.error("outbox: cannot record why %s was refused (%s): %s", entry.run_id, e.strerror, reason)
         try:
             entry.path.replace(target)
         except FileNotFoundError:
@@ -213,7 +228,10 @@ class Outbox:
             del entries[victim]
         if dropped:
             fsync_dir(self.directory)
-            self._write_counter(self.compacted_count() + dropped)
+            try:
+                self._write_counter(self.compacted_count() + dropped)
+            except OSError as e:
+                log.error("outbox: cannot record %d compacted report(s) (%s)", dropped, e.strerror)
             log.info("outbox compacted %d in-sync/paused report(s)", dropped)
 
     def _clean_stale_tmp(self) -> None:

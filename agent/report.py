@@ -107,6 +107,7 @@ class DriftItem:
     ansible_role: str | None = None
     task_path: str | None = None
     item: str | None = None
+    diff_truncated: bool = False  # diffs shortened or left out to keep the report under its size cap
 
 
 @dataclass(frozen=True)
@@ -182,9 +183,11 @@ class Report:
     splay_s: int | None = None
     pause: Pause | None = None
     compacted: int = 0
-    # Where this run knowingly differed from `ansible-playbook` run from the checkout, or what it could
-    # not do as asked (each names its entry in docs/ansible-semantics.md, e.g. [D-no-terminal]).
+    # Run-level notes, one line each: where this run knowingly differed from `ansible-playbook` run from
+    # the checkout (naming its entry in docs/ansible-semantics.md, e.g. [D-no-terminal]), what it could not
+    # do as asked, or what the agent had to work around (a quarantined state file, a trimmed report).
     warnings: tuple[str, ...] = ()
+    truncated: bool = False  # shortened to stay under the report size cap (warnings say what)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,6 +42,11 @@ PLUGIN_DIR = Path(__file__).parent / "ansible_plugins"
 NONINTERACTIVE = Path(__file__).parent / "noninteractive.py"
 GATHER_PLAYBOOK = gathering.PROLOGUE_PLAYBOOK  # written into each private dir when a play gathers facts
 MITOGEN_STRATEGY = "gitops_mitogen_linear"  # agent/ansible_plugins/strategy: mitogen_linear, Ansible's rules
+# ansible-runner drops a task's whole result (its changed flag and diffs) from the event when it is longer
+# than MAX_EVENT_RES characters (700000 by default): a loop over a few big templates is enough. The agent
+# raises the bound (the report is capped later, agent.report_size); past it, the gitops_agent callback still
+# notes that the task changed.
+MAX_EVENT_RES_CHARS = 64 * 1024 * 1024
 
 
 class RunMode(enum.StrEnum):
@@ -254,6 +259,122 @@ def kill_leftovers() -> int:
     return len(leftovers)
 
 
+# -- what an earlier, killed cycle left behind -----------------------------------------------------
+# A SIGKILL of the agent (or a power loss) skips every `finally` above: ansible-runner's private dir stays
+# under work/, and Ansible, which runs in sessions of its own, carries on without the agent and its lock.
+# Every process of a cycle carries MARKER_STATE_DIR/MARKER_RUN_ID in its environment (inherited through
+# fork/exec and setsid), so the next cycle finds those processes and kills them before it starts.
+
+MARKER_STATE_DIR = "GITOPS_AGENT_STATE_DIR"
+MARKER_RUN_ID = "GITOPS_AGENT_RUN_ID"
+
+
+def marker_env(state_dir: Path, run_id: str) -> dict[str, str]:
+    """The environment entries that mark a cycle's processes (Ansible's and Git's)."""
+    return {MARKER_STATE_DIR: str(state_dir.resolve()), MARKER_RUN_ID: run_id}
+
+
+def _environ(pid: int) -> dict[bytes, bytes]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.partition(b"=")[::2] for item in raw.split(b"\0") if item)
+
+
+def _process_command(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        text = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return text.strip()[:80] or "?"
+    return "?"
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie has finished: it only waits for its parent to collect it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def stale_processes(state_dir: Path) -> list[int]:
+    """Processes (and their descendants) marked as belonging to a cycle of `state_dir`. Call it under the
+    cycle lock: then no cycle of this state_dir is running, and every one of them is a leftover."""
+    wanted = str(state_dir.resolve()).encode()
+    me = os.getpid()
+    marked = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        pid = int(entry.name)
+        with contextlib.suppress(OSError):  # gone meanwhile, or another user's process
+            if pid != me and _environ(pid).get(MARKER_STATE_DIR.encode()) == wanted and _alive(pid):
+                marked.append(pid)
+    found = set(marked)
+    for pid in marked:  # e.g. a command under sudo (become), whose environment was reset
+        found.update(p for p in _descendants(pid) if p != me)
+    return sorted(found)
+
+
+def kill_stale(state_dir: Path, *, wait_s: float = 5.0) -> list[str]:
+    """SIGKILL what earlier cycles of `state_dir` left running; one line per process killed."""
+    pids = stale_processes(state_dir)
+    killed = []
+    for pid in pids:
+        name = _process_command(pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(f"pid {pid} ({name})")
+    deadline = time.monotonic() + wait_s
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if killed:
+        log.warning("killed %d process(es) an earlier cycle left running: %s", len(killed), "; ".join(killed))
+    return killed
+
+
+def ansible_environ(project_dir: Path, settings: RunnerSettings) -> dict[str, str]:
+    """The environment Ansible runs with: the agent's own less what the run removes, overlaid by what it
+    sets (agent.ansible_env)."""
+    run_env = _run_env(project_dir, settings, cfg=ansible_cfg.load(project_dir))
+    return {**{k: v for k, v in os.environ.items() if k not in run_env.unset}, **run_env.env}
+
+
+def clear_work_dir(work_dir: Path) -> int:
+    """Remove whatever a killed run left in work/ (ansible-runner private dirs: events, command lines;
+    Ansible's local temp files under work/tmp, with module arguments). Returns how many were removed."""
+    if not work_dir.is_dir():
+        return 0
+    leftovers = [e for e in work_dir.iterdir() if e.name != "tmp"]
+    if (work_dir / "tmp").is_dir():  # ANSIBLE_LOCAL_TEMP: empty after every run that finished
+        leftovers += list((work_dir / "tmp").iterdir())
+    for entry in leftovers:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    if leftovers:
+        log.warning("removed %d leftover(s) of an earlier run from %s", len(leftovers), work_dir)
+    return len(leftovers)
+
+
+def drop_bad_facts(fact_cache_dir: Path | None) -> list[str]:
+    """Delete cached facts that are not a JSON object (Ansible would fail the run on them); their names."""
+    if fact_cache_dir is None or not fact_cache_dir.is_dir():
+        return []
+    dropped = []
+    for path in fact_cache_dir.iterdir():
+        try:
+            ok = path.is_file() and isinstance(json.loads(path.read_bytes().decode("utf-8")), dict)
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            with contextlib.suppress(OSError):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                dropped.append(path.name)
+    if dropped:
+        log.warning("dropped unreadable cached facts: %s", ", ".join(dropped))
+    return dropped
+
+
 def mitogen_strategy_dir() -> Path | None:
     """The folder of mitogen's Ansible strategy plugins, or None when mitogen is not installed."""
     spec = importlib.util.find_spec("ansible_mitogen")
@@ -338,6 +459,15 @@ def _short_error(message: str) -> str:
     return cut.strip()[:200]
 
 
+def _no_output_file(private: Path) -> None:
+    """ansible-runner writes Ansible's whole output (--diff included) to artifacts/<id>/stdout unless its
+    setting suppress_output_file is on, and it reads its settings only from env/settings (a `settings=`
+    argument is dropped when that file is missing). Without the file nothing of a diff reaches the disk,
+    even when a SIGKILL skips the removal of the private dir."""
+    (private / "env").mkdir(mode=0o700)
+    (private / "env" / "settings").write_text(json.dumps({"suppress_output_file": True}), encoding="utf-8")
+
+
 def module_respawn_failed(raw_events: list[dict[str, Any]]) -> bool:
     """Did a task fail because its module could not respawn (re-execute under another interpreter)?"""
     for event in raw_events:
@@ -401,8 +531,10 @@ def _run(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
                        fact_cache=fact_cache)
     private = Path(tempfile.mkdtemp(prefix=f"{mode.value}-", dir=settings.work_dir))
     notes_file = private / "notes.jsonl"
-    env = {**run_env.env, "GITOPS_AGENT_NOTES_FILE": str(notes_file), "GITOPS_AGENT_HOST": plan.host}
+    env = {**run_env.env, "GITOPS_AGENT_NOTES_FILE": str(notes_file), "GITOPS_AGENT_HOST": plan.host,
+           "MAX_EVENT_RES": str(MAX_EVENT_RES_CHARS)}
     extra = {**settings.extra_vars, "ansible_connection": "local"}  # must win: see D-connection-local
+    _no_output_file(private)
     extra_file = private / "extravars.json"
     extra_file.write_text(json.dumps(extra), encoding="utf-8")
     extra_file.chmod(0o600)

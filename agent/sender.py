@@ -78,10 +78,11 @@ class FlushResult:
     quarantined: int = 0
     remaining: int = 0
     error: str | None = None
+    lost: tuple[str, ...] = ()  # run ids of reports that were in no outbox and could not be sent either
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.remaining == 0
+        return self.error is None and self.remaining == 0 and not self.lost
 
 
 def classify(status_code: int) -> Outcome:
@@ -248,6 +249,16 @@ class Sender:
                 return result
             log.info("collector delivery will retry in %.1fs: %s", delay, result.reason)
             self._sleep(delay)
+
+    def deliver_body(self, body: bytes, *, deadline_s: float | None = None) -> bool:
+        """Send one report that is in no outbox (it could not be written); True once the collector has
+        it (2xx). A refusal is logged: there is no outbox entry to quarantine."""
+        deadline = None if deadline_s is None else time.monotonic() + deadline_s
+        result = self._deliver(body, deadline)
+        if result.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE):
+            return True
+        log.error("a report that is in no outbox could not be delivered: %s", result.reason)
+        return False
 
     def flush(self, outbox: Outbox, *, deadline_s: float | None = None) -> FlushResult:
         """Deliver pending reports oldest first; stop at the first one that cannot be delivered now

@@ -1,7 +1,8 @@
 """Git: fetch the desired state, refuse rewinds, check a pinned commit out into its own directory.
 
 state_dir/repo is a bare cache fetched shallowly (deepened only when ancestry must be proven). Each
-commit is exported (git archive, no .git) into releases/<sha>; `current` is a symlink switched
+commit's tree is written as signed (agent.checkout: no .git, no tar, no .gitattributes) into
+releases/<sha>; `current` is a symlink switched
 atomically; the last few releases stay for rollback and for running while every source is down.
 """
 
@@ -12,18 +13,18 @@ import logging
 import os
 import re
 import shutil
-import tarfile
 import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from io import BytesIO
+from datetime import UTC, datetime
 from pathlib import Path
 
 import git
 
+from agent import checkout
 from agent.config import SourceConfig
 from agent.errors import RewindError, SourceError, SourceUnreachableError
-from agent.fsutil import atomic_symlink
+from agent.fsutil import atomic_symlink, describe_os_error
 from agent.gitauth import git_env, git_options
 from agent.redact import redact_text, redact_url
 from agent.report import Signature, parse_time
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 FETCHED = "refs/gitops/fetched"
 DEEPEN_STEPS = (50, 500)
+CAT_FILE_LIMITS = ("core.bigFileThreshold=1m", "core.packedGitWindowSize=16m", "core.packedGitLimit=64m")
 
 
 @dataclass(frozen=True)
@@ -74,32 +76,6 @@ def _pick_ref(listing: str, ref: str) -> str | None:
     return None
 
 
-def _check_member(member: tarfile.TarInfo) -> None:
-    """Refuse what could write outside the release folder: absolute or .. paths, links out, devices."""
-    path = Path(member.name)
-    if path.is_absolute() or ".." in path.parts:
-        raise SourceError(f"refusing path {member.name!r} in the commit")
-    if member.issym() or member.islnk():
-        target = Path(member.linkname)
-        resolved = target if member.islnk() else path.parent / target
-        if target.is_absolute() or ".." in Path(os.path.normpath(resolved)).parts:
-            raise SourceError(f"refusing link {member.name!r} -> {member.linkname!r} out of the commit")
-    elif not (member.isfile() or member.isdir()):
-        raise SourceError(f"refusing special file {member.name!r} in the commit")
-
-
-def _safe_extract(tar: tarfile.TarFile, target: Path) -> None:
-    """git archive output -> target. Python 3.11.4+ has the "data" filter; Debian 12's 3.11.2 does not,
-    so the same rules are checked by hand there."""
-    if hasattr(tarfile, "data_filter"):
-        tar.extractall(target, filter="data")
-        return
-    members = tar.getmembers()
-    for member in members:
-        _check_member(member)
-    tar.extractall(target, members=members)  # noqa: S202 (members checked above)
-
-
 class GitSource:
     def __init__(self, config: SourceConfig, state_dir: Path) -> None:
         self.config = config
@@ -108,7 +84,10 @@ class GitSource:
         self.current = state_dir / "current"
         self.gnupg_home = state_dir / "gnupg"  # agent-private keyring for source.verify: gpg
         self._git_env = git_env(config, os.environ)
-        self._git_options = git_options(config)
+        # Fetched objects stay in packs (never unpacked into loose objects): git maps a loose object whole
+        # to read it, but streams a packed one in bounded windows (CAT_FILE_LIMITS), and unpacking a big
+        # object was the slow half of a fetch.
+        self._git_options = [*git_options(config), "-c", "fetch.unpackLimit=1"]
 
     # -- public ------------------------------------------------------------------------------
 
@@ -244,21 +223,89 @@ class GitSource:
         return author, parse_time(when) if when else None, subject
 
     def _export(self, repo: git.Repo, commit: str) -> Path:
+        """releases/<commit>: the commit's tree exactly as signed (agent.checkout), written into a
+        temporary folder that is renamed into place when complete."""
         target = self.releases / commit
         if target.is_dir():
             os.utime(target)  # most recently used: pruned last
             return target  # never re-checkout an unchanged commit
-        self.releases.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{commit[:12]}-", dir=self.releases))
+        tmp: Path | None = None
         try:
-            data = repo.git.execute(["git", "archive", "--format=tar", commit], stdout_as_string=False)
-            with tarfile.open(fileobj=BytesIO(data)) as tar:
-                _safe_extract(tar, tmp)
+            self.releases.mkdir(parents=True, exist_ok=True)
+            raw = repo.git.execute(["git", "ls-tree", "-r", "-t", "-z", "--full-tree", commit],
+                                   stdout_as_string=False)
+            entries = checkout.parse_ls_tree(raw)
+            problem = checkout.submodule_error(entries, commit)
+            if problem is not None:
+                raise problem
+            # git's cat-file inflates a packed blob under core.bigFileThreshold (512 MiB) into memory and
+            # maps packs in windows of up to 1 GiB: bound both, so that its memory stays flat too.
+            repo.git.set_persistent_git_options(c=list(CAT_FILE_LIMITS))
+            links = checkout.read_link_targets(entries, lambda oid: self._blob(repo, oid))
+            checkout.validate(entries, links, commit)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{commit[:12]}-", dir=self.releases))
+            checkout.write_tree(tmp, entries, links, lambda oid: self._blob(repo, oid))
             tmp.rename(target)
-        except (git.GitError, tarfile.TarError, OSError) as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise SourceError(f"cannot check out {commit[:12]}: {e}") from e
+        except (SourceError, git.GitError, OSError) as e:
+            repo.git.clear_cache()  # a blob may be half read: no further requests to that cat-file
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, SourceError):
+                raise
+            why = _one_line(e) if isinstance(e, git.GitError) else describe_os_error(e)
+            raise SourceError(f"cannot check out {commit[:12]}: {why}") from e
         return target
+
+    @staticmethod
+    def _blob(repo: git.Repo, oid: str) -> Iterator[bytes]:
+        """A blob's content in pieces, streamed from git's persistent `cat-file --batch`."""
+        _, kind, size, stream = repo.git.stream_object_data(oid)
+        if kind not in ("blob", b"blob"):  # GitPython gives bytes here
+            stream.read(size)
+            raise SourceError(f"object {oid[:12]} is a {kind!r}, not a file")
+        left = size
+        while left > 0:
+            chunk = stream.read(min(checkout.CHUNK, left))
+            if not chunk:
+                raise SourceError(f"object {oid[:12]} ended early")
+            left -= len(chunk)
+            yield chunk
+
+    def mark(self, env: Mapping[str, str]) -> None:
+        """Extra environment for every git process of this source (the cycle's marker, agent.runner)."""
+        self._git_env = {**self._git_env, **env}
+
+    def clear_leftovers(self) -> list[str]:
+        """What a killed cycle's git left, cleared: lock files (git refuses to run while they exist:
+        "Unable to create '.../shallow.lock': File exists"), half-written release folders, and a cache git
+        cannot open at all (moved aside as repo.corrupt-<time>, then fetched anew). Only under the cycle
+        lock, after the earlier cycle's processes were killed. Returns what the report should say."""
+        notes: list[str] = []
+        if self.releases.is_dir():
+            for partial in self.releases.glob(".*"):
+                if partial.is_dir() and not partial.is_symlink():
+                    shutil.rmtree(partial, ignore_errors=True)
+                    log.warning("removed a half-written checkout: %s", partial)
+        if self.cache.exists():
+            try:
+                self._repo()
+            except SourceError as e:
+                kept = self.cache.with_name(f"repo.corrupt-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+                self.cache.replace(kept)
+                log.error("%s: moved aside as %s", e, kept.name)
+                return [f"{e}: moved aside as {kept.name}; the repository is fetched anew"]
+        removed = []
+        for folder, dirs, files in os.walk(self.cache):
+            dirs[:] = [d for d in dirs if d != "objects"]
+            for name in files:
+                if name.endswith(".lock"):
+                    path = Path(folder) / name
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                        removed.append(str(path.relative_to(self.cache)))
+        if removed:
+            log.warning("removed stale git lock file(s) in %s: %s", self.cache, ", ".join(sorted(removed)))
+        return notes
 
     def _checkout(self, repo: git.Repo, commit: str, url: str, last: str | None,
                   errors: tuple[str, ...], keep: tuple[str, ...], signature: Signature) -> Revision:

@@ -6,14 +6,20 @@ outside .git: inline ``!vault`` scalars in YAML files (inventory, group_vars, ho
 files), and whole files encrypted with ``ansible-vault encrypt`` (every value of a vaulted vars file; the
 whole text of any other vaulted file, such as a key that a copy task installs). The plaintexts live in
 memory for one cycle; nothing here writes them anywhere or logs them.
+
+The redactor can only hide what it can decrypt, so the vault password has one source: `vault_password_file`
+in agent.yaml, which both ansible-playbook (--vault-password-file) and this module read.
+`foreign_password_sources` finds every other place Ansible would take a vault password from (the
+ansible.cfg it would read, the environment), and the cycle refuses to run with any of them.
 """
 
 from __future__ import annotations
 
+import configparser
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +58,65 @@ def _other_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
 
 _Loader.add_constructor("!vault", _vault_scalar)
 _Loader.add_multi_constructor("!", _other_tag)
+
+
+# Ansible's settings that supply a vault password (ansible-core's config/base.yml): name, environment
+# variable, ansible.cfg key in [defaults]. ask_vault_pass counts only when true.
+PASSWORD_SETTINGS = (
+    ("vault_password_file", "ANSIBLE_VAULT_PASSWORD_FILE", "vault_password_file"),
+    ("vault_identity_list", "ANSIBLE_VAULT_IDENTITY_LIST", "vault_identity_list"),
+    ("ask_vault_pass", "ANSIBLE_ASK_VAULT_PASS", "ask_vault_pass"),
+)
+_FALSE = ("", "0", "false", "no", "off", "n", "f")
+
+
+def ansible_cfg(cwd: Path, environ: Mapping[str, str]) -> Path | None:
+    """The ansible.cfg Ansible reads when started in `cwd` with `environ` (its rule, config/manager.py
+    find_ini_config_file): $ANSIBLE_CONFIG (a folder means its ansible.cfg), ./ansible.cfg unless the folder
+    is world-writable, ~/.ansible.cfg, /etc/ansible/ansible.cfg; the first that exists."""
+    candidates = []
+    if "ANSIBLE_CONFIG" in environ:
+        named = Path(environ["ANSIBLE_CONFIG"]).expanduser()
+        candidates.append(named / "ansible.cfg" if named.is_dir() else named)
+    try:
+        if not cwd.stat().st_mode & 0o002:
+            candidates.append(cwd / "ansible.cfg")
+    except OSError:
+        pass
+    home = environ.get("HOME")
+    if home:
+        candidates.append(Path(home) / ".ansible.cfg")
+    candidates.append(Path("/etc/ansible/ansible.cfg"))
+    return next((c for c in candidates if c.is_file() and os.access(c, os.R_OK)), None)
+
+
+def _set(name: str, value: str) -> bool:
+    return value.strip().lower() not in _FALSE if name == "ask_vault_pass" else bool(value.strip())
+
+
+def foreign_password_sources(cwds: Sequence[Path], environ: Mapping[str, str]) -> list[str]:
+    """Every vault password source other than agent.yaml's vault_password_file that Ansible would use when
+    started in any of `cwds` with `environ`; one line each."""
+    found = [f"{env} is set in the agent's environment" for name, env, _ in PASSWORD_SETTINGS
+             if _set(name, environ.get(env, ""))]
+    for cfg in dict.fromkeys(c for c in (ansible_cfg(cwd, environ) for cwd in cwds) if c is not None):
+        parser = configparser.ConfigParser(inline_comment_prefixes=(";",), interpolation=None)
+        try:
+            parser.read(cfg, encoding="utf-8")
+        except (configparser.Error, UnicodeDecodeError):
+            continue  # Ansible refuses it too, with its own error
+        found += [f"{cfg} sets {key} in [defaults]" for name, _, key in PASSWORD_SETTINGS
+                  if _set(name, parser.get("defaults", key, fallback=""))]
+    return found
+
+
+def check_password_sources(cwds: Sequence[Path], environ: Mapping[str, str]) -> None:
+    """Refuse (PlanError, one line) a vault password that would reach Ansible but not the redactor."""
+    found = foreign_password_sources(cwds, environ)
+    if found:
+        raise PlanError("; ".join(found) + ": the agent takes the vault password only from "
+                        "vault_password_file in agent.yaml (it hands it to ansible-playbook, and reads the "
+                        "vault itself to keep its values out of reports); move the password file there")
 
 
 def redactor(checkout: Path, *, patterns: Sequence[str], password_file: Path | None) -> Redactor:

@@ -114,6 +114,17 @@ def test_run_page_shows_phases_diff_and_failures(client, reader, fleet):
     assert 'class="d-add"' in html and 'class="d-del"' in html and "backend-new" in html
 
 
+def test_run_page_shows_warnings_and_shortened_diffs(client, reader, send):
+    item = DriftItem(play="p", task="big file", role="web", module="copy", kind=DriftKind.CORRECTIVE,
+                     diffs=(Diff("/etc/big", "a", "b"),), diff_truncated=True)
+    report = make_report("web09", status=Status.DRIFTED, drift=(item,), truncated=True,
+                         warnings=("the report was 6000000 bytes, over its cap: each diff was cut",))
+    assert send(report).status_code == 201
+    html = client.get(f"/runs/{report.run_id}", headers=reader).text
+    assert "Warnings" in html and "over its cap: each diff was cut" in html
+    assert "diff shortened by the agent" in html
+
+
 def test_host_page_strip_and_commit(client, reader, fleet, send):
     html = client.get("/hosts/web02", headers=reader).text
     assert "<svg class=\"strip\"" in html and "Tune nginx workers" in html and "verified" in html
