@@ -17,8 +17,8 @@ from typing import Any
 
 from agent import config, daemon, delivery, preflight, render, textfile
 from agent import report as report_codec
-from agent.cli_common import EX_CONFIG, colour, journald, load
-from agent.errors import AgentError, ConfigError
+from agent.cli_common import EX_CONFIG, EX_IOERR, colour, journald, load
+from agent.errors import AgentError, ConfigError, StorageError
 from agent.fsutil import atomic_write
 from agent.report import Phase, Report, Status, Trigger, exit_code
 from agent.state import StateStore
@@ -130,7 +130,13 @@ def _run_exit_code(report: Report) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load(args)
-    preflight.check_state_dir(cfg.state_dir, write=True)  # without it not even an error can be reported
+    try:
+        preflight.check_state_dir(cfg.state_dir, write=True)
+        disk_full = False
+    except StorageError:
+        if not cfg.collector.url:
+            raise  # nowhere to put even an error report
+        disk_full = True  # the cycle stops at its first write; its error report is delivered from memory
     refusal = preflight.local_problem(cfg)
     pid = None if refusal else _daemon_pid(cfg.state_dir)
     if pid is not None:
@@ -155,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(render.summary(report, colour=colour()))
         if warnings:
             print(render.warning_lines(warnings, colour=colour()))
-    return _run_exit_code(report)
+    return EX_IOERR if disk_full else _run_exit_code(report)
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:

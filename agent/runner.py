@@ -353,12 +353,28 @@ def clear_work_dir(work_dir: Path) -> int:
     return len(leftovers)
 
 
-def drop_bad_facts(fact_cache_dir: Path | None) -> list[str]:
-    """Delete cached facts that are not a JSON object (Ansible would fail the run on them); their names."""
-    if fact_cache_dir is None or not fact_cache_dir.is_dir():
+def drop_bad_facts(fact_cache_root: Path | None) -> list[str]:
+    """Delete cached facts that are not a JSON object (Ansible would fail the run on them), and anything
+    else under `fact_cache_root` that is not a subset folder (agent.gathering.cache_dir: one folder per
+    gather_subset, one file per host). Returns the names dropped, as `subset/host` for a host's file."""
+    if fact_cache_root is None or not fact_cache_root.is_dir():
         return []
     dropped = []
-    for path in fact_cache_dir.iterdir():
+    for subset in fact_cache_root.iterdir():
+        if subset.is_dir() and not subset.is_symlink():
+            dropped += [f"{subset.name}/{name}" for name in _drop_bad_files(subset)]
+        else:
+            with contextlib.suppress(OSError):
+                subset.unlink()
+                dropped.append(subset.name)
+    if dropped:
+        log.warning("dropped unreadable cached facts: %s", ", ".join(dropped))
+    return dropped
+
+
+def _drop_bad_files(folder: Path) -> list[str]:
+    dropped = []
+    for path in folder.iterdir():
         try:
             ok = path.is_file() and isinstance(json.loads(path.read_bytes().decode("utf-8")), dict)
         except (OSError, ValueError):
@@ -370,8 +386,6 @@ def drop_bad_facts(fact_cache_dir: Path | None) -> list[str]:
                 else:
                     path.unlink()
                 dropped.append(path.name)
-    if dropped:
-        log.warning("dropped unreadable cached facts: %s", ", ".join(dropped))
     return dropped
 
 

@@ -83,7 +83,8 @@ def test_demo_shows_the_loop_then_serves_the_ui_until_sigterm(tmp_path: Path) ->
         assert "Sign in: open the URL and paste the reader token" in out
         assert out.count("\n{") == 0 and '"items"' not in out
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as ui:
-            signed_in = ui.post("/login", data={"token": token.group(1), "next": "/"})
+            signed_in = ui.post("/login", data={"token": token.group(1), "next": "/"},
+                                headers={"Origin": f"http://127.0.0.1:{port}"})  # as a browser sends
             assert signed_in.status_code == 303
             assert "web01.example.com" in ui.get("/").text
         assert collector_pids(workdir)
@@ -94,6 +95,8 @@ def test_demo_shows_the_loop_then_serves_the_ui_until_sigterm(tmp_path: Path) ->
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
     deadline = time.monotonic() + 10
     while collector_pids(workdir) and time.monotonic() < deadline:
         time.sleep(0.2)

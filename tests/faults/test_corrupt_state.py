@@ -138,13 +138,18 @@ def test_a_damaged_inventory_cache_entry_is_dropped(tmp_path: Path) -> None:
 
 def test_damaged_cached_facts_are_dropped(tmp_path: Path) -> None:
     facts = tmp_path / "facts"
-    facts.mkdir()
-    (facts / "good").write_text('{"ansible_hostname": "h"}')
-    (facts / "truncated").write_text('{"ansible_host')
-    (facts / "binary").write_bytes(b"\x00\xff")
-    (facts / "a-list").write_text("[]")
-    assert sorted(runner.drop_bad_facts(facts)) == ["a-list", "binary", "truncated"]
-    assert [p.name for p in facts.iterdir()] == ["good"]
+    subset = facts / "bea0e3ec4c32132c"  # agent.gathering.cache_dir: one folder per gather_subset
+    subset.mkdir(parents=True)
+    (subset / "good").write_text('{"ansible_hostname": "h"}')
+    (subset / "truncated").write_text('{"ansible_host')
+    (subset / "binary").write_bytes(b"\x00\xff")
+    (subset / "a-list").write_text("[]")
+    (facts / "none").mkdir()  # the folder of runs where no play gathers: empty is fine
+    (facts / "stray-file").write_text("{}")  # not the layout
+    assert sorted(runner.drop_bad_facts(facts)) == ["bea0e3ec4c32132c/a-list", "bea0e3ec4c32132c/binary",
+                                                    "bea0e3ec4c32132c/truncated", "stray-file"]
+    assert sorted(p.name for p in facts.iterdir()) == ["bea0e3ec4c32132c", "none"]
+    assert [p.name for p in subset.iterdir()] == ["good"]
 
 
 def test_what_a_killed_git_left_is_cleared(tmp_path: Path) -> None:

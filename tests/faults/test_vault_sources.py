@@ -42,7 +42,6 @@ SOURCES = {
                                     "ANSIBLE_VAULT_PASSWORD_FILE is set in the agent's environment"),
     "ANSIBLE_VAULT_IDENTITY_LIST": (None, {"ANSIBLE_VAULT_IDENTITY_LIST": "prod@{pw}"},
                                     "ANSIBLE_VAULT_IDENTITY_LIST is set"),
-    "ANSIBLE_CONFIG naming a file": (None, {"ANSIBLE_CONFIG": "{cfg}"}, "sets vault_password_file"),
 }
 
 
@@ -61,7 +60,7 @@ def test_a_vault_password_from_anywhere_else_is_refused_and_nothing_leaks(agent:
     repo = cheap_repo(tmp_path / "origin", TEMPLATE_TASK, files=files)
     a = agent(repo.path)
     result = a.run("run", "--json", env={k: v.format(pw=password_file, cfg=outside_cfg) for k, v in env.items()})
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 78 and "Traceback" not in result.stderr, result.stderr  # configuration: EX_CONFIG
     report = json.loads(result.stdout)
     assert (report["status"], report["phase_reached"]) == ("error", "plan")
     (error,) = report["errors"]
@@ -76,3 +75,24 @@ def test_ask_vault_pass_false_and_a_cfg_without_vault_settings_are_fine() -> Non
 
     assert vault.foreign_password_sources([Path("/nonexistent")], {"ANSIBLE_ASK_VAULT_PASS": "false",
                                                                    "HOME": "/nonexistent"}) == []
+
+
+def test_an_ansible_config_in_the_agents_environment_never_reaches_ansible(agent: Callable[..., Agent],
+                                                                          tmp_path: Path) -> None:
+    """ANSIBLE_CONFIG naming a file with a vault password: the agent drops its own ANSIBLE_* variables
+    (D-environment in docs/ansible-semantics.md), so Ansible never reads that file, decrypts nothing, and
+    the vaulted task fails; the plaintext reaches nothing."""
+    password_file = tmp_path / "vault-pass"
+    password_file.write_text("correct horse battery staple\n")
+    password_file.chmod(0o600)
+    outside_cfg = tmp_path / "elsewhere.cfg"
+    outside_cfg.write_text(f"[defaults]\nvault_password_file = {password_file}\n")
+    files = {"inventory/group_vars/app.yml": "api_token: !vault |\n" + vaulted(password_file)}
+    a = agent(cheap_repo(tmp_path / "origin", TEMPLATE_TASK, files=files).path)
+    result = a.run("run", "--json", env={"ANSIBLE_CONFIG": str(outside_cfg)})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    report = json.loads(result.stdout)
+    assert report["status"] == "failed" and "vault" in json.dumps(report).lower()
+    assert not (tmp_path / "root/secret.conf").exists()
+    leaked = [p for p in a.state_dir.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert leaked == [] and SECRET not in result.stdout + result.stderr
