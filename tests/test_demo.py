@@ -92,9 +92,11 @@ def test_demo_shows_the_loop_then_serves_the_ui_until_sigterm(tmp_path: Path) ->
         rest = proc.communicate(timeout=60)[0]
         assert "demo: stopping the collector" in rest
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None:  # the test failed before SIGTERM: leave no demo and no collector behind
             proc.kill()
             proc.wait()
+            for pid in collector_pids(workdir):
+                os.kill(pid, signal.SIGKILL)
         if proc.stdout is not None:
             proc.stdout.close()
     deadline = time.monotonic() + 10
