@@ -19,13 +19,16 @@ Compared fields (the names docs/ansible-semantics.md lists under "Compared field
     failure_text         each counted failure's reason (per loop item) must appear in the agent's report
     apply.verdict        after a real apply (cases with `apply: true`)
     apply.final_state    the files left under target_root by each apply
+    after_apply.<field>  the fields above, of a --check run right after each side's apply
 
-A task is named by its name; by its file:line and loop item too once the agent's report carries them
-(drift items with `task_path` / `item`), so twins are told apart wherever both sides can.
+A task is named by its name, and by its file:line and loop item (with the items of the looped includes it
+came from) where the report's drift items carry them (`task_path`, `item`), so twins are told apart.
+A failed task is named by its name and loop item (the report's failure messages name no file).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -39,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.inventory import parse_graph, roles_for
+from agent.report import DriftItem
 from tests.semantics.cases import Case
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,8 +55,17 @@ ROOT_MARK = "<target_root>"
 FIELDS = frozenset({"verdict", "changed_tasks", "unverifiable_tasks", "failed_tasks", "changed_paths",
                     "failure_text", "apply.verdict", "apply.final_state"})
 STATS_FIELD = re.compile(r"stats\.[a-z_]+")
+AFTER_APPLY = "after_apply."
+
+
+def known_field(name: str) -> bool:
+    """Whether the differential test compares a field of this name (what docs may list)."""
+    bare = name.removeprefix(AFTER_APPLY)
+    return (bare in FIELDS or bool(STATS_FIELD.fullmatch(bare))) and not (
+        name.startswith(AFTER_APPLY) and bare.startswith("apply."))
 CHANGED_KINDS = frozenset({"intentional", "corrective", "recurring"})
-_AGENT_FAILED = re.compile(r"task '(?P<task>.*?)' failed: (?P<message>.*)", re.DOTALL)
+_AGENT_FAILED = re.compile(r"task '(?P<task>.*?)(?: \[(?P<item>.*)\])?' failed: (?P<message>.*)", re.DOTALL)
+MAX_LABEL = 120  # loop labels are compared by their start: the agent bounds them
 
 
 @dataclass(frozen=True)
@@ -81,22 +94,23 @@ class Outcomes:
 
 @dataclass(frozen=True)
 class Identity:
-    """Which task fields name a task: the name always; file:line and item where the agent reports them."""
+    """Which task fields name a task: its name always; its file:line and loop item where the agent's
+    report has them."""
 
     path: bool = False
     item: bool = False
 
     @classmethod
-    def of_report(cls, report: Mapping[str, Any]) -> Identity:
-        items = [d for d in report.get("drift") or () if isinstance(d, Mapping)]
-        return cls(path=any("task_path" in d for d in items), item=any("item" in d for d in items))
+    def of_report(cls) -> Identity:
+        fields = {f.name for f in dataclasses.fields(DriftItem)}
+        return cls(path="task_path" in fields, item="item" in fields)
 
-    def name(self, task: str, path: str | None, item: str | None) -> str:
+    def name(self, task: str, path: str | None = None, item: str | None = None) -> str:
         parts = [task]
         if self.path and path:
             parts.append(_repo_relative(path))
-        if self.item and item is not None:
-            parts.append(f"item={item}")
+        if self.item and item:
+            parts.append(f"item={item[:MAX_LABEL]}")
         return " @ ".join(parts)
 
 
@@ -156,32 +170,52 @@ def _counted_failure(record: Mapping[str, Any]) -> bool:
 def _reasons(record: Mapping[str, Any], root: Path) -> list[str]:
     failed_items = [i for i in record["items"] if i["outcome"] in ("failed", "unreachable") and i["msg"]]
     texts = [i["msg"] for i in failed_items] or [record["msg"] or ""]
-    return [_rooted(t.strip().splitlines()[0], root) for t in texts if t.strip()]
+    return [_rooted(t.strip().splitlines()[0][:150], root) for t in texts if t.strip()]
+
+
+def _item(record: Mapping[str, Any], label: str | None = None) -> str | None:
+    return " / ".join([*record["includes"], *([label] if label is not None else [])]) or None
+
+
+def _named(record: Mapping[str, Any], identity: Identity, chosen: list[dict[str, Any]], *,
+           path: bool = True) -> list[str]:
+    """The task's identities: one per chosen loop item where the report names items, else the task's."""
+    where = record["path"] if path else None
+    if identity.item and record["items"]:
+        return [identity.name(record["task"], where, _item(record, i["item"])) for i in chosen]
+    return [identity.name(record["task"], where, _item(record))]
+
+
+def _looped(record: Mapping[str, Any], identity: Identity) -> bool:
+    return identity.item and bool(record["items"])
 
 
 def plain_outcomes(run: PlainRun, root: Path, identity: Identity) -> Outcomes:
     tasks = [r for r in run.records if r["record"] == "task"]
     stats = next((r for r in reversed(run.records) if r["record"] == "stats"), {})
     changed: list[str] = []
+    unverifiable: list[str] = []
     paths: list[str] = []
-    for task in (t for t in tasks if t["outcome"] == "changed" and not t["gather"]):
+    for task in (t for t in tasks if not t["gather"]):
+        # A loop's items are judged one by one (items may change even when another item fails).
+        looped = _looped(task, identity)
         items = [i for i in task["items"] if i["outcome"] == "changed"]
-        if identity.item and items:
-            changed.extend(identity.name(task["task"], task["path"], i["item"]) for i in items)
-        else:
-            changed.append(identity.name(task["task"], task["path"], None))
-        targets = [i["target"] for i in items] if task["items"] else [task["target"]]
-        paths.extend(_rooted(t, root) for t in targets if t)
+        if (bool(items) if looped else task["outcome"] == "changed"):
+            changed.extend(_named(task, identity, items))
+            targets = [i["target"] for i in items] if task["items"] else [task["target"]]
+            paths.extend(_rooted(t, root) for t in targets if t)
+        blind = [i for i in task["items"] if i["check_mode_skip"]]
+        if (bool(blind) if looped else task["check_mode_skip"]):
+            unverifiable.extend(_named(task, identity, blind))
     counted = [t for t in tasks if _counted_failure(t)]
+    failed = [name for t in counted for name in _named(
+        t, identity, [i for i in t["items"] if i["outcome"] in ("failed", "unreachable")], path=False)]
     renamed = {"failures": "failed"}
     return Outcomes(
         verdict="ok" if run.rc == 0 else "failed", detail=f"exit {run.rc}",
         stats={renamed.get(k, k): int(v) for k, v in stats.items() if k not in ("record", "host")},
-        changed_tasks=tuple(sorted(changed)),
-        unverifiable_tasks=tuple(sorted(identity.name(t["task"], t["path"], None)
-                                        for t in tasks if t["check_mode_skip"])),
-        failed_tasks=tuple(sorted(t["task"] for t in counted)),
-        changed_paths=tuple(sorted(paths)),
+        changed_tasks=tuple(sorted(changed)), unverifiable_tasks=tuple(sorted(unverifiable)),
+        failed_tasks=tuple(sorted(failed)), changed_paths=tuple(sorted(paths)),
         failure_reasons=tuple(reason for t in counted for reason in _reasons(t, root)),
     )
 
@@ -196,9 +230,11 @@ def agent_config(case: Case, *, origin: Path, state: Path, root: Path) -> dict[s
 
 
 def agent_text(report: Mapping[str, Any]) -> str:
+    """Everything the report says in words: errors, failed tasks, and the reasons of drift items."""
     apply = report.get("apply") or {}
     return "\n".join([*(str(e.get("message")) for e in report.get("errors") or ()),
-                      *(f"{t.get('task')}: {t.get('message')}" for t in apply.get("failed_tasks") or ())])
+                      *(f"{t.get('task')}: {t.get('message')}" for t in apply.get("failed_tasks") or ()),
+                      *(str(d["reason"]) for d in report.get("drift") or () if d.get("reason"))])
 
 
 def agent_outcomes(report: Mapping[str, Any], code: int, root: Path, identity: Identity) -> Outcomes:
@@ -208,8 +244,8 @@ def agent_outcomes(report: Mapping[str, Any], code: int, root: Path, identity: I
         return identity.name(str(item["task"]), item.get("task_path"), item.get("item"))
 
     changed = [d for d in drift if d.get("kind") in CHANGED_KINDS]
-    failed = [m["task"] for e in report.get("errors") or ()
-              if (m := _AGENT_FAILED.match(str(e.get("message") or ""))) and e.get("phase") == "check"]
+    failed = [identity.name(m["task"], None, m["item"]) for e in report.get("errors") or ()
+              if e.get("phase") == "check" and (m := _AGENT_FAILED.match(str(e.get("message") or "")))]
     paths = [_rooted(str(diff["path"]), root) for d in changed for diff in d.get("diffs") or ()
              if str(diff.get("path", "")).startswith("/")]
     status = str(report.get("status"))
@@ -233,21 +269,23 @@ def apply_verdict(report: Mapping[str, Any]) -> str:
 # -- comparing ------------------------------------------------------------------------------------
 
 
-def compare(plain: Outcomes, agent: Outcomes) -> list[Difference]:
+def compare(plain: Outcomes, agent: Outcomes, prefix: str = "") -> list[Difference]:
+    """The fields in which two runs' outcomes differ (`prefix`: e.g. "after_apply.")."""
     diffs: list[Difference] = []
     if plain.verdict != agent.verdict:
-        diffs.append(Difference("verdict", f"{plain.verdict} ({plain.detail})", f"{agent.verdict} ({agent.detail})"))
+        diffs.append(Difference(f"{prefix}verdict", f"{plain.verdict} ({plain.detail})",
+                                f"{agent.verdict} ({agent.detail})"))
     for key in sorted(set(plain.stats) & set(agent.stats)):
         if plain.stats[key] != agent.stats[key]:
-            diffs.append(Difference(f"stats.{key}", plain.stats[key], agent.stats[key]))
+            diffs.append(Difference(f"{prefix}stats.{key}", plain.stats[key], agent.stats[key]))
     for name in ("changed_tasks", "unverifiable_tasks", "failed_tasks", "changed_paths"):
         mine, theirs = getattr(plain, name), getattr(agent, name)
         if Counter(mine) != Counter(theirs):
-            diffs.append(Difference(name, list(mine), list(theirs)))
+            diffs.append(Difference(f"{prefix}{name}", list(mine), list(theirs)))
     text = "\n".join(agent.failure_reasons)
     missing = [reason for reason in plain.failure_reasons if reason not in text]
     if missing:
-        diffs.append(Difference("failure_text", f"reasons {missing}", f"report text {text!r}"))
+        diffs.append(Difference(f"{prefix}failure_text", f"reasons {missing}", f"report text {text!r}"))
     return diffs
 
 
@@ -286,14 +324,14 @@ class Deviation:
 
 
 def documented_deviations(text: str) -> dict[str, Deviation]:
-    """`## D-<id>: title` sections and the backquoted names on their `Compared fields:` line."""
+    """`## D-<id>[: title]` sections and the backquoted names on their `Compared fields` line."""
     found: dict[str, Deviation] = {}
     for section in re.split(r"^## ", text, flags=re.MULTILINE)[1:]:
         heading, _, body = section.partition("\n")
         ident, _, title = heading.partition(":")
         if not ident.startswith("D-"):
             continue
-        line = next((ln for ln in body.splitlines() if "Compared fields:" in ln), "")
+        line = next((ln for ln in body.splitlines() if "Compared fields" in ln), "")
         found[ident.strip()] = Deviation(ident.strip(), title.strip(), frozenset(re.findall(r"`([^`]+)`", line)))
     return found
 
@@ -313,6 +351,7 @@ def judge(case: Case, differences: Iterable[Difference], documented: Mapping[str
             problems.append(f"deviation not listed: {diff}")
     for ident in listed:
         if ident in documented and not documented[ident].fields & seen:
-            problems.append(f"case.yml lists {ident} ({documented[ident].title}), but the runs did not differ "
-                            f"in {sorted(documented[ident].fields)}: remove it, or the agent changed")
+            problems.append(f"case.yml lists {ident}, but the runs did not differ in "
+                            f"{sorted(documented[ident].fields) or 'any compared field'}: remove it, or the "
+                            "agent changed")
     return problems

@@ -25,8 +25,7 @@ from tests.semantics.cases import Case, all_cases, case_repo
 # Cases that differ today because of a kind of issue 13 that another branch fixes. The lead removes an
 # entry once that branch is merged (strict: a case that starts to pass fails until its entry goes).
 PENDING: dict[str, tuple[str, bool]] = {
-    "roles-path-from-cfg": ("issue 13 kind 5 (the repo's ansible.cfg roles_path loses to the agent's own), "
-                            "and kind 8 (a new template's drift path is the controller's temporary copy)", True),
+    "roles-path-from-cfg": ("issue 13 kind 5 (the repo's ansible.cfg roles_path loses to the agent's own)", True),
     "requirements-git-url": ("issue 13 kind 10 (a vendored collection named by its git URL is reported "
                              "'not vendored')", True),
     "vars-prompt": ("issue 13 kind 7 (vars_prompt waits out schedule.timeout instead of going on)", True),
@@ -54,10 +53,14 @@ def documented() -> dict[str, dt.Deviation]:
     return dt.documented_deviations(dt.SEMANTICS_DOC.read_text(encoding="utf-8"))
 
 
-def _agent(cli: Callable[..., CliResult], config: dict[str, Any], path: Path, home: Path,
-           *args: str) -> tuple[dict[str, Any], int]:
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    result = cli("run", "--json", "--config", str(path), *args, env={"HOME": str(home)})
+def _config(case: Case, origin: Path, state: Path, root: Path, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(dt.agent_config(case, origin=origin, state=state, root=root)),
+                    encoding="utf-8")
+    return path
+
+
+def _agent(cli: Callable[..., CliResult], config: Path, home: Path, *args: str) -> tuple[dict[str, Any], int]:
+    result = cli("run", "--json", "--config", str(config), *args, env={"HOME": str(home)})
     assert result.out.strip(), f"the agent printed no report (exit {result.code}): {result.err[-3000:]}"
     return result.report, result.code
 
@@ -74,29 +77,35 @@ def test_agent_behaves_like_ansible_playbook(case: Case, tmp_path: Path, cli: Ca
     roots = {name: tmp_path / name for name in ("plain-root", "agent-root", "plain-apply", "agent-apply")}
     for path in (home, *roots.values()):
         path.mkdir()
+    identity = dt.Identity.of_report()
 
-    plain = dt.plain_run(case, checkout, roots["plain-root"], check=True, home=home)
-    config = dt.agent_config(case, origin=origin.path, state=tmp_path / "state", root=roots["agent-root"])
-    report, code = _agent(cli, config, tmp_path / "agent.yaml", home, "--check")
-    identity = dt.Identity.of_report(report)
-    differences = dt.compare(dt.plain_outcomes(plain, roots["plain-root"], identity),
-                             dt.agent_outcomes(report, code, roots["agent-root"], identity))
+    def check(plain_root: Path, agent_root: Path, config: Path, prefix: str = "") -> list[dt.Difference]:
+        """A --check by both sides of what is under their roots now."""
+        plain = dt.plain_run(case, checkout, plain_root, check=True, home=home)
+        report, code = _agent(cli, config, home, "--check")
+        outputs.append(f"--- ansible-playbook --check --diff ({prefix or 'fresh'}, exit {plain.rc}), last lines:\n"
+                       + "\n".join(plain.output.splitlines()[-25:]))
+        return dt.compare(dt.plain_outcomes(plain, plain_root, identity),
+                          dt.agent_outcomes(report, code, agent_root, identity), prefix)
+
+    outputs: list[str] = []
+    config = _config(case, origin.path, tmp_path / "state", roots["agent-root"], tmp_path / "agent.yaml")
+    differences = check(roots["plain-root"], roots["agent-root"], config)
     if case.apply:
         applied = dt.plain_run(case, checkout, roots["plain-apply"], check=False, home=home)
-        config = dt.agent_config(case, origin=origin.path, state=tmp_path / "state-apply",
-                                 root=roots["agent-apply"])
-        enforced, _ = _agent(cli, config, tmp_path / "agent-apply.yaml", home)
+        config = _config(case, origin.path, tmp_path / "state-apply", roots["agent-apply"],
+                         tmp_path / "agent-apply.yaml")
+        enforced, _ = _agent(cli, config, home)
         if (applied.rc == 0) != (dt.apply_verdict(enforced) == "ok"):
             differences.append(dt.Difference("apply.verdict", f"exit {applied.rc}",
                                              f"{enforced['status']}: {dt.agent_text(enforced)}"))
         differences += dt.compare_trees(dt.tree(roots["plain-apply"]), dt.tree(roots["agent-apply"]))
+        differences += check(roots["plain-apply"], roots["agent-apply"], config, dt.AFTER_APPLY)
 
     problems = dt.judge(case, differences, documented)
     if problems:
         pytest.fail(f"case {case.name} ({case.description}): the agent deviates from ansible-playbook\n  - "
-                    + "\n  - ".join(problems)
-                    + f"\n--- ansible-playbook --check --diff (exit {plain.rc}), last lines:\n"
-                    + "\n".join(plain.output.splitlines()[-25:]), pytrace=False)
+                    + "\n  - ".join(problems) + "\n" + "\n".join(outputs), pytrace=False)
 
 
 # -- the judging rules, without Ansible -----------------------------------------------------------
@@ -123,7 +132,7 @@ def test_documented_deviations_name_their_fields() -> None:
 def test_the_semantics_page_and_every_case_agree(documented: dict[str, dt.Deviation]) -> None:
     assert documented, "docs/ansible-semantics.md documents no D- section"
     for deviation in documented.values():
-        unknown = {f for f in deviation.fields if f not in dt.FIELDS and not dt.STATS_FIELD.fullmatch(f)}
+        unknown = {f for f in deviation.fields if not dt.known_field(f)}
         assert not unknown, f"{deviation.id} names fields the differential test does not compare: {unknown}"
     for case in all_cases():
         for ident in case.deviations:

@@ -6,7 +6,8 @@ stay as they are) and writing to $TASK_OUTCOMES_FILE. One line per record:
     {"record": "task", "outcome": "ok|changed|failed|skipped|unreachable", "task": NAME (else action),
      "path": "FILE:LINE", "role": ROLE|null, "action": ACTION, "gather": bool, "ignored": bool,
      "rescued": bool, "check_mode_skip": bool, "msg": TEXT|null, "target": PATH|null,
-     "items": [{"item": LABEL, "outcome": ..., "msg": ..., "target": ...}]}
+     "includes": [LABEL of each looped include around the task, outermost first],
+     "items": [{"item": LABEL, "outcome": ..., "check_mode_skip": bool, "msg": ..., "target": ...}]}
     {"record": "no_hosts_matched", "play": NAME}
     {"record": "stats", "host": HOST, "ok": N, "changed": N, "failures": N, "skipped": N,
      "unreachable": N, "rescued": N, "ignored": N}
@@ -50,6 +51,26 @@ def _target(res: dict[str, Any]) -> str | None:
     return None
 
 
+def _label(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+
+def _item(res: dict[str, Any]) -> str:
+    return _label(res.get("_ansible_item_label", res.get(str(res.get("ansible_loop_var") or "item"))))
+
+
+def _includes(task: Any) -> list[str]:
+    """The loop items of the looped `include_tasks` a task came from: each iteration of an include is a
+    copy of it holding its item among its vars."""
+    labels, node = [], getattr(task, "_parent", None)
+    while node is not None:
+        found = getattr(node, "vars", None)
+        if isinstance(found, dict) and "ansible_loop_var" in found:
+            labels.append(_label(found.get("_ansible_item_label", found.get(str(found["ansible_loop_var"])))))
+        node = getattr(node, "_parent", None)
+    return labels[::-1]
+
+
 def _outcome(res: dict[str, Any], default: str) -> str:
     if res.get("unreachable"):
         return "unreachable"
@@ -89,8 +110,8 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]
 
     def _task(self, result: Any, outcome: str) -> None:
         task, res = result._task, dict(result._result)
-        items = [{"item": str(r.get("_ansible_item_label", r.get("item"))), "outcome": _outcome(r, "ok"),
-                  "msg": _message(r), "target": _target(r)}
+        items = [{"item": _item(r), "outcome": _outcome(r, "ok"), "msg": _message(r), "target": _target(r),
+                  "check_mode_skip": bool(r.get("skipped")) and "check mode" in (_message(r) or "")}
                  for r in res.get("results") or () if isinstance(r, dict)]
         role = getattr(task, "_role", None)
         msg = _message(res)
@@ -100,7 +121,7 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]
             "gather": task.action in GATHER_ACTIONS, "ignored": bool(task.ignore_errors),
             "rescued": outcome == "failed" and _rescued(task),
             "check_mode_skip": outcome == "skipped" and "check mode" in (msg or ""),
-            "msg": msg, "target": _target(res), "items": items,
+            "msg": msg, "target": _target(res), "includes": _includes(task), "items": items,
         })
 
     def v2_runner_on_ok(self, result: Any) -> None:
