@@ -7,8 +7,9 @@ a fresh isolated Debian 12 host booted under systemd, run by the agent's .deb un
   `become: true`.
 - real2, role `hardening`: sshd settings (a loop of lineinfile with validate, a reload handler), kernel
   network settings with `ansible.posix.sysctl` (the collection vendored under collections/ from the
-  `ansible` package, licence included), password ageing in /etc/login.defs, `check_mode: false` fact
-  commands, and a block whose rescue supplies a default when the host has no site-specific sshd lines.
+  `ansible` package, licence included; set live only where /proc/sys is writable, which it is not under
+  systemd-nspawn), password ageing in /etc/login.defs, `check_mode: false` fact commands, and a block
+  whose rescue supplies a default when the host has no site-specific sshd lines (as here).
 
 Each host must: converge from fresh; report a hand edit of a managed file as corrective drift in detect
 mode and leave it; correct it in enforce mode; and then be in sync. The steps run in order, per host,
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -60,13 +62,8 @@ EDITS = {
 # Steps that fail on main because of a kind of issue 13 that another branch fixes; the lead removes an
 # entry once it is merged (strict: a step that starts to pass fails until its entry goes).
 BECOME = "issue 13 kind 6: under mitogen `become: true` fails with no sudo on the host (linear skips it)"
-RESCUE = "issue 13 kind 2: the rescued block counts as a failed task, so every run ends failed"
 PENDING: dict[tuple[str, str], str] = {
-    ("converges", "real1"): BECOME, ("converges", "real2"): f"{BECOME}; {RESCUE}",
-    ("detect", "real1"): BECOME, ("detect", "real2"): f"{BECOME}; {RESCUE}",
-    ("enforce", "real1"): BECOME, ("enforce", "real2"): f"{BECOME}; {RESCUE}",
-    ("in_sync", "real1"): BECOME, ("in_sync", "real2"): f"{BECOME}; {RESCUE}",
-}
+    (step, host): BECOME for step in ("converges", "detect", "enforce", "in_sync") for host in ("real1", "real2")}
 
 
 def hosts(step: str) -> list[Any]:
@@ -156,8 +153,8 @@ def assert_converged_state(member: Member) -> None:
         sshd = host.file("/etc/ssh/sshd_config").content_string
         assert "PasswordAuthentication no\n" in sshd and "Banner /etc/issue.net\n" in sshd
         assert "authorised use only" in host.file("/etc/issue.net").content_string
+        # /proc/sys is read-only under systemd-nspawn: the role writes the file and does not set them now.
         assert "net.ipv4.conf.all.accept_redirects=0" in host.file("/etc/sysctl.d/60-hardening.conf").content_string
-        assert host.run("sysctl -n net.ipv4.conf.all.accept_redirects").stdout.strip() == "0"
         assert "PASS_MAX_DAYS\t180\n" in host.file("/etc/login.defs").content_string
         assert host.service("ssh").is_running
 
@@ -179,9 +176,12 @@ class Steps:
             for member in self.members.values():
                 if before is not None:
                     before(member)
+            started = time.monotonic()
             with ThreadPoolExecutor(max_workers=len(self.members)) as pool:
                 self.runs[step] = dict(zip(self.members, pool.map(Member.agent, self.members.values()),
                                            strict=True))
+            took = {name: run.report["durations_s"].get("total") for name, run in self.runs[step].items()}
+            print(f"\nreal-world step {step}: {time.monotonic() - started:.0f}s for both hosts, agent totals {took}")
         return self.runs[step]
 
 

@@ -10,8 +10,7 @@ this virtualenv's, which Ansible's interpreter discovery then picks.
 
 Compared fields (the names docs/ansible-semantics.md lists under "Compared fields"):
     verdict              ok | failed: ansible-playbook's exit code against the agent's status
-    stats.<key>          the recap (ok, changed, failed, skipped, unreachable, and rescued/ignored once
-                         the report has them)
+    stats.<key>          the recap: ok, changed, failed, skipped, unreachable, rescued, ignored
     changed_tasks        tasks that changed (check: would change); agent: drift that is not unverifiable
     unverifiable_tasks   tasks check mode skipped; agent: unverifiable drift
     failed_tasks         failures that count (not ignored, not rescued)
@@ -21,14 +20,13 @@ Compared fields (the names docs/ansible-semantics.md lists under "Compared field
     apply.final_state    the files left under target_root by each apply
     after_apply.<field>  the fields above, of a --check run right after each side's apply
 
-A task is named by its name, and by its file:line and loop item (with the items of the looped includes it
-came from) where the report's drift items carry them (`task_path`, `item`), so twins are told apart.
-A failed task is named by its name and loop item (the report's failure messages name no file).
+A task is named as the report's drift items name it: its name, file:line (`task_path`) and loop item
+(`item`, with the items of the looped includes it came from first), so twins are told apart. A failed
+task is named by its name and loop item (the report's failure messages name no file).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -42,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 from agent.inventory import parse_graph, roles_for
-from agent.report import DriftItem
 from tests.semantics.cases import Case
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +53,9 @@ FIELDS = frozenset({"verdict", "changed_tasks", "unverifiable_tasks", "failed_ta
                     "failure_text", "apply.verdict", "apply.final_state"})
 STATS_FIELD = re.compile(r"stats\.[a-z_]+")
 AFTER_APPLY = "after_apply."
+CHANGED_KINDS = frozenset({"intentional", "corrective", "recurring"})
+_AGENT_FAILED = re.compile(r"task '(?P<task>.*?)(?: \[(?P<item>.*)\])?' failed: (?P<message>.*)", re.DOTALL)
+MAX_LABEL = 120  # loop labels are compared by their start: the agent bounds them
 
 
 def known_field(name: str) -> bool:
@@ -63,9 +63,6 @@ def known_field(name: str) -> bool:
     bare = name.removeprefix(AFTER_APPLY)
     return (bare in FIELDS or bool(STATS_FIELD.fullmatch(bare))) and not (
         name.startswith(AFTER_APPLY) and bare.startswith("apply."))
-CHANGED_KINDS = frozenset({"intentional", "corrective", "recurring"})
-_AGENT_FAILED = re.compile(r"task '(?P<task>.*?)(?: \[(?P<item>.*)\])?' failed: (?P<message>.*)", re.DOTALL)
-MAX_LABEL = 120  # loop labels are compared by their start: the agent bounds them
 
 
 @dataclass(frozen=True)
@@ -92,26 +89,10 @@ class Outcomes:
     failure_reasons: tuple[str, ...] = ()  # plain: each counted failure's reason; agent: its report text
 
 
-@dataclass(frozen=True)
-class Identity:
-    """Which task fields name a task: its name always; its file:line and loop item where the agent's
-    report has them."""
-
-    path: bool = False
-    item: bool = False
-
-    @classmethod
-    def of_report(cls) -> Identity:
-        fields = {f.name for f in dataclasses.fields(DriftItem)}
-        return cls(path="task_path" in fields, item="item" in fields)
-
-    def name(self, task: str, path: str | None = None, item: str | None = None) -> str:
-        parts = [task]
-        if self.path and path:
-            parts.append(_repo_relative(path))
-        if self.item and item:
-            parts.append(f"item={item[:MAX_LABEL]}")
-        return " @ ".join(parts)
+def task_id(task: str, path: str | None = None, item: str | None = None) -> str:
+    """A task as both sides can name it: name @ file:line (relative to the repo) @ item=loop item."""
+    parts = [task, *([_repo_relative(path)] if path else []), *([f"item={item[:MAX_LABEL]}"] if item else [])]
+    return " @ ".join(parts)
 
 
 def _repo_relative(path: str) -> str:
@@ -177,20 +158,15 @@ def _item(record: Mapping[str, Any], label: str | None = None) -> str | None:
     return " / ".join([*record["includes"], *([label] if label is not None else [])]) or None
 
 
-def _named(record: Mapping[str, Any], identity: Identity, chosen: list[dict[str, Any]], *,
-           path: bool = True) -> list[str]:
-    """The task's identities: one per chosen loop item where the report names items, else the task's."""
+def _named(record: Mapping[str, Any], chosen: list[dict[str, Any]], *, path: bool = True) -> list[str]:
+    """The task's identities: one per chosen loop item if it looped, else the task's."""
     where = record["path"] if path else None
-    if identity.item and record["items"]:
-        return [identity.name(record["task"], where, _item(record, i["item"])) for i in chosen]
-    return [identity.name(record["task"], where, _item(record))]
+    if record["items"]:
+        return [task_id(record["task"], where, _item(record, i["item"])) for i in chosen]
+    return [task_id(record["task"], where, _item(record))]
 
 
-def _looped(record: Mapping[str, Any], identity: Identity) -> bool:
-    return identity.item and bool(record["items"])
-
-
-def plain_outcomes(run: PlainRun, root: Path, identity: Identity) -> Outcomes:
+def plain_outcomes(run: PlainRun, root: Path) -> Outcomes:
     tasks = [r for r in run.records if r["record"] == "task"]
     stats = next((r for r in reversed(run.records) if r["record"] == "stats"), {})
     changed: list[str] = []
@@ -198,18 +174,18 @@ def plain_outcomes(run: PlainRun, root: Path, identity: Identity) -> Outcomes:
     paths: list[str] = []
     for task in (t for t in tasks if not t["gather"]):
         # A loop's items are judged one by one (items may change even when another item fails).
-        looped = _looped(task, identity)
+        looped = bool(task["items"])
         items = [i for i in task["items"] if i["outcome"] == "changed"]
         if (bool(items) if looped else task["outcome"] == "changed"):
-            changed.extend(_named(task, identity, items))
+            changed.extend(_named(task, items))
             targets = [i["target"] for i in items] if task["items"] else [task["target"]]
             paths.extend(_rooted(t, root) for t in targets if t)
         blind = [i for i in task["items"] if i["check_mode_skip"]]
         if (bool(blind) if looped else task["check_mode_skip"]):
-            unverifiable.extend(_named(task, identity, blind))
+            unverifiable.extend(_named(task, blind))
     counted = [t for t in tasks if _counted_failure(t)]
     failed = [name for t in counted for name in _named(
-        t, identity, [i for i in t["items"] if i["outcome"] in ("failed", "unreachable")], path=False)]
+        t, [i for i in t["items"] if i["outcome"] in ("failed", "unreachable")], path=False)]
     renamed = {"failures": "failed"}
     return Outcomes(
         verdict="ok" if run.rc == 0 else "failed", detail=f"exit {run.rc}",
@@ -237,14 +213,14 @@ def agent_text(report: Mapping[str, Any]) -> str:
                       *(str(d["reason"]) for d in report.get("drift") or () if d.get("reason"))])
 
 
-def agent_outcomes(report: Mapping[str, Any], code: int, root: Path, identity: Identity) -> Outcomes:
+def agent_outcomes(report: Mapping[str, Any], code: int, root: Path) -> Outcomes:
     drift = [d for d in report.get("drift") or () if isinstance(d, Mapping)]
 
     def name(item: Mapping[str, Any]) -> str:
-        return identity.name(str(item["task"]), item.get("task_path"), item.get("item"))
+        return task_id(str(item["task"]), item.get("task_path"), item.get("item"))
 
     changed = [d for d in drift if d.get("kind") in CHANGED_KINDS]
-    failed = [identity.name(m["task"], None, m["item"]) for e in report.get("errors") or ()
+    failed = [task_id(m["task"], None, m["item"]) for e in report.get("errors") or ()
               if e.get("phase") == "check" and (m := _AGENT_FAILED.match(str(e.get("message") or "")))]
     paths = [_rooted(str(diff["path"]), root) for d in changed for diff in d.get("diffs") or ()
              if str(diff.get("path", "")).startswith("/")]

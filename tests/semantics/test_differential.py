@@ -1,10 +1,12 @@
 """Differential test: every case under tests/semantics/cases/, run by `ansible-playbook --check --diff` from a
 checkout and by `gitops-agent run --check --json`, must have the same task outcomes; cases with
-`apply: true` are also applied by both and must leave the same files. A difference fails unless the case
-lists a deviation (case.yml `deviations`) that docs/ansible-semantics.md documents for that field.
+`apply: true` are also applied by both, must leave the same files, and are checked again by both. A
+difference fails unless the case lists a deviation (case.yml `deviations`) that docs/ansible-semantics.md
+documents for that field.
 
-Cost: two Ansible runs per case (plus four with `apply: true`); cases marked `heavy` run only under
-`make test-heavy`. tests/semantics/differential.py has the runs and the comparison.
+Cost: two Ansible runs per case, six more with `apply: true` (a plain apply, the agent's check, apply
+and recheck, and one more check each); cases marked `heavy` run only under `make test-heavy`.
+tests/semantics/differential.py has the runs and the comparison.
 """
 
 from __future__ import annotations
@@ -77,7 +79,6 @@ def test_agent_behaves_like_ansible_playbook(case: Case, tmp_path: Path, cli: Ca
     roots = {name: tmp_path / name for name in ("plain-root", "agent-root", "plain-apply", "agent-apply")}
     for path in (home, *roots.values()):
         path.mkdir()
-    identity = dt.Identity.of_report()
 
     def check(plain_root: Path, agent_root: Path, config: Path, prefix: str = "") -> list[dt.Difference]:
         """A --check by both sides of what is under their roots now."""
@@ -85,8 +86,8 @@ def test_agent_behaves_like_ansible_playbook(case: Case, tmp_path: Path, cli: Ca
         report, code = _agent(cli, config, home, "--check")
         outputs.append(f"--- ansible-playbook --check --diff ({prefix or 'fresh'}, exit {plain.rc}), last lines:\n"
                        + "\n".join(plain.output.splitlines()[-25:]))
-        return dt.compare(dt.plain_outcomes(plain, plain_root, identity),
-                          dt.agent_outcomes(report, code, agent_root, identity), prefix)
+        return dt.compare(dt.plain_outcomes(plain, plain_root), dt.agent_outcomes(report, code, agent_root),
+                          prefix)
 
     outputs: list[str] = []
     config = _config(case, origin.path, tmp_path / "state", roots["agent-root"], tmp_path / "agent.yaml")
