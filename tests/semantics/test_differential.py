@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +81,17 @@ def test_agent_behaves_like_ansible_playbook(case: Case, tmp_path: Path, cli: Ca
     for path in (home, *roots.values()):
         path.mkdir()
 
+    def both(plain: Callable[[], dt.PlainRun], agent: Callable[[], tuple[dict[str, Any], int]],
+             ) -> tuple[dt.PlainRun, tuple[dict[str, Any], int]]:
+        """The plain run and the agent's at once: they share nothing but the case's origin repo."""
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            agent_run = pool.submit(agent)
+            return plain(), agent_run.result()
+
     def check(plain_root: Path, agent_root: Path, config: Path, prefix: str = "") -> list[dt.Difference]:
         """A --check by both sides of what is under their roots now."""
-        plain = dt.plain_run(case, checkout, plain_root, check=True, home=home)
-        report, code = _agent(cli, config, home, "--check")
+        plain, (report, code) = both(lambda: dt.plain_run(case, checkout, plain_root, check=True, home=home),
+                                     lambda: _agent(cli, config, home, "--check"))
         outputs.append(f"--- ansible-playbook --check --diff ({prefix or 'fresh'}, exit {plain.rc}), last lines:\n"
                        + "\n".join(plain.output.splitlines()[-25:]))
         return dt.compare(dt.plain_outcomes(plain, plain_root), dt.agent_outcomes(report, code, agent_root),
@@ -93,10 +101,11 @@ def test_agent_behaves_like_ansible_playbook(case: Case, tmp_path: Path, cli: Ca
     config = _config(case, origin.path, tmp_path / "state", roots["agent-root"], tmp_path / "agent.yaml")
     differences = check(roots["plain-root"], roots["agent-root"], config)
     if case.apply:
-        applied = dt.plain_run(case, checkout, roots["plain-apply"], check=False, home=home)
         config = _config(case, origin.path, tmp_path / "state-apply", roots["agent-apply"],
                          tmp_path / "agent-apply.yaml")
-        enforced, _ = _agent(cli, config, home)
+        applied, (enforced, _) = both(
+            lambda: dt.plain_run(case, checkout, roots["plain-apply"], check=False, home=home),
+            lambda: _agent(cli, config, home))
         if (applied.rc == 0) != (dt.apply_verdict(enforced) == "ok"):
             differences.append(dt.Difference("apply.verdict", f"exit {applied.rc}",
                                              f"{enforced['status']}: {dt.agent_text(enforced)}"))
