@@ -11,7 +11,6 @@ tests/semantics/differential.py has the runs and the comparison.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
