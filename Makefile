@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint unit test-faults test-fleet packages test-packages clean
+.PHONY: venv demo test lint unit test-faults test-heavy test-fleet packages test-packages clean
 
 venv: $(VENV)/.installed
 
@@ -24,7 +24,7 @@ lint: venv
 test: venv
 	bash .ci/system-deps
 	$(MAKE) lint
-	. .ci/test-env && $(BIN)/pytest -m "not fleet" $(PYTEST_ARGS)
+	. .ci/test-env && $(BIN)/pytest -m "not fleet and not heavy" $(PYTEST_ARGS)
 
 unit: venv
 	$(BIN)/pytest -m "not ansible and not fleet" $(PYTEST_ARGS)
@@ -32,6 +32,11 @@ unit: venv
 # The agent under faults (part of `make test`): kills, corrupt state, full disk (root), hostile trees
 test-faults: venv
 	$(BIN)/pytest tests/faults $(PYTEST_ARGS)
+
+# The differential cases marked heavy (tests/semantics/cases/*/case.yml `heavy: true`): minutes of Ansible.
+# pytest's exit 5 means no case is marked heavy, which is fine.
+test-heavy: venv
+	$(BIN)/pytest -m heavy tests/semantics $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # .deb and .rpm of gitops-agent and gitops-collector into dist/ (root: builds in a chroot; docs/packaging.md).
 # Rebuilt only when a tracked file they are made from changed (`rm dist/.built` forces it).

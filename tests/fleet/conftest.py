@@ -33,7 +33,9 @@ from tests.live_collector import CollectorProcess, collector_cli, free_port, tok
 BRIDGE = ("gafleet0", "10.213.9.1/24")
 HOSTS = {"fleet1": "web", "fleet2": "web", "fleet3": "app", "fleet4": "app"}
 SYSTEMD_HOST = "fleet4"
-ROLE_PACKAGES = ["hello"]  # what the example app role installs, as a site's mirror would carry it
+# What the roles install, as a site's mirror would carry it: `hello` for the example app role, memcached
+# (and the library a minimal system lacks for it) for the real-world tier's memcached role.
+ROLE_PACKAGES = ["hello", "memcached", "libevent-2.1-7"]
 
 
 def fleet_inventory() -> str:
@@ -147,5 +149,5 @@ def fleet(fleet_root: None, dist: Path, image_root: Path, signing_key: aptrepo.S
             members[name] = member
         members[SYSTEMD_HOST].machine.wait_booted(120)  # type: ignore[union-attr]
         print(f"\nfleet of {len(members)} hosts up in {time.monotonic() - started:.1f}s")
-        yield Fleet(members, config_repo, git_server, collector, reader)
+        yield Fleet(members, config_repo, git_server, collector, reader, layer=layer, bridge=bridge)
         stack.callback(image.remove_tree, tmp / SYSTEMD_HOST / "nspawn")

@@ -111,6 +111,8 @@ class Fleet:
     collector: CollectorProcess
     reader_token: str
     ledger: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    layer: Path | None = None  # the overlay layer with the agent installed (for hosts added by a test)
+    bridge: netns.Bridge | None = None
 
     def with_group(self, group: str) -> list[Member]:
         return [m for m in self.members.values() if group in m.groups]

@@ -9,7 +9,11 @@ A case is a folder `tests/semantics/cases/<name>/`:
                 deviations (ids of entries in docs/ansible-semantics.md where the agent is expected to
                 differ from `ansible-playbook --check --diff`; default none),
                 differential (false when a plain ansible-playbook run cannot be compared, with a reason in
-                `differential_why`; default true)
+                `differential_why`; default true),
+                apply (true: the differential test also applies with both and compares the files left under
+                target_root; two to four more Ansible runs; default false),
+                heavy (true: the case costs more than a few seconds of Ansible, so its differential test runs
+                only with the `heavy` marker, `make test-heavy`; default false)
     repo/       the config repo exactly as committed: playbooks/, inventory/, and optionally ansible.cfg,
                 roles/, collections/, requirements.yml. Every managed path is under "{{ target_root }}",
                 and plays run against the local host (the runs pass ansible_connection=local).
@@ -42,6 +46,8 @@ class Case:
     deviations: tuple[str, ...] = ()
     differential: bool = True
     differential_why: str = ""
+    apply: bool = False
+    heavy: bool = False
 
     @property
     def repo(self) -> Path:
@@ -55,7 +61,8 @@ def load(name: str) -> Case:
                 host=str(data.get("host", "testhost")), playbooks=tuple(data.get("playbooks") or ()),
                 deviations=tuple(data.get("deviations") or ()),
                 differential=bool(data.get("differential", True)),
-                differential_why=str(data.get("differential_why", "")))
+                differential_why=str(data.get("differential_why", "")),
+                apply=bool(data.get("apply", False)), heavy=bool(data.get("heavy", False)))
 
 
 def all_cases() -> list[Case]:
