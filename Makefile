@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# make test runs test files on this many pytest-xdist workers (each file on one worker, in order)
+TEST_WORKERS ?= 2
 
 .PHONY: venv demo test lint unit test-faults test-heavy test-fleet packages test-packages clean
 
@@ -24,7 +26,7 @@ lint: venv
 test: venv
 	bash .ci/system-deps
 	$(MAKE) lint
-	. .ci/test-env && $(BIN)/pytest -m "not fleet and not heavy" $(PYTEST_ARGS)
+	. .ci/test-env && $(BIN)/pytest -m "not fleet and not heavy" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 unit: venv
 	$(BIN)/pytest -m "not ansible and not fleet" $(PYTEST_ARGS)
