@@ -27,7 +27,7 @@ from agent.collector.queries import HostFilter, Listing, Page
 from agent.collector.report_times import CLOCK_AHEAD_WARN_S, seconds_ahead
 
 if TYPE_CHECKING:
-    from agent.collector.app import Collector
+    from agent.collector.context import Collector
 
 MAX_LIMIT = 1000
 log = logging.getLogger(__name__)

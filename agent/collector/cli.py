@@ -27,8 +27,9 @@ from starlette.applications import Starlette
 from agent import __version__
 from agent.collector import db, fleet_cli, store, tokens
 from agent.collector.alerts import Grouping, Webhook, mask_url, parse_webhook
-from agent.collector.app import DEFAULT_MAX_BODY_BYTES, Collector, CollectorSettings, create_app, utc_now
+from agent.collector.app import create_app
 from agent.collector.auth import ProxyAuth
+from agent.collector.context import DEFAULT_MAX_BODY_BYTES, Collector, CollectorSettings, utc_now
 from agent.collector.errors import CollectorError
 from agent.collector.params import whole_number
 from agent.collector.payload import PayloadLimits

@@ -21,7 +21,7 @@ from agent.collector.ui import common, page_params, ui_page
 from agent.collector.ui_render import page
 
 if TYPE_CHECKING:
-    from agent.collector.app import Collector
+    from agent.collector.context import Collector
 
 STATUSES = ("pending", "delivered", "failed")
 

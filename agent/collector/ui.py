@@ -24,7 +24,7 @@ from agent.collector.queries import HostFilter, Page
 from agent.collector.ui_render import SECURITY_HEADERS, page, run_strip
 
 if TYPE_CHECKING:
-    from agent.collector.app import Collector
+    from agent.collector.context import Collector
 
 PAGE_SIZE = 50
 STRIP_RUNS = 60

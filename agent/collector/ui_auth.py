@@ -25,7 +25,7 @@ from agent.collector.tokens import Principal
 from agent.collector.ui_render import SECURITY_HEADERS, page
 
 if TYPE_CHECKING:
-    from agent.collector.app import Collector
+    from agent.collector.context import Collector
 
 COOKIE = "gitops_session"
 SESSION_MAX_AGE_S = sessions.SESSION_MAX_AGE_S

@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 
 from agent.collector import tokens
-from agent.collector.app import CollectorSettings
 from agent.collector.auth import ProxyAuth
+from agent.collector.context import CollectorSettings
 from agent.report import DriftKind, Status
 from tests.factory import BASE_TIME, COMMIT_A, COMMIT_B, drift_item, make_report
 

@@ -21,7 +21,7 @@ from agent.collector.alerts import (
     group,
     parse_webhook,
 )
-from agent.collector.app import CollectorSettings
+from agent.collector.context import CollectorSettings
 from agent.collector.notify import Notifier
 from agent.report import Status
 from tests.factory import BASE_TIME, COMMIT_B, drift_item, make_report
@@ -156,7 +156,7 @@ def test_failed_deliveries_are_retried_with_visible_status(collector, send, cloc
 
 
 def rollout_notifier(engine, clock, receiver, grouping):
-    from agent.collector.app import Collector
+    from agent.collector.context import Collector
 
     settings = CollectorSettings(webhooks=(Webhook(f"{receiver.url}/generic"),
                                            Webhook(f"{receiver.url}/slack", WebhookKind.SLACK)),
