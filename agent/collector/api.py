@@ -97,14 +97,10 @@ def _listing(listing: Listing, page: Page, **extra: Any) -> dict[str, Any]:
             "offset": page.offset, "next_offset": following if following < listing.total else None}
 
 
-def _stale_before(collector: Collector) -> Any:
-    return queries.stale_cutoff(collector.now(), collector.settings.stale_grace_s)
-
-
 async def list_hosts(request: Request) -> Response:
     collector, page = await _reader(request), _page(request)
     f = params.host_filter(request.query_params, collector.now())
-    stale_before = _stale_before(collector)
+    stale_before = collector.stale_before()
     listing = await collector.db(queries.list_hosts, collector.engine, f, page, stale_before=stale_before)
     counts = await collector.db(queries.status_counts, collector.engine, stale_before=stale_before)
     return JSONResponse(_listing(listing, page, counts=counts))
@@ -113,7 +109,7 @@ async def list_hosts(request: Request) -> Response:
 async def get_host(request: Request) -> Response:
     collector = await _reader(request)
     host = await collector.db(queries.get_host, collector.engine, request.path_params["host"],
-                                   stale_before=_stale_before(collector))
+                                   stale_before=collector.stale_before())
     return JSONResponse(host)
 
 
@@ -143,7 +139,7 @@ async def commit_rollout(request: Request) -> Response:
     collector, page = await _reader(request), _page(request)
     reached = params.rollout_hosts(request.query_params)
     result = await collector.db(queries.commit_rollout, collector.engine, request.path_params["sha"], page,
-        stale_before=_stale_before(collector), reached=reached == "running")
+        stale_before=collector.stale_before(), reached=reached == "running")
     result["hosts"] = _listing(result["hosts"], page)
     return JSONResponse(result)
 
@@ -167,7 +163,7 @@ async def metrics(request: Request) -> Response:
     if not collector.settings.public_metrics:
         await _reader(request)
     fleet = await collector.db(queries.fleet_counts, collector.engine,
-                                    stale_before=_stale_before(collector))
+                                    stale_before=collector.stale_before())
     return PlainTextResponse(render(collector.metrics, fleet), media_type="text/plain; version=0.0.4")
 
 

@@ -36,6 +36,7 @@ from agent.collector.payload import PayloadLimits
 from agent.collector.tokens import TokenKind
 from agent.collector.ui_auth import origin_of
 from agent.errors import AgentError
+from agent.redact import redact_url
 from agent.report import format_time
 
 DB_ENV = "GITOPS_COLLECTOR_DB"
@@ -249,7 +250,7 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
             options.update(ssl_ca_certs=args.tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED,
                            http="agent.collector.tls:ClientCertProtocol")
         logging.getLogger(__name__).info("serving on %s:%d with %d process(es), database %s", host, port,
-                                         args.workers, db.redact_url(args.db))
+                                         args.workers, redact_url(db.normalize_url(args.db)))
         if args.workers > 1:
             os.environ[SERVE_ARGS_ENV] = json.dumps(argv)
             engine.dispose()

@@ -21,6 +21,7 @@ from agent.collector.alerts import Grouping, Webhook
 from agent.collector.auth import ProxyAuth
 from agent.collector.metrics import Metrics
 from agent.collector.payload import PayloadLimits
+from agent.collector.queries import stale_cutoff
 from agent.collector.store import Expectations
 
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
@@ -62,6 +63,10 @@ class Collector:
         # (fewer threads fighting over the GIL and the database), while waiting requests cost nothing.
         if self.db_limiter is None:
             self.db_limiter = anyio.CapacityLimiter(self.settings.db_threads)
+
+    def stale_before(self) -> datetime:
+        """Hosts whose due time is before this moment are stale (now less the grace, queries.stale_cutoff)."""
+        return stale_cutoff(self.now(), self.settings.stale_grace_s)
 
     async def db(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking database call in the worker thread pool."""

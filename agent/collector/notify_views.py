@@ -17,7 +17,7 @@ from agent.collector.alerts import Webhook, WebhookKind, mask_url
 from agent.collector.auth import reader_principal
 from agent.collector.queries import Listing
 from agent.collector.ui import common, page_params, ui_page
-from agent.collector.ui_render import page
+from agent.collector.ui_render import render_page
 
 if TYPE_CHECKING:
     from agent.collector.context import Collector
@@ -53,9 +53,9 @@ async def deliveries_page(request: Request, collector: Collector) -> Response:
     listing = await collector.db(notify_store.list_deliveries, collector.engine, pg, status=status)
     counts = await collector.db(notify_store.delivery_counts, collector.engine)
     hooks = collector.settings.webhooks
-    return page("webhooks.html", deliveries=_masked_deliveries(listing, hooks), counts=counts, page=pg,
-                status=status, webhooks=shown_webhooks(hooks), api="/api/v1/webhooks",
-                **common(request, collector))
+    return render_page("webhooks.html", deliveries=_masked_deliveries(listing, hooks), counts=counts, page=pg,
+                       status=status, webhooks=shown_webhooks(hooks), api="/api/v1/webhooks",
+                       **common(request, collector))
 
 
 async def deliveries_json(request: Request) -> Response:

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from agent.collector import params, queries, ui_auth, ui_queries
 from agent.collector.errors import CollectorError, DatabaseError, ForbiddenError
 from agent.collector.queries import HostFilter, Page
-from agent.collector.ui_render import SECURITY_HEADERS, page, run_strip
+from agent.collector.ui_render import SECURITY_HEADERS, render_page, run_strip
 
 if TYPE_CHECKING:
     from agent.collector.context import Collector
@@ -46,7 +46,7 @@ def ui_page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         except (DatabaseError, ForbiddenError):
             raise
         except CollectorError as e:
-            return page("error.html", e.status, message=str(e), **common(request, collector))
+            return render_page("error.html", e.status, message=str(e), **common(request, collector))
 
     return wrapped
 
@@ -69,42 +69,38 @@ def page_params(request: Request, size: int = PAGE_SIZE) -> Page:
     return params.page(request.query_params, size)
 
 
-def _stale_before(collector: Collector) -> Any:
-    return queries.stale_cutoff(collector.now(), collector.settings.stale_grace_s)
-
-
 @ui_page
 async def overview(request: Request, collector: Collector) -> Response:
     f, pg = params.host_filter(request.query_params, collector.now()), page_params(request)
-    stale_before = _stale_before(collector)
+    stale_before = collector.stale_before()
     listing = await collector.db(queries.list_hosts, collector.engine, f, pg, stale_before=stale_before)
     counts = await collector.db(queries.status_counts, collector.engine, stale_before=stale_before)
     seen = request.query_params.get("seen", "")
-    return page("overview.html", counts=counts, hosts=listing, page=pg, f=f, seen=seen,
-                api="/api/v1/hosts" + (f"?{request.url.query}" if request.url.query else ""),
-                **common(request, collector))
+    return render_page("overview.html", counts=counts, hosts=listing, page=pg, f=f, seen=seen,
+                       api="/api/v1/hosts" + (f"?{request.url.query}" if request.url.query else ""),
+                       **common(request, collector))
 
 
 @ui_page
 async def stale(request: Request, collector: Collector) -> Response:
-    pg, stale_before = page_params(request), _stale_before(collector)
+    pg, stale_before = page_params(request), collector.stale_before()
     f = HostFilter(stale=True, sort="last_seen", search=params.text(request.query_params, "q"))
     listing = await collector.db(queries.list_hosts, collector.engine, f, pg, stale_before=stale_before)
-    return page("stale.html", hosts=listing, page=pg, api="/api/v1/hosts?stale=true&sort=last_seen",
-                **common(request, collector))
+    return render_page("stale.html", hosts=listing, page=pg, api="/api/v1/hosts?stale=true&sort=last_seen",
+                       **common(request, collector))
 
 
 @ui_page
 async def host(request: Request, collector: Collector) -> Response:
     name = request.path_params["host"]
     state = await collector.db(queries.get_host, collector.engine, name,
-                               stale_before=_stale_before(collector))
+                               stale_before=collector.stale_before())
     runs = await collector.db(queries.host_runs, collector.engine, name, Page(limit=STRIP_RUNS))
     last = await collector.db(queries.get_run, collector.engine, state["last_run_id"])
     commit = await collector.db(ui_queries.commit_info, collector.engine, state["commit"])
-    return page("host.html", host=state, runs=runs.items[:15], total_runs=runs.total,
-                strip=run_strip(runs.items), last=last, report=last["report"], commit=commit,
-                api=f"/api/v1/hosts/{name}", **common(request, collector))
+    return render_page("host.html", host=state, runs=runs.items[:15], total_runs=runs.total,
+                       strip=run_strip(runs.items), last=last, report=last["report"], commit=commit,
+                       api=f"/api/v1/hosts/{name}", **common(request, collector))
 
 
 @ui_page
@@ -112,8 +108,8 @@ async def run(request: Request, collector: Collector) -> Response:
     run_id = request.path_params["run_id"]
     item = await collector.db(queries.get_run, collector.engine, run_id)
     commit = await collector.db(ui_queries.commit_info, collector.engine, item["commit"])
-    return page("run.html", run=item, report=item["report"], commit=commit, api=f"/api/v1/runs/{run_id}",
-                **common(request, collector))
+    return render_page("run.html", run=item, report=item["report"], commit=commit,
+                       api=f"/api/v1/runs/{run_id}", **common(request, collector))
 
 
 @ui_page
@@ -122,11 +118,11 @@ async def drift(request: Request, collector: Collector) -> Response:
     api = "/api/v1/drift" + (f"?{request.url.query}" if request.url.query else "")
     if filters["task"] is not None:
         items = await collector.db(queries.drift_items_now, collector.engine, pg, **filters)
-        return page("drift_task.html", task=filters["task"], items=items, page=pg, filters=filters,
-                    api=api + "&group=host", **common(request, collector))
+        return render_page("drift_task.html", task=filters["task"], items=items, page=pg, filters=filters,
+                           api=api + "&group=host", **common(request, collector))
     tasks = await collector.db(queries.drift_by_task, collector.engine, pg, **filters)
-    return page("drift.html", tasks=tasks, page=pg, filters=filters, api=api,
-                **common(request, collector))
+    return render_page("drift.html", tasks=tasks, page=pg, filters=filters, api=api,
+                       **common(request, collector))
 
 
 @ui_page
@@ -134,18 +130,18 @@ async def commit(request: Request, collector: Collector) -> Response:
     sha, pg = request.path_params["sha"], page_params(request)
     reached = params.rollout_hosts(request.query_params)
     result = await collector.db(queries.commit_rollout, collector.engine, sha, pg,
-                                stale_before=_stale_before(collector), reached=reached == "running")
-    return page("commit.html", commit=result["commit"], summary=result["summary"], hosts=result["hosts"],
-                page=pg, reached=reached, api=f"/api/v1/commits/{sha}?hosts={reached}",
-                **common(request, collector))
+                                stale_before=collector.stale_before(), reached=reached == "running")
+    return render_page("commit.html", commit=result["commit"], summary=result["summary"],
+                       hosts=result["hosts"], page=pg, reached=reached,
+                       api=f"/api/v1/commits/{sha}?hosts={reached}", **common(request, collector))
 
 
 @ui_page
 async def commits(request: Request, collector: Collector) -> Response:
     pg = page_params(request)
     listing = await collector.db(queries.list_commits, collector.engine, pg)
-    return page("commits.html", commits=listing, page=pg, api="/api/v1/commits",
-                **common(request, collector))
+    return render_page("commits.html", commits=listing, page=pg, api="/api/v1/commits",
+                       **common(request, collector))
 
 
 async def static(request: Request) -> Response:

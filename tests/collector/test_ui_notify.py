@@ -18,6 +18,7 @@ from agent.collector.alerts import (
     HostChange,
     Webhook,
     WebhookKind,
+    alert_state,
     group,
     parse_webhook,
 )
@@ -91,6 +92,16 @@ def test_burst_is_one_alert_with_a_stable_fingerprint():
     assert group(list(reversed(burst)))[0].fingerprint == alerts[0].fingerprint
     other = group([*burst, change("web99", AlertState.DRIFTING, task="sysctl")])
     assert len(other) == 2
+
+
+@pytest.mark.parametrize(("status", "stale", "state"), [
+    ("failed", False, AlertState.FAILING), ("error", False, AlertState.FAILING),
+    ("drifted", False, AlertState.DRIFTING), ("in_sync", False, AlertState.OK),
+    ("corrected", False, AlertState.OK), ("paused", False, AlertState.OK),
+    ("failed", True, AlertState.STALE), ("in_sync", True, AlertState.STALE),
+])
+def test_alert_state_of_a_host(status, stale, state):
+    assert alert_state(status, stale) is state
 
 
 def test_only_changes_that_matter_alert():
