@@ -30,8 +30,8 @@ from agent.collector.alerts import Grouping, Webhook, mask_url, parse_webhook
 from agent.collector.app import create_app
 from agent.collector.auth import ProxyAuth
 from agent.collector.context import DEFAULT_MAX_BODY_BYTES, Collector, CollectorSettings, utc_now
+from agent.collector.digits import whole_number
 from agent.collector.errors import CollectorError
-from agent.collector.params import whole_number
 from agent.collector.payload import PayloadLimits
 from agent.collector.tokens import TokenKind
 from agent.collector.ui_auth import origin_of

@@ -5,10 +5,7 @@ Rules shared by every parameter:
 
 - An empty value is the same as no value (`?role=&limit=`): HTML forms send empty fields.
 - A bad value is a 400 with one line that starts with the parameter's name (BadRequestError).
-- Numbers are ASCII digits only, bounded in length before conversion. `str.isdigit()` is true for "²",
-  which int() then cannot convert, and int() of a 5,000-digit string raises: both were a 500. int() also
-  reads "٣" (Arabic-Indic three) as 3, one more spelling than the API documents. Here all of them are
-  "not a whole number".
+- Numbers are ASCII digits only, bounded in length before conversion (agent.collector.digits).
 
 | parameter | where | values |
 |-----------|-------|--------|
@@ -29,16 +26,14 @@ Rules shared by every parameter:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Protocol
 
+from agent.collector.digits import whole_number
 from agent.collector.errors import BadRequestError
 from agent.collector.queries import HOST_SORTS, HostFilter, Page, seen_window
 from agent.report import DriftKind, Status
-
-_WHOLE = re.compile(r"[0-9]{1,18}")  # 18 digits: below 2**63, so int() is cheap and exact
 
 MAX_LIMIT = 1000
 MAX_OFFSET = 10**9
@@ -62,11 +57,6 @@ class Query(Protocol):
     def get(self, key: str) -> str | None: ...
 
     def getlist(self, key: str) -> list[str]: ...
-
-
-def whole_number(text: str) -> int | None:
-    """'42' -> 42; anything but 1 to 18 ASCII digits (a sign, a space, '²', '٣', 5,000 digits) -> None."""
-    return int(text) if _WHOLE.fullmatch(text) else None
 
 
 def _one_of(values: Iterable[str]) -> str:
