@@ -14,6 +14,7 @@ from agent.collector.params import (
     API_PAGE_SIZE,
     DELIVERY_STATUSES,
     DRIFT_KINDS,
+    HOST_STATUSES,
     MAX_LIMIT,
     MAX_OFFSET,
     RUN_STATUSES,
@@ -35,6 +36,12 @@ def _q(name: str, description: str, schema: dict[str, Any] | None = None) -> dic
 
 def _enum(name: str, description: str, values: Iterable[str]) -> dict[str, Any]:
     return _q(name, description, {"type": "string", "enum": list(values)})
+
+
+def _list(name: str, description: str, values: Iterable[str]) -> dict[str, Any]:
+    """A comma-separated list of `values` (params.values; empty items are skipped)."""
+    one = "|".join(values)
+    return _q(name, description, {"type": "string", "pattern": f"^({one})?(,({one})?)*$"})
 
 
 def _p(name: str, **schema: Any) -> dict[str, Any]:
@@ -76,9 +83,9 @@ def _ingest() -> dict[str, Any]:
 
 
 def _paths() -> dict[str, Any]:
-    status = _q("status", f"comma-separated statuses ({', '.join(RUN_STATUSES)})")
-    host_status = _q("status", f"comma-separated statuses ({', '.join(RUN_STATUSES)}); "
-                               f"{STALE} = the stale hosts, like stale=true")
+    status = _list("status", f"comma-separated statuses ({', '.join(RUN_STATUSES)})", RUN_STATUSES)
+    host_status = _list("status", f"comma-separated statuses ({', '.join(RUN_STATUSES)}); "
+                                  f"{STALE} = the stale hosts, like stale=true", HOST_STATUSES)
     return {
         "/api/v1/reports": _ingest(),
         "/api/v1/hosts": _get("Every host with its current state", [

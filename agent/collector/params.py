@@ -10,7 +10,7 @@ Rules shared by every parameter:
 | parameter | where | values |
 |-----------|-------|--------|
 | limit, offset | every listing | 1..1000 (default: 100 in the API, 50 in the UI), 0..10**9 |
-| status | hosts | comma-separated host statuses (agent.report.Status), and `stale` (= stale=true) |
+| status | hosts | comma-separated host statuses (agent.report.Status), `stale` (= stale=true) |
 | status | runs (fleet, one host) | comma-separated statuses (agent.report.Status) |
 | status | webhook deliveries | pending, delivered or failed |
 | stale | hosts | true/false, 1/0, yes/no (any case) |
@@ -22,6 +22,10 @@ Rules shared by every parameter:
 | kind | drift | corrective, intentional, recurring, unverifiable |
 | hosts | a commit's rollout | running (default) or not_reached |
 | commit | runs | any text (a prefix) |
+
+`stale` in a host status list is the stale filter, not one more status: `status=drifted,stale` is the
+drifted hosts that are stale; `status=stale&stale=false` asks for hosts both stale and not stale, and gets
+none (an answer, not an error).
 """
 
 from __future__ import annotations
@@ -118,16 +122,15 @@ def host_filter(q: Query, now: datetime) -> HostFilter:
     """The host list's filters and sort (`now` places the `seen` windows)."""
     status = values(q, "status", HOST_STATUSES)
     stale = flag(q, "stale")
+    contradiction = STALE in status and stale is False  # stale and not stale: no host, not an error
     if STALE in status:
-        if stale is False:
-            raise BadRequestError("stale: false contradicts status=stale")
         stale = True
     after, before = seen_window(text(q, "seen"), now)
     return HostFilter(status=tuple(s for s in status if s != STALE), role=text(q, "role"),
                       commit=text(q, "commit"), stale=stale, search=text(q, "q"),
                       sort=choice(q, "sort", tuple(HOST_SORTS), "host") or "host",
                       descending=choice(q, "order", ORDERS, "asc") == "desc",
-                      seen_after=after, seen_before=before)
+                      seen_after=after, seen_before=before, contradiction=contradiction)
 
 
 def run_statuses(q: Query) -> tuple[str, ...]:
