@@ -33,7 +33,8 @@ from sqlalchemy import Engine, event, func, select
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.collector import db, store, tokens
-from agent.collector.app import Collector, CollectorSettings, create_app
+from agent.collector.app import create_app
+from agent.collector.context import Collector, CollectorSettings
 from agent.collector.tables import drift_items, hosts, runs
 from agent.collector.tokens import TokenKind
 from agent.report import DriftKind, Status, to_json

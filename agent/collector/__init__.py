@@ -1,5 +1,7 @@
-"""gitops-collector: ingest API, query API and storage for agent reports.
+"""gitops-collector: ingest API, query API, web UI, alerts and storage for agent reports.
 
-Imports from the agent side are limited to `agent.report`, `agent.errors` and `agent.fsutil`
-(an import-linter contract enforces it).
+From the agent side it imports only `agent.errors`, `agent.report` and `agent.redact` (shared pure modules)
+and the root package's __version__; an import-linter contract in pyproject.toml forbids every other module
+under agent/, and tests/collector/test_collector_contracts.py keeps that list complete. The parts and which
+may import which: docs/collector.md, "Architecture".
 """

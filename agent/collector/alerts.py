@@ -76,7 +76,8 @@ def parse_webhook(text: str) -> Webhook:
     return Webhook(url, WebhookKind(kind))
 
 
-def classify(status: str, stale: bool) -> AlertState:
+def alert_state(status: str, stale: bool) -> AlertState:
+    """The alert state of a host with this status (agent.report.Status) that is or is not stale."""
     if stale:
         return AlertState.STALE
     if status in ("failed", "error"):

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from agent.collector import queries, store
+from agent.collector import params, queries, store
 from agent.collector.auth import check_client_cert, ingest_principal, reader_principal
 from agent.collector.errors import (
     BadRequestError,
@@ -21,15 +20,13 @@ from agent.collector.errors import (
 )
 from agent.collector.metrics import render
 from agent.collector.openapi import document
-from agent.collector.params import whole_number
 from agent.collector.payload import parse_report
-from agent.collector.queries import HostFilter, Listing, Page
+from agent.collector.queries import Listing, Page
 from agent.collector.report_times import CLOCK_AHEAD_WARN_S, seconds_ahead
 
 if TYPE_CHECKING:
-    from agent.collector.app import Collector
+    from agent.collector.context import Collector
 
-MAX_LIMIT = 1000
 log = logging.getLogger(__name__)
 
 
@@ -90,32 +87,8 @@ async def _reader(request: Request) -> Collector:
     return collector
 
 
-def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    text = request.query_params.get(name)
-    if text is None:
-        return default
-    value = whole_number(text)
-    if value is None or not low <= value <= high:
-        raise BadRequestError(f"{name}: expected a whole number from {low} to {high}")
-    return value
-
-
-def _bool_param(request: Request, name: str) -> bool | None:
-    text = request.query_params.get(name)
-    if text is None or text == "":
-        return None
-    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-        raise BadRequestError(f"{name}: expected true or false")
-    return text.lower() in ("true", "1", "yes")
-
-
-def _list_param(request: Request, name: str) -> tuple[str, ...]:
-    return tuple(v for raw in request.query_params.getlist(name) for v in raw.split(",") if v)
-
-
 def _page(request: Request) -> Page:
-    return Page(limit=_int_param(request, "limit", 100, 1, MAX_LIMIT),
-                offset=_int_param(request, "offset", 0, 0, 10**9))
+    return params.page(request.query_params)
 
 
 def _listing(listing: Listing, page: Page, **extra: Any) -> dict[str, Any]:
@@ -124,22 +97,10 @@ def _listing(listing: Listing, page: Page, **extra: Any) -> dict[str, Any]:
             "offset": page.offset, "next_offset": following if following < listing.total else None}
 
 
-def _stale_before(collector: Collector) -> Any:
-    return queries.stale_cutoff(collector.now(), collector.settings.stale_grace_s)
-
-
 async def list_hosts(request: Request) -> Response:
     collector, page = await _reader(request), _page(request)
-    order = request.query_params.get("order", "asc")
-    if order not in ("asc", "desc"):
-        raise BadRequestError("order: expected asc or desc")
-    q = request.query_params
-    f = HostFilter(status=_list_param(request, "status"), role=q.get("role"), commit=q.get("commit"),
-                   stale=_bool_param(request, "stale"), search=q.get("q"), sort=q.get("sort", "host"),
-                   descending=order == "desc")
-    after, before = queries.seen_window(q.get("seen"), collector.now())
-    f = replace(f, seen_after=after, seen_before=before)
-    stale_before = _stale_before(collector)
+    f = params.host_filter(request.query_params, collector.now())
+    stale_before = collector.stale_before()
     listing = await collector.db(queries.list_hosts, collector.engine, f, page, stale_before=stale_before)
     counts = await collector.db(queries.status_counts, collector.engine, stale_before=stale_before)
     return JSONResponse(_listing(listing, page, counts=counts))
@@ -148,14 +109,14 @@ async def list_hosts(request: Request) -> Response:
 async def get_host(request: Request) -> Response:
     collector = await _reader(request)
     host = await collector.db(queries.get_host, collector.engine, request.path_params["host"],
-                                   stale_before=_stale_before(collector))
+                                   stale_before=collector.stale_before())
     return JSONResponse(host)
 
 
 async def host_runs(request: Request) -> Response:
     collector, page = await _reader(request), _page(request)
     listing = await collector.db(queries.host_runs, collector.engine, request.path_params["host"], page,
-                                      status=_list_param(request, "status"))
+                                      status=params.run_statuses(request.query_params))
     return JSONResponse(_listing(listing, page))
 
 
@@ -168,11 +129,7 @@ async def get_run(request: Request) -> Response:
 async def drift(request: Request) -> Response:
     """Current drift: grouped by task (group=task, default) or one row per host and task (group=host)."""
     collector, page = await _reader(request), _page(request)
-    q = request.query_params
-    group = q.get("group", "task")
-    if group not in ("task", "host"):
-        raise BadRequestError("group: expected task or host")
-    filters = {k: q.get(k) for k in ("task", "kind", "role", "host")}
+    group, filters = params.drift_group(request.query_params), params.drift_filters(request.query_params)
     query = queries.drift_by_task if group == "task" else queries.drift_items_now
     listing = await collector.db(query, collector.engine, page, **filters)
     return JSONResponse(_listing(listing, page, group=group))
@@ -180,11 +137,9 @@ async def drift(request: Request) -> Response:
 
 async def commit_rollout(request: Request) -> Response:
     collector, page = await _reader(request), _page(request)
-    reached = request.query_params.get("hosts", "running")
-    if reached not in ("running", "not_reached"):
-        raise BadRequestError("hosts: expected running or not_reached")
+    reached = params.rollout_hosts(request.query_params)
     result = await collector.db(queries.commit_rollout, collector.engine, request.path_params["sha"], page,
-        stale_before=_stale_before(collector), reached=reached == "running")
+        stale_before=collector.stale_before(), reached=reached == "running")
     result["hosts"] = _listing(result["hosts"], page)
     return JSONResponse(result)
 
@@ -208,7 +163,7 @@ async def metrics(request: Request) -> Response:
     if not collector.settings.public_metrics:
         await _reader(request)
     fleet = await collector.db(queries.fleet_counts, collector.engine,
-                                    stale_before=_stale_before(collector))
+                                    stale_before=collector.stale_before())
     return PlainTextResponse(render(collector.metrics, fleet), media_type="text/plain; version=0.0.4")
 
 
@@ -217,8 +172,8 @@ async def list_runs(request: Request) -> Response:
     """Runs across the fleet, newest first (`status`, `commit` prefix); a host's own: /hosts/{host}/runs."""
     collector, page = await _reader(request), _page(request)
     listing = await collector.db(queries.recent_runs, collector.engine, page,
-                                 status=_list_param(request, "status"),
-                                 commit=request.query_params.get("commit") or None)
+                                 status=params.run_statuses(request.query_params),
+                                 commit=params.text(request.query_params, "commit"))
     return JSONResponse(_listing(listing, page))
 
 

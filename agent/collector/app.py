@@ -1,20 +1,14 @@
-"""The collector's ASGI application: routes, authentication, limits and the one error handler.
+"""The collector's ASGI application: it only wires the parts together (the API's and the UI's routes, the
+notifier's lifespan, the error handlers). What the parts share (`Collector`, its settings, the clock) lives
+in agent.collector.context, which they import instead of this module.
 
-`create_app(settings, engine)` builds everything from values; `cli serve` and the tests call it.
+`create_app(collector)` builds the application; `cli serve` and the tests call it.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, TypeVar
 
-import anyio
-import anyio.to_thread
-from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,59 +17,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent.collector import api, notify, notify_views, ui
-from agent.collector.alerts import Grouping, Webhook
-from agent.collector.auth import ProxyAuth
+from agent.collector.context import Collector
 from agent.collector.errors import CollectorError, InvalidReportError
-from agent.collector.metrics import Metrics
-from agent.collector.payload import PayloadLimits
-from agent.collector.store import Expectations
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
-T = TypeVar("T")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class CollectorSettings:
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    stale_grace_s: float = 600.0
-    expect: Expectations = field(default_factory=Expectations)
-    proxy: ProxyAuth | None = None
-    public_metrics: bool = False
-    db_threads: int = 8
-    webhooks: tuple[Webhook, ...] = ()
-    notify_interval_s: float = 15.0
-    payload: PayloadLimits = field(default_factory=PayloadLimits)
-    client_cert_required: bool = False
-    alert_grouping: Grouping = field(default_factory=Grouping)
-    public_urls: tuple[str, ...] = ()  # where browsers reach the collector (a proxy's https://NAME)
-
-
-@dataclass
-class Collector:
-    """What every request handler needs; stored on `app.state.collector`."""
-
-    engine: Engine
-    settings: CollectorSettings
-    metrics: Metrics = field(default_factory=Metrics)
-    now: Callable[[], datetime] = utc_now
-    db_limiter: anyio.CapacityLimiter | None = None
-
-    def __post_init__(self) -> None:
-        # Database calls run in worker threads; a few threads serve more requests per second than many
-        # (fewer threads fighting over the GIL and the database), while waiting requests cost nothing.
-        if self.db_limiter is None:
-            self.db_limiter = anyio.CapacityLimiter(self.settings.db_threads)
-
-    async def db(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking database call in the worker thread pool."""
-        call = functools.partial(func, *args, **kwargs)
-        return await anyio.to_thread.run_sync(call, limiter=self.db_limiter)
 
 
 def _error_body(message: str, status: int, field: str | None = None) -> JSONResponse:

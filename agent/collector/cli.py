@@ -27,14 +27,16 @@ from starlette.applications import Starlette
 from agent import __version__
 from agent.collector import db, fleet_cli, store, tokens
 from agent.collector.alerts import Grouping, Webhook, mask_url, parse_webhook
-from agent.collector.app import DEFAULT_MAX_BODY_BYTES, Collector, CollectorSettings, create_app, utc_now
+from agent.collector.app import create_app
 from agent.collector.auth import ProxyAuth
+from agent.collector.context import DEFAULT_MAX_BODY_BYTES, Collector, CollectorSettings, utc_now
+from agent.collector.digits import whole_number
 from agent.collector.errors import CollectorError
-from agent.collector.params import whole_number
 from agent.collector.payload import PayloadLimits
 from agent.collector.tokens import TokenKind
 from agent.collector.ui_auth import origin_of
 from agent.errors import AgentError
+from agent.redact import redact_url
 from agent.report import format_time
 
 DB_ENV = "GITOPS_COLLECTOR_DB"
@@ -248,7 +250,7 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
             options.update(ssl_ca_certs=args.tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED,
                            http="agent.collector.tls:ClientCertProtocol")
         logging.getLogger(__name__).info("serving on %s:%d with %d process(es), database %s", host, port,
-                                         args.workers, db.redact_url(args.db))
+                                         args.workers, redact_url(db.normalize_url(args.db)))
         if args.workers > 1:
             os.environ[SERVE_ARGS_ENV] = json.dumps(argv)
             engine.dispose()

@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from agent.collector.errors import DatabaseError, NoDatabaseError
+from agent.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +36,6 @@ def normalize_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
     return url
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password hidden, for logs and error messages."""
-    return make_url(normalize_url(url)).render_as_string(hide_password=True)
 
 
 def create(url: str, *, pool_size: int = 10) -> Engine:

@@ -17,7 +17,7 @@ from agent.collector import notify_store, queries
 from agent.collector.alerts import group, mask_url, scrub_url
 
 if TYPE_CHECKING:
-    from agent.collector.app import Collector
+    from agent.collector.context import Collector
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from agent.collector.alerts import (
     Grouping,
     HostChange,
     Webhook,
-    classify,
+    alert_state,
     group_key,
     make_alert,
     merge,
@@ -54,7 +54,7 @@ def scan(engine: Engine, *, stale_before: datetime) -> list[HostChange]:
     changed: list[tuple[Any, AlertState]] = []
     with engine.connect() as conn:
         for row in conn.execute(query):
-            after = classify(row.status, row.due_at < stale_before)
+            after = alert_state(row.status, row.due_at < stale_before)
             if row.state is None or after is not AlertState(row.state):
                 changed.append((row, after))
         tasks = _first_tasks(conn, [r.last_run_id for r, after in changed if after is AlertState.DRIFTING])

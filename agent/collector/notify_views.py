@@ -12,19 +12,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.collector import notify_store
+from agent.collector import notify_store, params
 from agent.collector.alerts import Webhook, WebhookKind, mask_url
 from agent.collector.auth import reader_principal
-from agent.collector.errors import BadRequestError
 from agent.collector.queries import Listing
 from agent.collector.ui import common, page_params, ui_page
-from agent.collector.ui_render import page
+from agent.collector.ui_render import render_page
 
 if TYPE_CHECKING:
-    from agent.collector.app import Collector
-
-STATUSES = ("pending", "delivered", "failed")
-
+    from agent.collector.context import Collector
 
 @dataclass(frozen=True)
 class ShownWebhook:
@@ -51,28 +47,21 @@ def _masked_deliveries(listing: Listing, webhooks: tuple[Webhook, ...]) -> Listi
     return Listing(items, listing.total)
 
 
-def _status(request: Request) -> str | None:
-    status = request.query_params.get("status") or None
-    if status is not None and status not in STATUSES:
-        raise BadRequestError(f"status: expected one of {', '.join(STATUSES)}")
-    return status
-
-
 @ui_page
 async def deliveries_page(request: Request, collector: Collector) -> Response:
-    pg, status = page_params(request), _status(request)
+    pg, status = page_params(request), params.delivery_status(request.query_params)
     listing = await collector.db(notify_store.list_deliveries, collector.engine, pg, status=status)
     counts = await collector.db(notify_store.delivery_counts, collector.engine)
     hooks = collector.settings.webhooks
-    return page("webhooks.html", deliveries=_masked_deliveries(listing, hooks), counts=counts, page=pg,
-                status=status, webhooks=shown_webhooks(hooks), api="/api/v1/webhooks",
-                **common(request, collector))
+    return render_page("webhooks.html", deliveries=_masked_deliveries(listing, hooks), counts=counts, page=pg,
+                       status=status, webhooks=shown_webhooks(hooks), api="/api/v1/webhooks",
+                       **common(request, collector))
 
 
 async def deliveries_json(request: Request) -> Response:
     collector: Collector = request.app.state.collector
     await collector.db(reader_principal, collector.engine, request, collector.settings.proxy)
-    pg, status = page_params(request), _status(request)
+    pg, status = params.page(request.query_params), params.delivery_status(request.query_params)
     listing = await collector.db(notify_store.list_deliveries, collector.engine, pg, status=status)
     listing = _masked_deliveries(listing, collector.settings.webhooks)
     counts = await collector.db(notify_store.delivery_counts, collector.engine)

@@ -10,13 +10,23 @@ from typing import Any
 
 import agent
 from agent.collector.hostnames import HOST_NAME_PATTERN, HOST_NAME_RULE, MAX_HOST_CHARS
+from agent.collector.params import (
+    API_PAGE_SIZE,
+    DELIVERY_STATUSES,
+    DRIFT_KINDS,
+    HOST_STATUSES,
+    MAX_LIMIT,
+    MAX_OFFSET,
+    RUN_STATUSES,
+    STALE,
+)
 from agent.collector.queries import HOST_SORTS, SEEN_WINDOWS_S
 
 PAGE_PARAMS = [
     {"name": "limit", "in": "query",
-     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": API_PAGE_SIZE}},
     {"name": "offset", "in": "query",
-     "schema": {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0}},
+     "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}},
 ]
 
 
@@ -26,6 +36,12 @@ def _q(name: str, description: str, schema: dict[str, Any] | None = None) -> dic
 
 def _enum(name: str, description: str, values: Iterable[str]) -> dict[str, Any]:
     return _q(name, description, {"type": "string", "enum": list(values)})
+
+
+def _list(name: str, description: str, values: Iterable[str]) -> dict[str, Any]:
+    """A comma-separated list of `values` (params.values; empty items are skipped)."""
+    one = "|".join(values)
+    return _q(name, description, {"type": "string", "pattern": f"^({one})?(,({one})?)*$"})
 
 
 def _p(name: str, **schema: Any) -> dict[str, Any]:
@@ -67,12 +83,15 @@ def _ingest() -> dict[str, Any]:
 
 
 def _paths() -> dict[str, Any]:
-    status = _q("status", "comma-separated statuses (in_sync, drifted, corrected, failed, error, paused)")
+    status = _list("status", f"comma-separated statuses ({', '.join(RUN_STATUSES)})", RUN_STATUSES)
+    host_status = _list("status", f"comma-separated statuses ({', '.join(RUN_STATUSES)}); "
+                                  f"{STALE} = the stale hosts, like stale=true", HOST_STATUSES)
     return {
         "/api/v1/reports": _ingest(),
         "/api/v1/hosts": _get("Every host with its current state", [
-            status, _q("role", "hosts having this role"), _q("commit", "current commit (prefix)"),
-            _q("stale", "true or false", {"type": "boolean"}), _q("q", "host name contains"),
+            host_status, _q("role", "hosts having this role"), _q("commit", "current commit (prefix)"),
+            _q("stale", "true or false (also 1/0, yes/no)", {"type": "boolean"}),
+            _q("q", "host name contains"),
             _enum("seen", "1h | 24h | 7d: seen within; -1h | -24h | -7d: not seen for",
                   [*SEEN_WINDOWS_S, *(f"-{w}" for w in SEEN_WINDOWS_S)]),
             _enum("sort", "sort key", HOST_SORTS), _enum("order", "sort order", ("asc", "desc")),
@@ -86,7 +105,7 @@ def _paths() -> dict[str, Any]:
         "/api/v1/drift": _get("Current drift across the fleet", [
             _enum("group", "task (default): one row per task | host: one row per host and task",
                   ("task", "host")),
-            _q("task", "exact task name"), _q("kind", "corrective | intentional | recurring | unverifiable"),
+            _q("task", "exact task name"), _enum("kind", "drift kind", DRIFT_KINDS),
             _q("role", "role of the drifting task"), _q("host", "exact host name"), *PAGE_PARAMS], "Listing"),
         "/api/v1/commits": _get("Commits hosts reported, newest first, with hosts running and converged",
                                 PAGE_PARAMS, "Listing"),
@@ -95,7 +114,7 @@ def _paths() -> dict[str, Any]:
             _enum("hosts", "running (default) | not_reached", ("running", "not_reached")), *PAGE_PARAMS]),
         "/api/v1/webhooks": _get("Webhook deliveries, newest first, with status counts. Webhook URLs are "
                                  "shown masked (scheme and host) and numbered in configuration order", [
-            _enum("status", "delivery status", ("pending", "delivered", "failed")), *PAGE_PARAMS]),
+            _enum("status", "delivery status", DELIVERY_STATUSES), *PAGE_PARAMS]),
         "/healthz": {"get": {
             "summary": "Liveness and database reachability", "security": [],
             "responses": {"200": {"description": "ok"}, "503": {"description": "database down"}}}},

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, func, select, text
+from sqlalchemy import Engine, and_, case, false, func, select, text
 from sqlalchemy.engine import Row
 
 from agent.collector.errors import BadRequestError, NotFoundError
@@ -45,6 +45,7 @@ class HostFilter:
     descending: bool = False
     seen_after: datetime | None = None  # last seen at or after this
     seen_before: datetime | None = None  # last seen before this
+    contradiction: bool = False  # filters no host can meet (status=stale with stale=false): select none
 
 
 SEEN_WINDOWS_S = {"1h": 3600, "24h": 86400, "7d": 7 * 86400}
@@ -97,7 +98,7 @@ def _roles(engine: Engine, names: list[str]) -> dict[str, list[str]]:
 
 
 def _host_where(f: HostFilter, stale_before: datetime) -> list[Any]:
-    where: list[Any] = []
+    where: list[Any] = [false()] if f.contradiction else []
     if f.status:
         where.append(hosts.c.status.in_(f.status))
     if f.role:

@@ -15,9 +15,9 @@ from datetime import datetime
 from sqlalchemy import Engine, bindparam, or_, select, update
 
 from agent.collector import db
+from agent.collector.digits import whole_number
 from agent.collector.errors import BadRequestError, NotFoundError
 from agent.collector.hostnames import host_name_problem
-from agent.collector.params import whole_number
 from agent.collector.tables import tokens
 
 TOKEN_PREFIX = "gco_"  # noqa: S105 (a label, not a secret)

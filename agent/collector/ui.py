@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -17,16 +16,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agent.collector import queries, ui_auth, ui_queries
-from agent.collector.errors import BadRequestError, CollectorError, DatabaseError, ForbiddenError
-from agent.collector.params import whole_number
+from agent.collector import params, queries, ui_auth, ui_queries
+from agent.collector.errors import CollectorError, DatabaseError, ForbiddenError
 from agent.collector.queries import HostFilter, Page
-from agent.collector.ui_render import SECURITY_HEADERS, page, run_strip
+from agent.collector.ui_render import SECURITY_HEADERS, render_page, run_strip
 
 if TYPE_CHECKING:
-    from agent.collector.app import Collector
+    from agent.collector.context import Collector
 
-PAGE_SIZE = 50
+PAGE_SIZE = params.UI_PAGE_SIZE
 STRIP_RUNS = 60
 Handler = Callable[[Request, "Collector"], Awaitable[Response]]
 STATIC_TYPES = {"ui.css": "text/css; charset=utf-8", "ui.js": "text/javascript; charset=utf-8",
@@ -48,7 +46,7 @@ def ui_page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         except (DatabaseError, ForbiddenError):
             raise
         except CollectorError as e:
-            return page("error.html", e.status, message=str(e), **common(request, collector))
+            return render_page("error.html", e.status, message=str(e), **common(request, collector))
 
     return wrapped
 
@@ -67,69 +65,42 @@ def common(request: Request, collector: Collector) -> dict[str, Any]:
             "reader": getattr(request.state, "reader", None)}
 
 
-def _int(request: Request, name: str, default: int, high: int) -> int:
-    text = request.query_params.get(name, "")
-    if not text:
-        return default
-    value = whole_number(text)
-    if value is None or value > high:
-        raise BadRequestError(f"{name}: expected a whole number up to {high}")
-    return value
-
-
 def page_params(request: Request, size: int = PAGE_SIZE) -> Page:
-    return Page(limit=_int(request, "limit", size, 1000), offset=_int(request, "offset", 0, 10**9))
-
-
-def _stale_before(collector: Collector) -> Any:
-    return queries.stale_cutoff(collector.now(), collector.settings.stale_grace_s)
-
-
-def host_filter(request: Request, now: datetime) -> HostFilter:
-    q = request.query_params
-    status = tuple(s for raw in q.getlist("status") for s in raw.split(",") if s and s != "stale")
-    stale = True if "stale" in q.getlist("status") or q.get("stale") == "true" else None
-    order = q.get("order", "asc")
-    if order not in ("asc", "desc"):
-        raise BadRequestError("order: expected asc or desc")
-    after, before = queries.seen_window(q.get("seen") or None, now)
-    return HostFilter(status=status, role=q.get("role") or None, commit=q.get("commit") or None,
-                      stale=stale, search=q.get("q") or None, sort=q.get("sort") or "host",
-                      descending=order == "desc", seen_after=after, seen_before=before)
+    return params.page(request.query_params, size)
 
 
 @ui_page
 async def overview(request: Request, collector: Collector) -> Response:
-    f, pg = host_filter(request, collector.now()), page_params(request)
-    stale_before = _stale_before(collector)
+    f, pg = params.host_filter(request.query_params, collector.now()), page_params(request)
+    stale_before = collector.stale_before()
     listing = await collector.db(queries.list_hosts, collector.engine, f, pg, stale_before=stale_before)
     counts = await collector.db(queries.status_counts, collector.engine, stale_before=stale_before)
     seen = request.query_params.get("seen", "")
-    return page("overview.html", counts=counts, hosts=listing, page=pg, f=f, seen=seen,
-                api="/api/v1/hosts" + (f"?{request.url.query}" if request.url.query else ""),
-                **common(request, collector))
+    return render_page("overview.html", counts=counts, hosts=listing, page=pg, f=f, seen=seen,
+                       api="/api/v1/hosts" + (f"?{request.url.query}" if request.url.query else ""),
+                       **common(request, collector))
 
 
 @ui_page
 async def stale(request: Request, collector: Collector) -> Response:
-    pg, stale_before = page_params(request), _stale_before(collector)
-    f = HostFilter(stale=True, sort="last_seen", search=request.query_params.get("q") or None)
+    pg, stale_before = page_params(request), collector.stale_before()
+    f = HostFilter(stale=True, sort="last_seen", search=params.text(request.query_params, "q"))
     listing = await collector.db(queries.list_hosts, collector.engine, f, pg, stale_before=stale_before)
-    return page("stale.html", hosts=listing, page=pg, api="/api/v1/hosts?stale=true&sort=last_seen",
-                **common(request, collector))
+    return render_page("stale.html", hosts=listing, page=pg, api="/api/v1/hosts?stale=true&sort=last_seen",
+                       **common(request, collector))
 
 
 @ui_page
 async def host(request: Request, collector: Collector) -> Response:
     name = request.path_params["host"]
     state = await collector.db(queries.get_host, collector.engine, name,
-                               stale_before=_stale_before(collector))
+                               stale_before=collector.stale_before())
     runs = await collector.db(queries.host_runs, collector.engine, name, Page(limit=STRIP_RUNS))
     last = await collector.db(queries.get_run, collector.engine, state["last_run_id"])
     commit = await collector.db(ui_queries.commit_info, collector.engine, state["commit"])
-    return page("host.html", host=state, runs=runs.items[:15], total_runs=runs.total,
-                strip=run_strip(runs.items), last=last, report=last["report"], commit=commit,
-                api=f"/api/v1/hosts/{name}", **common(request, collector))
+    return render_page("host.html", host=state, runs=runs.items[:15], total_runs=runs.total,
+                       strip=run_strip(runs.items), last=last, report=last["report"], commit=commit,
+                       api=f"/api/v1/hosts/{name}", **common(request, collector))
 
 
 @ui_page
@@ -137,43 +108,40 @@ async def run(request: Request, collector: Collector) -> Response:
     run_id = request.path_params["run_id"]
     item = await collector.db(queries.get_run, collector.engine, run_id)
     commit = await collector.db(ui_queries.commit_info, collector.engine, item["commit"])
-    return page("run.html", run=item, report=item["report"], commit=commit, api=f"/api/v1/runs/{run_id}",
-                **common(request, collector))
+    return render_page("run.html", run=item, report=item["report"], commit=commit,
+                       api=f"/api/v1/runs/{run_id}", **common(request, collector))
 
 
 @ui_page
 async def drift(request: Request, collector: Collector) -> Response:
-    q, pg = request.query_params, page_params(request)
-    filters = {k: q.get(k) or None for k in ("task", "kind", "role", "host")}
+    pg, filters = page_params(request), params.drift_filters(request.query_params)
     api = "/api/v1/drift" + (f"?{request.url.query}" if request.url.query else "")
     if filters["task"] is not None:
         items = await collector.db(queries.drift_items_now, collector.engine, pg, **filters)
-        return page("drift_task.html", task=filters["task"], items=items, page=pg, filters=filters,
-                    api=api + "&group=host", **common(request, collector))
+        return render_page("drift_task.html", task=filters["task"], items=items, page=pg, filters=filters,
+                           api=api + "&group=host", **common(request, collector))
     tasks = await collector.db(queries.drift_by_task, collector.engine, pg, **filters)
-    return page("drift.html", tasks=tasks, page=pg, filters=filters, api=api,
-                **common(request, collector))
+    return render_page("drift.html", tasks=tasks, page=pg, filters=filters, api=api,
+                       **common(request, collector))
 
 
 @ui_page
 async def commit(request: Request, collector: Collector) -> Response:
     sha, pg = request.path_params["sha"], page_params(request)
-    reached = request.query_params.get("hosts", "running")
-    if reached not in ("running", "not_reached"):
-        raise BadRequestError("hosts: expected running or not_reached")
+    reached = params.rollout_hosts(request.query_params)
     result = await collector.db(queries.commit_rollout, collector.engine, sha, pg,
-                                stale_before=_stale_before(collector), reached=reached == "running")
-    return page("commit.html", commit=result["commit"], summary=result["summary"], hosts=result["hosts"],
-                page=pg, reached=reached, api=f"/api/v1/commits/{sha}?hosts={reached}",
-                **common(request, collector))
+                                stale_before=collector.stale_before(), reached=reached == "running")
+    return render_page("commit.html", commit=result["commit"], summary=result["summary"],
+                       hosts=result["hosts"], page=pg, reached=reached,
+                       api=f"/api/v1/commits/{sha}?hosts={reached}", **common(request, collector))
 
 
 @ui_page
 async def commits(request: Request, collector: Collector) -> Response:
     pg = page_params(request)
     listing = await collector.db(queries.list_commits, collector.engine, pg)
-    return page("commits.html", commits=listing, page=pg, api="/api/v1/commits",
-                **common(request, collector))
+    return render_page("commits.html", commits=listing, page=pg, api="/api/v1/commits",
+                       **common(request, collector))
 
 
 async def static(request: Request) -> Response:

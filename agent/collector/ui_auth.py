@@ -22,10 +22,10 @@ from agent.collector import sessions
 from agent.collector.auth import reader_principal
 from agent.collector.errors import UnauthorizedError
 from agent.collector.tokens import Principal
-from agent.collector.ui_render import SECURITY_HEADERS, page
+from agent.collector.ui_render import SECURITY_HEADERS, render_page
 
 if TYPE_CHECKING:
-    from agent.collector.app import Collector
+    from agent.collector.context import Collector
 
 COOKIE = "gitops_session"
 SESSION_MAX_AGE_S = sessions.SESSION_MAX_AGE_S
@@ -99,7 +99,7 @@ def secure_cookie(request: Request, public_urls: tuple[str, ...]) -> bool:
 
 
 async def login_form(request: Request) -> Response:
-    return page("login.html", next=safe_next(request.query_params.get("next")), error=None)
+    return render_page("login.html", next=safe_next(request.query_params.get("next")), error=None)
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -118,13 +118,13 @@ async def login_submit(request: Request) -> Response:
     form = await _form(request)
     target = safe_next(form.get("next"))
     if not from_this_site(request, public_urls):
-        return page("login.html", 403, next=target, error=CROSS_SITE)
+        return render_page("login.html", 403, next=target, error=CROSS_SITE)
     token = form.get("token", "").strip()
     secret = None
     if token:
         secret = await collector.db(sessions.start, collector.engine, token, now=collector.now())
     if secret is None:
-        return page("login.html", 401, next=target, error=LOGIN_REFUSED)
+        return render_page("login.html", 401, next=target, error=LOGIN_REFUSED)
     response = RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
     response.set_cookie(COOKIE, secret, max_age=SESSION_MAX_AGE_S, path="/", httponly=True,
                         samesite="strict", secure=secure_cookie(request, public_urls))
@@ -135,7 +135,7 @@ async def logout(request: Request) -> Response:
     collector: Collector = request.app.state.collector
     public_urls = collector.settings.public_urls
     if not from_this_site(request, public_urls):
-        return page("login.html", 403, next="/", error=CROSS_SITE)
+        return render_page("login.html", 403, next="/", error=CROSS_SITE)
     secret = request.cookies.get(COOKIE)
     if secret:
         await collector.db(sessions.end, collector.engine, secret)

@@ -111,6 +111,7 @@ def environment() -> Environment:
     return env
 
 
-def page(template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+def render_page(template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    """The HTML page of `template` rendered with `context`, with the security headers."""
     html = environment().get_template(template).render(**context)
     return HTMLResponse(html, status_code=status_code, headers=SECURITY_HEADERS)

@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import Engine
 
 from agent.collector import db, tokens
-from agent.collector.app import Collector, CollectorSettings, create_app
+from agent.collector.app import create_app
+from agent.collector.context import Collector, CollectorSettings
 from agent.collector.tokens import TokenKind
 from agent.report import Report, to_json
 from tests.factory import BASE_TIME

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from agent.collector import db, store, tokens
 from agent.collector.cli import main
 from agent.collector.tables import drift_items, metadata, runs
+from agent.redact import redact_url
 from agent.report import Status, to_json
 from tests.factory import BASE_TIME, make_report
 
@@ -106,7 +107,12 @@ def test_postgres_urls_use_psycopg3():
     assert db.normalize_url("postgresql://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
     assert db.normalize_url("postgres://h/db") == "postgresql+psycopg://h/db"
     assert db.normalize_url("sqlite:///x.db") == "sqlite:///x.db"
-    assert "secret" not in db.redact_url("postgresql://u:secret@h/db")
+    assert "secret" not in redact_url("postgresql://u:secret@h/db")
+    # the collector's messages name a database by its engine's URL, through the same agent.redact.redact_url
+    engine = db.create("postgresql://u:secret@h/db?password=secret2")
+    shown = redact_url(str(engine.url))
+    assert "secret" not in shown and shown.startswith("postgresql+psycopg://***@h/db")
+    engine.dispose()
 
 
 def test_client_ca_needs_tls_and_limits_reach_the_settings(tmp_path, capsys):

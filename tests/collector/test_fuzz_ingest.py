@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from agent.collector import db, tokens
-from agent.collector.app import Collector, CollectorSettings, create_app
+from agent.collector.app import create_app
+from agent.collector.context import Collector, CollectorSettings
 from agent.collector.payload import PayloadLimits, parse_report
 from agent.collector.store import decompress
 from agent.collector.tables import commits, drift_items, hosts, runs

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from schemathesis import checks
 
 from agent.collector import db, tokens
-from agent.collector.app import Collector, CollectorSettings, create_app
+from agent.collector.app import create_app
+from agent.collector.context import Collector, CollectorSettings
 from agent.collector.errors import BadRequestError
 from agent.collector.openapi import document
 from agent.collector.tokens import TokenKind

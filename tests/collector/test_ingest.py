@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from agent.collector import tokens
-from agent.collector.app import CollectorSettings
+from agent.collector.context import CollectorSettings
 from agent.collector.tables import commits, drift_items, host_roles, hosts, runs
 from agent.report import DriftKind, Status, to_dict, to_json
 from tests.factory import BASE_TIME, COMMIT_B, drift_item, make_report
@@ -159,7 +159,8 @@ def test_paused_report_marks_the_host_paused(send, client, reader):
 
 def test_database_down_is_503_so_agents_retry(tmp_path):
     from agent.collector import db
-    from agent.collector.app import Collector, create_app
+    from agent.collector.app import create_app
+    from agent.collector.context import Collector
     from tests.collector.conftest import ASGIClient
     from tests.live_collector import free_port
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import html
+import re
 from datetime import timedelta
 
 import pytest
 
 from agent.collector import tokens
-from agent.collector.app import CollectorSettings
 from agent.collector.auth import ProxyAuth
+from agent.collector.context import CollectorSettings
 from agent.report import DriftKind, Status
 from tests.factory import BASE_TIME, COMMIT_A, COMMIT_B, drift_item, make_report
 
@@ -251,3 +253,80 @@ def test_commits_newest_first_with_hosts_running_and_converged(client, reader, f
     assert body["items"][0]["subject"] == "Tune nginx workers" and body["total"] == 3
     page = client.get("/api/v1/commits?limit=1&offset=2", headers=reader).json()
     assert [i["sha"] for i in page["items"]] == [COMMIT_B] and page["next_offset"] is None
+
+
+def ui_names(response):
+    """The hosts of the overview page's table, in order."""
+    assert response.status_code == 200, response.text
+    table = response.text.split('<table class="hosts">', 1)[1].split("</table>", 1)[0]
+    return re.findall(r'<a class="host" href="/hosts/([^"]+)">', table)
+
+
+# One parser (agent.collector.params) behind both: the page / and /api/v1/hosts select the same hosts.
+SAME_SELECTION = [
+    ("", ["db01", "db02", "web01", "web02", "web03"]),
+    ("stale=true", ["web01", "web03"]),
+    ("stale=false", ["db01", "db02", "web02"]),
+    ("stale=0", ["db01", "db02", "web02"]),
+    ("stale=no", ["db01", "db02", "web02"]),
+    ("stale=YES", ["web01", "web03"]),
+    ("status=stale", ["web01", "web03"]),
+    ("status=drifted&stale=false", ["web02"]),
+    ("status=drifted,stale", ["web03"]),
+    ("status=stale&stale=false", []),  # stale and not stale: nobody (an answer, not an error)
+    ("status=failed,corrected", ["db01", "db02"]),
+    ("role=backup", ["db02"]),
+    (f"commit={COMMIT_A[:8]}&stale=false", ["db02"]),
+    ("q=web0&order=desc", ["web03", "web02", "web01"]),
+    ("sort=drift&order=desc&limit=2", ["web03", "db02"]),
+    ("sort=last_seen&limit=2&offset=2", ["db01", "db02"]),  # +0 web01, +2 web03, +3 db01, +4 db02 web02
+    ("seen=-1h&stale=", ["web01", "web03"]),  # last seen at +0 and +2 min; now is +62.5 min
+    ("seen=1h&order=desc", ["web02", "db02", "db01"]),
+    ("role=&q=&seen=&limit=", ["db01", "db02", "web01", "web02", "web03"]),
+]
+
+
+@pytest.mark.parametrize(("query", "expected"), SAME_SELECTION)
+def test_the_ui_and_the_api_select_the_same_hosts(client, reader, fleet, clock, query, expected):
+    # web01 and web03 are stale (see test_stale_hosts)
+    clock.now = BASE_TIME + timedelta(seconds=1800 + 300 + 600 + 150)
+    if "seen=" in query:
+        clock.now = BASE_TIME + timedelta(minutes=62, seconds=30)
+    assert names(client.get(f"/api/v1/hosts?{query}", headers=reader)) == expected
+    assert ui_names(client.get(f"/?{query}", headers=reader)) == expected
+
+
+SAME_REFUSAL = [
+    ("/?stale=maybe", "/api/v1/hosts?stale=maybe"),
+    ("/?status=bogus", "/api/v1/hosts?status=bogus"),
+    ("/?sort=color", "/api/v1/hosts?sort=color"),
+    ("/?order=up", "/api/v1/hosts?order=up"),
+    ("/?seen=2y", "/api/v1/hosts?seen=2y"),
+    ("/?limit=0", "/api/v1/hosts?limit=0"),
+    ("/?offset=-1", "/api/v1/hosts?offset=-1"),
+    ("/drift?kind=sideways", "/api/v1/drift?kind=sideways"),
+    ("/drift?limit=1001", "/api/v1/drift?limit=1001"),
+    (f"/commits/{COMMIT_B[:8]}?hosts=all", f"/api/v1/commits/{COMMIT_B[:8]}?hosts=all"),
+    ("/webhooks?status=sent", "/api/v1/webhooks?status=sent"),
+    ("/stale?limit=abc", "/api/v1/hosts?stale=true&limit=abc"),
+]
+
+
+@pytest.mark.parametrize(("page", "api"), SAME_REFUSAL)
+def test_the_ui_and_the_api_refuse_the_same_values_with_the_same_message(client, reader, fleet, page, api):
+    refused = client.get(api, headers=reader)
+    assert refused.status_code == 400
+    message = refused.json()["error"]
+    named = api.rsplit("&", 1)[-1].split("?")[-1].split("=")[0]  # the last parameter is the bad one
+    assert "\n" not in message and message.startswith(f"{named}: ")
+    shown = client.get(page, headers=reader)
+    assert shown.status_code == 400
+    alert = re.search(r'<p class="error" role="alert">(.*?)</p>', shown.text)
+    assert alert is not None and html.unescape(alert.group(1)) == message
+
+
+def test_runs_take_run_statuses_only(client, reader, fleet):
+    assert client.get("/api/v1/runs?status=stale", headers=reader).status_code == 400
+    assert client.get("/api/v1/hosts/web02/runs?status=nope", headers=reader).status_code == 400
+    runs = client.get("/api/v1/hosts/web02/runs?status=in_sync", headers=reader).json()
+    assert [r["status"] for r in runs["items"]] == ["in_sync"]

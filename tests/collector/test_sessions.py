@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import select
 
 from agent.collector import db, tokens
-from agent.collector.app import Collector, CollectorSettings, create_app
+from agent.collector.app import create_app
+from agent.collector.context import Collector, CollectorSettings
 from agent.collector.tables import sessions
 from tests.collector.conftest import ASGIClient
 from tests.factory import BASE_TIME, make_report

@@ -161,8 +161,9 @@ def test_unified_diff_classifies_lines():
 
 
 def test_trusted_proxy_header_works_for_pages(engine, clock, fleet):
-    from agent.collector.app import Collector, CollectorSettings, create_app
+    from agent.collector.app import create_app
     from agent.collector.auth import ProxyAuth
+    from agent.collector.context import Collector, CollectorSettings
     from tests.collector.conftest import ASGIClient
 
     settings = CollectorSettings(proxy=ProxyAuth("X-Remote-User", ("127.0.0.1",)))

@@ -18,10 +18,11 @@ from agent.collector.alerts import (
     HostChange,
     Webhook,
     WebhookKind,
+    alert_state,
     group,
     parse_webhook,
 )
-from agent.collector.app import CollectorSettings
+from agent.collector.context import CollectorSettings
 from agent.collector.notify import Notifier
 from agent.report import Status
 from tests.factory import BASE_TIME, COMMIT_B, drift_item, make_report
@@ -93,6 +94,16 @@ def test_burst_is_one_alert_with_a_stable_fingerprint():
     assert len(other) == 2
 
 
+@pytest.mark.parametrize(("status", "stale", "state"), [
+    ("failed", False, AlertState.FAILING), ("error", False, AlertState.FAILING),
+    ("drifted", False, AlertState.DRIFTING), ("in_sync", False, AlertState.OK),
+    ("corrected", False, AlertState.OK), ("paused", False, AlertState.OK),
+    ("failed", True, AlertState.STALE), ("in_sync", True, AlertState.STALE),
+])
+def test_alert_state_of_a_host(status, stale, state):
+    assert alert_state(status, stale) is state
+
+
 def test_only_changes_that_matter_alert():
     assert group([change("new", AlertState.OK)]) == []  # a new host that is fine: nothing to say
     assert [a.kind for a in group([change("a", AlertState.OK, AlertState.FAILING)])] == ["recovered"]
@@ -156,7 +167,7 @@ def test_failed_deliveries_are_retried_with_visible_status(collector, send, cloc
 
 
 def rollout_notifier(engine, clock, receiver, grouping):
-    from agent.collector.app import Collector
+    from agent.collector.context import Collector
 
     settings = CollectorSettings(webhooks=(Webhook(f"{receiver.url}/generic"),
                                            Webhook(f"{receiver.url}/slack", WebhookKind.SLACK)),

@@ -24,8 +24,8 @@ from agent.collector.alerts import (
     scrub_url,
     slack_escape,
 )
-from agent.collector.app import CollectorSettings
 from agent.collector.cli import _parser, _settings
+from agent.collector.context import CollectorSettings
 from agent.collector.errors import CollectorError
 from agent.report import Status
 from tests.collector.test_ui_notify import run_once

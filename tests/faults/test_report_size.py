@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from agent import report_size
-from agent.collector.app import DEFAULT_MAX_BODY_BYTES
+from agent.collector.context import DEFAULT_MAX_BODY_BYTES
 from agent.collector.payload import PayloadLimits
 from agent.report import Diff, DriftItem, DriftKind, ErrorItem, Phase, Report, Status, to_json
 from tests.factory import make_report

@@ -1,0 +1,74 @@
+"""What every part of the collector shares: its settings, the clock, and the `Collector` that request
+handlers and the notifier reach through `app.state.collector`.
+
+This module sits below the parts that use it (api, ui, notify, notify_views, ui_auth) and never imports
+them or app.py, which only wires them together (an import-linter contract keeps it so).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+from sqlalchemy import Engine
+
+from agent.collector.alerts import Grouping, Webhook
+from agent.collector.auth import ProxyAuth
+from agent.collector.metrics import Metrics
+from agent.collector.payload import PayloadLimits
+from agent.collector.queries import stale_cutoff
+from agent.collector.store import Expectations
+
+DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
+T = TypeVar("T")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class CollectorSettings:
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    stale_grace_s: float = 600.0
+    expect: Expectations = field(default_factory=Expectations)
+    proxy: ProxyAuth | None = None
+    public_metrics: bool = False
+    db_threads: int = 8
+    webhooks: tuple[Webhook, ...] = ()
+    notify_interval_s: float = 15.0
+    payload: PayloadLimits = field(default_factory=PayloadLimits)
+    client_cert_required: bool = False
+    alert_grouping: Grouping = field(default_factory=Grouping)
+    public_urls: tuple[str, ...] = ()  # where browsers reach the collector (a proxy's https://NAME)
+
+
+@dataclass
+class Collector:
+    """What every request handler needs; stored on `app.state.collector`."""
+
+    engine: Engine
+    settings: CollectorSettings
+    metrics: Metrics = field(default_factory=Metrics)
+    now: Callable[[], datetime] = utc_now
+    db_limiter: anyio.CapacityLimiter | None = None
+
+    def __post_init__(self) -> None:
+        # Database calls run in worker threads; a few threads serve more requests per second than many
+        # (fewer threads fighting over the GIL and the database), while waiting requests cost nothing.
+        if self.db_limiter is None:
+            self.db_limiter = anyio.CapacityLimiter(self.settings.db_threads)
+
+    def stale_before(self) -> datetime:
+        """Hosts whose due time is before this moment are stale (now less the grace, queries.stale_cutoff)."""
+        return stale_cutoff(self.now(), self.settings.stale_grace_s)
+
+    async def db(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking database call in the worker thread pool."""
+        call = functools.partial(func, *args, **kwargs)
+        return await anyio.to_thread.run_sync(call, limiter=self.db_limiter)
