@@ -1,6 +1,6 @@
 """Pure: a report that fits under a size cap, so that the collector can always accept it.
 
-The collector refuses a body over its `--max-body` (default 5 MiB, agent.collector.app) with 413 and a
+The collector refuses a body over its `--max-body` (default 5 MiB, agent.collector.context) with 413 and a
 string over 1 MiB characters (agent.collector.payload) with 422; both would leave the report in the
 outbox's quarantine for good. `fit` keeps a report as it is when it is small enough, and otherwise trims,
 least valuable first, until the encoded JSON is at most `max_bytes`:
