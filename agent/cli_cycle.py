@@ -174,7 +174,6 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     preflight.check_token_file(cfg)
     store = StateStore(cfg.state_dir, history=cfg.history)
     store.ensure()
-    source = GitSource(cfg.source, cfg.state_dir)
     runner: daemon.Daemon | None = None
     last_error: list[str | None] = [None]
 
@@ -186,22 +185,29 @@ def cmd_daemon(args: argparse.Namespace) -> int:
                                ping=_watchdog_ping,
                                destination=lambda r: delivery.destination(current, r.run_id))
 
-    def flush(final: bool) -> bool:
-        """Retries between cycles; the journal hears when delivery starts or stops failing, not each try."""
-        assert runner is not None
-        result = delivery.flush(runner.config, deadline_s=10.0, max_attempts=2 if final else 1)
-        error = result.error if result is not None and not result.ok else None
-        if error != last_error[0]:
-            if error:
-                log.warning("reports wait in the outbox: waiting=%d error=%r",
-                            result.remaining if result else 0, error)
-            elif last_error[0]:
-                log.info("the outbox is delivered again")
-            last_error[0] = error
-        return result is None or result.ok
+    def build(current: config.AgentConfig) -> daemon.Parts:
+        """The probe (over a Git source) and the flush (over a sender), from one configuration: built
+        at start and again on every reload, so a new source.url/ref or collector is used at once."""
+        preflight.check_token_file(current)
+        source = GitSource(current.source, current.state_dir)
 
-    runner = daemon.Daemon(path, cfg, spawn=spawn, probe=source.probe, flush=flush,
-                           last_commit=store.peek_last_commit())
+        def flush(final: bool) -> bool:
+            """Retries between cycles; the journal hears when delivery starts or stops failing, not each
+            try."""
+            result = delivery.flush(current, deadline_s=10.0, max_attempts=2 if final else 1)
+            error = result.error if result is not None and not result.ok else None
+            if error != last_error[0]:
+                if error:
+                    log.warning("reports wait in the outbox: waiting=%d error=%r",
+                                result.remaining if result else 0, error)
+                elif last_error[0]:
+                    log.info("the outbox is delivered again")
+                last_error[0] = error
+            return result is None or result.ok
+
+        return daemon.Parts(probe=source.probe, flush=flush)
+
+    runner = daemon.Daemon(path, cfg, spawn=spawn, build=build, last_commit=store.peek_last_commit())
     return runner.serve()
 
 

@@ -10,7 +10,8 @@
   cycle past schedule.timeout is stopped: the child cancels Ansible (its process group), a backstop kills
   the child's group;
 - SIGTERM/SIGINT: stop (the running cycle gets schedule.stop_grace to finish, then is cancelled);
-  SIGHUP: reload the config (an invalid one is refused, the old one kept);
+  SIGHUP: reload the config and rebuild the probe (source) and flush (sender) from it (an invalid
+  one, or one that moves state_dir, is refused, the old one kept);
   SIGUSR1: look at requests from `gitops-agent run`;
 - systemd: READY=1, WATCHDOG=1 pings, STATUS= lines (Type=notify);
 - one log line per cycle (trigger, commit, status, drift by kind, changes, duration, where the report
@@ -42,6 +43,7 @@ from typing import Any
 from agent import config as config_mod
 from agent.errors import AgentError
 from agent.fsutil import atomic_write
+from agent.redact import redact_url
 from agent.report import Report, Status, Trigger, format_time, parse_time
 
 log = logging.getLogger(__name__)
@@ -170,6 +172,21 @@ def pid_alive(pid: int) -> bool:
 
 
 Spawn = Callable[[Trigger, bool], CycleOutcome]  # (trigger, check_only) -> outcome
+Probe = Callable[[], str | None]  # the commit source.ref points at now; None when no source answers
+Flush = Callable[[bool], bool]  # (final) -> True when the outbox is delivered
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What the daemon builds from one configuration, and builds again from each reloaded one: the
+    probe for new commits (over a Git source of source.url/ref/mirrors) and the outbox flush (over a
+    sender to collector.url). Nothing in them may outlive the configuration they were built from."""
+
+    probe: Probe
+    flush: Flush
+
+
+Build = Callable[[config_mod.AgentConfig], Parts]
 
 
 @dataclass(frozen=True)
@@ -180,13 +197,19 @@ class Request:
 
 class Daemon:
     def __init__(self, config_path: Path, config: config_mod.AgentConfig, *, spawn: Spawn,
-                 probe: Callable[[], str | None], flush: Callable[[bool], bool] | None = None,
+                 probe: Probe | None = None, flush: Flush | None = None, build: Build | None = None,
                  clock: Callable[[], float] = time.time, last_commit: str | None = None) -> None:
+        """`build` makes the probe and flush from a configuration (at start and on every reload); a
+        fixed `probe`/`flush` (tests) is used for every configuration instead."""
         self.config_path = config_path
         self.config = config
         self.spawn = spawn
-        self.probe = probe
-        self.flush = flush or (lambda final: True)
+        if build is None:
+            fixed = Parts(probe or (lambda: None), flush or (lambda final: True))
+            build = lambda cfg: fixed  # noqa: E731
+        self.build = build
+        parts = build(config)
+        self.probe, self.flush = parts.probe, parts.flush
         self.outbox_clear = True  # False while reports wait for the collector
         self.clock = clock
         self.last_commit = last_commit
@@ -321,16 +344,30 @@ class Daemon:
         return found
 
     def reload(self) -> None:
+        """Read the configuration again and rebuild what was built from it (the probe over the source,
+        the flush over the sender). A configuration that cannot be loaded or built, or that moves
+        state_dir (the pid and status files, the lock and the state live there: a restart's job), is
+        refused with one log line and the old one kept."""
         self.reload_requested = False
         try:
             new = config_mod.load(self.config_path)
+            if new.state_dir != self.config.state_dir:
+                raise AgentError(f"state_dir changed from {self.config.state_dir} to {new.state_dir}: "
+                                 "restart the daemon to move it")
+            parts = self.build(new)
         except AgentError as e:
             log.error("reload refused, keeping the old configuration: %s", e)
             return
+        old = self.config.source
         self.config = new
+        self.probe, self.flush = parts.probe, parts.flush
+        self.outbox_clear = False  # a new collector (or token): try it at the next poll
+        self.next_poll_at = self.clock()  # ask the (maybe new) source at once
         self.next_full_at = min(self.next_full_at, self._slot(self.clock()))
         self.write_status()
-        log.info("configuration reloaded from %s", self.config_path)
+        moved = "" if (old.url, old.ref) == (new.source.url, new.source.ref) else \
+            f" source: url={redact_url(new.source.url)} ref={new.source.ref}"
+        log.info("configuration reloaded from %s%s", self.config_path, moved)
 
     # -- serving ----------------------------------------------------------------------------
 

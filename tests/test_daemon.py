@@ -4,6 +4,7 @@ child process and Git probe are exercised in test_daemon_live.py)."""
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -121,6 +122,45 @@ def test_reload_keeps_old_config_when_new_one_is_invalid(tmp_path: Path, caplog:
     path.write_text("host: web01\nsource: {url: repo}\nstate_dir: state\nschedule: {interval: 10m}\n")
     d.reload()
     assert d.config.schedule.interval_s == 600
+
+
+def test_reload_rebuilds_the_probe_and_flush_from_the_new_config(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """The probe and flush are built from each configuration (issue 17: the probe kept the start-up
+    source.ref, and every poll then fired a new-commit cycle); a moved state_dir is refused."""
+    caplog.set_level(logging.INFO, "agent.daemon")
+    heads = {"main": "c-main", "next": "c-next"}
+    built: list[tuple[str, str | None]] = []
+    flushed: list[str | None] = []
+
+    def build(cfg: config_mod.AgentConfig) -> daemon.Parts:
+        built.append((cfg.source.ref, cfg.collector.url))
+        return daemon.Parts(probe=lambda: heads[cfg.source.ref],
+                            flush=lambda final: flushed.append(cfg.collector.url) is None)
+
+    path = tmp_path / "agent.yaml"
+    base = {"host": "web01", "state_dir": "state", "schedule": {"interval": "1h", "poll": "1m", "splay": "0s"}}
+    path.write_text(yaml.safe_dump({**base, "source": {"url": "repo"}}))
+    fakes, clock = Fakes(), Clock(1_000_000.0)
+    d = Daemon(path, config_mod.load(path), spawn=fakes.spawn, build=build, clock=clock)
+    fakes.remote = "c-main"
+    assert d.run_once() is Trigger.NEW_COMMIT and d.last_commit == "c-main"
+    path.write_text(yaml.safe_dump({**base, "source": {"url": "repo", "ref": "next"},
+                                    "collector": {"url": "http://127.0.0.1:9", "token_file": "t"}}))
+    d.reload_requested = True
+    fakes.remote = "c-next"  # what the child's cycle of the new ref reports
+    assert d.run_once() is Trigger.NEW_COMMIT  # polled at once after the reload, on the new ref
+    assert built == [("main", None), ("next", "http://127.0.0.1:9")]
+    assert flushed == ["http://127.0.0.1:9"]  # the outbox is tried with the new collector
+    for _ in range(5):  # the next polls ask the new ref: no repeated new-commit cycles
+        clock.now += 61
+        assert d.run_once() is None
+    assert [t for t, _ in fakes.spawned] == [Trigger.NEW_COMMIT, Trigger.NEW_COMMIT]
+    assert f"source: url={tmp_path / 'repo'} ref=next" in caplog.text
+    path.write_text(yaml.safe_dump({**base, "state_dir": "elsewhere", "source": {"url": "repo"}}))
+    d.reload()
+    assert "reload refused, keeping the old configuration: state_dir changed" in caplog.text
+    assert d.config.source.ref == "next" and len(built) == 2
 
 
 def test_pause_expires_by_itself(tmp_path: Path) -> None:

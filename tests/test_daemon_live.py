@@ -122,3 +122,37 @@ def test_a_cycle_past_its_timeout_is_stopped_and_reported(cli, write_config, tmp
     assert "schedule.timeout" in result.report["errors"][0]["message"]
     wait_for(lambda: not sleepers(), 10, "the sleeping task to be killed with its process group")
     assert os.path.exists(tmp_path / "state/last_run.json")
+
+
+def test_a_reload_to_another_ref_polls_and_applies_it_once(write_config, app_repo: GitRepo,
+                                                           tmp_path: Path) -> None:
+    """SIGHUP with a new source.ref: the daemon's probe follows the new ref (issue 17's defect: it kept
+    asking the old one, and each poll then saw a 'new' commit), its commit is applied once, and then the
+    daemon stays quiet."""
+    app_repo.git("checkout", "-q", "-b", "next")
+    other = app_repo.commit({"inventory/hosts.yml": APP_INVENTORY.replace('"1"', '"7"')}, "next: v7")
+    app_repo.git("checkout", "-q", "main")
+    schedule = {"interval": "1h", "poll": "1s", "splay": "0s", "timeout": "120s"}
+    config = write_config(app_repo.path, schedule=schedule)
+    log = tmp_path / "daemon.log"
+
+    def new_commit_cycles() -> list[str]:
+        return [x for x in log.read_text().splitlines() if "cycle done: trigger=new_commit" in x]
+
+    with running_daemon(config, log) as proc:
+        wait_for(lambda: (last_run(tmp_path) or {}).get("status") == "corrected", 90, "the first cycle")
+        assert (tmp_path / "root/app.conf").read_text() == "version=1\n"
+        write_config(app_repo.path, schedule=schedule, source={"url": str(app_repo.path), "ref": "next"})
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "source: url=" in log.read_text() and "ref=next" in log.read_text(), 20, "the reload")
+        report = wait_for(lambda: (r := last_run(tmp_path)) and r["source"]["commit"] == other and r, 90,
+                          "the new ref's commit")
+        assert (report["status"], report["trigger"], report["source"]["ref"]) == ("corrected", "new_commit",
+                                                                                "next")
+        assert (tmp_path / "root/app.conf").read_text() == "version=7\n"
+        assert f"new commit: commit={other[:12]} previous={app_repo.head[:12]}" in log.read_text()
+        time.sleep(5)  # five polls of the new ref: none may see a "new" commit
+        assert len(new_commit_cycles()) == 2, new_commit_cycles()
+        assert last_run(tmp_path)["source"]["commit"] == other
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
