@@ -86,11 +86,12 @@ def _run_here(cfg: config.AgentConfig, args: argparse.Namespace,
               refusal: str | None) -> tuple[Report, list[Report]]:
     """One cycle in this process; the report, and the reports no outbox could take (out of disk: they
     are sent from memory by the delivery that follows)."""
-    from agent.cycle import Cycle, CycleOptions  # Git and the cycle: only for commands that run one
+    from agent import wiring  # Git and the cycle: only for commands that run one
+    from agent.cycle import Cycle, CycleOptions
 
     cancelled = _cancel_on_term()
     view = None if refusal else _progress_view()
-    cycle = Cycle(cfg, cancel=cancelled.is_set, progress=view)
+    cycle = Cycle(cfg, parts=wiring.cycle_parts(cfg), cancel=cancelled.is_set, progress=view)
     try:
         report = cycle.run(CycleOptions(trigger=Trigger(args.trigger), check_only=args.check,
                                         refusal=refusal))
@@ -165,14 +166,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from agent import child
-    from agent.source import GitSource
+    from agent import child, wiring
 
     path = config.config_path(args.config)
     cfg = config.load(path)
     preflight.check_state_dir(cfg.state_dir, write=True)
     preflight.check_token_file(cfg)
-    store = StateStore(cfg.state_dir, history=cfg.history)
+    store = wiring.state_store(cfg)
     store.ensure()
     runner: daemon.Daemon | None = None
     last_error: list[str | None] = [None]
@@ -189,7 +189,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         """The probe (over a Git source) and the flush (over a sender), from one configuration: built
         at start and again on every reload, so a new source.url/ref or collector is used at once."""
         preflight.check_token_file(current)
-        source = GitSource(current.source, current.state_dir)
+        source = wiring.git_source(current)
 
         def flush(final: bool) -> bool:
             """Retries between cycles; the journal hears when delivery starts or stops failing, not each

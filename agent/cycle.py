@@ -31,6 +31,7 @@ from agent import (
     requirements,
     runner,
     vault,
+    wiring,
 )
 from agent import verdict as verdict_of
 from agent.config import AgentConfig
@@ -45,7 +46,6 @@ from agent.redact import Redactor, redact_record, redact_report, redact_url
 from agent.report import (
     ApplyResult,
     DriftItem,
-    DriftKind,
     Durations,
     ErrorItem,
     FailedTask,
@@ -61,9 +61,10 @@ from agent.report import (
     format_time,
 )
 from agent.runner import RunMode, RunnerSettings, RunResult
-from agent.source import GitSource, Revision
-from agent.state import AgentState, StateStore, first_seen
+from agent.source import Revision
+from agent.state import AgentState, first_seen
 from agent.verdict import RunVerdict
+from agent.wiring import CycleParts
 
 log = logging.getLogger(__name__)
 
@@ -112,27 +113,20 @@ class _Attempt:
         self.errors.append(ErrorItem(phase or self.phase, message))
 
 
-def _converged(state: AgentState, commit: str, *, recurring: set[str], check_only: set[str]) -> AgentState:
-    """The state after an apply of `commit` converged: what recurs and what fails only in check mode
-    are remembered for it (and kept for the other commits this host converged to)."""
-    def kept(per_commit: dict[str, tuple[str, ...]], keys: set[str]) -> dict[str, tuple[str, ...]]:
-        found = {k: v for k, v in per_commit.items() if k in state.converged and k != commit}
-        return {**found, commit: tuple(sorted(keys))} if keys else found
-
-    return replace(state.with_converged(commit), applied_commit=commit,
-                   recurring={**kept(state.recurring, recurring), commit: tuple(sorted(recurring))},
-                   check_only=kept(state.check_only, check_only))
-
-
 class Cycle:
-    def __init__(self, config: AgentConfig, *, clock: Callable[[], datetime] = utc_now,
-                 cancel: Callable[[], bool] = never, progress: Progress | None = None) -> None:
+    def __init__(self, config: AgentConfig, *, parts: CycleParts | None = None,
+                 clock: Callable[[], datetime] = utc_now, cancel: Callable[[], bool] = never,
+                 progress: Progress | None = None) -> None:
+        """`parts`: the source, state store, playbook runner and outbox spool (agent.wiring builds the
+        real ones from `config` when none are given)."""
+        parts = parts or wiring.cycle_parts(config)
         self.config = config
         self.clock = clock
         self.cancel = cancel
         self.progress = progress
-        self.store = StateStore(config.state_dir, history=config.history)
-        self.source = GitSource(config.source, config.state_dir)
+        self.store = parts.store
+        self.source = parts.source
+        self.runner = parts.runner
         self.deadline = 0.0  # monotonic; set when a cycle starts
         self.settings = RunnerSettings(
             work_dir=self.store.work_dir, timeout_s=config.schedule.timeout_s,
@@ -141,7 +135,7 @@ class Cycle:
             fact_cache_timeout_s=config.ansible.fact_cache_timeout_s,
             vault_password_file=config.vault_password_file)
         self.redactor = Redactor(config.redact)  # plus the checkout's vault values once it is known
-        self.journal = Journal(config, self.store, clock=clock)
+        self.journal = Journal(config, self.store, clock=clock, spool=parts.spool)
         self.unspooled: list[Report] = []  # reports that could not go into the outbox: deliver them directly
         self.problems: list[str] = []  # what could not be written, one line each (for the CLI)
 
@@ -342,7 +336,7 @@ class Cycle:
         broken: dict[str, str] = {}
         if not marker.is_file() or marker.read_text(encoding="utf-8").strip() != key:
             remaining = self.deadline - time.monotonic()
-            broken = runner.syntax_errors(plan, replace(self.settings, timeout_s=remaining))
+            broken = self.runner.syntax_errors(plan, replace(self.settings, timeout_s=remaining))
             if not broken:
                 atomic_write(marker, f"{key}\n".encode())
         for role, error in broken.items():
@@ -363,7 +357,7 @@ class Cycle:
         graph = parse_graph(invcache.graph(
             self.config.state_dir / "inventory-cache", commit=revision.commit, host=self.config.host,
             inventory_name=self.config.inventory, inventory=inventory,
-            parse=lambda: runner.inventory_graph(inventory, revision.path, self.settings)))
+            parse=lambda: self.runner.inventory_graph(inventory, revision.path, self.settings)))
         names = [p.stem for p in playbooks_dir.glob("*.yml")] if playbooks_dir.is_dir() else []
         return make_plan(graph=graph, host=self.config.host, commit=revision.commit,
                          project_dir=revision.path, playbooks_dir=playbooks_dir, inventory=inventory,
@@ -381,7 +375,7 @@ class Cycle:
         self.journal.progress(phase=attempt.phase, commit=plan.commit, roles=plan.roles)
         self._emit(PhaseStarted(name))
         try:
-            result = runner.run_playbooks(plan, mode, settings, cancel=self.cancel, playbooks=playbooks,
+            result = self.runner.run_playbooks(plan, mode, settings, cancel=self.cancel, playbooks=playbooks,
                                           progress=self._emit if self.progress else None)
         finally:
             self._timed(attempt, name, started)
@@ -458,15 +452,9 @@ class Cycle:
         check_only = tuple(t for t in after.failed if t.module)
         failed = tuple(t for t in after.failed if not t.module)
         recurring = drift.recurring_after_apply((*recheck.parsed.tasks, *after.unattributed))
-        keys = {f.task.key for f in recurring}
-        attempt.findings = tuple(
-            Finding(f.task, DriftKind.RECURRING, f.reason) if f.task.key in keys else f
-            for f in attempt.findings) + tuple(f for f in recurring
-                                               if f.task.key not in {x.task.key for x in attempt.findings})
         unverifiable = drift.check_only_findings(replace(after, failed=failed), self._playbook_names(plan),
                                                  check_only)
-        attempt.findings = tuple(f for f in attempt.findings if f.task.key not in
-                                 {u.task.key for u in unverifiable}) + unverifiable
+        attempt.findings = drift.with_recheck(attempt.findings, recurring, unverifiable)
         for task in failed:
             attempt.fail(f"task '{task.label}' failed: {task.message or 'no message'}", Phase.RECHECK)
         attempt.phase = Phase.DONE
@@ -474,8 +462,8 @@ class Cycle:
             attempt.status = Status.FAILED if failed else Status.ERROR
             return state
         attempt.status = Status.CORRECTED
-        return _converged(state, commit, recurring=keys,
-                          check_only={t.key for t in (*check_only, *after.check_only)})
+        return state.after_apply(commit, recurring={f.task.key for f in recurring},
+                                 check_only={t.key for t in (*check_only, *after.check_only)})
 
     # -- report ------------------------------------------------------------------------------
 

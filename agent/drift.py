@@ -99,6 +99,21 @@ def recurring_after_apply(recheck: Iterable[TaskResult]) -> tuple[Finding, ...]:
                  if t.outcome is Outcome.CHANGED and not _command_ran_for_real(t))
 
 
+def with_recheck(findings: tuple[Finding, ...], recurring: tuple[Finding, ...],
+                 unverifiable: tuple[Finding, ...]) -> tuple[Finding, ...]:
+    """The check's findings as the recheck after a successful apply shows them: a task that changed again
+    (`recurring`, from recurring_after_apply) is recurring, whatever the check called it, and one the
+    recheck could not check (`unverifiable`, from check_only_findings) is unverifiable. Order: the
+    check's findings first, then what only the recheck found; one finding per task key."""
+    again = {f.task.key for f in recurring}
+    merged = tuple(Finding(f.task, DriftKind.RECURRING, f.reason) if f.task.key in again else f
+                   for f in findings)
+    seen = {f.task.key for f in findings}
+    merged += tuple(f for f in recurring if f.task.key not in seen)
+    blind = {u.task.key for u in unverifiable}
+    return tuple(f for f in merged if f.task.key not in blind) + unverifiable
+
+
 def failures(tasks: Iterable[TaskResult]) -> tuple[TaskResult, ...]:
     """Failed task results that fail the host by themselves (not ignored, not rescued)."""
     return tuple(t for t in tasks

@@ -99,9 +99,11 @@ def _record_from_json(data: Any) -> CycleRecord:
 
 
 class Journal:
-    def __init__(self, config: AgentConfig, store: StateStore, *,
-                 clock: Callable[[], datetime]) -> None:
+    def __init__(self, config: AgentConfig, store: StateStore, *, clock: Callable[[], datetime],
+                 spool: Callable[[Report], None] | None = None) -> None:
+        """`spool` puts a report into the outbox (agent.delivery.enqueue for `config` when None)."""
         self.config = config
+        self.spool = spool or (lambda report: delivery.enqueue(config, report))
         self.store = store
         self.clock = clock
         self.dir = store.dir / "cycles"
@@ -189,7 +191,7 @@ class Journal:
         if last is not None and last.run_id == report.run_id:
             return True  # last_run.json is written after the outbox: this report was spooled before
         try:
-            delivery.enqueue(self.config, report)
+            self.spool(report)
         except (OSError, AgentError) as e:
             problems.append(f"the outbox ({describe_os_error(e) if isinstance(e, OSError) else e})")
             return False

@@ -59,6 +59,19 @@ class AgentState:
         kept = (*tuple(c for c in self.converged if c != commit), commit)
         return replace(self, converged=kept[-MAX_CONVERGED:])
 
+    def after_apply(self, commit: str, *, recurring: set[str], check_only: set[str]) -> AgentState:
+        """The state after an apply of `commit` converged: `commit` is the applied one and among the
+        converged ones; the task keys that changed again right after it (`recurring`) and those that fail
+        only in check mode (`check_only`) are remembered for it, and kept for the other commits this
+        host converged to (dropped for commits no longer remembered as converged)."""
+        def kept(per_commit: dict[str, tuple[str, ...]], keys: set[str]) -> dict[str, tuple[str, ...]]:
+            found = {k: v for k, v in per_commit.items() if k in self.converged and k != commit}
+            return {**found, commit: tuple(sorted(keys))} if keys else found
+
+        return replace(self.with_converged(commit), applied_commit=commit,
+                       recurring={**kept(self.recurring, recurring), commit: tuple(sorted(recurring))},
+                       check_only=kept(self.check_only, check_only))
+
 
 def _text(value: Any, where: str, *, optional: bool = False) -> Any:
     if value is None and optional:

@@ -59,3 +59,33 @@ def test_policy() -> None:
     assert decide(pause=paused).reason == "paused: db migration"
     expired = Pause(reason="old", until=NOW - timedelta(seconds=1))
     assert decide(pause=expired).apply
+
+
+def test_with_recheck_marks_what_changed_again_recurring_and_what_was_blind_unverifiable() -> None:
+    a, b, c, d = task("a"), task("b"), task("c"), task("d")
+    check = (drift.Finding(a, DriftKind.INTENTIONAL), drift.Finding(b, DriftKind.INTENTIONAL, "why"),
+             drift.Finding(c, DriftKind.CORRECTIVE))
+    recurring = (drift.Finding(b, DriftKind.RECURRING), drift.Finding(d, DriftKind.RECURRING))
+    blind = (drift.Finding(c, DriftKind.UNVERIFIABLE, "check only"),)
+    merged = drift.with_recheck(check, recurring, blind)
+    assert [(f.task.task, f.kind, f.reason) for f in merged] == [
+        ("a", DriftKind.INTENTIONAL, None), ("b", DriftKind.RECURRING, "why"),  # the check's reason kept
+        ("d", DriftKind.RECURRING, None), ("c", DriftKind.UNVERIFIABLE, "check only")]
+    assert drift.with_recheck(check, (), ()) == check
+
+
+def test_after_apply_remembers_recurring_and_check_only_for_converged_commits() -> None:
+    from agent.state import MAX_CONVERGED, AgentState
+
+    state = AgentState(last_commit="c3", applied_commit="c1", converged=("c1", "c2"),
+                       recurring={"c1": ("k1",), "gone": ("k0",)}, check_only={"c2": ("x",), "gone": ("y",)})
+    after = state.after_apply("c3", recurring={"k2", "k1"}, check_only=set())
+    assert (after.applied_commit, after.converged) == ("c3", ("c1", "c2", "c3"))
+    assert after.recurring == {"c1": ("k1",), "c3": ("k1", "k2")}  # sorted; forgotten commits dropped
+    assert after.check_only == {"c2": ("x",)}  # no check-only keys for c3: no entry
+    again = after.after_apply("c2", recurring=set(), check_only={"z"})
+    assert again.converged == ("c1", "c3", "c2") and again.recurring["c2"] == ()
+    assert again.check_only == {"c2": ("z",)}
+    many = AgentState(converged=tuple(f"c{i}" for i in range(MAX_CONVERGED)))
+    assert many.after_apply("new", recurring=set(), check_only=set()).converged[-1] == "new"
+    assert len(many.after_apply("new", recurring=set(), check_only=set()).converged) == MAX_CONVERGED
