@@ -4,22 +4,19 @@ errors; this module builds the objects and prints)."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
 import sys
 import threading
-import time
-import uuid
-from pathlib import Path
 from typing import Any
 
-from agent import config, daemon, delivery, preflight, render, textfile
+from agent import config, control, daemon, delivery, preflight, render, textfile
 from agent import report as report_codec
 from agent.cli_common import EX_CONFIG, EX_IOERR, colour, journald, load
 from agent.errors import AgentError, ConfigError, StorageError
 from agent.fsutil import atomic_write
+from agent.paths import StatePaths
 from agent.report import Phase, Report, Status, Trigger, exit_code
 from agent.state import StateStore
 
@@ -28,7 +25,7 @@ log = logging.getLogger("agent")
 
 def _progress_view() -> Any:
     """A progress display on stderr when it is a terminal (not under systemd); else None."""
-    if journald() or os.environ.get("TERM") == "dumb" or os.environ.get(daemon.CHILD_ENV):
+    if journald() or os.environ.get("TERM") == "dumb" or os.environ.get(control.CHILD_ENV):
         return None
     from rich.console import Console
 
@@ -50,32 +47,12 @@ def _cancel_on_term() -> threading.Event:
     return cancelled
 
 
-def _daemon_pid(state_dir: Path) -> int | None:
-    """The running daemon's pid for this state_dir, if there is one (and we are not its child)."""
-    if os.environ.get(daemon.CHILD_ENV):
-        return None
-    try:
-        pid = int((state_dir / "daemon.pid").read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return pid
-
-
 def _run_through_daemon(cfg: config.AgentConfig, pid: int, check_only: bool) -> Report:
     """Ask the running daemon for a cycle (rather than fight it for the lock) and wait for its report."""
-    requests = cfg.state_dir / "requests"
-    request_id = uuid.uuid4().hex
-    atomic_write(requests / f"{request_id}.json", json.dumps({"check_only": check_only}).encode())
-    os.kill(pid, signal.SIGUSR1)
+    paths = StatePaths(cfg.state_dir)
+    request_id = control.submit(paths, pid, check_only=check_only)
     print(f"gitops-agent: the daemon (pid {pid}) runs this cycle; waiting for it", file=sys.stderr)
-    done = requests / f"{request_id}.done"
-    deadline = time.monotonic() + cfg.schedule.timeout_s * 2 + 120
-    while not done.exists():
-        if time.monotonic() > deadline:
-            raise AgentError(f"the daemon (pid {pid}) did not run the requested cycle in time")
-        time.sleep(0.5)
-    done.unlink(missing_ok=True)
+    control.wait(paths, request_id, pid=pid, timeout_s=cfg.schedule.timeout_s * 2 + 120)
     report = StateStore(cfg.state_dir).last_report()
     if report is None:
         raise AgentError("the daemon ran the cycle but left no report")
@@ -139,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise  # nowhere to put even an error report
         disk_full = True  # the cycle stops at its first write; its error report is delivered from memory
     refusal = preflight.local_problem(cfg)
-    pid = None if refusal else _daemon_pid(cfg.state_dir)
+    pid = None if refusal else control.daemon_pid(StatePaths(cfg.state_dir))
     if pid is not None:
         report = _run_through_daemon(cfg, pid, args.check)
     else:

@@ -131,7 +131,7 @@ class Cycle:
         self.settings = RunnerSettings(
             work_dir=self.store.work_dir, timeout_s=config.schedule.timeout_s,
             extra_vars=dict(config.extra_vars), strategy=config.ansible.strategy,
-            fact_cache_dir=config.state_dir / "facts", gather_subset=config.ansible.gather_subset,
+            fact_cache_dir=self.store.paths.facts, gather_subset=config.ansible.gather_subset,
             fact_cache_timeout_s=config.ansible.fact_cache_timeout_s,
             vault_password_file=config.vault_password_file)
         self.redactor = Redactor(config.redact)  # plus the checkout's vault values once it is known
@@ -332,7 +332,7 @@ class Cycle:
         key = hashlib.sha256(json.dumps([plan.commit, plan.roles, self.settings.extra_vars,
                                          str(self.settings.vault_password_file)],
                                         sort_keys=True, default=str).encode()).hexdigest()
-        marker = self.config.state_dir / "syntax-checked"
+        marker = self.store.paths.syntax_checked
         broken: dict[str, str] = {}
         if not marker.is_file() or marker.read_text(encoding="utf-8").strip() != key:
             remaining = self.deadline - time.monotonic()
@@ -355,7 +355,7 @@ class Cycle:
         inventory = revision.path / self.config.inventory
         playbooks_dir = revision.path / self.config.playbooks
         graph = parse_graph(invcache.graph(
-            self.config.state_dir / "inventory-cache", commit=revision.commit, host=self.config.host,
+            self.store.paths.inventory_cache, commit=revision.commit, host=self.config.host,
             inventory_name=self.config.inventory, inventory=inventory,
             parse=lambda: self.runner.inventory_graph(inventory, revision.path, self.settings)))
         names = [p.stem for p in playbooks_dir.glob("*.yml")] if playbooks_dir.is_dir() else []

@@ -12,7 +12,7 @@
 - SIGTERM/SIGINT: stop (the running cycle gets schedule.stop_grace to finish, then is cancelled);
   SIGHUP: reload the config and rebuild the probe (source) and flush (sender) from it (an invalid
   one, or one that moves state_dir, is refused, the old one kept);
-  SIGUSR1: look at requests from `gitops-agent run`;
+  SIGUSR1: look at requests from `gitops-agent run` (the protocol: agent.control);
 - systemd: READY=1, WATCHDOG=1 pings, STATUS= lines (Type=notify);
 - one log line per cycle (trigger, commit, status, drift by kind, changes, duration, where the report
   went), and `state_dir/daemon.json` (pid, next full check, the cycle in progress) for `status`.
@@ -41,14 +41,16 @@ from types import FrameType
 from typing import Any
 
 from agent import config as config_mod
+from agent import control
+from agent.control import CHILD_ENV, Request
 from agent.errors import AgentError
 from agent.fsutil import atomic_write
+from agent.paths import StatePaths
 from agent.redact import redact_url
 from agent.report import Report, Status, Trigger, format_time, parse_time
 
 log = logging.getLogger(__name__)
 BACKOFF_CAP_INTERVALS = 4
-CHILD_ENV = "GITOPS_AGENT_DAEMON_CHILD"
 
 
 # -- pure scheduling ----------------------------------------------------------------------------
@@ -131,7 +133,7 @@ def cycle_line(trigger: Trigger, outcome: CycleOutcome, duration_s: float) -> st
     return line
 
 
-STATUS_FILE = "daemon.json"
+STATUS_FILE = StatePaths(Path()).daemon_status.name  # daemon.json
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ class DaemonStatus:
 def read_status(state_dir: Path) -> DaemonStatus | None:
     """The daemon's status file, or None when there is none (or it cannot be read)."""
     try:
-        data = json.loads((state_dir / STATUS_FILE).read_text(encoding="utf-8"))
+        data = json.loads(StatePaths(state_dir).daemon_status.read_text(encoding="utf-8"))
         cycle = data.get("cycle") or {}
         return DaemonStatus(
             pid=int(data["pid"]), started_at=parse_time(data["started_at"]),
@@ -189,12 +191,6 @@ class Parts:
 Build = Callable[[config_mod.AgentConfig], Parts]
 
 
-@dataclass(frozen=True)
-class Request:
-    id: str
-    check_only: bool
-
-
 class Daemon:
     def __init__(self, config_path: Path, config: config_mod.AgentConfig, *, spawn: Spawn,
                  probe: Probe | None = None, flush: Flush | None = None, build: Build | None = None,
@@ -226,8 +222,8 @@ class Daemon:
         self.cycle_running: tuple[Trigger, float] | None = None
 
     @property
-    def requests_dir(self) -> Path:
-        return self.config.state_dir / "requests"
+    def paths(self) -> StatePaths:
+        return StatePaths(self.config.state_dir)
 
     def _slot(self, now: float) -> float:
         sched = self.config.schedule
@@ -267,7 +263,7 @@ class Daemon:
                 "cycle": {"trigger": running[0].value, "started_at": self._stamp(running[1])}
                 if running else None}
         try:
-            atomic_write(self.config.state_dir / STATUS_FILE, json.dumps(data, indent=1).encode(), mode=0o644)
+            atomic_write(self.paths.daemon_status, json.dumps(data, indent=1).encode(), mode=0o644)
         except OSError as e:
             log.warning("cannot write the daemon's status file: %s", e)
 
@@ -313,9 +309,7 @@ class Daemon:
             self.cycle_running = None
         self.outbox_clear = False  # the child flushed; whatever it left is retried at the next poll
         if request is not None:
-            atomic_write(self.requests_dir / f"{request.id}.done", json.dumps(
-                {"status": outcome.status.value}).encode())
-            (self.requests_dir / f"{request.id}.json").unlink(missing_ok=True)
+            control.complete(self.paths, request, outcome.status.value)
         if outcome.commit:
             self.last_commit = outcome.commit
         now = self.clock()
@@ -334,14 +328,7 @@ class Daemon:
                   f"{self.next_full_at - now:.0f}s")
 
     def _pending_requests(self) -> list[Request]:
-        found = []
-        for path in sorted(self.requests_dir.glob("*.json")) if self.requests_dir.is_dir() else ():
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-                found.append(Request(path.stem, bool(data.get("check_only"))))
-            except (OSError, ValueError):
-                path.unlink(missing_ok=True)
-        return found
+        return control.pending(self.paths)
 
     def reload(self) -> None:
         """Read the configuration again and rebuild what was built from it (the probe over the source,
@@ -381,8 +368,8 @@ class Daemon:
     def serve(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
-        pidfile = self.config.state_dir / "daemon.pid"
-        atomic_write(pidfile, f"{os.getpid()}\n".encode(), mode=0o644)
+        paths = self.paths  # state_dir never changes on reload
+        control.write_pid(paths)
         self.write_status()
         sd_notify("READY=1")
         log.info("daemon started: host=%s interval_s=%g poll_s=%g splay_s=%g", self.config.host,
@@ -399,8 +386,8 @@ class Daemon:
         finally:
             sd_notify("STOPPING=1")
             self.flush(True)
-            pidfile.unlink(missing_ok=True)
-            (self.config.state_dir / STATUS_FILE).unlink(missing_ok=True)
+            control.remove_pid(paths)
+            paths.daemon_status.unlink(missing_ok=True)
             log.info("daemon stopped")
         return 0
 

@@ -22,6 +22,7 @@ from agent.config import AgentConfig
 from agent.errors import AgentError
 from agent.fsutil import atomic_write
 from agent.outbox import Outbox
+from agent.paths import StatePaths
 from agent.report import Report, format_time, parse_time, to_json
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def outbox(config: AgentConfig) -> Outbox:
-    return Outbox(config.state_dir / "outbox", max_reports=config.outbox.max_reports,
+    return Outbox(StatePaths(config.state_dir).outbox, max_reports=config.outbox.max_reports,
                   max_bytes=config.outbox.max_bytes)
 
 
@@ -54,7 +55,7 @@ class DeliveryState:
 def last_state(config: AgentConfig) -> DeliveryState | None:
     """The last delivery attempt's outcome, or None (none yet, or no collector)."""
     try:
-        data = json.loads((config.state_dir / "delivery.json").read_text(encoding="utf-8"))
+        data = json.loads(StatePaths(config.state_dir).delivery.read_text(encoding="utf-8"))
         return DeliveryState(parse_time(data["at"]), data.get("error"), int(data.get("remaining", 0)))
     except (OSError, ValueError, KeyError, TypeError, AgentError):
         return None
@@ -63,7 +64,7 @@ def last_state(config: AgentConfig) -> DeliveryState | None:
 def _record(config: AgentConfig, error: str | None, remaining: int) -> None:
     data = {"at": format_time(datetime.now(UTC)), "error": error, "remaining": remaining}
     with contextlib.suppress(OSError):  # only a note for people: never fails a cycle
-        atomic_write(config.state_dir / "delivery.json", json.dumps(data).encode(), mode=0o644)
+        atomic_write(StatePaths(config.state_dir).delivery, json.dumps(data).encode(), mode=0o644)
 
 
 def flush(config: AgentConfig, *, deadline_s: float, max_attempts: int = 4,

@@ -106,7 +106,7 @@ class Journal:
         self.spool = spool or (lambda report: delivery.enqueue(config, report))
         self.store = store
         self.clock = clock
-        self.dir = store.dir / "cycles"
+        self.dir = store.paths.cycles
         self.record: CycleRecord | None = None
 
     def _path(self, run_id: str) -> Path:

@@ -26,6 +26,7 @@ from agent.config import SourceConfig
 from agent.errors import RewindError, SourceError, SourceUnreachableError
 from agent.fsutil import atomic_symlink, describe_os_error
 from agent.gitauth import git_env, git_options
+from agent.paths import StatePaths
 from agent.redact import redact_text, redact_url
 from agent.report import Signature, parse_time
 from agent.verify import require_verified, verify_commit
@@ -79,10 +80,11 @@ def _pick_ref(listing: str, ref: str) -> str | None:
 class GitSource:
     def __init__(self, config: SourceConfig, state_dir: Path) -> None:
         self.config = config
-        self.cache = state_dir / "repo"
-        self.releases = state_dir / "releases"
-        self.current = state_dir / "current"
-        self.gnupg_home = state_dir / "gnupg"  # agent-private keyring for source.verify: gpg
+        paths = StatePaths(state_dir)
+        self.cache = paths.repo
+        self.releases = paths.releases
+        self.current = paths.current
+        self.gnupg_home = paths.gnupg  # agent-private keyring for source.verify: gpg
         self._git_env = git_env(config, os.environ)
         # Fetched objects stay in packs (never unpacked into loose objects): git maps a loose object whole
         # to read it, but streams a packed one in bounded windows (CAT_FILE_LIMITS), and unpacking a big

@@ -1,22 +1,7 @@
 """The agent's memory in state_dir: what it converged to, what drifted since when, and its reports.
 
-Layout (everything the agent keeps; README.md lists it for operators):
-  cycles/<run_id>.json  the cycle in progress, then its finished report (agent.journal): written
-                      before anything can change the host, removed once the report is published
-  state.json          AgentState (below)
-  last_run.json       the last report, v1 format (what monitoring reads)
-  history/            the last N reports, one file each, oldest pruned
-  outbox/             reports waiting for the collector (agent.outbox)
-  pause.json          the pause in force (`gitops-agent pause`)
-  *.corrupt-<time>    a state file that could not be read, kept for forensics (quarantine below)
-  releases/, current  checked-out commits (owned by agent.source)
-  repo/               the Git cache (agent.source)
-  work/               ansible-runner private data dirs while a run is going (agent.runner); cleared at
-                      the start of every cycle
-  facts/              the host's cached facts (Ansible's jsonfile cache)
-  inventory-cache/    the inventory graph of recent commits (agent.invcache)
-  lock, daemon.pid, requests/, gnupg/
-Every file is written atomically (temp, fsync, rename) with mode 0600.
+The layout of state_dir (every path in it, and which module owns it) is agent.paths; this module owns
+state.json, last_run.json, history/, pause.json and the quarantined copies.
 
 A state file that cannot be read (truncated, empty, binary, the wrong JSON shape, a bad time) is never
 fatal: `quarantine` renames it to `<name>.corrupt-<UTC time>` next to where it was, the agent starts from a
@@ -37,6 +22,7 @@ from typing import Any
 from agent import report as report_codec
 from agent.errors import ReportError, StateError
 from agent.fsutil import atomic_write, fsync_dir
+from agent.paths import StatePaths
 from agent.report import Pause, Report
 
 log = logging.getLogger(__name__)
@@ -145,6 +131,7 @@ def _read_json(path: Path) -> Any:
 class StateStore:
     def __init__(self, state_dir: Path, *, history: int = 50) -> None:
         self.dir = state_dir
+        self.paths = StatePaths(state_dir)
         self.history = history
 
     def ensure(self) -> None:
@@ -155,23 +142,23 @@ class StateStore:
 
     @property
     def state_file(self) -> Path:
-        return self.dir / "state.json"
+        return self.paths.state
 
     @property
     def last_run_file(self) -> Path:
-        return self.dir / "last_run.json"
+        return self.paths.last_run
 
     @property
     def work_dir(self) -> Path:
-        return self.dir / "work"
+        return self.paths.work
 
     @property
     def lock_file(self) -> Path:
-        return self.dir / "lock"
+        return self.paths.lock
 
     @property
     def history_dir(self) -> Path:
-        return self.dir / "history"
+        return self.paths.history
 
     # -- quarantine ----------------------------------------------------------------------------
 
@@ -279,7 +266,7 @@ class StateStore:
 
     @property
     def pause_file(self) -> Path:
-        return self.dir / "pause.json"
+        return self.paths.pause
 
     def read_pause(self, now: datetime) -> Pause | None:
         """The pause in force, if any. An expired pause is removed (it expires by itself). StateError (one
