@@ -112,13 +112,27 @@ def _resolve(entry: str, base: Path) -> Path:
     return Path(os.path.normpath(path if path.is_absolute() else base / path))
 
 
-def find(checkout: Path) -> Path | None:
-    """The ini file ansible-playbook run from `checkout` reads (with no ANSIBLE_CONFIG set)."""
+def find(checkout: Path, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The ini file ansible-playbook started in `checkout` reads (Ansible's rule, ansible-core's
+    config/manager.py find_ini_config_file): $ANSIBLE_CONFIG (a folder means its ansible.cfg),
+    ./ansible.cfg unless the folder is world-writable, ~/.ansible.cfg, /etc/ansible/ansible.cfg; the
+    first that exists and can be read. `environ` is the environment Ansible gets: its ANSIBLE_CONFIG and
+    HOME count. Without it (the agent's own runs, which never pass ANSIBLE_CONFIG on), ~ is this
+    process's home."""
     candidates = []
-    with_perm = checkout.stat().st_mode if checkout.exists() else 0
-    if not with_perm & stat.S_IWOTH:  # Ansible ignores ./ansible.cfg in a world-writable folder
-        candidates.append(checkout / "ansible.cfg")
-    candidates += [Path("~/.ansible.cfg").expanduser(), Path("/etc/ansible/ansible.cfg")]
+    if environ is not None and "ANSIBLE_CONFIG" in environ:
+        named = Path(environ["ANSIBLE_CONFIG"]).expanduser()
+        candidates.append(named / "ansible.cfg" if named.is_dir() else named)
+    try:
+        if not checkout.stat().st_mode & stat.S_IWOTH:  # Ansible ignores it in a world-writable folder
+            candidates.append(checkout / "ansible.cfg")
+    except OSError:
+        candidates.append(checkout / "ansible.cfg")  # not there (yet): nothing to find in it either
+    home = Path("~").expanduser() if environ is None else \
+        Path(environ["HOME"]) if environ.get("HOME") else None
+    if home is not None:
+        candidates.append(home / ".ansible.cfg")
+    candidates.append(Path("/etc/ansible/ansible.cfg"))
     for path in candidates:
         if path.is_file() and os.access(path, os.R_OK):
             return path

@@ -122,7 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         report, unspooled = _run_here(cfg, args, refusal)
         if refusal is None or unspooled:
-            result = delivery.flush(cfg, deadline_s=30.0, unspooled=unspooled)
+            result = delivery.deliver(cfg, deadline_s=30.0, unspooled=unspooled)
             if result is not None and result.lost:
                 print(f"gitops-agent: error: report(s) {', '.join(result.lost)} could not be kept on disk "
                       "or delivered: lost", file=sys.stderr)
@@ -163,15 +163,15 @@ def cmd_daemon(args: argparse.Namespace) -> int:
                                destination=lambda r: delivery.destination(current, r.run_id))
 
     def build(current: config.AgentConfig) -> daemon.Parts:
-        """The probe (over a Git source) and the flush (over a sender), from one configuration: built
+        """The probe (over a Git source) and the redelivery (over a sender), from one configuration: built
         at start and again on every reload, so a new source.url/ref or collector is used at once."""
         preflight.check_token_file(current)
         source = wiring.git_source(current)
 
-        def flush(final: bool) -> bool:
+        def redeliver(final: bool) -> bool:
             """Retries between cycles; the journal hears when delivery starts or stops failing, not each
             try."""
-            result = delivery.flush(current, deadline_s=10.0, max_attempts=2 if final else 1)
+            result = delivery.deliver(current, deadline_s=10.0, max_attempts=2 if final else 1)
             error = result.error if result is not None and not result.ok else None
             if error != last_error[0]:
                 if error:
@@ -182,7 +182,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
                 last_error[0] = error
             return result is None or result.ok
 
-        return daemon.Parts(probe=source.probe, flush=flush)
+        return daemon.Parts(probe=source.probe, redeliver=redeliver)
 
     runner = daemon.Daemon(path, cfg, spawn=spawn, build=build, last_commit=store.peek_last_commit())
     return runner.serve()

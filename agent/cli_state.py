@@ -120,7 +120,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     if args.flush:
         if not cfg.collector.url:
             raise ConfigError("collector.url is not set: there is nowhere to deliver to")
-        result = delivery.flush(cfg, deadline_s=120.0)
+        result = delivery.deliver(cfg, deadline_s=120.0)
         if result is not None and not args.json:
             print(f"delivered {result.delivered}, already there {result.duplicates}, "
                   f"quarantined {result.quarantined}, still waiting {result.remaining}"

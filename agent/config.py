@@ -33,6 +33,7 @@ from agent.config_values import (
     parse_duration as parse_duration,
 )
 from agent.errors import ConfigError
+from agent.report import Mode
 
 DEFAULT_CONFIG_PATH = Path("/etc/gitops-agent/agent.yaml")
 CONFIG_ENV = "GITOPS_AGENT_CONFIG"
@@ -156,7 +157,7 @@ class AgentConfig:
     source: SourceConfig
     playbooks: str
     inventory: str
-    mode: str
+    mode: Mode  # enforce or detect
     extra_vars: Mapping[str, Any]
     schedule: ScheduleConfig
     collector: CollectorConfig
@@ -256,7 +257,7 @@ def _build(v: dict[str, Any], base: Path, origin: str) -> AgentConfig:
     assert state_dir is not None
     return AgentConfig(
         host=v["host"] or socket.getfqdn(), source=source, playbooks=v["playbooks"],
-        inventory=v["inventory"], mode=v["mode"], extra_vars=v["extra_vars"], schedule=schedule,
+        inventory=v["inventory"], mode=Mode(v["mode"]), extra_vars=v["extra_vars"], schedule=schedule,
         collector=collector, state_dir=state_dir, lock_wait_s=v["lock_wait"], history=v["history"],
         metrics_textfile=_resolve_path(v["metrics_textfile"], base),
         outbox=outbox, redact=v["redact"],

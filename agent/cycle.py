@@ -36,7 +36,7 @@ from agent import (
 from agent import verdict as verdict_of
 from agent.config import AgentConfig
 from agent.drift import DriftContext, Finding
-from agent.errors import AgentError, RewindError, RunTimeoutError, VerifyError
+from agent.errors import AgentError, RewindError, RunCancelledError, RunTimeoutError, VerifyError
 from agent.fsutil import atomic_write, describe_os_error
 from agent.inventory import RunPlan, make_plan, parse_graph
 from agent.journal import CycleRecord, Journal, Published
@@ -60,7 +60,7 @@ from agent.report import (
     Trigger,
     format_time,
 )
-from agent.runner import RunMode, RunnerSettings, RunResult
+from agent.runner import RunMode, RunnerSettings, RunResult, RunStatus
 from agent.source import Revision
 from agent.state import AgentState, first_seen
 from agent.verdict import RunVerdict
@@ -170,7 +170,7 @@ class Cycle:
         """Record the cycle, then load the state (an unreadable file is quarantined and reported)."""
         now = self.clock()
         attempt = _Attempt(started_at=now, warnings=warnings)
-        mode = Mode.CHECK if options.check_only else Mode(self.config.mode)
+        mode = Mode.CHECK if options.check_only else self.config.mode
         problem = self.journal.begin(CycleRecord(attempt.run_id, os.getpid(), now, options.trigger, mode,
                                                  previous_commit=self.store.peek_last_commit()))
         if problem:
@@ -200,7 +200,7 @@ class Cycle:
                 log.info("paused, checks too: reason=%r", attempt.pause.reason)
             else:
                 state = self._reconcile(attempt, state, options)
-        except RunTimeoutError as e:
+        except (RunTimeoutError, RunCancelledError) as e:
             attempt.status = Status.FAILED
             attempt.fail(str(e))
             log.info("cycle stopped: phase=%s error=%s", attempt.phase.value, self.redactor(str(e)))
@@ -292,7 +292,7 @@ class Cycle:
         verdict = self._judge(check, plan, self._check_only_keys(state, revision.commit))
         ctx = DriftContext(commit=revision.commit, converged=frozenset(state.converged),
                            recurring=frozenset(state.recurring.get(revision.commit, ())))
-        attempt.findings = (drift.classify((*check.parsed.tasks, *verdict.unattributed), ctx)
+        attempt.findings = (drift.classify_tasks((*check.parsed.tasks, *verdict.unattributed), ctx)
                             + drift.check_only_findings(verdict, self._playbook_names(plan)))
         attempt.stats = check.parsed.stats
         decided = self._decide_and_apply(attempt, state, options, verdict)
@@ -384,12 +384,12 @@ class Cycle:
         if result.fallback is not None:  # what mitogen could not run in the check, it cannot in the apply
             attempt.strategy = "linear"
         result = replace(result, parsed=redact_record(result.parsed, self.redactor))  # task names, diffs
-        if result.status == "timeout":
+        if result.status == RunStatus.TIMEOUT:
             limit_s = self.config.schedule.timeout_s
             raise RunTimeoutError(f"ansible {name} stopped after {time.monotonic() - started:.0f}s: "
                                   f"the cycle ran past schedule.timeout ({limit_s:g}s)")
-        if result.status == "canceled":
-            raise RunTimeoutError(f"ansible {name} was cancelled after {time.monotonic() - started:.0f}s "
+        if result.status == RunStatus.CANCELED:
+            raise RunCancelledError(f"ansible {name} was cancelled after {time.monotonic() - started:.0f}s "
                                   "(the agent is stopping)")
         recap = result.parsed.stats
         judged = result.parsed.recap_seen and recap.failed + recap.unreachable > 0
@@ -497,7 +497,7 @@ class Cycle:
         d = attempt.durations
         report = Report(
             run_id=attempt.run_id, host=self.config.host, agent_version=__version__,
-            trigger=options.trigger, mode=Mode.CHECK if options.check_only else Mode(self.config.mode),
+            trigger=options.trigger, mode=Mode.CHECK if options.check_only else self.config.mode,
             started_at=attempt.started_at, finished_at=self.clock(), source=self._source_info(attempt, state),
             roles=attempt.all_roles or (attempt.plan.roles if attempt.plan else ()),
             phase_reached=attempt.phase,

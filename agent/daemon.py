@@ -10,7 +10,7 @@
   cycle past schedule.timeout is stopped: the child cancels Ansible (its process group), a backstop kills
   the child's group;
 - SIGTERM/SIGINT: stop (the running cycle gets schedule.stop_grace to finish, then is cancelled);
-  SIGHUP: reload the config and rebuild the probe (source) and flush (sender) from it (an invalid
+  SIGHUP: reload the config and rebuild the probe (source) and redelivery (sender) from it (an invalid
   one, or one that moves state_dir, is refused, the old one kept);
   SIGUSR1: look at requests from `gitops-agent run` (the protocol: agent.control);
 - systemd: READY=1, WATCHDOG=1 pings, STATUS= lines (Type=notify);
@@ -175,17 +175,17 @@ def pid_alive(pid: int) -> bool:
 
 Spawn = Callable[[Trigger, bool], CycleOutcome]  # (trigger, check_only) -> outcome
 Probe = Callable[[], str | None]  # the commit source.ref points at now; None when no source answers
-Flush = Callable[[bool], bool]  # (final) -> True when the outbox is delivered
+Redeliver = Callable[[bool], bool]  # (final) -> True when the outbox is delivered
 
 
 @dataclass(frozen=True)
 class Parts:
     """What the daemon builds from one configuration, and builds again from each reloaded one: the
-    probe for new commits (over a Git source of source.url/ref/mirrors) and the outbox flush (over a
+    probe for new commits (over a Git source of source.url/ref/mirrors) and the outbox redelivery (over a
     sender to collector.url). Nothing in them may outlive the configuration they were built from."""
 
     probe: Probe
-    flush: Flush
+    redeliver: Redeliver
 
 
 Build = Callable[[config_mod.AgentConfig], Parts]
@@ -193,19 +193,19 @@ Build = Callable[[config_mod.AgentConfig], Parts]
 
 class Daemon:
     def __init__(self, config_path: Path, config: config_mod.AgentConfig, *, spawn: Spawn,
-                 probe: Probe | None = None, flush: Flush | None = None, build: Build | None = None,
+                 probe: Probe | None = None, redeliver: Redeliver | None = None, build: Build | None = None,
                  clock: Callable[[], float] = time.time, last_commit: str | None = None) -> None:
-        """`build` makes the probe and flush from a configuration (at start and on every reload); a
-        fixed `probe`/`flush` (tests) is used for every configuration instead."""
+        """`build` makes the probe and redelivery from a configuration (at start and on every reload); a
+        fixed `probe`/`redeliver` (tests) is used for every configuration instead."""
         self.config_path = config_path
         self.config = config
         self.spawn = spawn
         if build is None:
-            fixed = Parts(probe or (lambda: None), flush or (lambda final: True))
+            fixed = Parts(probe or (lambda: None), redeliver or (lambda final: True))
             build = lambda cfg: fixed  # noqa: E731
         self.build = build
         parts = build(config)
-        self.probe, self.flush = parts.probe, parts.flush
+        self.probe, self.redeliver = parts.probe, parts.redeliver
         self.outbox_clear = True  # False while reports wait for the collector
         self.clock = clock
         self.last_commit = last_commit
@@ -240,7 +240,7 @@ class Daemon:
         if now >= self.next_poll_at:
             self.next_poll_at = now + self.config.schedule.poll_s
             if not self.outbox_clear:  # the collector was away: try again at the poll pace
-                self.outbox_clear = self.flush(False)
+                self.outbox_clear = self.redeliver(False)
             commit = self._probe()
             if commit is not None and commit != self.last_commit:
                 log.info("new commit: commit=%s previous=%s", commit[:12], (self.last_commit or "-")[:12])
@@ -307,7 +307,7 @@ class Daemon:
             outcome = self.spawn(trigger, request.check_only if request else False)
         finally:
             self.cycle_running = None
-        self.outbox_clear = False  # the child flushed; whatever it left is retried at the next poll
+        self.outbox_clear = False  # the child delivered; whatever it left is retried at the next poll
         if request is not None:
             control.complete(self.paths, request, outcome.status.value)
         if outcome.commit:
@@ -332,7 +332,7 @@ class Daemon:
 
     def reload(self) -> None:
         """Read the configuration again and rebuild what was built from it (the probe over the source,
-        the flush over the sender). A configuration that cannot be loaded or built, or that moves
+        the redelivery over the sender). A configuration that cannot be loaded or built, or that moves
         state_dir (the pid and status files, the lock and the state live there: a restart's job), is
         refused with one log line and the old one kept."""
         self.reload_requested = False
@@ -347,7 +347,7 @@ class Daemon:
             return
         old = self.config.source
         self.config = new
-        self.probe, self.flush = parts.probe, parts.flush
+        self.probe, self.redeliver = parts.probe, parts.redeliver
         self.outbox_clear = False  # a new collector (or token): try it at the next poll
         self.next_poll_at = self.clock()  # ask the (maybe new) source at once
         self.next_full_at = min(self.next_full_at, self._slot(self.clock()))
@@ -385,7 +385,7 @@ class Daemon:
                 self.wake.clear()
         finally:
             sd_notify("STOPPING=1")
-            self.flush(True)
+            self.redeliver(True)
             control.remove_pid(paths)
             paths.daemon_status.unlink(missing_ok=True)
             log.info("daemon stopped")

@@ -1,9 +1,10 @@
-"""Reports to the collector: the outbox of one agent configuration, and flushing it.
+"""Reports to the collector: the outbox of one agent configuration, and delivering it.
 
 Every finished attempt goes into the outbox (when a collector is configured) before delivery is tried;
-`flush` delivers oldest first and leaves whatever could not be delivered for the next try. A report that
-could not go into the outbox (a full or read-only file system) is handed to `flush` as `unspooled`: it is
-sent from memory after the backlog, once, and is lost only if that fails too (the result says so).
+`deliver` sends the outbox oldest first and leaves whatever could not be delivered for the next try. A
+report that could not go into the outbox (a full or read-only file system) is handed to `deliver` as
+`unspooled`: it is sent from memory after the backlog, once, and is lost only if that fails too (the
+result says so).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from agent.paths import StatePaths
 from agent.report import Report, format_time, parse_time, to_json
 
 if TYPE_CHECKING:
-    from agent.sender import FlushResult
+    from agent.sender import DeliveryResult
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,8 @@ def _record(config: AgentConfig, error: str | None, remaining: int) -> None:
         atomic_write(StatePaths(config.state_dir).delivery, json.dumps(data).encode(), mode=0o644)
 
 
-def flush(config: AgentConfig, *, deadline_s: float, max_attempts: int = 4,
-          unspooled: Sequence[Report] = ()) -> FlushResult | None:
+def deliver(config: AgentConfig, *, deadline_s: float, max_attempts: int = 4,
+          unspooled: Sequence[Report] = ()) -> DeliveryResult | None:
     """Deliver what waits in the outbox, then the `unspooled` reports (ones no outbox could take) from
     memory; None when no collector is configured or nothing waits. Never raises for delivery trouble: the
     result's `error` (and `lost`) say it; the caller decides who hears."""
@@ -80,16 +81,16 @@ def flush(config: AgentConfig, *, deadline_s: float, max_attempts: int = 4,
         if previous is None or previous.error:
             _record(config, None, 0)
         return None
-    from agent.sender import FlushResult, Sender  # httpx: only when there is something to send
+    from agent.sender import DeliveryResult, Sender  # httpx: only when there is something to send
 
     started = time.monotonic()
     try:
         with Sender.from_config(config.collector, max_attempts=max_attempts) as sender:
-            result = sender.flush(box, deadline_s=deadline_s)
+            result = sender.deliver_outbox(box, deadline_s=deadline_s)
             lost = [r.run_id for r in unspooled if not sender.deliver_body(
                 to_json(r).encode("utf-8"), deadline_s=max(deadline_s - (time.monotonic() - started), 1.0))]
     except AgentError as e:  # token file missing or unsafe: say so, keep the reports
-        result = FlushResult(remaining=len(box.pending()), error=str(e),
+        result = DeliveryResult(remaining=len(box.pending()), error=str(e),
                              lost=tuple(r.run_id for r in unspooled))
     else:
         if unspooled:

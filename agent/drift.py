@@ -72,7 +72,7 @@ def classify_task(task: TaskResult, ctx: DriftContext) -> Finding | None:
     return Finding(task, kind, reason)
 
 
-def classify(tasks: Iterable[TaskResult], ctx: DriftContext) -> tuple[Finding, ...]:
+def classify_tasks(tasks: Iterable[TaskResult], ctx: DriftContext) -> tuple[Finding, ...]:
     return tuple(f for f in (classify_task(t, ctx) for t in tasks) if f is not None)
 
 

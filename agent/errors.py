@@ -39,6 +39,10 @@ class RunTimeoutError(RunnerError):
     """The cycle ran past schedule.timeout and was stopped (its whole process group killed)."""
 
 
+class RunCancelledError(RunnerError):
+    """The run was cancelled because the agent is stopping (SIGTERM/SIGINT; its process group killed)."""
+
+
 class LockedError(AgentError):
     """Another cycle holds the lock on this state directory."""
 

@@ -323,3 +323,56 @@ def parse(events: Iterable[Mapping[str, Any]], *, host: str,
         reader.read(event)
     return ParsedRun(tuple(reader.tasks), reader.stats, tuple(reader.messages), tuple(reader.no_hosts),
                      reader.recap_seen, tuple(reader.started))
+
+
+# -- run-level facts (not task results) from the raw events -------------------------------------
+
+def module_respawn_failed(raw_events: list[dict[str, Any]]) -> bool:
+    """Did a task fail because its module could not respawn (re-execute under another interpreter)?"""
+    for event in raw_events:
+        if event.get("event") != "runner_on_failed":
+            continue
+        res = (event.get("event_data") or {}).get("res") or {}
+        stderr = res.get("module_stderr") if isinstance(res, dict) else None
+        if isinstance(stderr, str) and "respawn" in stderr:
+            return True
+    return False
+
+
+def unanswered_prompts(raw_events: list[dict[str, Any]]) -> list[str]:
+    """Prompts of the run that nobody answered (Ansible runs without a terminal): vars_prompt variables,
+    and tasks that asked for input (`pause` without a duration). Ansible goes on, as it does under cron."""
+    found = []
+    for event in raw_events:
+        data = event.get("event_data") or {}
+        if event.get("event") == "playbook_on_vars_prompt":
+            name, default = data.get("varname"), data.get("default")
+            outcome = (f"it took its default {default!r}" if default is not None
+                       else "it has no default, so Ansible set it to the text 'None'")
+            found.append(f"vars_prompt '{name}' was not answered (Ansible runs with no terminal): {outcome} "
+                         "[D-no-terminal]")
+        elif str(event.get("event")).startswith("runner_on_") and _asked_for_input(data.get("res")):
+            found.append(f"task '{data.get('task')}' asked for input and went on without it (Ansible runs "
+                         "with no terminal) [D-no-terminal]")
+    return found
+
+
+def delegated_elsewhere(raw_events: list[dict[str, Any]], host: str) -> list[str]:
+    """Tasks delegated to another host (delegate_to), which the agent's ansible_connection=local ran on
+    this host instead (D-connection-local)."""
+    found = []
+    local = {"localhost", "127.0.0.1", "::1", host}
+    for event in raw_events:
+        data = event.get("event_data") or {}
+        res = data.get("res")
+        delegated = res.get("_ansible_delegated_vars") if isinstance(res, dict) else None
+        target = delegated.get("ansible_host") if isinstance(delegated, dict) else None
+        if str(event.get("event")).startswith("runner_on_") and target and str(target) not in local:
+            found.append(f"task '{data.get('task')}' is delegated to {target}; with the agent's "
+                         "ansible_connection 'local' it ran on this host [D-connection-local]")
+    return found
+
+
+def _asked_for_input(res: Any) -> bool:
+    warnings = res.get("warnings") if isinstance(res, dict) else None
+    return isinstance(warnings, list) and any("not interactive" in str(w) for w in warnings)

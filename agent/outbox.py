@@ -19,7 +19,7 @@ it writes (its `compacted` field): callers do not add it themselves.
 Usage:
     outbox = Outbox(config.state_dir / "outbox", max_reports=..., max_bytes=...)
     outbox.put(report)               # before any delivery is tried
-    Sender.from_config(...).flush(outbox)
+    Sender.from_config(...).deliver_outbox(outbox)
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from typing import Any
 from agent import ansible_cfg, ansible_env, events, gathering
 from agent.ansible_env import RunEnv, Strategy
 from agent.errors import PlanError, RunnerError
+from agent.events import delegated_elsewhere, module_respawn_failed, unanswered_prompts
 from agent.inventory import RunPlan
 from agent.progress import Progress, from_runner_event
 
@@ -52,6 +53,23 @@ MAX_EVENT_RES_CHARS = 64 * 1024 * 1024
 class RunMode(enum.StrEnum):
     CHECK = "check"
     APPLY = "apply"
+
+
+class RunStatus(enum.StrEnum):
+    """How ansible-runner says a run ended (its `status`)."""
+
+    SUCCESSFUL = "successful"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELED = "canceled"
+
+    @classmethod
+    def of(cls, text: str) -> RunStatus:
+        """ansible-runner's status text; any other end (e.g. "error") counts as failed."""
+        try:
+            return cls(text)
+        except ValueError:
+            return cls.FAILED
 
 
 @dataclass(frozen=True)
@@ -75,7 +93,7 @@ class RunnerSettings:
 @dataclass(frozen=True)
 class RunResult:
     mode: RunMode
-    status: str  # ansible-runner's: successful | failed | timeout | canceled
+    status: RunStatus
     rc: int | None
     parsed: events.ParsedRun
     duration_s: float
@@ -86,12 +104,12 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "successful"
+        return self.status == RunStatus.SUCCESSFUL
 
     @property
     def failed_to_start(self) -> bool:
         """Failed before any task reported (a strategy that cannot load, a syntax error)."""
-        return self.status == "failed" and not self.parsed.tasks
+        return self.status == RunStatus.FAILED and not self.parsed.tasks
 
 
 def _run_env(project_dir: Path, settings: RunnerSettings, *, cfg: ansible_cfg.AnsibleCfg,
@@ -482,57 +500,6 @@ def _no_output_file(private: Path) -> None:
     (private / "env" / "settings").write_text(json.dumps({"suppress_output_file": True}), encoding="utf-8")
 
 
-def module_respawn_failed(raw_events: list[dict[str, Any]]) -> bool:
-    """Did a task fail because its module could not respawn (re-execute under another interpreter)?"""
-    for event in raw_events:
-        if event.get("event") != "runner_on_failed":
-            continue
-        res = (event.get("event_data") or {}).get("res") or {}
-        stderr = res.get("module_stderr") if isinstance(res, dict) else None
-        if isinstance(stderr, str) and "respawn" in stderr:
-            return True
-    return False
-
-
-def unanswered_prompts(raw_events: list[dict[str, Any]]) -> list[str]:
-    """Prompts of the run that nobody answered (Ansible runs without a terminal): vars_prompt variables,
-    and tasks that asked for input (`pause` without a duration). Ansible goes on, as it does under cron."""
-    found = []
-    for event in raw_events:
-        data = event.get("event_data") or {}
-        if event.get("event") == "playbook_on_vars_prompt":
-            name, default = data.get("varname"), data.get("default")
-            outcome = (f"it took its default {default!r}" if default is not None
-                       else "it has no default, so Ansible set it to the text 'None'")
-            found.append(f"vars_prompt '{name}' was not answered (Ansible runs with no terminal): {outcome} "
-                         "[D-no-terminal]")
-        elif str(event.get("event")).startswith("runner_on_") and _asked_for_input(data.get("res")):
-            found.append(f"task '{data.get('task')}' asked for input and went on without it (Ansible runs "
-                         "with no terminal) [D-no-terminal]")
-    return found
-
-
-def delegated_elsewhere(raw_events: list[dict[str, Any]], host: str) -> list[str]:
-    """Tasks delegated to another host (delegate_to), which the agent's ansible_connection=local ran on
-    this host instead (D-connection-local)."""
-    found = []
-    local = {"localhost", "127.0.0.1", "::1", host}
-    for event in raw_events:
-        data = event.get("event_data") or {}
-        res = data.get("res")
-        delegated = res.get("_ansible_delegated_vars") if isinstance(res, dict) else None
-        target = delegated.get("ansible_host") if isinstance(delegated, dict) else None
-        if str(event.get("event")).startswith("runner_on_") and target and str(target) not in local:
-            found.append(f"task '{data.get('task')}' is delegated to {target}; with the agent's "
-                         "ansible_connection 'local' it ran on this host [D-connection-local]")
-    return found
-
-
-def _asked_for_input(res: Any) -> bool:
-    warnings = res.get("warnings") if isinstance(res, dict) else None
-    return isinstance(warnings, list) and any("not interactive" in str(w) for w in warnings)
-
-
 def _run(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
          cancel: Callable[[], bool], playbooks: tuple[Path, ...] | None,
          progress: Progress | None = None) -> RunResult:
@@ -580,7 +547,7 @@ def _run(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
                               project_dir=str(plan.project_dir))
         warnings = (*_read_note_warnings(notes_file), *unanswered_prompts(collected),
                     *delegated_elsewhere(collected, plan.host))
-        status, rc = str(runner.status), runner.rc
+        status, rc = RunStatus.of(str(runner.status)), runner.rc
     except Exception as e:
         raise RunnerError(f"ansible-runner could not run the {mode.value}: {e}") from e
     finally:

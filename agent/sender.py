@@ -7,9 +7,9 @@ A report leaves the outbox only after a 2xx. What each answer of the collector d
 | 201 stored, other 2xx       | DELIVERED  | removed from the outbox                                      |
 | 200 already stored          | DUPLICATE  | removed (this same report was stored before)                 |
 | 408, 429, 5xx, network      | RETRY      | kept; retried with exponential backoff and full jitter       |
-|                             |            | (Retry-After honoured), then at the next flush               |
+|                             |            | (Retry-After honoured), then at the next delivery            |
 | 401, 404, 3xx               | STOP       | kept, and so is every later one: a token or collector.url    |
-|                             |            | problem, not the report's; the flush stops                   |
+|                             |            | problem, not the report's; the delivery stops                |
 | 409 run_id conflict         | REJECTED   | quarantined with the reason, logged as a conflict: the       |
 |                             |            | collector holds another report under this run_id (this host  |
 |                             |            | re-used one, or another host did); sending it again cannot   |
@@ -21,7 +21,7 @@ them) until someone requeues or removes them; they never block the reports behin
 
 Usage (the CLI and daemon):
     with Sender.from_config(config.collector) as sender:
-        result = sender.flush(outbox)      # -> FlushResult
+        result = sender.deliver_outbox(outbox)      # -> DeliveryResult
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ RETRY_STATUSES = frozenset({408, 429})
 CONFLICT = 409
 
 
-class Outcome(enum.Enum):
+class SendOutcome(enum.Enum):
     DELIVERED = "delivered"      # 2xx other than 200: stored now
     DUPLICATE = "duplicate"      # 200: the collector already had this run_id
     RETRY = "retry"              # try again later: 408, 429, 5xx, network
@@ -63,15 +63,15 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True)
 class SendResult:
-    outcome: Outcome
+    outcome: SendOutcome
     status_code: int | None
     reason: str
     retry_after_s: float | None = None
 
 
 @dataclass(frozen=True)
-class FlushResult:
-    """What one flush did. `error` says why it stopped before the outbox was empty."""
+class DeliveryResult:
+    """What one delivery of the outbox did. `error` says why it stopped before the outbox was empty."""
 
     delivered: int = 0
     duplicates: int = 0
@@ -85,17 +85,17 @@ class FlushResult:
         return self.error is None and self.remaining == 0 and not self.lost
 
 
-def classify(status_code: int) -> Outcome:
+def classify_response(status_code: int) -> SendOutcome:
     """The outcome of one HTTP status from the ingest endpoint."""
     if status_code == 200:
-        return Outcome.DUPLICATE
+        return SendOutcome.DUPLICATE
     if 200 <= status_code < 300:
-        return Outcome.DELIVERED
+        return SendOutcome.DELIVERED
     if status_code in RETRY_STATUSES or status_code >= 500:
-        return Outcome.RETRY
+        return SendOutcome.RETRY
     if status_code in STOP_STATUSES or 300 <= status_code < 400:
-        return Outcome.STOP
-    return Outcome.REJECTED
+        return SendOutcome.STOP
+    return SendOutcome.REJECTED
 
 
 def backoff_delay_s(attempt: int, *, base_s: float, cap_s: float, rnd: float) -> float:
@@ -211,8 +211,8 @@ class Sender:
             if self._cert_hint and isinstance(e, httpx.RemoteProtocolError):
                 hint = (" (if the collector requires client certificates, set collector.client_cert and "
                         "collector.client_key)")
-            return SendResult(Outcome.RETRY, None, f"{type(e).__name__}: {e}{hint}")
-        outcome = classify(response.status_code)
+            return SendResult(SendOutcome.RETRY, None, f"{type(e).__name__}: {e}{hint}")
+        outcome = classify_response(response.status_code)
         return SendResult(outcome, response.status_code, _reason(response), _retry_after_s(response))
 
     def health(self) -> tuple[bool, str]:
@@ -240,7 +240,7 @@ class Sender:
         while True:
             result = self.send(body)
             attempt += 1
-            if result.outcome is not Outcome.RETRY or attempt >= self.max_attempts:
+            if result.outcome is not SendOutcome.RETRY or attempt >= self.max_attempts:
                 return result
             delay = backoff_delay_s(attempt, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s,
                                     rnd=self._rnd())
@@ -255,40 +255,41 @@ class Sender:
         it (2xx). A refusal is logged: there is no outbox entry to quarantine."""
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
         result = self._deliver(body, deadline)
-        if result.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE):
+        if result.outcome in (SendOutcome.DELIVERED, SendOutcome.DUPLICATE):
             return True
         log.error("a report that is in no outbox could not be delivered: %s", result.reason)
         return False
 
-    def flush(self, outbox: Outbox, *, deadline_s: float | None = None) -> FlushResult:
+    def deliver_outbox(self, outbox: Outbox, *, deadline_s: float | None = None) -> DeliveryResult:
         """Deliver pending reports oldest first; stop at the first one that cannot be delivered now
         (so order is kept). `deadline_s` bounds the time spent, backoff included."""
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
-        counts = {o: 0 for o in Outcome}
+        counts = {o: 0 for o in SendOutcome}
         pending = outbox.pending()
         for index, entry in enumerate(pending):
             result = self._deliver_entry(outbox, entry, deadline)
             if result is None:
                 continue
             counts[result.outcome] += 1
-            if result.outcome in (Outcome.RETRY, Outcome.STOP):
-                return FlushResult(counts[Outcome.DELIVERED], counts[Outcome.DUPLICATE],
-                                   counts[Outcome.REJECTED], len(pending) - index, result.reason)
-        return FlushResult(counts[Outcome.DELIVERED], counts[Outcome.DUPLICATE], counts[Outcome.REJECTED])
+            if result.outcome in (SendOutcome.RETRY, SendOutcome.STOP):
+                return DeliveryResult(counts[SendOutcome.DELIVERED], counts[SendOutcome.DUPLICATE],
+                                      counts[SendOutcome.REJECTED], len(pending) - index, result.reason)
+        return DeliveryResult(counts[SendOutcome.DELIVERED], counts[SendOutcome.DUPLICATE],
+                              counts[SendOutcome.REJECTED])
 
     def _deliver_entry(self, outbox: Outbox, entry: OutboxEntry, deadline: float | None) -> SendResult | None:
         try:
             body = outbox.read(entry)
         except FileNotFoundError:
-            return None  # delivered meanwhile by another flush
+            return None  # delivered meanwhile by another delivery
         result = self._deliver(body, deadline)
-        if result.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE):
+        if result.outcome in (SendOutcome.DELIVERED, SendOutcome.DUPLICATE):
             outbox.remove(entry)
         elif result.status_code == CONFLICT:
             log.error("collector holds another report under run_id %s; this one is quarantined, not "
                       "retried: %s", entry.run_id, result.reason)
             outbox.quarantine(entry, result.reason)
-        elif result.outcome is Outcome.REJECTED:
+        elif result.outcome is SendOutcome.REJECTED:
             log.warning("collector refused report %s for good, quarantined: %s", entry.run_id, result.reason)
             outbox.quarantine(entry, result.reason)
         return result

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from agent import ansible_cfg
 from agent.errors import PlanError
 from agent.redact import Redactor
 
@@ -70,26 +71,6 @@ PASSWORD_SETTINGS = (
 _FALSE = ("", "0", "false", "no", "off", "n", "f")
 
 
-def ansible_cfg(cwd: Path, environ: Mapping[str, str]) -> Path | None:
-    """The ansible.cfg Ansible reads when started in `cwd` with `environ` (its rule, config/manager.py
-    find_ini_config_file): $ANSIBLE_CONFIG (a folder means its ansible.cfg), ./ansible.cfg unless the folder
-    is world-writable, ~/.ansible.cfg, /etc/ansible/ansible.cfg; the first that exists."""
-    candidates = []
-    if "ANSIBLE_CONFIG" in environ:
-        named = Path(environ["ANSIBLE_CONFIG"]).expanduser()
-        candidates.append(named / "ansible.cfg" if named.is_dir() else named)
-    try:
-        if not cwd.stat().st_mode & 0o002:
-            candidates.append(cwd / "ansible.cfg")
-    except OSError:
-        pass
-    home = environ.get("HOME")
-    if home:
-        candidates.append(Path(home) / ".ansible.cfg")
-    candidates.append(Path("/etc/ansible/ansible.cfg"))
-    return next((c for c in candidates if c.is_file() and os.access(c, os.R_OK)), None)
-
-
 def _set(name: str, value: str) -> bool:
     return value.strip().lower() not in _FALSE if name == "ask_vault_pass" else bool(value.strip())
 
@@ -99,7 +80,7 @@ def foreign_password_sources(cwds: Sequence[Path], environ: Mapping[str, str]) -
     started in any of `cwds` with `environ`; one line each."""
     found = [f"{env} is set in the agent's environment" for name, env, _ in PASSWORD_SETTINGS
              if _set(name, environ.get(env, ""))]
-    for cfg in dict.fromkeys(c for c in (ansible_cfg(cwd, environ) for cwd in cwds) if c is not None):
+    for cfg in dict.fromkeys(c for c in (ansible_cfg.find(cwd, environ) for cwd in cwds) if c is not None):
         parser = configparser.ConfigParser(inline_comment_prefixes=(";",), interpolation=None)
         try:
             parser.read(cfg, encoding="utf-8")

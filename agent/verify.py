@@ -31,7 +31,7 @@ _GPG_UNTRUSTED = {"EXPKEYSIG": "signed by expired key", "REVKEYSIG": "signed by 
                   "EXPSIG": "expired signature by key"}
 _SSH_GOOD_FOR = 'Good "git" signature for '
 _SSH_UNTRUSTED = {"key has expired": "expired", "not yet valid": "not yet valid", "revoked": "revoked"}
-Finding = tuple[SignatureStatus, str | None, str]
+SignatureCheck = tuple[SignatureStatus, str | None, str]
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,8 @@ def signature_kind(raw: str, kind: str) -> str | None:
     return next((n for m, n in _SIG_KINDS.items() if armor.startswith(f"-----BEGIN {m}-----")), None)
 
 
-def classify_gpg(output: str, fingerprints: frozenset[str], *, ok: bool, trusted_label: str) -> Finding:
+def classify_gpg(output: str, fingerprints: frozenset[str], *, ok: bool,
+                 trusted_label: str) -> SignatureCheck:
     """Status, signer and reason from gpg's --status-fd lines (as `git verify-* --raw` prints them)."""
     status: dict[str, list[str]] = {}
     for line in output.splitlines():
@@ -199,7 +200,7 @@ def _signer(fields: list[str], fpr: str | None) -> str:  # "User <id> [FINGERPRI
     return f"{' '.join(fields[1:])} [{fpr or fields[0]}]" if len(fields) > 1 else (fpr or fields[0])
 
 
-def classify_ssh(output: str, *, ok: bool, trusted_label: str) -> Finding:
+def classify_ssh(output: str, *, ok: bool, trusted_label: str) -> SignatureCheck:
     """Status, signer and reason from ssh-keygen -Y output (as `git verify-* --raw` prints it, LC_ALL=C)."""
     good = [ln for ln in output.splitlines() if ln.startswith('Good "git" signature ')]
     key = good[0].rsplit(" key ", 1)[-1].strip() if good else None

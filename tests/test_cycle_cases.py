@@ -42,7 +42,7 @@ from agent.events import NoHostsPlay, Outcome, ParsedRun, TaskResult
 from agent.inventory import RunPlan
 from agent.progress import Progress
 from agent.report import Diff, Pause, Report, Stats
-from agent.runner import RunMode, RunnerSettings, RunResult
+from agent.runner import RunMode, RunnerSettings, RunResult, RunStatus
 from agent.wiring import CycleParts, git_source, state_store
 from tests.conftest import make_repo
 
@@ -64,7 +64,7 @@ def run_from(data: dict[str, Any], role: str) -> RunResult:
                        stats=Stats(**data.get("stats", {})), messages=tuple(data.get("messages", ())),
                        no_hosts=tuple(NoHostsPlay(**p) for p in data.get("no_hosts", ())),
                        recap_seen=data.get("recap_seen", True), started=tuple(data.get("started", (role,))))
-    return RunResult(mode=RunMode(data["mode"]), status=data.get("status", "successful"), rc=data.get("rc", 0),
+    return RunResult(mode=RunMode(data["mode"]), status=RunStatus(data.get("status", "successful")), rc=data.get("rc", 0),
                      parsed=parsed, duration_s=0.1)
 
 

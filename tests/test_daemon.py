@@ -136,7 +136,7 @@ def test_reload_rebuilds_the_probe_and_flush_from_the_new_config(tmp_path: Path,
     def build(cfg: config_mod.AgentConfig) -> daemon.Parts:
         built.append((cfg.source.ref, cfg.collector.url))
         return daemon.Parts(probe=lambda: heads[cfg.source.ref],
-                            flush=lambda final: flushed.append(cfg.collector.url) is None)
+                            redeliver=lambda final: flushed.append(cfg.collector.url) is None)
 
     path = tmp_path / "agent.yaml"
     base = {"host": "web01", "state_dir": "state", "schedule": {"interval": "1h", "poll": "1m", "splay": "0s"}}

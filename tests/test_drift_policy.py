@@ -20,13 +20,13 @@ def ctx(commit: str = "c2", converged: tuple[str, ...] = (), recurring: tuple[st
 
 def test_new_commit_is_intentional_and_known_commit_is_corrective() -> None:
     tasks = [task("a"), task("b", Outcome.OK)]
-    assert [f.kind for f in drift.classify(tasks, ctx(converged=("c1",)))] == [DriftKind.INTENTIONAL]
-    assert [f.kind for f in drift.classify(tasks, ctx(converged=("c1", "c2")))] == [DriftKind.CORRECTIVE]
+    assert [f.kind for f in drift.classify_tasks(tasks, ctx(converged=("c1",)))] == [DriftKind.INTENTIONAL]
+    assert [f.kind for f in drift.classify_tasks(tasks, ctx(converged=("c1", "c2")))] == [DriftKind.CORRECTIVE]
 
 
 def test_recurring_and_unverifiable() -> None:
     tasks = [task("a"), task("cmd", Outcome.SKIPPED, check_mode_skip=True), task("when", Outcome.SKIPPED)]
-    found = drift.classify(tasks, ctx(converged=("c2",), recurring=(tasks[0].key,)))
+    found = drift.classify_tasks(tasks, ctx(converged=("c2",), recurring=(tasks[0].key,)))
     assert [(f.task.task, f.kind) for f in found] == [("a", DriftKind.RECURRING),
                                                       ("cmd", DriftKind.UNVERIFIABLE)]
     assert not any(f.actionable for f in found)

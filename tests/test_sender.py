@@ -11,7 +11,7 @@ import pytest
 from agent.config import CollectorConfig
 from agent.errors import ConfigError
 from agent.outbox import Outbox
-from agent.sender import Outcome, Sender, backoff_delay_s, classify, read_token, tls_context
+from agent.sender import Sender, SendOutcome, backoff_delay_s, classify_response, read_token, tls_context
 from tests.factory import make_report
 
 URL = "http://collector.test"
@@ -52,14 +52,14 @@ def outbox(tmp_path):
 
 
 @pytest.mark.parametrize(("status", "outcome"), [
-    (201, Outcome.DELIVERED), (202, Outcome.DELIVERED), (200, Outcome.DUPLICATE),
-    (408, Outcome.RETRY), (429, Outcome.RETRY), (500, Outcome.RETRY), (503, Outcome.RETRY),
-    (400, Outcome.REJECTED), (403, Outcome.REJECTED), (409, Outcome.REJECTED), (413, Outcome.REJECTED),
-    (422, Outcome.REJECTED),
-    (401, Outcome.STOP), (404, Outcome.STOP), (301, Outcome.STOP),
+    (201, SendOutcome.DELIVERED), (202, SendOutcome.DELIVERED), (200, SendOutcome.DUPLICATE),
+    (408, SendOutcome.RETRY), (429, SendOutcome.RETRY), (500, SendOutcome.RETRY), (503, SendOutcome.RETRY),
+    (400, SendOutcome.REJECTED), (403, SendOutcome.REJECTED), (409, SendOutcome.REJECTED), (413, SendOutcome.REJECTED),
+    (422, SendOutcome.REJECTED),
+    (401, SendOutcome.STOP), (404, SendOutcome.STOP), (301, SendOutcome.STOP),
 ])
 def test_classify(status, outcome):
-    assert classify(status) is outcome
+    assert classify_response(status) is outcome
 
 
 def test_backoff_is_exponential_capped_and_jittered():
@@ -70,7 +70,7 @@ def test_backoff_is_exponential_capped_and_jittered():
 def test_delivers_oldest_first_and_deletes_on_2xx(outbox):
     order = [e.run_id for e in outbox.pending()]
     collector = Collector(201, 200, 201)
-    result = make_sender(collector).flush(outbox)
+    result = make_sender(collector).deliver_outbox(outbox)
     assert (result.delivered, result.duplicates, result.remaining, result.ok) == (2, 1, 0, True)
     assert [r["run_id"] for r in collector.received] == order
     assert outbox.pending() == []
@@ -79,7 +79,7 @@ def test_delivers_oldest_first_and_deletes_on_2xx(outbox):
 def test_5xx_and_network_errors_are_retried_with_backoff(outbox):
     sleeps: list[float] = []
     collector = Collector(503, httpx.ConnectError("refused"), 500)
-    result = make_sender(collector, sleeps, max_attempts=4, backoff_base_s=1, backoff_cap_s=60).flush(outbox)
+    result = make_sender(collector, sleeps, max_attempts=4, backoff_base_s=1, backoff_cap_s=60).deliver_outbox(outbox)
     assert result.ok and result.delivered == 3
     assert sleeps == [1, 2, 4]
 
@@ -87,13 +87,13 @@ def test_5xx_and_network_errors_are_retried_with_backoff(outbox):
 def test_retry_after_is_honoured(outbox):
     sleeps: list[float] = []
     collector = Collector(429, headers={"Retry-After": "7"})
-    make_sender(collector, sleeps, backoff_base_s=1).flush(outbox)
+    make_sender(collector, sleeps, backoff_base_s=1).deliver_outbox(outbox)
     assert sleeps[0] == 7
 
 
 def test_gives_up_after_max_attempts_and_keeps_everything(outbox):
     collector = Collector(then=503)
-    result = make_sender(collector, max_attempts=3).flush(outbox)
+    result = make_sender(collector, max_attempts=3).deliver_outbox(outbox)
     assert (result.delivered, result.remaining) == (0, 3)
     assert "HTTP 503" in result.error
     assert len(collector.received) == 3  # one report, three attempts; the order is kept
@@ -102,7 +102,7 @@ def test_gives_up_after_max_attempts_and_keeps_everything(outbox):
 
 def test_permanent_4xx_quarantines_with_the_reason_and_goes_on(outbox):
     first = outbox.pending()[0]
-    result = make_sender(Collector(422)).flush(outbox)
+    result = make_sender(Collector(422)).deliver_outbox(outbox)
     assert (result.quarantined, result.delivered, result.ok) == (1, 2, True)
     (q,) = outbox.quarantined()
     assert q.entry.run_id == first.run_id
@@ -113,7 +113,7 @@ def test_a_run_id_conflict_is_quarantined_once_logged_and_the_flush_goes_on(outb
     first = outbox.pending()[0]
     collector = Collector(409)
     with caplog.at_level("ERROR", logger="agent.sender"):
-        result = make_sender(collector, max_attempts=4).flush(outbox)
+        result = make_sender(collector, max_attempts=4).deliver_outbox(outbox)
     assert (result.quarantined, result.delivered, result.ok) == (1, 2, True)
     assert len(collector.received) == 3  # sent once: a conflict is not retried
     (q,) = outbox.quarantined()
@@ -125,21 +125,21 @@ def test_a_run_id_conflict_is_quarantined_once_logged_and_the_flush_goes_on(outb
 def test_a_retry_after_that_is_not_ascii_seconds_never_breaks_delivery(outbox, value):
     sleeps: list[float] = []
     collector = Collector(429, headers={"Retry-After": value.encode()})
-    result = make_sender(collector, sleeps, backoff_base_s=1, backoff_cap_s=60).flush(outbox)
+    result = make_sender(collector, sleeps, backoff_base_s=1, backoff_cap_s=60).deliver_outbox(outbox)
     assert result.ok and result.delivered == 3
     assert sleeps and sleeps[0] <= 60
 
 
 @pytest.mark.parametrize("status", [401, 404])
 def test_token_or_url_problems_stop_and_keep_every_report(outbox, status):
-    result = make_sender(Collector(then=status)).flush(outbox)
+    result = make_sender(Collector(then=status)).deliver_outbox(outbox)
     assert (result.remaining, result.quarantined) == (3, 0)
     assert f"HTTP {status}" in result.error
     assert len(outbox.pending()) == 3
 
 
 def test_deadline_bounds_the_time_spent(outbox):
-    result = make_sender(Collector(then=503), max_attempts=10, backoff_base_s=100).flush(outbox, deadline_s=5)
+    result = make_sender(Collector(then=503), max_attempts=10, backoff_base_s=100).deliver_outbox(outbox, deadline_s=5)
     assert result.remaining == 3
 
 

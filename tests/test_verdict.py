@@ -109,7 +109,7 @@ def test_changes_no_result_shows_are_never_in_sync() -> None:
     (change,) = verdict.judge(blanked, host="localhost", roles=("playbook",), playbooks=BOOKS).unattributed
     assert change.outcome is Outcome.CHANGED and "cannot be attributed" in (change.message or "")
     ctx = DriftContext(commit="c1", converged=frozenset({"c1"}), recurring=frozenset())
-    (finding,) = drift.classify([change], ctx)
+    (finding,) = drift.classify_tasks([change], ctx)
     assert finding.actionable and finding.kind is DriftKind.CORRECTIVE
     whole = verdict.judge(parsed(EVENTS / "big_loop_check"), host="localhost", roles=("playbook",),
                           playbooks=BOOKS)
@@ -119,7 +119,7 @@ def test_changes_no_result_shows_are_never_in_sync() -> None:
 def test_a_command_that_runs_in_check_mode_is_unverifiable_not_intentional() -> None:
     command, copy = parsed(EVENTS / "command_check_mode_false_check").tasks
     ctx = DriftContext(commit="c1", converged=frozenset(), recurring=frozenset())
-    found = drift.classify([command, copy], ctx)
+    found = drift.classify_tasks([command, copy], ctx)
     assert [(f.task.task, f.kind) for f in found] == [("Read the year", DriftKind.UNVERIFIABLE),
                                                       ("App config", DriftKind.INTENTIONAL)]
     assert "check_mode: false" in (found[0].reason or "")

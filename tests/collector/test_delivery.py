@@ -41,21 +41,21 @@ def test_collector_down_then_up_delivers_everything_exactly_once(tmp_path, engin
     for report in reports:
         outbox.put(report)
     with quick_sender(f"http://127.0.0.1:{port}", host_token) as sender:
-        down = sender.flush(outbox)
+        down = sender.deliver_outbox(outbox)
         assert (down.delivered, down.remaining) == (0, 5)
         assert "ConnectError" in down.error
         assert len(outbox.pending()) == 5
 
         process = CollectorProcess(db_url, port).start()
         try:
-            up = sender.flush(outbox)
+            up = sender.deliver_outbox(outbox)
             assert up.ok and up.delivered == 5
             assert outbox.pending() == []
-            assert sender.flush(outbox).delivered == 0
+            assert sender.deliver_outbox(outbox).delivered == 0
             # a crash after the collector stored a report but before the outbox forgot it:
             # re-sent, not doubled
             outbox.put(reports[0])
-            again = sender.flush(outbox)
+            again = sender.deliver_outbox(outbox)
             assert (again.duplicates, again.delivered) == (1, 0)
         finally:
             process.stop()
@@ -63,7 +63,7 @@ def test_collector_down_then_up_delivers_everything_exactly_once(tmp_path, engin
 
 
 def _burst(sender, outbox, results):
-    results.append(sender.flush(outbox))
+    results.append(sender.deliver_outbox(outbox))
 
 
 def test_sigkill_during_a_burst_loses_no_acknowledged_report(tmp_path, engine, db_url):
@@ -99,7 +99,7 @@ def test_sigkill_during_a_burst_loses_no_acknowledged_report(tmp_path, engine, d
         stored = set(stored_run_ids(engine))
         assert acknowledged <= stored, f"lost {len(acknowledged - stored)} acknowledged report(s)"
         for host in hosts:
-            assert senders[host].flush(outboxes[host]).ok
+            assert senders[host].deliver_outbox(outboxes[host]).ok
         with engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(runs)).scalar_one() == len(all_ids)
         assert set(stored_run_ids(engine)) == all_ids
@@ -120,7 +120,7 @@ def test_sender_from_config_with_a_real_token_file(tmp_path, engine, db_url, hos
     process = CollectorProcess(db_url).start()
     try:
         with Sender.from_config(CollectorConfig(process.url, token_file, None)) as sender:
-            assert sender.flush(outbox).delivered == 1
+            assert sender.deliver_outbox(outbox).delivered == 1
     finally:
         process.stop()
 
@@ -137,7 +137,7 @@ def test_a_run_id_already_stored_with_another_report_is_quarantined_not_lost(tmp
     process = CollectorProcess(db_url).start()
     try:
         with quick_sender(process.url, host_token) as sender, caplog.at_level("ERROR", logger="agent.sender"):
-            result = sender.flush(outbox)
+            result = sender.deliver_outbox(outbox)
     finally:
         process.stop()
     assert (result.quarantined, result.delivered, result.ok) == (1, 1, True)

@@ -89,12 +89,12 @@ def test_the_agent_sender_delivers_with_its_client_certificate(tmp_path, engine,
     outbox.put(make_report("web01.example.com"))
     without = CollectorConfig(served.url, token_file, pki / "ca.pem")
     with Sender.from_config(without, max_attempts=1) as sender:
-        refused = sender.flush(outbox)
+        refused = sender.deliver_outbox(outbox)
     assert refused.remaining == 1 and refused.delivered == 0
     assert "set collector.client_cert and collector.client_key" in refused.error
     config = CollectorConfig(served.url, token_file, pki / "ca.pem", pki / "web01.pem", pki / "web01.key")
     with Sender.from_config(config) as sender:
-        assert sender.flush(outbox).delivered == 1
+        assert sender.deliver_outbox(outbox).delivered == 1
 
 
 def test_without_a_certificate_or_with_another_cas_the_handshake_is_refused(served, pki, engine):

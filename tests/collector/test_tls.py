@@ -46,10 +46,10 @@ def test_private_ca_is_needed_and_enough(tmp_path, engine, db_url, pki):
                                str(pki / "server.key"), ca_file=pki / "ca.pem").start()
     try:
         with Sender.from_config(CollectorConfig(process.url, token_file, None), max_attempts=1) as sender:
-            refused = sender.flush(outbox)
+            refused = sender.deliver_outbox(outbox)
         assert refused.remaining == 1
         assert "CERTIFICATE_VERIFY_FAILED" in refused.error
         with Sender.from_config(CollectorConfig(process.url, token_file, pki / "ca.pem")) as sender:
-            assert sender.flush(outbox).delivered == 1
+            assert sender.deliver_outbox(outbox).delivered == 1
     finally:
         process.stop()

@@ -48,7 +48,7 @@ def test_a_loop_that_keeps_failing_backs_off_and_stops_the_watchdog(tmp_path: Pa
     monkeypatch.setenv("WATCHDOG_USEC", "200000")  # ping every 0.1 s while healthy
     monkeypatch.setattr(daemon, "sd_notify", sent.append)
     d = make_daemon(tmp_path, spawn)
-    monkeypatch.setattr(d, "flush", lambda final: True)
+    monkeypatch.setattr(d, "redeliver", lambda final: True)
     threading.Timer(3.5, d.stop.set).start()
     threading.Timer(3.5, d.wake.set).start()
     d.serve()
