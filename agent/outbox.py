@@ -17,7 +17,7 @@ counts that dropped reports themselves carried), and `put()` carries that count 
 it writes (its `compacted` field): callers do not add it themselves.
 
 Usage:
-    outbox = Outbox(config.state_dir / "outbox", max_reports=..., max_bytes=...)
+    outbox = Outbox(StatePaths(config.state_dir).outbox, max_reports=..., max_bytes=...)
     outbox.put(report)               # before any delivery is tried
     Sender.from_config(...).deliver_outbox(outbox)
 """
