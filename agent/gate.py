@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from agent.report import GateState
 from agent.rollout import DAYS, Freeze, Policy, Wave, Window, splay_offset
 
-ALLOWED, WAITING, HALTED, FROZEN, UNREACHABLE = "allowed", "waiting", "halted", "frozen", "unreachable"
+ALLOWED, WAITING, HALTED, FROZEN = GateState.ALLOWED, GateState.WAITING, GateState.HALTED, GateState.FROZEN
+UNREACHABLE = GateState.UNREACHABLE
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class HostView:
 @dataclass(frozen=True)
 class GateDecision:
     allow: bool
-    state: str  # ALLOWED, WAITING, HALTED, FROZEN or UNREACHABLE
+    state: GateState
     reason: str
 
 
