@@ -65,3 +65,7 @@ class ReportError(AgentError):
 
 class RolloutError(PlanError):
     """The rollout policy (rollout.yml of the config repo) is invalid: a failed plan, nothing applied."""
+
+
+class RolloutAnswerError(AgentError):
+    """The collector's rollout answer is malformed: the gate treats it as an unreachable collector."""
