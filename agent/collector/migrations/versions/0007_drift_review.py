@@ -1,9 +1,6 @@
 """Drift review: drift items with a lifecycle, exceptions, the review audit log, daily compliance.
 
-The tables of docs/drift-review.md; tables.py describes each. Nothing writes them yet.
-
-Revision 0007 follows 0005 on main: 0006 is reserved for another branch; when 0006 lands, this
-migration's down_revision becomes "0006".
+The tables of docs/drift-review.md; tables.py describes each. Follows 0006 (rollouts).
 
 Revision ID: 0007
 """
@@ -14,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
