@@ -53,11 +53,14 @@ class TaskIdentity:
 
 @dataclass(frozen=True, order=True)
 class ItemKey:
-    """The key of a drift item: (host, task identity, loop item); docs/drift-review.md section 1."""
+    """The key of a drift item: (host, task identity, loop item, twin number); docs/drift-review.md
+    section 1. `nth` tells twins apart: tasks of one identity at different lines (the same name twice in
+    one play, file and role), numbered 0, 1, ... in the order the report lists them."""
 
     host: str
     task: TaskIdentity
     item: str
+    nth: int = 0
 
     @classmethod
     def of(cls, host: str, drift: DriftItem) -> ItemKey:
@@ -129,6 +132,21 @@ def is_complete_check(report: Report) -> bool:
     return report.status in COMPLETE_STATUSES and report.phase_reached is Phase.DONE
 
 
+def report_keys(report: Report) -> dict[ItemKey, DriftItem]:
+    """The report's drift by item key, in the report's order. The same task listed twice at the same
+    `task_path` counts once; twins (one identity, different lines) get `nth` 1, 2, ... after the first."""
+    seen: dict[ItemKey, DriftItem] = {}
+    paths: dict[ItemKey, list[str]] = {}
+    for drift in report.drift:
+        base = ItemKey.of(report.host, drift)
+        lines = paths.setdefault(base, [])
+        path = drift.task_path or ""
+        if path not in lines:
+            lines.append(path)
+            seen[replace(base, nth=len(lines) - 1)] = drift
+    return seen
+
+
 def apply_report(current: Sequence[ReviewItem], report: Report, *, last_check_at: datetime | None = None,
                  coverage: Coverage = _no_coverage) -> Changes:
     """The changes one report makes to its host's current (unresolved) items.
@@ -139,9 +157,7 @@ def apply_report(current: Sequence[ReviewItem], report: Report, *, last_check_at
     at = report.started_at
     commit = report.source.commit
     by_key = {i.key: i for i in current if i.resolved_at is None}
-    seen: dict[ItemKey, DriftItem] = {}
-    for drift in report.drift:
-        seen.setdefault(ItemKey.of(report.host, drift), drift)
+    seen = report_keys(report)
     stale = last_check_at is not None and at < last_check_at
     fixed = report.status is Status.CORRECTED and not stale
     inserted: list[ReviewItem] = []

@@ -282,6 +282,7 @@ review_items = Table(
     Column("task_file", Text, nullable=False),
     Column("task", Text, nullable=False),
     Column("item", Text, nullable=False),
+    Column("nth", Integer, nullable=False, server_default="0"),  # twins: ItemKey.nth
     Column("state", String(16), nullable=False),
     Column("kind", String(16), nullable=False),
     Column("kinds", Text, nullable=False),

@@ -297,3 +297,20 @@ def test_a_resolved_item_cannot_be_acknowledged() -> None:
                       resolution=Resolution.ABSENT)
     with pytest.raises(ValueError, match="drift item 12 is resolved"):
         acknowledge(item, by="alice", at=minute(6))
+
+
+def test_twins_at_different_lines_stay_two_items_and_keep_their_number() -> None:
+    """The same name twice in one play, file and role (twins): two items, numbered in report order;
+    an edit that moves both lines keeps both items (the line is not in the key)."""
+    twins = (drift("a", task_path="roles/nginx/tasks/main.yml:12"),
+             drift("a", task_path="roles/nginx/tasks/main.yml:30"))
+    first = apply_report([], make_report(HOST, status=Status.DRIFTED, drift=twins)).inserted
+    assert sorted(i.key.nth for i in first) == [0, 1]
+    moved = tuple(replace(d, task_path=d.task_path.replace(":12", ":14").replace(":30", ":32"))
+                  for d in twins if d.task_path)
+    again = apply_report(list(first), make_report(HOST, status=Status.DRIFTED, drift=moved,
+                                                  finished_at=BASE_TIME + timedelta(minutes=30)))
+    assert again.inserted == () and again.resolved == () and len(again.updated) == 2
+    one_fixed = apply_report(list(first), make_report(HOST, status=Status.DRIFTED, drift=twins[:1],
+                                                      finished_at=BASE_TIME + timedelta(minutes=30)))
+    assert [i.key.nth for i in one_fixed.resolved] == [1]

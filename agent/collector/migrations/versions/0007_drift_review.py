@@ -86,6 +86,7 @@ def _review_items() -> None:
         sa.Column("task_file", sa.Text(), nullable=False),
         sa.Column("task", sa.Text(), nullable=False),
         sa.Column("item", sa.Text(), nullable=False),
+        sa.Column("nth", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("kinds", sa.Text(), nullable=False),
