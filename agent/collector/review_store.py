@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from agent.collector import db
 from agent.collector import drift_exceptions as dx
@@ -36,7 +37,14 @@ from agent.collector.drift_review import (
     acknowledge as ack_item,
 )
 from agent.collector.errors import ConflictError, InvalidActionError, NotFoundError
-from agent.collector.tables import drift_exceptions, host_roles, review_audit, review_hosts, review_items
+from agent.collector.tables import (
+    drift_exception_alerts,
+    drift_exceptions,
+    host_roles,
+    review_audit,
+    review_hosts,
+    review_items,
+)
 from agent.report import DriftItem, DriftKind, Report, format_time
 
 RESOLVED = "resolved"
@@ -366,3 +374,54 @@ def audit_after(engine: Engine, after_id: int, limit: int) -> Sequence[Any]:
 def exception_rows(engine: Engine) -> Sequence[Any]:
     with engine.connect() as conn:
         return conn.execute(select(drift_exceptions).order_by(drift_exceptions.c.id.desc())).all()
+
+
+# -- exception alerts (the notifier's tick) -----------------------------------------------------------
+
+ALERT_KINDS = {dx.ExceptionAlert.EXPIRING: "exc_expiring", dx.ExceptionAlert.EXPIRED: "exc_expired"}
+
+
+@dataclass(frozen=True)
+class ExceptionNotice:
+    """An exception alert to send: the exception, its alert, a label and the hosts it covers (covered)."""
+
+    exception_id: int
+    alert: dx.ExceptionAlert
+    kind: str  # the webhook alert kind (webhook_deliveries.alert_kind is short)
+    label: str
+    hosts: tuple[str, ...]
+
+
+def exception_notices(engine: Engine, *, now: datetime) -> list[ExceptionNotice]:
+    """The exception alerts due now and not sent yet (drift_exceptions.alerts_due over the exceptions
+    expiring within 7 days or expired and unrevoked), with the hosts of the items each one covers."""
+    soon = now + dx.EXPIRING_WITHIN
+    with engine.connect() as conn:
+        rows = conn.execute(select(drift_exceptions).where(drift_exceptions.c.expires_at <= soon,
+                                                           drift_exceptions.c.revoked_at.is_(None))).all()
+        if not rows:
+            return []
+        ids = [r.id for r in rows]
+        sent = {(r.exception_id, dx.ExceptionAlert(r.alert)) for r in conn.execute(
+            select(drift_exception_alerts).where(drift_exception_alerts.c.exception_id.in_(ids)))}
+        due = dx.alerts_due([exception_of(r) for r in rows], now, sent)
+        notices = []
+        by_id = {r.id: r for r in rows}
+        for exc_id, alert in due:
+            covered = and_(review_items.c.accepted_by == exc_id, review_items.c.resolved_at.is_(None))
+            hosts = conn.execute(select(review_items.c.host).where(covered).distinct()).scalars()
+            row = by_id[exc_id]
+            label = f"exception #{exc_id} ({row.scope}, owner {row.owner}, ticket {row.ticket})"
+            notices.append(ExceptionNotice(exc_id, alert, ALERT_KINDS[alert], label, tuple(sorted(hosts))))
+    return notices
+
+
+def mark_notified(engine: Engine, notices: Sequence[ExceptionNotice], *, now: datetime) -> None:
+    """Record the alerts as sent (the primary key keeps each once, across collector processes)."""
+    if not notices:
+        return
+    with db.write(engine) as conn:
+        for n in notices:
+            insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)
+            conn.execute(insert(drift_exception_alerts).on_conflict_do_nothing(),
+                         {"exception_id": n.exception_id, "alert": n.alert.value, "sent_at": now})

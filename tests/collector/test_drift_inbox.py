@@ -6,19 +6,23 @@ docs/drift-review.md; the pure lifecycle is table-tested in test_drift_review.py
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 import re
 from datetime import timedelta
 
+import httpx
 import pytest
 from sqlalchemy import select
 
 from agent.collector import tokens
+from agent.collector.alerts import parse_webhook
 from agent.collector.auth import ProxyAuth
 from agent.collector.context import CollectorSettings
-from agent.collector.tables import review_audit, review_items
+from agent.collector.notify import Notifier
+from agent.collector.tables import review_audit, review_items, webhook_deliveries
 from agent.collector.tokens import TokenKind
 from agent.report import DriftItem, DriftKind, Phase, Status
 from tests.factory import BASE_TIME, COMMIT_A, COMMIT_B, make_report
@@ -296,3 +300,33 @@ def test_proxy_users_named_reviewers_may_act_others_only_read(client, one_item):
     assert client.post(url, json={"reason": "x"}, headers={"X-Forwarded-User": "sam"}).status_code == 403
     response = client.post(url, json={"reason": "x"}, headers={"X-Forwarded-User": "pat"})
     assert response.status_code == 200 and response.json()["acknowledged_by"] == "pat"
+
+
+# -- the notifier's tick: expiry written down, exception alerts once each ----------------------------
+
+
+@pytest.mark.parametrize("settings", [CollectorSettings(webhooks=(parse_webhook("http://127.0.0.1:9/hook"),))])
+def test_the_notifier_reopens_expired_items_and_alerts_once(client, collector, reviewer, one_item, clock, engine):
+    created = client.post("/api/v1/drift/exceptions", headers=reviewer,
+                          json=exception_body(one_item["id"], expires_at="2026-11-25"))
+    assert created.status_code == 201
+    notifier = Notifier(collector, httpx.AsyncClient())
+
+    def tick() -> list[str]:
+        asyncio.run(notifier.review(clock.now))
+        with engine.connect() as conn:
+            return [r.alert_kind for r in conn.execute(select(webhook_deliveries).order_by(webhook_deliveries.c.id))]
+
+    assert tick() == ["exc_expiring"]  # 4.5 days left: within 7 days, told once
+    assert tick() == ["exc_expiring"]
+    clock.now = BASE_TIME + timedelta(days=6)
+    assert tick() == ["exc_expiring", "exc_expired"]
+    assert tick() == ["exc_expiring", "exc_expired"]
+    with engine.connect() as conn:
+        row = conn.execute(select(review_items)).one()
+        actions = [r.action for r in conn.execute(select(review_audit).order_by(review_audit.c.id))]
+    assert (row.state, row.accepted_by) == ("open", None)
+    assert actions == ["accept", "expire"]
+    with engine.connect() as conn:
+        payload = json.loads(conn.execute(select(webhook_deliveries.c.payload)).scalars().first())
+    assert payload["hosts"] == [HOST] and "exception #" in payload["task"]
