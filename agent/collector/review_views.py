@@ -245,6 +245,10 @@ async def api_audit(request: Request) -> Response:
         rows, total = await collector.db(review_store.audit_page, collector.engine, page.limit, page.offset)
         return JSONResponse({"items": [_audit_json(r) for r in rows], "total": total, "limit": page.limit,
                              "offset": page.offset})
+    return _audit_export(collector, fmt)
+
+
+def _audit_export(collector: Collector, fmt: str) -> Response:
     media = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
 
     async def body() -> AsyncIterator[str]:  # keyset pages: memory stays flat however long the log
@@ -345,6 +349,13 @@ async def ui_exceptions(request: Request, collector: Collector) -> Response:
 
 
 @ui_page
+async def ui_audit_export(request: Request, collector: Collector) -> Response:
+    """The audit log's download for signed-in readers (the API's twin takes a bearer token)."""
+    fmt = params.choice(request.query_params, "format", ("jsonl", "csv"), "csv") or "csv"
+    return _audit_export(collector, fmt)
+
+
+@ui_page
 async def ui_audit(request: Request, collector: Collector) -> Response:
     pg = page_params(request)
     rows, total = await collector.db(review_store.audit_page, collector.engine, pg.limit, pg.offset)
@@ -369,5 +380,6 @@ PAGE_ROUTES = [
     Route("/drift/exceptions", ui_create_exception, methods=["POST"]),
     Route("/drift/exceptions/{exc_id}/revoke", ui_revoke, methods=["POST"]),
     Route("/drift/audit", ui_audit),
+    Route("/drift/audit/export", ui_audit_export),
 ]
 __all__ = ["API_ACTION_ROUTES", "API_ROUTES", "PAGE_ROUTES", "build_exception", "parse_expiry"]
