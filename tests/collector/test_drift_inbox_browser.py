@@ -12,9 +12,9 @@ import io
 import socket
 import threading
 import time
-from pathlib import Path
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
