@@ -98,7 +98,7 @@ class CollectorProcess:
                "--db", self.db_url, "--log-level", "warning", *self.extra]
         # its own process group, so that stopping it also stops any worker processes it forked
         # stderr goes to a file, not a pipe: a pipe nobody reads fills up and blocks a collector that logs
-        self.stderr = tempfile.TemporaryFile()
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in kill(), it outlives this call)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.stderr,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout_s
