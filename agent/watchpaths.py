@@ -21,7 +21,7 @@ from agent.result_text import target
 # Modules whose result or arguments name the one path they manage (dest or path).
 PATH_MODULES = frozenset({
     "file", "copy", "template", "lineinfile", "blockinfile", "replace", "ini_file",
-    "community.general.ini_file", "assemble", "get_url", "xml", "community.general.xml",
+    "community.general.ini_file", "assemble", "get_url", "unarchive", "xml", "community.general.xml",
 })
 DPKG_STATUS = "/var/lib/dpkg/status"
 RPMDB = "/var/lib/rpm/rpmdb.sqlite"
