@@ -13,6 +13,8 @@ import pytest
 
 from agent.errors import AgentError
 from agent.watcher import Watcher
+from agent.watchpaths import RolePaths, roles_of
+from agent.watchrules import Debouncer
 
 
 @pytest.fixture
@@ -130,3 +132,36 @@ def test_paths_must_be_absolute_and_normalised(watcher: Watcher) -> None:
     for bad in ("etc/app.conf", "/etc//app.conf", "/etc/app/"):
         with pytest.raises(AgentError, match="is not an absolute, normalised path"):
             watcher.watch([bad])
+
+
+def test_a_queue_overflow_counts_every_managed_path_as_changed(tmp_path: Path, watcher: Watcher) -> None:
+    queued = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    busy, quiet = tmp_path / "a" / "busy.conf", tmp_path / "b" / "quiet.conf"
+    watcher.watch([str(busy), str(quiet)])
+    fd = os.open(busy, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for n in range(queued // 2 + 100):  # each round queues MODIFY then ATTRIB (never merged), unread
+            os.write(fd, b"x")
+            os.fchmod(fd, 0o600 if n % 2 else 0o644)
+    finally:
+        os.close(fd)
+    assert changes(watcher) == {str(busy), str(quiet)}  # events were lost: everything may have changed
+    quiet.write_text("x")  # and the watches are in place again
+    assert changes(watcher) == {str(quiet)}
+
+
+def test_a_burst_of_500_changed_files_is_one_batch_for_one_role(tmp_path: Path, watcher: Watcher) -> None:
+    docs = [tmp_path / f"doc{n:03}" for n in range(500)]
+    table = {"base": RolePaths("base", frozenset(str(d) for d in docs)),
+             "web": RolePaths("web", frozenset({str(tmp_path / "nginx.conf")}))}
+    assert watcher.watch(set().union(*(r.paths for r in table.values()))).directories == 1
+    debounce = Debouncer(quiet_s=2, max_wait_s=30)
+    for d in docs:  # a package upgrade rewrites them
+        d.write_text("new")
+    for path in changes(watcher):
+        debounce.changed(path, 100.0)
+    batch = debounce.take(102.0)
+    assert len(batch) == 500
+    assert roles_of(batch, table) == {"base"}
