@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agent.errors import AgentError
 from agent.events import short_module
 from agent.result_text import target
 
@@ -132,3 +133,35 @@ def roles_of(changed: Iterable[str], table: Mapping[str, RolePaths]) -> frozense
     """The roles that manage any of the `changed` paths: the roles a watch check runs."""
     wanted = {p for p in (_normal(c) for c in changed) if p}
     return frozenset(role for role, managed in table.items() if managed.paths & wanted)
+
+
+# -- the hand-off from the child's check to the daemon (state_dir/watch.json, docs/watch.md 3) --------
+
+FORMAT_VERSION = 1
+
+
+def to_json(table: Mapping[str, RolePaths]) -> dict[str, Any]:
+    """{role: RolePaths} -> a JSON-ready dict (sorted, so the same set writes the same bytes)."""
+    return {"version": FORMAT_VERSION,
+            "roles": {role: {"paths": sorted(r.paths), "blind": list(r.blind)}
+                      for role, r in sorted(table.items())}}
+
+
+def from_json(data: Any, source: str = "watch set") -> dict[str, RolePaths]:
+    """The inverse of to_json; AgentError naming `source` and what is wrong for anything else (a file
+    from another version, a hand-edited one, a truncated one that still parsed)."""
+    if not isinstance(data, Mapping) or data.get("version") != FORMAT_VERSION:
+        raise AgentError(f"{source}: not a version {FORMAT_VERSION} watch set")
+    roles = data.get("roles")
+    if not isinstance(roles, Mapping):
+        raise AgentError(f"{source}: 'roles' must be a mapping of role names")
+    found: dict[str, RolePaths] = {}
+    for role, entry in roles.items():
+        paths = entry.get("paths") if isinstance(entry, Mapping) else None
+        blind = entry.get("blind", []) if isinstance(entry, Mapping) else None
+        if not isinstance(paths, list) or not all(isinstance(p, str) and _normal(p) == p for p in paths):
+            raise AgentError(f"{source}: role {role!r}: 'paths' must be a list of absolute, normalised paths")
+        if not isinstance(blind, list) or not all(isinstance(t, str) for t in blind):
+            raise AgentError(f"{source}: role {role!r}: 'blind' must be a list of task names")
+        found[str(role)] = RolePaths(str(role), frozenset(paths), tuple(blind))
+    return found

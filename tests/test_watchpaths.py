@@ -11,7 +11,18 @@ from typing import Any
 
 import pytest
 
-from agent.watchpaths import DPKG_STATUS, RPMDB, UNIT_DIRS, RolePaths, managed_paths, result_paths, roles_of
+from agent.errors import AgentError
+from agent.watchpaths import (
+    DPKG_STATUS,
+    RPMDB,
+    UNIT_DIRS,
+    RolePaths,
+    from_json,
+    managed_paths,
+    result_paths,
+    roles_of,
+    to_json,
+)
 
 EVENTS = Path(__file__).parent / "data" / "events"
 
@@ -134,3 +145,29 @@ def test_roles_of_changed_paths() -> None:
     assert roles_of(["/etc/ssl/"], found) == {"web", "db"}  # a shared path checks both its roles
     assert roles_of(["/etc/my.cnf", "/var/lib/dpkg/status"], found) == {"db", "base"}
     assert roles_of(["/etc/unmanaged", "relative"], found) == frozenset()
+
+
+def test_the_hand_off_to_the_daemon_round_trips_through_json() -> None:
+    found = captured("check_mixed") | captured("big_loop_check")
+    data = json.loads(json.dumps(to_json(found)))
+    assert from_json(data) == found
+    assert to_json(found) == to_json(from_json(data))  # stable: sorted roles and paths
+
+
+@pytest.mark.parametrize(("data", "error"), [
+    ([], "watch.json: not a version 1 watch set"),
+    ({"version": 2, "roles": {}}, "watch.json: not a version 1 watch set"),
+    ({"version": 1}, "watch.json: 'roles' must be a mapping of role names"),
+    ({"version": 1, "roles": {"web": {"paths": ["etc/x"]}}},
+     "watch.json: role 'web': 'paths' must be a list of absolute, normalised paths"),
+    ({"version": 1, "roles": {"web": {"paths": ["/etc/x/"]}}},
+     "watch.json: role 'web': 'paths' must be a list of absolute, normalised paths"),
+    ({"version": 1, "roles": {"web": None}},
+     "watch.json: role 'web': 'paths' must be a list of absolute, normalised paths"),
+    ({"version": 1, "roles": {"web": {"paths": [], "blind": [3]}}},
+     "watch.json: role 'web': 'blind' must be a list of task names"),
+])
+def test_a_bad_hand_off_is_one_clear_error(data: object, error: str) -> None:
+    with pytest.raises(AgentError) as caught:
+        from_json(data, "watch.json")
+    assert str(caught.value) == error
