@@ -30,6 +30,7 @@ MASK = (flags.CLOSE_WRITE | flags.MODIFY | flags.ATTRIB | flags.CREATE | flags.D
         | flags.MOVED_TO | flags.DELETE_SELF | flags.MOVE_SELF | flags.ONLYDIR)
 _GONE = flags.DELETE_SELF | flags.MOVE_SELF | flags.IGNORED
 MAX_USER_WATCHES = Path("/proc/sys/fs/inotify/max_user_watches")
+PLACE_TRIES = 5
 
 
 @dataclass(frozen=True)
@@ -132,24 +133,32 @@ class Watcher:
         return wd
 
     def _place(self, path: str) -> None:
-        """Watch `path` through its parent, or through its nearest existing ancestor."""
-        directory, name = posixpath.split(path)
-        while True:
-            try:
-                wd = self._add_watch(directory)
-            except _Limit as limit:
-                self._unwatched.add(path)
-                self._reason = str(limit)
+        """Watch `path` through its parent, or through its nearest existing ancestor. A directory on the
+        way that appeared while the ancestor's watch was being added (`mkdir -p` racing us) would send
+        that watch no event, so it is looked for once the watch is in place, and the path placed deeper."""
+        for attempt in range(1, PLACE_TRIES + 1):
+            directory, name = posixpath.split(path)
+            while True:
+                try:
+                    wd = self._add_watch(directory)
+                except _Limit as limit:
+                    self._unwatched.add(path)
+                    self._reason = str(limit)
+                    return
+                if wd is not None:
+                    break
+                if directory == "/":  # not even / could be watched: treat it like a limit
+                    self._unwatched.add(path)
+                    self._reason = "cannot watch /"
+                    return
+                directory, name = posixpath.split(directory)
+            self._dirs[wd].names.setdefault(name, set()).add(path)
+            self._where[path] = wd
+            deeper = posixpath.join(directory, name)
+            settled = directory == posixpath.dirname(path) or not Path(deeper).is_dir()
+            if settled or attempt == PLACE_TRIES:  # (directories that keep coming and going: stay here)
                 return
-            if wd is not None:
-                self._dirs[wd].names.setdefault(name, set()).add(path)
-                self._where[path] = wd
-                return
-            if directory == "/":  # not even / could be watched: treat like a limit
-                self._unwatched.add(path)
-                self._reason = "cannot watch /"
-                return
-            directory, name = posixpath.split(directory)
+            self._unplace(path)  # raced: try again from the parent
 
     def _unplace(self, path: str) -> None:
         wd = self._where.pop(path, None)

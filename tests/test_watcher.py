@@ -165,3 +165,16 @@ def test_a_burst_of_500_changed_files_is_one_batch_for_one_role(tmp_path: Path, 
     batch = debounce.take(102.0)
     assert len(batch) == 500
     assert roles_of(batch, table) == {"base"}
+
+
+def test_a_file_in_the_way_of_a_managed_path_is_watched_until_a_directory_replaces_it(
+        tmp_path: Path, watcher: Watcher) -> None:
+    blocker = tmp_path / "conf.d"
+    blocker.write_text("a file where the playbook wants a directory")
+    managed = blocker / "app.conf"
+    assert watcher.watch([str(managed)]).paths == 1  # watched from tmp_path, by the name conf.d
+    blocker.unlink()
+    blocker.mkdir()
+    assert str(managed) in changes(watcher)
+    managed.write_text("x")
+    assert changes(watcher) == {str(managed)}
