@@ -121,7 +121,8 @@ class ContestedPaths:
         return max(0, len(history.corrections) - 1)
 
     def corrected(self, path: str, now: float) -> bool:
-        """A watch-triggered apply corrected `path` at `now`. True when this makes it contested."""
+        """A watch-triggered check found `path` drifted at `now` and corrected it (enforce mode) or
+        reported it (detect mode). True when this makes it contested."""
         history = self._paths.setdefault(path, _History())
         history.corrections.append(now)
         history.last_change = now
