@@ -131,6 +131,19 @@ class ContestedPaths:
             return True
         return False
 
+    def flipped(self, path: str, now: float) -> bool:
+        """A change of `path` at `now` is about to start a watch check. True when the agent corrected it
+        `flips` times within the window already, so this change (its `flips`-th flip: a change after a
+        correction) makes it contested now: the check then only reports it."""
+        history = self._paths.get(path)
+        if history is None or history.contested_since is not None:
+            return False
+        if len([t for t in history.corrections if now - t < self.window_s]) < self.flips:
+            return False
+        history.corrections.append(now)
+        history.contested_since = history.last_change = now
+        return True
+
     def is_contested(self, path: str, now: float) -> bool:
         """Contested until a whole window passed without a change of it."""
         history = self._paths.get(path)
