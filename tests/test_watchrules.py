@@ -103,3 +103,20 @@ def test_contested_settings_are_checked() -> None:
         ContestedPaths(flips=0)
     with pytest.raises(AgentError, match="watch contested window must be a positive number of seconds"):
         ContestedPaths(window_s=-1)
+
+
+def test_a_change_after_the_bound_of_corrections_is_contested_before_its_check() -> None:
+    """flipped(): the change that follows `flips` corrections within the window makes the path contested
+    at once, so that its check only reports; a path corrected less often, or long ago, is not."""
+    c = ContestedPaths(flips=2, window_s=3600)
+    assert not c.flipped("/etc/app.conf", 0)  # never corrected: a first hand edit
+    c.corrected("/etc/app.conf", 10)
+    assert not c.flipped("/etc/app.conf", 20)  # one correction: below the bound
+    c.corrected("/etc/app.conf", 30)
+    assert c.flipped("/etc/app.conf", 40)
+    assert c.contested(40) == {"/etc/app.conf": 2}
+    assert c.changed("/etc/app.conf", 50)  # its changes start no check now
+    assert not c.flipped("/etc/app.conf", 60)  # already contested: said once
+    c.corrected("/etc/other.conf", 0)
+    c.corrected("/etc/other.conf", 10)
+    assert not c.flipped("/etc/other.conf", 10 + 3600)  # both corrections are out of the window
