@@ -283,7 +283,8 @@ class Cycle:
         state = replace(state, last_commit=revision.commit)
         attempt.phase = Phase.PLAN
         self._emit(PhaseStarted("plan"))
-        limited = self._limited(self._plan(revision), options)
+        full = self._plan(revision)
+        limited = self._limited(full, options)
         attempt.plan = plan = self._without_broken_roles(attempt, limited)
         attempt.warnings.extend(ansible_env.warnings(ansible_cfg.load(revision.path),
                                                      inventory=plan.inventory))
@@ -305,6 +306,8 @@ class Cycle:
             # A role of this host did not run: the host is not in the commit's state, whatever the
             # others did. Failed, and never counted as converged to this commit.
             attempt.status = Status.FAILED
+            decided = replace(decided, converged=state.converged)
+        if limited is not full:  # a watch check of some roles says nothing of the others'
             decided = replace(decided, converged=state.converged)
         return decided
 
