@@ -33,6 +33,7 @@ import httpx
 from common import BIN, ROOT, median, sandbox
 
 from agent.config_values import parse_duration
+from agent.report import parse_time
 
 HOST = "web01.example.com"
 
@@ -109,8 +110,9 @@ def stored_runs(url: str, reader: str) -> list[dict[str, object]]:
 
 
 def time_to_detect(workdir: Path, url: str, reader: str, config: Path, edits: int, trigger: str,
-                   spacing: tuple[float, float]) -> list[float]:
-    """Median-ready list of seconds from a hand edit to a stored run with drift and this trigger."""
+                   spacing: tuple[float, float], started: list[float] | None = None) -> list[float]:
+    """Seconds from each hand edit to a stored run with drift and this trigger; `started` gets the
+    seconds from each edit to the start of that run (its started_at)."""
     motd = workdir / "root/etc/motd"
     log = workdir / f"daemon-{trigger}.log"
     proc = daemon(config, log)
@@ -120,13 +122,15 @@ def time_to_detect(workdir: Path, url: str, reader: str, config: Path, edits: in
         for n in range(edits):
             time.sleep(random.uniform(*spacing))  # a hand edit at a random moment of the schedule
             seen = {str(r["run_id"]) for r in stored_runs(url, reader)}
-            edited = time.monotonic()
+            edited, edited_at = time.monotonic(), time.time()
             motd.write_text(f"edited by hand {n} {time.time()}\n")
             while time.monotonic() - edited < 3600:
                 new = [r for r in stored_runs(url, reader) if str(r["run_id"]) not in seen
                        and r["trigger"] == trigger and int(str(r.get("drift_count") or 0)) > 0]
                 if new:
                     found.append(time.monotonic() - edited)
+                    if started is not None:
+                        started.append(parse_time(str(new[0]["started_at"])).timestamp() - edited_at)
                     print(f"  {trigger}: edit {n + 1}/{edits} stored after {found[-1]:.1f}s", flush=True)
                     break
                 time.sleep(0.1)
@@ -216,10 +220,11 @@ def main() -> None:
     common = (f"collector: {{url: '{url}', token_file: {token}}}\nmode: detect\n"
               "watch_contested_flips: 1000\n")
     try:
+        check_started: list[float] = []
         watched = time_to_detect(
             args.workdir, url, reader,
             write_config(args.workdir, "watch", "state", common + "schedule: {interval: 1h, poll: 1m, splay: 0s}\n"),
-            args.edits, "watch", (1.0, 3.0))
+            args.edits, "watch", (1.0, 3.0), check_started)
         interval = args.interval
         interval_s = parse_duration(interval)
         scheduled = time_to_detect(
@@ -228,7 +233,8 @@ def main() -> None:
                          f"schedule: {{interval: {interval}, poll: 1m, splay: 0s}}\n"),
             args.scheduled_edits, "schedule", (0.0, interval_s))
         print("\ntime to detect (hand edit -> drift stored in the collector), detect mode:")
-        print(f"  watch: true        median {median(watched):6.1f}s  (n={len(watched)}, max {max(watched):.1f}s)")
+        print(f"  watch: true        median {median(watched):6.1f}s  (n={len(watched)}, max {max(watched):.1f}s); "
+              f"edit -> its check started: median {median(check_started):.1f}s")
         if scheduled:
             print(f"  watch: false, schedule.interval {interval}: median {median(scheduled):6.1f}s "
                   f"(n={len(scheduled)}, max {max(scheduled):.1f}s)")
