@@ -18,6 +18,7 @@ WatchService runs one thread that waits on the inotify fd (agent.watcher) and fe
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import select
@@ -171,7 +172,7 @@ class WatchService:
         self.changed_now: frozenset[str] = frozenset()  # the paths of the watch check in progress
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._set_text: str | None = None
+        self._set_digest: str | None = None  # of the watch.json last read (not its text: 10,000 paths)
         self._fallback = False
         self._thread = threading.Thread(target=self._loop, name="watcher", daemon=True)
 
@@ -219,7 +220,8 @@ class WatchService:
         except OSError as e:
             log.error("cannot read the watch set: %s; keeping the previous one", e)
             return
-        if text == self._set_text and self._set_text is not None:
+        digest = None if text is None else hashlib.sha256(text.encode()).hexdigest()
+        if digest == self._set_digest and digest is not None:
             return
         try:
             table = {} if text is None else watchpaths.from_json(json.loads(text), str(self.paths.watch_set))
@@ -232,7 +234,8 @@ class WatchService:
             self.contested.forget(moved)  # a new commit changed these roles: count again from zero
             self.table = table
             self.state = self.watcher.watch(p for entry in table.values() for p in entry.paths)
-        self._set_text = text
+        self._set_digest = digest
+        del text
         self._say_fallback()
         self.write_state()
 

@@ -1,6 +1,6 @@
 """Watching managed paths (issue 21, docs/watch.md): time to detect, idle cost, cost of a burst.
 
-    .venv/bin/python bench/watch.py [--edits 5] [--scheduled-edits 3] [--interval 60s] [--seconds 120]
+    .venv/bin/python bench/watch.py [--edits 5] [--scheduled-edits 3] [--interval 60s] [--seconds 120] [--idle-only]
 
 1. Time to detect: a real collector (`gitops-collector serve`, SQLite) and the daemon of the example repo
    (`make demo`'s sandbox) in detect mode. Each hand edit of a managed file (/etc/motd under the target
@@ -209,8 +209,12 @@ def main() -> None:
     parser.add_argument("--interval", default="60s")
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/gitops-bench-watch"))
+    parser.add_argument("--idle-only", action="store_true", help="only the idle cost and the burst")
     args = parser.parse_args()
     sandbox(args.workdir, HOST)  # converged once (enforce), so a hand edit is corrective drift
+    if args.idle_only:
+        idle_and_burst(args.workdir, args.seconds)
+        return
     collector, url, ingest, reader = start_collector(args.workdir)
     token = args.workdir / "token"
     token.write_text(ingest + "\n")
