@@ -105,7 +105,6 @@ class Watcher:
             raise AgentError(f"cannot start watching: inotify_init failed: {exc.strerror} "
                              "(fs.inotify.max_user_instances?)") from exc
         self._cap = max_watches
-        self._managed: set[str] = set()
         self._dirs: dict[int, _Dir] = {}  # wd -> directory
         self._wd_of: dict[str, int] = {}  # directory -> wd
         self._where: dict[str, int] = {}  # managed path -> wd of the directory watching it
@@ -133,16 +132,19 @@ class Watcher:
         for path in wanted:
             if not path.startswith("/") or posixpath.normpath(path) != path:
                 raise AgentError(f"watch: {path!r} is not an absolute, normalised path")
-        for path in self._managed - wanted:
+        for path in self._managed() - wanted:
             self._unplace(path)
             self._unwatched.discard(path)
-        self._managed = wanted - {"/"}
-        retry = [p for p in sorted(self._managed) if p not in self._where]
+        retry = [p for p in sorted(wanted - {"/"}) if p not in self._where]
         self._unwatched -= set(retry)
         self._reason = None if not self._unwatched else self._reason
         for path in retry:
             self._place(path)
         return self.state()
+
+    def _managed(self) -> set[str]:
+        """Every managed path: each is either watched (in _where) or unwatched (not kept twice: RSS)."""
+        return set(self._where) | self._unwatched
 
     def state(self) -> WatchState:
         return WatchState(paths=len(self._where), directories=len(self._dirs),
@@ -229,8 +231,9 @@ class Watcher:
         timeout = None if timeout_s is None else max(0, int(timeout_s * 1000))
         for event in self._inotify.read(timeout=timeout):
             if event.mask & flags.Q_OVERFLOW:
-                changed |= self._managed
-                self._moved(self._managed)
+                managed = self._managed()
+                changed |= managed
+                self._moved(managed)
                 continue
             entry = self._dirs.get(event.wd)
             if entry is None:
