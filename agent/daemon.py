@@ -326,7 +326,8 @@ class Daemon:
                 self.watch.cycle_ended(watch, outcome.report if outcome is not None else None)
         self.outbox_clear = False  # the child delivered; whatever it left is retried at the next poll
         if request is not None:
-            control.complete(self.paths, request, outcome.status.value)
+            control.complete(self.paths, request, outcome.status.value,
+                             outcome.report.run_id if outcome.report else None)
         if outcome.commit:
             self.last_commit = outcome.commit
         now = self.clock()
