@@ -166,7 +166,10 @@ def group(changes: list[HostChange]) -> list[Alert]:
 
 
 VERBS = {"drifting": "started drifting", "failing": "started failing", "stale": "stopped reporting (stale)",
-         "recovered": "recovered"}
+         "recovered": "recovered",
+         # drift review (docs/drift-review.md): the task names the exception
+         "exc_expiring": "drift accepted by an exception expiring within 7 days",
+         "exc_expired": "drift reopened: its exception expired"}
 
 
 def summary(alert: Alert) -> str:
