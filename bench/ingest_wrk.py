@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import random
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -50,6 +52,31 @@ FLOOR_PATH = "/static/ui.css"
 MARK = "@@RUN_ID@@"
 
 
+class Collector:
+    """`gitops-collector serve` for a `with` block, its stderr appended to `log` (drained by a thread: a
+    full pipe would block the collector's logging, and so its requests)."""
+
+    def __init__(self, url: str, serve_args: list[str], log: Path) -> None:
+        self.server = CollectorProcess(url, None, *serve_args)
+        self.log = log
+        self.url = self.server.url
+        self.pid = 0
+        self.drain: threading.Thread | None = None
+
+    def __enter__(self) -> Collector:
+        self.server.start()
+        assert self.server.proc is not None and self.server.proc.stderr is not None
+        self.pid = self.server.proc.pid
+        self.drain = threading.Thread(target=copy_stream, args=(self.server.proc.stderr, self.log), daemon=True)
+        self.drain.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+        if self.drain is not None:
+            self.drain.join(timeout=10)
+
+
 def write_hosts(path: Path, secrets: dict[str, str], drift_items: int) -> None:
     """One line per host for the Lua script: token, the report JSON split around its run_id."""
     lines = []
@@ -63,7 +90,7 @@ def write_hosts(path: Path, secrets: dict[str, str], drift_items: int) -> None:
 
 
 def copy_stream(stream: IO[bytes], path: Path) -> None:
-    with path.open("wb") as out:
+    with path.open("ab") as out, contextlib.suppress(ValueError, OSError):  # closed when the collector stops
         for chunk in iter(lambda: stream.read1(65536), b""):  # type: ignore[attr-defined]
             out.write(chunk)
             out.flush()
@@ -134,6 +161,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="floor/ingest pairs, alternating")
     parser.add_argument("--drift-items", type=int, default=5, help="most drift items in a drifted report")
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--also", metavar="ARGS", default=None,
+                        help="also measure a collector with these extra serve options, alternating in the same "
+                             "run, e.g. --also=--group-commit")
     parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
                         help="after the rounds, an extra ingest round of SECONDS under py-spy (not counted)")
     parser.add_argument("--top", type=int, default=15, help="profile entries to print")
@@ -150,10 +180,8 @@ def main() -> int:
         parser.error("--profile needs py-spy (.venv/bin/pip install py-spy)")
     print(f"{args.db}: {args.hosts} hosts, wrk {args.threads} threads x {args.connections} connections, "
           f"{args.seconds:g} s rounds, up to {args.drift_items} drift items per report")
-    print(f"{'round':<8} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>11} "
+    print(f"{'round':>5} {'collector':<24} {'':<8} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>11} "
           f"{'non-2xx':>8} {'errors':>7} {'lost':>5}")
-    floors: list[float] = []
-    ingests: list[float] = []
     with tempfile.TemporaryDirectory(prefix="gitops-bench-") as tmp, fresh_database(args.db, Path(tmp)) as url:
         engine = db.create(url)
         db.prepare(engine)
@@ -161,56 +189,56 @@ def main() -> int:
         secrets = {h: tokens.create(engine, TokenKind.INGEST, h, now=BASE_TIME)[1] for h in hosts}
         data = Path(tmp) / "hosts.tsv"
         write_hosts(data, secrets, args.drift_items)
-        server = CollectorProcess(url, None, *args.serve_args).start()
-        assert server.proc is not None and server.proc.stderr is not None
-        pid = server.proc.pid
-        log_path = Path(tmp) / "collector.log"
-        # drain the collector's stderr (a pipe): a full pipe would block its logging, and so its requests
-        drain = threading.Thread(target=copy_stream, args=(server.proc.stderr, log_path), daemon=True)
-        drain.start()
+        variants = {"as given": list(args.serve_args)}
+        if args.also is not None:
+            variants[f"+ {args.also}"] = [*args.serve_args, *shlex.split(args.also)]
+        rates: dict[str, dict[str, list[float]]] = {v: {"floor": [], "ingest": []} for v in variants}
         acked = 0
-        try:
-            wrk(server.url, "floor", args, data, 2)  # warm-up: imports, first connections
-            for _ in range(args.rounds):
-                for mode in ("floor", "ingest"):
-                    before = cpu_s(pid)
-                    r = wrk(server.url, mode, args, data, args.seconds)
-                    cpu_ms = (cpu_s(pid) - before) * 1000 / max(r["requests"], 1)
-                    ok = r["s201"] if mode == "ingest" else r["s200"]
-                    acked += int(r["s201"]) if mode == "ingest" else 0
-                    (ingests if mode == "ingest" else floors).append(r["rate"])
-                    with engine.connect() as conn:
-                        stored = conn.execute(select(func.count()).select_from(runs)).scalar_one()
-                    lost = max(acked - stored, 0) if mode == "ingest" else 0
-                    errors = r["err_connect"] + r["err_read"] + r["err_write"] + r["err_timeout"]
-                    print(f"{mode:<8} {r['requests']:>9.0f} {r['rate']:>9.1f} {r['p50_us'] / 1000:>8.1f} "
-                          f"{r['p99_us'] / 1000:>8.1f} {cpu_ms:>11.2f} {r['requests'] - ok:>8.0f} "
-                          f"{errors:>7.0f} {lost if mode == 'ingest' else '-':>5}", flush=True)
-            floor, ingest = statistics.median(floors), statistics.median(ingests)
-            print(f"\nmedian ingest {ingest:.1f} reports/s, median floor {floor:.1f} requests/s: "
+        for round_no in range(args.rounds):
+            for name, serve_args in variants.items():
+                # each variant gets its own collector, started fresh each round, on the same database
+                with Collector(url, serve_args, Path(tmp) / "collector.log") as server:
+                    wrk(server.url, "floor", args, data, 2)  # warm-up: imports, first connections
+                    for mode in ("floor", "ingest"):
+                        before = cpu_s(server.pid)
+                        r = wrk(server.url, mode, args, data, args.seconds)
+                        cpu_ms = (cpu_s(server.pid) - before) * 1000 / max(r["requests"], 1)
+                        ok = r["s201"] if mode == "ingest" else r["s200"]
+                        acked += int(r["s201"]) if mode == "ingest" else 0
+                        rates[name][mode].append(r["rate"])
+                        with engine.connect() as conn:
+                            stored = conn.execute(select(func.count()).select_from(runs)).scalar_one()
+                        lost = max(acked - stored, 0) if mode == "ingest" else 0
+                        errors = r["err_connect"] + r["err_read"] + r["err_write"] + r["err_timeout"]
+                        print(f"{round_no + 1:>5} {name:<24} {mode:<8} {r['requests']:>9.0f} {r['rate']:>9.1f} "
+                              f"{r['p50_us'] / 1000:>8.1f} {r['p99_us'] / 1000:>8.1f} {cpu_ms:>11.2f} "
+                              f"{r['requests'] - ok:>8.0f} {errors:>7.0f} {lost if mode == 'ingest' else '-':>5}",
+                              flush=True)
+        print()
+        for name, by_mode in rates.items():
+            floor, ingest = statistics.median(by_mode["floor"]), statistics.median(by_mode["ingest"])
+            print(f"{name}: median ingest {ingest:.1f} reports/s, median floor {floor:.1f} requests/s: "
                   f"ratio {ingest / floor:.3f} (goal: >= 0.5 and >= 1000 reports/s)")
-            if args.profile:
+        if args.profile:
+            with Collector(url, list(args.serve_args), Path(tmp) / "collector.log") as server:
                 raw = Path(tmp) / "profile.txt"
                 spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-                prof = subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", f"{args.profile:g}",
-                                         "--rate", "200", "--gil", "--format", "raw", "--output", str(raw)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                prof = subprocess.Popen([spy, "record", "--pid", str(server.pid), "--duration",
+                                         f"{args.profile:g}", "--rate", "200", "--gil", "--format", "raw",
+                                         "--output", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 time.sleep(1)
                 wrk(server.url, "ingest", args, data, args.profile)
                 _, err = prof.communicate(timeout=args.profile + 60)
                 if prof.returncode != 0 or not raw.exists():
                     raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')}")
                 summarize_profile(raw, args.top)
-        finally:
-            server.stop()
-            engine.dispose()
-            drain.join(timeout=10)
-            logged = log_path.read_text(errors="replace") if log_path.exists() else ""
-            tracebacks = logged.count("Exception in ASGI application")
-            disconnects = logged.count("starlette.requests.ClientDisconnect")
-            if logged:
-                print(f"\ncollector log: {len(logged.splitlines())} lines, {tracebacks} tracebacks "
-                      f"({disconnects} of them ClientDisconnect: requests in flight when wrk stops)")
+        engine.dispose()
+        logged = (Path(tmp) / "collector.log").read_text(errors="replace")
+        tracebacks = logged.count("Exception in ASGI application")
+        disconnects = logged.count("starlette.requests.ClientDisconnect")
+        if logged:
+            print(f"\ncollector log: {len(logged.splitlines())} lines, {tracebacks} tracebacks "
+                  f"({disconnects} of them ClientDisconnect: requests in flight when wrk stops)")
     return 0
 
 

@@ -64,8 +64,11 @@ async def post_report(request: Request) -> Response:
         if collector.settings.client_cert_required:
             check_client_cert(request, report.host)
         received_at = collector.now()
-        created = await collector.db(store.ingest, collector.engine, report, raw,
-                                     received_at=received_at, expect=collector.settings.expect)
+        if collector.group is not None:
+            created = await collector.group.ingest(report, raw, received_at=received_at)
+        else:
+            created = await collector.db(store.ingest, collector.engine, report, raw,
+                                         received_at=received_at, expect=collector.settings.expect)
     except Exception as e:
         result = f"rejected_{e.status}" if isinstance(e, CollectorError) else "error"
         collector.metrics.observe_ingest(result, time.perf_counter() - started)

@@ -101,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="address of that proxy (repeatable; default 127.0.0.1 and ::1)")
     serve.add_argument("--public-metrics", action="store_true", help="serve /metrics without a token")
     serve.add_argument("--db-threads", type=int, default=8, help="threads for database calls, per process")
+    serve.add_argument("--group-commit", action="store_true",
+                       help="store the reports that arrive during a commit together in the next one "
+                            "(one transaction and fsync per batch; experimental, docs/scale.md)")
     serve.add_argument("--workers", type=int, default=1,
                        help="server processes (for PostgreSQL; SQLite gains little, it has one writer)")
     serve.add_argument("--tls-cert", help="serve HTTPS with this certificate chain (PEM); or use a proxy")
@@ -221,7 +224,7 @@ def _settings(args: argparse.Namespace) -> CollectorSettings:
                                                    max_string_chars=args.max_string),
                              client_cert_required=bool(args.tls_client_ca),
                              alert_grouping=Grouping(args.alert_group_wait, args.alert_group_interval),
-                             public_urls=_public_urls(args.public_url))
+                             public_urls=_public_urls(args.public_url), group_commit=args.group_commit)
 
 
 def app_from_env() -> Starlette:

@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 
 from agent.collector.alerts import Grouping, Webhook
 from agent.collector.auth import ProxyAuth
+from agent.collector.group_commit import GroupCommit
 from agent.collector.metrics import Metrics
 from agent.collector.payload import PayloadLimits
 from agent.collector.queries import stale_cutoff
@@ -46,6 +47,7 @@ class CollectorSettings:
     client_cert_required: bool = False
     alert_grouping: Grouping = field(default_factory=Grouping)
     public_urls: tuple[str, ...] = ()  # where browsers reach the collector (a proxy's https://NAME)
+    group_commit: bool = False  # store reports through GroupCommit (serve --group-commit)
 
 
 @dataclass
@@ -57,12 +59,15 @@ class Collector:
     metrics: Metrics = field(default_factory=Metrics)
     now: Callable[[], datetime] = utc_now
     db_limiter: anyio.CapacityLimiter | None = None
+    group: GroupCommit | None = None
 
     def __post_init__(self) -> None:
         # Database calls run in worker threads; a few threads serve more requests per second than many
         # (fewer threads fighting over the GIL and the database), while waiting requests cost nothing.
         if self.db_limiter is None:
             self.db_limiter = anyio.CapacityLimiter(self.settings.db_threads)
+        if self.settings.group_commit and self.group is None:
+            self.group = GroupCommit(self.engine, self.settings.expect, self.db_limiter)
 
     def stale_before(self) -> datetime:
         """Hosts whose due time is before this moment are stale (now less the grace, queries.stale_cutoff)."""

@@ -11,17 +11,18 @@ from __future__ import annotations
 import functools
 import json
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, and_, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql.dml import Insert
 
 from agent.collector import db
-from agent.collector.errors import ConflictError, InvalidReportError
+from agent.collector.errors import CollectorError, ConflictError, InvalidReportError
 from agent.collector.hostnames import host_name_problem
 from agent.collector.report_times import check_run_times, clamp
 from agent.collector.tables import UTCDateTime, commits, drift_items, host_roles, hosts, runs
@@ -75,6 +76,47 @@ def ingest(engine: Engine, report: Report, raw: bytes, *, received_at: datetime,
             if _already_stored(conn, report, raw):
                 return False
         raise
+
+
+def ingest_batch(engine: Engine, items: Sequence[tuple[Report, bytes, datetime]], *,
+                 expect: Expectations = Expectations()) -> list[bool | Exception]:
+    """Store several reports in ONE transaction (one commit, one fsync): a group commit.
+
+    `items` are (report, raw JSON body, received_at). The answer has one entry per item, in order: what
+    `ingest` would have returned for it (True stored, False the same report already stored, also when an
+    earlier item of the batch stored it), or the exception it would have raised (ConflictError, or a
+    database error of that report alone). Each report runs in its own SAVEPOINT, so one refused report
+    leaves the others of the batch stored. An error of the transaction itself (the commit, a lost
+    connection) is raised: then none of the batch is stored. A report that raced another process for
+    its run_id is settled after the commit by `ingest` alone."""
+    results: list[bool | Exception] = []
+    raced: list[int] = []
+    with db.write(engine) as conn:
+        for i, (report, raw, received_at) in enumerate(items):
+            try:
+                check_storable(report)
+                report = clamp(report, received_at)
+                with conn.begin_nested():
+                    if _already_stored(conn, report, raw):
+                        results.append(False)
+                        continue
+                    conn.execute(runs.insert(), _run_row(report, raw, received_at))
+                    _insert_drift(conn, report)
+                    _upsert_commit(conn, report, received_at)
+                    _upsert_host(conn, report, received_at, expect)
+                results.append(True)
+            except IntegrityError as e:
+                results.append(e)
+                raced.append(i)
+            except (CollectorError, DBAPIError) as e:
+                results.append(e)
+    for i in raced:
+        report, raw, received_at = items[i]
+        try:
+            results[i] = ingest(engine, report, raw, received_at=received_at, expect=expect)
+        except (CollectorError, DBAPIError) as e:
+            results[i] = e
+    return results
 
 
 def _stored_texts(report: Report) -> list[tuple[str, str | None, int]]:
