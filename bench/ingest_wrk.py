@@ -10,6 +10,7 @@ rate to the median floor rate.
     .venv/bin/python bench/ingest_wrk.py                         # SQLite, 50 hosts, 1 thread x 50 connections
     .venv/bin/python bench/ingest_wrk.py --hosts 1000 --connections 1000 --threads 2
     .venv/bin/python bench/ingest_wrk.py --profile 15            # also: py-spy on an extra ingest round
+    .venv/bin/python bench/ingest_wrk.py --also=--group-commit   # and a second collector, side by side
     GITOPS_TEST_POSTGRES_URL=$(bash .ci/postgres-up) .venv/bin/python bench/ingest_wrk.py --db postgresql
 
 Needs `wrk` (Debian package `wrk`); `--profile` needs `py-spy` (`.venv/bin/pip install py-spy`) and the
