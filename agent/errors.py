@@ -61,3 +61,11 @@ class UsageError(AgentError):
 
 class ReportError(AgentError):
     """A report does not follow the schema."""
+
+
+class RolloutError(PlanError):
+    """The rollout policy (rollout.yml of the config repo) is invalid: a failed plan, nothing applied."""
+
+
+class RolloutAnswerError(AgentError):
+    """The collector's rollout answer is malformed: the gate treats it as an unreachable collector."""

@@ -159,6 +159,39 @@ class Pause:
     checks_too: bool = False
 
 
+class GateState(enum.StrEnum):
+    """The rollout gate's answer for a new commit (docs/rollout.md, The gate)."""
+    ALLOWED = "allowed"
+    WAITING = "waiting"
+    HALTED = "halted"
+    FROZEN = "frozen"
+    UNREACHABLE = "unreachable"
+
+
+@dataclass(frozen=True)
+class WaveSize:
+    name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class RolloutInfo:
+    """Where the host stands in the rollout of the commit it checked (extension of v1; docs/rollout.md).
+
+    ``wave_sizes``: every wave of the policy with its host count, as this host computed them from the
+    inventory (the collector takes them from here). ``plan_digest``: sha256 of the plan of the host's
+    approval-required roles, None when it has none. ``enforcing_commit``: the converged commit the host
+    keeps enforcing while the gate holds the new one, None when the gate allowed it.
+    """
+    wave: str
+    gate: GateState
+    reason: str
+    policy_digest: str
+    wave_sizes: tuple[WaveSize, ...] = ()
+    plan_digest: str | None = None
+    enforcing_commit: str | None = None
+
+
 @dataclass(frozen=True)
 class Report:
     run_id: str
@@ -188,6 +221,7 @@ class Report:
     # do as asked, or what the agent had to work around (a quarantined state file, a trimmed report).
     warnings: tuple[str, ...] = ()
     truncated: bool = False  # shortened to stay under the report size cap (warnings say what)
+    rollout: RolloutInfo | None = None  # None: no rollout.yml in the config repo, or not got that far
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 
@@ -39,6 +40,18 @@ def sample() -> Report:
 def test_round_trip_is_lossless() -> None:
     original = sample()
     assert codec.from_json(codec.to_json(original)) == original
+
+
+def test_the_rollout_block_round_trips_and_is_optional() -> None:
+    gated = dataclasses.replace(sample(), rollout=codec.RolloutInfo(
+        wave="canary", gate=codec.GateState.HALTED, reason="halted: wave canary: 2 of 5 failed",
+        policy_digest="d" * 64, wave_sizes=(codec.WaveSize("canary", 5),)))
+    assert codec.from_json(codec.to_json(gated)) == gated
+    data = codec.to_dict(gated)
+    assert data["rollout"]["gate"] == "halted" and data["rollout"]["wave_sizes"] == [{"name": "canary",
+                                                                                      "size": 5}]
+    del data["rollout"]
+    assert codec.from_dict(data).rollout is None  # reports of agents without rollouts still decode
 
 
 def test_times_are_rfc3339_utc() -> None:

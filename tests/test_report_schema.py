@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 
 from agent import report_schema
-from agent.report import DriftKind, Pause, Status, to_dict
+from agent.report import DriftKind, GateState, Pause, RolloutInfo, Status, WaveSize, to_dict
 from tests.factory import BASE_TIME, drift_item, make_report
 
 
@@ -32,7 +32,11 @@ def test_shipped_schema_is_the_generated_one(schema):
     make_report(status=Status.ERROR, commit=None, apply=None),
     make_report(status=Status.PAUSED, pause=Pause(reason="maintenance", until=BASE_TIME)),
     make_report(compacted=12, interval_s=None, splay_s=None),
-], ids=["in_sync", "drifted", "failed", "error-before-ansible", "paused", "extensions"])
+    make_report(rollout=RolloutInfo(wave="early", gate=GateState.WAITING, policy_digest="d" * 64,
+                                    reason="waiting: wave canary 3/5 converged, needs 95%",
+                                    wave_sizes=(WaveSize("canary", 5), WaveSize("early", 50)),
+                                    plan_digest="p" * 64, enforcing_commit="b" * 40)),
+], ids=["in_sync", "drifted", "failed", "error-before-ansible", "paused", "extensions", "rollout"])
 def test_reports_written_by_the_agent_validate(schema, report):
     validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
     validator.validate(to_dict(report))

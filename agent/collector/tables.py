@@ -203,3 +203,41 @@ sessions = Table(
     Index("ix_sessions_token", "token_id"),
     Index("ix_sessions_expires", "expires_at"),
 )
+
+# Rollouts (migration 0006, docs/rollout.md). The policy a commit rolls out under, as the hosts reported
+# it; the first time each wave met the criteria of the wave after it (never moved back); every halt,
+# resume and skip (an audit log: who, when, why); approved plans, one row per (commit, plan digest).
+ROLLOUT_DIGEST, WAVE_NAME = 64, 63
+rollout_policies = Table(
+    "rollout_policies", metadata,
+    Column("commit", String(SHA), primary_key=True),
+    Column("policy_digest", String(ROLLOUT_DIGEST), primary_key=True),
+    Column("policy_json", Text, nullable=False),
+    Column("first_seen_at", UTCDateTime, nullable=False),
+)
+rollout_waves = Table(
+    "rollout_waves", metadata,
+    Column("commit", String(SHA), primary_key=True),
+    Column("policy_digest", String(ROLLOUT_DIGEST), primary_key=True),
+    Column("wave", String(WAVE_NAME), primary_key=True),
+    Column("criteria_met_at", UTCDateTime, nullable=False),
+)
+rollout_actions = Table(
+    "rollout_actions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("commit", String(SHA), nullable=False),
+    Column("action", String(16), nullable=False),  # halt | resume | skip
+    Column("wave", String(WAVE_NAME), nullable=True),
+    Column("actor", Text, nullable=False),  # the identity, or "collector" for an automatic halt
+    Column("at", UTCDateTime, nullable=False),
+    Column("reason", Text, nullable=False),
+    Index("ix_rollout_actions_commit_at", "commit", "at"),
+)
+rollout_approvals = Table(
+    "rollout_approvals", metadata,
+    Column("commit", String(SHA), primary_key=True),
+    Column("plan_digest", String(ROLLOUT_DIGEST), primary_key=True),
+    Column("actor", Text, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("reason", Text, nullable=False),
+)

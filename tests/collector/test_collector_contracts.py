@@ -20,6 +20,7 @@ ALLOWED = {
     "agent.errors": "AgentError, ReportError: the one exception hierarchy",
     "agent.report": "Report, from_dict, Status, DriftKind, format_time/parse_time",
     "agent.redact": "redact_url: database URLs in log lines and errors",
+    "agent.rollout": "Policy, criteria_met/criteria_failed: a rollout's criteria, judged as the agents do",
 }
 
 

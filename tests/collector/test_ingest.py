@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from agent.collector import tokens
 from agent.collector.context import CollectorSettings
 from agent.collector.tables import commits, drift_items, host_roles, hosts, runs
-from agent.report import DriftKind, Status, to_dict, to_json
+from agent.report import DriftKind, GateState, RolloutInfo, Status, WaveSize, to_dict, to_json
 from tests.factory import BASE_TIME, COMMIT_B, drift_item, make_report
 
 
@@ -211,3 +211,16 @@ def test_run_level_warnings_are_kept_and_shown(client, token_for, engine):
     assert client.get(f"/api/v1/runs/{report.run_id}", headers=reader).json()["report"]["warnings"] == [warning]
     page = client.get(f"/runs/{report.run_id}", headers=reader).text
     assert "<h2>Warnings</h2>" in page and "vars_prompt &#39;release_note&#39; was not answered" in page
+
+
+def test_the_rollout_block_is_kept_and_served(client, token_for, engine):
+    info = RolloutInfo(wave="early", gate=GateState.WAITING, policy_digest="d" * 64,
+                       reason="waiting: wave canary 3/5 converged, needs 95%",
+                       wave_sizes=(WaveSize("canary", 5), WaveSize("early", 50)), enforcing_commit=COMMIT_B)
+    report = make_report(rollout=info)
+    response = client.post("/api/v1/reports", content=to_json(report),
+                           headers={"Authorization": f"Bearer {token_for(report.host)}"})
+    assert response.status_code == 201
+    reader = {"Authorization": f"Bearer {tokens.create(engine, tokens.TokenKind.READER, 'r', now=BASE_TIME)[1]}"}
+    served = client.get(f"/api/v1/runs/{report.run_id}", headers=reader).json()["report"]["rollout"]
+    assert served == to_dict(report)["rollout"]
