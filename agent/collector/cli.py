@@ -32,6 +32,7 @@ from agent.collector.auth import ProxyAuth
 from agent.collector.context import DEFAULT_MAX_BODY_BYTES, Collector, CollectorSettings, utc_now
 from agent.collector.digits import whole_number
 from agent.collector.errors import CollectorError
+from agent.collector.heads import HeadsSettings, check_sources, parse_source
 from agent.collector.payload import PayloadLimits
 from agent.collector.tokens import TokenKind
 from agent.collector.ui_auth import origin_of
@@ -128,6 +129,16 @@ def _parser() -> argparse.ArgumentParser:
                        help="hold a new alert group (kind, task, commit) this long for more hosts (30s)")
     serve.add_argument("--alert-group-interval", type=duration_s, default=Grouping.interval_s,
                        help="then send further hosts of that group at most this often (default 5m)")
+    serve.add_argument("--heads-source", action="append", default=[], metavar="URL[#REF,...]",
+                       help="commit beacon: watch these refs of this Git repository (default ref main; "
+                            "repeatable) and serve their heads on /api/v1/heads, so agents with "
+                            "collector.beacon ask Git only when a head moves (docs/scale.md)")
+    serve.add_argument("--heads-poll", type=duration_s, default=60.0,
+                       help="the leading collector asks Git (one ls-remote per source) this often (1m)")
+    serve.add_argument("--hook-secret-file", type=Path, metavar="FILE",
+                       help="accept push hooks on /api/v1/hooks/{github,gitlab,gitea,generic} signed with "
+                            "the secret in FILE (not readable by others); a hook makes the collector ask "
+                            "Git at once")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
     _token_parser(sub, common)
@@ -206,6 +217,31 @@ def webhooks_of(args: argparse.Namespace) -> tuple[Webhook, ...]:
     return tuple(hooks)
 
 
+def heads_of(args: argparse.Namespace) -> HeadsSettings | None:
+    """The commit beacon's settings, or None when no source is watched; one-line errors."""
+    if not args.heads_source:
+        if args.hook_secret_file is not None:
+            raise CollectorError("--hook-secret-file needs --heads-source: a hook names a watched source")
+        return None
+    if args.heads_poll < 1:
+        raise CollectorError("--heads-poll must be at least 1s")
+    sources = check_sources(tuple(parse_source(text) for text in args.heads_source))
+    secret = None
+    if args.hook_secret_file is not None:
+        path = args.hook_secret_file
+        try:
+            mode = path.stat().st_mode
+            if mode & 0o007:
+                raise CollectorError(f"--hook-secret-file {path}: permissions {stat.S_IMODE(mode):04o} let "
+                                     f"others read the secret (chmod o-rwx {path})")
+            secret = path.read_text(encoding="utf-8").strip().encode()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CollectorError(f"--hook-secret-file {path}: cannot read it ({e})") from e
+        if len(secret) < 16 or b"\n" in secret:
+            raise CollectorError(f"--hook-secret-file {path}: expected one line of at least 16 characters")
+    return HeadsSettings(sources, args.heads_poll, secret)
+
+
 def _public_urls(urls: list[str]) -> tuple[str, ...]:
     for url in urls:
         if origin_of(url) is None:
@@ -224,7 +260,8 @@ def _settings(args: argparse.Namespace) -> CollectorSettings:
                                                    max_string_chars=args.max_string),
                              client_cert_required=bool(args.tls_client_ca),
                              alert_grouping=Grouping(args.alert_group_wait, args.alert_group_interval),
-                             public_urls=_public_urls(args.public_url), group_commit=args.group_commit)
+                             public_urls=_public_urls(args.public_url), group_commit=args.group_commit,
+                             heads=heads_of(args))
 
 
 def app_from_env() -> Starlette:

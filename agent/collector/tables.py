@@ -8,6 +8,8 @@ a test compares the two.
 - commits: what is known about a commit (author, subject, signature), for rollout pages.
 - tokens: ingest tokens (bound to a host) and reader tokens; only a SHA-256 of each token is stored.
 - sessions: web UI sign-ins (migration 0005); only a SHA-256 of each session cookie is stored.
+- source_heads: the commit beacon's heads, what `git ls-remote` answered for each watched (source, ref)
+  (migration 0008; agent.collector.heads).
 """
 
 from __future__ import annotations
@@ -240,4 +242,13 @@ rollout_approvals = Table(
     Column("actor", Text, nullable=False),
     Column("at", UTCDateTime, nullable=False),
     Column("reason", Text, nullable=False),
+)
+source_heads = Table(
+    "source_heads", metadata,
+    Column("source_key", String(512), primary_key=True),  # heads.source_key(url): host/path, no .git
+    Column("ref", String(255), primary_key=True),  # full ref name, as ls-remote prints it
+    Column("commit", String(SHA), nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False),  # when this collector first saw the commit there
+    Column("via", String(16), nullable=False),  # poll | github | gitlab | gitea | generic
+    Column("source_url", Text, nullable=False),  # the configured URL, credentials redacted
 )
