@@ -33,6 +33,7 @@ from agent.collector.context import DEFAULT_MAX_BODY_BYTES, Collector, Collector
 from agent.collector.digits import whole_number
 from agent.collector.errors import CollectorError
 from agent.collector.heads import HeadsSettings, check_sources, parse_source
+from agent.collector.hostnames import host_name_problem
 from agent.collector.payload import PayloadLimits
 from agent.collector.tokens import TokenKind
 from agent.collector.ui_auth import origin_of
@@ -160,6 +161,11 @@ def _token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     who = create.add_mutually_exclusive_group(required=True)
     who.add_argument("host", nargs="?", help="host the ingest token is bound to")
     who.add_argument("--reader", metavar="NAME", help="create a reader token for a person or tool")
+    who.add_argument("--hosts-from", type=Path, metavar="FILE",
+                     help="ingest tokens for every host named in FILE (one a line, # comments; - for stdin), "
+                          "in one transaction; prints HOST<TAB>TOKEN lines, or see --out-dir")
+    create.add_argument("--out-dir", type=Path, metavar="DIR",
+                        help="with --hosts-from: write each host's token to DIR/HOST (mode 0600) instead")
     listing = token.add_parser("list", parents=[common], help="list tokens (never the secrets)")
     listing.add_argument("--json", action="store_true", help="a JSON array instead of a table")
     revoke = token.add_parser("revoke", parents=[common], help="revoke tokens by id, prefix or name")
@@ -300,7 +306,64 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def hosts_file(path: Path) -> list[str]:
+    """Host names from FILE (or stdin for -): one a line, blank lines and # comments skipped; a bad or
+    repeated name is refused with its line number."""
+    try:
+        text_ = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CollectorError(f"--hosts-from {path}: cannot read it ({e})") from e
+    hosts: list[str] = []
+    seen: dict[str, int] = {}
+    for number, line in enumerate(text_.splitlines(), 1):
+        name = line.split("#", 1)[0].strip()
+        if not name:
+            continue
+        problem = host_name_problem(name)
+        if problem is not None:
+            raise CollectorError(f"--hosts-from {path}, line {number}: {name[:80]!r}: {problem}")
+        if name in seen:
+            raise CollectorError(f"--hosts-from {path}, line {number}: {name!r} is already on line "
+                                 f"{seen[name]}")
+        seen[name] = number
+        hosts.append(name)
+    if not hosts:
+        raise CollectorError(f"--hosts-from {path}: no host names in it")
+    return hosts
+
+
+def _token_bulk(engine: Engine, args: argparse.Namespace) -> int:
+    hosts = hosts_file(args.hosts_from)
+    out: Path | None = args.out_dir
+    if out is not None:
+        try:
+            out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise CollectorError(f"--out-dir {out}: cannot create it ({e})") from e
+        clash = [h for h in hosts if (out / h).exists()]
+        if clash:
+            raise CollectorError(f"--out-dir {out}: {clash[0]} already exists (and {len(clash) - 1} more); "
+                                 "nothing was created")
+    made = tokens.create_many(engine, hosts, now=utc_now())
+    if out is None:
+        for info, secret in made:
+            print(f"{info.name}\t{secret}")
+        return 0
+    for info, secret in made:
+        path = out / info.name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(secret + "\n")
+    print(f"{len(made)} ingest tokens written to {out}/HOST (mode 0600); each is shown nowhere else",
+          file=sys.stderr)
+    return 0
+
+
 def _token(engine: Engine, args: argparse.Namespace) -> int:
+    if args.action == "create" and args.hosts_from is not None:
+        return _token_bulk(engine, args)
+    if args.action == "create" and args.out_dir is not None:
+        raise CollectorError("token create: --out-dir goes with --hosts-from")
     if args.action == "create":
         kind, name = (TokenKind.READER, args.reader) if args.reader else (TokenKind.INGEST, args.host)
         info, secret = tokens.create(engine, kind, name, now=utc_now())
