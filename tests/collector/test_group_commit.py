@@ -1,8 +1,10 @@
-"""Group commit (`serve --group-commit`): store.ingest_batch and GroupCommit, on SQLite and PostgreSQL."""
+"""Group commit (`serve --group-commit`): store.ingest_batch, store.ingest_group (batched statements) and
+GroupCommit with its token map, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -23,31 +25,32 @@ def count(engine: Engine, table: Any) -> int:
         return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
 
 
-def test_a_batch_answers_each_report_as_ingest_would(engine: Engine) -> None:
+@pytest.mark.parametrize("write", [store.ingest_batch, store.ingest_group], ids=["savepoints", "batched"])
+def test_a_batch_answers_each_report_as_ingest_would(engine: Engine, write: Any) -> None:
     first = make_report("web01.example.com")
     second = make_report("web02.example.com", status=Status.DRIFTED)
     other_host = make_report("web03.example.com", run_id=first.run_id)
     items = [(r, to_json(r).encode(), BASE_TIME) for r in (first, second, first, other_host)]
-    results = store.ingest_batch(engine, items)
+    results = write(engine, items)
     assert results[:3] == [True, True, False]  # the same report again in the batch: a duplicate
     assert isinstance(results[3], ConflictError)  # its run_id is taken by another host's report
     assert "already stored for another host" in str(results[3])
     assert count(engine, runs) == 2 and count(engine, hosts) == 2  # the refused one left the others stored
     # a later batch sees the earlier one: the same report is a duplicate, not stored twice
-    assert store.ingest_batch(engine, items[:1]) == [False]
+    assert write(engine, items[:1]) == [False]
     assert count(engine, runs) == 2
 
 
 def test_concurrent_reports_share_commits_and_each_is_answered(engine: Engine,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     sizes: list[int] = []
-    real = store.ingest_batch
+    real = store.ingest_group
 
     def recording(engine: Engine, items: Any, **kw: Any) -> Any:
         sizes.append(len(items))
         return real(engine, items, **kw)
 
-    monkeypatch.setattr(store, "ingest_batch", recording)
+    monkeypatch.setattr(store, "ingest_group", recording)
     reports = [make_report(f"web{i:02d}.example.com") for i in range(30)]
 
     async def main() -> list[bool]:
@@ -65,7 +68,7 @@ def test_a_failed_transaction_fails_every_report_of_its_batch(engine: Engine,
     def broken(engine: Engine, items: Any, **kw: Any) -> Any:
         raise OSError("disk full")
 
-    monkeypatch.setattr(store, "ingest_batch", broken)
+    monkeypatch.setattr(store, "ingest_group", broken)
     reports = [make_report(f"web{i:02d}.example.com") for i in range(3)]
 
     async def main() -> list[Any]:
@@ -93,3 +96,63 @@ def test_the_api_answers_through_group_commit(send: Any, engine: Engine, collect
     taken = send(make_report("web02.example.com", run_id=report.run_id))
     assert taken.status_code == 409 and "already stored for another host" in taken.json()["error"]
     assert count(engine, runs) == 1
+
+
+def test_batched_statements_store_what_one_by_one_stores(engine: Engine) -> None:
+    """Hosts, roles, drift and commits after a batch with two reports of one host (the newer wins, in
+    either order) are what report-by-report ingest leaves."""
+    from agent.collector.tables import commits, drift_items, host_roles
+    from tests.factory import drift_item
+
+    older = make_report("web01.example.com", status=Status.DRIFTED, finished_at=BASE_TIME,
+                        drift=(drift_item("task a"),))
+    newer = make_report("web01.example.com", finished_at=BASE_TIME + timedelta(minutes=5))
+    other = make_report("db01.example.com", status=Status.DRIFTED, drift=(drift_item("t1"), drift_item("t2")))
+    items = [(r, to_json(r).encode(), BASE_TIME + timedelta(minutes=6)) for r in (newer, other, older)]
+    assert store.ingest_group(engine, items) == [True, True, True]
+
+    def snapshot(e: Engine) -> Any:
+        with e.connect() as conn:
+            return [sorted(tuple(r) for r in conn.execute(select(t)).all())
+                    for t in (hosts, host_roles, drift_items, commits, runs)]
+
+    import tempfile
+
+    from agent.collector import db
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = db.create(f"sqlite:///{tmp}/ref.db")
+        db.prepare(reference)
+        for r, raw, at in items:
+            store.ingest(reference, r, raw, received_at=at)
+        got, want = snapshot(engine), snapshot(reference)
+        reference.dispose()
+    drop_ids = [lambda rows: rows, lambda rows: rows, lambda rows: [r[1:] for r in rows], lambda rows: rows,
+                lambda rows: rows]
+    assert [f(g) for f, g in zip(drop_ids, got, strict=True)] == \
+        [f(w) for f, w in zip(drop_ids, want, strict=True)]
+
+
+def test_a_refused_report_fails_only_itself(engine: Engine) -> None:
+    good = make_report("web01.example.com")
+    bad = make_report("web02.example.com", interval_s=2**40)  # over the column: refused before the database
+    items = [(r, to_json(r).encode(), BASE_TIME) for r in (good, bad)]
+    results = store.ingest_group(engine, items)
+    assert results[0] is True and "interval_s" in str(results[1])
+    assert count(engine, runs) == 1
+
+
+def test_a_revoked_token_is_refused_at_once_despite_the_cache(client: Any, engine: Engine, collector: Any,
+                                                            token_for: Any, send: Any) -> None:
+    from agent.collector import tokens
+    from tests.factory import BASE_TIME as now
+
+    secret = token_for("web01.example.com")
+    assert send(make_report("web01.example.com"), secret).status_code == 201  # the token is in the map now
+    assert collector.group.principals  # cached
+    tokens.revoke(engine, "web01.example.com", now=now)
+    refused = send(make_report("web01.example.com"), secret)
+    assert refused.status_code == 401 and "revoked" in refused.json()["error"]
+    assert count(engine, runs) == 1
+    reader = tokens.create(engine, tokens.TokenKind.READER, "alice", now=now)[1]
+    assert send(make_report("web01.example.com"), reader).status_code == 403
+    assert send(make_report("web01.example.com"), "nope").status_code == 401
