@@ -42,9 +42,10 @@ from typing import IO, Any
 from sqlalchemy import Connection, Engine, delete, select, text
 from sqlalchemy.engine import make_url
 
-from agent.collector import db, tokens
+from agent.collector import db
 from agent.collector.errors import CollectorError, UnauthorizedError
 from agent.collector.tables import source_heads
+from agent.collector.tables import tokens as tokens_table
 from agent.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 VENDORS = ("github", "gitlab", "gitea", "generic")
 LS_REMOTE_TIMEOUT_S = 60.0
 CACHE_S = 1.0  # heads are read from the database at most this often per process
+VALID_TOKENS = select(tokens_table.c.token_hash).where(tokens_table.c.revoked_at.is_(None))
 ADVISORY_KEY = 0x6769746F7073  # "gitops": the PostgreSQL advisory lock of the heads poll
 _SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 _SCP = re.compile(r"^(?:[^@/]+@)?([^:/]+):(?!//)(.+)$")
@@ -253,15 +255,16 @@ class Leader:
 @dataclass
 class Beacon:
     """What one collector process keeps: the settings, a cached copy of the heads, the leader lock, and a
-    one-second token cache for the heads endpoint (a beacon answer is only a hint, so a revoked token may
-    read heads for at most a second more; ingest still checks every report's token in the database)."""
+    one-second copy of the valid tokens' hashes for the heads endpoint (a beacon answer is only a hint, so
+    a revoked token may read heads for at most a second more; ingest still checks every report's token)."""
 
     engine: Engine
     settings: HeadsSettings
     leader: Leader = field(init=False)
     _heads: Heads = field(default_factory=dict)
     _read_at: float = -1e9
-    _tokens: dict[str, tuple[float, bool]] = field(default_factory=dict)
+    _tokens: frozenset[str] = frozenset()
+    _tokens_at: float = -1e9
     git_requests: int = 0
 
     def __post_init__(self) -> None:
@@ -286,18 +289,21 @@ class Beacon:
     def forget(self) -> None:
         self._read_at = -1e9
 
-    def cached_token(self, key_hash: str) -> bool | None:
-        """Whether the token with this hash was valid less than CACHE_S ago; None when not known."""
-        hit = self._tokens.get(key_hash)
-        return hit[1] if hit is not None and time.monotonic() - hit[0] < CACHE_S else None
+    def cached_tokens(self) -> frozenset[str] | None:
+        """The hashes of every valid token while that copy is younger than CACHE_S, else None."""
+        return self._tokens if time.monotonic() - self._tokens_at < CACHE_S else None
 
-    def check_token(self, secret: str, key_hash: str) -> bool:
-        """Ask the database (in a worker thread) and remember the answer for CACHE_S."""
-        ok = tokens.authenticate(self.engine, secret) is not None
-        if len(self._tokens) > 100_000:
-            self._tokens.clear()
-        self._tokens[key_hash] = (time.monotonic(), ok)
-        return ok
+    def valid_tokens(self) -> frozenset[str]:
+        """The hashes of every valid (unrevoked) token, read again when the copy is older than CACHE_S: one
+        query a second for the whole fleet, where a lookup per poll would be one per request (agents poll
+        once a minute, so a per-token cache would almost never hit)."""
+        cached = self.cached_tokens()
+        if cached is None:
+            now = time.monotonic()
+            with self.engine.connect() as conn:
+                cached = frozenset(conn.execute(VALID_TOKENS).scalars())
+            self._tokens, self._tokens_at = cached, now
+        return cached
 
     def refresh(self, source: HeadSource, *, now: datetime, via: str) -> int:
         """Ask Git for `source`'s refs and store what it says; the number of heads that changed."""

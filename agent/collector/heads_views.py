@@ -50,11 +50,10 @@ async def get_heads(request: Request) -> Response:
     secret = bearer(request)
     if secret is None:
         raise UnauthorizedError("missing bearer token (Authorization: Bearer TOKEN)")
-    key_hash = tokens.hash_token(secret)
-    ok = beacon.cached_token(key_hash)
-    if ok is None:
-        ok = await collector.db(beacon.check_token, secret, key_hash)
-    if not ok:
+    valid = beacon.cached_tokens()
+    if valid is None:
+        valid = await collector.db(beacon.valid_tokens)
+    if tokens.hash_token(secret) not in valid:
         raise UnauthorizedError("unknown or revoked token")
     url, ref = request.query_params.get("source", ""), request.query_params.get("ref", "")
     if not url or not ref:

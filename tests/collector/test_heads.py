@@ -269,3 +269,16 @@ def test_the_poll_runs_in_one_process_only(engine: Engine, repo: Path, clock: Cl
     assert two.beacon.git_requests >= 1
     assert two.beacon.heads()[source_key(str(repo))]["refs/heads/main"][0] == new
     two.beacon.leader.release()
+
+
+def test_a_revoked_token_reads_heads_for_at_most_a_second(beacon_client: tuple[ASGIClient, Collector],
+                                                          repo: Path, engine: Engine,
+                                                          auth: dict[str, str]) -> None:
+    client, collector = beacon_client
+    assert collector.beacon is not None
+    collector.beacon.refresh(collector.beacon.settings.sources[0], now=BASE_TIME, via="poll")
+    query = {"source": str(repo), "ref": "main"}
+    assert client.get("/api/v1/heads", params=query, headers=auth).status_code == 200
+    tokens.revoke(engine, "web1", now=BASE_TIME)
+    collector.beacon._tokens_at -= 1.0  # a second later
+    assert client.get("/api/v1/heads", params=query, headers=auth).status_code == 401
