@@ -16,7 +16,9 @@ Printed per N: Git requests per minute (counted by the Git server from its log) 
 the beacon in steady state and in the window after the commit; beacon requests/s, their p99 and the
 collector's CPU per request (from /proc, steady state); ingest reports/s, p50/p99 and lost (201 answers
 missing from the database); a few UI page and API times at that fleet size; and the simulator's own CPU.
-Every HTTP request opens a new connection, as the agent does. Traffic goes only to 127.0.0.1.
+Every HTTP request opens a new connection, as the agent does; at most --concurrency are in flight, and
+latencies are timed from when a request may start (the collector's and the connection's time, not the
+simulator's own queue). Traffic goes only to 127.0.0.1.
 
     .venv/bin/python bench/fleet_sim.py                         # N = 1000 and 10000, poll 60s (~7 min)
     .venv/bin/python bench/fleet_sim.py --hosts 1000 --poll 20 --commit-splay 20   # quick
@@ -190,13 +192,13 @@ async def beacon_agent(host: str, secret: str, start: float, until: float, poll:
     while t < until:
         await at(start, t)
         headers = {**auth, **({"If-None-Match": etag} if etag else {})}
-        began = time.perf_counter()
         try:
-            async with limit:
+            async with limit:  # the latency is the collector's (and the connection's), not this queue's
+                began = time.perf_counter()
                 status, fields, body = await http(collector_port, "GET", target, headers)
+                tally.beacon_latencies.append(time.perf_counter() - began)
         except OSError:
             status, fields, body = 599, {}, b""
-        tally.beacon_latencies.append(time.perf_counter() - began)
         tally.beacon_status[status] = tally.beacon_status.get(status, 0) + 1
         if status == 200:
             new = json.loads(body)["commit"]
@@ -218,15 +220,15 @@ async def deliver(host: str, auth: dict[str, str], commit: str, ports: tuple[int
     doc = json.loads(to_json(report))
     doc["source"]["commit"] = commit
     body = json.dumps(doc).encode()
-    began = time.perf_counter()
-    try:
-        async with limit:
+    async with limit:
+        began = time.perf_counter()
+        try:
             status, _, _ = await http(collector_port, "POST", "/api/v1/reports",
                                       {**auth, "Content-Type": "application/json"}, body)
-        key = str(status)
-    except OSError as e:
-        key = type(e).__name__
-    tally.report_latencies.append(time.perf_counter() - began)
+            key = str(status)
+        except OSError as e:
+            key = type(e).__name__
+        tally.report_latencies.append(time.perf_counter() - began)
     tally.report_times.append(time.monotonic())
     tally.report_status[key] = tally.report_status.get(key, 0) + 1
     tally.created += key == "201"

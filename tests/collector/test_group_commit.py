@@ -156,3 +156,24 @@ def test_a_revoked_token_is_refused_at_once_despite_the_cache(client: Any, engin
     reader = tokens.create(engine, tokens.TokenKind.READER, "alice", now=now)[1]
     assert send(make_report("web01.example.com"), reader).status_code == 403
     assert send(make_report("web01.example.com"), "nope").status_code == 401
+
+
+def test_a_batch_the_database_refuses_is_stored_again_report_by_report(engine: Engine,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A statement of one report fails inside the batched transaction: nothing of that transaction stays,
+    and the retry with a savepoint per report stores the others and fails only that one."""
+    from sqlalchemy.exc import DataError
+
+    real = store._insert_drift
+
+    def refusing(conn: Any, report: Any) -> None:
+        if report.host == "web02.example.com":
+            raise DataError("INSERT", {}, Exception("value out of range"))
+        real(conn, report)
+
+    monkeypatch.setattr(store, "_insert_drift", refusing)
+    reports = [make_report(f"web0{i}.example.com") for i in (1, 2, 3)]
+    results = store.ingest_group(engine, [(r, to_json(r).encode(), BASE_TIME) for r in reports])
+    assert results[0] is True and results[2] is True
+    assert isinstance(results[1], DataError)
+    assert count(engine, runs) == 2 and count(engine, hosts) == 2
