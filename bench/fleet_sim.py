@@ -53,7 +53,7 @@ from agent.collector.heads import sign
 from agent.collector.tables import runs
 from agent.collector.tokens import TokenKind
 from agent.report import to_json
-from bench.ingest_wrk import copy_stream, cpu_s
+from bench.ingest_wrk import cpu_s
 from tests.factory import BASE_TIME, make_report
 from tests.live_collector import CollectorProcess, free_port, fresh_database
 
@@ -271,9 +271,7 @@ def run_size(n: int, args: argparse.Namespace, tmp: Path) -> None:
         source = f"git://127.0.0.1:{git.port}/site.git"
         server = CollectorProcess(url, None, "--heads-source", f"{source}#main", "--heads-poll", "60s",
                                   "--hook-secret-file", str(secret_file), *args.serve_args).start()
-        assert server.proc is not None and server.proc.stderr is not None
-        drain = threading.Thread(target=copy_stream, args=(server.proc.stderr, log), daemon=True)
-        drain.start()
+        assert server.proc is not None
         try:
             asyncio.run(simulate(n, args, git, server.port, server.proc.pid, source, secrets, reader, repo))
             with engine.connect() as conn:
@@ -281,7 +279,7 @@ def run_size(n: int, args: argparse.Namespace, tmp: Path) -> None:
             print(f"  database: {stored} runs stored")
         finally:
             server.stop()
-            drain.join(timeout=10)
+            log.write_text(server.log, encoding="utf-8")
             engine.dispose()
         errors = log.read_text(errors="replace").count("Traceback")
         if errors:

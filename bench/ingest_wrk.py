@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import json
 import os
 import random
@@ -31,11 +30,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
-from typing import IO
 
 from sqlalchemy import func, select
 
@@ -62,20 +59,17 @@ class Collector:
         self.log = log
         self.url = self.server.url
         self.pid = 0
-        self.drain: threading.Thread | None = None
 
     def __enter__(self) -> Collector:
         self.server.start()
-        assert self.server.proc is not None and self.server.proc.stderr is not None
+        assert self.server.proc is not None
         self.pid = self.server.proc.pid
-        self.drain = threading.Thread(target=copy_stream, args=(self.server.proc.stderr, self.log), daemon=True)
-        self.drain.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.server.stop()
-        if self.drain is not None:
-            self.drain.join(timeout=10)
+        with self.log.open("a", encoding="utf-8") as out:  # the collector's stderr, kept by live_collector
+            out.write(self.server.log)
 
 
 def write_hosts(path: Path, secrets: dict[str, str], drift_items: int) -> None:
@@ -88,13 +82,6 @@ def write_hosts(path: Path, secrets: dict[str, str], drift_items: int) -> None:
         before, after = json.dumps(doc, separators=(",", ":")).split(MARK)
         lines.append(f"{secret}\t{before}\t{after}\n")
     path.write_text("".join(lines))
-
-
-def copy_stream(stream: IO[bytes], path: Path) -> None:
-    with path.open("ab") as out, contextlib.suppress(ValueError, OSError):  # closed when the collector stops
-        for chunk in iter(lambda: stream.read1(65536), b""):  # type: ignore[attr-defined]
-            out.write(chunk)
-            out.flush()
 
 
 def cpu_s(pid: int) -> float:
