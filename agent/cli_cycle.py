@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import Any
 
-from agent import config, control, daemon, delivery, preflight, render, textfile
+from agent import beacon, config, control, daemon, delivery, preflight, render, textfile
 from agent import report as report_codec
 from agent.cli_common import EX_CONFIG, EX_IOERR, colour, journald, load
 from agent.errors import AgentError, ConfigError, StorageError
@@ -189,7 +189,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
                 last_error[0] = error
             return result is None or result.ok
 
-        return daemon.Parts(probe=source.probe, redeliver=redeliver)
+        return daemon.Parts(probe=beacon.probe_for(current, source.probe), redeliver=redeliver)
 
     runner = daemon.Daemon(path, cfg, spawn=spawn, build=build, last_commit=store.peek_last_commit())
     return runner.serve()

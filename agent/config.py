@@ -75,12 +75,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("schedule.splay", _duration, "5m", "upper bound of the fixed per-host offset"),
     Setting("schedule.timeout", _duration, "30m", "a run longer than this is stopped and reported"),
     Setting("schedule.stop_grace", _duration, "30s", "on SIGTERM, how long a running cycle may finish"),
+    Setting("schedule.fallback_poll", _duration, "10m",
+            "with collector.beacon: ask Git (ls-remote) this often while the collector does not answer"),
+    Setting("schedule.commit_splay", _duration, "0s",
+            "with collector.beacon: upper bound of the fixed per-host wait before fetching a new commit"),
     Setting("collector.url", _opt_string, None, "collector base URL; unset: reports stay local"),
     Setting("collector.token_file", _opt_string, "/etc/gitops-agent/token", "this host's ingest token"),
     Setting("collector.ca_file", _opt_string, None, "extra CA bundle for the collector's TLS"),
     Setting("collector.client_cert", _opt_string, None,
             "client certificate (PEM) for a collector that requires one (serve --tls-client-ca)"),
     Setting("collector.client_key", _opt_string, None, "its private key (PEM, mode 0600)"),
+    Setting("collector.beacon", _boolean, False,
+            "ask the collector (serve --heads-source) for new commits instead of Git; Git still fetches"),
     Setting("outbox.max_reports", _positive_int, 1000,
             "reports kept for delivery at most; in-sync ones are compacted first, drift never"),
     Setting("outbox.max_bytes", _size, "100MB", "bytes kept for delivery at most (same rule)"),
@@ -139,6 +145,8 @@ class ScheduleConfig:
     splay_s: float
     timeout_s: float
     stop_grace_s: float = 30.0
+    fallback_poll_s: float = 600.0
+    commit_splay_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,7 @@ class CollectorConfig:
     ca_file: Path | None
     client_cert: Path | None = None
     client_key: Path | None = None
+    beacon: bool = False
 
 
 @dataclass(frozen=True)
@@ -244,7 +253,8 @@ def validate(data: Any, *, origin: str = "config", base: Path | None = None) -> 
 
 def _build(v: dict[str, Any], base: Path, origin: str) -> AgentConfig:
     schedule = ScheduleConfig(v["schedule.interval"], v["schedule.poll"], v["schedule.splay"],
-                              v["schedule.timeout"], v["schedule.stop_grace"])
+                              v["schedule.timeout"], v["schedule.stop_grace"], v["schedule.fallback_poll"],
+                              v["schedule.commit_splay"])
     if schedule.interval_s <= 0 or schedule.poll_s <= 0 or schedule.timeout_s <= 0:
         raise ConfigError(f"{origin}: 'schedule.interval', 'schedule.poll' and 'schedule.timeout' "
                           "must be > 0")
@@ -264,9 +274,10 @@ def _build(v: dict[str, Any], base: Path, origin: str) -> AgentConfig:
     collector = CollectorConfig(v["collector.url"], _resolve_path(v["collector.token_file"], base),
                                 _resolve_path(v["collector.ca_file"], base),
                                 _resolve_path(v["collector.client_cert"], base),
-                                _secret(v, "collector.client_key", base, origin))
+                                _secret(v, "collector.client_key", base, origin), v["collector.beacon"])
     if (collector.client_cert is None) != (collector.client_key is None):
         raise ConfigError(f"{origin}: 'collector.client_cert' and 'collector.client_key' go together")
+    _check_beacon(collector, schedule, origin)
     if v["outbox.max_reports"] < 1:
         raise ConfigError(f"{origin}: 'outbox.max_reports' must be at least 1")
     outbox = OutboxConfig(v["outbox.max_reports"], v["outbox.max_bytes"])
@@ -289,6 +300,17 @@ def _build(v: dict[str, Any], base: Path, origin: str) -> AgentConfig:
         watch=v["watch"], watch_exclude=v["watch_exclude"], watch_debounce_s=v["watch_debounce"],
         watch_contested_flips=v["watch_contested_flips"], watch_max_watches=v["watch_max_watches"],
     )
+
+
+def _check_beacon(collector: CollectorConfig, schedule: ScheduleConfig, origin: str) -> None:
+    if collector.beacon and not collector.url:
+        raise ConfigError(f"{origin}: 'collector.beacon' needs 'collector.url' (the collector to ask)")
+    if schedule.fallback_poll_s < schedule.poll_s:
+        raise ConfigError(f"{origin}: 'schedule.fallback_poll' must be at least 'schedule.poll' (it is the "
+                          "slower pace while the collector is away)")
+    if schedule.commit_splay_s > schedule.interval_s:
+        raise ConfigError(f"{origin}: 'schedule.commit_splay' must be at most 'schedule.interval' (the full "
+                          "check fetches anyway)")
 
 
 def _secret(v: dict[str, Any], name: str, base: Path, origin: str) -> Path | None:

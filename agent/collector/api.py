@@ -11,21 +11,24 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from agent.collector import params, queries, store
-from agent.collector.auth import check_client_cert, ingest_principal, reader_principal
+from agent.collector.auth import bearer, check_client_cert, ingest_principal, reader_principal
 from agent.collector.errors import (
     BadRequestError,
     CollectorError,
     ForbiddenError,
     TooLargeError,
+    UnauthorizedError,
 )
 from agent.collector.metrics import render
 from agent.collector.openapi import document
 from agent.collector.payload import parse_report
 from agent.collector.queries import Listing, Page
 from agent.collector.report_times import CLOCK_AHEAD_WARN_S, seconds_ahead
+from agent.collector.tokens import Principal, TokenKind
 
 if TYPE_CHECKING:
     from agent.collector.context import Collector
+    from agent.collector.group_commit import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +54,28 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def _cached_ingest_principal(group: GroupCommit, request: Request) -> tuple[Principal, str]:
+    """`ingest_principal` through GroupCommit's token map (the same 401 and 403)."""
+    secret = bearer(request)
+    if secret is None:
+        raise UnauthorizedError("missing bearer token (Authorization: Bearer TOKEN)")
+    principal, token_hash = await group.principal(secret)
+    if principal is None:
+        raise UnauthorizedError("unknown or revoked token")
+    if principal.kind is not TokenKind.INGEST:
+        raise ForbiddenError("a reader token cannot send reports; use the host's ingest token")
+    return principal, token_hash
+
+
 async def post_report(request: Request) -> Response:
     """Store one report: 201 created (after the commit), 200 duplicate run_id, 4xx with a reason."""
     collector, started = _collector(request), time.perf_counter()
     try:
-        principal = await collector.db(ingest_principal, collector.engine, request)
+        token_hash = None
+        if collector.group is not None:  # group commit: a cached check, the batch checks revocation again
+            principal, token_hash = await _cached_ingest_principal(collector.group, request)
+        else:
+            principal = await collector.db(ingest_principal, collector.engine, request)
         raw = await _read_body(request, collector.settings.max_body_bytes)
         report = parse_report(raw, collector.settings.payload)
         store.check_storable(report)  # before the host check, so the 422 names the field
@@ -64,8 +84,12 @@ async def post_report(request: Request) -> Response:
         if collector.settings.client_cert_required:
             check_client_cert(request, report.host)
         received_at = collector.now()
-        created = await collector.db(store.ingest, collector.engine, report, raw,
-                                     received_at=received_at, expect=collector.settings.expect)
+        if collector.group is not None:
+            created = await collector.group.ingest(report, raw, received_at=received_at,
+                                                   token_hash=token_hash)
+        else:
+            created = await collector.db(store.ingest, collector.engine, report, raw,
+                                         received_at=received_at, expect=collector.settings.expect)
     except Exception as e:
         result = (f"rejected_{e.status}" if isinstance(e, CollectorError)
                   else "disconnected" if isinstance(e, ClientDisconnect) else "error")

@@ -8,6 +8,8 @@ in agent.collector.context, which they import instead of this module.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.applications import Starlette
@@ -16,7 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.collector import api, notify, notify_views, review_views, ui
+from agent.collector import api, heads_views, notify, notify_views, review_views, ui
 from agent.collector.context import Collector
 from agent.collector.errors import CollectorError, InvalidReportError
 
@@ -77,14 +79,21 @@ ROUTES = [
     Route("/metrics", api.metrics),
     notify_views.API_ROUTE,
     *review_views.API_ROUTES,
+    *heads_views.ROUTES,
 ]
+
+
+@asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    async with notify.lifespan(app), heads_views.lifespan(app):
+        yield
 
 
 def create_app(collector: Collector) -> Starlette:
     # the web UI, and the drift review's actions (neither in the OpenAPI document)
     pages = [*review_views.PAGE_ROUTES, *ui.ROUTES, notify_views.PAGE_ROUTE]
     pages += review_views.API_ACTION_ROUTES
-    app = Starlette(routes=[*ROUTES, *pages], lifespan=notify.lifespan, exception_handlers={
+    app = Starlette(routes=[*ROUTES, *pages], lifespan=_lifespan, exception_handlers={
         CollectorError: _collector_error,
         SQLAlchemyError: _database_error,
         DataError: _data_error,

@@ -32,6 +32,8 @@ from agent.collector.auth import ProxyAuth
 from agent.collector.context import DEFAULT_MAX_BODY_BYTES, Collector, CollectorSettings, utc_now
 from agent.collector.digits import whole_number
 from agent.collector.errors import CollectorError
+from agent.collector.heads import HeadsSettings, check_sources, parse_source
+from agent.collector.hostnames import host_name_problem
 from agent.collector.payload import PayloadLimits
 from agent.collector.tokens import TokenKind
 from agent.collector.ui_auth import origin_of
@@ -104,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
                             "other proxy users only read")
     serve.add_argument("--public-metrics", action="store_true", help="serve /metrics without a token")
     serve.add_argument("--db-threads", type=int, default=8, help="threads for database calls, per process")
+    serve.add_argument("--group-commit", action="store_true",
+                       help="store the reports that arrive during a commit together in the next one "
+                            "(one transaction and fsync per batch; experimental, docs/scale.md)")
     serve.add_argument("--workers", type=int, default=1,
                        help="server processes (for PostgreSQL; SQLite gains little, it has one writer)")
     serve.add_argument("--tls-cert", help="serve HTTPS with this certificate chain (PEM); or use a proxy")
@@ -128,6 +133,16 @@ def _parser() -> argparse.ArgumentParser:
                        help="hold a new alert group (kind, task, commit) this long for more hosts (30s)")
     serve.add_argument("--alert-group-interval", type=duration_s, default=Grouping.interval_s,
                        help="then send further hosts of that group at most this often (default 5m)")
+    serve.add_argument("--heads-source", action="append", default=[], metavar="URL[#REF,...]",
+                       help="commit beacon: watch these refs of this Git repository (default ref main; "
+                            "repeatable) and serve their heads on /api/v1/heads, so agents with "
+                            "collector.beacon ask Git only when a head moves (docs/scale.md)")
+    serve.add_argument("--heads-poll", type=duration_s, default=60.0,
+                       help="the leading collector asks Git (one ls-remote per source) this often (1m)")
+    serve.add_argument("--hook-secret-file", type=Path, metavar="FILE",
+                       help="accept push hooks on /api/v1/hooks/{github,gitlab,gitea,generic} signed with "
+                            "the secret in FILE (not readable by others); a hook makes the collector ask "
+                            "Git at once")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
     _token_parser(sub, common)
@@ -151,6 +166,11 @@ def _token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     who.add_argument("--reader", metavar="NAME", help="create a reader token for a person or tool")
     who.add_argument("--reviewer", metavar="NAME",
                      help="create a reviewer token: reads, and acknowledges or accepts drift")
+    who.add_argument("--hosts-from", type=Path, metavar="FILE",
+                     help="ingest tokens for every host named in FILE (one a line, # comments; - for stdin), "
+                          "in one transaction; prints HOST<TAB>TOKEN lines, or see --out-dir")
+    create.add_argument("--out-dir", type=Path, metavar="DIR",
+                        help="with --hosts-from: write each host's token to DIR/HOST (mode 0600) instead")
     listing = token.add_parser("list", parents=[common], help="list tokens (never the secrets)")
     listing.add_argument("--json", action="store_true", help="a JSON array instead of a table")
     revoke = token.add_parser("revoke", parents=[common], help="revoke tokens by id, prefix or name")
@@ -208,6 +228,31 @@ def webhooks_of(args: argparse.Namespace) -> tuple[Webhook, ...]:
     return tuple(hooks)
 
 
+def heads_of(args: argparse.Namespace) -> HeadsSettings | None:
+    """The commit beacon's settings, or None when no source is watched; one-line errors."""
+    if not args.heads_source:
+        if args.hook_secret_file is not None:
+            raise CollectorError("--hook-secret-file needs --heads-source: a hook names a watched source")
+        return None
+    if args.heads_poll < 1:
+        raise CollectorError("--heads-poll must be at least 1s")
+    sources = check_sources(tuple(parse_source(text) for text in args.heads_source))
+    secret = None
+    if args.hook_secret_file is not None:
+        path = args.hook_secret_file
+        try:
+            mode = path.stat().st_mode
+            if mode & 0o007:
+                raise CollectorError(f"--hook-secret-file {path}: permissions {stat.S_IMODE(mode):04o} let "
+                                     f"others read the secret (chmod o-rwx {path})")
+            secret = path.read_text(encoding="utf-8").strip().encode()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CollectorError(f"--hook-secret-file {path}: cannot read it ({e})") from e
+        if len(secret) < 16 or b"\n" in secret:
+            raise CollectorError(f"--hook-secret-file {path}: expected one line of at least 16 characters")
+    return HeadsSettings(sources, args.heads_poll, secret)
+
+
 def _public_urls(urls: list[str]) -> tuple[str, ...]:
     for url in urls:
         if origin_of(url) is None:
@@ -226,7 +271,8 @@ def _settings(args: argparse.Namespace) -> CollectorSettings:
                                                    max_string_chars=args.max_string),
                              client_cert_required=bool(args.tls_client_ca),
                              alert_grouping=Grouping(args.alert_group_wait, args.alert_group_interval),
-                             public_urls=_public_urls(args.public_url), reviewers=tuple(args.reviewer))
+                             public_urls=_public_urls(args.public_url), reviewers=tuple(args.reviewer),
+                             group_commit=args.group_commit, heads=heads_of(args))
 
 
 def app_from_env() -> Starlette:
@@ -265,7 +311,64 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def hosts_file(path: Path) -> list[str]:
+    """Host names from FILE (or stdin for -): one a line, blank lines and # comments skipped; a bad or
+    repeated name is refused with its line number."""
+    try:
+        text_ = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CollectorError(f"--hosts-from {path}: cannot read it ({e})") from e
+    hosts: list[str] = []
+    seen: dict[str, int] = {}
+    for number, line in enumerate(text_.splitlines(), 1):
+        name = line.split("#", 1)[0].strip()
+        if not name:
+            continue
+        problem = host_name_problem(name)
+        if problem is not None:
+            raise CollectorError(f"--hosts-from {path}, line {number}: {name[:80]!r}: {problem}")
+        if name in seen:
+            raise CollectorError(f"--hosts-from {path}, line {number}: {name!r} is already on line "
+                                 f"{seen[name]}")
+        seen[name] = number
+        hosts.append(name)
+    if not hosts:
+        raise CollectorError(f"--hosts-from {path}: no host names in it")
+    return hosts
+
+
+def _token_bulk(engine: Engine, args: argparse.Namespace) -> int:
+    hosts = hosts_file(args.hosts_from)
+    out: Path | None = args.out_dir
+    if out is not None:
+        try:
+            out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise CollectorError(f"--out-dir {out}: cannot create it ({e})") from e
+        clash = [h for h in hosts if (out / h).exists()]
+        if clash:
+            raise CollectorError(f"--out-dir {out}: {clash[0]} already exists (and {len(clash) - 1} more); "
+                                 "nothing was created")
+    made = tokens.create_many(engine, hosts, now=utc_now())
+    if out is None:
+        for info, secret in made:
+            print(f"{info.name}\t{secret}")
+        return 0
+    for info, secret in made:
+        path = out / info.name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(secret + "\n")
+    print(f"{len(made)} ingest tokens written to {out}/HOST (mode 0600); each is shown nowhere else",
+          file=sys.stderr)
+    return 0
+
+
 def _token(engine: Engine, args: argparse.Namespace) -> int:
+    if args.action == "create" and args.hosts_from is not None:
+        return _token_bulk(engine, args)
+    if args.action == "create" and args.out_dir is not None:
+        raise CollectorError("token create: --out-dir goes with --hosts-from")
     if args.action == "create":
         kind, name = (TokenKind.READER, args.reader) if args.reader else (TokenKind.INGEST, args.host)
         if args.reviewer:

@@ -19,6 +19,8 @@ from sqlalchemy import Engine
 
 from agent.collector.alerts import Grouping, Webhook
 from agent.collector.auth import ProxyAuth
+from agent.collector.group_commit import GroupCommit
+from agent.collector.heads import Beacon, HeadsSettings
 from agent.collector.metrics import Metrics
 from agent.collector.payload import PayloadLimits
 from agent.collector.queries import stale_cutoff
@@ -47,6 +49,8 @@ class CollectorSettings:
     alert_grouping: Grouping = field(default_factory=Grouping)
     public_urls: tuple[str, ...] = ()  # where browsers reach the collector (a proxy's https://NAME)
     reviewers: tuple[str, ...] = ()  # trusted-proxy users who may act on drift (docs/drift-review.md)
+    group_commit: bool = False  # store reports through GroupCommit (serve --group-commit)
+    heads: HeadsSettings | None = None  # the commit beacon (serve --heads-source, --hook-secret-file)
 
 
 @dataclass
@@ -58,12 +62,18 @@ class Collector:
     metrics: Metrics = field(default_factory=Metrics)
     now: Callable[[], datetime] = utc_now
     db_limiter: anyio.CapacityLimiter | None = None
+    group: GroupCommit | None = None
+    beacon: Beacon | None = None
 
     def __post_init__(self) -> None:
         # Database calls run in worker threads; a few threads serve more requests per second than many
         # (fewer threads fighting over the GIL and the database), while waiting requests cost nothing.
         if self.db_limiter is None:
             self.db_limiter = anyio.CapacityLimiter(self.settings.db_threads)
+        if self.settings.group_commit and self.group is None:
+            self.group = GroupCommit(self.engine, self.settings.expect, self.db_limiter)
+        if self.settings.heads is not None and self.beacon is None:
+            self.beacon = Beacon(self.engine, self.settings.heads)
 
     def stale_before(self) -> datetime:
         """Hosts whose due time is before this moment are stale (now less the grace, queries.stale_cutoff)."""

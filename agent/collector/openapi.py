@@ -136,7 +136,30 @@ def _paths() -> dict[str, Any]:
                                          "responses": {"200": {"description": "OpenAPI 3.1"}}}},
         "/metrics": {"get": {"summary": "Prometheus text format", "security": [{"bearer": []}],
                              "responses": {"200": {"description": "metrics"}}}},
+        **_beacon_paths(),
     }
+
+
+def _beacon_paths() -> dict[str, Any]:
+    """The commit beacon (agent.collector.heads_views; docs/scale.md)."""
+    error = {"$ref": "#/components/responses/Error"}
+    heads = _get("The commit a watched source's ref points at (serve --heads-source), as Git last said; "
+                 "ETag is the commit, If-None-Match with it answers 304", [
+                     _q("source", "the agent's source.url"), _q("ref", "the agent's source.ref")])
+    heads["get"]["responses"]["304"] = {"description": "the head is still the one in If-None-Match"}
+    hook = {"post": {
+        "summary": "A Git server's push hook: the collector asks Git for the watched source's heads at once",
+        "security": [],
+        "parameters": [_p("vendor", enum=["github", "gitlab", "gitea", "generic"])],
+        "description": ("Signed with the secret of serve --hook-secret-file: X-Hub-Signature-256 (github), "
+                        "X-Gitlab-Token (gitlab), X-Gitea-Signature or X-Forgejo-Signature (gitea), "
+                        "X-Signature-256: sha256=HEX over {\"url\", \"ref\", \"after\"} (generic)."),
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+        "responses": {"200": {"description": "Git asked; how many heads changed"},
+                      "202": {"description": "not a watched source and ref: ignored"},
+                      "400": error, "401": error, "404": error, "413": error, "502": error},
+    }}
+    return {"/api/v1/heads": heads, "/api/v1/hooks/{vendor}": hook}
 
 
 def _components() -> dict[str, Any]:

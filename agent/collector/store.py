@@ -11,17 +11,18 @@ from __future__ import annotations
 import functools
 import json
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, and_, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql.dml import Insert
 
 from agent.collector import db, review_store
-from agent.collector.errors import ConflictError, InvalidReportError
+from agent.collector.errors import CollectorError, ConflictError, InvalidReportError, UnauthorizedError
 from agent.collector.hostnames import host_name_problem
 from agent.collector.report_times import check_run_times, clamp
 from agent.collector.tables import UTCDateTime, commits, drift_items, host_roles, hosts, runs
@@ -76,6 +77,48 @@ def ingest(engine: Engine, report: Report, raw: bytes, *, received_at: datetime,
             if _already_stored(conn, report, raw):
                 return False
         raise
+
+
+def ingest_batch(engine: Engine, items: Sequence[tuple[Report, bytes, datetime]], *,
+                 expect: Expectations = Expectations()) -> list[bool | Exception]:
+    """Store several reports in ONE transaction (one commit, one fsync): a group commit.
+
+    `items` are (report, raw JSON body, received_at). The answer has one entry per item, in order: what
+    `ingest` would have returned for it (True stored, False the same report already stored, also when an
+    earlier item of the batch stored it), or the exception it would have raised (ConflictError, or a
+    database error of that report alone). Each report runs in its own SAVEPOINT, so one refused report
+    leaves the others of the batch stored. An error of the transaction itself (the commit, a lost
+    connection) is raised: then none of the batch is stored. A report that raced another process for
+    its run_id is settled after the commit by `ingest` alone."""
+    results: list[bool | Exception] = []
+    raced: list[int] = []
+    with db.write(engine) as conn:
+        for i, (report, raw, received_at) in enumerate(items):
+            try:
+                check_storable(report)
+                report = clamp(report, received_at)
+                with conn.begin_nested():
+                    if _already_stored(conn, report, raw):
+                        results.append(False)
+                        continue
+                    conn.execute(runs.insert(), _run_row(report, raw, received_at))
+                    _insert_drift(conn, report)
+                    _upsert_commit(conn, report, received_at)
+                    _upsert_host(conn, report, received_at, expect)
+                    review_store.record_report(conn, report, now=received_at)
+                results.append(True)
+            except IntegrityError as e:
+                results.append(e)
+                raced.append(i)
+            except (CollectorError, DBAPIError) as e:
+                results.append(e)
+    for i in raced:
+        report, raw, received_at = items[i]
+        try:
+            results[i] = ingest(engine, report, raw, received_at=received_at, expect=expect)
+        except (CollectorError, DBAPIError) as e:
+            results[i] = e
+    return results
 
 
 def _stored_texts(report: Report) -> list[tuple[str, str | None, int]]:
@@ -231,3 +274,110 @@ def prune(engine: Engine, *, older_than: datetime) -> int:
 
 
 __all__ = ["Expectations", "compress", "decompress", "ingest", "prune"]
+
+
+RUNS_PRESENT = select(runs.c.run_id).where(runs.c.run_id.in_(bindparam("run_ids", expanding=True)))
+
+
+def ingest_group(engine: Engine, items: Sequence[tuple[Report, bytes, datetime]], *,
+                 expect: Expectations = Expectations(),
+                 revoked: Callable[[Connection], set[int]] | None = None) -> list[bool | Exception]:
+    """`ingest_batch`'s contract with batched statements: one SELECT for the batch's run_ids already
+    stored, one executemany each for the runs and the commits, then the newest report of each host updates
+    its row (hosts in name order, so that two processes' batches never deadlock). No savepoint per report:
+    when anything of the batch fails, the transaction is rolled back and the batch is stored again by
+    `ingest_batch` (a savepoint per report), so only the bad report gets its error. `revoked(conn)`, when
+    given, returns the indexes of items whose token is no longer valid, checked in this same transaction:
+    those get UnauthorizedError (401) and are never stored."""
+    results: list[bool | Exception | None] = [None] * len(items)
+    prepared: list[tuple[Report, bytes, datetime]] = []
+    for i, (report, raw, received_at) in enumerate(items):
+        try:
+            check_storable(report)
+            report = clamp(report, received_at)
+        except CollectorError as e:
+            results[i] = e
+        prepared.append((report, raw, received_at))
+    refused = [r for r in results]
+    try:
+        with db.write(engine) as conn:
+            if revoked is not None:
+                for i in revoked(conn):
+                    results[i] = refused[i] = UnauthorizedError("unknown or revoked token")
+            fresh = _new_in_batch(conn, prepared, results)
+            if fresh:
+                conn.execute(runs.insert(), [_run_row(*prepared[i]) for i in fresh])
+                for i in fresh:
+                    _insert_drift(conn, prepared[i][0])
+                    results[i] = True
+                commit_rows = _commit_rows([prepared[i] for i in fresh])
+                if commit_rows:
+                    conn.execute(_insert_ignore_stmt(conn.dialect.name, commits), commit_rows)
+                for report, _, received_at in _newest_per_host([prepared[i] for i in fresh]):
+                    _upsert_host(conn, report, received_at, expect)
+                for i in fresh:  # after the hosts' rows, as in ingest: the drift items of each report
+                    review_store.record_report(conn, prepared[i][0], now=prepared[i][2])
+    except (DBAPIError, ConflictError):
+        # Something of the batch was refused (a value, a race for a run_id, a conflict): nothing is stored.
+        # Once more with a savepoint per report, so that only the bad one fails.
+        retry = [i for i in range(len(items)) if refused[i] is None]
+        for i, result in zip(retry, ingest_batch(engine, [items[i] for i in retry], expect=expect),
+                             strict=True):
+            results[i] = result
+    return [r if r is not None else CollectorError("not stored") for r in results]
+
+
+def _new_in_batch(conn: Connection, prepared: Sequence[tuple[Report, bytes, datetime]],
+                  results: list[bool | Exception | None]) -> list[int]:
+    """Indexes of the reports to store; the others' results are set (False: the same report again)."""
+    ids = [prepared[i][0].run_id for i in range(len(prepared)) if results[i] is None]
+    present = set(conn.execute(RUNS_PRESENT, {"run_ids": ids}).scalars()) if ids else set()
+    fresh: list[int] = []
+    seen: set[str] = set()
+    for i, (report, raw, _) in enumerate(prepared):
+        if results[i] is not None:
+            continue
+        if report.run_id in present:
+            results[i] = not _already_stored(conn, report, raw)  # stored: the same report (else 409)
+        elif report.run_id in seen:
+            results[i] = _same_in_batch(prepared, i)
+        else:
+            seen.add(report.run_id)
+            fresh.append(i)
+    return fresh
+
+
+def _commit_rows(batch: Sequence[tuple[Report, bytes, datetime]]) -> list[dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    for report, _, received_at in batch:
+        source = report.source
+        if source.commit and source.commit not in rows:
+            rows[source.commit] = {
+                "sha": source.commit, "author": source.author, "committed_at": source.committed_at,
+                "subject": source.subject, "signature_status": source.signature.status.value,
+                "signer": source.signature.signer, "first_seen_at": received_at}
+    return list(rows.values())
+
+
+def _newest_per_host(batch: Sequence[tuple[Report, bytes, datetime]]) -> list[tuple[Report, bytes, datetime]]:
+    """Each host's report of the batch that finished last, hosts sorted by name. An older report of a host
+    changes nothing `_upsert_host` would keep, except last_seen_at, which the newest one sets as well."""
+    newest: dict[str, tuple[Report, bytes, datetime]] = {}
+    for item in batch:
+        held = newest.get(item[0].host)
+        if held is None or item[0].finished_at >= held[0].finished_at:
+            newest[item[0].host] = item
+    return [newest[h] for h in sorted(newest)]
+
+
+def _same_in_batch(prepared: Sequence[tuple[Report, bytes, datetime]], i: int) -> bool:
+    """A run_id sent twice in one batch: the later one is a duplicate when the report is the same."""
+    report, raw, _ = prepared[i]
+    first = next(p for p in prepared[:i] if p[0].run_id == report.run_id)
+    if first[0].host != report.host:
+        raise ConflictError(f"run_id {report.run_id!r} is already stored for another host: each run needs "
+                            "its own run_id (a new uuid4)")
+    if json.loads(first[1]) != json.loads(raw):
+        raise ConflictError(f"run_id {report.run_id!r} is already stored with a different report; the "
+                            "stored one is kept")
+    return False

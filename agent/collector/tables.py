@@ -10,6 +10,8 @@ a test compares the two.
 - sessions: web UI sign-ins (migration 0005); only a SHA-256 of each session cookie is stored.
 - drift review (migration 0007; not written yet): review_items, drift_exceptions, review_hosts,
   review_audit, drift_exception_alerts, compliance_daily (docs/drift-review.md).
+- source_heads: the commit beacon's heads, what `git ls-remote` answered for each watched (source, ref)
+  (migration 0008; agent.collector.heads).
 """
 
 from __future__ import annotations
@@ -339,4 +341,14 @@ compliance_daily = Table(
     Column("in_sync", Integer, nullable=False),
     Column("in_sync_with_exceptions", Integer, nullable=False),
     Column("unknown", Integer, nullable=False),
+)
+
+source_heads = Table(
+    "source_heads", metadata,
+    Column("source_key", String(512), primary_key=True),  # heads.source_key(url): host/path, no .git
+    Column("ref", String(255), primary_key=True),  # full ref name, as ls-remote prints it
+    Column("commit", String(SHA), nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False),  # when this collector first saw the commit there
+    Column("via", String(16), nullable=False),  # poll | github | gitlab | gitea | generic
+    Column("source_url", Text, nullable=False),  # the configured URL, credentials redacted
 )

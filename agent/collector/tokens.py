@@ -68,6 +68,26 @@ def create(engine: Engine, kind: TokenKind, name: str, *, now: datetime) -> tupl
     return TokenInfo(int(token_id), kind, name, prefix, now, None), secret
 
 
+def create_many(engine: Engine, hosts: list[str], *, now: datetime) -> list[tuple[TokenInfo, str]]:
+    """Ingest tokens for many hosts in one transaction (`token create --hosts-from FILE`): every name is
+    checked first (BadRequestError naming the first bad one); nothing is stored unless all are."""
+    made: list[tuple[TokenInfo, str]] = []
+    rows = []
+    for name in hosts:
+        problem = host_name_problem(name)
+        if problem is not None:
+            raise BadRequestError(f"host name {name[:80]!r}: {problem}")
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        prefix = secret[: len(TOKEN_PREFIX) + 6]
+        rows.append({"kind": TokenKind.INGEST.value, "name": name, "token_hash": hash_token(secret),
+                     "prefix": prefix, "created_at": now})
+        made.append((TokenInfo(0, TokenKind.INGEST, name, prefix, now, None), secret))
+    if rows:
+        with db.write(engine) as conn:
+            conn.execute(tokens.insert(), rows)
+    return made
+
+
 AUTHENTICATE = select(tokens.c.kind, tokens.c.name).where(
     tokens.c.token_hash == bindparam("key_hash"), tokens.c.revoked_at.is_(None))
 

@@ -1,0 +1,102 @@
+"""Group commit for ingest: reports that arrive while a commit runs are written together in the next one.
+
+Request handlers call `GroupCommit.ingest()` and wait; one task at a time takes everything queued (at
+most `max_batch` reports) to a database thread, which stores it with `store.ingest_batch` in one
+transaction, then answers every waiting handler. No timer: under low load a batch is one report and
+nothing waits longer than a lone commit; under load a batch is what arrived during the previous commit,
+so there is one fsync and one thread hand-off per batch instead of per report. A handler is answered only
+after its batch committed (docs/scale.md, "Ingest at 1,000 reports/s").
+
+The batch is written by `store.ingest_group` (batched statements). Token checks: `principal()` answers from
+a per-process map (entries at most CACHE_S old) and asks the database only on a miss; revocation still takes
+effect at once, because the batch's transaction checks every report's token again (one SELECT for the
+batch) and refuses, with 401, the reports of a token revoked since.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+import anyio
+import anyio.to_thread
+from sqlalchemy import Connection, Engine, bindparam, select
+
+from agent.collector import store, tokens
+from agent.collector.store import Expectations
+from agent.collector.tables import tokens as tokens_table
+from agent.collector.tokens import Principal
+from agent.report import Report
+
+Item = tuple[Report, bytes, datetime, "asyncio.Future[bool]", str | None]
+CACHE_S = 1.0
+VALID = select(tokens_table.c.token_hash).where(
+    tokens_table.c.token_hash.in_(bindparam("hashes", expanding=True)), tokens_table.c.revoked_at.is_(None))
+
+
+class GroupCommit:
+    """One per collector process (and event loop); `ingest()` has the contract of `store.ingest`."""
+
+    def __init__(self, engine: Engine, expect: Expectations, limiter: anyio.CapacityLimiter | None,
+                 max_batch: int = 500) -> None:
+        self.engine, self.expect, self.limiter, self.max_batch = engine, expect, limiter, max_batch
+        self.queue: list[Item] = []
+        self.writer: asyncio.Task[None] | None = None
+        self.principals: dict[str, tuple[float, Principal | None]] = {}
+
+    async def principal(self, secret: str) -> tuple[Principal | None, str]:
+        """The token's principal (None: unknown or revoked) and its hash, from the map when the entry is
+        younger than CACHE_S, else from the database (in a worker thread)."""
+        key_hash = tokens.hash_token(secret)
+        hit = self.principals.get(key_hash)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < CACHE_S:
+            return hit[1], key_hash
+        found = await anyio.to_thread.run_sync(tokens.authenticate, self.engine, secret, limiter=self.limiter)
+        if len(self.principals) > 100_000:
+            self.principals.clear()
+        self.principals[key_hash] = (now, found)
+        return found, key_hash
+
+    async def ingest(self, report: Report, raw: bytes, *, received_at: datetime,
+                     token_hash: str | None = None) -> bool:
+        """True: stored now; False: the same report was stored before. Raises what `store.ingest` raises,
+        and UnauthorizedError when `token_hash` was revoked before the batch's commit."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.queue.append((report, raw, received_at, future, token_hash))
+        if self.writer is None or self.writer.done():
+            self.writer = asyncio.get_running_loop().create_task(self._drain())
+        # shield: a client that goes away does not cancel the batch (its report may be committed anyway)
+        return await asyncio.shield(future)
+
+    async def _drain(self) -> None:
+        while self.queue:
+            batch, self.queue = self.queue[:self.max_batch], self.queue[self.max_batch:]
+            items = [(report, raw, received_at) for report, raw, received_at, _, _ in batch]
+            hashes = [h for *_, h in batch]
+            call = functools.partial(store.ingest_group, self.engine, items, expect=self.expect,
+                                     revoked=functools.partial(_revoked, hashes))
+            try:
+                results = await anyio.to_thread.run_sync(call, limiter=self.limiter)
+            except Exception as e:  # the transaction failed: nothing of the batch is stored
+                for *_, future, _ in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for (*_, future, _), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+
+def _revoked(hashes: Sequence[str | None], conn: Connection) -> set[int]:
+    """Indexes of the batch's reports whose token is unknown or revoked now (in the batch's transaction)."""
+    asked = sorted({h for h in hashes if h is not None})
+    valid = set(conn.execute(VALID, {"hashes": asked}).scalars()) if asked else set()
+    return {i for i, h in enumerate(hashes) if h is not None and h not in valid}

@@ -1,0 +1,75 @@
+-- wrk script for bench/ingest_wrk.py (not meant to be run by hand).
+--
+-- BENCH_MODE=ingest: POST /api/v1/reports, cycling through the hosts of BENCH_DATA, one line per host:
+--   <ingest token> TAB <report JSON before the run_id> TAB <report JSON after the run_id>
+-- Every request gets a fresh run_id "<BENCH_NONCE>-<thread>-4000-8000-<counter>", so each one is a new
+-- report, not a duplicate.
+-- BENCH_MODE=floor: GET BENCH_PATH (a static file of the same server).
+-- At the end it prints one line "RESULT k=v ..." that the driver parses.
+
+local mode = os.getenv("BENCH_MODE") or "floor"
+local threads = {}
+local thread_count = 0
+
+function setup(thread)
+  thread_count = thread_count + 1
+  thread:set("tid", thread_count)
+  table.insert(threads, thread)
+end
+
+local hosts = {}
+local counter = 0
+local nonce = os.getenv("BENCH_NONCE") or "00000000"
+local floor_path = os.getenv("BENCH_PATH") or "/static/ui.css"
+c201, c200, cother = 0, 0, 0
+
+function init(args)
+  if mode ~= "ingest" then
+    return
+  end
+  local f = assert(io.open(os.getenv("BENCH_DATA"), "r"))
+  for line in f:lines() do
+    local token, before, after = line:match("^([^\t]+)\t([^\t]*)\t([^\t]*)$")
+    assert(token, "bad line in BENCH_DATA")
+    table.insert(hosts, {
+      headers = {["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json"},
+      before = before, after = after,
+    })
+  end
+  f:close()
+end
+
+function request()
+  if mode ~= "ingest" then
+    return wrk.format("GET", floor_path)
+  end
+  counter = counter + 1
+  local h = hosts[(counter % #hosts) + 1]
+  local run_id = string.format("%s-%04x-4000-8000-%012x", nonce, tid, counter)
+  return wrk.format("POST", "/api/v1/reports", h.headers, h.before .. run_id .. h.after)
+end
+
+function response(status, headers, body)
+  if status == 201 then
+    c201 = c201 + 1
+  elseif status == 200 then
+    c200 = c200 + 1
+  else
+    cother = cother + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local s201, s200, sother = 0, 0, 0
+  for _, t in ipairs(threads) do
+    s201 = s201 + t:get("c201")
+    s200 = s200 + t:get("c200")
+    sother = sother + t:get("cother")
+  end
+  local e = summary.errors
+  io.write(string.format(
+    "RESULT requests=%d duration_us=%d s201=%d s200=%d sother=%d p50_us=%d p99_us=%d max_us=%d " ..
+    "err_connect=%d err_read=%d err_write=%d err_timeout=%d\n",
+    summary.requests, summary.duration, s201, s200, sother, latency:percentile(50), latency:percentile(99),
+    latency.max, e.connect, e.read, e.write, e.timeout))
+end

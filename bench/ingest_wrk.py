@@ -1,0 +1,234 @@
+"""Ingest against the floor: `wrk` posts real agent reports, and fetches a static file, from one collector.
+
+One collector (`gitops-collector serve` on 127.0.0.1), one run: rounds alternate a floor round (`wrk` GETs
+/static/ui.css from the same server, the cheapest thing it serves) and an ingest round (`wrk` POSTs agent
+reports of --hosts hosts, each with its own ingest token, through bench/ingest_wrk.lua, every request a new
+run_id). Prints, per round, requests/s, p50/p99 latency and, for ingest, the collector's CPU per report and
+the lost count (reports answered 201 but missing from the database); then the ratio of the median ingest
+rate to the median floor rate.
+
+    .venv/bin/python bench/ingest_wrk.py                         # SQLite, 50 hosts, 1 thread x 50 connections
+    .venv/bin/python bench/ingest_wrk.py --hosts 1000 --connections 1000 --threads 2
+    .venv/bin/python bench/ingest_wrk.py --profile 15            # also: py-spy on an extra ingest round
+    .venv/bin/python bench/ingest_wrk.py --also=--group-commit   # and a second collector, side by side
+    GITOPS_TEST_POSTGRES_URL=$(bash .ci/postgres-up) .venv/bin/python bench/ingest_wrk.py --db postgresql
+
+Needs `wrk` (Debian package `wrk`); `--profile` needs `py-spy` (`.venv/bin/pip install py-spy`) and the
+right to ptrace the collector. Bounded: --seconds per round, traffic only to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import random
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agent.collector import db, tokens
+from agent.collector.tables import runs
+from agent.collector.tokens import TokenKind
+from bench.ingest import realistic_body
+from tests.factory import BASE_TIME
+from tests.live_collector import CollectorProcess, fresh_database
+
+LUA = Path(__file__).resolve().parent / "ingest_wrk.lua"
+FLOOR_PATH = "/static/ui.css"
+MARK = "@@RUN_ID@@"
+
+
+class Collector:
+    """`gitops-collector serve` for a `with` block, its stderr appended to `log` (drained by a thread: a
+    full pipe would block the collector's logging, and so its requests)."""
+
+    def __init__(self, url: str, serve_args: list[str], log: Path) -> None:
+        self.server = CollectorProcess(url, None, *serve_args)
+        self.log = log
+        self.url = self.server.url
+        self.pid = 0
+
+    def __enter__(self) -> Collector:
+        self.server.start()
+        assert self.server.proc is not None
+        self.pid = self.server.proc.pid
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+        with self.log.open("a", encoding="utf-8") as out:  # the collector's stderr, kept by live_collector
+            out.write(self.server.log)
+
+
+def write_hosts(path: Path, secrets: dict[str, str], drift_items: int) -> None:
+    """One line per host for the Lua script: token, the report JSON split around its run_id."""
+    lines = []
+    for host, secret in secrets.items():
+        _, body = realistic_body(host, random.Random(host), drift_items)
+        doc = json.loads(body)
+        doc["run_id"] = MARK
+        before, after = json.dumps(doc, separators=(",", ":")).split(MARK)
+        lines.append(f"{secret}\t{before}\t{after}\n")
+    path.write_text("".join(lines))
+
+
+def cpu_s(pid: int) -> float:
+    """User+sys CPU seconds of `pid` and its waited-for children, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, mode: str, args: argparse.Namespace, data: Path, seconds: float) -> dict[str, float]:
+    env = {**os.environ, "BENCH_MODE": mode, "BENCH_DATA": str(data), "BENCH_PATH": FLOOR_PATH,
+           "BENCH_NONCE": uuid.uuid4().hex[:8]}
+    cmd = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{seconds:g}s",
+           "--timeout", "30s", "-s", str(LUA), url]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=seconds + 120).stdout
+    line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no RESULT line:\n{out}")
+    r = {k: float(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
+    r["rate"] = r["requests"] / (r["duration_us"] / 1e6)
+    return r
+
+
+def summarize_profile(raw: Path, top: int) -> None:
+    """Top functions of py-spy's collapsed stacks: self (innermost frame) and inclusive share of samples."""
+    own: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        frames = [short(f) for f in stack.split(";")]
+        total += n
+        own[frames[-1]] += n
+        for f in set(frames):
+            incl[f] += n
+    print(f"\npy-spy --gil: {total} samples of the thread holding the GIL (Python CPU)")
+    ours: collections.Counter[str] = collections.Counter(
+        {name: n for name, n in incl.items() if "(agent/" in name or "do_commit" in name})
+    for title, counter in (("self", own), ("inclusive, the project's functions and commits", ours)):
+        print(f"top {top} by {title} share:")
+        for name, n in counter.most_common(top):
+            print(f"  {100 * n / total:5.1f}%  {name}")
+
+
+def short(frame: str) -> str:
+    """'func (/long/path/site-packages/pkg/mod.py:12)' -> 'func (pkg/mod.py)'."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/lib/python3.11/", "/wt-20/", "/work/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    return f"{name} ({path})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=50, help="hosts (tokens) the reports come from")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument("--connections", type=int, default=50, help="wrk connections (concurrent agents)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per round")
+    parser.add_argument("--rounds", type=int, default=2, help="floor/ingest pairs, alternating")
+    parser.add_argument("--drift-items", type=int, default=5, help="most drift items in a drifted report")
+    parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--also", metavar="ARGS", default=None,
+                        help="also measure a collector with these extra serve options, alternating in the same "
+                             "run, e.g. --also=--group-commit")
+    parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
+                        help="after the rounds, an extra ingest round of SECONDS under py-spy (not counted)")
+    parser.add_argument("--top", type=int, default=15, help="profile entries to print")
+    parser.add_argument("--serve-args", nargs=argparse.REMAINDER, default=[],
+                        help="passed to `gitops-collector serve`, e.g. --serve-args --db-threads 4")
+    args = parser.parse_args()
+    if not (1 <= args.hosts <= 20000 and 1 <= args.connections <= 2000 and 1 <= args.threads <= 16
+            and 0 < args.seconds <= 120 and 1 <= args.rounds <= 10 and args.profile <= 120):
+        parser.error("keep it bounded: hosts 1..20000, connections 1..2000, threads 1..16, seconds <= 120, "
+                     "rounds 1..10, profile <= 120")
+    if shutil.which("wrk") is None:
+        parser.error("wrk is not installed (Debian package `wrk`)")
+    if args.profile and shutil.which("py-spy") is None and not Path(sys.executable).with_name("py-spy").exists():
+        parser.error("--profile needs py-spy (.venv/bin/pip install py-spy)")
+    print(f"{args.db}: {args.hosts} hosts, wrk {args.threads} threads x {args.connections} connections, "
+          f"{args.seconds:g} s rounds, up to {args.drift_items} drift items per report")
+    print(f"{'round':>5} {'collector':<24} {'':<8} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>11} "
+          f"{'non-2xx':>8} {'errors':>7} {'lost':>5}")
+    with tempfile.TemporaryDirectory(prefix="gitops-bench-") as tmp, fresh_database(args.db, Path(tmp)) as url:
+        engine = db.create(url)
+        db.prepare(engine)
+        hosts = [f"host{i:05d}.bench" for i in range(args.hosts)]
+        secrets = {h: tokens.create(engine, TokenKind.INGEST, h, now=BASE_TIME)[1] for h in hosts}
+        data = Path(tmp) / "hosts.tsv"
+        write_hosts(data, secrets, args.drift_items)
+        variants = {"as given": list(args.serve_args)}
+        if args.also is not None:
+            variants[f"+ {args.also}"] = [*args.serve_args, *shlex.split(args.also)]
+        rates: dict[str, dict[str, list[float]]] = {v: {"floor": [], "ingest": []} for v in variants}
+        acked = 0
+        for round_no in range(args.rounds):
+            for name, serve_args in variants.items():
+                # each variant gets its own collector, started fresh each round, on the same database
+                with Collector(url, serve_args, Path(tmp) / "collector.log") as server:
+                    wrk(server.url, "floor", args, data, 2)  # warm-up: imports, first connections
+                    for mode in ("floor", "ingest"):
+                        before = cpu_s(server.pid)
+                        r = wrk(server.url, mode, args, data, args.seconds)
+                        cpu_ms = (cpu_s(server.pid) - before) * 1000 / max(r["requests"], 1)
+                        ok = r["s201"] if mode == "ingest" else r["s200"]
+                        acked += int(r["s201"]) if mode == "ingest" else 0
+                        rates[name][mode].append(r["rate"])
+                        with engine.connect() as conn:
+                            stored = conn.execute(select(func.count()).select_from(runs)).scalar_one()
+                        lost = max(acked - stored, 0) if mode == "ingest" else 0
+                        errors = r["err_connect"] + r["err_read"] + r["err_write"] + r["err_timeout"]
+                        print(f"{round_no + 1:>5} {name:<24} {mode:<8} {r['requests']:>9.0f} {r['rate']:>9.1f} "
+                              f"{r['p50_us'] / 1000:>8.1f} {r['p99_us'] / 1000:>8.1f} {cpu_ms:>11.2f} "
+                              f"{r['requests'] - ok:>8.0f} {errors:>7.0f} {lost if mode == 'ingest' else '-':>5}",
+                              flush=True)
+        print()
+        for name, by_mode in rates.items():
+            floor, ingest = statistics.median(by_mode["floor"]), statistics.median(by_mode["ingest"])
+            print(f"{name}: median ingest {ingest:.1f} reports/s, median floor {floor:.1f} requests/s: "
+                  f"ratio {ingest / floor:.3f} (goal: >= 0.5 and >= 1000 reports/s)")
+        if args.profile:
+            with Collector(url, list(args.serve_args), Path(tmp) / "collector.log") as server:
+                raw = Path(tmp) / "profile.txt"
+                spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+                prof = subprocess.Popen([spy, "record", "--pid", str(server.pid), "--duration",
+                                         f"{args.profile:g}", "--rate", "200", "--gil", "--format", "raw",
+                                         "--output", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                time.sleep(1)
+                wrk(server.url, "ingest", args, data, args.profile)
+                _, err = prof.communicate(timeout=args.profile + 60)
+                if prof.returncode != 0 or not raw.exists():
+                    raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')}")
+                summarize_profile(raw, args.top)
+        engine.dispose()
+        logged = (Path(tmp) / "collector.log").read_text(errors="replace")
+        tracebacks = logged.count("Exception in ASGI application")
+        disconnects = logged.count("starlette.requests.ClientDisconnect")
+        if logged:
+            print(f"\ncollector log: {len(logged.splitlines())} lines, {tracebacks} tracebacks "
+                  f"({disconnects} of them ClientDisconnect: requests in flight when wrk stops)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

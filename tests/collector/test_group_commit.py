@@ -1,0 +1,187 @@
+"""Group commit (`serve --group-commit`): store.ingest_batch, store.ingest_group (batched statements) and
+GroupCommit with its token map, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from agent.collector import store
+from agent.collector.context import CollectorSettings
+from agent.collector.errors import ConflictError
+from agent.collector.group_commit import GroupCommit
+from agent.collector.store import Expectations
+from agent.collector.tables import hosts, runs
+from agent.report import Status, to_json
+from tests.factory import BASE_TIME, make_report
+
+
+def count(engine: Engine, table: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+@pytest.mark.parametrize("write", [store.ingest_batch, store.ingest_group], ids=["savepoints", "batched"])
+def test_a_batch_answers_each_report_as_ingest_would(engine: Engine, write: Any) -> None:
+    first = make_report("web01.example.com")
+    second = make_report("web02.example.com", status=Status.DRIFTED)
+    other_host = make_report("web03.example.com", run_id=first.run_id)
+    items = [(r, to_json(r).encode(), BASE_TIME) for r in (first, second, first, other_host)]
+    results = write(engine, items)
+    assert results[:3] == [True, True, False]  # the same report again in the batch: a duplicate
+    assert isinstance(results[3], ConflictError)  # its run_id is taken by another host's report
+    assert "already stored for another host" in str(results[3])
+    assert count(engine, runs) == 2 and count(engine, hosts) == 2  # the refused one left the others stored
+    # a later batch sees the earlier one: the same report is a duplicate, not stored twice
+    assert write(engine, items[:1]) == [False]
+    assert count(engine, runs) == 2
+
+
+def test_concurrent_reports_share_commits_and_each_is_answered(engine: Engine,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes: list[int] = []
+    real = store.ingest_group
+
+    def recording(engine: Engine, items: Any, **kw: Any) -> Any:
+        sizes.append(len(items))
+        return real(engine, items, **kw)
+
+    monkeypatch.setattr(store, "ingest_group", recording)
+    reports = [make_report(f"web{i:02d}.example.com") for i in range(30)]
+
+    async def main() -> list[bool]:
+        group = GroupCommit(engine, Expectations(), None, max_batch=8)
+        return await asyncio.gather(*(group.ingest(r, to_json(r).encode(), received_at=BASE_TIME)
+                                      for r in reports))
+
+    assert asyncio.run(main()) == [True] * 30
+    assert count(engine, runs) == 30
+    assert sum(sizes) == 30 and max(sizes) == 8 and len(sizes) < 30  # grouped, and within max_batch
+
+
+def test_a_failed_transaction_fails_every_report_of_its_batch(engine: Engine,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(engine: Engine, items: Any, **kw: Any) -> Any:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "ingest_group", broken)
+    reports = [make_report(f"web{i:02d}.example.com") for i in range(3)]
+
+    async def main() -> list[Any]:
+        group = GroupCommit(engine, Expectations(), None)
+        return await asyncio.gather(*(group.ingest(r, to_json(r).encode(), received_at=BASE_TIME)
+                                      for r in reports), return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, OSError) and str(r) == "disk full" for r in results)
+    assert count(engine, runs) == 0
+
+
+@pytest.fixture
+def settings() -> CollectorSettings:
+    return CollectorSettings(group_commit=True)  # the app below stores through GroupCommit
+
+
+def test_the_api_answers_through_group_commit(send: Any, engine: Engine, collector: Any) -> None:
+    assert collector.group is not None
+    report = make_report("web01.example.com")
+    created = send(report)
+    assert (created.status_code, created.json()) == (201, {"run_id": report.run_id, "result": "created"})
+    again = send(report)
+    assert (again.status_code, again.json()["result"]) == (200, "duplicate")
+    taken = send(make_report("web02.example.com", run_id=report.run_id))
+    assert taken.status_code == 409 and "already stored for another host" in taken.json()["error"]
+    assert count(engine, runs) == 1
+
+
+def test_batched_statements_store_what_one_by_one_stores(engine: Engine) -> None:
+    """Hosts, roles, drift and commits after a batch with two reports of one host (the newer wins, in
+    either order) are what report-by-report ingest leaves."""
+    from agent.collector.tables import commits, drift_items, host_roles
+    from tests.factory import drift_item
+
+    older = make_report("web01.example.com", status=Status.DRIFTED, finished_at=BASE_TIME,
+                        drift=(drift_item("task a"),))
+    newer = make_report("web01.example.com", finished_at=BASE_TIME + timedelta(minutes=5))
+    other = make_report("db01.example.com", status=Status.DRIFTED, drift=(drift_item("t1"), drift_item("t2")))
+    items = [(r, to_json(r).encode(), BASE_TIME + timedelta(minutes=6)) for r in (newer, other, older)]
+    assert store.ingest_group(engine, items) == [True, True, True]
+
+    def snapshot(e: Engine) -> Any:
+        with e.connect() as conn:
+            return [sorted(tuple(r) for r in conn.execute(select(t)).all())
+                    for t in (hosts, host_roles, drift_items, commits, runs)]
+
+    def review_snapshot(e: Engine) -> list[list[str]]:  # ids left out; repr, since some columns are NULL
+        from agent.collector.tables import review_hosts, review_items
+        with e.connect() as conn:
+            return [sorted(repr(tuple(r)[1:] if t is review_items else tuple(r))
+                           for r in conn.execute(select(t)).all()) for t in (review_items, review_hosts)]
+
+    import tempfile
+
+    from agent.collector import db
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = db.create(f"sqlite:///{tmp}/ref.db")
+        db.prepare(reference)
+        for r, raw, at in items:
+            store.ingest(reference, r, raw, received_at=at)
+        got, want = snapshot(engine), snapshot(reference)
+        reference_review = review_snapshot(reference)
+        reference.dispose()
+    drop_ids = [lambda rows: rows, lambda rows: rows, lambda rows: [r[1:] for r in rows], lambda rows: rows,
+                lambda rows: rows]
+    assert [f(g) for f, g in zip(drop_ids, got, strict=True)] == \
+        [f(w) for f, w in zip(drop_ids, want, strict=True)]
+    assert review_snapshot(engine) == reference_review  # the drift items too (docs/drift-review.md)
+
+
+def test_a_refused_report_fails_only_itself(engine: Engine) -> None:
+    good = make_report("web01.example.com")
+    bad = make_report("web02.example.com", interval_s=2**40)  # over the column: refused before the database
+    items = [(r, to_json(r).encode(), BASE_TIME) for r in (good, bad)]
+    results = store.ingest_group(engine, items)
+    assert results[0] is True and "interval_s" in str(results[1])
+    assert count(engine, runs) == 1
+
+
+def test_a_revoked_token_is_refused_at_once_despite_the_cache(client: Any, engine: Engine, collector: Any,
+                                                            token_for: Any, send: Any) -> None:
+    from agent.collector import tokens
+    from tests.factory import BASE_TIME as now
+
+    secret = token_for("web01.example.com")
+    assert send(make_report("web01.example.com"), secret).status_code == 201  # the token is in the map now
+    assert collector.group.principals  # cached
+    tokens.revoke(engine, "web01.example.com", now=now)
+    refused = send(make_report("web01.example.com"), secret)
+    assert refused.status_code == 401 and "revoked" in refused.json()["error"]
+    assert count(engine, runs) == 1
+    reader = tokens.create(engine, tokens.TokenKind.READER, "alice", now=now)[1]
+    assert send(make_report("web01.example.com"), reader).status_code == 403
+    assert send(make_report("web01.example.com"), "nope").status_code == 401
+
+
+def test_a_batch_the_database_refuses_is_stored_again_report_by_report(engine: Engine,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A statement of one report fails inside the batched transaction: nothing of that transaction stays,
+    and the retry with a savepoint per report stores the others and fails only that one."""
+    from sqlalchemy.exc import DataError
+
+    real = store._insert_drift
+
+    def refusing(conn: Any, report: Any) -> None:
+        if report.host == "web02.example.com":
+            raise DataError("INSERT", {}, Exception("value out of range"))
+        real(conn, report)
+
+    monkeypatch.setattr(store, "_insert_drift", refusing)
+    reports = [make_report(f"web0{i}.example.com") for i in (1, 2, 3)]
+    results = store.ingest_group(engine, [(r, to_json(r).encode(), BASE_TIME) for r in reports])
+    assert results[0] is True and results[2] is True
+    assert isinstance(results[1], DataError)
+    assert count(engine, runs) == 2 and count(engine, hosts) == 2
