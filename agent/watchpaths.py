@@ -150,7 +150,8 @@ def to_json(table: Mapping[str, RolePaths]) -> dict[str, Any]:
 def from_json(data: Any, source: str = "watch set") -> dict[str, RolePaths]:
     """The inverse of to_json; AgentError naming `source` and what is wrong for anything else (a file
     from another version, a hand-edited one, a truncated one that still parsed)."""
-    if not isinstance(data, Mapping) or data.get("version") != FORMAT_VERSION:
+    version = data.get("version") if isinstance(data, Mapping) else None
+    if type(version) is not int or version != FORMAT_VERSION:  # (True == 1 in Python)
         raise AgentError(f"{source}: not a version {FORMAT_VERSION} watch set")
     roles = data.get("roles")
     if not isinstance(roles, Mapping):
@@ -159,7 +160,8 @@ def from_json(data: Any, source: str = "watch set") -> dict[str, RolePaths]:
     for role, entry in roles.items():
         paths = entry.get("paths") if isinstance(entry, Mapping) else None
         blind = entry.get("blind", []) if isinstance(entry, Mapping) else None
-        if not isinstance(paths, list) or not all(isinstance(p, str) and _normal(p) == p for p in paths):
+        if not isinstance(paths, list) or not all(isinstance(p, str) and "\0" not in p and _normal(p) == p
+                                                  for p in paths):
             raise AgentError(f"{source}: role {role!r}: 'paths' must be a list of absolute, normalised paths")
         if not isinstance(blind, list) or not all(isinstance(t, str) for t in blind):
             raise AgentError(f"{source}: role {role!r}: 'blind' must be a list of task names")

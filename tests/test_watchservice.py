@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import watchservice
 from agent.errors import AgentError
 from agent.paths import StatePaths
 from agent.report import Trigger
@@ -37,17 +38,48 @@ def test_a_limited_check_replaces_only_its_roles_and_excluded_roles_are_left_out
     assert read_set(paths) == roles(db=["/etc/db2.conf"])
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("{", "watch.json: not JSON"),
-    ('{"version": 2, "roles": {}}', "not a version 1 watch set"),
-    ('{"version": 1, "roles": {"web": {"paths": ["etc/x"]}}}', "role 'web': 'paths' must be a list of absolute"),
-])
-def test_a_bad_watch_set_is_one_line_naming_the_file(tmp_path: Path, text: str, message: str) -> None:
+BAD_SETS = [
+    (b"{", "watch.json: not JSON"),
+    (b'{"version": 2, "roles": {}}', "not a version 1 watch set"),
+    (b'{"version": true, "roles": {}}', "not a version 1 watch set"),
+    (b'{"version": 1, "roles": {"web": {"paths": ["etc/x"]}}}', "role 'web': 'paths' must be a list of absolute"),
+    (b'{"version": 1, "roles": {"web": {"paths": ["/etc/x\\u0000y"]}}}', "role 'web': 'paths' must be a list"),
+    (b'\xff\xfe{"version": 1}', "watch.json: not JSON: 'utf-8' codec"),  # not UTF-8
+    (b"[" * 100_000 + b"]" * 100_000, "watch.json: not JSON: maximum recursion depth"),  # nested too deep
+]
+
+
+@pytest.mark.parametrize(("data", "message"), BAD_SETS)
+def test_a_bad_watch_set_is_one_line_naming_the_file(tmp_path: Path, data: bytes, message: str) -> None:
     paths = StatePaths(tmp_path)
-    paths.watch_set.write_text(text)
+    paths.watch_set.write_bytes(data)
     with pytest.raises(AgentError, match=message) as caught:
         read_set(paths)
     assert "\n" not in str(caught.value)
+    write_set(paths, roles(web=["/etc/web.conf"]), limited_to=["web"])  # the child replaces it
+    assert read_set(paths) == roles(web=["/etc/web.conf"])
+
+
+def test_a_bad_or_huge_watch_set_keeps_the_daemons_previous_set(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    state = StatePaths(tmp_path)
+    write_set(state, roles(web=[str(tmp_path / "web.conf")]), limited_to=None)
+    service = WatchService(state, threading.Event())
+    try:
+        service.reload()
+        before = service.table
+        for data, _ in BAD_SETS:
+            state.watch_set.write_bytes(data)
+            service.reload()  # one log line, never an exception out of the daemon's loop
+            assert service.table == before
+        monkeypatch.setattr(watchservice, "MAX_SET_BYTES", 100)
+        state.watch_set.write_text(json.dumps({"version": 1, "roles": {}}) + " " * 200)
+        service.reload()
+        assert service.table == before
+        with pytest.raises(AgentError, match=r"watch\.json: larger than 100 bytes"):
+            read_set(state)
+    finally:
+        service.close()
 
 
 def test_report_info_and_status_line_from_the_daemons_state(tmp_path: Path) -> None:
