@@ -69,7 +69,25 @@ def result_paths(module: str, res: Mapping[str, Any]) -> tuple[str, ...] | None:
         return None
     found = target(res)
     normal = _normal(found) if found else None
-    return (normal,) if normal else None
+    if not normal or not isinstance(found, str):
+        return None
+    return _into_directory(module, res, found, normal) or (normal,)
+
+
+def _into_directory(module: str, res: Mapping[str, Any], found: str, normal: str) -> tuple[str, ...]:
+    """A copy or template whose dest ends in `/` writes dest/basename(src) (Ansible's copy and template
+    actions). A result that names the file says so itself; one that does not (check mode, the file would
+    be created) names only its arguments' dest, and then the file is that dest's child. () when not
+    such a task. (A dest without the `/` that is an existing directory cannot be told from the arguments:
+    its file is named by the next check's result, once it exists.)"""
+    if module not in ("copy", "template") or any(isinstance(res.get(k), str) for k in ("dest", "path")):
+        return ()
+    invocation = res.get("invocation")
+    args = invocation.get("module_args") if isinstance(invocation, Mapping) else None
+    src = args.get("src") if isinstance(args, Mapping) else None
+    if not found.endswith("/") or not isinstance(src, str) or not src or src.endswith("/"):
+        return ()
+    return (posixpath.join(normal, posixpath.basename(src)),)
 
 
 @dataclass
