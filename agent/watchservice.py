@@ -221,10 +221,10 @@ class WatchService:
                 if counted:
                     log.debug("watched paths changed: %s", ", ".join(sorted(counted)[:5]))
                     self.wake.set()
-            except (OSError, ValueError) as e:  # the fd closed under us (stopping), or a broken read
-                if self._stop.is_set():
+            except Exception as e:  # the fd closed under us (stopping), a broken read, or a bug: a dead
+                if self._stop.is_set():  # thread would leave status saying "watch: on" and watch nothing
                     return
-                log.error("the watcher failed: %s; retrying", e)
+                log.error("the watcher failed: %s: %s; retrying", type(e).__name__, e)
                 self._stop.wait(POLL_S)
 
     # -- the managed set ------------------------------------------------------------------------

@@ -172,3 +172,34 @@ def test_a_cap_on_watches_leaves_paths_unwatched_and_says_which_roles(tmp_path: 
         assert info is not None and info.unwatched == 1
     finally:
         service.close()
+
+
+def test_the_watcher_thread_survives_a_failure_of_any_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    target = tmp_path / "web.conf"
+    state = StatePaths(tmp_path / "state")
+    state.root.mkdir()
+    write_set(state, roles(web=[str(target)]), limited_to=None)
+    wake = threading.Event()
+    service = WatchService(state, wake, debounce_s=0.1)
+    real_read, failures = service.watcher.read, [KeyError(7), RuntimeError("a bug")]
+
+    def read(timeout_s: float | None) -> set[str]:
+        if failures:
+            raise failures.pop(0)
+        return real_read(timeout_s)
+
+    monkeypatch.setattr(service.watcher, "read", read)
+    service.start()
+    try:
+        target.write_text("1\n")
+        deadline = time.monotonic() + 10
+        while failures and time.monotonic() < deadline:
+            time.sleep(0.05)
+        target.write_text("2\n")
+        assert wake.wait(5)
+        assert service._thread.is_alive()
+        assert "the watcher failed: KeyError: 7; retrying" in caplog.text
+        assert "the watcher failed: RuntimeError: a bug; retrying" in caplog.text
+    finally:
+        service.close()
