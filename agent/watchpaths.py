@@ -36,6 +36,16 @@ STATE_FILES: Mapping[str, tuple[str, ...]] = {
     "service": UNIT_DIRS, "systemd": UNIT_DIRS, "systemd_service": UNIT_DIRS,
     "user": ACCOUNT_FILES, "group": ACCOUNT_FILES,
 }
+# Modules that only read, run or steer the play: they manage no path and no state of their own. Any
+# module not named in these tables (cron, mount, sysctl, authorized_key, apt_repository, hostname, a
+# collection's module) changes state that no path here names: its tasks are blind, said, not ignored.
+NO_PATH_MODULES = frozenset({
+    "command", "shell", "raw", "script", "expect", "debug", "set_fact", "set_stats", "assert", "fail",
+    "meta", "pause", "ping", "setup", "gather_facts", "stat", "slurp", "fetch", "find", "uri", "wait_for",
+    "wait_for_connection", "include_tasks", "import_tasks", "include_role", "import_role", "include_vars",
+    "add_host", "group_by", "async_status", "getent", "package_facts", "service_facts",
+    "validate_argument_spec", "tempfile",
+})
 _FINAL = {"runner_on_ok", "runner_on_failed"}
 _ITEM = {"runner_item_on_ok", "runner_item_on_failed"}
 
@@ -58,13 +68,15 @@ def _normal(path: str) -> str | None:
 
 
 def result_paths(module: str, res: Mapping[str, Any]) -> tuple[str, ...] | None:
-    """The paths one task result (or one loop item's) manages: () when its module manages none, None
-    when it manages one that cannot be read from the result (blind). `module` is the short name
-    (agent.events.short_module)."""
+    """The paths one task result (or one loop item's) manages: () when its module manages none
+    (NO_PATH_MODULES), None when what it manages cannot be read from the result or is no path the table
+    knows (blind). `module` is the short name (agent.events.short_module)."""
     if module in STATE_FILES:
         return STATE_FILES[module]
-    if module not in PATH_MODULES:
+    if module in NO_PATH_MODULES:
         return ()
+    if module not in PATH_MODULES:
+        return None  # state no path names (a cron entry, a mount, a sysctl): blind
     if "censored" in res:
         return None
     found = target(res)

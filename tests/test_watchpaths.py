@@ -126,6 +126,16 @@ def test_a_copy_or_template_into_a_directory_watches_the_file_it_writes(
     assert result_paths(module, res) == expected
 
 
+@pytest.mark.parametrize("module", ["cron", "mount", "ansible.posix.mount", "ansible.posix.sysctl",
+                                    "ansible.posix.authorized_key", "apt_repository", "hostname",
+                                    "community.docker.docker_container", "known_hosts", "git"])
+def test_a_module_that_changes_state_the_table_does_not_know_is_blind_not_ignored(module: str) -> None:
+    events = [{"event": "runner_on_ok", "event_data": {
+        "playbook": "/TMP/repo/playbooks/base.yml", "host": "web1", "task": "Some state",
+        "task_action": module, "task_uuid": "u1", "res": {"changed": True}}}]
+    assert managed_paths(events) == {"base": RolePaths("base", frozenset(), ("Some state",))}
+
+
 def test_modules_that_manage_no_path_name_none() -> None:
     for module in ("command", "shell", "debug", "set_fact", "slurp", "stat", "include_tasks"):
         assert result_paths(module, {"path": "/etc/x"}) == ()
