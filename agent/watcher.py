@@ -49,6 +49,9 @@ class _Dir:
     # component -> the managed path through it, or a set of them when several (paths below a missing
     # directory share its name): a plain str for the common case keeps 10,000 paths small (bench/watch.py)
     names: dict[str, str | set[str]] = field(default_factory=dict)
+    # other paths of the same directory (a symlink such as /var/run -> /run, a bind mount): inotify gives
+    # one inode one wd, whichever path named it
+    aliases: list[str] = field(default_factory=list)
 
     def add(self, name: str, path: str) -> None:
         known = self.names.get(name)
@@ -71,7 +74,8 @@ class _Dir:
 
     def remove(self, path: str) -> None:
         """Forget `path`: it is watched by its component just below this directory."""
-        name = path[len(self.path):].lstrip("/").split("/", 1)[0]
+        under = [d for d in (self.path, *self.aliases) if path.startswith(d.rstrip("/") + "/")]
+        name = path[len(under[0]):].lstrip("/").split("/", 1)[0] if under else ""
         known = self.names.get(name)
         candidates = [(name, known)] if known is not None else list(self.names.items())
         for name, known in candidates:
@@ -166,7 +170,10 @@ class Watcher:
             if exc.errno == errno.ENOSPC:
                 raise _Limit(_limit_reason(None)) from exc
             raise _Limit(f"cannot watch {directory}: {exc.strerror}") from exc
-        self._dirs.setdefault(wd, _Dir(directory))
+        if wd in self._dirs:  # the same directory by another path
+            self._dirs[wd].aliases.append(directory)
+        else:
+            self._dirs[wd] = _Dir(directory)
         self._wd_of[directory] = wd
         return wd
 
@@ -214,8 +221,9 @@ class Watcher:
 
     def _drop(self, wd: int) -> None:
         entry = self._dirs.pop(wd, None)
-        if entry is not None and self._wd_of.get(entry.path) == wd:
-            del self._wd_of[entry.path]
+        for directory in () if entry is None else (entry.path, *entry.aliases):
+            if self._wd_of.get(directory) == wd:
+                del self._wd_of[directory]
 
     def _moved(self, paths: Iterable[str]) -> None:
         for path in list(paths):
@@ -252,7 +260,7 @@ class Watcher:
             if not through:
                 continue
             changed |= through
-            deeper = {p for p in through if posixpath.dirname(p) != entry.path}
+            deeper = {p for p in through if self._wd_of.get(posixpath.dirname(p)) != event.wd}
             if deeper and event.mask & (flags.CREATE | flags.MOVED_TO):
                 self._moved(deeper)  # a directory on the way appeared: watch closer
         return changed

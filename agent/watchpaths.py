@@ -36,6 +36,16 @@ STATE_FILES: Mapping[str, tuple[str, ...]] = {
     "service": UNIT_DIRS, "systemd": UNIT_DIRS, "systemd_service": UNIT_DIRS,
     "user": ACCOUNT_FILES, "group": ACCOUNT_FILES,
 }
+# Modules that only read, run or steer the play: they manage no path and no state of their own. Any
+# module not named in these tables (cron, mount, sysctl, authorized_key, apt_repository, hostname, a
+# collection's module) changes state that no path here names: its tasks are blind, said, not ignored.
+NO_PATH_MODULES = frozenset({
+    "command", "shell", "raw", "script", "expect", "debug", "set_fact", "set_stats", "assert", "fail",
+    "meta", "pause", "ping", "setup", "gather_facts", "stat", "slurp", "fetch", "find", "uri", "wait_for",
+    "wait_for_connection", "include_tasks", "import_tasks", "include_role", "import_role", "include_vars",
+    "add_host", "group_by", "async_status", "getent", "package_facts", "service_facts",
+    "validate_argument_spec", "tempfile",
+})
 _FINAL = {"runner_on_ok", "runner_on_failed"}
 _ITEM = {"runner_item_on_ok", "runner_item_on_failed"}
 
@@ -58,18 +68,38 @@ def _normal(path: str) -> str | None:
 
 
 def result_paths(module: str, res: Mapping[str, Any]) -> tuple[str, ...] | None:
-    """The paths one task result (or one loop item's) manages: () when its module manages none, None
-    when it manages one that cannot be read from the result (blind). `module` is the short name
-    (agent.events.short_module)."""
+    """The paths one task result (or one loop item's) manages: () when its module manages none
+    (NO_PATH_MODULES), None when what it manages cannot be read from the result or is no path the table
+    knows (blind). `module` is the short name (agent.events.short_module)."""
     if module in STATE_FILES:
         return STATE_FILES[module]
-    if module not in PATH_MODULES:
+    if module in NO_PATH_MODULES:
         return ()
+    if module not in PATH_MODULES:
+        return None  # state no path names (a cron entry, a mount, a sysctl): blind
     if "censored" in res:
         return None
     found = target(res)
     normal = _normal(found) if found else None
-    return (normal,) if normal else None
+    if not normal or not isinstance(found, str):
+        return None
+    return _into_directory(module, res, found, normal) or (normal,)
+
+
+def _into_directory(module: str, res: Mapping[str, Any], found: str, normal: str) -> tuple[str, ...]:
+    """A copy or template whose dest ends in `/` writes dest/basename(src) (Ansible's copy and template
+    actions). A result that names the file says so itself; one that does not (check mode, the file would
+    be created) names only its arguments' dest, and then the file is that dest's child. () when not
+    such a task. (A dest without the `/` that is an existing directory cannot be told from the arguments:
+    its file is named by the next check's result, once it exists.)"""
+    if module not in ("copy", "template") or any(isinstance(res.get(k), str) for k in ("dest", "path")):
+        return ()
+    invocation = res.get("invocation")
+    args = invocation.get("module_args") if isinstance(invocation, Mapping) else None
+    src = args.get("src") if isinstance(args, Mapping) else None
+    if not found.endswith("/") or not isinstance(src, str) or not src or src.endswith("/"):
+        return ()
+    return (posixpath.join(normal, posixpath.basename(src)),)
 
 
 @dataclass
@@ -150,7 +180,8 @@ def to_json(table: Mapping[str, RolePaths]) -> dict[str, Any]:
 def from_json(data: Any, source: str = "watch set") -> dict[str, RolePaths]:
     """The inverse of to_json; AgentError naming `source` and what is wrong for anything else (a file
     from another version, a hand-edited one, a truncated one that still parsed)."""
-    if not isinstance(data, Mapping) or data.get("version") != FORMAT_VERSION:
+    version = data.get("version") if isinstance(data, Mapping) else None
+    if type(version) is not int or version != FORMAT_VERSION:  # (True == 1 in Python)
         raise AgentError(f"{source}: not a version {FORMAT_VERSION} watch set")
     roles = data.get("roles")
     if not isinstance(roles, Mapping):
@@ -159,7 +190,8 @@ def from_json(data: Any, source: str = "watch set") -> dict[str, RolePaths]:
     for role, entry in roles.items():
         paths = entry.get("paths") if isinstance(entry, Mapping) else None
         blind = entry.get("blind", []) if isinstance(entry, Mapping) else None
-        if not isinstance(paths, list) or not all(isinstance(p, str) and _normal(p) == p for p in paths):
+        if not isinstance(paths, list) or not all(isinstance(p, str) and "\0" not in p and _normal(p) == p
+                                                  for p in paths):
             raise AgentError(f"{source}: role {role!r}: 'paths' must be a list of absolute, normalised paths")
         if not isinstance(blind, list) or not all(isinstance(t, str) for t in blind):
             raise AgentError(f"{source}: role {role!r}: 'blind' must be a list of task names")

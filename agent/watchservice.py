@@ -44,20 +44,39 @@ POLL_S = 0.5  # the thread looks at its stop event this often
 
 # -- watch.json: the cycle's hand-off ------------------------------------------------------------
 
-def read_set(paths: StatePaths) -> dict[str, RolePaths] | None:
-    """The managed set of the last checks; None when there is none. AgentError naming the file when it
-    cannot be read or is not a watch set."""
+MAX_SET_BYTES = 64 << 20  # watch.json of 10,000 paths is about 1 MB; more is not a watch set
+
+
+def _read_bytes(paths: StatePaths) -> bytes | None:
+    """watch.json's bytes (at most MAX_SET_BYTES); None when there is none. AgentError naming the file
+    when it cannot be read or is larger."""
     try:
-        text = paths.watch_set.read_text(encoding="utf-8")
+        with paths.watch_set.open("rb") as f:
+            data = f.read(MAX_SET_BYTES + 1)
     except FileNotFoundError:
         return None
     except OSError as e:
         raise AgentError(f"{paths.watch_set}: cannot read: {e.strerror}") from e
+    if len(data) > MAX_SET_BYTES:
+        raise AgentError(f"{paths.watch_set}: larger than {MAX_SET_BYTES} bytes: not a watch set")
+    return data
+
+
+def _parse(paths: StatePaths, data: bytes) -> dict[str, RolePaths]:
+    """watch.json's bytes -> {role: RolePaths}; AgentError naming the file for bytes that are not UTF-8,
+    not JSON (or nested too deep to parse), or not a watch set."""
     try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise AgentError(f"{paths.watch_set}: not JSON: {e}") from e
-    return watchpaths.from_json(data, str(paths.watch_set))
+        parsed = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise AgentError(f"{paths.watch_set}: not JSON: {str(e)[:200]}") from e
+    return watchpaths.from_json(parsed, str(paths.watch_set))
+
+
+def read_set(paths: StatePaths) -> dict[str, RolePaths] | None:
+    """The managed set of the last checks; None when there is none. AgentError naming the file when it
+    cannot be read or is not a watch set."""
+    data = _read_bytes(paths)
+    return None if data is None else _parse(paths, data)
 
 
 def write_set(paths: StatePaths, found: Mapping[str, RolePaths], *, limited_to: Iterable[str] | None,
@@ -202,10 +221,10 @@ class WatchService:
                 if counted:
                     log.debug("watched paths changed: %s", ", ".join(sorted(counted)[:5]))
                     self.wake.set()
-            except (OSError, ValueError) as e:  # the fd closed under us (stopping), or a broken read
-                if self._stop.is_set():
+            except Exception as e:  # the fd closed under us (stopping), a broken read, or a bug: a dead
+                if self._stop.is_set():  # thread would leave status saying "watch: on" and watch nothing
                     return
-                log.error("the watcher failed: %s; retrying", e)
+                log.error("the watcher failed: %s: %s; retrying", type(e).__name__, e)
                 self._stop.wait(POLL_S)
 
     # -- the managed set ------------------------------------------------------------------------
@@ -214,18 +233,12 @@ class WatchService:
         """Read watch.json and re-arm the watcher for its paths (only the difference). A bad file keeps
         the previous table, with one log line."""
         try:
-            text = self.paths.watch_set.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            text = None
-        except OSError as e:
-            log.error("cannot read the watch set: %s; keeping the previous one", e)
-            return
-        digest = None if text is None else hashlib.sha256(text.encode()).hexdigest()
-        if digest == self._set_digest and digest is not None:
-            return
-        try:
-            table = {} if text is None else watchpaths.from_json(json.loads(text), str(self.paths.watch_set))
-        except (ValueError, AgentError) as e:
+            data = _read_bytes(self.paths)
+            digest = None if data is None else hashlib.sha256(data).hexdigest()
+            if digest == self._set_digest and digest is not None:
+                return
+            table = {} if data is None else _parse(self.paths, data)
+        except AgentError as e:
             log.error("%s; keeping the previous watch set", e)
             return
         with self._lock:
@@ -235,7 +248,7 @@ class WatchService:
             self.table = table
             self.state = self.watcher.watch(p for entry in table.values() for p in entry.paths)
         self._set_digest = digest
-        del text
+        del data
         self._say_fallback()
         self.write_state()
 

@@ -145,7 +145,9 @@ def test_the_daemon_watches_managed_paths(cli, write_config, tmp_path: Path) -> 
         assert conf.read_text() == "version=hand-edited-in-detect-mode\n"
         assert fourth["watch"]["unwatched"] == 1 and fourth["watch"]["unwatched_roles"] == ["app"]
         assert "cap of 1 directory watches" in fourth["watch"]["reason"]
-        metrics = (tmp_path / "metrics.prom").read_text()
+        # the child writes the textfile after its report (agent/cli_cycle.py): wait for it, do not race it
+        metrics = wait_for(lambda: (m := tmp_path / "metrics.prom").exists() and m.read_text(), 30,
+                           "the metrics textfile")
         assert 'gitops_agent_watch_paths{host="testhost",state="unwatched"} 1' in metrics, metrics
         assert 'gitops_agent_watch_paths{host="testhost",state="watched"} 2' in metrics
 

@@ -178,3 +178,32 @@ def test_a_file_in_the_way_of_a_managed_path_is_watched_until_a_directory_replac
     assert str(managed) in changes(watcher)
     managed.write_text("x")
     assert changes(watcher) == {str(managed)}
+
+
+@pytest.mark.parametrize("order", ["link first", "directory first"])
+def test_one_directory_by_two_paths_is_one_watch_that_both_keep_and_drop(
+        tmp_path: Path, watcher: Watcher, order: str) -> None:
+    """/var/run -> /run (or a bind mount): the kernel gives one inode one wd, whichever path named it."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var/run").symlink_to(tmp_path / "run")
+    by_link, by_dir = str(tmp_path / "var/run/a.pid"), str(tmp_path / "run/b.conf")
+    first, second = (by_link, by_dir) if order == "link first" else (by_dir, by_link)
+    assert watcher.watch({first, second}).directories == 1
+    (tmp_path / "run/a.pid").write_text("1\n")
+    (tmp_path / "run/b.conf.tmp").write_text("x\n")
+    os.rename(tmp_path / "run/b.conf.tmp", tmp_path / "run/b.conf")  # a rename-over
+    assert changes(watcher) == {by_link, by_dir}
+    assert watcher.watch({first}).directories == 1
+    assert watcher.watch(set()).directories == 0
+    for again in ({second}, {first, second}, {first}):  # no stale wd for either path
+        watcher.watch(again)
+        (tmp_path / "run/a.pid").write_text("2\n")
+        (tmp_path / "run/b.conf").write_text("2\n")
+        assert changes(watcher) == again
+    shutil.rmtree(tmp_path / "run")  # the directory goes: both paths changed and wait at their parents
+    (tmp_path / "run").mkdir()
+    changes(watcher)
+    watcher.watch({first, second})
+    (tmp_path / "run/b.conf").write_text("3\n")
+    assert by_dir in changes(watcher)

@@ -105,6 +105,37 @@ def test_result_paths_normalises_and_tells_blind_tasks(res: dict[str, Any],
     assert result_paths("ini_file", res) == expected
 
 
+def _args(**module_args: str) -> dict[str, Any]:
+    return {"changed": True, "invocation": {"module_args": module_args}}
+
+
+@pytest.mark.parametrize(("module", "res", "expected"), [
+    # check mode, the file would be created: only the arguments name it (as ansible-core 2.x reports)
+    ("copy", _args(src="files/a.conf", dest="/etc/app/"), ("/etc/app/a.conf",)),
+    ("template", _args(src="templates/app.conf.j2", dest="/etc/app/"), ("/etc/app/app.conf.j2",)),
+    ("copy", _args(src="/srv/a.conf", dest="/etc/app"), ("/etc/app",)),  # a file, or a directory: unknown
+    ("copy", _args(content="x", dest="/etc/app.conf"), ("/etc/app.conf",)),
+    ("copy", _args(src="files/tree/", dest="/etc/tree/"), ("/etc/tree",)),  # a tree: its root
+    # a result that names the file says which it is
+    ("copy", {"dest": "/etc/app/a.conf", "invocation": {"module_args": {"src": "a.conf", "dest": "/etc/app/"}}},
+     ("/etc/app/a.conf",)),
+    ("lineinfile", _args(path="/etc/app/", src="x"), ("/etc/app",)),
+])
+def test_a_copy_or_template_into_a_directory_watches_the_file_it_writes(
+        module: str, res: dict[str, Any], expected: tuple[str, ...]) -> None:
+    assert result_paths(module, res) == expected
+
+
+@pytest.mark.parametrize("module", ["cron", "mount", "ansible.posix.mount", "ansible.posix.sysctl",
+                                    "ansible.posix.authorized_key", "apt_repository", "hostname",
+                                    "community.docker.docker_container", "known_hosts", "git"])
+def test_a_module_that_changes_state_the_table_does_not_know_is_blind_not_ignored(module: str) -> None:
+    events = [{"event": "runner_on_ok", "event_data": {
+        "playbook": "/TMP/repo/playbooks/base.yml", "host": "web1", "task": "Some state",
+        "task_action": module, "task_uuid": "u1", "res": {"changed": True}}}]
+    assert managed_paths(events) == {"base": RolePaths("base", frozenset(), ("Some state",))}
+
+
 def test_modules_that_manage_no_path_name_none() -> None:
     for module in ("command", "shell", "debug", "set_fact", "slurp", "stat", "include_tasks"):
         assert result_paths(module, {"path": "/etc/x"}) == ()

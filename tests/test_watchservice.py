@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import watchservice
 from agent.errors import AgentError
 from agent.paths import StatePaths
 from agent.report import Trigger
@@ -37,17 +38,48 @@ def test_a_limited_check_replaces_only_its_roles_and_excluded_roles_are_left_out
     assert read_set(paths) == roles(db=["/etc/db2.conf"])
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("{", "watch.json: not JSON"),
-    ('{"version": 2, "roles": {}}', "not a version 1 watch set"),
-    ('{"version": 1, "roles": {"web": {"paths": ["etc/x"]}}}', "role 'web': 'paths' must be a list of absolute"),
-])
-def test_a_bad_watch_set_is_one_line_naming_the_file(tmp_path: Path, text: str, message: str) -> None:
+BAD_SETS = [
+    (b"{", "watch.json: not JSON"),
+    (b'{"version": 2, "roles": {}}', "not a version 1 watch set"),
+    (b'{"version": true, "roles": {}}', "not a version 1 watch set"),
+    (b'{"version": 1, "roles": {"web": {"paths": ["etc/x"]}}}', "role 'web': 'paths' must be a list of absolute"),
+    (b'{"version": 1, "roles": {"web": {"paths": ["/etc/x\\u0000y"]}}}', "role 'web': 'paths' must be a list"),
+    (b'\xff\xfe{"version": 1}', "watch.json: not JSON: 'utf-8' codec"),  # not UTF-8
+    (b"[" * 100_000 + b"]" * 100_000, "watch.json: not JSON: maximum recursion depth"),  # nested too deep
+]
+
+
+@pytest.mark.parametrize(("data", "message"), BAD_SETS)
+def test_a_bad_watch_set_is_one_line_naming_the_file(tmp_path: Path, data: bytes, message: str) -> None:
     paths = StatePaths(tmp_path)
-    paths.watch_set.write_text(text)
+    paths.watch_set.write_bytes(data)
     with pytest.raises(AgentError, match=message) as caught:
         read_set(paths)
     assert "\n" not in str(caught.value)
+    write_set(paths, roles(web=["/etc/web.conf"]), limited_to=["web"])  # the child replaces it
+    assert read_set(paths) == roles(web=["/etc/web.conf"])
+
+
+def test_a_bad_or_huge_watch_set_keeps_the_daemons_previous_set(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    state = StatePaths(tmp_path)
+    write_set(state, roles(web=[str(tmp_path / "web.conf")]), limited_to=None)
+    service = WatchService(state, threading.Event())
+    try:
+        service.reload()
+        before = service.table
+        for data, _ in BAD_SETS:
+            state.watch_set.write_bytes(data)
+            service.reload()  # one log line, never an exception out of the daemon's loop
+            assert service.table == before
+        monkeypatch.setattr(watchservice, "MAX_SET_BYTES", 100)
+        state.watch_set.write_text(json.dumps({"version": 1, "roles": {}}) + " " * 200)
+        service.reload()
+        assert service.table == before
+        with pytest.raises(AgentError, match=r"watch\.json: larger than 100 bytes"):
+            read_set(state)
+    finally:
+        service.close()
 
 
 def test_report_info_and_status_line_from_the_daemons_state(tmp_path: Path) -> None:
@@ -138,5 +170,36 @@ def test_a_cap_on_watches_leaves_paths_unwatched_and_says_which_roles(tmp_path: 
         assert "cap of 1 directory watches" in data["reason"]
         info = report_info(state, Trigger.SCHEDULE)
         assert info is not None and info.unwatched == 1
+    finally:
+        service.close()
+
+
+def test_the_watcher_thread_survives_a_failure_of_any_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    target = tmp_path / "web.conf"
+    state = StatePaths(tmp_path / "state")
+    state.root.mkdir()
+    write_set(state, roles(web=[str(target)]), limited_to=None)
+    wake = threading.Event()
+    service = WatchService(state, wake, debounce_s=0.1)
+    real_read, failures = service.watcher.read, [KeyError(7), RuntimeError("a bug")]
+
+    def read(timeout_s: float | None) -> set[str]:
+        if failures:
+            raise failures.pop(0)
+        return real_read(timeout_s)
+
+    monkeypatch.setattr(service.watcher, "read", read)
+    service.start()
+    try:
+        target.write_text("1\n")
+        deadline = time.monotonic() + 10
+        while failures and time.monotonic() < deadline:
+            time.sleep(0.05)
+        target.write_text("2\n")
+        assert wake.wait(5)
+        assert service._thread.is_alive()
+        assert "the watcher failed: KeyError: 7; retrying" in caplog.text
+        assert "the watcher failed: RuntimeError: a bug; retrying" in caplog.text
     finally:
         service.close()
