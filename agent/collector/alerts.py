@@ -166,7 +166,8 @@ def group(changes: list[HostChange]) -> list[Alert]:
 
 
 VERBS = {"drifting": "started drifting", "failing": "started failing", "stale": "stopped reporting (stale)",
-         "recovered": "recovered"}
+         "recovered": "recovered",
+         "halted": "failed a rollout wave, which halted the rollout"}
 
 
 def summary(alert: Alert) -> str:

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.collector import api, notify, notify_views, ui
+from agent.collector import api, notify, notify_views, rollout_api, ui
 from agent.collector.context import Collector
 from agent.collector.errors import CollectorError, InvalidReportError
 
@@ -69,11 +69,13 @@ ROUTES = [
     Route("/healthz", api.healthz),
     Route("/metrics", api.metrics),
     notify_views.API_ROUTE,
+    *rollout_api.API_ROUTES,
 ]
 
 
 def create_app(collector: Collector) -> Starlette:
-    pages = [*ui.ROUTES, notify_views.PAGE_ROUTE]  # the web UI (not in the OpenAPI document)
+    # the web UI (not in the OpenAPI document)
+    pages = [*ui.ROUTES, notify_views.PAGE_ROUTE, *rollout_api.PAGE_ROUTES]
     app = Starlette(routes=[*ROUTES, *pages], lifespan=notify.lifespan, exception_handlers={
         CollectorError: _collector_error,
         SQLAlchemyError: _database_error,

@@ -46,6 +46,7 @@ class CollectorSettings:
     client_cert_required: bool = False
     alert_grouping: Grouping = field(default_factory=Grouping)
     public_urls: tuple[str, ...] = ()  # where browsers reach the collector (a proxy's https://NAME)
+    operators: tuple[str, ...] = ()  # reader names allowed to halt, resume, skip and approve rollouts
 
 
 @dataclass
