@@ -47,6 +47,7 @@ class CollectorSettings:
     alert_grouping: Grouping = field(default_factory=Grouping)
     public_urls: tuple[str, ...] = ()  # where browsers reach the collector (a proxy's https://NAME)
     operators: tuple[str, ...] = ()  # reader names allowed to halt, resume, skip and approve rollouts
+    rollout_cache_s: float = 2.0  # how long an agents' rollout answer is served from memory (rollout_api)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -85,6 +86,27 @@ async def get_rollout(request: Request) -> Response:
     collector = _collector(request)
     await collector.db(ingest_principal, collector.engine, request)
     commit, digest = request.path_params["commit"], _policy_param(request)
+    body, etag = await _cached_answer(request, collector, commit, digest)
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+async def _cached_answer(
+    request: Request, collector: Collector, commit: str, digest: str
+) -> tuple[bytes, str]:
+    """The answer and its ETag, computed at most once per ``settings.rollout_cache_s`` per process
+    (docs/rollout.md, Cache: thousands of agents polling ask for the same few answers)."""
+    cache: dict[tuple[str, str], tuple[float, bytes, str]] | None = getattr(
+        request.app.state, "rollout_answers", None
+    )
+    if cache is None:
+        cache = request.app.state.rollout_answers = {}
+    key, now_m = (commit, digest), time.monotonic()
+    hit = cache.get(key)
+    if hit is not None and hit[0] > now_m:
+        return hit[1], hit[2]
     result = await collector.db(
         rollout_store.answer,
         collector.engine,
@@ -95,10 +117,11 @@ async def get_rollout(request: Request) -> Response:
     )
     body = json.dumps(result, separators=(",", ":"), sort_keys=True).encode()
     etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-    headers = {"ETag": etag, "Cache-Control": "no-cache"}
-    if request.headers.get("if-none-match") == etag:
-        return Response(status_code=304, headers=headers)
-    return Response(body, media_type="application/json", headers=headers)
+    if collector.settings.rollout_cache_s > 0:
+        if len(cache) > 1000:
+            cache.clear()
+        cache[key] = (now_m + collector.settings.rollout_cache_s, body, etag)
+    return body, etag
 
 
 async def put_policy(request: Request) -> Response:

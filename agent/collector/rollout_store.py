@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -210,51 +210,82 @@ def _skipped(conn: Connection, commit: str) -> set[str]:
     }
 
 
+@dataclass(frozen=True)
+class _Evaluation:
+    policy: Policy
+    first_seen_at: datetime
+    rows: list[Any]
+    recorded: dict[str, datetime]
+    state: RolloutState
+    halted: dict[str, Any] | None
+
+    def new_met(self) -> list[tuple[str, datetime]]:
+        return [
+            (w.name, w.criteria_met_at)
+            for w in self.state.waves
+            if w.criteria_met_at is not None and w.name not in self.recorded
+        ]
+
+    def halt_wave(self, conn: Connection, commit: str) -> str | None:
+        """The wave to halt automatically now, if any (not while halted, and once per wave)."""
+        if self.state.halt_reason is None or self.halted is not None:
+            return None
+        wave = self.state.halt_reason.split(":", 1)[0].removeprefix("wave ")
+        return None if _auto_halted(conn, commit, wave) else wave
+
+
+def _evaluate(conn: Connection, commit: str, digest: str) -> _Evaluation:
+    known = _policy(conn, commit, digest)
+    if known is None:
+        raise NotFoundError(UNKNOWN_POLICY)
+    policy, first_seen_at = known
+    rows = _rows(conn, commit, digest)
+    recorded = _met(conn, commit, digest)
+    if not rows:  # no host reported on the commit yet: the wave sizes are unknown, nothing is met
+        state = RolloutState(
+            tuple(WaveState(w.name, 0, 0, 0, recorded.get(w.name)) for w in policy.waves), None
+        )
+    else:
+        state = rollout_state(
+            policy,
+            first_seen_at=first_seen_at,
+            sizes=_sizes(rows),
+            recorded_met_at=recorded,
+            outcomes=[HostOutcome(r.host, r.wave, Outcome(r.outcome), r.at) for r in rows],
+        )
+    return _Evaluation(policy, first_seen_at, rows, recorded, state, _halt(conn, commit))
+
+
 def answer(
     engine: Engine, commit: str, digest: str, *, now: datetime, notify: Notify = Notify()
 ) -> dict[str, Any]:
     """The rollout state of (commit, policy digest) for agents (docs/rollout.md, What the collector
     answers), recording new criteria times and an automatic halt (with its alert). NotFoundError
-    ``unknown policy`` when the collector has no policy for the pair: the agent then sends it."""
+    ``unknown policy`` when the collector has no policy for the pair: the agent then sends it.
+
+    Read-only unless there is something new to record; then again inside a write transaction, so two
+    collector processes record each time and each halt once."""
     check_commit(commit)
     check_digest(digest, "policy")
-    with db.write(engine) as conn:
-        known = _policy(conn, commit, digest)
-        if known is None:
-            raise NotFoundError(UNKNOWN_POLICY)
-        policy, first_seen_at = known
-        rows = _rows(conn, commit, digest)
-        recorded = _met(conn, commit, digest)
-        if not rows:  # no host reported on the commit yet: the wave sizes are unknown, nothing is met
-            state = RolloutState(
-                tuple(WaveState(w.name, 0, 0, 0, recorded.get(w.name)) for w in policy.waves), None
-            )
-        else:
-            state = rollout_state(
-                policy,
-                first_seen_at=first_seen_at,
-                sizes=_sizes(rows),
-                recorded_met_at=recorded,
-                outcomes=[HostOutcome(r.host, r.wave, Outcome(r.outcome), r.at) for r in rows],
-            )
-        for wave in state.waves:
-            if wave.criteria_met_at is not None and wave.name not in recorded:
+    with engine.connect() as conn:
+        found = _evaluate(conn, commit, digest)
+        pending = bool(found.new_met()) or found.halt_wave(conn, commit) is not None
+    if pending:
+        with db.write(engine) as conn:
+            found = _evaluate(conn, commit, digest)
+            for wave_name, met_at in found.new_met():
                 store._insert_ignore(
                     conn,
                     rollout_waves,
-                    {
-                        "commit": commit,
-                        "policy_digest": digest,
-                        "wave": wave.name,
-                        "criteria_met_at": wave.criteria_met_at,
-                    },
+                    {"commit": commit, "policy_digest": digest, "wave": wave_name, "criteria_met_at": met_at},
                 )
-        halted = _halt(conn, commit)
-        if state.halt_reason is not None and halted is None:
-            wave_name = state.halt_reason.split(":", 1)[0].removeprefix("wave ")
-            if not _auto_halted(conn, commit, wave_name):
-                _record_halt(conn, commit, wave_name, state.halt_reason, rows, now=now, notify=notify)
-                halted = _halt(conn, commit)
+            halt_wave = found.halt_wave(conn, commit)
+            if halt_wave is not None and found.state.halt_reason is not None:
+                _record_halt(
+                    conn, commit, halt_wave, found.state.halt_reason, found.rows, now=now, notify=notify
+                )
+                found = replace(found, halted=_halt(conn, commit))
+    with engine.connect() as conn:
         skipped = _skipped(conn, commit)
         approved = sorted(
             p
@@ -265,8 +296,8 @@ def answer(
     return {
         "commit": commit,
         "policy_digest": digest,
-        "first_seen_at": format_time(first_seen_at),
-        "halted": halted,
+        "first_seen_at": format_time(found.first_seen_at),
+        "halted": found.halted,
         "waves": [
             {
                 "name": w.name,
@@ -276,7 +307,7 @@ def answer(
                 "criteria_met_at": format_time(w.criteria_met_at) if w.criteria_met_at else None,
                 "skipped": w.name in skipped,
             }
-            for w in state.waves
+            for w in found.state.waves
         ],
         "approved_plans": approved,
     }

@@ -14,13 +14,15 @@ from sqlalchemy import Engine, select
 
 from agent.collector import rollout_store, tokens
 from agent.collector.alerts import Webhook
-from agent.collector.context import CollectorSettings
+from agent.collector.app import create_app
+from agent.collector.context import Collector, CollectorSettings
 from agent.collector.tables import rollout_actions, webhook_deliveries
 from agent.collector.tokens import TokenKind
 from agent.gate import HostView, decide_gate, plan_digest
 from agent.report import GateState, RolloutInfo, Status, WaveSize
 from agent.rollout import parse_policy
 from agent.rollout_answer import facts_from_data
+from tests.collector.conftest import ASGIClient
 from tests.factory import BASE_TIME, COMMIT_A, make_report
 
 POLICY_TEXT = """\
@@ -57,7 +59,7 @@ HOOK = Webhook("http://127.0.0.1:9/hook")
 
 @pytest.fixture
 def settings() -> CollectorSettings:
-    return CollectorSettings(operators=("alice",), webhooks=(HOOK,))
+    return CollectorSettings(operators=("alice",), webhooks=(HOOK,), rollout_cache_s=0)
 
 
 def rollout_report(
@@ -193,6 +195,18 @@ def test_an_older_report_does_not_replace_a_newer_outcome(client, token_for, sen
     send(rollout_report("c1", "canary", status=Status.FAILED, minutes=5))  # late delivery of an older run
     canary = ask(client, token_for).json()["waves"][0]
     assert (canary["converged"], canary["failed"]) == (1, 0)
+
+
+def test_the_answer_is_cached_briefly_per_process(engine, token_for, send, clock):
+    """With a cache time, an answer is served from memory until it passes (agents poll in thousands)."""
+    cached = ASGIClient(create_app(Collector(engine, CollectorSettings(rollout_cache_s=3600), now=clock)))
+    try:
+        put_policy(cached, token_for)
+        first = ask(cached, token_for).json()
+        send(rollout_report("c1", "canary"))
+        assert ask(cached, token_for).json() == first  # within the cache time: the same answer
+    finally:
+        cached.close()
 
 
 def test_the_answer_has_an_etag(client, token_for, send):
