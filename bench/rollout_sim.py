@@ -33,6 +33,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -92,7 +93,23 @@ class Sim:
     started: float = field(default_factory=time.monotonic)
     latencies: list[float] = field(default_factory=list)
     asks: int = 0
+    retries: int = 0
+    report_waiting: bool = False
     failed_report_at: float | None = None  # when the report that broke the criteria was acknowledged
+
+
+async def call(client: httpx.AsyncClient, sim: Sim, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """One request, again after a dropped keep-alive connection (uvicorn closes idle ones after 5 s;
+    the agent's sender retries the same way)."""
+    for attempt in range(4):
+        try:
+            return await client.request(method, url, **kwargs)
+        except httpx.TransportError:
+            sim.retries += 1
+            if attempt == 3:
+                raise
+            await asyncio.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 async def report(
@@ -110,7 +127,10 @@ async def report(
         run_id=str(uuid.uuid4()),
         drift=(),
     )
-    response = await client.post(
+    response = await call(
+        client,
+        sim,
+        "POST",
         f"{sim.url}/api/v1/reports",
         content=to_json(body),
         headers={"Authorization": f"Bearer {agent.token}", "Content-Type": "application/json"},
@@ -122,15 +142,18 @@ async def ask(client: httpx.AsyncClient, sim: Sim, agent: Agent) -> dict[str, ob
     url = f"{sim.url}/api/v1/rollouts/{sim.commit}?policy={sim.digest}"
     auth = {"Authorization": f"Bearer {agent.token}"}
     started = time.perf_counter()
-    response = await client.get(url, headers=auth)
+    response = await call(client, sim, "GET", url, headers=auth)
     if response.status_code == 404:
-        put = await client.put(
+        put = await call(
+            client,
+            sim,
+            "PUT",
             f"{sim.url}/api/v1/rollouts/{sim.commit}/policy?policy={sim.digest}",
             content=sim.text.encode(),
             headers=auth,
         )
         put.raise_for_status()
-        response = await client.get(url, headers=auth)
+        response = await call(client, sim, "GET", url, headers=auth)
     sim.latencies.append(time.perf_counter() - started)
     sim.asks += 1
     response.raise_for_status()
@@ -175,7 +198,7 @@ async def run_agent(
             ):
                 sim.failed_report_at = time.monotonic() - sim.started
             return
-        if agent.reported != decision.state.value:
+        if sim.report_waiting and agent.reported != decision.state.value:
             agent.reported = decision.state.value
             await report(client, sim, agent, decision.state, decision.reason, Status.DRIFTED)
         await asyncio.sleep(sim.poll_s)
@@ -205,7 +228,8 @@ def show(name: str, sim: Sim, order: list[str]) -> None:
     print(
         f"\n== {name}: {len(sim.agents)} agents, poll {sim.poll_s:g}s, {sim.asks} asks, "
         f"ask latency p50 {statistics.median(sim.latencies) * 1000:.0f} ms, "
-        f"p99 {sorted(sim.latencies)[int(len(sim.latencies) * 0.99)] * 1000:.0f} ms"
+        f"p99 {sorted(sim.latencies)[int(len(sim.latencies) * 0.99)] * 1000:.0f} ms, "
+        f"{sim.retries} retried connections"
     )
     print(f"{'wave':8} {'hosts':>6} {'applied':>8} {'first apply s':>14} {'last apply s':>13}")
     for wave in order:

@@ -21,6 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -103,24 +104,28 @@ async def _cached_answer(
     )
     if cache is None:
         cache = request.app.state.rollout_answers = {}
-    key, now_m = (commit, digest), time.monotonic()
-    hit = cache.get(key)
-    if hit is not None and hit[0] > now_m:
-        return hit[1], hit[2]
-    result = await collector.db(
-        rollout_store.answer,
-        collector.engine,
-        commit,
-        digest,
-        now=collector.now(),
-        notify=notify_of(collector),
-    )
-    body = json.dumps(result, separators=(",", ":"), sort_keys=True).encode()
-    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-    if collector.settings.rollout_cache_s > 0:
-        if len(cache) > 1000:
-            cache.clear()
-        cache[key] = (now_m + collector.settings.rollout_cache_s, body, etag)
+    lock: anyio.Lock | None = getattr(request.app.state, "rollout_lock", None)
+    if lock is None:
+        lock = request.app.state.rollout_lock = anyio.Lock()
+    key = (commit, digest)
+    async with lock:  # one computation at a time: requests arriving meanwhile take its result
+        hit = cache.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1], hit[2]
+        result = await collector.db(
+            rollout_store.answer,
+            collector.engine,
+            commit,
+            digest,
+            now=collector.now(),
+            notify=notify_of(collector),
+        )
+        body = json.dumps(result, separators=(",", ":"), sort_keys=True).encode()
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        if collector.settings.rollout_cache_s > 0:
+            if len(cache) > 1000:
+                cache.clear()
+            cache[key] = (time.monotonic() + collector.settings.rollout_cache_s, body, etag)
     return body, etag
 
 

@@ -171,20 +171,21 @@ def _halt(conn: Connection, commit: str) -> dict[str, Any] | None:
 
 
 def _rows(conn: Connection, commit: str, digest: str) -> list[Any]:
-    return list(
-        conn.execute(
-            select(rollout_hosts).where(
-                rollout_hosts.c.commit == commit, rollout_hosts.c.policy_digest == digest
-            )
-        )
-    )
+    """The hosts that converged or failed (pending ones count for nothing): host, wave, outcome, at."""
+    h = rollout_hosts.c
+    return list(conn.execute(select(h.host, h.wave, h.outcome, h.at).where(
+        h.commit == commit, h.policy_digest == digest, h.outcome != Outcome.PENDING.value)))
 
 
-def _sizes(rows: list[Any]) -> dict[str, int]:
-    """The wave sizes of the latest report (every host computed the same from the same commit)."""
-    if not rows:
-        return {}
-    sizes: dict[str, int] = json.loads(max(rows, key=lambda r: r.at).wave_sizes)
+def _sizes(conn: Connection, commit: str, digest: str) -> dict[str, int] | None:
+    """The wave sizes of the latest report (every host computed the same from the same commit); None
+    before any host reported on the commit."""
+    h = rollout_hosts.c
+    text = conn.execute(select(h.wave_sizes).where(h.commit == commit, h.policy_digest == digest)
+                        .order_by(h.at.desc()).limit(1)).scalar()
+    if text is None:
+        return None
+    sizes: dict[str, int] = json.loads(text)
     return sizes
 
 
@@ -241,7 +242,8 @@ def _evaluate(conn: Connection, commit: str, digest: str) -> _Evaluation:
     policy, first_seen_at = known
     rows = _rows(conn, commit, digest)
     recorded = _met(conn, commit, digest)
-    if not rows:  # no host reported on the commit yet: the wave sizes are unknown, nothing is met
+    sizes = _sizes(conn, commit, digest)
+    if sizes is None:  # no host reported on the commit yet: the wave sizes are unknown, nothing is met
         state = RolloutState(
             tuple(WaveState(w.name, 0, 0, 0, recorded.get(w.name)) for w in policy.waves), None
         )
@@ -249,7 +251,7 @@ def _evaluate(conn: Connection, commit: str, digest: str) -> _Evaluation:
         state = rollout_state(
             policy,
             first_seen_at=first_seen_at,
-            sizes=_sizes(rows),
+            sizes=sizes,
             recorded_met_at=recorded,
             outcomes=[HostOutcome(r.host, r.wave, Outcome(r.outcome), r.at) for r in rows],
         )
