@@ -6,6 +6,8 @@ One collector and one repo are shared by the cases below, in order (each cycle c
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -17,6 +19,7 @@ import pytest
 import yaml
 
 from agent import config as config_mod
+from agent import render
 from agent.cycle import Cycle, CycleOptions
 from agent.inventory import RunPlan
 from agent.report import GateState, Report, RolloutInfo, Status, WaveSize, to_json
@@ -75,7 +78,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             config.write_text(yaml.safe_dump({
                 "host": HOST, "source": {"url": str(repo.path)}, "state_dir": str(tmp / "state"),
                 "lock_wait": "0s", "collector": {"url": collector.url, "token_file": str(tmp / "token")}}))
-            yield {"cfg": config_mod.load(config), "collector": collector, "secrets": secrets, "repo": repo}
+            yield {"cfg": config_mod.load(config), "config": config, "collector": collector, "secrets": secrets, "repo": repo}
         finally:
             collector.stop()
 
@@ -135,6 +138,12 @@ def test_a_halted_rollout_holds_the_next_commit(setup):
     assert held.rollout is not None and held.rollout.gate is GateState.HALTED
     assert held.rollout.reason == "halted: wave canary: 1 of 1 failed, at most 0 allowed"
     assert held.rollout.enforcing_commit not in (None, commit)  # the converged commit of the test above
+    # `gitops-agent status` says the same (it reads the last report of the state directory)
+    assert render.rollout_text(held) == (f"rollout: wave rest, halted: wave canary: 1 of 1 failed, at most 0 "
+                                         f"allowed (enforcing {held.rollout.enforcing_commit[:12]})")
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--config", str(setup["config"])],
+                         capture_output=True, text=True, check=False).stdout
+    assert render.rollout_text(held) in out.splitlines()
 
 
 def test_a_broken_policy_is_a_failed_plan_naming_the_key(setup):
