@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from agent.collector import rollout_store, ui_auth
+from agent.collector import queries, rollout_store, ui_auth
 from agent.collector.auth import ingest_principal, reader_principal
 from agent.collector.errors import (
     BadRequestError,
@@ -275,7 +275,41 @@ async def page_action(request: Request) -> Response:
             reader=principal.name,
             link=lambda **_: "/",
         )
-    return RedirectResponse(f"/commits/{sha}", status_code=303, headers=SECURITY_HEADERS)
+    return RedirectResponse(f"/commits/{sha}/rollout", status_code=303, headers=SECURITY_HEADERS)
+
+
+async def page(request: Request) -> Response:
+    """The commit's rollout control page: waves with progress and criteria, the halt, halt/resume and
+    skip forms, plans pending approval with their diff, windows and freezes, the action log."""
+    collector, sha = _collector(request), request.path_params["sha"]
+    principal = await collector.db(ui_auth.page_reader, collector, request)
+    if principal is None:
+        return ui_auth.login_redirect(request)
+    common: dict[str, Any] = {
+        "now": collector.now(),
+        "path": request.url.path,
+        "reader": principal.name,
+        "link": lambda **_: request.url.path,
+    }
+    try:
+        rollout_store.check_commit(sha)
+        view = await collector.db(
+            rollout_store.view, collector.engine, sha, now=collector.now(), notify=notify_of(collector)
+        )
+        if view is None:
+            raise NotFoundError(
+                f"commit {sha[:12]}: no rollout known (no host reported a rollout.yml for it)"
+            )
+        roles = set(view["approve_roles"])
+        for plan in view["pending_plans"]:
+            run = await collector.db(queries.get_run, collector.engine, plan["run_id"])
+            plan["drift"] = [d for d in run["report"].get("drift", []) if d.get("role") in roles]
+    except CollectorError as e:
+        return render_page("error.html", e.status, message=str(e), **common)
+    operator = principal.name in collector.settings.operators
+    return render_page(
+        "rollout.html", sha=sha, view=view, operator=operator, api=f"/api/v1/rollouts/{sha}/control", **common
+    )
 
 
 API_ROUTES = [
@@ -285,4 +319,7 @@ API_ROUTES = [
     Route("/api/v1/rollouts/{commit}/actions", post_action, methods=["POST"]),
     Route("/api/v1/rollouts/{commit}/approvals", post_approvals, methods=["POST"]),
 ]
-PAGE_ROUTES = [Route("/commits/{sha}/rollout", page_action, methods=["POST"])]
+PAGE_ROUTES = [
+    Route("/commits/{sha}/rollout", page_action, methods=["POST"]),
+    Route("/commits/{sha}/rollout", page, methods=["GET"]),
+]

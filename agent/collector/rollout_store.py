@@ -524,6 +524,7 @@ def view(engine: Engine, commit: str, *, now: datetime, notify: Notify = Notify(
         "other_policies": digests[1:],
         "answer": current,
         "criteria": _criteria_text(policy[0]),
+        "approve_roles": list(policy[0].approve_roles),
         "log": log,
         "pending_plans": [p for p in plans.values() if p["approved"] is None],
         "approved_plans": [p for p in plans.values() if p["approved"] is not None],
