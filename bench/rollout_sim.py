@@ -95,6 +95,7 @@ class Sim:
     latencies: list[float] = field(default_factory=list)
     asks: int = 0
     retries: int = 0
+    gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
     report_waiting: bool = False
     failed_report_at: float | None = None  # when the report that broke the criteria was acknowledged
 
@@ -104,7 +105,8 @@ async def call(client: httpx.AsyncClient, sim: Sim, method: str, url: str, **kwa
     the agent's sender retries the same way)."""
     for attempt in range(4):
         try:
-            return await client.request(method, url, **kwargs)
+            async with sim.gate:  # never more waiters than connections (httpx's pool is slow with thousands)
+                return await client.request(method, url, **kwargs)
         except httpx.TransportError:
             sim.retries += 1
             if attempt == 3:
