@@ -26,7 +26,7 @@ lint: venv
 test: venv
 	bash .ci/system-deps
 	$(MAKE) lint
-	. .ci/test-env && $(BIN)/pytest -m "not fleet and not heavy" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	. .ci/test-env && $(BIN)/pytest -m "not fleet and not heavy" -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 unit: venv
 	$(BIN)/pytest -m "not ansible and not fleet" $(PYTEST_ARGS)

@@ -52,10 +52,15 @@ def _run_through_daemon(cfg: config.AgentConfig, pid: int, check_only: bool) -> 
     paths = StatePaths(cfg.state_dir)
     request_id = control.submit(paths, pid, check_only=check_only)
     print(f"gitops-agent: the daemon (pid {pid}) runs this cycle; waiting for it", file=sys.stderr)
-    control.wait(paths, request_id, pid=pid, timeout_s=cfg.schedule.timeout_s * 2 + 120)
-    report = StateStore(cfg.state_dir).last_report()
+    answer = control.wait(paths, request_id, pid=pid, timeout_s=cfg.schedule.timeout_s * 2 + 120)
+    store = StateStore(cfg.state_dir)
+    if answer.run_id is None:
+        raise AgentError(f"the daemon ran the cycle ({answer.status}) but named no report of it; "
+                         "see its log (journalctl -u gitops-agent)")
+    report = store.report_of(answer.run_id)
     if report is None:
-        raise AgentError("the daemon ran the cycle but left no report")
+        raise AgentError(f"the daemon ran the cycle as run {answer.run_id} ({answer.status}), "
+                         f"but its report is not in {store.history_dir}")
     return report
 
 

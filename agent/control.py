@@ -5,9 +5,10 @@ fight it for the cycle lock.
   stops (`remove_pid`); `daemon_pid` finds it (None when there is none, it is dead, or the caller is one
   of the daemon's own cycle processes, which carry CHILD_ENV).
 - `run` writes requests/<id>.json ({"check_only": bool}) and sends SIGUSR1 (`submit`), then polls for
-  requests/<id>.done (`wait`); the report is the daemon's last_run.json.
+  requests/<id>.done (`wait`), giving up when the daemon dies or the deadline passes; the report is the
+  history file of the run the answer names (a later cycle may already have replaced last_run.json).
 - The daemon reads requests/*.json (`pending`; an unreadable one is dropped), runs the cycle, writes
-  requests/<id>.done ({"status": ...}) and removes the request (`complete`).
+  requests/<id>.done ({"status": ..., "run_id": ... or null}) and removes the request (`complete`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ CHILD_ENV = "GITOPS_AGENT_DAEMON_CHILD"  # set in the environment of the daemon'
 class Request:
     id: str
     check_only: bool
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The daemon's answer to a request: the cycle's status (a report status value) and its run_id
+    (None when the cycle process left no report)."""
+    status: str
+    run_id: str | None
 
 
 def write_pid(paths: StatePaths) -> None:
@@ -61,16 +70,39 @@ def submit(paths: StatePaths, pid: int, *, check_only: bool) -> str:
     return request_id
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
+
 def wait(paths: StatePaths, request_id: str, *, pid: int, timeout_s: float,
-         sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
-    """Until the daemon answered the request; AgentError after `timeout_s`."""
+         sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+         alive: Callable[[int], bool] = _alive) -> Answer:
+    """Until the daemon answered the request: its answer. AgentError when the daemon `pid` stops before
+    it answered, or after `timeout_s` (seconds)."""
     done = paths.requests / f"{request_id}.done"
     deadline = clock() + timeout_s
     while not done.exists():
+        if not alive(pid) and not done.exists():
+            (paths.requests / f"{request_id}.json").unlink(missing_ok=True)
+            raise AgentError(f"the daemon (pid {pid}) stopped before it ran the requested cycle; "
+                             "see its log (journalctl -u gitops-agent)")
         if clock() > deadline:
             raise AgentError(f"the daemon (pid {pid}) did not run the requested cycle in time")
         sleep(0.5)
+    try:
+        data = json.loads(done.read_text(encoding="utf-8"))
+        run_id = data.get("run_id")
+        answer = Answer(str(data["status"]), run_id if isinstance(run_id, str) else None)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        answer = Answer("unknown", None)  # unreadable: no run named
     done.unlink(missing_ok=True)
+    return answer
 
 
 def pending(paths: StatePaths) -> list[Request]:
@@ -85,7 +117,9 @@ def pending(paths: StatePaths) -> list[Request]:
     return found
 
 
-def complete(paths: StatePaths, request: Request, status: str) -> None:
-    """Answer a request: the cycle it asked for ended with `status` (a report status value)."""
-    atomic_write(paths.requests / f"{request.id}.done", json.dumps({"status": status}).encode())
+def complete(paths: StatePaths, request: Request, status: str, run_id: str | None = None) -> None:
+    """Answer a request: the cycle it asked for ended with `status` (a report status value) in the run
+    `run_id` (None when it left no report)."""
+    answer = {"status": status, "run_id": run_id}
+    atomic_write(paths.requests / f"{request.id}.done", json.dumps(answer).encode())
     (paths.requests / f"{request.id}.json").unlink(missing_ok=True)

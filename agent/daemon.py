@@ -309,7 +309,8 @@ class Daemon:
             self.cycle_running = None
         self.outbox_clear = False  # the child delivered; whatever it left is retried at the next poll
         if request is not None:
-            control.complete(self.paths, request, outcome.status.value)
+            control.complete(self.paths, request, outcome.status.value,
+                             outcome.report.run_id if outcome.report else None)
         if outcome.commit:
             self.last_commit = outcome.commit
         now = self.clock()

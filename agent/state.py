@@ -235,6 +235,15 @@ class StateStore:
             old.unlink(missing_ok=True)
         return path
 
+    def report_of(self, run_id: str) -> Report | None:
+        """The report of run `run_id` from history/; None when it is not there (pruned) or unreadable."""
+        for path in self.history_dir.glob(f"*-{run_id}.json"):
+            try:
+                return report_codec.from_dict(_read_json(path))
+            except (OSError, StateError, ReportError) as e:
+                log.warning("%s: %s", path, e)
+        return None
+
     def last_report(self) -> Report | None:
         """The last report; None when there is none, or when last_run.json cannot be read (logged):
         an unreadable file is "no previous report", never a reason to stop."""

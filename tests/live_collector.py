@@ -10,11 +10,13 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -88,18 +90,21 @@ class CollectorProcess:
         self.client_cert = client_cert
         self.url = f"{'https' if ca_file else 'http'}://{address}:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.stderr: IO[bytes] | None = None
+        self.log = ""
 
     def start(self, timeout_s: float = 30.0) -> CollectorProcess:
         cmd = [sys.executable, "-m", "agent.collector.cli", "serve", "--listen", f"{self.address}:{self.port}",
                "--db", self.db_url, "--log-level", "warning", *self.extra]
         # its own process group, so that stopping it also stops any worker processes it forked
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        # stderr goes to a file, not a pipe: a pipe nobody reads fills up and blocks a collector that logs
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in kill(), it outlives this call)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.stderr,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise RuntimeError(f"collector exited: {err}")
+                raise RuntimeError(f"collector exited: {self.log_text()}")
             try:
                 verify = self.tls_context() if self.ca_file else True
                 if httpx.get(f"{self.url}/healthz", timeout=1.0, verify=verify).status_code == 200:
@@ -108,6 +113,13 @@ class CollectorProcess:
                 pass
             time.sleep(0.1)
         raise RuntimeError("collector did not become healthy in time")
+
+    def log_text(self) -> str:
+        """What the collector has written to stderr so far (its log; kept after it stopped)."""
+        if self.stderr is not None:
+            self.stderr.seek(0)
+            self.log = self.stderr.read().decode(errors="replace")
+        return self.log
 
     def tls_context(self) -> ssl.SSLContext:
         """Trusts the collector's CA and presents `client_cert` (certificate, key) when given."""
@@ -130,9 +142,11 @@ class CollectorProcess:
                 self.proc.wait(timeout=30)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers (workers) of this group only
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
         self.proc = None
+        if self.stderr is not None:
+            self.log_text()
+            self.stderr.close()
+            self.stderr = None
 
     def stop(self) -> None:
         self.kill(signal.SIGTERM)

@@ -26,10 +26,11 @@ def test_a_request_goes_from_submit_to_pending_to_complete_to_wait(tmp_path: Pat
     (found,) = control.pending(where)
     assert found == control.Request(request_id, True)
     assert not (where.requests / "junk.json").exists()
-    control.complete(where, found, "in_sync")
+    control.complete(where, found, "in_sync", "run-1")
     assert control.pending(where) == []
-    assert json.loads((where.requests / f"{request_id}.done").read_text()) == {"status": "in_sync"}
-    control.wait(where, request_id, pid=4242, timeout_s=1)
+    answer = json.loads((where.requests / f"{request_id}.done").read_text())
+    assert answer == {"status": "in_sync", "run_id": "run-1"}
+    assert control.wait(where, request_id, pid=4242, timeout_s=1) == control.Answer("in_sync", "run-1")
     assert not (where.requests / f"{request_id}.done").exists()
 
 
@@ -40,8 +41,35 @@ def test_wait_gives_up_after_its_timeout(tmp_path: Path) -> None:
         now[0] += seconds
 
     with pytest.raises(AgentError, match=r"the daemon \(pid 7\) did not run the requested cycle in time"):
-        control.wait(StatePaths(tmp_path), "nope", pid=7, timeout_s=3, sleep=sleep, clock=lambda: now[0])
+        control.wait(StatePaths(tmp_path), "nope", pid=7, timeout_s=3, sleep=sleep, clock=lambda: now[0],
+                     alive=lambda pid: True)
     assert now[0] == pytest.approx(3.5)
+
+
+def test_wait_stops_at_once_when_the_daemon_dies_and_withdraws_the_request(tmp_path: Path) -> None:
+    where = StatePaths(tmp_path)
+    where.requests.mkdir(parents=True)
+    (where.requests / "r1.json").write_text('{"check_only": false}')
+    states = iter([True, True, False])
+    slept: list[float] = []
+    with pytest.raises(AgentError, match=r"the daemon \(pid 7\) stopped before it ran the requested cycle"):
+        control.wait(where, "r1", pid=7, timeout_s=600, sleep=slept.append, alive=lambda pid: next(states))
+    assert slept == [0.5, 0.5]  # not the 600 s deadline
+    assert control.pending(where) == []  # a later daemon does not run a cycle nobody waits for
+
+
+def test_the_report_is_the_named_runs_even_when_a_later_cycle_replaced_last_run(tmp_path: Path) -> None:
+    from agent.report import Status
+    from agent.state import StateStore
+    from tests.factory import make_report
+
+    store = StateStore(tmp_path)
+    asked, later = make_report("web01", status=Status.CORRECTED), make_report("web01", status=Status.IN_SYNC)
+    store.write_report(asked)
+    store.write_report(later)  # the next scheduled cycle finished before `run` read the answer
+    assert store.last_report() == later
+    assert store.report_of(asked.run_id) == asked
+    assert store.report_of("no-such-run") is None
 
 
 def test_daemon_pid_is_the_live_one_and_never_the_daemons_own_child(tmp_path: Path,

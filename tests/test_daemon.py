@@ -108,7 +108,7 @@ def test_requests_from_run_are_served_first(tmp_path: Path) -> None:
     (requests / "abc.json").write_text(json.dumps({"check_only": True}))
     assert d.run_once() is Trigger.MANUAL
     assert fakes.spawned == [(Trigger.MANUAL, True)]
-    assert json.loads((requests / "abc.done").read_text()) == {"status": "in_sync"}
+    assert json.loads((requests / "abc.done").read_text()) == {"status": "in_sync", "run_id": None}  # the fake cycle left no report
     assert not (requests / "abc.json").exists()
 
 

@@ -7,7 +7,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from agent.collector import params, queries, store
@@ -67,7 +67,8 @@ async def post_report(request: Request) -> Response:
         created = await collector.db(store.ingest, collector.engine, report, raw,
                                      received_at=received_at, expect=collector.settings.expect)
     except Exception as e:
-        result = f"rejected_{e.status}" if isinstance(e, CollectorError) else "error"
+        result = (f"rejected_{e.status}" if isinstance(e, CollectorError)
+                  else "disconnected" if isinstance(e, ClientDisconnect) else "error")
         collector.metrics.observe_ingest(result, time.perf_counter() - started)
         raise
     result = "created" if created else "duplicate"

@@ -12,7 +12,7 @@ import logging
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -50,6 +50,13 @@ async def _data_error(request: Request, exc: Exception) -> Response:
     return _error_body("the database refused a value of this report", 422)
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client closed the connection before its body arrived: nobody is left to answer, and it is no
+    # fault of the collector's (an agent killed mid-send retries from its outbox), so one line at info.
+    log.info("client went away before its body arrived: %s %s", request.method, request.url.path)
+    return Response(status_code=400)
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return _error_body(str(exc.detail), exc.status_code)
@@ -81,6 +88,7 @@ def create_app(collector: Collector) -> Starlette:
         SQLAlchemyError: _database_error,
         DataError: _data_error,
         HTTPException: _http_error,
+        ClientDisconnect: _client_gone,
     })
     app.state.collector = collector
     return app

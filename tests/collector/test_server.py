@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 import httpx
 import pytest
 
@@ -55,3 +58,26 @@ def test_several_worker_processes(engine, db_url):
                 assert response.status_code == 201
     finally:
         process.stop()
+
+
+def test_a_client_gone_mid_body_is_one_log_line_and_counted_not_a_traceback(engine, db_url):
+    ingest = tokens.create(engine, TokenKind.INGEST, "web01", now=BASE_TIME)[1]
+    reader = {"Authorization": f"Bearer {tokens.create(engine, TokenKind.READER, 'ops', now=BASE_TIME)[1]}"}
+    process = CollectorProcess(db_url, None).start()
+    try:
+        for _ in range(3):  # agents killed while sending: headers and part of the body, then gone
+            with socket.create_connection((process.address, process.port), timeout=10) as sock:
+                sock.sendall(b"POST /api/v1/reports HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Authorization: Bearer " + ingest.encode() + b"\r\n"
+                             b"Content-Length: 5000\r\n\r\n" + b'{"schema_version": 1, ')
+        metrics = ""
+        deadline = time.monotonic() + 10
+        while 'result="disconnected"} 3' not in metrics and time.monotonic() < deadline:
+            time.sleep(0.1)
+            metrics = httpx.get(f"{process.url}/metrics", headers=reader, timeout=10).text
+        assert 'gitops_reports_ingested_total{result="disconnected"} 3' in metrics, metrics
+        assert 'result="error"' not in metrics
+    finally:
+        process.stop()
+    log = process.log_text()
+    assert "Traceback" not in log and "ClientDisconnect" not in log, log
