@@ -46,11 +46,13 @@ def _stop(proc: subprocess.Popen[bytes], why: str) -> None:
 
 def run_cycle(config_path: Path, store: StateStore, trigger: Trigger, check_only: bool, *, timeout_s: float,
               stop: threading.Event, grace_s: float, ping: Callable[[], None],
-              destination: Callable[[Report], str] | None = None) -> CycleOutcome:
+              destination: Callable[[Report], str] | None = None,
+              roles: tuple[str, ...] | None = None) -> CycleOutcome:
     """Run one cycle in a child process; return what its report says (and, with `destination`, where
-    the report went: the child delivers it before it exits)."""
+    the report went: the child delivers it before it exits). `roles`: check only these (a watch check)."""
     argv = [sys.executable, "-m", "agent.cli", "run", "--config", str(config_path),
-            "--trigger", trigger.value, *(["--check"] if check_only else [])]
+            "--trigger", trigger.value, *(["--check"] if check_only else []),
+            *(["--roles", ",".join(roles)] if roles else [])]
     before = store.last_report()
     started = time.monotonic()
     stop_by: float | None = None

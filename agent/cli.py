@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the report (schema v1) as JSON")
     run.add_argument("--trigger", choices=[t.value for t in Trigger], default="manual",
                      help=argparse.SUPPRESS)  # set by the daemon for its cycles
+    run.add_argument("--roles", default=None,
+                     help=argparse.SUPPRESS)  # the daemon's watch checks: only these roles (a,b)
     status = add("status", cmd_status, "the last run (status, commit, drift count), pause, the daemon "
                                        "(running, pid, next check, a cycle in progress), the outbox")
     status.add_argument("--json", action="store_true", help="machine-readable")

@@ -75,8 +75,9 @@ def _run_here(cfg: config.AgentConfig, args: argparse.Namespace,
     view = None if refusal else _progress_view()
     cycle = Cycle(cfg, parts=wiring.cycle_parts(cfg), cancel=cancelled.is_set, progress=view)
     try:
+        roles = tuple(r for r in args.roles.split(",") if r) if getattr(args, "roles", None) else None
         report = cycle.run(CycleOptions(trigger=Trigger(args.trigger), check_only=args.check,
-                                        refusal=refusal))
+                                        refusal=refusal, roles=roles))
     finally:
         if view is not None:
             view.close()
@@ -159,13 +160,14 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     runner: daemon.Daemon | None = None
     last_error: list[str | None] = [None]
 
-    def spawn(trigger: Trigger, check_only: bool) -> daemon.CycleOutcome:
+    def spawn(trigger: Trigger, check_only: bool,
+              roles: tuple[str, ...] | None = None) -> daemon.CycleOutcome:
         assert runner is not None
         current = runner.config
         return child.run_cycle(path, store, trigger, check_only, timeout_s=current.schedule.timeout_s,
                                stop=runner.stop, grace_s=current.schedule.stop_grace_s,
                                ping=_watchdog_ping,
-                               destination=lambda r: delivery.destination(current, r.run_id))
+                               destination=lambda r: delivery.destination(current, r.run_id), roles=roles)
 
     def build(current: config.AgentConfig) -> daemon.Parts:
         """The probe (over a Git source) and the redelivery (over a sender), from one configuration: built

@@ -9,10 +9,11 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agent import __version__, config, daemon, delivery, preflight, render
+from agent import __version__, config, daemon, delivery, preflight, render, watchservice
 from agent import report as report_codec
 from agent.cli_common import colour, load
 from agent.errors import AgentError, ConfigError
+from agent.paths import StatePaths
 from agent.report import Pause, Report, exit_code
 from agent.state import StateStore
 
@@ -57,6 +58,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     waiting = len(delivery.outbox(cfg).pending())
     sent = delivery.last_state(cfg)
     found, alive = _daemon_state(cfg)
+    watching = watchservice.read_state(StatePaths(cfg.state_dir)) if alive else None
     if args.json:
         print(json.dumps({
             "last_run": report_codec.to_dict(last) if last else None,
@@ -64,6 +66,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "daemon": _daemon_json(found, alive),
             "pause": report_codec.encode(pause) if pause else None,
             "outbox_depth": waiting,
+            "watch": watching,  # the daemon's watch of managed paths (docs/watch.md); None: no daemon
             "delivery": None if sent is None else {
                 "at": report_codec.format_time(sent.at), "error": sent.error, "remaining": sent.remaining},
         }, indent=2))
@@ -75,6 +78,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             next_check_at=found.next_check_at if found else None,
             cycle_trigger=found.cycle_trigger if found else None,
             cycle_started_at=found.cycle_started_at if found else None, now=now))
+        if watching is not None:
+            print(watchservice.status_line(watching))
         print(render.delivery_text(collector=bool(cfg.collector.url), waiting=waiting,
                                    error=sent.error if sent and waiting else None,
                                    at=sent.at if sent else None, now=now))

@@ -99,6 +99,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("redact", _regex_list, [], "regexes: what they match in reports becomes [REDACTED]"),
     Setting("vault_password_file", _opt_string, None,
             "Ansible Vault password file (mode 0600); vault values are redacted from reports"),
+    Setting("watch", _boolean, True,
+            "the daemon watches the paths the last check managed (inotify) and checks their roles "
+            "within seconds of a change (docs/watch.md)"),
+    Setting("watch_exclude", _string_list, [], "roles whose paths are never watched (scheduled checks only)"),
+    Setting("watch_debounce", _duration, "2s",
+            "a watched change starts a check once the watched paths were quiet this long"),
+    Setting("watch_contested_flips", _positive_int, 3,
+            "a path put back this many times within an hour after the agent corrected it is contested: "
+            "its changes no longer start checks"),
+    Setting("watch_max_watches", _positive_int, 0,
+            "inotify watches (one per directory) the daemon may use at most (0: up to the kernel's "
+            "fs.inotify.max_user_watches); paths past it are checked on the schedule only"),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 _SECTIONS = {s.name.split(".")[0] for s in SETTINGS if "." in s.name}
@@ -170,6 +182,11 @@ class AgentConfig:
     vault_password_file: Path | None = None
     ansible: AnsibleConfig = AnsibleConfig()
     path: Path | None = None
+    watch: bool = True  # the daemon watches managed paths (docs/watch.md)
+    watch_exclude: tuple[str, ...] = ()  # roles never watched
+    watch_debounce_s: float = 2.0
+    watch_contested_flips: int = 3
+    watch_max_watches: int = 0  # 0: no cap of our own
 
 
 def _flatten(data: dict[str, Any], origin: str) -> dict[str, Any]:
@@ -253,6 +270,10 @@ def _build(v: dict[str, Any], base: Path, origin: str) -> AgentConfig:
     if v["outbox.max_reports"] < 1:
         raise ConfigError(f"{origin}: 'outbox.max_reports' must be at least 1")
     outbox = OutboxConfig(v["outbox.max_reports"], v["outbox.max_bytes"])
+    if not 0 < v["watch_debounce"] <= 30:
+        raise ConfigError(f"{origin}: 'watch_debounce' must be more than 0s and at most 30s")
+    if v["watch_contested_flips"] < 1:
+        raise ConfigError(f"{origin}: 'watch_contested_flips' must be at least 1")
     state_dir = _resolve_path(v["state_dir"], base)
     assert state_dir is not None
     return AgentConfig(
@@ -265,6 +286,8 @@ def _build(v: dict[str, Any], base: Path, origin: str) -> AgentConfig:
                                          "vault_password_file"),
         ansible=AnsibleConfig(v["ansible.strategy"], v["ansible.gather_subset"],
                               v["ansible.fact_cache_timeout"]),
+        watch=v["watch"], watch_exclude=v["watch_exclude"], watch_debounce_s=v["watch_debounce"],
+        watch_contested_flips=v["watch_contested_flips"], watch_max_watches=v["watch_max_watches"],
     )
 
 

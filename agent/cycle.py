@@ -31,6 +31,7 @@ from agent import (
     requirements,
     runner,
     vault,
+    watchservice,
     wiring,
 )
 from agent import verdict as verdict_of
@@ -86,6 +87,8 @@ class CycleOptions:
     # A local problem found before the cycle (the CLI's preflight: e.g. an unsafe token file): the
     # attempt is reported as an error at phase fetch, and nothing is fetched or run.
     refusal: str | None = None
+    # Check only these roles (a watch check: the roles whose watched paths changed); None: all of them.
+    roles: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -284,7 +287,9 @@ class Cycle:
         state = replace(state, last_commit=revision.commit)
         attempt.phase = Phase.PLAN
         self._emit(PhaseStarted("plan"))
-        attempt.plan = plan = self._without_broken_roles(attempt, self._plan(revision))
+        full = self._plan(revision)
+        limited = self._limited(full, options)
+        attempt.plan = plan = self._without_broken_roles(attempt, limited)
         attempt.warnings.extend(ansible_env.warnings(ansible_cfg.load(revision.path),
                                                      inventory=plan.inventory))
         self._emit(PhaseDone("plan", f"roles: {', '.join(attempt.plan.roles) or '-'}"))
@@ -293,6 +298,7 @@ class Cycle:
             return state
         attempt.phase = Phase.CHECK
         check = self._ansible(attempt, plan, RunMode.CHECK, "check")
+        self._hand_off_watch_set(plan, check, options)
         verdict = self._judge(check, plan, self._check_only_keys(state, revision.commit))
         ctx = DriftContext(commit=revision.commit, converged=frozenset(state.converged),
                            recurring=frozenset(state.recurring.get(revision.commit, ())))
@@ -305,7 +311,33 @@ class Cycle:
             # others did. Failed, and never counted as converged to this commit.
             attempt.status = Status.FAILED
             decided = replace(decided, converged=state.converged)
+        if limited is not full:  # a watch check of some roles says nothing of the others'
+            decided = replace(decided, converged=state.converged)
         return decided
+
+    @staticmethod
+    def _limited(plan: RunPlan, options: CycleOptions) -> RunPlan:
+        """The plan for only `options.roles` (a watch check); the whole plan when none of them is in it
+        any more (a new commit dropped them: then a full check is the right one)."""
+        if options.roles is None:
+            return plan
+        kept = [(r, p) for r, p in zip(plan.roles, plan.playbooks, strict=True) if r in options.roles]
+        if not kept:
+            return plan
+        return replace(plan, roles=tuple(r for r, _ in kept), playbooks=tuple(p for _, p in kept))
+
+    def _hand_off_watch_set(self, plan: RunPlan, check: RunResult, options: CycleOptions) -> None:
+        """The paths each role managed in this check, for the daemon's watcher (state_dir/watch.json).
+        Best effort: a watch set that cannot be written leaves the schedule to find drift, as without
+        watching."""
+        if not self.config.watch:
+            return
+        try:
+            watchservice.write_set(self.store.paths, check.managed,
+                                   limited_to=plan.roles if options.roles is not None else None,
+                                   exclude=self.config.watch_exclude)
+        except OSError as e:
+            log.warning("cannot write the watch set: %s", describe_os_error(e))
 
     @staticmethod
     def _check_only_keys(state: AgentState, commit: str) -> frozenset[str]:
@@ -522,4 +554,5 @@ class Cycle:
             pause=attempt.pause, warnings=tuple(dict.fromkeys(attempt.warnings)),
             rollout=attempt.rollout,
         )
+        report = replace(report, watch=watchservice.report_info(self.store.paths, options.trigger))
         return report, new_state

@@ -48,6 +48,7 @@ from agent.fsutil import atomic_write
 from agent.paths import StatePaths
 from agent.redact import redact_url
 from agent.report import Report, Status, Trigger, format_time, parse_time
+from agent.watchservice import Batch, WatchService
 
 log = logging.getLogger(__name__)
 BACKOFF_CAP_INTERVALS = 4
@@ -173,7 +174,8 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-Spawn = Callable[[Trigger, bool], CycleOutcome]  # (trigger, check_only) -> outcome
+# (trigger, check_only) -> outcome; a watch check adds a third argument: the roles to check
+Spawn = Callable[..., CycleOutcome]
 Probe = Callable[[], str | None]  # the commit source.ref points at now; None when no source answers
 Redeliver = Callable[[bool], bool]  # (final) -> True when the outbox is delivered
 
@@ -220,6 +222,7 @@ class Daemon:
         self.next_full_at = self._slot(now)
         self.started_at = now
         self.cycle_running: tuple[Trigger, float] | None = None
+        self.watch: WatchService | None = None  # started by serve() when config.watch is on
 
     @property
     def paths(self) -> StatePaths:
@@ -246,6 +249,12 @@ class Daemon:
                 log.info("new commit: commit=%s previous=%s", commit[:12], (self.last_commit or "-")[:12])
                 self._cycle(Trigger.NEW_COMMIT)
                 return Trigger.NEW_COMMIT
+        batch = self.watch.take() if self.watch is not None else None
+        if batch is not None and batch.roles:
+            log.info("watched paths changed: roles=%s paths=%s%s", ",".join(batch.roles),
+                     ",".join(sorted(batch.paths)[:5]), " ..." if len(batch.paths) > 5 else "")
+            self._cycle(Trigger.WATCH, watch=batch)
+            return Trigger.WATCH
         if now >= self.next_full_at:
             trigger = Trigger.RETRY if self.failures else Trigger.SCHEDULE
             self._cycle(trigger)
@@ -298,15 +307,23 @@ class Daemon:
             self.loop_failures = 0
         return self.loop_failures == 0
 
-    def _cycle(self, trigger: Trigger, request: Request | None = None) -> None:
+    def _cycle(self, trigger: Trigger, request: Request | None = None, watch: Batch | None = None) -> None:
         sd_notify(f"STATUS=running a cycle ({trigger.value})")
         started = self.clock()
         self.cycle_running = (trigger, started)
         self.write_status()
+        if self.watch is not None:
+            self.watch.cycle_started(watch)  # what this cycle applies is its own: no watch check for it
+        outcome: CycleOutcome | None = None
         try:
-            outcome = self.spawn(trigger, request.check_only if request else False)
+            if watch is None:
+                outcome = self.spawn(trigger, request.check_only if request else False)
+            else:  # contested paths: this check reports them, and corrects nothing
+                outcome = self.spawn(trigger, watch.check_only, watch.roles)
         finally:
             self.cycle_running = None
+            if self.watch is not None:
+                self.watch.cycle_ended(watch, outcome.report if outcome is not None else None)
         self.outbox_clear = False  # the child delivered; whatever it left is retried at the next poll
         if request is not None:
             control.complete(self.paths, request, outcome.status.value,
@@ -347,7 +364,11 @@ class Daemon:
             log.error("reload refused, keeping the old configuration: %s", e)
             return
         old = self.config.source
+        watch_changed = _watch_settings(new) != _watch_settings(self.config)
         self.config = new
+        if watch_changed:  # start, stop or rebuild the watcher with the new settings
+            self.stop_watch()
+            self.start_watch()
         self.probe, self.redeliver = parts.probe, parts.redeliver
         self.outbox_clear = False  # a new collector (or token): try it at the next poll
         self.next_poll_at = self.clock()  # ask the (maybe new) source at once
@@ -356,6 +377,31 @@ class Daemon:
         moved = "" if (old.url, old.ref) == (new.source.url, new.source.ref) else \
             f" source: url={redact_url(new.source.url)} ref={new.source.ref}"
         log.info("configuration reloaded from %s%s", self.config_path, moved)
+
+    # -- watching managed paths (docs/watch.md) -----------------------------------------------
+
+    def start_watch(self) -> None:
+        """Watch the managed paths of the last checks when config.watch is on. When inotify cannot be
+        started at all, watching is off: scheduled checks only, said in status and the log."""
+        if not self.config.watch or self.watch is not None:
+            return
+        try:
+            self.watch = WatchService(self.paths, self.wake, debounce_s=self.config.watch_debounce_s,
+                                      contested_flips=self.config.watch_contested_flips,
+                                      max_watches=self.config.watch_max_watches or None)
+        except AgentError as e:
+            log.warning("watch: off, scheduled checks only: %s", e)
+            with contextlib.suppress(OSError):
+                atomic_write(self.paths.watch_state, json.dumps({"on": False, "reason": str(e)}).encode(),
+                             mode=0o644)
+            return
+        self.watch.start()
+
+    def stop_watch(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
+            self.watch = None
+        self.paths.watch_state.unlink(missing_ok=True)
 
     # -- serving ----------------------------------------------------------------------------
 
@@ -376,21 +422,30 @@ class Daemon:
         log.info("daemon started: host=%s interval_s=%g poll_s=%g splay_s=%g", self.config.host,
                  self.config.schedule.interval_s, self.config.schedule.poll_s, self.config.schedule.splay_s)
         watchdog = watchdog_interval_s()
+        self.start_watch()
         try:
             while not self.stop.is_set():
                 healthy = self._iterate()
                 if watchdog and healthy:  # a loop that keeps failing stops pinging: systemd restarts it
                     sd_notify("WATCHDOG=1")
                 due = min(self.next_poll_at, self.next_full_at) - self.clock()
+                watch_due = self.watch.due_in() if self.watch is not None else None
+                if watch_due is not None:
+                    due = min(due, watch_due)
                 self.wake.wait(max(0.0, min(due, watchdog or due)))
                 self.wake.clear()
         finally:
+            self.stop_watch()
             sd_notify("STOPPING=1")
             self.redeliver(True)
             control.remove_pid(paths)
             paths.daemon_status.unlink(missing_ok=True)
             log.info("daemon stopped")
         return 0
+
+
+def _watch_settings(cfg: config_mod.AgentConfig) -> tuple[object, ...]:
+    return (cfg.watch, cfg.watch_debounce_s, cfg.watch_contested_flips, cfg.watch_max_watches)
 
 
 def child_env() -> dict[str, Any]:

@@ -24,6 +24,10 @@ The layout (what the agent keeps; README.md lists it for operators). Owner: the 
                       (agent.runner)
   inventory-cache/    the inventory graph of recent commits (agent.invcache)
   syntax-checked      the key of the last plan whose playbooks all loaded (agent.cycle)
+  watch.json          the paths each role's last check managed, for the daemon's watcher (agent.cycle)
+  watch-state.json    what the daemon's watcher watches, what it cannot, contested paths, the changed
+                      paths of the watch check in progress (agent.watchservice; read by status and by
+                      the cycle for its report)
   *.corrupt-<time>    a state file that could not be read, kept for forensics (agent.state)
 Every file is written atomically (temp, fsync, rename), with mode 0600 unless it is meant for people
 (daemon.pid, daemon.json, delivery.json: 0644).
@@ -114,3 +118,11 @@ class StatePaths:
     @property
     def syntax_checked(self) -> Path:
         return self.root / "syntax-checked"
+
+    @property
+    def watch_set(self) -> Path:
+        return self.root / "watch.json"
+
+    @property
+    def watch_state(self) -> Path:
+        return self.root / "watch-state.json"

@@ -25,6 +25,7 @@ class Trigger(enum.StrEnum):
     NEW_COMMIT = "new_commit"
     MANUAL = "manual"
     RETRY = "retry"
+    WATCH = "watch"  # a watched managed path changed (docs/watch.md)
 
 
 class Mode(enum.StrEnum):
@@ -193,6 +194,31 @@ class RolloutInfo:
 
 
 @dataclass(frozen=True)
+class ContestedPath:
+    """A managed path another writer keeps putting back (docs/watch.md, 6)."""
+    path: str
+    flips: int  # times it changed again after the agent corrected it, within the window
+
+
+@dataclass(frozen=True)
+class WatchInfo:
+    """The daemon's watch of managed paths when this run started (extension of v1; docs/watch.md).
+
+    ``changed``: for a run with trigger ``watch``, the changed paths that started it (the first 20;
+    ``changed_count`` is all of them). ``unwatched``: managed paths past the inotify limits, checked by
+    the schedule only, ``reason`` says why and ``unwatched_roles`` which roles they belong to.
+    """
+    watched: int = 0
+    directories: int = 0
+    unwatched: int = 0
+    unwatched_roles: tuple[str, ...] = ()
+    reason: str | None = None
+    changed: tuple[str, ...] = ()
+    changed_count: int = 0
+    contested: tuple[ContestedPath, ...] = ()
+
+
+@dataclass(frozen=True)
 class Report:
     run_id: str
     host: str
@@ -222,6 +248,7 @@ class Report:
     warnings: tuple[str, ...] = ()
     truncated: bool = False  # shortened to stay under the report size cap (warnings say what)
     rollout: RolloutInfo | None = None  # None: no rollout.yml in the config repo, or not got that far
+    watch: WatchInfo | None = None  # None: not run by a daemon that watches managed paths
 
 
 # ---------------------------------------------------------------------------------------------

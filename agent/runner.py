@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from agent import ansible_cfg, ansible_env, events, gathering
+from agent import ansible_cfg, ansible_env, events, gathering, watchpaths
 from agent.ansible_env import RunEnv, Strategy
 from agent.errors import PlanError, RunnerError
 from agent.events import delegated_elsewhere, module_respawn_failed, unanswered_prompts
@@ -101,6 +101,8 @@ class RunResult:
     strategy: str = "linear"  # the strategy the plays ran with unless they named one
     fallback: str | None = None  # why mitogen's run was dropped and the run repeated with linear
     warnings: tuple[str, ...] = ()  # where this run knowingly differs from ansible-playbook, or asked
+    # The paths each of the plan's roles managed in this run (agent.watchpaths), for the daemon's watcher.
+    managed: dict[str, watchpaths.RolePaths] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -548,6 +550,8 @@ def _run(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
         warnings = (*_read_note_warnings(notes_file), *unanswered_prompts(collected),
                     *delegated_elsewhere(collected, plan.host))
         status, rc = RunStatus.of(str(runner.status)), runner.rc
+        managed = {role: found for role, found in watchpaths.managed_paths(collected, host=plan.host).items()
+                   if role in plan.roles}
     except Exception as e:
         raise RunnerError(f"ansible-runner could not run the {mode.value}: {e}") from e
     finally:
@@ -558,7 +562,7 @@ def _run(plan: RunPlan, mode: RunMode, settings: RunnerSettings, *,
               mode.value, status, rc, len(parsed.tasks), duration, run_env.strategy)
     return RunResult(mode=mode, status=status, rc=rc, parsed=parsed, duration_s=duration,
                      respawn_failed=module_respawn_failed(collected), strategy=run_env.strategy,
-                     warnings=tuple(dict.fromkeys(warnings)))
+                     warnings=tuple(dict.fromkeys(warnings)), managed=managed)
 
 
 def _facts(plan: RunPlan, settings: RunnerSettings,

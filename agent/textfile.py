@@ -45,4 +45,16 @@ def render(report: Report) -> str:
         "# TYPE gitops_agent_info gauge",
         f"gitops_agent_info{info} 1",
     ]
+    if report.watch is not None:  # the daemon watches managed paths (docs/watch.md)
+        w = report.watch
+        lines += [
+            "# HELP gitops_agent_watch_paths Managed paths the daemon watches, and those it cannot "
+            "(past the inotify limits: scheduled checks only).",
+            "# TYPE gitops_agent_watch_paths gauge",
+            f"gitops_agent_watch_paths{_labels(host=host, state='watched')} {w.watched}",
+            f"gitops_agent_watch_paths{_labels(host=host, state='unwatched')} {w.unwatched}",
+            "# HELP gitops_agent_watch_contested_paths Managed paths another writer keeps changing back.",
+            "# TYPE gitops_agent_watch_contested_paths gauge",
+            f"gitops_agent_watch_contested_paths{_labels(host=host)} {len(w.contested)}",
+        ]
     return "\n".join(lines) + "\n"

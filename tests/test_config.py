@@ -38,6 +38,15 @@ def test_urls_are_kept(url: str) -> None:
     ({"source": {"url": "x", "depth": -1}}, "'source.depth': expected a whole number"),
     ({"source": "x"}, "source: expected a mapping"),
     ([1, 2], "expected a mapping of settings at the top level"),
+    ({"source": {"url": "x"}, "watch": "on"}, "'watch': expected true or false"),
+    ({"source": {"url": "x"}, "watch": {"debounce": "2s"}}, "'watch': expected true or false"),
+    ({"source": {"url": "x"}, "watch_exclude": "db"}, "'watch_exclude': expected a list of strings"),
+    ({"source": {"url": "x"}, "watch_debounce": "soon"}, "'watch_debounce': 'soon' is not a duration"),
+    ({"source": {"url": "x"}, "watch_debounce": 0}, "'watch_debounce' must be more than 0s and at most 30s"),
+    ({"source": {"url": "x"}, "watch_debounce": "1m"}, "'watch_debounce' must be more than 0s and at most 30s"),
+    ({"source": {"url": "x"}, "watch_contested_flips": 0}, "'watch_contested_flips' must be at least 1"),
+    ({"source": {"url": "x"}, "watch_max_watches": -1}, "'watch_max_watches': expected a whole number"),
+    ({"source": {"url": "x"}, "watch_debounc": "1s"}, "unknown key 'watch_debounc'"),
 ])
 def test_bad_config_names_the_key(data: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -178,3 +187,13 @@ def test_merge_keys_may_still_be_overridden(tmp_path: Path) -> None:
 ])
 def test_unknown_keys_get_a_did_you_mean(key: str, hint: str | None) -> None:
     assert config.did_you_mean(key) == (f"; did you mean '{hint}'?" if hint else "")
+
+
+def test_watch_settings_default_on_with_a_per_role_opt_out() -> None:
+    cfg = config.validate({"source": {"url": "x"}})
+    assert (cfg.watch, cfg.watch_exclude, cfg.watch_debounce_s, cfg.watch_contested_flips,
+            cfg.watch_max_watches) == (True, (), 2.0, 3, 0)
+    cfg = config.validate({"source": {"url": "x"}, "watch": False, "watch_exclude": ["db"],
+                           "watch_debounce": 0.5, "watch_max_watches": 100})
+    assert (cfg.watch, cfg.watch_exclude, cfg.watch_debounce_s, cfg.watch_max_watches) == (
+        False, ("db",), 0.5, 100)

@@ -196,6 +196,15 @@ def test_textfile_metrics() -> None:
     assert 'gitops_agent_drift_items{host="web01",kind="corrective"} 1' in text
     assert 'gitops_agent_failed_tasks{host="web01"} 1' in text
     assert text.endswith("\n") and all(line.startswith(("#", "gitops_agent_")) for line in text.splitlines())
+    assert "gitops_agent_watch_paths" not in text  # no daemon watched: no watch metrics
+    from dataclasses import replace
+
+    from agent.report import ContestedPath, WatchInfo
+    watched = textfile.render(replace(sample(), watch=WatchInfo(
+        watched=7, unwatched=2, contested=(ContestedPath("/etc/a", 3),))))
+    assert 'gitops_agent_watch_paths{host="web01",state="watched"} 7' in watched
+    assert 'gitops_agent_watch_paths{host="web01",state="unwatched"} 2' in watched
+    assert 'gitops_agent_watch_contested_paths{host="web01"} 1' in watched
 
 
 def test_daemon_with_an_invalid_configuration_exits_78(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

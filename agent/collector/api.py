@@ -110,7 +110,7 @@ async def list_hosts(request: Request) -> Response:
 async def get_host(request: Request) -> Response:
     collector = await _reader(request)
     host = await collector.db(queries.get_host, collector.engine, request.path_params["host"],
-                                   stale_before=collector.stale_before())
+                              stale_before=collector.stale_before(), now=collector.now())
     return JSONResponse(host)
 
 
@@ -131,8 +131,12 @@ async def drift(request: Request) -> Response:
     """Current drift: grouped by task (group=task, default) or one row per host and task (group=host)."""
     collector, page = await _reader(request), _page(request)
     group, filters = params.drift_group(request.query_params), params.drift_filters(request.query_params)
-    query = queries.drift_by_task if group == "task" else queries.drift_items_now
-    listing = await collector.db(query, collector.engine, page, **filters)
+    if group == "task":
+        listing = await collector.db(queries.drift_by_task, collector.engine, page, now=collector.now(),
+                                     **filters)
+    else:
+        listing = await collector.db(queries.drift_items_now, collector.engine, page, now=collector.now(),
+                                     **filters)
     return JSONResponse(_listing(listing, page, group=group))
 
 

@@ -16,7 +16,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.collector import api, notify, notify_views, rollout_api, ui
+from agent.collector import api, notify, notify_views, review_views, rollout_api, ui
 from agent.collector.context import Collector
 from agent.collector.errors import CollectorError, InvalidReportError
 
@@ -76,13 +76,16 @@ ROUTES = [
     Route("/healthz", api.healthz),
     Route("/metrics", api.metrics),
     notify_views.API_ROUTE,
+    *review_views.API_ROUTES,
     *rollout_api.API_ROUTES,
 ]
 
 
 def create_app(collector: Collector) -> Starlette:
-    # the web UI (not in the OpenAPI document)
-    pages = [*ui.ROUTES, notify_views.PAGE_ROUTE, *rollout_api.PAGE_ROUTES]
+    # the web UI, and the drift review's actions (neither in the OpenAPI document)
+    pages = [*review_views.PAGE_ROUTES, *ui.ROUTES, notify_views.PAGE_ROUTE]
+    pages += review_views.API_ACTION_ROUTES
+    pages += rollout_api.PAGE_ROUTES
     app = Starlette(routes=[*ROUTES, *pages], lifespan=notify.lifespan, exception_handlers={
         CollectorError: _collector_error,
         SQLAlchemyError: _database_error,

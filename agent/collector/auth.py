@@ -63,9 +63,34 @@ def reader_principal(engine: Engine, conn: HTTPConnection, proxy: ProxyAuth | No
         if name:
             return Principal(TokenKind.READER, name)
     principal = _token_principal(engine, conn)
-    if principal.kind is not TokenKind.READER:
+    if principal.kind not in (TokenKind.READER, TokenKind.REVIEWER):
         raise ForbiddenError(
             "an ingest token cannot read; create one with `gitops-collector token create --reader NAME`")
+    return principal
+
+
+def proxy_user(conn: HTTPConnection, proxy: ProxyAuth | None) -> str | None:
+    """The trusted proxy's user name on this request, when the proxy is configured and is the peer."""
+    if proxy is None or conn.client is None or conn.client.host not in proxy.proxies:
+        return None
+    return conn.headers.get(proxy.header, "").strip() or None
+
+
+def may_review(principal: Principal, via_proxy: bool, reviewers: tuple[str, ...]) -> bool:
+    """A reviewer token, or a trusted-proxy user named in `serve --reviewer` (docs/drift-review.md)."""
+    return principal.kind is TokenKind.REVIEWER or (via_proxy and principal.name in reviewers)
+
+
+REVIEW_REFUSED = ("reviewing drift needs a reviewer: a token from `gitops-collector token create --reviewer "
+                  "NAME`, or a proxy user named with `serve --reviewer NAME`; readers can only read")
+
+
+def reviewer_principal(engine: Engine, conn: HTTPConnection, proxy: ProxyAuth | None,
+                       reviewers: tuple[str, ...]) -> Principal:
+    """Who may act on drift over the API: 401 without credentials, 403 for a reader or ingest token."""
+    principal = reader_principal(engine, conn, proxy)
+    if not may_review(principal, proxy_user(conn, proxy) is not None, reviewers):
+        raise ForbiddenError(REVIEW_REFUSED)
     return principal
 
 

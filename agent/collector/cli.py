@@ -99,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--trusted-header", help="reader name header set by a reverse proxy (off by default)")
     serve.add_argument("--trusted-proxy", action="append", default=None,
                        help="address of that proxy (repeatable; default 127.0.0.1 and ::1)")
+    serve.add_argument("--reviewer", action="append", default=[], metavar="USER",
+                       help="a --trusted-header user who may acknowledge and accept drift (repeatable); "
+                            "other proxy users only read")
     serve.add_argument("--public-metrics", action="store_true", help="serve /metrics without a token")
     serve.add_argument("--db-threads", type=int, default=8, help="threads for database calls, per process")
     serve.add_argument("--workers", type=int, default=1,
@@ -152,6 +155,8 @@ def _token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     who = create.add_mutually_exclusive_group(required=True)
     who.add_argument("host", nargs="?", help="host the ingest token is bound to")
     who.add_argument("--reader", metavar="NAME", help="create a reader token for a person or tool")
+    who.add_argument("--reviewer", metavar="NAME",
+                     help="create a reviewer token: reads, and acknowledges or accepts drift")
     listing = token.add_parser("list", parents=[common], help="list tokens (never the secrets)")
     listing.add_argument("--json", action="store_true", help="a JSON array instead of a table")
     revoke = token.add_parser("revoke", parents=[common], help="revoke tokens by id, prefix or name")
@@ -227,7 +232,7 @@ def _settings(args: argparse.Namespace) -> CollectorSettings:
                                                    max_string_chars=args.max_string),
                              client_cert_required=bool(args.tls_client_ca),
                              alert_grouping=Grouping(args.alert_group_wait, args.alert_group_interval),
-                             public_urls=_public_urls(args.public_url),
+                             public_urls=_public_urls(args.public_url), reviewers=tuple(args.reviewer),
                              operators=tuple(args.operator), rollout_cache_s=args.rollout_cache)
 
 
@@ -270,6 +275,8 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
 def _token(engine: Engine, args: argparse.Namespace) -> int:
     if args.action == "create":
         kind, name = (TokenKind.READER, args.reader) if args.reader else (TokenKind.INGEST, args.host)
+        if args.reviewer:
+            kind, name = TokenKind.REVIEWER, args.reviewer
         info, secret = tokens.create(engine, kind, name, now=utc_now())
         print(f"{kind.value} token {info.id} for {name!r} (prefix {info.prefix}); shown once, store it now:")
         print(secret)

@@ -46,6 +46,7 @@ class CollectorSettings:
     client_cert_required: bool = False
     alert_grouping: Grouping = field(default_factory=Grouping)
     public_urls: tuple[str, ...] = ()  # where browsers reach the collector (a proxy's https://NAME)
+    reviewers: tuple[str, ...] = ()  # trusted-proxy users who may act on drift (docs/drift-review.md)
     operators: tuple[str, ...] = ()  # reader names allowed to halt, resume, skip and approve rollouts
     rollout_cache_s: float = 2.0  # how long an agents' rollout answer is served from memory (rollout_api)
 

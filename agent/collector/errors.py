@@ -57,3 +57,9 @@ class NoDatabaseError(DatabaseError):
     """A command that must not create a database found none (exit 66, EX_NOINPUT, on the command line)."""
 
     exit_code = 66
+
+
+class InvalidActionError(CollectorError):
+    """A review action with a missing or wrong field (the message names it): 422."""
+
+    status = 422

@@ -192,9 +192,9 @@ def q_host(client: FleetClient, args: argparse.Namespace) -> tuple[Any, Show]:
         drift = h.get("drift", [])
         lines.append(f"drift: {len(drift)} task(s)" if drift else "drift: none")
         if drift:
-            lines += table(("KIND", "TASK", "ROLE", "MODULE", "DIFFS"),
-                           [(d["kind"], d["task"], d["role"] or "-", d["module"], d["diff_count"])
-                            for d in drift])
+            lines += table(("KIND", "TASK", "ROLE", "MODULE", "STATE", "SINCE"),
+                           [(d["kind"], d["task"], d["role"] or "-", d["module"], d["state"],
+                             s.when(d["first_seen_at"])) for d in drift])
         return lines
 
     return body, show

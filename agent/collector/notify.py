@@ -7,14 +7,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import anyio
 import httpx
 from starlette.applications import Starlette
 
-from agent.collector import notify_store, queries
-from agent.collector.alerts import group, mask_url, scrub_url
+from agent.collector import notify_store, queries, review_store
+from agent.collector.alerts import Alert, group, mask_url, scrub_url
 
 if TYPE_CHECKING:
     from agent.collector.context import Collector
@@ -39,7 +40,22 @@ class Notifier:
             await c.db(notify_store.record, c.engine, changes, alerts, c.settings.webhooks, now=now,
                        base_url=public, grouping=c.settings.alert_grouping)
             log.info("notify: %d host state change(s), %d alert(s)", len(changes), len(alerts))
+        await self.review(now)
         await self.deliver()
+
+    async def review(self, now: datetime) -> None:
+        """The drift review's tick: write down expired exceptions (their items reopen, audited), and queue
+        the exception alerts due (expiring within 7 days, expired), once each (docs/drift-review.md)."""
+        c = self.collector
+        await c.db(review_store.expire_exceptions, c.engine, now=now)
+        notices = await c.db(review_store.exception_notices, c.engine, now=now)
+        if not notices:
+            return
+        alerts = [Alert(n.kind, n.label, None, n.hosts, now, f"{n.kind}-{n.exception_id}",
+                        (now,) * len(n.hosts)) for n in notices]
+        await c.db(notify_store.queue_alerts, c.engine, alerts, c.settings.webhooks, now=now)
+        await c.db(review_store.mark_notified, c.engine, notices, now=now)
+        log.info("notify: %d drift exception alert(s)", len(notices))
 
     async def deliver(self) -> None:
         c = self.collector

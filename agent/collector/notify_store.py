@@ -90,6 +90,17 @@ def record(engine: Engine, changes: list[HostChange], alerts: list[Alert], webho
                 _queue(conn, hook, alert, now=now, grouping=grouping, base_url=base_url)
 
 
+def queue_alerts(engine: Engine, alerts: list[Alert], webhooks: tuple[Webhook, ...], *, now: datetime,
+                 base_url: str | None = None) -> None:
+    """Queue alerts that are not host state changes (the drift review's exception alerts) to go at once;
+    the (url, fingerprint) unique index keeps each from repeating."""
+    with db.write(engine) as conn:
+        for alert in alerts:
+            for hook in webhooks:
+                _queue(conn, hook, alert, now=now, grouping=Grouping(wait_s=0.0, interval_s=0.0),
+                       base_url=base_url)
+
+
 def _members(alert: Alert) -> str:
     return json.dumps([[h, format_time(t)] for h, t in zip(alert.hosts, alert.since, strict=True)])
 

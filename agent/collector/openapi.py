@@ -61,6 +61,16 @@ def _get(summary: str, params: list[dict[str, Any]], schema: str = "Object") -> 
                     "security": [{"bearer": []}]}}
 
 
+def _audit() -> dict[str, Any]:
+    summary = ("The drift review's audit log: JSON pages newest first, or the whole log oldest first as "
+               "JSON Lines or CSV")
+    operation = _get(summary, [_enum("format", "json (default) | jsonl | csv", ("json", "jsonl", "csv")),
+                               *PAGE_PARAMS])
+    operation["get"]["responses"]["200"]["content"].update({
+        "application/x-ndjson": {"schema": {"type": "string"}}, "text/csv": {"schema": {"type": "string"}}})
+    return operation
+
+
 def _ingest() -> dict[str, Any]:
     error = {"$ref": "#/components/responses/Error"}
     return {"post": {
@@ -106,7 +116,11 @@ def _paths() -> dict[str, Any]:
             _enum("group", "task (default): one row per task | host: one row per host and task",
                   ("task", "host")),
             _q("task", "exact task name"), _enum("kind", "drift kind", DRIFT_KINDS),
-            _q("role", "role of the drifting task"), _q("host", "exact host name"), *PAGE_PARAMS], "Listing"),
+            _q("role", "role of the drifting task"), _q("host", "exact host name"),
+            _enum("state", "current state of the item", ("open", "acknowledged", "accepted")), *PAGE_PARAMS],
+            "Listing"),
+        "/api/v1/drift/exceptions": _get("Drift exceptions (accepted drift until a date), newest first", []),
+        "/api/v1/drift/audit": _audit(),
         "/api/v1/commits": _get("Commits hosts reported, newest first, with hosts running and converged",
                                 PAGE_PARAMS, "Listing"),
         "/api/v1/commits/{sha}": _get("Rollout of one commit (sha or a unique prefix)", [

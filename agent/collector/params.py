@@ -52,7 +52,8 @@ DRIFT_KINDS = tuple(k.value for k in DriftKind)
 ORDERS = ("asc", "desc")
 DRIFT_GROUPS = ("task", "host")
 ROLLOUT_HOSTS = ("running", "not_reached")
-DRIFT_FILTERS = ("task", "kind", "role", "host")
+DRIFT_FILTERS = ("task", "kind", "role", "host", "state")
+DRIFT_STATES = ("open", "acknowledged", "accepted")  # the current states of a drift item
 
 
 class Query(Protocol):
@@ -149,9 +150,10 @@ def drift_group(q: Query) -> str:
 
 
 def drift_filters(q: Query) -> dict[str, str | None]:
-    """`task`, `kind`, `role` and `host` of the drift views (None: not filtered)."""
+    """`task`, `kind`, `role`, `host` and `state` of the drift views (None: not filtered)."""
     filters = {name: text(q, name) for name in DRIFT_FILTERS}
     filters["kind"] = choice(q, "kind", DRIFT_KINDS)
+    filters["state"] = choice(q, "state", DRIFT_STATES)
     return filters
 
 

@@ -1,7 +1,8 @@
 """The read side of the collector's storage: the queries behind the API (and the UI that follows).
 
 Every function takes the engine and plain values and returns JSON-ready dicts; times are RFC 3339.
-Current drift = the drift items of each host's latest run (hosts.last_run_id).
+Current drift = the unresolved drift items of the drift review (review_items, kept at ingest:
+docs/drift-review.md): open, acknowledged or accepted, never drift a run already corrected.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import Any
 from sqlalchemy import Engine, and_, case, false, func, select, text
 from sqlalchemy.engine import Row
 
+from agent.collector import review_store
 from agent.collector.errors import BadRequestError, NotFoundError
 from agent.collector.store import decompress
-from agent.collector.tables import commits, drift_items, host_roles, hosts, runs
+from agent.collector.tables import commits, drift_exceptions, host_roles, hosts, review_items, runs
 from agent.report import DriftKind, format_time
 
 CONVERGED = ("in_sync", "corrected")
@@ -24,8 +26,16 @@ FAILING = ("failed", "error")
 # Most severe first: sorting hosts by status ascending puts the ones that need someone at the top.
 SEVERITY = ("failed", "error", "drifted", "paused", "corrected", "in_sync")
 STATUS_SEVERITY = case({s: i for i, s in enumerate(SEVERITY)}, value=hosts.c.status, else_=len(SEVERITY))
+# A host's drift_count is its current drift items (not its last run's, which lists corrected drift too);
+# the last run's count is kept as last_run_drift_count.
+CURRENT_ITEM = review_items.c.state != "resolved"
+CURRENT_DRIFT_COUNT = (select(func.count()).select_from(review_items)
+                       .where(review_items.c.host == hosts.c.host, CURRENT_ITEM)
+                       .correlate(hosts).scalar_subquery())
+HOST_VIEW = [*(c for c in hosts.c if c.name != "drift_count"), CURRENT_DRIFT_COUNT.label("drift_count"),
+             hosts.c.drift_count.label("last_run_drift_count")]
 HOST_SORTS = {"host": hosts.c.host, "last_seen": hosts.c.last_seen_at, "status": STATUS_SEVERITY,
-              "drift": hosts.c.drift_count, "commit": hosts.c.commit}
+              "drift": CURRENT_DRIFT_COUNT, "commit": hosts.c.commit}
 
 
 @dataclass(frozen=True)
@@ -122,7 +132,7 @@ def list_hosts(engine: Engine, f: HostFilter, page: Page, *, stale_before: datet
     where = _host_where(f, stale_before)
     column = HOST_SORTS[f.sort]
     order = [column.desc() if f.descending else column.asc(), hosts.c.host.asc()]
-    query = select(hosts).where(*where).order_by(*order).limit(page.limit).offset(page.offset)
+    query = select(*HOST_VIEW).where(*where).order_by(*order).limit(page.limit).offset(page.offset)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
         total = conn.execute(select(func.count()).select_from(hosts).where(*where)).scalar_one()
@@ -133,16 +143,15 @@ def list_hosts(engine: Engine, f: HostFilter, page: Page, *, stale_before: datet
     return Listing(items, total)
 
 
-def get_host(engine: Engine, host: str, *, stale_before: datetime) -> dict[str, Any]:
+def get_host(engine: Engine, host: str, *, stale_before: datetime,
+             now: datetime | None = None) -> dict[str, Any]:
     with engine.connect() as conn:
-        row = conn.execute(select(hosts).where(hosts.c.host == host)).first()
+        row = conn.execute(select(*HOST_VIEW).where(hosts.c.host == host)).first()
         if row is None:
             raise NotFoundError(f"host {host!r} has never reported")
-        drift = conn.execute(select(drift_items).where(drift_items.c.run_id == row.last_run_id)
-                             .order_by(drift_items.c.id)).all()
     item = _host_dict(row, stale_before)
     item["roles"] = _roles(engine, [host])[host]
-    item["drift"] = [_row(d, skip=("id", "host")) for d in drift]
+    item["drift"] = drift_items_now(engine, Page(limit=1000), now=now, host=host).items
     return item
 
 
@@ -171,52 +180,77 @@ def get_run(engine: Engine, run_id: str) -> dict[str, Any]:
     return item
 
 
-# "Current" = in a run that is some host's latest. Written as IN (subquery) so that every engine reads
-# the few current rows through the run_id index, with or without table statistics, instead of walking
-# the whole drift history.
-CURRENT_RUNS = select(hosts.c.last_run_id)
+def effective_state(now: datetime | None) -> Any:
+    """The item's state as of `now`: an item accepted under an exception that has since expired or was
+    revoked reads as `open` until the maintenance step (review_store.expire_exceptions) writes it down."""
+    if now is None:
+        return review_items.c.state
+    holds = (select(drift_exceptions.c.id)
+             .where(drift_exceptions.c.id == review_items.c.accepted_by,
+                    drift_exceptions.c.revoked_at.is_(None),
+                    drift_exceptions.c.expires_at > now).exists())
+    return case((and_(review_items.c.state == "accepted", ~holds), "open"), else_=review_items.c.state)
 
 
-def _current_drift(where: list[Any]) -> Any:
-    return and_(drift_items.c.run_id.in_(CURRENT_RUNS), hosts.c.last_run_id == drift_items.c.run_id, *where)
-
-
-def _drift_where(task: str | None, kind: str | None, role: str | None, host: str | None) -> list[Any]:
-    where = []
-    for column, value in ((drift_items.c.task, task), (drift_items.c.kind, kind),
-                          (drift_items.c.role, role), (drift_items.c.host, host)):
+def _drift_where(task: str | None = None, kind: str | None = None, role: str | None = None,
+                 host: str | None = None, state: str | None = None, *,
+                 now: datetime | None = None) -> list[Any]:
+    where = [CURRENT_ITEM]
+    for column, value in ((review_items.c.task, task), (review_items.c.kind, kind),
+                          (review_items.c.role, role), (review_items.c.host, host),
+                          (effective_state(now), state)):
         if value is not None:
             where.append(column == value)
     return where
 
 
-def drift_by_task(engine: Engine, page: Page, **filters: str | None) -> Listing:
-    """Tasks drifting now across the fleet: how many hosts, which kinds, since when (most hosts first)."""
-    keys = (drift_items.c.task, drift_items.c.play, drift_items.c.role, drift_items.c.module)
-    kinds = [func.sum(case((drift_items.c.kind == k.value, 1), else_=0)).label(k.value) for k in DriftKind]
-    hosts_n = func.count(func.distinct(drift_items.c.host)).label("hosts")
-    first_seen = func.min(drift_items.c.first_seen_at).label("first_seen_at")
-    current = and_(drift_items.c.run_id.in_(CURRENT_RUNS), *_drift_where(**filters))
-    query = select(*keys, hosts_n, first_seen, *kinds).where(current).group_by(*keys)
-    with engine.connect() as conn:  # one row per distinct task: few enough to count in Python
-        rows = sorted(conn.execute(query).all(), key=lambda r: (-r.hosts, r.task, r.play, r.role or ""))
+TASK_IDENTITY = (review_items.c.task, review_items.c.play, review_items.c.role, review_items.c.ansible_role,
+                 review_items.c.task_file)
+
+
+def drift_by_task(engine: Engine, page: Page, *, now: datetime | None = None,
+                  **filters: str | None) -> Listing:
+    """Tasks drifting now across the fleet (current drift items only): how many hosts and items, which
+    kinds and states, first and last seen (most hosts first)."""
+    kinds = [func.sum(case((review_items.c.kind == k.value, 1), else_=0)).label(k.value) for k in DriftKind]
+    state_now = effective_state(now)
+    states = [func.sum(case((state_now == s, 1), else_=0)).label(s)
+              for s in ("open", "acknowledged", "accepted")]
+    query = (select(*TASK_IDENTITY, func.max(review_items.c.module).label("module"),
+                    func.count(func.distinct(review_items.c.host)).label("hosts"),
+                    func.count().label("items"),
+                    func.min(review_items.c.first_seen_at).label("first_seen_at"),
+                    func.max(review_items.c.last_seen_at).label("last_seen_at"), *kinds, *states)
+             .where(*_drift_where(now=now, **filters)).group_by(*TASK_IDENTITY))
+    with engine.connect() as conn:  # one row per distinct task: few enough to sort in Python
+        rows = sorted(conn.execute(query).all(),
+                      key=lambda r: (-r.hosts, r.task, r.play, r.role, r.ansible_role, r.task_file))
     items = []
+    skip = (*(k.value for k in DriftKind), "open", "acknowledged", "accepted")
     for r in rows[page.offset:page.offset + page.limit]:
-        item = _row(r, skip=tuple(k.value for k in DriftKind))
+        item = _row(r, skip=skip)
         item["kinds"] = {k.value: int(getattr(r, k.value) or 0) for k in DriftKind if getattr(r, k.value)}
+        item["states"] = {s: int(getattr(r, s) or 0) for s in ("open", "acknowledged", "accepted")}
         items.append(item)
     return Listing(items, len(rows))
 
 
-def drift_items_now(engine: Engine, page: Page, **filters: str | None) -> Listing:
-    """Every current drift item, one row per host and task (filter by task: which hosts drift on it)."""
-    on = _current_drift(_drift_where(**filters))
-    base = select(drift_items, hosts.c.commit, hosts.c.status).select_from(drift_items.join(hosts, on))
-    query = base.order_by(drift_items.c.task, drift_items.c.host).limit(page.limit).offset(page.offset)
+def drift_items_now(engine: Engine, page: Page, *, now: datetime | None = None,
+                    **filters: str | None) -> Listing:
+    """Every current drift item with its lifecycle (first/last seen, age, checks, commits, state),
+    hosts with the same diff next to each other (filter by task: which hosts drift on it)."""
+    where = _drift_where(now=now, **filters)
+    query = (select(review_items, effective_state(now).label("state_now"),
+                    hosts.c.commit, hosts.c.status,
+                    hosts.c.last_run_id.label("run_id"))
+             .select_from(review_items.join(hosts, hosts.c.host == review_items.c.host)).where(*where)
+             .order_by(review_items.c.task, review_items.c.diff_sha256, review_items.c.host,
+                       review_items.c.id)
+             .limit(page.limit).offset(page.offset))
     with engine.connect() as conn:
         rows = conn.execute(query).all()
-        total = conn.execute(select(func.count()).select_from(drift_items.join(hosts, on))).scalar_one()
-    return Listing([_row(r, skip=("id",)) for r in rows], total)
+        total = conn.execute(select(func.count()).select_from(review_items).where(*where)).scalar_one()
+    return Listing([review_store.item_dict(r, now) for r in rows], total)
 
 
 def _resolve_commit(engine: Engine, sha: str) -> Row[Any]:
@@ -255,7 +289,7 @@ def commit_rollout(engine: Engine, sha: str, page: Page, *, stale_before: dateti
     """One commit: who runs it (reached=True) or who does not yet (reached=False), with counts."""
     commit = _resolve_commit(engine, sha)
     where = hosts.c.commit == commit.sha if reached else func.coalesce(hosts.c.commit, "") != commit.sha
-    query = select(hosts).where(where).order_by(hosts.c.host).limit(page.limit).offset(page.offset)
+    query = select(*HOST_VIEW).where(where).order_by(hosts.c.host).limit(page.limit).offset(page.offset)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
         total = conn.execute(select(func.count()).select_from(hosts).where(where)).scalar_one()
@@ -277,8 +311,7 @@ def fleet_counts(engine: Engine, *, stale_before: datetime, drift: bool = True) 
         by_status: dict[str, int] = dict(conn.execute(status_q).all())
         stale_q = select(count).select_from(hosts).where(hosts.c.due_at < stale_before)
         stale = conn.execute(stale_q).scalar_one()
-        kinds_q = (select(drift_items.c.kind, count).where(drift_items.c.run_id.in_(CURRENT_RUNS))
-                   .group_by(drift_items.c.kind))
+        kinds_q = select(review_items.c.kind, count).where(CURRENT_ITEM).group_by(review_items.c.kind)
         by_kind: dict[str, int] = dict(conn.execute(kinds_q).all()) if drift else {}
     return {"hosts": by_status, "stale": {"": stale}, "drift": by_kind}
 

@@ -22,7 +22,8 @@ from agent.collector.tokens import Principal, TokenKind, hash_token
 SESSION_MAX_AGE_S = 12 * 3600
 
 _READER_TOKEN = select(tokens.c.id).where(
-    tokens.c.token_hash == bindparam("key_hash"), tokens.c.kind == TokenKind.READER.value,
+    tokens.c.token_hash == bindparam("key_hash"),
+    tokens.c.kind.in_([TokenKind.READER.value, TokenKind.REVIEWER.value]),
     tokens.c.revoked_at.is_(None))
 _SESSION = (select(tokens.c.kind, tokens.c.name)
             .select_from(sessions.join(tokens, tokens.c.id == sessions.c.token_id))

@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import Insert
 
-from agent.collector import db, rollout_ingest
+from agent.collector import db, review_store, rollout_ingest
 from agent.collector.errors import ConflictError, InvalidReportError
 from agent.collector.hostnames import host_name_problem
 from agent.collector.report_times import check_run_times, clamp
@@ -69,6 +69,7 @@ def ingest(engine: Engine, report: Report, raw: bytes, *, received_at: datetime,
             _insert_drift(conn, report)
             _upsert_commit(conn, report, received_at)
             _upsert_host(conn, report, received_at, expect)
+            review_store.record_report(conn, report, now=received_at)
             rollout_ingest.record_report(conn, report)
         return True
     except IntegrityError:

@@ -8,6 +8,8 @@ a test compares the two.
 - commits: what is known about a commit (author, subject, signature), for rollout pages.
 - tokens: ingest tokens (bound to a host) and reader tokens; only a SHA-256 of each token is stored.
 - sessions: web UI sign-ins (migration 0005); only a SHA-256 of each session cookie is stored.
+- drift review (migration 0007; not written yet): review_items, drift_exceptions, review_hosts,
+  review_audit, drift_exception_alerts, compliance_daily (docs/drift-review.md).
 """
 
 from __future__ import annotations
@@ -254,4 +256,101 @@ rollout_hosts = Table(  # each host's latest outcome on (commit, policy digest),
     Column("run_id", String(64), nullable=False),
     Column("wave_sizes", Text, nullable=False),  # JSON {wave: size}, as this host computed them
     Column("at", UTCDateTime, nullable=False),  # the report's finish time
+)
+
+# Drift review (migration 0007, docs/drift-review.md). Not written by ingest yet: the pure core is in
+# drift_review.py, drift_exceptions.py and compliance.py.
+# - drift_exceptions: accepted drift until a date; the scope's fields (key, task, item, role, role_kind) as
+#   JSON in `scope_fields`, the host selector in host_pattern / host_group.
+# - review_items: one row per episode of a drift item; `key_sha256` hashes the item key (the key's parts
+#   are long texts); `state` is the derived state, stored for the inbox's filters.
+# - review_hosts: per host, when its newest complete check started (late reports never resolve items).
+# - review_audit: every review action (append-only); drift_exception_alerts: alerts already sent.
+# - compliance_daily: one row per UTC day and fleet/role scope.
+drift_exceptions = Table(
+    "drift_exceptions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("scope", String(8), nullable=False),
+    Column("scope_fields", Text, nullable=False),
+    Column("host_pattern", String(HOST), nullable=True),
+    Column("host_group", String(255), nullable=True),
+    Column("owner", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("ticket", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", Text, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    Column("revoked_by", Text, nullable=True),
+    Index("ix_drift_exceptions_expires", "expires_at"),
+)
+
+review_items = Table(
+    "review_items", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key_sha256", String(SHA), nullable=False),
+    Column("host", String(HOST), nullable=False),
+    Column("role", String(255), nullable=False),
+    Column("play", Text, nullable=False),
+    Column("ansible_role", String(255), nullable=False),
+    Column("task_file", Text, nullable=False),
+    Column("task", Text, nullable=False),
+    Column("item", Text, nullable=False),
+    Column("nth", Integer, nullable=False, server_default="0"),  # twins: ItemKey.nth
+    Column("state", String(16), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("kinds", Text, nullable=False),
+    Column("first_seen_at", UTCDateTime, nullable=False),
+    Column("last_seen_at", UTCDateTime, nullable=False),
+    Column("checks", Integer, nullable=False),
+    Column("commits", Text, nullable=False),
+    Column("commit_count", Integer, nullable=False),
+    Column("module", String(255), nullable=False),
+    Column("task_path", Text, nullable=False),
+    Column("diff_sha256", String(SHA), nullable=True),
+    Column("acknowledged_at", UTCDateTime, nullable=True),
+    Column("acknowledged_by", Text, nullable=True),
+    Column("accepted_by", Integer, ForeignKey("drift_exceptions.id"), nullable=True),
+    Column("resolved_at", UTCDateTime, nullable=True),
+    Column("resolution", String(16), nullable=True),
+    Index("ix_review_items_key", "key_sha256", "resolved_at"),
+    Index("ix_review_items_host_state", "host", "state"),
+    Index("ix_review_items_state_first", "state", "first_seen_at"),
+)
+
+review_hosts = Table(
+    "review_hosts", metadata,
+    Column("host", String(HOST), ForeignKey("hosts.host", ondelete="CASCADE"), primary_key=True),
+    Column("last_check_at", UTCDateTime, nullable=False),
+)
+
+review_audit = Table(
+    "review_audit", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("actor_kind", String(16), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("target", Text, nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("details", Text, nullable=False),
+    Index("ix_review_audit_at", "at"),
+)
+
+drift_exception_alerts = Table(
+    "drift_exception_alerts", metadata,
+    Column("exception_id", Integer, ForeignKey("drift_exceptions.id", ondelete="CASCADE"), primary_key=True),
+    Column("alert", String(32), primary_key=True),
+    Column("sent_at", UTCDateTime, nullable=False),
+)
+
+compliance_daily = Table(
+    "compliance_daily", metadata,
+    Column("day", String(10), primary_key=True),  # YYYY-MM-DD, UTC
+    Column("scope_kind", String(8), primary_key=True),
+    Column("scope", String(255), primary_key=True),
+    Column("hosts", Integer, nullable=False),
+    Column("in_sync", Integer, nullable=False),
+    Column("in_sync_with_exceptions", Integer, nullable=False),
+    Column("unknown", Integer, nullable=False),
 )

@@ -26,6 +26,7 @@ TOKEN_PREFIX = "gco_"  # noqa: S105 (a label, not a secret)
 class TokenKind(enum.StrEnum):
     INGEST = "ingest"
     READER = "reader"
+    REVIEWER = "reviewer"  # reads, and acts on drift (acknowledge, accept): docs/drift-review.md
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ def ui_page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             if principal is None:
                 return ui_auth.login_redirect(request)
             request.state.reader = principal.name
+            request.state.review = ui_auth.review_token(collector, request, principal)
             return await handler(request, collector)
         except (DatabaseError, ForbiddenError):
             raise
@@ -62,7 +63,8 @@ def common(request: Request, collector: Collector) -> dict[str, Any]:
         return request.url.path + (f"?{urlencode(params)}" if params else "")
 
     return {"now": collector.now(), "link": link, "path": request.url.path,
-            "reader": getattr(request.state, "reader", None)}
+            "reader": getattr(request.state, "reader", None),
+            "review": getattr(request.state, "review", None)}
 
 
 def page_params(request: Request, size: int = PAGE_SIZE) -> Page:
@@ -94,7 +96,7 @@ async def stale(request: Request, collector: Collector) -> Response:
 async def host(request: Request, collector: Collector) -> Response:
     name = request.path_params["host"]
     state = await collector.db(queries.get_host, collector.engine, name,
-                               stale_before=collector.stale_before())
+                               stale_before=collector.stale_before(), now=collector.now())
     runs = await collector.db(queries.host_runs, collector.engine, name, Page(limit=STRIP_RUNS))
     last = await collector.db(queries.get_run, collector.engine, state["last_run_id"])
     commit = await collector.db(ui_queries.commit_info, collector.engine, state["commit"])
@@ -117,12 +119,25 @@ async def drift(request: Request, collector: Collector) -> Response:
     pg, filters = page_params(request), params.drift_filters(request.query_params)
     api = "/api/v1/drift" + (f"?{request.url.query}" if request.url.query else "")
     if filters["task"] is not None:
-        items = await collector.db(queries.drift_items_now, collector.engine, pg, **filters)
+        items = await collector.db(queries.drift_items_now, collector.engine, pg, now=collector.now(),
+                                   **filters)
         return render_page("drift_task.html", task=filters["task"], items=items, page=pg, filters=filters,
-                           api=api + "&group=host", **common(request, collector))
-    tasks = await collector.db(queries.drift_by_task, collector.engine, pg, **filters)
+                           groups=diff_groups(items.items), api=api + "&group=host",
+                           **common(request, collector))
+    tasks = await collector.db(queries.drift_by_task, collector.engine, pg, now=collector.now(), **filters)
     return render_page("drift.html", tasks=tasks, page=pg, filters=filters, api=api,
                        **common(request, collector))
+
+
+def diff_groups(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Current items of one task grouped by identical diff ("11 hosts, same diff"), largest group first;
+    items without a diff form one group."""
+    groups: dict[str | None, list[dict[str, Any]]] = {}
+    for item in items:
+        groups.setdefault(item.get("diff_sha256"), []).append(item)
+    out = [{"diff": d, "items": members, "hosts": len({m["host"] for m in members})}
+           for d, members in groups.items()]
+    return sorted(out, key=lambda g: (-g["hosts"], g["diff"] is None, g["diff"] or ""))
 
 
 @ui_page

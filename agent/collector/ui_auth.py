@@ -12,6 +12,8 @@ given with `serve --public-url`, e.g. the HTTPS name of a proxy in front). Neith
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -19,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from agent.collector import sessions
-from agent.collector.auth import reader_principal
+from agent.collector.auth import bearer, may_review, proxy_user, reader_principal
 from agent.collector.errors import UnauthorizedError
 from agent.collector.tokens import Principal
 from agent.collector.ui_render import SECURITY_HEADERS, render_page
@@ -53,6 +55,31 @@ def page_reader(collector: Collector, request: Request) -> Principal | None:
         return reader_principal(collector.engine, request, collector.settings.proxy)
     except UnauthorizedError:
         return None
+
+
+def csrf_expected(request: Request) -> str | None:
+    """The synchroniser token a state-changing form must carry: derived from the session cookie (or the
+    bearer token) the page was read with, so another site cannot know it. None for a trusted-proxy user
+    (no secret of theirs reaches the collector): the Origin check (`from_this_site`) alone guards them."""
+    secret = request.cookies.get(COOKIE) or bearer(request)
+    if not secret:
+        return None
+    return hashlib.sha256(b"gitops-collector csrf\0" + secret.encode("utf-8")).hexdigest()
+
+
+def csrf_ok(request: Request, sent: str | None) -> bool:
+    expected = csrf_expected(request)
+    return expected is None or hmac.compare_digest((sent or "").encode("utf-8"), expected.encode("utf-8"))
+
+
+def review_token(collector: Collector, request: Request, principal: Principal) -> str | None:
+    """The CSRF token to put in the page's review forms when its reader may review drift, else None
+    (readers get no forms). A trusted-proxy reviewer gets "proxy" (guarded by the Origin check)."""
+    via_proxy = (not request.cookies.get(COOKIE) and bearer(request) is None
+                 and proxy_user(request, collector.settings.proxy) == principal.name)
+    if not may_review(principal, via_proxy, collector.settings.reviewers):
+        return None
+    return csrf_expected(request) or "proxy"
 
 
 def login_redirect(request: Request) -> Response:

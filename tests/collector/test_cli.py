@@ -30,12 +30,14 @@ def test_migrate_command_is_idempotent(db_url, capsys):
     assert f"revision {db.head_revision()}" in capsys.readouterr().out
 
 
-def test_upgrade_from_the_first_revision_keeps_the_data(db_url):
+def test_upgrade_from_the_first_revision_keeps_the_data(db_url, monkeypatch):
     engine = db.create(db_url)
     try:
         assert db.migrate(engine, "0001") == "0001"
         report = make_report("web01", status=Status.DRIFTED)
-        store.ingest(engine, report, to_json(report).encode(), received_at=BASE_TIME)
+        with monkeypatch.context() as m:  # the drift review's tables (0007) do not exist at 0001
+            m.setattr(store.review_store, "record_report", lambda *a, **k: None)
+            store.ingest(engine, report, to_json(report).encode(), received_at=BASE_TIME)
         with pytest.raises(db.DatabaseError, match="migrate"):
             db.prepare(engine)
         assert db.migrate(engine) == db.head_revision()

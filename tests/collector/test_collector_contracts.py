@@ -73,3 +73,19 @@ def test_the_package_docstring_names_the_allow_list():
     doc = agent.collector.__doc__ or ""
     for module in ALLOWED:
         assert f"`{module}`" in doc, module
+
+
+# The collector's pure core: modules ingest, the API and the UI call with values. Each must be held by a
+# contract forbidding the database and HTTP libraries, so that purity is checked rather than hoped for.
+PURE_COLLECTOR = ["agent.collector.alerts", "agent.collector.drift_review", "agent.collector.drift_exceptions",
+                  "agent.collector.compliance"]
+
+
+@pytest.mark.parametrize("module", PURE_COLLECTOR)
+def test_each_pure_collector_module_is_held_by_a_purity_contract(module):
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    holding = [c for c in config["tool"]["importlinter"]["contracts"]
+               if c["type"] == "forbidden" and module in c["source_modules"]
+               and {"sqlalchemy", "httpx", "starlette"} <= set(c["forbidden_modules"])]
+    assert holding, f"{module}: add it to a contract forbidding sqlalchemy, httpx and starlette"
+    assert (ROOT / (module.replace(".", "/") + ".py")).is_file(), module

@@ -65,7 +65,7 @@ def test_hosts_lists_every_host_with_its_state(client, reader, fleet):
     ("role=backup", ["db02"]),
     (f"commit={COMMIT_A[:8]}", ["db02", "web03"]),
     ("q=web0", ["web01", "web02", "web03"]),
-    ("sort=drift&order=desc&limit=2", ["web03", "db02"]),
+    ("sort=drift&order=desc&limit=2", ["web03", "web02"]),  # db02 corrected its drift: none current
 ])
 def test_hosts_filters(client, reader, fleet, query, expected):
     assert names(client.get(f"/api/v1/hosts?{query}", headers=reader)) == expected
@@ -123,7 +123,7 @@ def test_one_run_whole(client, reader, fleet):
 def test_drift_by_task(client, reader, fleet):
     body = client.get("/api/v1/drift", headers=reader).json()
     by_task = {i["task"]: i for i in body["items"]}
-    assert set(by_task) == {"nginx config", "sysctl", "pg_hba"}
+    assert set(by_task) == {"nginx config", "sysctl"}  # db02's pg_hba was corrected: not current
     assert by_task["nginx config"]["hosts"] == 2
     assert by_task["nginx config"]["kinds"] == {"corrective": 2}
     assert by_task["sysctl"]["kinds"] == {"recurring": 1}
@@ -196,7 +196,7 @@ def test_metrics(client, reader, fleet, clock):
     text = client.get("/metrics", headers=reader).text
     assert 'gitops_hosts{status="drifted"} 2' in text
     assert "gitops_hosts_stale 5" in text
-    assert 'gitops_drift_items{kind="corrective"} 3' in text
+    assert 'gitops_drift_items{kind="corrective"} 2' in text  # db02 corrected its pg_hba
     assert 'gitops_reports_ingested_total{result="created"} 6' in text
     assert 'gitops_ingest_duration_seconds_count 6' in text
     client.post("/api/v1/reports", content=b"{}")
@@ -278,7 +278,7 @@ SAME_SELECTION = [
     ("role=backup", ["db02"]),
     (f"commit={COMMIT_A[:8]}&stale=false", ["db02"]),
     ("q=web0&order=desc", ["web03", "web02", "web01"]),
-    ("sort=drift&order=desc&limit=2", ["web03", "db02"]),
+    ("sort=drift&order=desc&limit=2", ["web03", "web02"]),  # db02 corrected its drift: none current
     ("sort=last_seen&limit=2&offset=2", ["db01", "db02"]),  # +0 web01, +2 web03, +3 db01, +4 db02 web02
     ("seen=-1h&stale=", ["web01", "web03"]),  # last seen at +0 and +2 min; now is +62.5 min
     ("seen=1h&order=desc", ["web02", "db02", "db01"]),

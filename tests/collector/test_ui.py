@@ -125,6 +125,24 @@ def test_run_page_shows_warnings_and_shortened_diffs(client, reader, send):
     assert "diff shortened by the agent" in html
 
 
+def test_run_page_of_a_watch_check_names_the_changed_and_contested_paths(client, reader, send):
+    """A report with trigger watch (docs/watch.md): stored as sent, served in the API, shown on its page."""
+    from agent.report import ContestedPath, Trigger, WatchInfo
+
+    watch = WatchInfo(watched=3, directories=2, unwatched=1, unwatched_roles=("web",),
+                      reason="fs.inotify.max_user_watches (8192) was reached",
+                      changed=("/etc/app.conf", "/etc/<b>.conf"), changed_count=5,
+                      contested=(ContestedPath("/etc/app.conf", 3),))
+    report = make_report("web10", status=Status.DRIFTED, trigger=Trigger.WATCH, watch=watch)
+    assert send(report).status_code == 201
+    served = client.get(f"/api/v1/runs/{report.run_id}", headers=reader).json()["report"]
+    assert served["trigger"] == "watch" and served["watch"]["changed"] == ["/etc/app.conf", "/etc/<b>.conf"]
+    html = client.get(f"/runs/{report.run_id}", headers=reader).text
+    assert "started by a change of <code>/etc/app.conf</code>, <code>/etc/&lt;b&gt;.conf</code> and 3 more" in html
+    assert "<code>/etc/app.conf</code> (3 flips)" in html
+    assert "1 managed paths not watched (fs.inotify.max_user_watches (8192) was reached)" in html
+
+
 def test_host_page_strip_and_commit(client, reader, fleet, send):
     html = client.get("/hosts/web02", headers=reader).text
     assert "<svg class=\"strip\"" in html and "Tune nginx workers" in html and "verified" in html

@@ -1,0 +1,427 @@
+"""The drift review's storage: drift items kept at ingest, exceptions, review actions and their audit log.
+
+`record_report` runs inside `store.ingest`'s transaction, right after the run and its host are written:
+it loads the host's current (unresolved) items and the active exceptions, asks the pure
+`drift_review.apply_report` what changes, and writes that. Its cost is the host's current items plus the
+report's drift, never the run history. The actions (`acknowledge`, `create_exception`, ...) each write
+their change and one `review_audit` row in one transaction. Rules: docs/drift-review.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from agent.collector import db
+from agent.collector import drift_exceptions as dx
+from agent.collector.drift_review import (
+    Changes,
+    ItemKey,
+    Resolution,
+    ReviewItem,
+    TaskIdentity,
+    apply_report,
+    is_complete_check,
+    recheck_coverage,
+    report_keys,
+    unacknowledge,
+)
+from agent.collector.drift_review import (
+    acknowledge as ack_item,
+)
+from agent.collector.errors import ConflictError, InvalidActionError, NotFoundError
+from agent.collector.tables import (
+    drift_exception_alerts,
+    drift_exceptions,
+    host_roles,
+    review_audit,
+    review_hosts,
+    review_items,
+)
+from agent.report import DriftItem, DriftKind, Report, format_time
+
+RESOLVED = "resolved"
+
+
+def key_sha256(key: ItemKey) -> str:
+    t = key.task
+    parts = [key.host, t.role, t.play, t.ansible_role, t.task_file, t.task, key.item, key.nth]
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def diff_sha256(drift: DriftItem) -> str | None:
+    """A hash of the item's diffs (path, before, after), so hosts with the same diff group together."""
+    if not drift.diffs:
+        return None
+    parts = [[d.path, d.before, d.after] for d in drift.diffs]
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def _key_of(row: Any) -> ItemKey:
+    identity = TaskIdentity(role=row.role, play=row.play, ansible_role=row.ansible_role,
+                            task_file=row.task_file, task=row.task)
+    return ItemKey(host=row.host, task=identity, item=row.item, nth=row.nth)
+
+
+def item_of(row: Any) -> ReviewItem:
+    """A `review_items` row as the pure ReviewItem."""
+    kinds = tuple((DriftKind(k), datetime.fromisoformat(at)) for k, at in json.loads(row.kinds))
+    return ReviewItem(
+        key=_key_of(row), first_seen_at=row.first_seen_at, last_seen_at=row.last_seen_at, kinds=kinds,
+        checks=row.checks, commits=tuple(json.loads(row.commits)), commit_count=row.commit_count,
+        module=row.module, task_path=row.task_path, acknowledged_at=row.acknowledged_at,
+        acknowledged_by=row.acknowledged_by, accepted_by=row.accepted_by, resolved_at=row.resolved_at,
+        resolution=Resolution(row.resolution) if row.resolution else None, id=row.id)
+
+
+def _values(item: ReviewItem) -> dict[str, Any]:
+    """The columns an item's change writes (not its key)."""
+    return {
+        "state": item.state.value, "kind": item.kind.value,
+        "kinds": json.dumps([[k.value, at.isoformat()] for k, at in item.kinds]),
+        "first_seen_at": item.first_seen_at, "last_seen_at": item.last_seen_at, "checks": item.checks,
+        "commits": json.dumps(list(item.commits)), "commit_count": item.commit_count, "module": item.module,
+        "task_path": item.task_path, "acknowledged_at": item.acknowledged_at,
+        "acknowledged_by": item.acknowledged_by, "accepted_by": item.accepted_by,
+        "resolved_at": item.resolved_at, "resolution": item.resolution.value if item.resolution else None,
+    }
+
+
+def _insert_row(item: ReviewItem, diff: str | None) -> dict[str, Any]:
+    k, t = item.key, item.key.task
+    return {"key_sha256": key_sha256(k), "host": k.host, "role": t.role, "play": t.play,
+            "ansible_role": t.ansible_role, "task_file": t.task_file, "task": t.task, "item": k.item,
+            "nth": k.nth, "diff_sha256": diff, **_values(item)}
+
+
+# -- exceptions as values -------------------------------------------------------------------------
+
+
+def exception_of(row: Any) -> dx.DriftException:
+    fields = json.loads(row.scope_fields)
+    scope = dx.ExceptionScope(row.scope)
+    key = task = None
+    if scope is dx.ExceptionScope.ITEM:
+        h, role, play, arole, tfile, tname, item, nth = fields["key"]
+        key = ItemKey(h, TaskIdentity(role, play, arole, tfile, tname), item, nth)
+    if scope is dx.ExceptionScope.TASK:
+        task = TaskIdentity(*fields["task"])
+    return dx.DriftException(
+        id=row.id, scope=scope, owner=row.owner, reason=row.reason, ticket=row.ticket,
+        created_at=row.created_at, expires_at=row.expires_at, key=key, task=task, item=fields.get("item"),
+        role=fields.get("role"), role_kind=dx.RoleKind(fields.get("role_kind", "ansible")),
+        hosts=dx.HostSelector(pattern=row.host_pattern, group=row.host_group), revoked_at=row.revoked_at)
+
+
+def _scope_fields(exc: dx.DriftException) -> str:
+    fields: dict[str, Any] = {}
+    if exc.key is not None:
+        t = exc.key.task
+        fields["key"] = [exc.key.host, t.role, t.play, t.ansible_role, t.task_file, t.task, exc.key.item,
+                         exc.key.nth]
+    if exc.task is not None:
+        t = exc.task
+        fields["task"] = [t.role, t.play, t.ansible_role, t.task_file, t.task]
+        fields["item"] = exc.item
+    if exc.role is not None:
+        fields["role"], fields["role_kind"] = exc.role, exc.role_kind.value
+    return json.dumps(fields, ensure_ascii=False)
+
+
+def active_exceptions(conn: Connection, now: datetime) -> list[dx.DriftException]:
+    """Exceptions not revoked and not expired at `now` (few: people create them one by one)."""
+    query = select(drift_exceptions).where(drift_exceptions.c.revoked_at.is_(None),
+                                           drift_exceptions.c.expires_at > now)
+    return [exception_of(r) for r in conn.execute(query)]
+
+
+def _groups(conn: Connection, hosts: Iterable[str]) -> dict[str, set[str]]:
+    names = sorted(set(hosts))
+    found: dict[str, set[str]] = {h: set() for h in names}
+    for start in range(0, len(names), 500):
+        chunk = names[start:start + 500]
+        query = select(host_roles.c.host, host_roles.c.role).where(host_roles.c.host.in_(chunk))
+        for host, role in conn.execute(query):
+            found[host].add(role)
+    return found
+
+
+# -- ingest -----------------------------------------------------------------------------------------
+
+
+def record_report(conn: Connection, report: Report, *, now: datetime) -> Changes:
+    """Update the host's drift items for one new report, in the caller's transaction (store.ingest)."""
+    current = [item_of(r) for r in conn.execute(select(review_items).where(
+        review_items.c.host == report.host, review_items.c.state != RESOLVED))]
+    last_check_at = conn.execute(select(review_hosts.c.last_check_at)
+                                 .where(review_hosts.c.host == report.host)).scalar_one_or_none()
+    exceptions = active_exceptions(conn, now) if report.drift else []
+    groups = set(report.roles)
+
+    def coverage(key: ItemKey) -> int | None:
+        return dx.covering(exceptions, key, groups, now)
+
+    changes = apply_report(current, report, last_check_at=last_check_at, coverage=coverage)
+    drifts = report_keys(report)
+    if changes.inserted:
+        conn.execute(review_items.insert(), [_insert_row(i, diff_sha256(drifts[i.key]))
+                                             for i in changes.inserted])
+    for item in (*changes.updated, *changes.resolved):
+        values = _values(item)
+        if item.key in drifts:
+            values["diff_sha256"] = diff_sha256(drifts[item.key])
+        conn.execute(update(review_items).where(review_items.c.id == item.id).values(**values))
+    if is_complete_check(report) and (last_check_at is None or report.started_at >= last_check_at):
+        if last_check_at is None:
+            conn.execute(review_hosts.insert().values(host=report.host, last_check_at=report.started_at))
+        else:
+            conn.execute(update(review_hosts).where(review_hosts.c.host == report.host)
+                         .values(last_check_at=report.started_at))
+    return changes
+
+
+# -- actions ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts: a reviewer token's name or the trusted proxy's user; `kind` says which."""
+
+    name: str
+    kind: str  # "token" | "proxy" | "cli"
+
+
+def _audit(conn: Connection, actor: Actor, action: str, target: str, reason: str | None, at: datetime,
+           **details: Any) -> None:
+    conn.execute(review_audit.insert().values(at=at, actor=actor.name, actor_kind=actor.kind, action=action,
+                                              target=target, reason=reason,
+                                              details=json.dumps(details, ensure_ascii=False, default=str)))
+
+
+def _load_item(conn: Connection, item_id: int) -> ReviewItem:
+    row = conn.execute(select(review_items).where(review_items.c.id == item_id)).first()
+    if row is None:
+        raise NotFoundError(f"drift item {item_id} does not exist")
+    return item_of(row)
+
+
+def _need_reason(reason: str | None) -> str:
+    if reason is None or not reason.strip():
+        raise InvalidActionError("reason: required (say why)")
+    if len(reason) > 10_000:
+        raise InvalidActionError("reason: longer than 10000 characters")
+    return reason.strip()
+
+
+def acknowledge(engine: Engine, item_id: int, *, actor: Actor, reason: str | None, now: datetime) -> None:
+    """Mark a current item acknowledged (someone is on it). 404 unknown, 409 resolved, 422 no reason."""
+    reason = _need_reason(reason)
+    with db.write(engine) as conn:
+        item = _load_item(conn, item_id)
+        try:
+            changed = ack_item(item, by=actor.name, at=now)
+        except ValueError as e:
+            raise ConflictError(str(e)) from e
+        conn.execute(update(review_items).where(review_items.c.id == item_id).values(**_values(changed)))
+        _audit(conn, actor, "acknowledge", f"item:{item_id}", reason, now, host=item.key.host,
+               task=item.key.task.task)
+
+
+def unacknowledge_item(engine: Engine, item_id: int, *, actor: Actor, reason: str | None,
+                       now: datetime) -> None:
+    reason = _need_reason(reason)
+    with db.write(engine) as conn:
+        item = _load_item(conn, item_id)
+        if item.resolved_at is not None:
+            raise ConflictError(f"drift item {item_id} is resolved")
+        changed = unacknowledge(item)
+        conn.execute(update(review_items).where(review_items.c.id == item_id).values(**_values(changed)))
+        _audit(conn, actor, "unacknowledge", f"item:{item_id}", reason, now, host=item.key.host,
+               task=item.key.task.task)
+
+
+def _recheck(conn: Connection, now: datetime, where: Any = None) -> int:
+    """Recompute `accepted` for current items after exceptions changed. Returns how many changed."""
+    exceptions = active_exceptions(conn, now)
+    query = select(review_items).where(review_items.c.state != RESOLVED)
+    if where is not None:
+        query = query.where(where)
+    items = [item_of(r) for r in conn.execute(query)]
+    groups = _groups(conn, (i.key.host for i in items))
+    changed = 0
+    def coverage(key: ItemKey) -> int | None:
+        return dx.covering(exceptions, key, groups.get(key.host, set()), now)
+
+    for new in recheck_coverage(items, coverage):
+        conn.execute(update(review_items).where(review_items.c.id == new.id).values(**_values(new)))
+        changed += 1
+    return changed
+
+
+def create_exception(engine: Engine, exc: dx.DriftException, *, actor: Actor, now: datetime,
+                     max_days: int = dx.MAX_DAYS) -> int:
+    """Store an exception (checked by drift_exceptions.problem: 422 naming the field), mark the items
+    it covers accepted, and audit it. Returns its id."""
+    exc = replace(exc, created_at=now)
+    problem = dx.problem(exc, now, max_days)
+    if problem is not None:
+        raise InvalidActionError(problem)
+    with db.write(engine) as conn:
+        result = conn.execute(drift_exceptions.insert().values(
+            scope=exc.scope.value, scope_fields=_scope_fields(exc), host_pattern=exc.hosts.pattern,
+            host_group=exc.hosts.group, owner=exc.owner.strip(), reason=exc.reason.strip(),
+            ticket=exc.ticket.strip(), created_at=now, created_by=actor.name, expires_at=exc.expires_at))
+        (exc_id,) = result.inserted_primary_key or (0,)
+        covered = _recheck(conn, now)
+        _audit(conn, actor, "accept", f"exception:{exc_id}", exc.reason.strip(), now, scope=exc.scope.value,
+               scope_fields=json.loads(_scope_fields(exc)), host_pattern=exc.hosts.pattern,
+               host_group=exc.hosts.group, owner=exc.owner, ticket=exc.ticket,
+               expires_at=exc.expires_at.isoformat(), items_covered=covered)
+    return int(exc_id)
+
+
+def revoke_exception(engine: Engine, exc_id: int, *, actor: Actor, reason: str | None, now: datetime) -> None:
+    reason = _need_reason(reason)
+    with db.write(engine) as conn:
+        row = conn.execute(select(drift_exceptions).where(drift_exceptions.c.id == exc_id)).first()
+        if row is None:
+            raise NotFoundError(f"exception {exc_id} does not exist")
+        if row.revoked_at is not None:
+            raise ConflictError(f"exception {exc_id} is already revoked")
+        conn.execute(update(drift_exceptions).where(drift_exceptions.c.id == exc_id)
+                     .values(revoked_at=now, revoked_by=actor.name))
+        _recheck(conn, now, review_items.c.accepted_by == exc_id)
+        _audit(conn, actor, "revoke", f"exception:{exc_id}", reason, now)
+
+
+def expire_exceptions(engine: Engine, *, now: datetime) -> list[int]:
+    """Reopen the items of exceptions expired by `now` (the clock is the caller's: the notifier's tick,
+    or a page load). Returns the ids of the exceptions whose items changed; audits each as `expire`."""
+    with db.write(engine) as conn:
+        expired = select(drift_exceptions.c.id).where(
+            or_(drift_exceptions.c.expires_at <= now, drift_exceptions.c.revoked_at.is_not(None)))
+        stale_items = and_(review_items.c.accepted_by.in_(expired))
+        ids = sorted({r for (r,) in conn.execute(select(review_items.c.accepted_by).where(
+            review_items.c.state != RESOLVED, stale_items).distinct())})
+        if not ids:
+            return []
+        _recheck(conn, now, stale_items)
+        for exc_id in ids:
+            _audit(conn, Actor("collector", "collector"), "expire", f"exception:{exc_id}", None, now)
+    return ids
+
+
+def load_item(engine: Engine, item_id: int) -> ReviewItem:
+    with engine.connect() as conn:
+        return _load_item(conn, item_id)
+
+
+def item_json(engine: Engine, item_id: int, *, now: datetime) -> dict[str, Any]:
+    """One drift item as the API shows it (queries.drift_items_now's shape, resolved ones too)."""
+    with engine.connect() as conn:
+        row = conn.execute(select(review_items).where(review_items.c.id == item_id)).first()
+    if row is None:
+        raise NotFoundError(f"drift item {item_id} does not exist")
+    return item_dict(row, now)
+
+
+def item_dict(row: Any, now: datetime | None) -> dict[str, Any]:
+    """A `review_items` row (with any joined columns) as JSON-ready values, with `age_s` (first seen to
+    resolution, or to `now`) and `kinds`/`commits` as lists."""
+    item = {k: format_time(v) if isinstance(v, datetime) else v for k, v in row._mapping.items()
+            if k not in ("kinds", "commits", "key_sha256", "state_now")}
+    if "state_now" in row._mapping and row.state_now != row.state:  # its exception ended: reopened
+        item.update(state=row.state_now, accepted_by=None, acknowledged_at=None, acknowledged_by=None)
+    item["kinds"] = [{"kind": k, "since": format_time(datetime.fromisoformat(at))}
+                     for k, at in json.loads(row.kinds)]
+    item["commits"] = json.loads(row.commits)
+    end = row.resolved_at or now
+    item["age_s"] = round((end - row.first_seen_at).total_seconds()) if end is not None else None
+    return item
+
+
+def exception_row(engine: Engine, exc_id: int) -> Any:
+    with engine.connect() as conn:
+        row = conn.execute(select(drift_exceptions).where(drift_exceptions.c.id == exc_id)).first()
+    if row is None:
+        raise NotFoundError(f"exception {exc_id} does not exist")
+    return row
+
+
+def audit_page(engine: Engine, limit: int, offset: int) -> tuple[Sequence[Any], int]:
+    """The audit log, newest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(review_audit).order_by(review_audit.c.id.desc())
+                            .limit(limit).offset(offset)).all()
+        total = conn.execute(select(func.count()).select_from(review_audit)).scalar_one()
+    return rows, total
+
+
+def audit_after(engine: Engine, after_id: int, limit: int) -> Sequence[Any]:
+    """The audit rows after id `after_id`, oldest first (keyset pages for the export)."""
+    with engine.connect() as conn:
+        return conn.execute(select(review_audit).where(review_audit.c.id > after_id)
+                            .order_by(review_audit.c.id).limit(limit)).all()
+
+
+def exception_rows(engine: Engine) -> Sequence[Any]:
+    with engine.connect() as conn:
+        return conn.execute(select(drift_exceptions).order_by(drift_exceptions.c.id.desc())).all()
+
+
+# -- exception alerts (the notifier's tick) -----------------------------------------------------------
+
+ALERT_KINDS = {dx.ExceptionAlert.EXPIRING: "exc_expiring", dx.ExceptionAlert.EXPIRED: "exc_expired"}
+
+
+@dataclass(frozen=True)
+class ExceptionNotice:
+    """An exception alert to send: the exception, its alert, a label and the hosts it covers (covered)."""
+
+    exception_id: int
+    alert: dx.ExceptionAlert
+    kind: str  # the webhook alert kind (webhook_deliveries.alert_kind is short)
+    label: str
+    hosts: tuple[str, ...]
+
+
+def exception_notices(engine: Engine, *, now: datetime) -> list[ExceptionNotice]:
+    """The exception alerts due now and not sent yet (drift_exceptions.alerts_due over the exceptions
+    expiring within 7 days or expired and unrevoked), with the hosts of the items each one covers."""
+    soon = now + dx.EXPIRING_WITHIN
+    with engine.connect() as conn:
+        rows = conn.execute(select(drift_exceptions).where(drift_exceptions.c.expires_at <= soon,
+                                                           drift_exceptions.c.revoked_at.is_(None))).all()
+        if not rows:
+            return []
+        ids = [r.id for r in rows]
+        sent = {(r.exception_id, dx.ExceptionAlert(r.alert)) for r in conn.execute(
+            select(drift_exception_alerts).where(drift_exception_alerts.c.exception_id.in_(ids)))}
+        due = dx.alerts_due([exception_of(r) for r in rows], now, sent)
+        notices = []
+        by_id = {r.id: r for r in rows}
+        for exc_id, alert in due:
+            covered = and_(review_items.c.accepted_by == exc_id, review_items.c.resolved_at.is_(None))
+            hosts = conn.execute(select(review_items.c.host).where(covered).distinct()).scalars()
+            row = by_id[exc_id]
+            label = f"exception #{exc_id} ({row.scope}, owner {row.owner}, ticket {row.ticket})"
+            notices.append(ExceptionNotice(exc_id, alert, ALERT_KINDS[alert], label, tuple(sorted(hosts))))
+    return notices
+
+
+def mark_notified(engine: Engine, notices: Sequence[ExceptionNotice], *, now: datetime) -> None:
+    """Record the alerts as sent (the primary key keeps each once, across collector processes)."""
+    if not notices:
+        return
+    with db.write(engine) as conn:
+        for n in notices:
+            insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)
+            conn.execute(insert(drift_exception_alerts).on_conflict_do_nothing(),
+                         {"exception_id": n.exception_id, "alert": n.alert.value, "sent_at": now})

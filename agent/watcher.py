@@ -1,0 +1,262 @@
+"""The inotify watch table: which managed paths changed, over `inotify_simple` (docs/watch.md, 1 and 3).
+
+One inotify watch per directory, never per file: each managed path is watched through its parent
+directory, and an event counts when it names the path's last component. So a rename-over (an editor's
+`mv tmp app.conf`, dpkg's `status-new`) is one IN_MOVED_TO in the parent, and a child's mode or owner
+change is the parent's IN_ATTRIB. A path whose parent does not exist is watched from its nearest existing
+ancestor, by the next component on its way; when that component appears the watch moves down, and when a
+watched directory goes (deleted or moved away) it moves up, and every managed path under it counts as
+changed. A queue overflow (IN_Q_OVERFLOW) counts every managed path as changed.
+
+When `inotify_add_watch` says ENOSPC (fs.inotify.max_user_watches reached; or `max_watches`, a cap for
+tests, is reached), the paths that needed that watch are *unwatched*: `state()` names them and the
+reason, and the caller checks them on the schedule only. They are tried again at the next `watch()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import posixpath
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inotify_simple import INotify, flags
+
+from agent.errors import AgentError
+
+MASK = (flags.CLOSE_WRITE | flags.MODIFY | flags.ATTRIB | flags.CREATE | flags.DELETE | flags.MOVED_FROM
+        | flags.MOVED_TO | flags.DELETE_SELF | flags.MOVE_SELF | flags.ONLYDIR)
+_GONE = flags.DELETE_SELF | flags.MOVE_SELF | flags.IGNORED
+MAX_USER_WATCHES = Path("/proc/sys/fs/inotify/max_user_watches")
+PLACE_TRIES = 5
+
+
+@dataclass(frozen=True)
+class WatchState:
+    """How much of the managed set is watched (for status, the report and metrics)."""
+
+    paths: int  # managed paths watched (each through one directory watch)
+    directories: int  # inotify watches in use
+    unwatched: tuple[str, ...] = ()  # managed paths that only the scheduled check looks at
+    reason: str | None = None  # why some are unwatched
+
+
+@dataclass
+class _Dir:
+    path: str
+    # component -> the managed path through it, or a set of them when several (paths below a missing
+    # directory share its name): a plain str for the common case keeps 10,000 paths small (bench/watch.py)
+    names: dict[str, str | set[str]] = field(default_factory=dict)
+
+    def add(self, name: str, path: str) -> None:
+        known = self.names.get(name)
+        if known is None:
+            self.names[name] = path
+        elif isinstance(known, str):
+            if known != path:
+                self.names[name] = {known, path}
+        else:
+            known.add(path)
+
+    def through(self, name: str) -> set[str]:
+        known = self.names.get(name)
+        if known is None:
+            return set()
+        return {known} if isinstance(known, str) else set(known)
+
+    def every(self) -> set[str]:
+        return {p for name in self.names for p in self.through(name)}
+
+    def remove(self, path: str) -> None:
+        """Forget `path`: it is watched by its component just below this directory."""
+        name = path[len(self.path):].lstrip("/").split("/", 1)[0]
+        known = self.names.get(name)
+        candidates = [(name, known)] if known is not None else list(self.names.items())
+        for name, known in candidates:
+            if known == path:
+                del self.names[name]
+            elif isinstance(known, set):
+                known.discard(path)
+                if not known:
+                    del self.names[name]
+                elif len(known) == 1:
+                    self.names[name] = next(iter(known))
+
+
+def _limit_reason(cap: int | None) -> str:
+    if cap is not None:
+        return f"the watcher's cap of {cap} directory watches was reached"
+    try:
+        limit = MAX_USER_WATCHES.read_text().strip()
+    except OSError:
+        limit = "?"
+    return f"fs.inotify.max_user_watches ({limit}) was reached"
+
+
+class Watcher:
+    """Watch a set of absolute, normalised paths (agent.watchpaths); `read()` says which changed."""
+
+    def __init__(self, *, max_watches: int | None = None) -> None:
+        try:
+            self._inotify = INotify()
+        except OSError as exc:  # EMFILE: fs.inotify.max_user_instances
+            raise AgentError(f"cannot start watching: inotify_init failed: {exc.strerror} "
+                             "(fs.inotify.max_user_instances?)") from exc
+        self._cap = max_watches
+        self._dirs: dict[int, _Dir] = {}  # wd -> directory
+        self._wd_of: dict[str, int] = {}  # directory -> wd
+        self._where: dict[str, int] = {}  # managed path -> wd of the directory watching it
+        self._unwatched: set[str] = set()
+        self._reason: str | None = None
+
+    def close(self) -> None:
+        self._inotify.close()
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def fileno(self) -> int:
+        return int(self._inotify.fileno())
+
+    # -- the table -------------------------------------------------------------------------------
+
+    def watch(self, paths: Iterable[str]) -> WatchState:
+        """Watch exactly `paths` from now on (a new check's managed set): add what is new, drop what is
+        gone, and try the unwatched ones again. Paths must be absolute."""
+        wanted = set(paths)
+        for path in wanted:
+            if not path.startswith("/") or posixpath.normpath(path) != path:
+                raise AgentError(f"watch: {path!r} is not an absolute, normalised path")
+        for path in self._managed() - wanted:
+            self._unplace(path)
+            self._unwatched.discard(path)
+        retry = [p for p in sorted(wanted - {"/"}) if p not in self._where]
+        self._unwatched -= set(retry)
+        self._reason = None if not self._unwatched else self._reason
+        for path in retry:
+            self._place(path)
+        return self.state()
+
+    def _managed(self) -> set[str]:
+        """Every managed path: each is either watched (in _where) or unwatched (not kept twice: RSS)."""
+        return set(self._where) | self._unwatched
+
+    def state(self) -> WatchState:
+        return WatchState(paths=len(self._where), directories=len(self._dirs),
+                          unwatched=tuple(sorted(self._unwatched)), reason=self._reason)
+
+    def _add_watch(self, directory: str) -> int | None:
+        """The wd watching `directory`; None when it does not exist (or is no directory); raises
+        _Limit at the watch limit."""
+        known = self._wd_of.get(directory)
+        if known is not None:
+            return known
+        if self._cap is not None and len(self._dirs) >= self._cap:
+            raise _Limit(_limit_reason(self._cap))
+        try:
+            wd = int(self._inotify.add_watch(directory, MASK))
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None
+            if exc.errno == errno.ENOSPC:
+                raise _Limit(_limit_reason(None)) from exc
+            raise _Limit(f"cannot watch {directory}: {exc.strerror}") from exc
+        self._dirs.setdefault(wd, _Dir(directory))
+        self._wd_of[directory] = wd
+        return wd
+
+    def _place(self, path: str) -> None:
+        """Watch `path` through its parent, or through its nearest existing ancestor. A directory on the
+        way that appeared while the ancestor's watch was being added (`mkdir -p` racing us) would send
+        that watch no event, so it is looked for once the watch is in place, and the path placed deeper."""
+        for attempt in range(1, PLACE_TRIES + 1):
+            directory, name = posixpath.split(path)
+            while True:
+                try:
+                    wd = self._add_watch(directory)
+                except _Limit as limit:
+                    self._unwatched.add(path)
+                    self._reason = str(limit)
+                    return
+                if wd is not None:
+                    break
+                if directory == "/":  # not even / could be watched: treat it like a limit
+                    self._unwatched.add(path)
+                    self._reason = "cannot watch /"
+                    return
+                directory, name = posixpath.split(directory)
+            self._dirs[wd].add(name, path)
+            self._where[path] = wd
+            deeper = posixpath.join(directory, name)
+            settled = directory == posixpath.dirname(path) or not Path(deeper).is_dir()
+            if settled or attempt == PLACE_TRIES:  # (directories that keep coming and going: stay here)
+                return
+            self._unplace(path)  # raced: try again from the parent
+
+    def _unplace(self, path: str) -> None:
+        wd = self._where.pop(path, None)
+        if wd is None or wd not in self._dirs:
+            return
+        entry = self._dirs[wd]
+        entry.remove(path)
+        if not entry.names:
+            self._drop(wd)
+            self._rm_watch(wd)
+
+    def _rm_watch(self, wd: int) -> None:
+        with contextlib.suppress(OSError):  # already gone (IN_IGNORED on its way)
+            self._inotify.rm_watch(wd)
+
+    def _drop(self, wd: int) -> None:
+        entry = self._dirs.pop(wd, None)
+        if entry is not None and self._wd_of.get(entry.path) == wd:
+            del self._wd_of[entry.path]
+
+    def _moved(self, paths: Iterable[str]) -> None:
+        for path in list(paths):
+            self._unplace(path)
+            self._place(path)
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def read(self, timeout_s: float | None) -> set[str]:
+        """Wait up to `timeout_s` seconds (None: forever) for events; the managed paths they changed
+        (empty on a timeout)."""
+        changed: set[str] = set()
+        timeout = None if timeout_s is None else max(0, int(timeout_s * 1000))
+        for event in self._inotify.read(timeout=timeout):
+            if event.mask & flags.Q_OVERFLOW:
+                managed = self._managed()
+                changed |= managed
+                self._moved(managed)
+                continue
+            entry = self._dirs.get(event.wd)
+            if entry is None:
+                continue  # a watch dropped already (IN_IGNORED after IN_DELETE_SELF)
+            if event.mask & _GONE:
+                gone = entry.every()
+                changed |= gone
+                self._drop(event.wd)
+                if not event.mask & flags.IGNORED:
+                    self._rm_watch(event.wd)  # moved away: the kernel would follow it
+                for path in gone:
+                    self._where.pop(path, None)
+                self._moved(gone)
+                continue
+            through = entry.through(event.name)
+            if not through:
+                continue
+            changed |= through
+            deeper = {p for p in through if posixpath.dirname(p) != entry.path}
+            if deeper and event.mask & (flags.CREATE | flags.MOVED_TO):
+                self._moved(deeper)  # a directory on the way appeared: watch closer
+        return changed
+
+
+class _Limit(Exception):
+    """inotify_add_watch refused for a limit (or a permission): the path stays unwatched."""

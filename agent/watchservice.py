@@ -1,0 +1,317 @@
+"""The daemon's watch of managed paths (docs/watch.md): the hand-off files and the watcher thread.
+
+Two files under state_dir (agent.paths):
+
+- `watch.json`: written by the cycle (the child `gitops-agent run`) after its check: the paths each role
+  managed in it (agent.watchpaths, version 1). A role-limited check (trigger `watch`) replaces the entries
+  of its roles only. Read by the daemon after every cycle, which then re-arms the watcher: only the
+  difference is added or removed, so a new commit that changes the managed set changes the watches.
+- `watch-state.json`: written by the daemon: how many paths are watched, which are not (past the inotify
+  limits) and why, the contested paths, and, while a watch check runs, the changed paths that started it.
+  Read by `gitops-agent status` and by the cycle, which puts it in its report (`Report.watch`).
+
+WatchService runs one thread that waits on the inotify fd (agent.watcher) and feeds the debouncer
+(agent.watchrules); it sets the daemon's `wake` event when a change arrives, and the daemon's loop asks
+`take()` for a due batch: the changed paths and the roles that manage them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import select
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agent import watchpaths
+from agent.errors import AgentError
+from agent.fsutil import atomic_write
+from agent.paths import StatePaths
+from agent.report import ContestedPath, DriftKind, Report, Trigger, WatchInfo
+from agent.watcher import Watcher, WatchState
+from agent.watchpaths import RolePaths
+from agent.watchrules import CONTESTED_WINDOW_S, MAX_WAIT_S, ContestedPaths, Debouncer
+
+log = logging.getLogger(__name__)
+CHANGED_SHOWN = 20  # changed paths named in a report (all are counted)
+POLL_S = 0.5  # the thread looks at its stop event this often
+
+
+# -- watch.json: the cycle's hand-off ------------------------------------------------------------
+
+def read_set(paths: StatePaths) -> dict[str, RolePaths] | None:
+    """The managed set of the last checks; None when there is none. AgentError naming the file when it
+    cannot be read or is not a watch set."""
+    try:
+        text = paths.watch_set.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise AgentError(f"{paths.watch_set}: cannot read: {e.strerror}") from e
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise AgentError(f"{paths.watch_set}: not JSON: {e}") from e
+    return watchpaths.from_json(data, str(paths.watch_set))
+
+
+def write_set(paths: StatePaths, found: Mapping[str, RolePaths], *, limited_to: Iterable[str] | None,
+              exclude: Iterable[str] = ()) -> None:
+    """Write what a check found (`found`: {role: RolePaths}). A full check (`limited_to` None) replaces
+    the set; a role-limited one replaces its roles' entries only. Roles in `exclude` are left out. The
+    file is rewritten only when its bytes change."""
+    excluded = set(exclude)
+    table: dict[str, RolePaths] = {}
+    if limited_to is not None:
+        try:
+            table = dict(read_set(paths) or {})
+        except AgentError as e:
+            log.warning("replacing an unreadable watch set: %s", e)
+        for role in limited_to:
+            table.pop(role, None)
+    table.update(found)
+    table = {role: entry for role, entry in table.items() if role not in excluded}
+    data = (json.dumps(watchpaths.to_json(table), indent=1) + "\n").encode()
+    with contextlib.suppress(OSError):
+        if paths.watch_set.read_bytes() == data:
+            return
+    atomic_write(paths.watch_set, data, mode=0o644)
+
+
+# -- watch-state.json: the daemon's side, for status and reports ----------------------------------
+
+def read_state(paths: StatePaths) -> dict[str, Any] | None:
+    """The daemon's watch state, or None when no daemon watches (or the file cannot be read)."""
+    try:
+        data = json.loads(paths.watch_state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def report_info(paths: StatePaths, trigger: Trigger) -> WatchInfo | None:
+    """What a report says about the watch (None when no daemon watches): the counts, the fallback, the
+    contested paths, and for a watch check the changed paths that started it."""
+    data = read_state(paths)
+    if data is None:
+        return None
+    try:
+        changed = [str(p) for p in data.get("changed") or []] if trigger is Trigger.WATCH else []
+        contested = data.get("contested") or {}
+        return WatchInfo(
+            watched=int(data.get("watched", 0)), directories=int(data.get("directories", 0)),
+            unwatched=len(data.get("unwatched") or []),
+            unwatched_roles=tuple(str(r) for r in data.get("unwatched_roles") or []),
+            reason=str(data["reason"]) if data.get("reason") else None,
+            changed=tuple(changed[:CHANGED_SHOWN]), changed_count=len(changed),
+            contested=tuple(ContestedPath(str(p), int(n)) for p, n in sorted(contested.items())))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def status_line(data: Mapping[str, Any]) -> str:
+    """One line for `gitops-agent status`: 'watch: on, 12 paths in 3 directories; 4 paths NOT watched:
+    <reason>: scheduled checks only for roles db, web; contested: /etc/app.conf (3 flips)'."""
+    if not data.get("on"):
+        return f"watch: off ({data.get('reason') or 'watch: false'}): scheduled checks only"
+    line = f"watch: on, {data.get('watched', 0)} paths in {data.get('directories', 0)} directories"
+    unwatched = data.get("unwatched") or []
+    if unwatched:
+        roles = ", ".join(data.get("unwatched_roles") or []) or "-"
+        line += (f"; {len(unwatched)} paths NOT watched: {data.get('reason')}: scheduled checks only for "
+                 f"roles {roles}")
+    contested = data.get("contested") or {}
+    if contested:
+        line += "; contested (not corrected on change): " + ", ".join(
+            f"{p} ({n} flips)" for p, n in sorted(contested.items()))
+    return line
+
+
+# -- the daemon's watcher -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Batch:
+    """Changed paths that are due for a check, and the roles that manage them."""
+
+    paths: frozenset[str]
+    roles: tuple[str, ...]
+    contested: frozenset[str] = frozenset()  # paths this change made contested: the check only reports
+
+    @property
+    def check_only(self) -> bool:
+        return bool(self.contested)
+
+
+def _corrected_roles(report: Report | None) -> set[str]:
+    """The roles in which a watch check found corrective drift (corrected, or reported in detect mode)."""
+    if report is None:
+        return set()
+    return {d.role for d in report.drift if d.kind is DriftKind.CORRECTIVE and d.role}
+
+
+class WatchService:
+    """The watcher thread and the rules over it. `wake` is set when a change was seen (the daemon then
+    asks `due_in()`/`take()`). Raises AgentError when inotify cannot be started at all."""
+
+    def __init__(self, paths: StatePaths, wake: threading.Event, *, debounce_s: float = 2.0,
+                 contested_flips: int = 3, contested_window_s: float = CONTESTED_WINDOW_S,
+                 max_watches: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.paths = paths
+        self.wake = wake
+        self.clock = clock
+        self.watcher = Watcher(max_watches=max_watches)
+        self.debouncer = Debouncer(quiet_s=debounce_s, max_wait_s=max(MAX_WAIT_S, debounce_s))
+        self.contested = ContestedPaths(contested_flips, contested_window_s)
+        self.table: dict[str, RolePaths] = {}
+        self.state = WatchState(paths=0, directories=0)
+        self.changed_now: frozenset[str] = frozenset()  # the paths of the watch check in progress
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._set_digest: str | None = None  # of the watch.json last read (not its text: 10,000 paths)
+        self._fallback = False
+        self._thread = threading.Thread(target=self._loop, name="watcher", daemon=True)
+
+    def start(self) -> None:
+        self.reload()
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(POLL_S * 4)
+        self.watcher.close()
+        self.paths.watch_state.unlink(missing_ok=True)
+
+    def _loop(self) -> None:
+        fd = self.watcher.fileno()
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([fd], [], [], POLL_S)
+                if not ready:
+                    continue
+                with self._lock:
+                    changed = self.watcher.read(0)
+                    now = self.clock()
+                    counted = [p for p in changed if not self.contested.changed(p, now)
+                               and self.debouncer.changed(p, now)]
+                if counted:
+                    log.debug("watched paths changed: %s", ", ".join(sorted(counted)[:5]))
+                    self.wake.set()
+            except (OSError, ValueError) as e:  # the fd closed under us (stopping), or a broken read
+                if self._stop.is_set():
+                    return
+                log.error("the watcher failed: %s; retrying", e)
+                self._stop.wait(POLL_S)
+
+    # -- the managed set ------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Read watch.json and re-arm the watcher for its paths (only the difference). A bad file keeps
+        the previous table, with one log line."""
+        try:
+            text = self.paths.watch_set.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            text = None
+        except OSError as e:
+            log.error("cannot read the watch set: %s; keeping the previous one", e)
+            return
+        digest = None if text is None else hashlib.sha256(text.encode()).hexdigest()
+        if digest == self._set_digest and digest is not None:
+            return
+        try:
+            table = {} if text is None else watchpaths.from_json(json.loads(text), str(self.paths.watch_set))
+        except (ValueError, AgentError) as e:
+            log.error("%s; keeping the previous watch set", e)
+            return
+        with self._lock:
+            moved = [p for role, entry in table.items() if self.table.get(role) != entry
+                     for p in entry.paths]
+            self.contested.forget(moved)  # a new commit changed these roles: count again from zero
+            self.table = table
+            self.state = self.watcher.watch(p for entry in table.values() for p in entry.paths)
+        self._set_digest = digest
+        del text
+        self._say_fallback()
+        self.write_state()
+
+    def _unwatched_roles(self) -> list[str]:
+        missing = set(self.state.unwatched)
+        return sorted(role for role, entry in self.table.items() if entry.paths & missing)
+
+    def _say_fallback(self) -> None:
+        """One warning line when the fallback to scheduled checks starts, one when it ends."""
+        if self.state.unwatched and not self._fallback:
+            log.warning("watch: %d managed paths NOT watched (%s): scheduled checks only for roles %s",
+                        len(self.state.unwatched), self.state.reason, ", ".join(self._unwatched_roles()))
+        elif not self.state.unwatched and self._fallback:
+            log.info("watch: every managed path is watched again")
+        self._fallback = bool(self.state.unwatched)
+        log.info("watch: %d paths in %d directories", self.state.paths, self.state.directories)
+
+    def state_data(self) -> dict[str, Any]:
+        with self._lock:
+            contested = self.contested.contested(self.clock())
+        return {"on": True, "watched": self.state.paths, "directories": self.state.directories,
+                "unwatched": list(self.state.unwatched), "unwatched_roles": self._unwatched_roles(),
+                "reason": self.state.reason, "contested": contested, "changed": sorted(self.changed_now)}
+
+    def write_state(self) -> None:
+        try:
+            atomic_write(self.paths.watch_state, json.dumps(self.state_data(), indent=1).encode(), mode=0o644)
+        except OSError as e:
+            log.warning("cannot write the watch state: %s", e)
+
+    # -- batches and cycles ---------------------------------------------------------------------
+
+    def due_in(self) -> float | None:
+        """Seconds until the pending batch is due (0 when due), None when nothing is pending."""
+        with self._lock:
+            due = self.debouncer.due_at()
+        return None if due is None else max(0.0, due - self.clock())
+
+    def take(self) -> Batch | None:
+        """The due batch (forgotten here), or None. A path that the agent's watch checks already
+        corrected `contested_flips` times within the window and that changed again is contested now:
+        the batch's check only reports (the daemon runs it check-only), and its later changes start no
+        check (scheduled checks still correct it)."""
+        with self._lock:
+            now = self.clock()
+            changed = self.debouncer.take(now)
+            if not changed:
+                return None
+            roles = watchpaths.roles_of(changed, self.table)
+            contested = frozenset(p for p in changed if self.contested.flipped(p, now))
+        for path in sorted(contested):
+            log.warning("watch: %s is contested: it changed again after %d corrections within %gs; its "
+                        "changes no longer start checks (scheduled checks only)", path,
+                        self.contested.flips, self.contested.window_s)
+        return Batch(changed, tuple(sorted(roles)), contested)
+
+    def cycle_started(self, batch: Batch | None) -> None:
+        """A cycle starts: its changes of what it checks are its own (a full check: all paths)."""
+        with self._lock:
+            covered = None if batch is None else [p for r in batch.roles
+                                                  for p in self.table.get(r, RolePaths(r, frozenset())).paths]
+            self.debouncer.cycle_started(self.clock(), covered)
+            self.changed_now = batch.paths if batch is not None else frozenset()
+        self.write_state()
+
+    def cycle_ended(self, batch: Batch | None, report: Report | None) -> None:
+        """A cycle ended: its own changes stop counting after the grace; for a watch check, the changed
+        paths of roles with corrective drift count as corrected (the contested rule); then re-arm."""
+        with self._lock:
+            now = self.clock()
+            self.debouncer.cycle_ended(now)
+            self.changed_now = frozenset()
+            if batch is not None:
+                drifted = _corrected_roles(report)
+                for path in batch.paths - batch.contested:
+                    if any(path in self.table.get(r, RolePaths(r, frozenset())).paths for r in drifted):
+                        self.contested.corrected(path, now)
+        self.reload()
+        self.write_state()

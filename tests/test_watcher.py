@@ -1,0 +1,180 @@
+"""agent.watcher on a real tmp directory and the real kernel inotify: edits, rename-over, a directory
+deleted and recreated or moved away, a parent that appears later, and the watch limit (a cap, since
+lowering fs.inotify.max_user_watches needs root and is machine-wide)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.errors import AgentError
+from agent.watcher import Watcher
+from agent.watchpaths import RolePaths, roles_of
+from agent.watchrules import Debouncer
+
+
+@pytest.fixture
+def watcher() -> Iterator[Watcher]:
+    with Watcher() as w:
+        yield w
+
+
+def changes(w: Watcher) -> set[str]:
+    """Every change the kernel has queued for us by now (inotify queues at the syscall)."""
+    found = w.read(0.1)
+    while more := w.read(0):
+        found |= more
+    return found
+
+
+def test_an_edit_in_place_and_a_mode_change_are_seen_and_an_unmanaged_sibling_is_not(
+        tmp_path: Path, watcher: Watcher) -> None:
+    conf = tmp_path / "app.conf"
+    conf.write_text("port=80\n")
+    state = watcher.watch([str(conf)])
+    assert (state.paths, state.directories, state.unwatched) == (1, 1, ())
+    (tmp_path / "other.conf").write_text("x")
+    assert changes(watcher) == set()
+    with conf.open("a") as f:
+        f.write("debug=1\n")
+    assert changes(watcher) == {str(conf)}
+    conf.chmod(0o600)
+    assert changes(watcher) == {str(conf)}
+
+
+def test_an_editor_style_replace_is_seen_and_the_watch_survives_it(tmp_path: Path, watcher: Watcher) -> None:
+    conf = tmp_path / "app.conf"
+    conf.write_text("port=80\n")
+    watcher.watch([str(conf)])
+    tmp = tmp_path / ".app.conf.swp"
+    tmp.write_text("port=81\n")
+    assert changes(watcher) == set()  # the temp file is nobody's
+    os.replace(tmp, conf)
+    assert changes(watcher) == {str(conf)}
+    conf.write_text("port=82\n")  # the new inode is seen too: nothing had to be re-armed
+    assert changes(watcher) == {str(conf)}
+
+
+def test_a_directory_deleted_and_recreated_is_watched_again(tmp_path: Path, watcher: Watcher) -> None:
+    app = tmp_path / "etc" / "app"
+    app.mkdir(parents=True)
+    conf = app / "app.conf"
+    conf.write_text("a")
+    watcher.watch([str(conf), str(app)])
+    shutil.rmtree(app)
+    assert changes(watcher) == {str(conf), str(app)}
+    assert watcher.state().directories == 1  # app.conf now waits at etc/ for "app" to come back
+    app.mkdir()
+    assert changes(watcher) == {str(conf), str(app)}
+    assert watcher.state().directories == 2
+    conf.write_text("b")
+    assert changes(watcher) == {str(conf)}
+    assert watcher.state().paths == 2
+
+
+def test_a_directory_moved_away_is_not_followed(tmp_path: Path, watcher: Watcher) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    conf = app / "app.conf"
+    conf.write_text("a")
+    watcher.watch([str(conf)])
+    app.rename(tmp_path / "app.old")
+    assert changes(watcher) == {str(conf)}
+    (tmp_path / "app.old" / "app.conf").write_text("b")  # no longer the managed path
+    assert changes(watcher) == set()
+    app.mkdir()
+    assert changes(watcher) == {str(conf)}
+    conf.write_text("c")
+    assert changes(watcher) == {str(conf)}
+
+
+def test_a_path_whose_parents_do_not_exist_yet_is_watched_from_its_nearest_ancestor(
+        tmp_path: Path, watcher: Watcher) -> None:
+    conf = tmp_path / "a" / "b" / "c.conf"
+    state = watcher.watch([str(conf)])
+    assert (state.paths, state.directories) == (1, 1)
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    assert str(conf) in changes(watcher)
+    conf.write_text("x")
+    assert changes(watcher) == {str(conf)}
+
+
+def test_a_new_managed_set_adds_and_drops_watches(tmp_path: Path, watcher: Watcher) -> None:
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+    first, second = tmp_path / "one" / "f", tmp_path / "two" / "f"
+    assert watcher.watch([str(first)]).directories == 1
+    assert watcher.watch([str(second)]).directories == 1
+    first.write_text("x")
+    second.write_text("x")
+    assert changes(watcher) == {str(second)}
+
+
+def test_past_the_watch_limit_paths_are_unwatched_said_and_retried(tmp_path: Path) -> None:
+    dirs = [tmp_path / f"d{n}" for n in range(3)]
+    for d in dirs:
+        d.mkdir()
+    paths = [str(d / "f") for d in dirs]
+    with Watcher(max_watches=2) as w:
+        state = w.watch(paths)
+        assert (state.paths, state.directories) == (2, 2)
+        assert state.unwatched == (paths[2],)
+        assert state.reason == "the watcher's cap of 2 directory watches was reached"
+        state = w.watch(paths[1:])
+        assert (state.paths, state.unwatched, state.reason) == (2, (), None)
+
+
+def test_paths_must_be_absolute_and_normalised(watcher: Watcher) -> None:
+    for bad in ("etc/app.conf", "/etc//app.conf", "/etc/app/"):
+        with pytest.raises(AgentError, match="is not an absolute, normalised path"):
+            watcher.watch([bad])
+
+
+def test_a_queue_overflow_counts_every_managed_path_as_changed(tmp_path: Path, watcher: Watcher) -> None:
+    queued = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    busy, quiet = tmp_path / "a" / "busy.conf", tmp_path / "b" / "quiet.conf"
+    watcher.watch([str(busy), str(quiet)])
+    fd = os.open(busy, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for n in range(queued // 2 + 100):  # each round queues MODIFY then ATTRIB (never merged), unread
+            os.write(fd, b"x")
+            os.fchmod(fd, 0o600 if n % 2 else 0o644)
+    finally:
+        os.close(fd)
+    assert changes(watcher) == {str(busy), str(quiet)}  # events were lost: everything may have changed
+    quiet.write_text("x")  # and the watches are in place again
+    assert changes(watcher) == {str(quiet)}
+
+
+def test_a_burst_of_500_changed_files_is_one_batch_for_one_role(tmp_path: Path, watcher: Watcher) -> None:
+    docs = [tmp_path / f"doc{n:03}" for n in range(500)]
+    table = {"base": RolePaths("base", frozenset(str(d) for d in docs)),
+             "web": RolePaths("web", frozenset({str(tmp_path / "nginx.conf")}))}
+    assert watcher.watch(set().union(*(r.paths for r in table.values()))).directories == 1
+    debounce = Debouncer(quiet_s=2, max_wait_s=30)
+    for d in docs:  # a package upgrade rewrites them
+        d.write_text("new")
+    for path in changes(watcher):
+        debounce.changed(path, 100.0)
+    batch = debounce.take(102.0)
+    assert len(batch) == 500
+    assert roles_of(batch, table) == {"base"}
+
+
+def test_a_file_in_the_way_of_a_managed_path_is_watched_until_a_directory_replaces_it(
+        tmp_path: Path, watcher: Watcher) -> None:
+    blocker = tmp_path / "conf.d"
+    blocker.write_text("a file where the playbook wants a directory")
+    managed = blocker / "app.conf"
+    assert watcher.watch([str(managed)]).paths == 1  # watched from tmp_path, by the name conf.d
+    blocker.unlink()
+    blocker.mkdir()
+    assert str(managed) in changes(watcher)
+    managed.write_text("x")
+    assert changes(watcher) == {str(managed)}

@@ -1,0 +1,173 @@
+"""agent.watchpaths: the paths each role manages, read from a check run's raw events (docs/watch.md, 2).
+
+The captured runs under tests/data/events are the input (real ansible-runner events); a few synthetic
+events cover the modules those runs do not use (packages, services, accounts) and the corner shapes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.errors import AgentError
+from agent.watchpaths import (
+    DPKG_STATUS,
+    RPMDB,
+    UNIT_DIRS,
+    RolePaths,
+    from_json,
+    managed_paths,
+    result_paths,
+    roles_of,
+    to_json,
+)
+
+EVENTS = Path(__file__).parent / "data" / "events"
+
+
+def captured(case: str) -> dict[str, RolePaths]:
+    meta = json.loads((EVENTS / case / "meta.json").read_text()) if (EVENTS / case / "meta.json").exists() else {}
+    return managed_paths(json.loads((EVENTS / case / "events.json").read_text()),
+                         host=meta.get("host", "localhost"))
+
+
+def table(found: dict[str, RolePaths]) -> dict[str, tuple[list[str], tuple[str, ...]]]:
+    return {role: (sorted(p.paths), p.blind) for role, p in found.items()}
+
+
+MIXED = ["/TMP/root", "/TMP/root/etc/app", "/TMP/root/etc/app/app.conf", "/TMP/root/etc/app/env",
+         "/TMP/root/srv/a", "/TMP/root/srv/b"]
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    # file (directory, and looped), copy (dest in result and in args), lineinfile (path only in args);
+    # the skipped commands name nothing; the no_log copy is blind, in the check and in the apply alike
+    ("check_mixed", {"mixed": (MIXED, ("Secret token",))}),
+    ("apply_mixed", {"mixed": (MIXED, ("Secret token",))}),
+    # a loop read item by item from its runner_item_on_* events
+    ("big_loop_check", {"playbook": ([f"/TMP/root/spool/{n:04}" for n in range(6)], ())}),
+    # a failed loop item still names the path its task manages
+    ("loop_item_fails_check", {"app": (["/TMP/root/alpha.conf", "/TMP/root/beta.conf",
+                                        "/TMP/root/gamma.conf"], ())}),
+    # templates that would create their files: the dest is only in the module's arguments
+    ("template_new_file_check", {"app": (["/TMP/root/app.conf"], ())}),
+    ("include_loop_twins_check", {"web": (["/TMP/root/site-a.conf", "/TMP/root/site-b.conf"], ())}),
+    # a slurp reads a file, it does not manage it
+    ("block_rescue_check", {"app": (["/TMP/root/app-data", "/TMP/root/app.conf"], ())}),
+    # ansible-runner blanked the result (over its event limit): blind, not silently unwatched
+    ("blanked_result_check", {"playbook": ([], ("Big config",))}),
+    # a file task that failed before it said its path
+    ("mitogen_become_check", {"playbook": ([], ("App folder",))}),
+    # roles that ran only commands or facts manage no path, but are known to have run
+    ("apply_failing", {"failing": ([], ())}),
+    ("check_mode_fact_check", {"app": ([], ())}),
+    ("tasks_filtered_away_check", {}),
+])
+def test_managed_paths_of_captured_runs(case: str, expected: dict[str, Any]) -> None:
+    assert table(captured(case)) == expected
+
+
+def event(name: str, action: str, res: dict[str, Any], *, playbook: str = "/repo/playbooks/web.yml",
+          task: str = "t", uuid: str = "u1", host: str = "h1") -> dict[str, Any]:
+    return {"event": name, "event_data": {"playbook": playbook, "task": task, "task_uuid": uuid,
+                                          "resolved_action": action, "host": host, "res": res}}
+
+
+@pytest.mark.parametrize(("action", "expected"), [
+    ("ansible.builtin.apt", (DPKG_STATUS,)),
+    ("ansible.legacy.dnf", (RPMDB,)),
+    ("ansible.builtin.yum", (RPMDB,)),
+    ("ansible.builtin.package", (DPKG_STATUS, RPMDB)),
+    ("ansible.builtin.service", UNIT_DIRS),
+    ("ansible.builtin.systemd_service", UNIT_DIRS),
+    ("ansible.builtin.user", ("/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow")),
+])
+def test_package_service_and_account_modules_name_their_state_files(action: str,
+                                                                    expected: tuple[str, ...]) -> None:
+    found = managed_paths([event("runner_on_ok", action, {"changed": True, "name": "nginx"})])
+    assert found == {"web": RolePaths("web", frozenset(expected))}
+
+
+@pytest.mark.parametrize(("res", "expected"), [
+    ({"path": "/etc//app/./conf/"}, ("/etc/app/conf",)),
+    ({"dest": "/etc/app/../motd"}, ("/etc/motd",)),
+    ({"path": "//etc/hosts"}, ("/etc/hosts",)),
+    ({"dest": "/a", "path": "/b"}, ("/a",)),  # dest first, as agent.result_text.target reads it
+    ({"invocation": {"module_args": {"path": "/etc/x.ini"}}}, ("/etc/x.ini",)),
+    ({"path": "relative/file"}, None),  # cannot be watched: blind
+    ({}, None),
+    ({"censored": "hidden", "path": "/etc/secret"}, None),
+])
+def test_result_paths_normalises_and_tells_blind_tasks(res: dict[str, Any],
+                                                       expected: tuple[str, ...] | None) -> None:
+    assert result_paths("ini_file", res) == expected
+
+
+def test_modules_that_manage_no_path_name_none() -> None:
+    for module in ("command", "shell", "debug", "set_fact", "slurp", "stat", "include_tasks"):
+        assert result_paths(module, {"path": "/etc/x"}) == ()
+
+
+def test_a_loop_without_item_events_is_read_from_its_final_results() -> None:
+    res = {"changed": True, "results": [{"dest": "/etc/a"}, {"skipped": True, "dest": "/etc/skipped"},
+                                        {"censored": "hidden"}, "not a mapping"]}
+    found = managed_paths([event("runner_on_ok", "ansible.builtin.copy", res, task="Configs")])
+    assert table(found) == {"web": (["/etc/a"], ("Configs",))}
+
+
+def test_skipped_and_unreachable_tasks_and_other_hosts_manage_nothing() -> None:
+    found = managed_paths([
+        event("runner_on_skipped", "ansible.builtin.copy", {"dest": "/etc/skipped"}),
+        event("runner_on_unreachable", "ansible.builtin.copy", {"dest": "/etc/unreachable"}),
+        event("runner_on_ok", "ansible.builtin.copy", {"dest": "/etc/other-host"}, host="h2"),
+        event("runner_on_ok", "ansible.builtin.copy", {"dest": "/etc/mine"}, host="h1"),
+    ], host="h1")
+    assert table(found) == {"web": (["/etc/mine"], ())}
+
+
+def test_roles_are_the_playbooks_and_the_per_role_opt_out_drops_one() -> None:
+    run = [event("runner_on_ok", "ansible.builtin.copy", {"dest": "/etc/nginx.conf"}),
+           event("runner_on_ok", "ansible.builtin.copy", {"dest": "/etc/my.cnf"}, uuid="u2",
+                 playbook="/repo/playbooks/db.yml"),
+           event("runner_on_ok", "ansible.builtin.file", {"path": "/etc/ssl"}, uuid="u3",
+                 playbook="/repo/playbooks/db.yml")]
+    assert table(managed_paths(run)) == {"web": (["/etc/nginx.conf"], ()), "db": (["/etc/my.cnf", "/etc/ssl"], ())}
+    assert table(managed_paths(run, exclude_roles=["db"])) == {"web": (["/etc/nginx.conf"], ())}
+
+
+def test_roles_of_changed_paths() -> None:
+    found = {"web": RolePaths("web", frozenset({"/etc/nginx.conf", "/etc/ssl"})),
+             "db": RolePaths("db", frozenset({"/etc/my.cnf", "/etc/ssl"})),
+             "base": RolePaths("base", frozenset({DPKG_STATUS}))}
+    assert roles_of(["/etc/nginx.conf"], found) == {"web"}
+    assert roles_of(["/etc/ssl/"], found) == {"web", "db"}  # a shared path checks both its roles
+    assert roles_of(["/etc/my.cnf", "/var/lib/dpkg/status"], found) == {"db", "base"}
+    assert roles_of(["/etc/unmanaged", "relative"], found) == frozenset()
+
+
+def test_the_hand_off_to_the_daemon_round_trips_through_json() -> None:
+    found = captured("check_mixed") | captured("big_loop_check")
+    data = json.loads(json.dumps(to_json(found)))
+    assert from_json(data) == found
+    assert to_json(found) == to_json(from_json(data))  # stable: sorted roles and paths
+
+
+@pytest.mark.parametrize(("data", "error"), [
+    ([], "watch.json: not a version 1 watch set"),
+    ({"version": 2, "roles": {}}, "watch.json: not a version 1 watch set"),
+    ({"version": 1}, "watch.json: 'roles' must be a mapping of role names"),
+    ({"version": 1, "roles": {"web": {"paths": ["etc/x"]}}},
+     "watch.json: role 'web': 'paths' must be a list of absolute, normalised paths"),
+    ({"version": 1, "roles": {"web": {"paths": ["/etc/x/"]}}},
+     "watch.json: role 'web': 'paths' must be a list of absolute, normalised paths"),
+    ({"version": 1, "roles": {"web": None}},
+     "watch.json: role 'web': 'paths' must be a list of absolute, normalised paths"),
+    ({"version": 1, "roles": {"web": {"paths": [], "blind": [3]}}},
+     "watch.json: role 'web': 'blind' must be a list of task names"),
+])
+def test_a_bad_hand_off_is_one_clear_error(data: object, error: str) -> None:
+    with pytest.raises(AgentError) as caught:
+        from_json(data, "watch.json")
+    assert str(caught.value) == error
