@@ -84,6 +84,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                                    error=sent.error if sent and waiting else None,
                                    at=sent.at if sent else None, now=now))
         if last:
+            rollout = render.rollout_text(last)
+            if rollout:
+                print(rollout)
             print(render.summary(last, colour=colour()))
     return exit_code(last.status) if last else 1
 

@@ -36,6 +36,7 @@ from agent import (
 )
 from agent import verdict as verdict_of
 from agent.config import AgentConfig
+from agent.cycle_rollout import RolloutGate
 from agent.drift import DriftContext, Finding
 from agent.errors import AgentError, RewindError, RunCancelledError, RunTimeoutError, VerifyError
 from agent.fsutil import atomic_write, describe_os_error
@@ -54,6 +55,7 @@ from agent.report import (
     Pause,
     Phase,
     Report,
+    RolloutInfo,
     Signature,
     SourceInfo,
     Stats,
@@ -111,6 +113,7 @@ class _Attempt:
     all_roles: tuple[str, ...] = ()  # the host's roles, broken ones included (the plan has the others)
     warnings: list[str] = field(default_factory=list)  # run-level: where Ansible ran unlike ansible-playbook
     strategy: str | None = None  # set when mitogen was dropped for this cycle (runner's fallback)
+    rollout: RolloutInfo | None = None  # where the host stands in the commit's rollout (rollout.yml)
 
     def fail(self, message: str, phase: Phase | None = None) -> None:
         self.errors.append(ErrorItem(phase or self.phase, message))
@@ -141,6 +144,7 @@ class Cycle:
         self.journal = Journal(config, self.store, clock=clock, spool=parts.spool)
         self.unspooled: list[Report] = []  # reports that could not go into the outbox: deliver them directly
         self.problems: list[str] = []  # what could not be written, one line each (for the CLI)
+        self.rollout_gate = RolloutGate(config.host, ask=parts.ask_rollout, clock=clock)
 
     def run(self, options: CycleOptions) -> Report:
         """One full cycle under the state directory's lock. Never raises AgentError: it reports it."""
@@ -391,6 +395,7 @@ class Cycle:
             inventory_name=self.config.inventory, inventory=inventory,
             parse=lambda: self.runner.inventory_graph(inventory, revision.path, self.settings)))
         names = [p.stem for p in playbooks_dir.glob("*.yml")] if playbooks_dir.is_dir() else []
+        self.rollout_gate.graph = graph
         return make_plan(graph=graph, host=self.config.host, commit=revision.commit,
                          project_dir=revision.path, playbooks_dir=playbooks_dir, inventory=inventory,
                          playbook_names=names)
@@ -437,6 +442,14 @@ class Cycle:
         for message in verdict.idle_roles:
             attempt.fail(message, Phase.CHECK)
         actionable = [f for f in attempt.findings if f.actionable]
+        gate = self.rollout_gate.decide(attempt.revision, state, attempt.findings, attempt.plan.roles)
+        if gate is not None:
+            attempt.rollout = gate.info
+            if not gate.decision.allow and actionable and not options.check_only:
+                log.info("rollout gate holds commit %s: %s", commit[:12], gate.decision.reason)
+                attempt.status = self._status_without_apply(verdict, actionable, attempt.pause)
+                attempt.phase = Phase.DONE
+                return state
         decision = policy.decide(actionable_drift=len(actionable), check_failures=len(verdict.failed),
                                  mode=self.config.mode, check_only=options.check_only,
                                  pause=attempt.pause, now=self.clock())
@@ -539,6 +552,7 @@ class Cycle:
                                   recheck=d.get("recheck"), total=d.get("total")),
             interval_s=int(self.config.schedule.interval_s), splay_s=int(self.config.schedule.splay_s),
             pause=attempt.pause, warnings=tuple(dict.fromkeys(attempt.warnings)),
+            rollout=attempt.rollout,
         )
         report = replace(report, watch=watchservice.report_info(self.store.paths, options.trigger))
         return report, new_state

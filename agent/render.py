@@ -132,3 +132,18 @@ def delivery_text(*, collector: bool, waiting: int, error: str | None, at: datet
 def warning_lines(warnings: list[str], *, colour: bool = False) -> str:
     """Warnings under a run's summary (things that did not block the run: a collector that is down)."""
     return "\n".join(f"  {_paint('warning', '33', colour)}: {w}" for w in warnings)
+
+
+def rollout_text(report: Report) -> str | None:
+    """'rollout: wave rest, waiting: wave canary 3/5 converged, needs 95% (enforcing 1a2b3c4d5e6f)' for a
+    report with a rollout block (docs/rollout.md); None without one."""
+    info = report.rollout
+    if info is None:
+        return None
+    text = f"rollout: wave {info.wave}, {info.reason}"
+    if info.plan_digest:
+        text += f"; plan {info.plan_digest[:12]}"
+    if info.enforcing_commit:
+        text += f" (enforcing {info.enforcing_commit[:12]})"
+    return text
+

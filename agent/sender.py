@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 REPORTS_PATH = "/api/v1/reports"
 HEALTH_PATH = "/healthz"
+ROLLOUTS_PATH = "/api/v1/rollouts"
 STOP_STATUSES = frozenset({401, 404})
 RETRY_STATUSES = frozenset({408, 429})
 CONFLICT = 409
@@ -234,6 +235,29 @@ class Sender:
         if response.status_code in (400, 413, 422):
             return True, "accepted"
         return False, _reason(response)
+
+    def rollout(self, commit: str, policy_digest: str, policy_text: str) -> tuple[object | None, str]:
+        """The collector's rollout answer for (commit, policy digest) as JSON data, sending the text of
+        rollout.yml once when the collector does not know the policy (docs/rollout.md): one GET, and a
+        PUT then one more GET when the policy is unknown. (None, why) when the collector cannot be
+        reached or refuses: the gate then treats it as unreachable."""
+        path = f"{ROLLOUTS_PATH}/{commit}"
+        try:
+            response = self._client.get(path, params={"policy": policy_digest})
+            if response.status_code == 404 and "unknown policy" in response.text:
+                put = self._client.put(f"{path}/policy", params={"policy": policy_digest},
+                                       content=policy_text.encode(), headers={"Content-Type": "text/plain"})
+                if put.status_code not in (200, 201):
+                    return None, f"the collector refused the policy: {_reason(put)}"
+                response = self._client.get(path, params={"policy": policy_digest})
+        except httpx.HTTPError as e:
+            return None, f"{type(e).__name__}: {e}"
+        if response.status_code != 200:
+            return None, f"HTTP {response.status_code}: {_reason(response)}"
+        try:
+            return response.json(), "ok"
+        except ValueError:
+            return None, "the collector's rollout answer is not JSON"
 
     def _deliver(self, body: bytes, deadline: float | None) -> SendResult:
         attempt = 0

@@ -21,9 +21,10 @@ from functools import partial
 from pathlib import Path
 from typing import Protocol
 
-from agent import delivery
+from agent import delivery, sender
 from agent import runner as ansible_runner
-from agent.config import AgentConfig
+from agent.config import AgentConfig, CollectorConfig
+from agent.errors import AgentError
 from agent.inventory import RunPlan
 from agent.progress import Progress
 from agent.report import Report
@@ -50,12 +51,18 @@ class PlaybookRunner(Protocol):
         ...
 
 
+RolloutAsk = Callable[[str, str, str], tuple[object | None, str]]
+
+
 @dataclass(frozen=True)
 class CycleParts:
     source: GitSource
     store: StateStore
     runner: PlaybookRunner
     spool: Callable[[Report], None]
+    # (commit, policy digest, text of rollout.yml) -> (the collector's rollout answer or None, why not);
+    # None: no collector configured (the gate then holds as when it is unreachable; docs/rollout.md)
+    ask_rollout: RolloutAsk | None = None
 
 
 def git_source(config: AgentConfig) -> GitSource:
@@ -70,4 +77,16 @@ def state_store(config: AgentConfig) -> StateStore:
 def cycle_parts(config: AgentConfig) -> CycleParts:
     """The real collaborators of a cycle for `config`."""
     return CycleParts(source=git_source(config), store=state_store(config), runner=ansible_runner,
-                      spool=partial(delivery.enqueue, config))
+                      spool=partial(delivery.enqueue, config),
+                      ask_rollout=partial(collector_rollout, config.collector) if config.collector.url
+                      else None)
+
+
+def collector_rollout(collector: CollectorConfig, commit: str, policy_digest: str,
+                      policy_text: str) -> tuple[object | None, str]:
+    """Ask the configured collector (one attempt, 15 s at most) for a commit's rollout state."""
+    try:
+        with sender.Sender.from_config(collector, max_attempts=1) as client:
+            return client.rollout(commit, policy_digest, policy_text)
+    except (AgentError, OSError) as e:
+        return None, str(e)

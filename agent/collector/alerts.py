@@ -169,7 +169,8 @@ VERBS = {"drifting": "started drifting", "failing": "started failing", "stale": 
          "recovered": "recovered",
          # drift review (docs/drift-review.md): the task names the exception
          "exc_expiring": "drift accepted by an exception expiring within 7 days",
-         "exc_expired": "drift reopened: its exception expired"}
+         "exc_expired": "drift reopened: its exception expired",
+         "halted": "failed a rollout wave, which halted the rollout"}
 
 
 def summary(alert: Alert) -> str:

@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.collector import api, heads_views, notify, notify_views, review_views, ui
+from agent.collector import api, heads_views, notify, notify_views, review_views, rollout_api, ui
 from agent.collector.context import Collector
 from agent.collector.errors import CollectorError, InvalidReportError
 
@@ -80,6 +80,7 @@ ROUTES = [
     notify_views.API_ROUTE,
     *review_views.API_ROUTES,
     *heads_views.ROUTES,
+    *rollout_api.API_ROUTES,
 ]
 
 
@@ -93,6 +94,7 @@ def create_app(collector: Collector) -> Starlette:
     # the web UI, and the drift review's actions (neither in the OpenAPI document)
     pages = [*review_views.PAGE_ROUTES, *ui.ROUTES, notify_views.PAGE_ROUTE]
     pages += review_views.API_ACTION_ROUTES
+    pages += rollout_api.PAGE_ROUTES
     app = Starlette(routes=[*ROUTES, *pages], lifespan=_lifespan, exception_handlers={
         CollectorError: _collector_error,
         SQLAlchemyError: _database_error,

@@ -127,6 +127,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="where browsers reach the collector when it differs from the address served, "
                             "e.g. https://collector.example.com behind a proxy (repeatable): accepted as "
                             "the Origin of the login form, makes the session cookie Secure, links in alerts")
+    serve.add_argument("--operator", action="append", default=[], metavar="NAME",
+                       help="a reader (token name or trusted-header user) allowed to halt, resume and skip "
+                            "rollouts and approve plans (repeatable; none by default)")
+    serve.add_argument("--rollout-cache", type=duration_s, default=2.0, metavar="DURATION",
+                       help="how long agents' rollout answers are served from memory, per process "
+                            "(default 2s; keep it well under the agents' schedule.poll)")
     serve.add_argument("--notify-interval", type=duration_s, default=15.0,
                        help="how often to look for state changes and retry deliveries (default 15s)")
     serve.add_argument("--alert-group-wait", type=duration_s, default=Grouping.wait_s,
@@ -272,7 +278,8 @@ def _settings(args: argparse.Namespace) -> CollectorSettings:
                              client_cert_required=bool(args.tls_client_ca),
                              alert_grouping=Grouping(args.alert_group_wait, args.alert_group_interval),
                              public_urls=_public_urls(args.public_url), reviewers=tuple(args.reviewer),
-                             group_commit=args.group_commit, heads=heads_of(args))
+                             group_commit=args.group_commit, heads=heads_of(args),
+                             operators=tuple(args.operator), rollout_cache_s=args.rollout_cache)
 
 
 def app_from_env() -> Starlette:

@@ -129,6 +129,7 @@ def _paths() -> dict[str, Any]:
         "/api/v1/webhooks": _get("Webhook deliveries, newest first, with status counts. Webhook URLs are "
                                  "shown masked (scheme and host) and numbered in configuration order", [
             _enum("status", "delivery status", DELIVERY_STATUSES), *PAGE_PARAMS]),
+        **_rollout_paths(),
         "/healthz": {"get": {
             "summary": "Liveness and database reachability", "security": [],
             "responses": {"200": {"description": "ok"}, "503": {"description": "database down"}}}},
@@ -160,6 +161,51 @@ def _beacon_paths() -> dict[str, Any]:
                       "400": error, "401": error, "404": error, "413": error, "502": error},
     }}
     return {"/api/v1/heads": heads, "/api/v1/hooks/{vendor}": hook}
+def _rollout_paths() -> dict[str, Any]:
+    """Rollouts (docs/rollout.md; agent.collector.rollout_api)."""
+    error = {"$ref": "#/components/responses/Error"}
+    commit = _p("commit", pattern="^[0-9a-f]{4,64}$")
+    policy = {**_q("policy", "sha256 of the commit's parsed rollout.yml (agent.rollout.Policy.digest)",
+                   {"type": "string", "pattern": "^[0-9a-f]{64}$"}), "required": True}
+
+    done = {"description": "done, logged with who and when"}
+
+    def post(summary: str, body: dict[str, Any], codes: tuple[str, ...] = ("201",)) -> dict[str, Any]:
+        return {"post": {"summary": summary, "security": [{"bearer": []}], "parameters": [commit],
+                         "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+                         "responses": {**{c: done for c in codes},
+                                       "400": error, "401": error, "403": error, "404": error}}}
+
+    reason = {"type": "string", "minLength": 1, "maxLength": 1000}
+    return {
+        "/api/v1/rollouts/{commit}": {"get": {
+            "summary": "The rollout state agents ask before applying a new commit (a host's ingest token); "
+                       "404 `unknown policy` until a host sent the policy", "security": [{"bearer": []}],
+            "parameters": [commit, policy],
+            "responses": {"200": {"description": "waves with counts, halt, approved plans"},
+                          "304": {"description": "unchanged (If-None-Match)"},
+                          "400": error, "401": error, "403": error, "404": error}}},
+        "/api/v1/rollouts/{commit}/policy": {"put": {
+            "summary": "Send the text of rollout.yml for (commit, policy digest) (a host's ingest token)",
+            "security": [{"bearer": []}], "parameters": [commit, policy],
+            "requestBody": {"required": True, "content": {"text/plain": {"schema": {"type": "string"}}}},
+            "responses": {"201": {"description": "stored"}, "200": {"description": "already known"},
+                          "400": error, "401": error, "403": error, "413": error}}},
+        "/api/v1/rollouts/{commit}/control": _get(
+            "The commit's rollout as the commit page shows it: waves, halt, action log, plans pending "
+            "approval, windows and freezes", [commit]),
+        "/api/v1/rollouts/{commit}/actions": post(
+            "Halt, resume, or skip a wave (an operator: `serve --operator NAME`)",
+            {"type": "object", "required": ["action", "reason"],
+             "properties": {"action": {"enum": ["halt", "resume", "skip"]}, "wave": {"type": "string"},
+                            "reason": reason}}),
+        "/api/v1/rollouts/{commit}/approvals": post(
+            "Approve plan digests for the commit: every host with one of these plans may apply (an operator)",
+            {"type": "object", "required": ["plan_digests", "reason"],
+             "properties": {"plan_digests": {"type": "array", "minItems": 1,
+                                             "items": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+                            "reason": reason}}),
+    }
 
 
 def _components() -> dict[str, Any]:

@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql.dml import Insert
 
-from agent.collector import db, review_store
+from agent.collector import db, review_store, rollout_ingest
 from agent.collector.errors import CollectorError, ConflictError, InvalidReportError, UnauthorizedError
 from agent.collector.hostnames import host_name_problem
 from agent.collector.report_times import check_run_times, clamp
@@ -70,13 +70,20 @@ def ingest(engine: Engine, report: Report, raw: bytes, *, received_at: datetime,
             _insert_drift(conn, report)
             _upsert_commit(conn, report, received_at)
             _upsert_host(conn, report, received_at, expect)
-            review_store.record_report(conn, report, now=received_at)
+            _record_outcomes(conn, report, received_at)
         return True
     except IntegrityError:
         with engine.connect() as conn:  # two senders raced with the same run_id: the other one won
             if _already_stored(conn, report, raw):
                 return False
         raise
+
+
+def _record_outcomes(conn: Connection, report: Report, received_at: datetime) -> None:
+    """What every way of storing a run also records, after the run's and its host's rows: its drift items
+    (docs/drift-review.md) and its host's rollout outcome (docs/rollout.md)."""
+    review_store.record_report(conn, report, now=received_at)
+    rollout_ingest.record_report(conn, report)
 
 
 def ingest_batch(engine: Engine, items: Sequence[tuple[Report, bytes, datetime]], *,
@@ -105,7 +112,7 @@ def ingest_batch(engine: Engine, items: Sequence[tuple[Report, bytes, datetime]]
                     _insert_drift(conn, report)
                     _upsert_commit(conn, report, received_at)
                     _upsert_host(conn, report, received_at, expect)
-                    review_store.record_report(conn, report, now=received_at)
+                    _record_outcomes(conn, report, received_at)
                 results.append(True)
             except IntegrityError as e:
                 results.append(e)
@@ -315,8 +322,8 @@ def ingest_group(engine: Engine, items: Sequence[tuple[Report, bytes, datetime]]
                     conn.execute(_insert_ignore_stmt(conn.dialect.name, commits), commit_rows)
                 for report, _, received_at in _newest_per_host([prepared[i] for i in fresh]):
                     _upsert_host(conn, report, received_at, expect)
-                for i in fresh:  # after the hosts' rows, as in ingest: the drift items of each report
-                    review_store.record_report(conn, prepared[i][0], now=prepared[i][2])
+                for i in fresh:  # after the hosts' rows, as in ingest
+                    _record_outcomes(conn, prepared[i][0], prepared[i][2])
     except (DBAPIError, ConflictError):
         # Something of the batch was refused (a value, a race for a run_id, a conflict): nothing is stored.
         # Once more with a savepoint per report, so that only the bad one fails.

@@ -245,6 +245,20 @@ rollout_approvals = Table(
     Column("at", UTCDateTime, nullable=False),
     Column("reason", Text, nullable=False),
 )
+rollout_hosts = Table(  # each host's latest outcome on (commit, policy digest), from its latest report
+    "rollout_hosts", metadata,
+    Column("commit", String(SHA), primary_key=True),
+    Column("policy_digest", String(ROLLOUT_DIGEST), primary_key=True),
+    Column("host", String(255), primary_key=True),
+    Column("wave", String(WAVE_NAME), nullable=False),
+    Column("outcome", String(16), nullable=False),  # converged | failed | pending (rollout_state.Outcome)
+    Column("gate", String(16), nullable=False),  # the host's gate state (agent.report.GateState)
+    Column("reason", Text, nullable=False),
+    Column("plan_digest", String(ROLLOUT_DIGEST), nullable=True),
+    Column("run_id", String(64), nullable=False),
+    Column("wave_sizes", Text, nullable=False),  # JSON {wave: size}, as this host computed them
+    Column("at", UTCDateTime, nullable=False),  # the report's finish time
+)
 
 # Drift review (migration 0007, docs/drift-review.md). Not written by ingest yet: the pure core is in
 # drift_review.py, drift_exceptions.py and compliance.py.

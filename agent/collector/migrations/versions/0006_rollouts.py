@@ -7,6 +7,9 @@ operators' actions (halt, resume, skip) and approvals of plans.
 - `rollout_actions`: every halt, resume and skip, automatic or by hand: who, when, why (an audit log).
 - `rollout_approvals`: one row per approved (commit, plan digest); one approval covers every host whose
   plan has that digest.
+- `rollout_hosts`: each host's latest outcome on a (commit, policy digest), from its latest report with a
+  rollout block: its wave, outcome (converged, failed, pending), plan digest, the run, and the wave
+  sizes it computed (the wave counts are a query over this table).
 
 Revision ID: 0006
 """
@@ -58,8 +61,23 @@ def upgrade() -> None:
         sa.Column("at", sa.DateTime(), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
     )
+    op.create_table(
+        "rollout_hosts",
+        sa.Column("commit", sa.String(SHA), primary_key=True),
+        sa.Column("policy_digest", sa.String(DIGEST), primary_key=True),
+        sa.Column("host", sa.String(255), primary_key=True),
+        sa.Column("wave", sa.String(NAME), nullable=False),
+        sa.Column("outcome", sa.String(16), nullable=False),
+        sa.Column("gate", sa.String(16), nullable=False),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("plan_digest", sa.String(DIGEST), nullable=True),
+        sa.Column("run_id", sa.String(64), nullable=False),
+        sa.Column("wave_sizes", sa.Text(), nullable=False),
+        sa.Column("at", sa.DateTime(), nullable=False),
+    )
 
 
 def downgrade() -> None:
-    for table in ("rollout_approvals", "rollout_actions", "rollout_waves", "rollout_policies"):
+    for table in ("rollout_hosts", "rollout_approvals", "rollout_actions", "rollout_waves",
+                  "rollout_policies"):
         op.drop_table(table)

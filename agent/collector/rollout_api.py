@@ -1,0 +1,325 @@
+"""HTTP handlers of rollouts (docs/rollout.md): what agents ask, what operators do, and the commit page's
+forms.
+
+- ``GET /api/v1/rollouts/{commit}?policy=DIGEST`` (a host's ingest token): the rollout state the gate
+  needs; 404 ``unknown policy`` until some host sent the policy. With an ``ETag``: an unchanged answer
+  is a 304 to ``If-None-Match``.
+- ``PUT /api/v1/rollouts/{commit}/policy?policy=DIGEST`` (ingest token): the text of rollout.yml.
+- ``GET /api/v1/rollouts/{commit}/control`` (reader): what the commit page shows.
+- ``POST /api/v1/rollouts/{commit}/actions`` and ``.../approvals`` (an operator: a reader named with
+  ``serve --operator``; JSON bodies, so a cross-site form cannot send them): halt, resume, skip a wave;
+  approve plan digests. Each is logged with who, when and why.
+- ``POST /commits/{sha}/rollout``: the same from the commit page's forms (session of an operator, and the
+  Origin/Referer check of every form, agent.collector.ui_auth.from_this_site).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from agent.collector import queries, rollout_store, ui_auth
+from agent.collector.auth import ingest_principal, reader_principal
+from agent.collector.errors import (
+    BadRequestError,
+    CollectorError,
+    ForbiddenError,
+    NotFoundError,
+    TooLargeError,
+)
+from agent.collector.tokens import Principal
+from agent.collector.ui_render import SECURITY_HEADERS, render_page
+
+if TYPE_CHECKING:
+    from agent.collector.context import Collector
+
+MAX_JSON_BYTES = 64 * 1024
+
+
+def _collector(request: Request) -> Collector:
+    collector: Collector = request.app.state.collector
+    return collector
+
+
+def notify_of(collector: Collector) -> rollout_store.Notify:
+    s = collector.settings
+    return rollout_store.Notify(s.webhooks, s.alert_grouping, s.public_urls[0] if s.public_urls else None)
+
+
+def check_operator(collector: Collector, principal: Principal | None) -> str:
+    """The operator's name, or 403: rollout actions need a reader named with ``serve --operator``."""
+    if principal is None:
+        raise ForbiddenError("sign in as an operator to act on rollouts")
+    if principal.name not in collector.settings.operators:
+        raise ForbiddenError(
+            f"{principal.name!r} is not an operator of rollouts "
+            "(the collector names them with `serve --operator NAME`)"
+        )
+    return principal.name
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLargeError(f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _policy_param(request: Request) -> str:
+    digest = request.query_params.get("policy")
+    if not digest:
+        raise BadRequestError("policy: give the policy digest (?policy=SHA256 of rollout.yml's policy)")
+    return rollout_store.check_digest(digest, "policy")
+
+
+async def get_rollout(request: Request) -> Response:
+    collector = _collector(request)
+    await collector.db(ingest_principal, collector.engine, request)
+    commit, digest = request.path_params["commit"], _policy_param(request)
+    body, etag = await _cached_answer(request, collector, commit, digest)
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+async def _cached_answer(
+    request: Request, collector: Collector, commit: str, digest: str
+) -> tuple[bytes, str]:
+    """The answer and its ETag, computed at most once per ``settings.rollout_cache_s`` per process
+    (docs/rollout.md, Cache: thousands of agents polling ask for the same few answers)."""
+    cache: dict[tuple[str, str], tuple[float, bytes, str]] | None = getattr(
+        request.app.state, "rollout_answers", None
+    )
+    if cache is None:
+        cache = request.app.state.rollout_answers = {}
+    lock: anyio.Lock | None = getattr(request.app.state, "rollout_lock", None)
+    if lock is None:
+        lock = request.app.state.rollout_lock = anyio.Lock()
+    key = (commit, digest)
+    async with lock:  # one computation at a time: requests arriving meanwhile take its result
+        hit = cache.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1], hit[2]
+        result = await collector.db(
+            rollout_store.answer,
+            collector.engine,
+            commit,
+            digest,
+            now=collector.now(),
+            notify=notify_of(collector),
+        )
+        body = json.dumps(result, separators=(",", ":"), sort_keys=True).encode()
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        if collector.settings.rollout_cache_s > 0:
+            if len(cache) > 1000:
+                cache.clear()
+            cache[key] = (time.monotonic() + collector.settings.rollout_cache_s, body, etag)
+    return body, etag
+
+
+async def put_policy(request: Request) -> Response:
+    collector = _collector(request)
+    await collector.db(ingest_principal, collector.engine, request)
+    commit, digest = request.path_params["commit"], _policy_param(request)
+    raw = await _body(request, rollout_store.MAX_POLICY_BYTES)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequestError("body: rollout.yml must be UTF-8 text") from e
+    created = await collector.db(
+        rollout_store.store_policy, collector.engine, commit, digest, text, now=collector.now()
+    )
+    return JSONResponse(
+        {"commit": commit, "policy_digest": digest, "result": "created" if created else "known"},
+        status_code=201 if created else 200,
+    )
+
+
+async def get_control(request: Request) -> Response:
+    collector = _collector(request)
+    await collector.db(reader_principal, collector.engine, request, collector.settings.proxy)
+    result = await collector.db(
+        rollout_store.view,
+        collector.engine,
+        request.path_params["commit"],
+        now=collector.now(),
+        notify=notify_of(collector),
+    )
+    if result is None:
+        raise NotFoundError("no rollout known for this commit")
+    return JSONResponse(result)
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise BadRequestError("Content-Type: must be application/json")
+    try:
+        data = json.loads(await _body(request, MAX_JSON_BYTES))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequestError(f"body: not JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise BadRequestError("body: must be a JSON object")
+    return data
+
+
+def _text(data: dict[str, Any], key: str, *, required: bool = True) -> str | None:
+    value = data.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise BadRequestError(f"{key}: must be a string")
+    return value
+
+
+async def _operator(request: Request) -> tuple[Collector, str]:
+    collector = _collector(request)
+    principal = await collector.db(reader_principal, collector.engine, request, collector.settings.proxy)
+    return collector, check_operator(collector, principal)
+
+
+async def post_action(request: Request) -> Response:
+    collector, actor = await _operator(request)
+    data = await _json(request)
+    row = await collector.db(
+        rollout_store.act,
+        collector.engine,
+        request.path_params["commit"],
+        _text(data, "action") or "",
+        actor=actor,
+        reason=_text(data, "reason") or "",
+        now=collector.now(),
+        wave=_text(data, "wave", required=False),
+    )
+    return JSONResponse(row, status_code=201)
+
+
+async def post_approvals(request: Request) -> Response:
+    collector, actor = await _operator(request)
+    data = await _json(request)
+    digests = data.get("plan_digests")
+    if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
+        raise BadRequestError("plan_digests: must be a list of plan digests (strings)")
+    added = await collector.db(
+        rollout_store.approve,
+        collector.engine,
+        request.path_params["commit"],
+        digests,
+        actor=actor,
+        reason=_text(data, "reason") or "",
+        now=collector.now(),
+    )
+    return JSONResponse({"approved": added}, status_code=201)
+
+
+async def page_action(request: Request) -> Response:
+    """The commit page's forms: op=halt|resume|skip|approve, wave, plan_digest (repeatable), reason."""
+    collector, sha = _collector(request), request.path_params["sha"]
+    if not ui_auth.from_this_site(request, collector.settings.public_urls):
+        return render_page(
+            "error.html",
+            403,
+            message=ui_auth.CROSS_SITE,
+            now=collector.now(),
+            path="/",
+            reader=None,
+            link=lambda **_: "/",
+        )
+    principal = await collector.db(ui_auth.page_reader, collector, request)
+    if principal is None:
+        return ui_auth.login_redirect(request)
+    raw = await _body(request, ui_auth.MAX_FORM_BYTES)
+    form = parse_qs(raw.decode("utf-8", "replace"))
+    op, reason = form.get("op", [""])[0], form.get("reason", [""])[0]
+    try:
+        actor = check_operator(collector, principal)
+        if op == "approve":
+            await collector.db(
+                rollout_store.approve,
+                collector.engine,
+                sha,
+                form.get("plan_digest", []),
+                actor=actor,
+                reason=reason,
+                now=collector.now(),
+            )
+        else:
+            await collector.db(
+                rollout_store.act,
+                collector.engine,
+                sha,
+                op,
+                actor=actor,
+                reason=reason,
+                now=collector.now(),
+                wave=form.get("wave", [None])[0],
+            )
+    except CollectorError as e:
+        return render_page(
+            "error.html",
+            e.status,
+            message=str(e),
+            now=collector.now(),
+            path="/",
+            reader=principal.name,
+            link=lambda **_: "/",
+        )
+    return RedirectResponse(f"/commits/{sha}/rollout", status_code=303, headers=SECURITY_HEADERS)
+
+
+async def page(request: Request) -> Response:
+    """The commit's rollout control page: waves with progress and criteria, the halt, halt/resume and
+    skip forms, plans pending approval with their diff, windows and freezes, the action log."""
+    collector, sha = _collector(request), request.path_params["sha"]
+    principal = await collector.db(ui_auth.page_reader, collector, request)
+    if principal is None:
+        return ui_auth.login_redirect(request)
+    common: dict[str, Any] = {
+        "now": collector.now(),
+        "path": request.url.path,
+        "reader": principal.name,
+        "link": lambda **_: request.url.path,
+    }
+    try:
+        rollout_store.check_commit(sha)
+        view = await collector.db(
+            rollout_store.view, collector.engine, sha, now=collector.now(), notify=notify_of(collector)
+        )
+        if view is None:
+            raise NotFoundError(
+                f"commit {sha[:12]}: no rollout known (no host reported a rollout.yml for it)"
+            )
+        roles = set(view["approve_roles"])
+        for plan in view["pending_plans"]:
+            run = await collector.db(queries.get_run, collector.engine, plan["run_id"])
+            plan["drift"] = [d for d in run["report"].get("drift", []) if d.get("role") in roles]
+    except CollectorError as e:
+        return render_page("error.html", e.status, message=str(e), **common)
+    operator = principal.name in collector.settings.operators
+    return render_page(
+        "rollout.html", sha=sha, view=view, operator=operator, api=f"/api/v1/rollouts/{sha}/control", **common
+    )
+
+
+API_ROUTES = [
+    Route("/api/v1/rollouts/{commit}", get_rollout),
+    Route("/api/v1/rollouts/{commit}/policy", put_policy, methods=["PUT"]),
+    Route("/api/v1/rollouts/{commit}/control", get_control),
+    Route("/api/v1/rollouts/{commit}/actions", post_action, methods=["POST"]),
+    Route("/api/v1/rollouts/{commit}/approvals", post_approvals, methods=["POST"]),
+]
+PAGE_ROUTES = [
+    Route("/commits/{sha}/rollout", page_action, methods=["POST"]),
+    Route("/commits/{sha}/rollout", page, methods=["GET"]),
+]

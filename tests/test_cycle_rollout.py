@@ -1,0 +1,154 @@
+"""The cycle's rollout gate against a real collector (a `gitops-collector serve` process on SQLite): a
+real Cycle with a real Git repo holding rollout.yml, a real state store, the real Sender's rollout
+request; only the playbook runner is recorded (tests/test_cycle_cases.RecordedRunner), so no Ansible runs.
+
+One collector and one repo are shared by the cases below, in order (each cycle costs ~0.1 CPU-s)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from agent import config as config_mod
+from agent import render
+from agent.cycle import Cycle, CycleOptions
+from agent.inventory import RunPlan
+from agent.report import GateState, Report, RolloutInfo, Status, WaveSize, to_json
+from agent.rollout import parse_policy
+from agent.runner import RunnerSettings
+from agent.wiring import CycleParts, cycle_parts, git_source, state_store
+from tests.conftest import make_repo
+from tests.factory import make_report
+from tests.live_collector import CollectorProcess, fresh_database, token
+from tests.test_cycle_cases import PLAYBOOK, RecordedRunner
+
+HOST, CANARY = "testhost", "canary1"
+ROLLOUT = """\
+version: 1
+waves:
+  - name: canary
+    groups: [canary]
+  - name: rest
+"""
+CHANGED = {"mode": "check", "tasks": [{"task": "App config", "outcome": "changed",
+                                       "diffs": [["/srv/app.conf", "version=1\n", "version=2\n"]]}],
+           "stats": {"ok": 1, "changed": 1}}
+APPLIED = {"mode": "apply", "tasks": [{"task": "App config", "outcome": "changed"}], "stats": {"ok": 1, "changed": 1}}
+CLEAN = {"mode": "check", "tasks": [{"task": "App config", "outcome": "ok"}], "stats": {"ok": 1}}
+
+
+class FleetRunner(RecordedRunner):
+    """The recorded runner, with a second host in the inventory's group `canary`."""
+
+    def inventory_graph(self, inventory: Path, project_dir: Path, settings: RunnerSettings) -> str:
+        return super().inventory_graph(inventory, project_dir, settings) + f"  |--@canary:\n  |  |--{CANARY}\n"
+
+    def syntax_errors(self, plan: RunPlan, settings: RunnerSettings) -> dict[str, str]:
+        return {}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("rollout")
+    with fresh_database("sqlite", tmp) as db_url:
+        from agent.collector import db
+
+        engine = db.create(db_url)
+        db.prepare(engine)
+        engine.dispose()
+        secrets = {h: token(db_url, h) for h in (HOST, CANARY)}
+        collector = CollectorProcess(db_url, None, "--rollout-cache", "0s").start()
+        try:
+            (tmp / "token").write_text(secrets[HOST] + "\n")
+            (tmp / "token").chmod(0o600)
+            repo = make_repo(tmp / "origin", {
+                "playbooks/app.yml": PLAYBOOK.format(role="app"), "rollout.yml": ROLLOUT,
+                "inventory/hosts.yml": yaml.safe_dump({"all": {"children": {
+                    "app": {"hosts": {HOST: None}}, "canary": {"hosts": {CANARY: None}}}}})})
+            config = tmp / "agent.yaml"
+            config.write_text(yaml.safe_dump({
+                "host": HOST, "source": {"url": str(repo.path)}, "state_dir": str(tmp / "state"),
+                "lock_wait": "0s", "collector": {"url": collector.url, "token_file": str(tmp / "token")}}))
+            yield {"cfg": config_mod.load(config), "config": config, "collector": collector, "secrets": secrets, "repo": repo}
+        finally:
+            collector.stop()
+
+
+def cycle(setup: dict[str, Any], runs: list[dict[str, Any]], *, collector: bool = True) -> tuple[Report, list[str]]:
+    cfg = setup["cfg"]
+    runner = FleetRunner(("app",), HOST, runs=list(runs))
+    real = cycle_parts(cfg)  # the real collector client, as the CLI and the daemon build it
+    parts = CycleParts(source=git_source(cfg), store=state_store(cfg), runner=runner, spool=lambda r: None,
+                       ask_rollout=real.ask_rollout if collector else None)
+    report = Cycle(cfg, parts=parts).run(CycleOptions())
+    assert not runner.runs, f"the cycle did not ask for every recorded run: {runner.runs}"
+    return report, runner.asked
+
+
+def send_canary(setup: dict[str, Any], commit: str, status: Status) -> None:
+    policy = parse_policy(ROLLOUT)
+    info = RolloutInfo(wave="canary", gate=GateState.ALLOWED, reason="wave canary open",
+                       policy_digest=policy.digest(), wave_sizes=(WaveSize("canary", 1), WaveSize("rest", 1)))
+    report = make_report(CANARY, status=status, commit=commit, rollout=info, finished_at=datetime.now(UTC),
+                         run_id=str(uuid.uuid4()), drift=())
+    response = httpx.post(f"{setup['collector'].url}/api/v1/reports", content=to_json(report),
+                          headers={"Authorization": f"Bearer {setup['secrets'][CANARY]}",
+                                   "Content-Type": "application/json"})
+    assert response.status_code == 201, response.text
+
+
+def test_a_new_commit_waits_for_the_canary_then_applies(setup):
+    # no collector configured: the host's wave (rest, the second) holds new commits
+    held, asked = cycle(setup, [CHANGED], collector=False)
+    assert asked == ["check"] and held.status is Status.DRIFTED
+    assert held.rollout is not None and held.rollout.gate is GateState.UNREACHABLE
+    assert held.rollout.reason == ("waiting: collector unreachable, wave rest holds new commits "
+                                   "(hold-after-first-wave)")
+    # the collector is asked (and learns the policy): the canary has not converged yet
+    waiting, asked = cycle(setup, [CHANGED])
+    assert asked == ["check"] and waiting.status is Status.DRIFTED
+    assert waiting.rollout is not None and waiting.rollout.wave == "rest"
+    assert (waiting.rollout.gate, waiting.rollout.reason) == (GateState.WAITING,
+                                                              "waiting: wave canary 0/1 converged, needs 100%")
+    assert [(w.name, w.size) for w in waiting.rollout.wave_sizes] == [("canary", 1), ("rest", 1)]
+    # the canary converges on the commit: the next cycle applies
+    send_canary(setup, waiting.source.commit, Status.IN_SYNC)
+    applied, asked = cycle(setup, [CHANGED, APPLIED, CLEAN])
+    assert asked == ["check", "apply", "check"] and applied.status is Status.CORRECTED  # the recheck
+    assert applied.rollout is not None and applied.rollout.gate is GateState.ALLOWED
+    assert applied.rollout.enforcing_commit is None
+
+
+def test_a_halted_rollout_holds_the_next_commit(setup):
+    repo = setup["repo"]
+    repo.commit({"playbooks/app.yml": PLAYBOOK.format(role="app") + "# v2\n"}, "second")
+    commit = repo.git("rev-parse", "HEAD").strip()
+    send_canary(setup, commit, Status.FAILED)  # the canary failed the new commit: the collector halts it
+    held, asked = cycle(setup, [CHANGED])
+    assert asked == ["check"] and held.source.commit == commit
+    assert held.rollout is not None and held.rollout.gate is GateState.HALTED
+    assert held.rollout.reason == "halted: wave canary: 1 of 1 failed, at most 0 allowed"
+    assert held.rollout.enforcing_commit not in (None, commit)  # the converged commit of the test above
+    # `gitops-agent status` says the same (it reads the last report of the state directory)
+    assert render.rollout_text(held) == (f"rollout: wave rest, halted: wave canary: 1 of 1 failed, at most 0 "
+                                         f"allowed (enforcing {held.rollout.enforcing_commit[:12]})")
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--config", str(setup["config"])],
+                         capture_output=True, text=True, check=False).stdout
+    assert render.rollout_text(held) in out.splitlines()
+
+
+def test_a_broken_policy_is_a_failed_plan_naming_the_key(setup):
+    repo = setup["repo"]
+    repo.commit({"rollout.yml": ROLLOUT.replace("version: 1", "version: 2")}, "bad policy")
+    report, asked = cycle(setup, [CHANGED])
+    assert asked == ["check"] and report.status is Status.ERROR
+    assert [e.message for e in report.errors] == ["rollout.yml: version: must be 1, got 2"]
