@@ -12,11 +12,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from agent.collector import params, queries, store
 from agent.collector.auth import bearer, check_client_cert, ingest_principal, reader_principal
+from agent.collector.bodies import read_body
 from agent.collector.errors import (
-    BadRequestError,
     CollectorError,
     ForbiddenError,
-    TooLargeError,
     UnauthorizedError,
 )
 from agent.collector.metrics import render
@@ -36,22 +35,6 @@ log = logging.getLogger(__name__)
 def _collector(request: Request) -> Collector:
     collector: Collector = request.app.state.collector
     return collector
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not (declared.isascii() and declared.isdigit()):
-            raise BadRequestError("Content-Length: expected a whole number of bytes")
-        if len(declared) > 18 or int(declared) > limit:
-            raise TooLargeError(f"body of {declared[:20]} bytes is over the limit of {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLargeError(f"body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def _cached_ingest_principal(group: GroupCommit, request: Request) -> tuple[Principal, str]:
@@ -76,7 +59,7 @@ async def post_report(request: Request) -> Response:
             principal, token_hash = await _cached_ingest_principal(collector.group, request)
         else:
             principal = await collector.db(ingest_principal, collector.engine, request)
-        raw = await _read_body(request, collector.settings.max_body_bytes)
+        raw = await read_body(request, collector.settings.max_body_bytes)
         report = parse_report(raw, collector.settings.payload)
         store.check_storable(report)  # before the host check, so the 422 names the field
         if report.host != principal.name:

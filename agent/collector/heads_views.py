@@ -24,8 +24,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent.collector import tokens
-from agent.collector.api import _read_body
 from agent.collector.auth import bearer
+from agent.collector.bodies import read_body
 from agent.collector.errors import BadRequestError, CollectorError, NotFoundError, UnauthorizedError
 from agent.collector.heads import VENDORS, Beacon, hook_push, matches, pick, source_key, verify_hook
 from agent.redact import redact_url
@@ -85,7 +85,7 @@ async def post_hook(request: Request) -> Response:
     secret = beacon.settings.hook_secret
     if secret is None:
         raise NotFoundError("push hooks are off (serve --hook-secret-file FILE)")
-    body = await _read_body(request, HOOK_BODY_LIMIT)
+    body = await read_body(request, HOOK_BODY_LIMIT)
     verify_hook(vendor, request.headers, body, secret)
     push = hook_push(vendor, body)
     by_key = beacon.by_key()

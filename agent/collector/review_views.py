@@ -23,6 +23,7 @@ from starlette.routing import Route
 from agent.collector import drift_exceptions as dx
 from agent.collector import params, review_store, ui_auth
 from agent.collector.auth import REVIEW_REFUSED, reader_principal, reviewer_principal
+from agent.collector.bodies import read_json_object
 from agent.collector.drift_review import ItemKey, ReviewItem
 from agent.collector.errors import (
     BadRequestError,
@@ -141,20 +142,7 @@ async def _api_actor(request: Request) -> tuple[Collector, Actor]:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_JSON_BYTES:
-            raise BadRequestError(f"body: over {MAX_JSON_BYTES} bytes")
-    if not body.strip():
-        return {}
-    try:
-        fields = json.loads(body)
-    except ValueError as e:
-        raise BadRequestError(f"body: not JSON ({e})") from e
-    if not isinstance(fields, dict):
-        raise BadRequestError("body: expected a JSON object")
-    return fields
+    return await read_json_object(request, MAX_JSON_BYTES, empty_is_object=True)
 
 
 def _action(request: Request) -> str:

@@ -28,12 +28,12 @@ from starlette.routing import Route
 
 from agent.collector import queries, rollout_store, ui_auth
 from agent.collector.auth import ingest_principal, reader_principal
+from agent.collector.bodies import read_body, read_json_object
 from agent.collector.errors import (
     BadRequestError,
     CollectorError,
     ForbiddenError,
     NotFoundError,
-    TooLargeError,
 )
 from agent.collector.tokens import Principal
 from agent.collector.ui_render import SECURITY_HEADERS, render_page
@@ -64,16 +64,6 @@ def check_operator(collector: Collector, principal: Principal | None) -> str:
             "(the collector names them with `serve --operator NAME`)"
         )
     return principal.name
-
-
-async def _body(request: Request, limit: int) -> bytes:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLargeError(f"body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _policy_param(request: Request) -> str:
@@ -133,7 +123,7 @@ async def put_policy(request: Request) -> Response:
     collector = _collector(request)
     await collector.db(ingest_principal, collector.engine, request)
     commit, digest = request.path_params["commit"], _policy_param(request)
-    raw = await _body(request, rollout_store.MAX_POLICY_BYTES)
+    raw = await read_body(request, rollout_store.MAX_POLICY_BYTES)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -165,13 +155,7 @@ async def get_control(request: Request) -> Response:
 async def _json(request: Request) -> dict[str, Any]:
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
         raise BadRequestError("Content-Type: must be application/json")
-    try:
-        data = json.loads(await _body(request, MAX_JSON_BYTES))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequestError(f"body: not JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise BadRequestError("body: must be a JSON object")
-    return data
+    return await read_json_object(request, MAX_JSON_BYTES)
 
 
 def _text(data: dict[str, Any], key: str, *, required: bool = True) -> str | None:
@@ -239,7 +223,7 @@ async def page_action(request: Request) -> Response:
     principal = await collector.db(ui_auth.page_reader, collector, request)
     if principal is None:
         return ui_auth.login_redirect(request)
-    raw = await _body(request, ui_auth.MAX_FORM_BYTES)
+    raw = await read_body(request, ui_auth.MAX_FORM_BYTES)
     form = parse_qs(raw.decode("utf-8", "replace"))
     op, reason = form.get("op", [""])[0], form.get("reason", [""])[0]
     try:
