@@ -462,7 +462,7 @@ class Cycle:
             if attempt.status is Status.IN_SYNC:
                 state = state.with_converged(commit)
             return state
-        return self._apply(attempt, state, verdict)
+        return self._apply(attempt, state, verdict, options)
 
     def _status_without_apply(self, verdict: RunVerdict, actionable: list[Finding],
                               pause: Pause | None) -> Status:
@@ -474,7 +474,8 @@ class Cycle:
             return Status.PAUSED if policy.pause_active(pause, self.clock()) else Status.DRIFTED
         return Status.IN_SYNC
 
-    def _apply(self, attempt: _Attempt, state: AgentState, check: RunVerdict) -> AgentState:
+    def _apply(self, attempt: _Attempt, state: AgentState, check: RunVerdict,
+               options: CycleOptions) -> AgentState:
         """Apply every playbook of the plan (the same set as the check: Ansible skips what is in sync,
         and a playbook may need what an earlier one sets), then check again."""
         assert attempt.revision is not None and attempt.plan is not None
@@ -491,6 +492,9 @@ class Cycle:
             return state
         attempt.phase = Phase.RECHECK
         recheck = self._ansible(attempt, plan, RunMode.CHECK, "recheck")
+        # The recheck's paths replace the check's: a file the apply created is named only now (a check
+        # of a copy that would create its file names no dest, so the check watched its directory).
+        self._hand_off_watch_set(plan, recheck, options)
         after = self._judge(recheck, plan, self._check_only_keys(state, commit))
         # The apply of these very playbooks succeeded: a task that fails in the check right after it
         # fails only in check mode. A failure no task result explains is no such evidence.
