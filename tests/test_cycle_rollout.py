@@ -106,7 +106,7 @@ def send_canary(setup: dict[str, Any], commit: str, status: Status) -> None:
     assert response.status_code == 201, response.text
 
 
-def test_a_new_commit_waits_for_the_canary_then_applies(setup):
+def test_a_new_commit_waits_for_the_canary_applies_and_a_halted_next_commit_is_held(setup):
     # no collector configured: the host's wave (rest, the second) holds new commits
     held, asked = cycle(setup, [CHANGED], collector=False)
     assert asked == ["check"] and held.status is Status.DRIFTED
@@ -126,9 +126,11 @@ def test_a_new_commit_waits_for_the_canary_then_applies(setup):
     assert asked == ["check", "apply", "check"] and applied.status is Status.CORRECTED  # the recheck
     assert applied.rollout is not None and applied.rollout.gate is GateState.ALLOWED
     assert applied.rollout.enforcing_commit is None
+    a_halted_rollout_holds_the_next_commit(setup, converged=applied.source.commit)
 
 
-def test_a_halted_rollout_holds_the_next_commit(setup):
+def a_halted_rollout_holds_the_next_commit(setup: dict[str, Any], converged: str) -> None:
+    """The story's second part (one test, so that no test depends on another having run before it)."""
     repo = setup["repo"]
     repo.commit({"playbooks/app.yml": PLAYBOOK.format(role="app") + "# v2\n"}, "second")
     commit = repo.git("rev-parse", "HEAD").strip()
@@ -137,7 +139,7 @@ def test_a_halted_rollout_holds_the_next_commit(setup):
     assert asked == ["check"] and held.source.commit == commit
     assert held.rollout is not None and held.rollout.gate is GateState.HALTED
     assert held.rollout.reason == "halted: wave canary: 1 of 1 failed, at most 0 allowed"
-    assert held.rollout.enforcing_commit not in (None, commit)  # the converged commit of the test above
+    assert held.rollout.enforcing_commit == converged
     # `gitops-agent status` says the same (it reads the last report of the state directory)
     assert render.rollout_text(held) == (f"rollout: wave rest, halted: wave canary: 1 of 1 failed, at most 0 "
                                          f"allowed (enforcing {held.rollout.enforcing_commit[:12]})")
