@@ -67,6 +67,7 @@ from agent.runner import RunMode, RunnerSettings, RunResult, RunStatus
 from agent.source import Revision
 from agent.state import AgentState, first_seen
 from agent.verdict import RunVerdict
+from agent.watchpaths import RolePaths
 from agent.wiring import CycleParts
 
 log = logging.getLogger(__name__)
@@ -326,6 +327,12 @@ class Cycle:
             return plan
         return replace(plan, roles=tuple(r for r, _ in kept), playbooks=tuple(p for _, p in kept))
 
+    def _redacted_managed(self, managed: dict[str, RolePaths]) -> dict[str, RolePaths]:
+        """The watch set as it may be written to state_dir: the blind tasks' names (labels for people)
+        redacted like the report's; the paths kept as they are on disk, since the watcher needs them."""
+        return {role: replace(entry, blind=tuple(self.redactor(name) for name in entry.blind))
+                for role, entry in managed.items()}
+
     def _hand_off_watch_set(self, plan: RunPlan, check: RunResult, options: CycleOptions) -> None:
         """The paths each role managed in this check, for the daemon's watcher (state_dir/watch.json).
         Best effort: a watch set that cannot be written leaves the schedule to find drift, as without
@@ -420,7 +427,8 @@ class Cycle:
         attempt.warnings.extend(result.warnings)
         if result.fallback is not None:  # what mitogen could not run in the check, it cannot in the apply
             attempt.strategy = "linear"
-        result = replace(result, parsed=redact_record(result.parsed, self.redactor))  # task names, diffs
+        result = replace(result, parsed=redact_record(result.parsed, self.redactor),  # task names, diffs
+                         managed=self._redacted_managed(result.managed))
         if result.status == RunStatus.TIMEOUT:
             limit_s = self.config.schedule.timeout_s
             raise RunTimeoutError(f"ansible {name} stopped after {time.monotonic() - started:.0f}s: "
