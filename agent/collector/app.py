@@ -49,7 +49,8 @@ async def _database_error(request: Request, exc: Exception) -> Response:
 async def _data_error(request: Request, exc: Exception) -> Response:
     # The database refused a value: retrying cannot help, so this is the sender's permanent 422.
     log.warning("database refused a value on %s %s: %s", request.method, request.url.path, exc)
-    return _error_body("the database refused a value of this report", 422)
+    what = "report" if request.url.path == "/api/v1/reports" else "request"
+    return _error_body(f"the database refused a value of this {what}", 422)
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:

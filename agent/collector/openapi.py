@@ -30,8 +30,12 @@ PAGE_PARAMS = [
 ]
 
 
+# A free-text parameter: any text but NUL, which no stored value holds (agent.collector.params.text: 400).
+TEXT = {"type": "string", "pattern": "^[^\\x00]*$"}
+
+
 def _q(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"name": name, "in": "query", "description": description, "schema": schema or {"type": "string"}}
+    return {"name": name, "in": "query", "description": description, "schema": schema or TEXT}
 
 
 def _enum(name: str, description: str, values: Iterable[str]) -> dict[str, Any]:

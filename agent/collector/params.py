@@ -70,8 +70,12 @@ def _one_of(values: Iterable[str]) -> str:
 
 
 def text(q: Query, name: str) -> str | None:
-    """The parameter's value; None when it is absent or empty."""
-    return q.get(name) or None
+    """The parameter's value; None when it is absent or empty. BadRequestError (400) for a NUL in it:
+    no database stores one (PostgreSQL refuses it in any text), so no stored value can match it."""
+    value = q.get(name) or None
+    if value is not None and "\x00" in value:
+        raise BadRequestError(f"{name}: must not contain a NUL character")
+    return value
 
 
 def number(q: Query, name: str, default: int, low: int, high: int) -> int:

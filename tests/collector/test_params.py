@@ -103,6 +103,11 @@ BAD = [
     ("group=role", "group", "group: expected task or host"),
     ("hosts=all", "rollout", "hosts: expected running or not_reached"),
     ("status=sent", "delivery", "status: expected one of pending, delivered, failed"),
+    # a NUL: no stored value has one, and PostgreSQL refuses it in any text (a 422 from the database)
+    ("q=web%00", "hosts", "q: must not contain a NUL character"),
+    ("role=%00", "hosts", "role: must not contain a NUL character"),
+    ("commit=ab%00", "hosts", "commit: must not contain a NUL character"),
+    ("task=x%00y", "drift", "task: must not contain a NUL character"),
 ]
 
 
