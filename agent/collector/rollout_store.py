@@ -449,7 +449,7 @@ def approve(
                 .where(rollout_hosts.c.commit == commit, rollout_hosts.c.plan_digest == digest)
             ).scalar_one()
             if not known:
-                raise BadRequestError(
+                raise NotFoundError(  # 404: the request is well formed, the plan is not there (yet)
                     f"plan {digest[:12]}…: no host reported this plan for commit {commit[:12]}"
                 )
             exists = conn.execute(

@@ -352,11 +352,9 @@ def test_one_approval_covers_every_host_with_that_plan(client, token_for, send, 
         [(plan, ("d1", "d2")), (other, ("d3",))]
     )
     url = f"/api/v1/rollouts/{COMMIT_A}/approvals"
-    assert (
-        client.post(url, json={"plan_digests": ["f" * 64], "reason": "ok"}, headers=alice)
-        .json()["error"]
-        .startswith("plan ffffffffffff…: no host reported this plan")
-    )
+    unknown = client.post(url, json={"plan_digests": ["f" * 64], "reason": "ok"}, headers=alice)
+    assert unknown.status_code == 404  # well formed; no such plan (yet)
+    assert unknown.json()["error"].startswith("plan ffffffffffff…: no host reported this plan")
     done = client.post(url, json={"plan_digests": [plan], "reason": "reviewed the pg diff"}, headers=alice)
     assert done.status_code == 201 and done.json() == {"approved": [plan]}
     assert ask(client, token_for).json()["approved_plans"] == [plan]
