@@ -67,7 +67,12 @@ def next_watch_report(tmp_path: Path, after: str) -> dict[str, Any]:
     def found() -> dict[str, Any] | None:
         report = last_run(tmp_path)
         return report if report and report["trigger"] == "watch" and report["run_id"] != after else None
-    return wait_for(found, 90, "a report with trigger watch")
+    try:
+        return wait_for(found, 90, "a report with trigger watch")  # type: ignore[no-any-return]
+    except AssertionError as e:  # what the daemon did instead (a CI run once timed out here, unreproduced)
+        log = tmp_path / "daemon.log"
+        tail = "\n".join(log.read_text().splitlines()[-40:]) if log.exists() else "(no daemon log)"
+        raise AssertionError(f"{e}\n--- the daemon's log, last 40 lines:\n{tail}") from None
 
 
 def test_the_daemon_watches_managed_paths(cli, write_config, tmp_path: Path) -> None:
