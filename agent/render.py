@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from datetime import datetime
+from datetime import UTC, datetime
 
 from agent.report import DriftItem, Pause, Report, Status
 
@@ -135,15 +135,25 @@ def warning_lines(warnings: list[str], *, colour: bool = False) -> str:
 
 
 def rollout_text(report: Report) -> str | None:
-    """'rollout: wave rest, waiting: wave canary 3/5 converged, needs 95% (enforcing 1a2b3c4d5e6f)' for a
-    report with a rollout block (docs/rollout.md); None without one."""
+    """'rollout: wave rest, waiting: wave canary 3/5 converged, needs 95% (enforcing 1a2b3c4d5e6f: in sync)'
+    for a report with a rollout block (docs/rollout.md); None without one. The parentheses name the
+    converged commit the host enforced while holding and that check's outcome (or that it has none yet),
+    and when the held commit was last checked if not in this run (its check was not repeated)."""
     info = report.rollout
     if info is None:
         return None
     text = f"rollout: wave {info.wave}, {info.reason}"
     if info.plan_digest:
         text += f"; plan {info.plan_digest[:12]}"
+    enforced, notes = info.enforced, []
     if info.enforcing_commit:
-        text += f" (enforcing {info.enforcing_commit[:12]})"
-    return text
+        same = enforced is not None and enforced.commit == info.enforcing_commit
+        done = f": {enforced.reason}" if same and enforced is not None else ""
+        notes.append(f"enforcing {info.enforcing_commit[:12]}{done}")
+    elif enforced is not None:
+        notes.append(enforced.reason)
+    commit = report.source.commit
+    if info.checked_at is not None and info.checked_at != report.started_at and commit:
+        notes.append(f"{commit[:12]} last checked {info.checked_at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}")
+    return text + (f" ({'; '.join(notes)})" if notes else "")
 
