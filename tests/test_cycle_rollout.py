@@ -6,6 +6,7 @@ One collector and one repo are shared by the cases below, in order (each cycle c
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -249,3 +250,16 @@ def test_a_window_holds_the_converged_commits_corrective_apply_while_a_new_commi
     assert enforced.reason == "waiting: window nights opens Mon 2027-01-11 01:00 UTC"
     assert [(d.task, d.kind.value) for d in enforced.drift] == [("App config", "corrective")]
     assert enforced.apply is None
+
+
+def test_the_held_commit_in_state_json_round_trips_and_a_bad_one_is_named():
+    from agent.state import AgentState, HeldCommit, state_from_json, state_to_json
+
+    state = AgentState(held=HeldCommit("c" * 40, "halted: halted: by hand", "2026-11-30T08:00:00.000Z", "p" * 64))
+    assert state_from_json(json.loads(json.dumps(state_to_json(state)))) == state
+    assert state_from_json({}).held is None
+    for bad, message in [({"held": []}, "held: expected an object"),
+                         ({"held": {"commit": "c", "gate": "g", "checked_at": "noon"}}, "held.checked_at: 'noon'"),
+                         ({"held": {"gate": "g", "checked_at": "2026-11-30T08:00:00Z"}}, "held.commit: expected")]:
+        with pytest.raises(ValueError, match=message):
+            state_from_json(bad)
