@@ -502,12 +502,12 @@ class Cycle:
         """May this cycle skip the check of the fetched commit C? Yes when the gate held C at its last
         check (which found drift and no failure), gives the same answer now (with that check's plan
         digest: an approval of it, a wave or window opening, a halt or resume all change it), the last
-        report is that check's (or carries it), and the cycle would enforce the converged commit
-        (enforce mode, not a check-only or manual run). The report then carries that check's drift,
-        says when it ran (rollout.checked_at) and what this cycle enforced."""
+        report is that check's (or carries it), and the cycle enforces a converged commit instead
+        (there is one; enforce mode; not a check-only or manual run). The report then carries that
+        check's drift, says when it ran (rollout.checked_at) and what this cycle enforced."""
         held, revision, plan = state.held, attempt.revision, attempt.plan
         if (held is None or revision is None or plan is None or held.commit != revision.commit
-                or options.check_only or self.config.mode is not Mode.ENFORCE
+                or not state.converged or options.check_only or self.config.mode is not Mode.ENFORCE
                 or options.trigger is Trigger.MANUAL):
             return False
         gate = self.rollout_gate.decide_with_plan(revision, state, held.plan, plan.roles)

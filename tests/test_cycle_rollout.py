@@ -125,6 +125,15 @@ def test_a_new_commit_waits_for_the_canary_applies_and_a_halted_next_commit_is_h
     assert held.rollout is not None and held.rollout.gate is GateState.UNREACHABLE
     assert held.rollout.reason == ("waiting: collector unreachable, wave rest holds new commits "
                                    "(hold-after-first-wave)")
+    # a new host: nothing converged, so nothing to enforce (it says so), and the held commit is checked
+    # on every cycle (there is nothing else to check)
+    assert held.rollout.enforced is not None and held.rollout.enforced.commit is None
+    assert held.rollout.enforced.reason == "no converged commit yet: nothing to enforce"
+    assert render.rollout_text(held) == ("rollout: wave rest, waiting: collector unreachable, wave rest holds "
+                                         "new commits (hold-after-first-wave) (no converged commit yet: nothing "
+                                         "to enforce)")
+    again, asked = cycle(setup, [CHANGED], collector=False, trigger=Trigger.SCHEDULE)
+    assert asked == ["check"] and again.rollout is not None and again.rollout.checked_at == again.started_at
     # the collector is asked (and learns the policy): the canary has not converged yet
     waiting, asked = cycle(setup, [CHANGED])
     assert asked == ["check"] and waiting.status is Status.DRIFTED
