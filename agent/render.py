@@ -28,7 +28,8 @@ def _ago(when: datetime, now: datetime) -> str:
 
 
 def summary(report: Report, *, colour: bool = False) -> str:
-    """A few lines: status, commit, roles, drift items, errors and warnings."""
+    """A few lines: status, commit, roles, drift items, the rollout line (and the drift of the converged
+    commit enforced while a new one is held), errors and warnings."""
     status = _paint(report.status.value, _COLOURS[report.status], colour)
     src = report.source
     lines = [f"{report.host}: {status} at {_short(src.commit)} ({src.subject or 'no commit'})",
@@ -37,17 +38,29 @@ def summary(report: Report, *, colour: bool = False) -> str:
     if report.apply is not None:
         lines.append(f"  applied: {report.apply.changed} change(s), "
                      f"{len(report.apply.failed_tasks)} failed task(s)")
-    for item in report.drift:
-        paths = ", ".join(d.path for d in item.diffs) or "-"
-        lines.append(f"  {item.kind.value:<12} {item.role or '-'} / {_task(item)}  [{item.module}] {paths}")
-        if item.reason:
-            lines.append(f"  {'':<12} {item.reason}")
+    lines.extend(_drift_lines(report.drift))
+    rollout = rollout_text(report)
+    if rollout is not None and report.rollout is not None:
+        lines.append(f"  {rollout}")
+        enforced = report.rollout.enforced
+        if enforced is not None and enforced.commit is not None:  # the converged commit's own drift
+            lines.extend(f"  {line}" for line in _drift_lines(enforced.drift))
     if report.apply is not None:
         lines.extend(f"  failed: {t.task}{f' [{t.item}]' if t.item else ''}: {t.message}"
                      for t in report.apply.failed_tasks)
     lines.extend(f"  error ({e.phase.value}): {e.message}" for e in report.errors)
     lines.extend(f"  warning: {w}" for w in report.warnings)
     return "\n".join(lines)
+
+
+def _drift_lines(items: tuple[DriftItem, ...]) -> list[str]:
+    lines = []
+    for item in items:
+        paths = ", ".join(d.path for d in item.diffs) or "-"
+        lines.append(f"  {item.kind.value:<12} {item.role or '-'} / {_task(item)}  [{item.module}] {paths}")
+        if item.reason:
+            lines.append(f"  {'':<12} {item.reason}")
+    return lines
 
 
 def _task(item: DriftItem) -> str:
