@@ -191,6 +191,27 @@ class RolloutInfo:
     wave_sizes: tuple[WaveSize, ...] = ()
     plan_digest: str | None = None
     enforcing_commit: str | None = None
+    # When the commit's drift in this report was checked: this run's start when it checked the commit,
+    # an earlier run's when the gate's answer had not changed since (the drift is that run's).
+    checked_at: datetime | None = None
+    enforced: Enforcement | None = None  # what this run did about the converged commit while holding
+
+
+@dataclass(frozen=True)
+class Enforcement:
+    """The host's last converged commit, enforced while the gate holds the new one (docs/rollout.md).
+
+    ``commit``: the converged commit checked (None: the host has converged to none yet, so there is
+    nothing to enforce). ``status``: that check's outcome as a report status (``in_sync``, ``corrected``,
+    ``drifted`` when a window, freeze or pause held the corrective apply, ``failed``, ``error``; None when
+    nothing was checked). ``reason``: one line. ``drift`` and ``apply``: its drift and its apply, as a
+    report's.
+    """
+    commit: str | None
+    status: Status | None
+    reason: str
+    drift: tuple[DriftItem, ...] = ()
+    apply: ApplyResult | None = None
 
 
 @dataclass(frozen=True)
