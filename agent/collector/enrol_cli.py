@@ -2,8 +2,8 @@
 directly (agent.collector.enrolment), like `token create`. Whoever runs it can create tokens anyway, so
 the decision is stored as by `cli:USER` (the login name, or --by), with the required --reason.
 
-Exit codes: 0 done; 1 some selected requests were left pending (the reason is printed for each); 66
-no such database or request."""
+Exit codes: 0 done; 1 some selected requests were left pending (the reason is printed for each), or a
+refusal (no such request, no selection, no reason); 66 no such database."""
 
 from __future__ import annotations
 
