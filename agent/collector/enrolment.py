@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _GROUP = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,254}")  # an inventory group name
 MAX_GROUPS = 64
+MAX_REASON_CHARS = 1000
 
 
 class EnrolState(enum.StrEnum):
@@ -261,8 +262,9 @@ def decide(engine: Engine, selection: Selection, *, approve: bool, actor: str, r
     """Approve or deny the selected requests (pending ones; denial also takes back an approval not yet
     collected). Approving one request by id denies the other pending requests for its host."""
     selection.check()
-    if not reason.strip():
-        raise BadRequestError("reason: say why (it is stored with the decision)")
+    if not reason.strip() or len(reason) > MAX_REASON_CHARS or "\x00" in reason:
+        raise BadRequestError(f"reason: say why in 1 to {MAX_REASON_CHARS} characters, no NUL (it is stored "
+                              "with the decision)")
     if allow_existing and selection.bulk:
         raise BadRequestError("existing: only with request ids (a pattern or group never takes over a host)")
     states = (EnrolState.PENDING,) if approve else (EnrolState.PENDING, EnrolState.APPROVED)

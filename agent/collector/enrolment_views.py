@@ -116,8 +116,8 @@ def selection_of(data: dict[str, Any]) -> Selection:
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise BadRequestError("ids: must be a list of request ids (strings)")
     for key, value in (("pattern", pattern), ("group", group)):
-        if value is not None and (not isinstance(value, str) or not value):
-            raise BadRequestError(f"{key}: must be a non-empty string")
+        if value is not None and (not isinstance(value, str) or not value or "\x00" in value):
+            raise BadRequestError(f"{key}: must be a non-empty string without NUL")
     selection = Selection(tuple(ids), pattern, group)
     selection.check()
     return selection
