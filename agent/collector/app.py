@@ -106,6 +106,7 @@ def create_app(collector: Collector) -> Starlette:
     pages = [*review_views.PAGE_ROUTES, *ui.ROUTES, notify_views.PAGE_ROUTE]
     pages += review_views.API_ACTION_ROUTES
     pages += rollout_api.PAGE_ROUTES
+    pages += enrolment_views.PAGE_ROUTES
     app = Starlette(routes=[*ROUTES, *pages], lifespan=_lifespan, exception_handlers={
         CollectorError: _collector_error,
         SQLAlchemyError: _database_error,

@@ -8,6 +8,7 @@
 - ``POST /api/v1/enrolments/{id}/pickup``: the host's poll, ``Authorization: Bearer PICKUP_SECRET``;
   ``{"state": "pending" | "denied" | "collected", "token"?: ...}``; 404 for an unknown id or wrong secret.
 - ``GET /api/v1/enrolments?state=pending|approved|denied|collected|all``: readers.
+- ``GET /enrolments``: the web UI's list of pending requests (readers).
 - ``POST /api/v1/enrolments/approve`` and ``/deny``: an operator (``serve --operator``); ``{"ids": [...]}``
   or ``{"pattern": GLOB}`` or ``{"group": NAME}``, with ``"reason"`` and, for ids, ``"existing": true``.
 """
@@ -20,12 +21,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.collector import enrolment, tokens
+from agent.collector import enrolment, tokens, ui
 from agent.collector.auth import CLIENT_CERT_HOST, bearer, reader_principal
 from agent.collector.bodies import read_json_object
 from agent.collector.enrolment import EnrolAuth, EnrolPolicy, EnrolState, Selection
 from agent.collector.errors import BadRequestError, ForbiddenError, UnauthorizedError
 from agent.collector.tokens import TokenKind
+from agent.collector.ui_render import render_page
 
 if TYPE_CHECKING:
     from agent.collector.context import Collector
@@ -149,6 +151,16 @@ async def post_approve(request: Request) -> Response:
 async def post_deny(request: Request) -> Response:
     return await _decide(request, False)
 
+
+@ui.ui_page
+async def page(request: Request, collector: Collector) -> Response:
+    """The web UI's list of pending requests (read-only; deciding is the CLI's and the API's)."""
+    found = await collector.db(enrolment.list_requests, collector.engine, (EnrolState.PENDING,))
+    return render_page("enrolments.html", requests=[r.as_json() for r in found], api="/api/v1/enrolments",
+                       **ui.common(request, collector))
+
+
+PAGE_ROUTES = [Route("/enrolments", page)]
 
 ROUTES = [
     Route("/api/v1/enrolments", post_enrolment, methods=["POST"]),

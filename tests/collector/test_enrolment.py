@@ -293,3 +293,18 @@ def test_a_certificate_naming_the_host_is_autosigned_by_pattern(cert_client, tok
     refused = other.ask()
     assert refused.status_code == 403 and "is for host 'web09', not 'web01'" in refused.json()["error"]
     assert Host(cert_client(None), "web10", "").ask().status_code == 403
+
+
+def test_the_web_ui_lists_pending_requests_for_readers(client: ASGIClient, host, reader, token_for) -> None:
+    token_for("web01")
+    web, known = host("web07", ("web", "eu")), host("web01")
+    web.ask()
+    known.ask()
+    assert client.get("/enrolments").status_code in (302, 303, 307)  # to /login
+    page = client.get("/enrolments", headers=reader)
+    assert page.status_code == 200
+    text = page.text
+    assert web.id in text and "web07" in text and "web, eu" in text and "site-a" in text
+    row = text[text.index(known.id):].split("</tr>")[0]
+    assert "<strong>existing</strong>" in row
+    assert "existing</strong>" not in text[text.index(web.id):].split("</tr>")[0]
