@@ -107,9 +107,9 @@ def _pickup(config: AgentConfig, client: httpx.Client, data: dict[str, Any]) -> 
     response = client.post(f"{ENROL_PATH}/{request_id}/pickup",
                            headers={"Authorization": f"Bearer {data['pickup_secret']}"})
     state_file = StatePaths(config.state_dir).enrolment
-    if response.status_code == 404:  # the collector forgot it (a new database): ask again next time
+    if response.status_code in (403, 404):  # forgotten (a new database), or its token revoked
         state_file.unlink(missing_ok=True)
-        return EnrolStatus(False, f"the collector does not know enrolment request {request_id}; a new one "
+        return EnrolStatus(False, f"enrolment request {request_id} is over ({_reason(response)}); a new one "
                                   "is sent next time")
     if response.status_code != 200:
         return EnrolStatus(False, f"enrolment request {request_id}: {_reason(response)}", request_id)

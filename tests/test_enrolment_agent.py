@@ -90,7 +90,7 @@ def test_denied_forgotten_and_unreachable(tmp_path: Path) -> None:
     assert (tmp_path / "state" / "enrolment.json").exists()  # no new request by itself
     fake.pickup = (404, {"error": "no enrolment request with this id and pickup secret"})
     forgotten = enrolment.ensure_token(cfg, transport=httpx.MockTransport(fake))
-    assert "does not know enrolment request" in forgotten.message
+    assert "is over (HTTP 404: no enrolment request" in forgotten.message
     assert not (tmp_path / "state" / "enrolment.json").exists()  # a new request next time
 
     def down(request: httpx.Request) -> httpx.Response:

@@ -9,7 +9,8 @@ the threats in docs/trust.md.
   host name (TooManyError, 429), so a leaked site secret cannot fill the database.
 - `pickup(...)`: the host's poll with its pickup secret: pending, denied, or approved with a new ingest
   token, shown in this one answer. Asking again after that (the answer was lost) revokes the token it
-  gave and issues another, so at most one token of a request is ever valid.
+  gave and issues another, so at most one token of a request is ever valid; once that token was revoked
+  (by `token revoke`), the request gives none (403), so a kept pickup secret cannot undo a revocation.
 - `decide(...)`: approve or deny pending requests by id, host-name pattern (fnmatch) or group, with who,
   when and why stored on each request. A host name that already has a valid ingest token or reports
   (`existing`), or that has more than one request pending, is never approved by pattern, group or
@@ -34,7 +35,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select, update
 
 from agent.collector import db
-from agent.collector.errors import BadRequestError, NotFoundError, TooManyError
+from agent.collector.errors import BadRequestError, ForbiddenError, NotFoundError, TooManyError
 from agent.collector.hostnames import host_name_problem
 from agent.collector.tables import enrolments, hosts, tokens
 from agent.collector.tokens import TokenKind, hash_token, mint
@@ -205,8 +206,11 @@ def pickup(engine: Engine, request_id: str, pickup_secret: str, *,
         if row.state not in (EnrolState.APPROVED.value, EnrolState.COLLECTED.value):
             return _row(conn, row), None
         if row.token_id is not None:  # asked again: the earlier answer was lost, so its token goes
-            conn.execute(update(tokens).where(tokens.c.id == row.token_id, tokens.c.revoked_at.is_(None))
-                         .values(revoked_at=now))
+            earlier = update(tokens).where(tokens.c.id == row.token_id, tokens.c.revoked_at.is_(None))
+            revoked = conn.execute(earlier.values(revoked_at=now)).rowcount
+            if not revoked:  # an operator revoked it: a kept pickup secret must not undo that
+                raise ForbiddenError(f"the token of enrolment request {request_id} was revoked; this "
+                                     "request gives no other (a new request needs a new approval)")
         secret, prefix = mint()
         result = conn.execute(tokens.insert().values(kind=TokenKind.INGEST.value, name=row.host,
                                                      token_hash=hash_token(secret), prefix=prefix,

@@ -78,7 +78,8 @@ def _report(client: ASGIClient, host: str, token: str) -> httpx.Response:
                        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
 
 
-def test_a_host_asks_waits_is_approved_and_collects_its_own_token(client: ASGIClient, host, operator) -> None:
+def test_a_host_asks_waits_is_approved_and_collects_its_own_token(client: ASGIClient, engine: Engine, host,
+                                                                  operator) -> None:
     web = host("web07.example.com", ("web",))
     first = web.ask()
     assert first.status_code == 201 and first.json()["state"] == "pending"
@@ -104,6 +105,11 @@ def test_a_host_asks_waits_is_approved_and_collects_its_own_token(client: ASGICl
     assert second != token
     assert _report(client, web.name, token).status_code == 401
     assert client.get(f"{ENROL}?state=collected", headers=operator).json()["enrolments"][0]["existing"]
+    # an operator revokes the host's token: a kept pickup secret cannot get another one
+    tokens.revoke(engine, web.name, now=BASE_TIME)
+    after = web.pickup()
+    assert after.status_code == 403 and "was revoked" in after.json()["error"]
+    assert _report(client, web.name, second).status_code == 401
 
 
 @pytest.mark.parametrize(("auth", "status", "message"), [
