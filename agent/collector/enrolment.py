@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, func, select, text, update
 
 from agent.collector import db
 from agent.collector.errors import BadRequestError, ForbiddenError, NotFoundError, TooManyError
@@ -46,6 +46,7 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _GROUP = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,254}")  # an inventory group name
 MAX_GROUPS = 64
 MAX_REASON_CHARS = 1000
+ENROL_LOCK = 0x656E726F6C  # "enrol": PostgreSQL's transaction lock that serializes enrolment writes
 
 
 class EnrolState(enum.StrEnum):
@@ -150,6 +151,13 @@ def _row(conn: Connection, row: Any) -> Enrolment:
                      row.decided_by, row.reason, _existing(conn, row.host))
 
 
+def _serialize(conn: Connection) -> None:
+    """One enrolment write at a time across collector processes, so the caps and the one-token rule hold
+    under concurrency (SQLite's writer lock does this by itself)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ENROL_LOCK})
+
+
 def _pending_count(conn: Connection, *where: Any) -> int:
     query = select(func.count()).select_from(enrolments).where(
         enrolments.c.state == EnrolState.PENDING.value, *where)
@@ -173,6 +181,7 @@ def request(engine: Engine, *, host: str, groups: tuple[str, ...], pickup_hash: 
     """Record a host's request (or find the same one again); (request, True when new). Autosigned when it
     is certificate-authenticated, its host matches `policy.autosign`, and the host is not `existing`."""
     with db.write(engine) as conn:
+        _serialize(conn)
         same = conn.execute(select(enrolments).where(
             enrolments.c.host == host, enrolments.c.pickup_hash == pickup_hash)).first()
         if same is not None:
@@ -199,6 +208,7 @@ def pickup(engine: Engine, request_id: str, pickup_secret: str, *,
     """The request's state for the host holding its pickup secret, and its new ingest token once
     approved (None otherwise). NotFoundError for an unknown id or a wrong secret alike."""
     with db.write(engine) as conn:
+        _serialize(conn)
         row = conn.execute(select(enrolments).where(enrolments.c.id == request_id)).first()
         digest = hashlib.sha256(pickup_secret.encode("utf-8")).hexdigest()
         if row is None or not hmac.compare_digest(row.pickup_hash, digest):
@@ -250,7 +260,7 @@ def _selected(conn: Connection, selection: Selection, states: tuple[EnrolState, 
     return [r for r in rows if selection.group in r.groups]
 
 
-def _approval_problem(conn: Connection, request_: Enrolment, selection: Selection, allow_existing: bool,
+def _approval_problem(request_: Enrolment, selection: Selection, allow_existing: bool,
                       others: int) -> str | None:
     if request_.existing and (selection.bulk or not allow_existing):
         return (f"host {request_.host!r} already has a token or reports: approve it by id with "
@@ -275,10 +285,11 @@ def decide(engine: Engine, selection: Selection, *, approve: bool, actor: str, r
     decided: list[Enrolment] = []
     skipped: list[tuple[Enrolment, str]] = []
     with db.write(engine) as conn:
+        _serialize(conn)
         for item in _selected(conn, selection, states):
             if approve:
                 others = _pending_count(conn, enrolments.c.host == item.host, enrolments.c.id != item.id)
-                problem = _approval_problem(conn, item, selection, allow_existing, others)
+                problem = _approval_problem(item, selection, allow_existing, others)
                 if problem is not None:
                     skipped.append((item, problem))
                     continue

@@ -314,3 +314,21 @@ def test_the_web_ui_lists_pending_requests_for_readers(client: ASGIClient, host,
     row = text[text.index(known.id):].split("</tr>")[0]
     assert "<strong>existing</strong>" in row
     assert "existing</strong>" not in text[text.index(web.id):].split("</tr>")[0]
+
+
+def test_concurrent_pickups_leave_exactly_one_valid_token(engine: Engine, host, client: ASGIClient,
+                                                         operator) -> None:
+    """Pickups racing in threads (as two collector processes would): each revokes the one before it, so
+    one token is valid at the end (PostgreSQL: a transaction lock serializes them)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from agent.collector import enrolment
+
+    web = host("web07")
+    web.ask()
+    _decide(client, operator, "approve", ids=[web.id])
+    with ThreadPoolExecutor(6) as pool:
+        made = list(pool.map(lambda _: enrolment.pickup(engine, web.id, web.pickup_secret, now=BASE_TIME)[1],
+                             range(6)))
+    valid = [t for t in made if t is not None and tokens.authenticate(engine, t) is not None]
+    assert len(set(made)) == 6 and len(valid) == 1
