@@ -159,7 +159,8 @@ def _parser() -> argparse.ArgumentParser:
                             f"{EnrolPolicy.max_pending})")
     serve.add_argument("--enrol-max-pending-per-address", type=int, metavar="N",
                        default=EnrolPolicy.max_pending_per_address,
-                       help=f"... or N from one peer address (default {EnrolPolicy.max_pending_per_address})")
+                       help="refuse (429) new enrolment requests while N from one peer address are pending "
+                            f"(default {EnrolPolicy.max_pending_per_address})")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
     _token_parser(sub, common)

@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
         decide.add_argument("ids", nargs="*", metavar="ID", help="request ids (from enrol list)")
         decide.add_argument("--pattern", metavar="GLOB",
                             help="every pending request whose host matches GLOB (fnmatch, e.g. "
-                                 "'web*.example.com')")
+                                 "web*.example.com)")
         decide.add_argument("--group", metavar="NAME",
                             help="every pending request that names inventory group NAME")
         decide.add_argument("--reason", required=True, help="why (stored with the decision)")
