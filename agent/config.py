@@ -87,6 +87,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("collector.client_key", _opt_string, None, "its private key (PEM, mode 0600)"),
     Setting("collector.beacon", _boolean, False,
             "ask the collector (serve --heads-source) for new commits instead of Git; Git still fetches"),
+    Setting("collector.enrol", _boolean, False,
+            "while collector.token_file does not exist, ask the collector for this host's token (with "
+            "collector.enrol_secret_file, or the client certificate) and collect it once an operator "
+            "approves; reports wait in the outbox until then"),
+    Setting("collector.enrol_secret_file", _opt_string, None,
+            "the site enrolment secret (mode 0600; gitops-collector token create --enrol NAME); read only "
+            "while enrolling, so it may be removed afterwards"),
     Setting("outbox.max_reports", _positive_int, 1000,
             "reports kept for delivery at most; in-sync ones are compacted first, drift never"),
     Setting("outbox.max_bytes", _size, "100MB", "bytes kept for delivery at most (same rule)"),
@@ -157,6 +164,8 @@ class CollectorConfig:
     client_cert: Path | None = None
     client_key: Path | None = None
     beacon: bool = False
+    enrol: bool = False
+    enrol_secret_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -274,10 +283,12 @@ def _build(v: dict[str, Any], base: Path, origin: str) -> AgentConfig:
     collector = CollectorConfig(v["collector.url"], _resolve_path(v["collector.token_file"], base),
                                 _resolve_path(v["collector.ca_file"], base),
                                 _resolve_path(v["collector.client_cert"], base),
-                                _secret(v, "collector.client_key", base, origin), v["collector.beacon"])
+                                _secret(v, "collector.client_key", base, origin), v["collector.beacon"],
+                                v["collector.enrol"], _resolve_path(v["collector.enrol_secret_file"], base))
     if (collector.client_cert is None) != (collector.client_key is None):
         raise ConfigError(f"{origin}: 'collector.client_cert' and 'collector.client_key' go together")
     _check_beacon(collector, schedule, origin)
+    _check_enrol(collector, origin)
     if v["outbox.max_reports"] < 1:
         raise ConfigError(f"{origin}: 'outbox.max_reports' must be at least 1")
     outbox = OutboxConfig(v["outbox.max_reports"], v["outbox.max_bytes"])
@@ -311,6 +322,17 @@ def _check_beacon(collector: CollectorConfig, schedule: ScheduleConfig, origin: 
     if schedule.commit_splay_s > schedule.interval_s:
         raise ConfigError(f"{origin}: 'schedule.commit_splay' must be at most 'schedule.interval' (the full "
                           "check fetches anyway)")
+
+
+def _check_enrol(collector: CollectorConfig, origin: str) -> None:
+    if not collector.enrol:
+        return
+    if not collector.url or collector.token_file is None:
+        raise ConfigError(f"{origin}: 'collector.enrol' needs 'collector.url' and 'collector.token_file' "
+                          "(where the token it collects is written)")
+    if collector.enrol_secret_file is None and collector.client_cert is None:
+        raise ConfigError(f"{origin}: 'collector.enrol' needs 'collector.enrol_secret_file' or "
+                          "'collector.client_cert' (what proves this host may ask)")
 
 
 def _secret(v: dict[str, Any], name: str, base: Path, origin: str) -> Path | None:

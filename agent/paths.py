@@ -68,6 +68,10 @@ class StatePaths:
         return self.root / "delivery.json"
 
     @property
+    def enrolment(self) -> Path:
+        return self.root / "enrolment.json"  # the pending enrolment request and its pickup secret (0600)
+
+    @property
     def pause(self) -> Path:
         return self.root / "pause.json"
 

@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 
 from agent.collector.alerts import Grouping, Webhook
 from agent.collector.auth import ProxyAuth
+from agent.collector.enrolment import EnrolPolicy
 from agent.collector.group_commit import GroupCommit
 from agent.collector.heads import Beacon, HeadsSettings
 from agent.collector.metrics import Metrics
@@ -53,6 +54,7 @@ class CollectorSettings:
     heads: HeadsSettings | None = None  # the commit beacon (serve --heads-source, --hook-secret-file)
     operators: tuple[str, ...] = ()  # reader names allowed to halt, resume, skip and approve rollouts
     rollout_cache_s: float = 2.0  # how long an agents' rollout answer is served from memory (rollout_api)
+    enrol: EnrolPolicy = field(default_factory=EnrolPolicy)  # self-enrolment: autosign and caps
 
 
 @dataclass

@@ -142,6 +142,63 @@ def _paths() -> dict[str, Any]:
         "/metrics": {"get": {"summary": "Prometheus text format", "security": [{"bearer": []}],
                              "responses": {"200": {"description": "metrics"}}}},
         **_beacon_paths(),
+        **_enrolment_paths(),
+    }
+
+
+def _enrolment_paths() -> dict[str, Any]:
+    """Self-enrolment (agent.collector.enrolment_views; docs/collector.md "Enrolment")."""
+    error = {"$ref": "#/components/responses/Error"}
+    errors = {code: error for code in ("400", "401", "403", "404", "413", "422")}
+    no_nul = {"type": "string", "minLength": 1, "pattern": "^[^\\x00]+$"}
+    reason = {"type": "string", "pattern": "^[^\\x00]*\\S[^\\x00]*$", "maxLength": 1000}
+    request = {"type": "object", "required": ["host", "pickup_sha256"], "properties": {
+        "host": {"type": "string", "pattern": HOST_NAME_PATTERN, "maxLength": MAX_HOST_CHARS},
+        "pickup_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "groups": {"type": "array", "maxItems": 64,
+                   "items": {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,254}$"}}}}
+    select = {"oneOf": [
+        {"type": "object", "required": ["ids", "reason"],
+         "properties": {"ids": {"type": "array", "minItems": 1, "items": {"type": "string",
+                                                                          "pattern": "^[0-9a-f]{16}$"}},
+                        "reason": reason, "existing": {"type": "boolean"}}},
+        {"type": "object", "required": ["pattern", "reason"],
+         "properties": {"pattern": no_nul, "reason": reason}},
+        {"type": "object", "required": ["group", "reason"],
+         "properties": {"group": no_nul, "reason": reason}}]}
+
+    def post(summary: str, body: dict[str, Any] | None, codes: dict[str, Any],
+             *params: Any) -> dict[str, Any]:
+        operation = {"summary": summary, "security": [{"bearer": []}], "parameters": list(params),
+                     "responses": {**codes, **errors}}
+        if body is not None:
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        return {"post": operation}
+
+    decided = {"200": {"description": "the requests decided, and those left pending with why"}}
+    states = ("pending", "approved", "denied", "collected", "all")
+    return {
+        "/api/v1/enrolments": {
+            **post("A host asks for its own ingest token: with a site enrolment secret (token create "
+                   "--enrol NAME) as the bearer, or with a client certificate naming the host when the "
+                   "collector requires them", request,
+                   {"201": {"description": "a new pending (or autosigned) request"},
+                    "200": {"description": "the same request again (same host and pickup hash)"},
+                    "429": {**error, "description": "too many requests pending (in total, from this "
+                                                    "address, or for this host)"}}),
+            **_get("Enrolment requests, oldest first (readers)",
+                   [_enum("state", "pending (default), approved, denied, collected or all", states)])},
+        "/api/v1/enrolments/approve": post(
+            "Approve pending requests by ids, host-name pattern (fnmatch) or group (an operator: serve "
+            "--operator NAME); a host that already has a token or reports only by id with existing", select,
+            decided),
+        "/api/v1/enrolments/deny": post(
+            "Deny pending (or approved, not yet collected) requests by ids, pattern or group (an operator)",
+            select, decided),
+        "/api/v1/enrolments/{id}/pickup": post(
+            "The host's poll, with its pickup secret as the bearer: pending, denied (by whom, why), or "
+            "collected with its new ingest token (asking again replaces that token)", None,
+            {"200": {"description": "the request's state, and the token once approved"}}, _p("id")),
     }
 
 

@@ -366,3 +366,22 @@ source_heads = Table(
     Column("via", String(16), nullable=False),  # poll | github | gitlab | gitea | generic
     Column("source_url", Text, nullable=False),  # the configured URL, credentials redacted
 )
+
+# Self-enrolment (migration 0010; agent.collector.enrolment): a host's request for its own ingest token.
+enrolments = Table(
+    "enrolments", metadata,
+    Column("id", String(32), primary_key=True),  # random, not secret: the pickup secret guards the token
+    Column("host", String(HOST), nullable=False, index=True),
+    Column("groups", Text, nullable=False),  # JSON list: the inventory groups the host says it is in
+    Column("pickup_hash", String(64), nullable=False),  # SHA-256 (hex) of the secret only the host knows
+    Column("state", String(16), nullable=False, index=True),  # pending | approved | denied | collected
+    Column("auth", String(16), nullable=False),  # secret | certificate
+    Column("auth_name", String(HOST), nullable=False),  # the enrolment secret's name, or the certified name
+    Column("address", String(64), nullable=False),  # the request's peer address
+    Column("requested_at", UTCDateTime, nullable=False),
+    Column("decided_at", UTCDateTime, nullable=True),
+    Column("decided_by", String(HOST), nullable=True),  # operator name, cli:USER, or autosign:PATTERN
+    Column("reason", Text, nullable=True),
+    Column("token_id", Integer, nullable=True),  # the ingest token the host collected
+    Column("collected_at", UTCDateTime, nullable=True),
+)
