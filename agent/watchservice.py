@@ -34,7 +34,7 @@ from agent.fsutil import atomic_write
 from agent.paths import StatePaths
 from agent.report import ContestedPath, DriftKind, Report, Trigger, WatchInfo
 from agent.watcher import Watcher, WatchState
-from agent.watchpaths import RolePaths
+from agent.watchpaths import PathSet, RolePaths
 from agent.watchrules import CONTESTED_WINDOW_S, MAX_WAIT_S, ContestedPaths, Debouncer
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,8 @@ class WatchService:
         self.watcher = Watcher(max_watches=max_watches)
         self.debouncer = Debouncer(quiet_s=debounce_s, max_wait_s=max(MAX_WAIT_S, debounce_s))
         self.contested = ContestedPaths(contested_flips, contested_window_s)
-        self.table: dict[str, RolePaths] = {}
+        self.table: dict[str, PathSet] = {}  # role -> its managed paths (compact: idle RSS)
+        self.blind: dict[str, tuple[str, ...]] = {}  # role -> its tasks whose paths are not known
         self.state = WatchState(paths=0, directories=0)
         self.changed_now: frozenset[str] = frozenset()  # the paths of the watch check in progress
         self._lock = threading.Lock()
@@ -241,12 +242,14 @@ class WatchService:
         except AgentError as e:
             log.error("%s; keeping the previous watch set", e)
             return
+        compact = {role: PathSet(entry.paths) for role, entry in table.items()}
+        blind = {role: entry.blind for role, entry in table.items() if entry.blind}
+        del table
         with self._lock:
-            moved = [p for role, entry in table.items() if self.table.get(role) != entry
-                     for p in entry.paths]
+            moved = [p for role, entry in compact.items() if self.table.get(role) != entry for p in entry]
             self.contested.forget(moved)  # a new commit changed these roles: count again from zero
-            self.table = table
-            self.state = self.watcher.watch(p for entry in table.values() for p in entry.paths)
+            self.table, self.blind = compact, blind
+            self.state = self.watcher.watch(PathSet(p for entry in compact.values() for p in entry))
         self._set_digest = digest
         del data
         self._say_fallback()
@@ -254,7 +257,7 @@ class WatchService:
 
     def _unwatched_roles(self) -> list[str]:
         missing = set(self.state.unwatched)
-        return sorted(role for role, entry in self.table.items() if entry.paths & missing)
+        return sorted(role for role, entry in self.table.items() if any(p in entry for p in missing))
 
     def _say_fallback(self) -> None:
         """One warning line when the fallback to scheduled checks starts, one when it ends."""
@@ -308,8 +311,7 @@ class WatchService:
     def cycle_started(self, batch: Batch | None) -> None:
         """A cycle starts: its changes of what it checks are its own (a full check: all paths)."""
         with self._lock:
-            covered = None if batch is None else [p for r in batch.roles
-                                                  for p in self.table.get(r, RolePaths(r, frozenset())).paths]
+            covered = None if batch is None else [p for r in batch.roles for p in self.table.get(r, ())]
             self.debouncer.cycle_started(self.clock(), covered)
             self.changed_now = batch.paths if batch is not None else frozenset()
         self.write_state()
@@ -324,7 +326,7 @@ class WatchService:
             if batch is not None:
                 drifted = _corrected_roles(report)
                 for path in batch.paths - batch.contested:
-                    if any(path in self.table.get(r, RolePaths(r, frozenset())).paths for r in drifted):
+                    if any(path in self.table.get(r, ()) for r in drifted):
                         self.contested.corrected(path, now)
         self.reload()
         self.write_state()
