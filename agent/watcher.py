@@ -153,7 +153,7 @@ class Watcher:
             self._unplace(path)
             self._unwatched.discard(path)
         self._reason = None if not self._unwatched else self._reason
-        for path in wanted if keep else sorted(wanted):  # (a PathSet iterates in sorted order itself)
+        for path in wanted if keep else sorted(wanted):  # (a PathSet iterates by sorted directory)
             if path != "/" and self._placed_at(path) is None:
                 self._unwatched.discard(path)
                 self._place(path)
