@@ -122,15 +122,27 @@ def report_info(paths: StatePaths, trigger: Trigger) -> WatchInfo | None:
     try:
         changed = [str(p) for p in data.get("changed") or []] if trigger is Trigger.WATCH else []
         contested = data.get("contested") or {}
+        blind = blind_tasks(data)
         return WatchInfo(
             watched=int(data.get("watched", 0)), directories=int(data.get("directories", 0)),
             unwatched=len(data.get("unwatched") or []),
             unwatched_roles=tuple(str(r) for r in data.get("unwatched_roles") or []),
             reason=str(data["reason"]) if data.get("reason") else None,
             changed=tuple(changed[:CHANGED_SHOWN]), changed_count=len(changed),
-            contested=tuple(ContestedPath(str(p), int(n)) for p, n in sorted(contested.items())))
+            contested=tuple(ContestedPath(str(p), int(n)) for p, n in sorted(contested.items())),
+            blind=tuple(blind[:CHANGED_SHOWN]), blind_count=len(blind))
     except (TypeError, ValueError, AttributeError):
         return None
+
+
+def blind_tasks(data: Mapping[str, Any]) -> list[str]:
+    """The blind tasks of a watch state, as "role: task name" (their names were redacted by the cycle
+    that wrote watch.json, like the report's task names)."""
+    blind = data.get("blind") or {}
+    if not isinstance(blind, Mapping):
+        return []
+    return [f"{role}: {task}" for role, tasks in sorted(blind.items()) if isinstance(tasks, list)
+            for task in tasks]
 
 
 def status_line(data: Mapping[str, Any]) -> str:
@@ -144,6 +156,10 @@ def status_line(data: Mapping[str, Any]) -> str:
         roles = ", ".join(data.get("unwatched_roles") or []) or "-"
         line += (f"; {len(unwatched)} paths NOT watched: {data.get('reason')}: scheduled checks only for "
                  f"roles {roles}")
+    blind = blind_tasks(data)
+    if blind:
+        shown = ", ".join(blind[:5]) + (f" and {len(blind) - 5} more" if len(blind) > 5 else "")
+        line += f"; {len(blind)} blind tasks (no path to watch: scheduled checks only): {shown}"
     contested = data.get("contested") or {}
     if contested:
         line += "; contested (not corrected on change): " + ", ".join(
@@ -274,7 +290,8 @@ class WatchService:
             contested = self.contested.contested(self.clock())
         return {"on": True, "watched": self.state.paths, "directories": self.state.directories,
                 "unwatched": list(self.state.unwatched), "unwatched_roles": self._unwatched_roles(),
-                "reason": self.state.reason, "contested": contested, "changed": sorted(self.changed_now)}
+                "reason": self.state.reason, "contested": contested, "changed": sorted(self.changed_now),
+                "blind": {role: list(tasks) for role, tasks in sorted(self.blind.items())}}
 
     def write_state(self) -> None:
         try:

@@ -203,3 +203,26 @@ def test_the_watcher_thread_survives_a_failure_of_any_kind(tmp_path: Path, monke
         assert "the watcher failed: RuntimeError: a bug; retrying" in caplog.text
     finally:
         service.close()
+
+
+def test_blind_tasks_are_shown_in_the_state_the_status_line_and_the_report(tmp_path: Path) -> None:
+    """Tasks whose path is not known (no watch can see them) are said, per role, with their names as the
+    cycle wrote them (redacted there): in watch-state.json (status --json), the status line, the report."""
+    state = StatePaths(tmp_path / "state")
+    state.root.mkdir()
+    table = {"web": RolePaths("web", frozenset({str(tmp_path / "web.conf")}), ("Set a cron job", "Mount /srv")),
+             "db": RolePaths("db", frozenset(), tuple(f"Secret {n} (no_log)" for n in range(24)))}
+    write_set(state, table, limited_to=None)
+    service = WatchService(state, threading.Event())
+    service.start()
+    try:
+        data = json.loads(state.watch_state.read_text())
+        assert data["blind"]["web"] == ["Set a cron job", "Mount /srv"] and len(data["blind"]["db"]) == 24
+        line = status_line(data)
+        assert "; 26 blind tasks (no path to watch: scheduled checks only): db: Secret 0 (no_log), " in line
+        assert line.endswith("db: Secret 4 (no_log) and 21 more")
+        info = report_info(state, Trigger.SCHEDULE)
+        assert info is not None and info.blind_count == 26 and len(info.blind) == 20
+        assert info.blind[0] == "db: Secret 0 (no_log)"
+    finally:
+        service.close()
