@@ -126,3 +126,9 @@ class StatePaths:
     @property
     def watch_state(self) -> Path:
         return self.root / "watch-state.json"
+
+    @property
+    def watch_contested(self) -> Path:
+        """The daemon's correction counts of watched paths (agent.watchrules.ContestedPaths), so that a
+        restart does not forget a fight with another writer."""
+        return self.root / "watch-contested.json"

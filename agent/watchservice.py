@@ -210,11 +210,48 @@ class WatchService:
         self._stop = threading.Event()
         self._set_digest: str | None = None  # of the watch.json last read (not its text: 10,000 paths)
         self._fallback = False
+        self._loaded = False  # the first reload takes the set as it is: the counts kept are for it
+        self._contested_bytes: bytes | None = None
         self._thread = threading.Thread(target=self._loop, name="watcher", daemon=True)
 
     def start(self) -> None:
+        self._load_contested()
         self.reload()
         self._thread.start()
+
+    def _load_contested(self) -> None:
+        """The correction counts the last daemon kept (a restart does not forget a fight). A bad file is
+        one log line; counting then starts from zero."""
+        try:
+            data = self.paths.watch_contested.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            log.warning("%s: cannot read: %s; counting contested paths from zero", self.paths.watch_contested,
+                        e.strerror)
+            return
+        try:
+            self.contested.load_json(json.loads(data.decode("utf-8")), self.clock(), time.time(),
+                                     str(self.paths.watch_contested))
+        except (ValueError, AgentError) as e:
+            log.warning("%s; counting contested paths from zero", str(e)[:300])
+            return
+        self._contested_bytes = data
+
+    def _save_contested(self) -> None:
+        """Write the counts (atomically, only when they changed; no file while there are none)."""
+        with self._lock:
+            data = self.contested.to_json(self.clock(), time.time())
+        if not data["paths"] and self._contested_bytes is None and not self.paths.watch_contested.exists():
+            return
+        encoded = json.dumps(data, indent=1).encode()
+        if encoded == self._contested_bytes:
+            return
+        try:
+            atomic_write(self.paths.watch_contested, encoded, mode=0o644)
+            self._contested_bytes = encoded
+        except OSError as e:
+            log.warning("cannot write the contested paths: %s", e)
 
     def close(self) -> None:
         self._stop.set()
@@ -262,8 +299,10 @@ class WatchService:
         blind = {role: entry.blind for role, entry in table.items() if entry.blind}
         del table
         with self._lock:
-            moved = [p for role, entry in compact.items() if self.table.get(role) != entry for p in entry]
-            self.contested.forget(moved)  # a new commit changed these roles: count again from zero
+            if self._loaded:  # a new commit changed these roles: count again from zero
+                self.contested.forget(p for role, entry in compact.items() if self.table.get(role) != entry
+                                      for p in entry)
+            self._loaded = True
             self.table, self.blind = compact, blind
             self.state = self.watcher.watch(PathSet(p for entry in compact.values() for p in entry))
         self._set_digest = digest
@@ -298,6 +337,7 @@ class WatchService:
             atomic_write(self.paths.watch_state, json.dumps(self.state_data(), indent=1).encode(), mode=0o644)
         except OSError as e:
             log.warning("cannot write the watch state: %s", e)
+        self._save_contested()
 
     # -- batches and cycles ---------------------------------------------------------------------
 

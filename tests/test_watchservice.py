@@ -226,3 +226,36 @@ def test_blind_tasks_are_shown_in_the_state_the_status_line_and_the_report(tmp_p
         assert info.blind[0] == "db: Secret 0 (no_log)"
     finally:
         service.close()
+
+
+def test_contested_paths_survive_a_restart_of_the_daemons_watcher(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    target = tmp_path / "app.conf"
+    target.write_text("x\n")
+    state = StatePaths(tmp_path / "state")
+    state.root.mkdir()
+    write_set(state, roles(app=[str(target)]), limited_to=None)
+    first = WatchService(state, threading.Event(), contested_flips=1)
+    first.start()
+    try:
+        now = first.clock()
+        first.contested.corrected(str(target), now - 2)
+        first.contested.corrected(str(target), now - 1)  # one flip: contested at the bound of 1
+        first.write_state()
+    finally:
+        first.close()
+    assert json.loads(state.watch_contested.read_text())["paths"][str(target)]["contested_since"]
+    second = WatchService(state, threading.Event(), contested_flips=1)
+    second.start()
+    try:
+        assert json.loads(state.watch_state.read_text())["contested"] == {str(target): 1}
+    finally:
+        second.close()
+    state.watch_contested.write_text("{not json")
+    third = WatchService(state, threading.Event(), contested_flips=1)
+    third.start()
+    try:
+        assert json.loads(state.watch_state.read_text())["contested"] == {}
+        assert "counting contested paths from zero" in caplog.text
+    finally:
+        third.close()
