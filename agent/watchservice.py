@@ -268,10 +268,7 @@ class WatchService:
                 if not ready:
                     continue
                 with self._lock:
-                    changed = self.watcher.read(0)
-                    now = self.clock()
-                    counted = [p for p in changed if not self.contested.changed(p, now)
-                               and self.debouncer.changed(p, now)]
+                    counted = self._feed()
                 if counted:
                     log.debug("watched paths changed: %s", ", ".join(sorted(counted)[:5]))
                     self.wake.set()
@@ -280,6 +277,13 @@ class WatchService:
                     return
                 log.error("the watcher failed: %s: %s; retrying", type(e).__name__, e)
                 self._stop.wait(POLL_S)
+
+    def _feed(self) -> list[str]:
+        """Read what the kernel queued (without waiting) into the rules; the changes that count. The
+        caller holds the lock."""
+        changed = self.watcher.read(0)
+        now = self.clock()
+        return [p for p in changed if not self.contested.changed(p, now) and self.debouncer.changed(p, now)]
 
     # -- the managed set ------------------------------------------------------------------------
 
@@ -377,6 +381,11 @@ class WatchService:
         """A cycle ended: its own changes stop counting after the grace; for a watch check, the changed
         paths of roles with corrective drift count as corrected (the contested rule); then re-arm."""
         with self._lock:
+            # The child has exited, so every event of its own writes is in the kernel's queue by now:
+            # read them while they still count as the cycle's own. Left to the thread, a thread starved
+            # past the grace (a loaded machine) would take the agent's apply for a hand edit.
+            if self._feed():
+                self.wake.set()
             now = self.clock()
             self.debouncer.cycle_ended(now)
             self.changed_now = frozenset()

@@ -259,3 +259,30 @@ def test_contested_paths_survive_a_restart_of_the_daemons_watcher(tmp_path: Path
         assert "counting contested paths from zero" in caplog.text
     finally:
         third.close()
+
+
+def test_the_cycles_own_changes_are_read_at_its_end_even_when_the_thread_is_late(tmp_path: Path) -> None:
+    """The race of a starved watcher thread: the agent's apply writes a managed file, the cycle ends,
+    and the thread reads the event only after the grace. The service reads the queue when the cycle
+    ends, so the write stays the cycle's own and starts no watch check."""
+    target = tmp_path / "app.conf"
+    target.write_text("0\n")
+    state = StatePaths(tmp_path / "state")
+    state.root.mkdir()
+    write_set(state, roles(app=[str(target)]), limited_to=None)
+    service = WatchService(state, threading.Event(), debounce_s=0.1)
+    service.reload()  # armed, but the thread is not running yet: it comes late
+    try:
+        service.cycle_started(None)
+        target.write_text("written by the apply\n")
+        service.cycle_ended(None, None)
+        time.sleep(1.3)  # past the 1 s grace
+        service._thread.start()
+        time.sleep(1.0)
+        assert service.due_in() is None
+        target.write_text("a hand edit\n")  # and a later change still counts
+        wait_due(service)
+        batch = service.take()
+        assert batch is not None and batch.roles == ("app",)
+    finally:
+        service.close()
