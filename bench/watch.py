@@ -1,11 +1,14 @@
 """Watching managed paths (issue 21, docs/watch.md): time to detect, idle cost, cost of a burst.
 
-    .venv/bin/python bench/watch.py [--edits 5] [--scheduled-edits 3] [--interval 60s] [--seconds 120] [--idle-only]
+    .venv/bin/python bench/watch.py [--edits 5] [--scheduled-edits 3] [--interval 60s] [--seconds 120]
+                                    [--strategies mitogen,linear] [--idle-only | --no-idle]
 
 1. Time to detect: a real collector (`gitops-collector serve`, SQLite) and the daemon of the example repo
    (`make demo`'s sandbox) in detect mode. Each hand edit of a managed file (/etc/motd under the target
    root) is timed until a run with the drift is stored in the collector (polled through its API every
-   0.1 s). First with `watch: true` (trigger watch), then with `watch: false` and schedule.interval set
+   0.1 s), once per `ansible.strategy` of --strategies, with the machine's load average, and the
+   breakdown of each from the run's own report (edit -> check started, fetch, Ansible check, the rest,
+   finished -> stored) and the CPU of the daemon's children for the check. First with `watch: true` (trigger watch), then with `watch: false` and schedule.interval set
    to --interval (trigger schedule), the same way: the scheduled case is what Puppet's runinterval and
    ansible-pull's cron give too, and it scales with the interval (measured here with a short one).
 2. Idle cost: three daemons at once over --seconds, converged, nothing changing: `watch: false`, and
@@ -152,8 +155,11 @@ def time_to_detect(workdir: Path, url: str, reader: str, config: Path, edits: in
                     found.append(time.monotonic() - edited)
                     if started is not None:
                         started.append(parse_time(str(new[0]["started_at"])).timestamp() - edited_at)
-                    if parts is not None:
-                        time.sleep(0.5)  # the child reaped
+                    if parts is not None:  # once the daemon reaped the child (its cycle line)
+                        reaped = time.monotonic() + 120
+                        while (log.read_text().count("cycle done: trigger=watch") < n + 1
+                               and time.monotonic() < reaped):
+                            time.sleep(0.1)
                         parts.append({**breakdown(workdir / "state", str(new[0]["run_id"]), edited_at,
                                                   found[-1]),
                                       "CPU of the check (child and Ansible, CPU-s)":
