@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import select
 import threading
 import time
@@ -39,7 +40,7 @@ from agent.watchrules import CONTESTED_WINDOW_S, MAX_WAIT_S, ContestedPaths, Deb
 
 log = logging.getLogger(__name__)
 CHANGED_SHOWN = 20  # changed paths named in a report (all are counted)
-POLL_S = 0.5  # the thread looks at its stop event this often
+POLL_S = 0.5  # after a failed read, the thread tries again this much later
 
 
 # -- watch.json: the cycle's hand-off ------------------------------------------------------------
@@ -208,6 +209,9 @@ class WatchService:
         self.changed_now: frozenset[str] = frozenset()  # the paths of the watch check in progress
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        # close() writes to this pipe to wake the thread: it sleeps in select() without a timeout, so an
+        # idle daemon's watcher never wakes up for nothing (idle CPU, bench/watch.py)
+        self._stop_r, self._stop_w = os.pipe()
         self._set_digest: str | None = None  # of the watch.json last read (not its text: 10,000 paths)
         self._fallback = False
         self._loaded = False  # the first reload takes the set as it is: the counts kept are for it
@@ -255,17 +259,23 @@ class WatchService:
 
     def close(self) -> None:
         self._stop.set()
+        with contextlib.suppress(OSError):
+            os.write(self._stop_w, b"x")
         if self._thread.is_alive():
             self._thread.join(POLL_S * 4)
         self.watcher.close()
+        for fd in (self._stop_r, self._stop_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._stop_r = self._stop_w = -1  # (a second close must not close a reused descriptor)
         self.paths.watch_state.unlink(missing_ok=True)
 
     def _loop(self) -> None:
         fd = self.watcher.fileno()
         while not self._stop.is_set():
             try:
-                ready, _, _ = select.select([fd], [], [], POLL_S)
-                if not ready:
+                ready, _, _ = select.select([fd, self._stop_r], [], [])
+                if fd not in ready:
                     continue
                 with self._lock:
                     counted = self._feed()
