@@ -1,6 +1,6 @@
 """The daemon's watch of managed paths (docs/watch.md): the hand-off files and the watcher thread.
 
-Two files under state_dir (agent.paths):
+Three files under state_dir (agent.paths):
 
 - `watch.json`: written by the cycle (the child `gitops-agent run`) after its check: the paths each role
   managed in it (agent.watchpaths, version 1). A role-limited check (trigger `watch`) replaces the entries
@@ -8,7 +8,10 @@ Two files under state_dir (agent.paths):
   difference is added or removed, so a new commit that changes the managed set changes the watches.
 - `watch-state.json`: written by the daemon: how many paths are watched, which are not (past the inotify
   limits) and why, the contested paths, and, while a watch check runs, the changed paths that started it.
-  Read by `gitops-agent status` and by the cycle, which puts it in its report (`Report.watch`).
+  Read by `gitops-agent status` and by the cycle, which puts it in its report (`Report.watch`); it also
+  lists the blind tasks per role (no path to watch, found by the scheduled check).
+- `watch-contested.json`: written by the daemon when they change: the correction counts of watched paths
+  (agent.watchrules.ContestedPaths), so that a restart or a rebuilt watcher does not forget a fight.
 
 WatchService runs one thread that waits on the inotify fd (agent.watcher) and feeds the debouncer
 (agent.watchrules); it sets the daemon's `wake` event when a change arrives, and the daemon's loop asks
