@@ -296,6 +296,10 @@ def _build(v: dict[str, Any], base: Path, origin: str) -> AgentConfig:
         raise ConfigError(f"{origin}: 'watch_debounce' must be more than 0s and at most 30s")
     if v["watch_contested_flips"] < 1:
         raise ConfigError(f"{origin}: 'watch_contested_flips' must be at least 1")
+    for role in v["watch_exclude"]:
+        problem = watch_exclude_problem(role)
+        if problem:
+            raise ConfigError(f"{origin}: 'watch_exclude': {role!r} {problem}")
     state_dir = _resolve_path(v["state_dir"], base)
     assert state_dir is not None
     return AgentConfig(
@@ -389,6 +393,21 @@ def parse_yaml(text: str, origin: str) -> Any:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None)
         raise ConfigError(f"{origin}: invalid YAML{where}" + (f": {problem}" if problem else "")) from e
+
+
+def watch_exclude_problem(role: str) -> str | None:
+    """What is wrong with a `watch_exclude` entry (None when it is a role name). A role is the name of
+    a playbook in the playbooks folder without `.yml` (agent.inventory); patterns are not supported, so
+    a glob that would match nothing is refused rather than silently excluding no role."""
+    if not role or role != role.strip():
+        return "is not a role name (empty, or spaces around it)"
+    if any(c in role for c in "*?[]"):
+        return "is a pattern: name each role (the playbook's name without .yml); globs are not supported"
+    if "/" in role or "\0" in role or role in (".", ".."):
+        return "is not a role name: a role is a playbook's name without .yml, not a path"
+    if role.endswith((".yml", ".yaml")):
+        return f"names a file: the role is {role.rsplit('.', 1)[0]!r} (the playbook's name without .yml)"
+    return None
 
 
 def load(path: Path) -> AgentConfig:

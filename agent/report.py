@@ -228,6 +228,9 @@ class WatchInfo:
     ``changed``: for a run with trigger ``watch``, the changed paths that started it (the first 20;
     ``changed_count`` is all of them). ``unwatched``: managed paths past the inotify limits, checked by
     the schedule only, ``reason`` says why and ``unwatched_roles`` which roles they belong to.
+    ``blind``: tasks whose managed path is not known, so that no watch can see them (a no_log task, a
+    module that names no path), as "role: task name" (the first 20, redacted like every task name;
+    ``blind_count`` is all of them): the scheduled check finds their drift.
     """
     watched: int = 0
     directories: int = 0
@@ -237,6 +240,8 @@ class WatchInfo:
     changed: tuple[str, ...] = ()
     changed_count: int = 0
     contested: tuple[ContestedPath, ...] = ()
+    blind: tuple[str, ...] = ()
+    blind_count: int = 0
 
 
 @dataclass(frozen=True)
