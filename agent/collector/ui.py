@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agent.collector import params, queries, ui_auth, ui_queries
+from agent.collector import params, queries, rollout_api, ui_auth, ui_queries
 from agent.collector.errors import CollectorError, DatabaseError, ForbiddenError
 from agent.collector.queries import HostFilter, Page
 from agent.collector.ui_render import SECURITY_HEADERS, render_page, run_strip
@@ -146,8 +146,10 @@ async def commit(request: Request, collector: Collector) -> Response:
     reached = params.rollout_hosts(request.query_params)
     result = await collector.db(queries.commit_rollout, collector.engine, sha, pg,
                                 stale_before=collector.stale_before(), reached=reached == "running")
+    # The commit page is the rollout control when hosts reported a rollout.yml for this commit.
+    control = await rollout_api.control(collector, result["commit"]["sha"], request.state.reader)
     return render_page("commit.html", commit=result["commit"], summary=result["summary"],
-                       hosts=result["hosts"], page=pg, reached=reached,
+                       hosts=result["hosts"], page=pg, reached=reached, control=control,
                        api=f"/api/v1/commits/{sha}?hosts={reached}", **common(request, collector))
 
 
