@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.collector import api, heads_views, notify, notify_views, review_views, rollout_api, ui
+from agent.collector import api, heads_views, leader, notify, notify_views, review_views, rollout_api, ui
 from agent.collector.context import Collector
 from agent.collector.errors import CollectorError, InvalidReportError
 
@@ -87,7 +87,7 @@ ROUTES = [
 
 @asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
-    async with notify.lifespan(app), heads_views.lifespan(app):
+    async with leader.lifespan(app), notify.lifespan(app), heads_views.lifespan(app):
         yield
 
 

@@ -149,6 +149,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="accept push hooks on /api/v1/hooks/{github,gitlab,gitea,generic} signed with "
                             "the secret in FILE (not readable by others); a hook makes the collector ask "
                             "Git at once")
+    serve.add_argument("--prune-older-than", type=duration_s, metavar="DURATION",
+                       help="the leading collector deletes runs finished longer ago than this (each host's "
+                            "latest kept) when it takes the lead and then hourly, like `prune --older-than`; "
+                            "off by default")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
     _token_parser(sub, common)
@@ -279,7 +283,15 @@ def _settings(args: argparse.Namespace) -> CollectorSettings:
                              alert_grouping=Grouping(args.alert_group_wait, args.alert_group_interval),
                              public_urls=_public_urls(args.public_url), reviewers=tuple(args.reviewer),
                              group_commit=args.group_commit, heads=heads_of(args),
-                             operators=tuple(args.operator), rollout_cache_s=args.rollout_cache)
+                             operators=tuple(args.operator), rollout_cache_s=args.rollout_cache,
+                             prune_older_than_s=_prune_age(args.prune_older_than))
+
+
+def _prune_age(seconds: float | None) -> float | None:
+    if seconds is not None and seconds < 3600:
+        raise CollectorError("--prune-older-than must be at least 1h (runs younger than that are the fleet's "
+                             "current state)")
+    return seconds
 
 
 def app_from_env() -> Starlette:
