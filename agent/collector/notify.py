@@ -110,6 +110,9 @@ class Notifier:
                 if await self.lead():
                     await self.run_once()
             except Exception:  # the loop outlives a failed scan (database down): retried next time
+                # a delivery claimed before the failure may be left `sending`: the next round that leads
+                # makes it due again, as after a change of leader (nothing of ours is in flight then)
+                self.leading = False
                 self.collector.metrics.db_errors += 1
                 log.exception("notify: scan failed")
             await anyio.sleep(self.collector.settings.notify_interval_s)
