@@ -183,17 +183,16 @@ class Cluster:
     collectors: list[CollectorProcess]
     proxy: Haproxy
 
-    def leaders(self) -> list[int]:
-        """Indexes of the live collectors whose /healthz says they lead."""
-        found = []
+    def roles(self) -> dict[int, bool | None]:
+        """What /healthz of each live collector says of `leader` (None: it has not tried yet)."""
+        found: dict[int, bool | None] = {}
         for i, c in enumerate(self.collectors):
             if c.proc is None:
                 continue
             try:
-                if httpx.get(f"{c.url}/healthz", timeout=2).json().get("leader") is True:
-                    found.append(i)
+                found[i] = httpx.get(f"{c.url}/healthz", timeout=2).json().get("leader")
             except httpx.HTTPError:
-                pass
+                found[i] = None
         return found
 
     def revive(self) -> None:
@@ -205,8 +204,12 @@ class Cluster:
             time.sleep(1.0)  # haproxy's health check (every 300 ms) sees it up again
 
     def one_leader(self) -> int:
-        wait_for("exactly one leader", lambda: len(self.leaders()) == 1)
-        (leader,) = self.leaders()
+        """The index of the one leader, once every live collector has tried and exactly one leads."""
+        def settled() -> bool:
+            roles = self.roles()
+            return None not in roles.values() and list(roles.values()).count(True) == 1
+        wait_for("exactly one leader", settled)
+        (leader,) = [i for i, leads in self.roles().items() if leads]
         return leader
 
 
@@ -298,6 +301,16 @@ def test_ingest_ui_and_api_work_through_any_collector(cluster: Cluster) -> None:
     for x in cluster.collectors:
         r = httpx.post(f"{x.url}/api/v1/reports", content=_report(host, Status.IN_SYNC), timeout=10,
                        headers={"Authorization": f"Bearer {secrets[host]}", "Content-Type": "application/json"})
+        assert r.status_code == 401, (x.url, r.text)
+    # and so is a revoked reader (here: reviewer) token, on the API and for a new session
+    engine = db.create(cluster.db_url)
+    assert tokens.revoke(engine, "ops", now=datetime.now(UTC)) == 1
+    engine.dispose()
+    for x in cluster.collectors:
+        r = httpx.get(f"{x.url}/api/v1/hosts", headers={"Authorization": f"Bearer {reader}"}, timeout=10)
+        assert r.status_code == 401, (x.url, r.text)
+        r = httpx.post(f"{x.url}/login", data={"token": reader, "next": "/"}, headers={"Origin": x.url},
+                       timeout=10)
         assert r.status_code == 401, (x.url, r.text)
 
 
