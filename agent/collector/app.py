@@ -22,6 +22,7 @@ from agent.collector import (
     api,
     enrolment_views,
     heads_views,
+    leader,
     notify,
     notify_views,
     review_views,
@@ -97,7 +98,7 @@ ROUTES = [
 
 @asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
-    async with notify.lifespan(app), heads_views.lifespan(app):
+    async with leader.lifespan(app), notify.lifespan(app), heads_views.lifespan(app):
         yield
 
 

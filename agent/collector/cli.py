@@ -161,6 +161,10 @@ def _parser() -> argparse.ArgumentParser:
                        default=EnrolPolicy.max_pending_per_address,
                        help="refuse (429) new enrolment requests while N from one peer address are pending "
                             f"(default {EnrolPolicy.max_pending_per_address})")
+    serve.add_argument("--prune-older-than", type=duration_s, metavar="DURATION",
+                       help="the leading collector deletes runs finished longer ago than this (each host's "
+                            "latest kept) when it takes the lead and then hourly, like `prune --older-than`; "
+                            "off by default")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
     _token_parser(sub, common)
@@ -296,7 +300,8 @@ def _settings(args: argparse.Namespace) -> CollectorSettings:
                              public_urls=_public_urls(args.public_url), reviewers=tuple(args.reviewer),
                              group_commit=args.group_commit, heads=heads_of(args),
                              operators=tuple(args.operator), rollout_cache_s=args.rollout_cache,
-                             enrol=_enrol_policy(args))
+                             enrol=_enrol_policy(args),
+                             prune_older_than_s=_prune_age(args.prune_older_than))
 
 
 def _enrol_policy(args: argparse.Namespace) -> EnrolPolicy:
@@ -307,6 +312,13 @@ def _enrol_policy(args: argparse.Namespace) -> EnrolPolicy:
         raise CollectorError("--enrol-max-pending and --enrol-max-pending-per-address must be at least 1")
     return EnrolPolicy(autosign=tuple(args.enrol_autosign), max_pending=args.enrol_max_pending,
                        max_pending_per_address=args.enrol_max_pending_per_address)
+
+
+def _prune_age(seconds: float | None) -> float | None:
+    if seconds is not None and seconds < 3600:
+        raise CollectorError("--prune-older-than must be at least 1h (runs younger than that are the fleet's "
+                             "current state)")
+    return seconds
 
 
 def app_from_env() -> Starlette:

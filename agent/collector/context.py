@@ -22,6 +22,7 @@ from agent.collector.auth import ProxyAuth
 from agent.collector.enrolment import EnrolPolicy
 from agent.collector.group_commit import GroupCommit
 from agent.collector.heads import Beacon, HeadsSettings
+from agent.collector.leader import Leader
 from agent.collector.metrics import Metrics
 from agent.collector.payload import PayloadLimits
 from agent.collector.queries import stale_cutoff
@@ -55,6 +56,7 @@ class CollectorSettings:
     operators: tuple[str, ...] = ()  # reader names allowed to halt, resume, skip and approve rollouts
     rollout_cache_s: float = 2.0  # how long an agents' rollout answer is served from memory (rollout_api)
     enrol: EnrolPolicy = field(default_factory=EnrolPolicy)  # self-enrolment: autosign and caps
+    prune_older_than_s: float | None = None  # the leader prunes older runs hourly (serve --prune-older-than)
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Collector:
     db_limiter: anyio.CapacityLimiter | None = None
     group: GroupCommit | None = None
     beacon: Beacon | None = None
+    leader: Leader = field(init=False)  # one per process: the notifier, heads poll and prune run under it
 
     def __post_init__(self) -> None:
         # Database calls run in worker threads; a few threads serve more requests per second than many
@@ -76,8 +79,11 @@ class Collector:
             self.db_limiter = anyio.CapacityLimiter(self.settings.db_threads)
         if self.settings.group_commit and self.group is None:
             self.group = GroupCommit(self.engine, self.settings.expect, self.db_limiter)
+        self.leader = Leader(self.engine)
         if self.settings.heads is not None and self.beacon is None:
             self.beacon = Beacon(self.engine, self.settings.heads)
+        if self.beacon is not None:
+            self.beacon.leader = self.leader  # one lead per process for all leader-only work
 
     def stale_before(self) -> datetime:
         """Hosts whose due time is before this moment are stale (now less the grace, queries.stale_cutoff)."""

@@ -135,7 +135,8 @@ def _paths() -> dict[str, Any]:
             _enum("status", "delivery status", DELIVERY_STATUSES), *PAGE_PARAMS]),
         **_rollout_paths(),
         "/healthz": {"get": {
-            "summary": "Liveness and database reachability", "security": [],
+            "summary": "Liveness, database reachability, and whether this process leads the collectors "
+                       "(`leader`: true, false, or null when it runs no leader-only work)", "security": [],
             "responses": {"200": {"description": "ok"}, "503": {"description": "database down"}}}},
         "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [],
                                          "responses": {"200": {"description": "OpenAPI 3.1"}}}},
