@@ -18,7 +18,16 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.collector import api, heads_views, notify, notify_views, review_views, rollout_api, ui
+from agent.collector import (
+    api,
+    compliance_views,
+    heads_views,
+    notify,
+    notify_views,
+    review_views,
+    rollout_api,
+    ui,
+)
 from agent.collector.context import Collector
 from agent.collector.errors import CollectorError, InvalidReportError
 
@@ -82,12 +91,13 @@ ROUTES = [
     *review_views.API_ROUTES,
     *heads_views.ROUTES,
     *rollout_api.API_ROUTES,
+    *compliance_views.API_ROUTES,
 ]
 
 
 @asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
-    async with notify.lifespan(app), heads_views.lifespan(app):
+    async with notify.lifespan(app), heads_views.lifespan(app), compliance_views.lifespan(app):
         yield
 
 
@@ -96,6 +106,7 @@ def create_app(collector: Collector) -> Starlette:
     pages = [*review_views.PAGE_ROUTES, *ui.ROUTES, notify_views.PAGE_ROUTE]
     pages += review_views.API_ACTION_ROUTES
     pages += rollout_api.PAGE_ROUTES
+    pages += compliance_views.PAGE_ROUTES
     app = Starlette(routes=[*ROUTES, *pages], lifespan=_lifespan, exception_handlers={
         CollectorError: _collector_error,
         SQLAlchemyError: _database_error,

@@ -53,6 +53,7 @@ class CollectorSettings:
     heads: HeadsSettings | None = None  # the commit beacon (serve --heads-source, --hook-secret-file)
     operators: tuple[str, ...] = ()  # reader names allowed to halt, resume, skip and approve rollouts
     rollout_cache_s: float = 2.0  # how long an agents' rollout answer is served from memory (rollout_api)
+    compliance_snapshot_s: float | None = None  # rewrite today's compliance_daily rows this often (serve)
 
 
 @dataclass
