@@ -102,7 +102,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
 
 
 def create_app(collector: Collector) -> Starlette:
-    # the web UI, and the drift review's actions (neither in the OpenAPI document)
+    # the web UI (not in the OpenAPI document), and the drift review's actions (in it)
     pages = [*review_views.PAGE_ROUTES, *ui.ROUTES, notify_views.PAGE_ROUTE]
     pages += review_views.API_ACTION_ROUTES
     pages += rollout_api.PAGE_ROUTES
