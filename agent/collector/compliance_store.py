@@ -76,18 +76,17 @@ def _active_ids(conn: Connection, now: datetime) -> list[int]:
                                                           e.created_at <= now))]
 
 
-def _drift_counts(conn: Connection, now: datetime, group_by: tuple[Any, ...],
-                  where: tuple[Any, ...] = ()) -> list[Any]:
-    """Per group: the checked hosts with current items, and those with an item not accepted now."""
+def _per_host(conn: Connection, now: datetime, group_by: tuple[Any, ...],
+              where: tuple[Any, ...] = ()) -> list[Any]:
+    """(*group, host, 1 if one of the host's current items in the group is not accepted now else 0),
+    one row per group and host. With the index (role, host, state, accepted_by) of migration 0009 this
+    reads the index alone (no table rows), in order: 100,000 items give at most hosts x roles rows."""
     ri = review_items.c
     active = _active_ids(conn, now)
     accepted = and_(ri.state == "accepted", ri.accepted_by.in_(active)) if active else false()
-    unaccepted_host = case((accepted, None), else_=ri.host)
-    query = (select(*group_by, func.count(ri.host.distinct()), func.count(unaccepted_host.distinct()))
-             .select_from(review_items.join(review_hosts, review_hosts.c.host == ri.host))
-             .where(CURRENT_ITEM, *where))
-    if group_by:
-        query = query.group_by(*group_by)
+    unaccepted = func.max(case((accepted, 0), else_=1))
+    query = (select(*group_by, ri.host, unaccepted).where(CURRENT_ITEM, *where)
+             .group_by(*group_by, ri.host))
     return list(conn.execute(query))
 
 
@@ -96,37 +95,48 @@ def _figure(checked: int, unknown: int, drifting: int, unaccepted: int) -> Figur
     return Figure(checked, checked - drifting, checked - unaccepted, unknown)
 
 
-def _fleet(conn: Connection, now: datetime) -> Figure:
-    total = conn.execute(select(func.count()).select_from(hosts)).scalar_one()
-    checked = conn.execute(select(func.count()).select_from(review_hosts)).scalar_one()
-    ((drifting, unaccepted),) = _drift_counts(conn, now, ())
-    return _figure(checked, total - checked, drifting, unaccepted)
-
-
-def _role_hosts(conn: Connection, role: str | None = None) -> dict[str, tuple[int, int]]:
-    """Per role: (checked hosts, unknown hosts)."""
-    hr = host_roles.c
-    query = (select(hr.role, func.count(review_hosts.c.host), func.count())
-             .select_from(host_roles.outerjoin(review_hosts, review_hosts.c.host == hr.host))
-             .group_by(hr.role))
-    if role is not None:
-        query = query.where(hr.role == role)
-    return {r: (checked, total - checked) for r, checked, total in conn.execute(query)}
-
-
 def _current(conn: Connection, now: datetime, *, tasks: bool, role: str | None = None) -> Current:
+    """The figures from three reads: the checked hosts, the hosts' roles, and the current items grouped
+    by (role, host) (and (role, task, host) for tasks), counted here."""
     ri = review_items.c
-    per_role = _role_hosts(conn, role)
+    checked = set(conn.execute(select(review_hosts.c.host)).scalars())
+    members = select(host_roles.c.role, host_roles.c.host)
+    if role is not None:
+        members = members.where(host_roles.c.role == role)
+    per_role: dict[str, list[int]] = {}
+    for r, host in conn.execute(members):
+        per_role.setdefault(r, [0, 0])[host not in checked] += 1
     where = (ri.role == role,) if role is not None else ()
-    drift = {r: (d, u) for r, d, u in _drift_counts(conn, now, (ri.role,), where)}
-    roles = {r: _figure(checked, unknown, *drift.get(r, (0, 0)))
-             for r, (checked, unknown) in per_role.items()}
+    drifting: dict[str, int] = {}
+    unaccepted: dict[str, int] = {}
+    fleet_drifting: set[str] = set()
+    fleet_unaccepted: set[str] = set()
+    for r, host, u in _per_host(conn, now, (ri.role,), where):
+        if host not in checked:  # never checked completely: unknown, whatever its items
+            continue
+        drifting[r] = drifting.get(r, 0) + 1
+        fleet_drifting.add(host)
+        if u:
+            unaccepted[r] = unaccepted.get(r, 0) + 1
+            fleet_unaccepted.add(host)
+    roles = {r: _figure(c, unknown, drifting.get(r, 0), unaccepted.get(r, 0))
+             for r, (c, unknown) in per_role.items()}
     found: dict[tuple[str, str], Figure] = {}
     if tasks:
-        for r, task, drifting, unaccepted in _drift_counts(conn, now, (ri.role, ri.task), where):
-            checked, unknown = per_role.get(r, (0, 0))
-            found[(r, task)] = _figure(checked, unknown, drifting, unaccepted)
-    return Current(_fleet(conn, now) if role is None else Figure(0, 0, 0), roles, found)
+        counts: dict[tuple[str, str], list[int]] = {}
+        for r, task, host, u in _per_host(conn, now, (ri.role, ri.task), where):
+            if host in checked:
+                count = counts.setdefault((r, task), [0, 0])
+                count[0] += 1
+                count[1] += u
+        for (r, task), (d, u) in counts.items():
+            c, unknown = per_role.get(r, [0, 0])
+            found[(r, task)] = _figure(c, unknown, d, u)
+    fleet = Figure(0, 0, 0)
+    if role is None:
+        total = conn.execute(select(func.count()).select_from(hosts)).scalar_one()
+        fleet = _figure(len(checked), total - len(checked), len(fleet_drifting), len(fleet_unaccepted))
+    return Current(fleet, roles, found)
 
 
 def current(engine: Engine, now: datetime, *, tasks: bool = False, role: str | None = None) -> Current:
@@ -142,8 +152,9 @@ def host_figure(engine: Engine, host: str, now: datetime) -> Figure:
         checked = conn.execute(select(review_hosts.c.host).where(review_hosts.c.host == host)).first()
         if checked is None:
             return Figure(0, 0, 0, 1)
-        ((drifting, unaccepted),) = _drift_counts(conn, now, (), (review_items.c.host == host,))
-    return Figure(1, 1 - drifting, 1 - unaccepted)
+        rows = _per_host(conn, now, (), (review_items.c.host == host,))
+    unaccepted = any(u for _, u in rows)
+    return Figure(1, int(not rows), int(not unaccepted))
 
 
 # -- the daily series -----------------------------------------------------------------------------------

@@ -318,6 +318,7 @@ review_items = Table(
     Index("ix_review_items_key", "key_sha256", "resolved_at"),
     Index("ix_review_items_host_state", "host", "state"),
     Index("ix_review_items_state_first", "state", "first_seen_at"),
+    Index("ix_review_items_role_host", "role", "host", "state", "accepted_by"),  # 0009: compliance
 )
 
 review_hosts = Table(
