@@ -18,6 +18,7 @@ from sqlalchemy import delete, select
 
 from agent.collector import compliance_store, review_backfill, review_notify, tokens
 from agent.collector.alerts import parse_webhook
+from agent.collector.cli import main
 from agent.collector.context import CollectorSettings
 from agent.collector.notify import Notifier
 from agent.collector.tables import compliance_daily, review_hosts, review_items, webhook_deliveries
@@ -184,7 +185,8 @@ def test_new_corrective_drift_is_announced_once_unless_accepted_or_old(collector
 # -- the backfill of hosts that reported before the drift review ----------------------------------------
 
 
-def test_backfill_builds_current_drift_from_each_hosts_last_run(send, clock, engine, client, reader):
+def test_migrate_backfills_current_drift_from_each_hosts_last_run(send, clock, engine, client, reader, db_url,
+                                                                  capsys):
     clock.now = BASE_TIME + timedelta(minutes=5)
     send(make_report(WEB[0], status=Status.DRIFTED, finished_at=BASE_TIME - timedelta(hours=1),
                      drift=(drift("nginx config"),)))
@@ -195,7 +197,8 @@ def test_backfill_builds_current_drift_from_each_hosts_last_run(send, clock, eng
         conn.execute(delete(review_items))
         conn.execute(delete(review_hosts))
     assert client.get("/api/v1/drift?group=host", headers=reader).json()["items"] == []
-    assert review_backfill.backfill(engine) == 3
+    assert main(["migrate", "--db", db_url]) == 0
+    assert "drift review: current drift of 3 host(s) taken from their last run" in capsys.readouterr().out
     current = client.get("/api/v1/drift?group=host", headers=reader).json()["items"]
     assert [(i["host"], i["task"], i["state"]) for i in current] == [(WEB[0], "sysctl", "open")]
     assert current[0]["first_seen_at"] == "2026-11-20T09:00:00.000Z"  # the agent's first sighting: its age
