@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from datetime import timedelta
 
 import httpx
@@ -18,8 +19,9 @@ from sqlalchemy import delete, select
 
 from agent.collector import compliance_store, review_backfill, review_notify, tokens
 from agent.collector.alerts import parse_webhook
+from agent.collector.app import create_app
 from agent.collector.cli import main
-from agent.collector.context import CollectorSettings
+from agent.collector.context import Collector, CollectorSettings
 from agent.collector.notify import Notifier
 from agent.collector.tables import compliance_daily, review_hosts, review_items, webhook_deliveries
 from agent.collector.tokens import TokenKind
@@ -206,3 +208,24 @@ def test_migrate_backfills_current_drift_from_each_hosts_last_run(send, clock, e
     assert review_backfill.backfill(engine) == 0  # nothing left: a second migrate adds nothing
     with engine.connect() as conn:
         assert len(conn.execute(select(review_items)).all()) == 2  # sysctl, and web03's corrected episode
+
+
+def test_the_app_writes_todays_snapshot_beside_it_when_asked(engine, clock, send):
+    """`serve` sets compliance_snapshot_s: the lifespan's loop writes today's rows (then every interval)."""
+    clock.now = BASE_TIME + timedelta(minutes=5)
+    assert send(make_report(WEB[0], status=Status.DRIFTED, drift=(drift("sysctl"),))).status_code == 201
+    app = create_app(Collector(engine, CollectorSettings(compliance_snapshot_s=3600.0), now=clock))
+
+    def fleet_rows() -> list:
+        with engine.connect() as conn:
+            return conn.execute(select(compliance_daily).where(compliance_daily.c.scope_kind == "fleet")).all()
+
+    async def serve() -> list:
+        async with app.router.lifespan_context(app):
+            deadline = time.monotonic() + 20
+            while not fleet_rows() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        return fleet_rows()
+
+    rows = asyncio.run(serve())
+    assert [(r.day, r.hosts, r.in_sync) for r in rows] == [("2026-11-20", 1, 0)]
