@@ -123,7 +123,7 @@ def role_view(engine: Any, role: str, now: datetime, days: int) -> dict[str, Any
 
 
 def task_view(engine: Any, role: str, task: str, now: datetime, days: int) -> dict[str, Any]:
-    figures = cs.current(engine, now, tasks=True, role=role)
+    figures = cs.current(engine, now, tasks=True, role=role, task=task)
     figure = figures.task(role, task)
     series = cs.series(engine, "task", cs.task_scope(role, task), now=now, days=days, role=role)
     return {"figure": figure, "series": with_today(series, figure, now)}

@@ -95,7 +95,8 @@ def _figure(checked: int, unknown: int, drifting: int, unaccepted: int) -> Figur
     return Figure(checked, checked - drifting, checked - unaccepted, unknown)
 
 
-def _current(conn: Connection, now: datetime, *, tasks: bool, role: str | None = None) -> Current:
+def _current(conn: Connection, now: datetime, *, tasks: bool, role: str | None = None,
+             task: str | None = None) -> Current:
     """The figures from three reads: the checked hosts, the hosts' roles, and the current items grouped
     by (role, host) (and (role, task, host) for tasks), counted here."""
     ri = review_items.c
@@ -124,14 +125,15 @@ def _current(conn: Connection, now: datetime, *, tasks: bool, role: str | None =
     found: dict[tuple[str, str], Figure] = {}
     if tasks:
         counts: dict[tuple[str, str], list[int]] = {}
-        for r, task, host, u in _per_host(conn, now, (ri.role, ri.task), where):
+        only = (ri.task == task,) if task is not None else ()
+        for r, name, host, u in _per_host(conn, now, (ri.role, ri.task), (*where, *only)):
             if host in checked:
-                count = counts.setdefault((r, task), [0, 0])
+                count = counts.setdefault((r, name), [0, 0])
                 count[0] += 1
                 count[1] += u
-        for (r, task), (d, u) in counts.items():
+        for (r, name), (d, u) in counts.items():
             c, unknown = per_role.get(r, [0, 0])
-            found[(r, task)] = _figure(c, unknown, d, u)
+            found[(r, name)] = _figure(c, unknown, d, u)
     fleet = Figure(0, 0, 0)
     if role is None:
         total = conn.execute(select(func.count()).select_from(hosts)).scalar_one()
@@ -139,11 +141,12 @@ def _current(conn: Connection, now: datetime, *, tasks: bool, role: str | None =
     return Current(fleet, roles, found)
 
 
-def current(engine: Engine, now: datetime, *, tasks: bool = False, role: str | None = None) -> Current:
+def current(engine: Engine, now: datetime, *, tasks: bool = False, role: str | None = None,
+            task: str | None = None) -> Current:
     """Today's figures for the fleet and every role (and every task with current drift when `tasks`);
-    with `role`, only that role and its tasks (the fleet is then left empty)."""
+    with `role`, only that role and its tasks (the fleet is then left empty); with `task`, only it."""
     with engine.connect() as conn:
-        return _current(conn, now, tasks=tasks, role=role)
+        return _current(conn, now, tasks=tasks, role=role, task=task)
 
 
 def host_figure(engine: Engine, host: str, now: datetime) -> Figure:
