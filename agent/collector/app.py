@@ -92,6 +92,7 @@ ROUTES = [
     *heads_views.ROUTES,
     *rollout_api.API_ROUTES,
     *compliance_views.API_ROUTES,
+    *review_views.API_ACTION_ROUTES,
 ]
 
 
@@ -102,9 +103,8 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
 
 
 def create_app(collector: Collector) -> Starlette:
-    # the web UI (not in the OpenAPI document), and the drift review's actions (in it)
+    # the web UI (not in the OpenAPI document)
     pages = [*review_views.PAGE_ROUTES, *ui.ROUTES, notify_views.PAGE_ROUTE]
-    pages += review_views.API_ACTION_ROUTES
     pages += rollout_api.PAGE_ROUTES
     pages += compliance_views.PAGE_ROUTES
     app = Starlette(routes=[*ROUTES, *pages], lifespan=_lifespan, exception_handlers={

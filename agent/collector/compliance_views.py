@@ -173,7 +173,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 API_ROUTES = [
     Route("/api/v1/compliance", api_fleet),
     Route("/api/v1/compliance/roles/{role}", api_role),
-    Route("/api/v1/compliance/hosts/{host:path}", api_host),
+    Route("/api/v1/compliance/hosts/{host}", api_host),
     Route("/api/v1/compliance/tasks", api_task),
 ]
 PAGE_ROUTES = [
