@@ -25,10 +25,11 @@ from sqlalchemy import Engine
 from starlette.applications import Starlette
 
 from agent import __version__
-from agent.collector import db, enrol_cli, fleet_cli, store, tokens
+from agent.collector import db, enrol_cli, fleet_cli, review_backfill, store, tokens
 from agent.collector.alerts import Grouping, Webhook, mask_url, parse_webhook
 from agent.collector.app import create_app
 from agent.collector.auth import ProxyAuth
+from agent.collector.compliance_store import SNAPSHOT_S
 from agent.collector.context import DEFAULT_MAX_BODY_BYTES, Collector, CollectorSettings, utc_now
 from agent.collector.digits import whole_number
 from agent.collector.enrolment import EnrolPolicy
@@ -301,7 +302,8 @@ def _settings(args: argparse.Namespace) -> CollectorSettings:
                              group_commit=args.group_commit, heads=heads_of(args),
                              operators=tuple(args.operator), rollout_cache_s=args.rollout_cache,
                              enrol=_enrol_policy(args),
-                             prune_older_than_s=_prune_age(args.prune_older_than))
+                             prune_older_than_s=_prune_age(args.prune_older_than),
+                             compliance_snapshot_s=SNAPSHOT_S)
 
 
 def _enrol_policy(args: argparse.Namespace) -> EnrolPolicy:
@@ -462,6 +464,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     with _open(args.db, check=args.command != "migrate") as engine:
         if args.command == "migrate":
             print(f"database schema at revision {db.migrate(engine)}")
+            filled = review_backfill.backfill(engine)
+            if filled:
+                print(f"drift review: current drift of {filled} host(s) taken from their last run")
             return 0
         return _token(engine, args)  # token create
 

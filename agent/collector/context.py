@@ -57,6 +57,7 @@ class CollectorSettings:
     rollout_cache_s: float = 2.0  # how long an agents' rollout answer is served from memory (rollout_api)
     enrol: EnrolPolicy = field(default_factory=EnrolPolicy)  # self-enrolment: autosign and caps
     prune_older_than_s: float | None = None  # the leader prunes older runs hourly (serve --prune-older-than)
+    compliance_snapshot_s: float | None = None  # rewrite today's compliance_daily rows this often (serve)
 
 
 @dataclass

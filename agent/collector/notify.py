@@ -17,7 +17,7 @@ import anyio
 import httpx
 from starlette.applications import Starlette
 
-from agent.collector import notify_store, queries, review_store
+from agent.collector import notify_store, queries, review_notify, review_store
 from agent.collector.alerts import Alert, group, mask_url, scrub_url
 
 if TYPE_CHECKING:
@@ -65,10 +65,16 @@ class Notifier:
         await self.deliver()
 
     async def review(self, now: datetime) -> None:
-        """The drift review's tick: write down expired exceptions (their items reopen, audited), and queue
-        the exception alerts due (expiring within 7 days, expired), once each (docs/drift-review.md)."""
+        """The drift review's tick: write down expired exceptions (their items reopen, audited), queue new
+        corrective drift (review_notify) and the exception alerts due (expiring within 7 days, expired),
+        once each (docs/drift-review.md)."""
         c = self.collector
         await c.db(review_store.expire_exceptions, c.engine, now=now)
+        public = c.settings.public_urls[0] if c.settings.public_urls else None
+        new = await c.db(review_notify.queue_new_corrective, c.engine, c.settings.webhooks, now=now,
+                         base_url=public)
+        if new:
+            log.info("notify: %d new corrective drift alert(s)", len(new))
         notices = await c.db(review_store.exception_notices, c.engine, now=now)
         if not notices:
             return

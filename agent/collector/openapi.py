@@ -123,8 +123,12 @@ def _paths() -> dict[str, Any]:
             _q("role", "role of the drifting task"), _q("host", "exact host name"),
             _enum("state", "current state of the item", ("open", "acknowledged", "accepted")), *PAGE_PARAMS],
             "Listing"),
-        "/api/v1/drift/exceptions": _get("Drift exceptions (accepted drift until a date), newest first", []),
+        "/api/v1/drift/exceptions": {
+            **_get("Drift exceptions (accepted drift until a date), newest first", []),
+            **_review_actions()["/api/v1/drift/exceptions"]},
         "/api/v1/drift/audit": _audit(),
+        **{k: v for k, v in _review_actions().items() if k != "/api/v1/drift/exceptions"},
+        **_compliance_paths(),
         "/api/v1/commits": _get("Commits hosts reported, newest first, with hosts running and converged",
                                 PAGE_PARAMS, "Listing"),
         "/api/v1/commits/{sha}": _get("Rollout of one commit (sha or a unique prefix)", [
@@ -200,6 +204,73 @@ def _enrolment_paths() -> dict[str, Any]:
             "The host's poll, with its pickup secret as the bearer: pending, denied (by whom, why), or "
             "collected with its new ingest token (asking again replaces that token)", None,
             {"200": {"description": "the request's state, and the token once approved"}}, _p("id")),
+    }
+
+
+def _review_actions() -> dict[str, Any]:
+    """The drift review's actions (agent.collector.review_views; docs/drift-review.md section 6): a
+    reviewer token (`token create --reviewer NAME`) or a trusted-proxy user named with `serve --reviewer`;
+    readers get 403. Bearer tokens carry no cookie, so these calls need no CSRF token."""
+    error = {"$ref": "#/components/responses/Error"}
+    text = {"type": "string", "minLength": 1, "maxLength": 10_000, "pattern": "^[^\\x00]*$"}
+    refusals = {code: error for code in ("400", "401", "403", "404", "409", "413", "422")}
+
+    def post(summary: str, body: dict[str, Any], params: list[dict[str, Any]], ok: str,
+             created: bool = False) -> dict[str, Any]:
+        return {"post": {"summary": summary, "security": [{"bearer": []}], "parameters": params,
+                         "requestBody": {"required": False,
+                                         "content": {"application/json": {"schema": body}}},
+                         "responses": {"201" if created else "200": {
+                             "description": ok,
+                             "content": {"application/json": {"schema": {"type": "object"}}}},
+                             **refusals}}}
+
+    reason = {"type": "object", "required": ["reason"], "properties": {"reason": text}}
+    exception = {"type": "object", "required": ["scope", "owner", "reason", "ticket", "expires_at"],
+                 "properties": {
+                     "scope": {"enum": ["item", "task", "role"]},
+                     "item_id": {"type": "integer", "minimum": 1,
+                                 "description": "scope item or task: the drift item it starts from"},
+                     "same_loop_item": {"type": "boolean", "description": "scope task: only this loop item"},
+                     "role": {**text, "description": "scope role: the Ansible role (or the playbook)"},
+                     "role_kind": {"enum": ["ansible", "playbook"]},
+                     "host_pattern": {**text, "description": "scope task or role: host names (fnmatch)"},
+                     "host_group": {**text, "description": "scope task or role: hosts of this group"},
+                     "owner": text, "reason": text, "ticket": text,
+                     "expires_at": {"type": "string", "description": "YYYY-MM-DD (00:00 UTC) or RFC 3339; "
+                                    "in the future, within 365 days"}}}
+    return {
+        "/api/v1/drift/items/{item_id}/{action}": post(
+            "Acknowledge (someone is on it) or un-acknowledge a current drift item, with a reason "
+            "(a reviewer); 409 when the item is resolved", reason,
+            [_p("item_id", pattern="^[0-9]{1,12}$"), _p("action", enum=["ack", "unack"])],
+            "the item after the action"),
+        "/api/v1/drift/exceptions": post(
+            "Accept drift until a date: create an exception (a reviewer). It changes what counts and "
+            "alerts, never what hosts apply", exception, [], "the exception", created=True),
+        "/api/v1/drift/exceptions/{exc_id}/revoke": post(
+            "Revoke an exception, with a reason (a reviewer); its items reopen; 409 when already revoked",
+            reason, [_p("exc_id", pattern="^[0-9]{1,12}$")], "the exception after the action"),
+    }
+
+
+def _compliance_paths() -> dict[str, Any]:
+    """Compliance figures and their daily series (agent.collector.compliance_views)."""
+    days = _q("days", "how many UTC days of series, ending today (default 90)",
+              {"type": "integer", "minimum": 1, "maximum": 366})
+    shape = ("hosts, in_sync, in_sync_with_exceptions, unknown, share, share_with_exceptions (0..1, null "
+             "when no checked host), and `series`: the same per UTC day, today live")
+    one = {**TEXT, "minLength": 1}
+    return {
+        "/api/v1/compliance": _get(f"The fleet's share of hosts in sync, and each role's: {shape}", [days]),
+        "/api/v1/compliance/roles/{role}": _get(
+            f"A role's share of hosts in sync and its tasks drifting now: {shape}", [_p("role"), days]),
+        "/api/v1/compliance/hosts/{host}": _get(f"One host in sync or not, by day: {shape}",
+                                                [_p("host"), days]),
+        "/api/v1/compliance/tasks": _get(
+            f"A task's share of its role's hosts in sync on it: {shape}",
+            [{**_q("role", "the agent's role (playbook) of the task", one), "required": True},
+             {**_q("task", "the task's name", one), "required": True}, days]),
     }
 
 

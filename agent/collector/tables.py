@@ -268,7 +268,7 @@ rollout_hosts = Table(  # each host's latest outcome on (commit, policy digest),
 #   are long texts); `state` is the derived state, stored for the inbox's filters.
 # - review_hosts: per host, when its newest complete check started (late reports never resolve items).
 # - review_audit: every review action (append-only); drift_exception_alerts: alerts already sent.
-# - compliance_daily: one row per UTC day and fleet/role scope.
+# - compliance_daily: one row per UTC day and fleet/role/task scope (compliance_store.snapshot).
 drift_exceptions = Table(
     "drift_exceptions", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
@@ -318,6 +318,7 @@ review_items = Table(
     Index("ix_review_items_key", "key_sha256", "resolved_at"),
     Index("ix_review_items_host_state", "host", "state"),
     Index("ix_review_items_state_first", "state", "first_seen_at"),
+    Index("ix_review_items_role_host", "role", "host", "state", "accepted_by"),  # 0009: compliance
 )
 
 review_hosts = Table(
@@ -355,6 +356,14 @@ compliance_daily = Table(
     Column("in_sync", Integer, nullable=False),
     Column("in_sync_with_exceptions", Integer, nullable=False),
     Column("unknown", Integer, nullable=False),
+    Index("ix_compliance_daily_scope", "scope_kind", "scope", "day"),  # migration 0009
+)
+
+# How far the notifier announced new corrective drift: the last review_items.id looked at (migration 0009).
+review_cursors = Table(
+    "review_cursors", metadata,
+    Column("name", String(32), primary_key=True),
+    Column("last_id", Integer, nullable=False),
 )
 
 source_heads = Table(
