@@ -18,7 +18,16 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.collector import api, heads_views, notify, notify_views, review_views, rollout_api, ui
+from agent.collector import (
+    api,
+    evidence_views,
+    heads_views,
+    notify,
+    notify_views,
+    review_views,
+    rollout_api,
+    ui,
+)
 from agent.collector.context import Collector
 from agent.collector.errors import CollectorError, InvalidReportError
 
@@ -96,6 +105,7 @@ def create_app(collector: Collector) -> Starlette:
     pages = [*review_views.PAGE_ROUTES, *ui.ROUTES, notify_views.PAGE_ROUTE]
     pages += review_views.API_ACTION_ROUTES
     pages += rollout_api.PAGE_ROUTES
+    pages += [*evidence_views.API_ROUTES, *evidence_views.PAGE_ROUTES]  # evidence export (not in OpenAPI)
     app = Starlette(routes=[*ROUTES, *pages], lifespan=_lifespan, exception_handlers={
         CollectorError: _collector_error,
         SQLAlchemyError: _database_error,

@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from starlette.applications import Starlette
 
 from agent import __version__
-from agent.collector import db, fleet_cli, store, tokens
+from agent.collector import db, drift_cli, evidence, fleet_cli, store, tokens
 from agent.collector.alerts import Grouping, Webhook, mask_url, parse_webhook
 from agent.collector.app import create_app
 from agent.collector.auth import ProxyAuth
@@ -149,12 +149,16 @@ def _parser() -> argparse.ArgumentParser:
                        help="accept push hooks on /api/v1/hooks/{github,gitlab,gitea,generic} signed with "
                             "the secret in FILE (not readable by others); a hook makes the collector ask "
                             "Git at once")
+    serve.add_argument("--evidence-key", type=Path, metavar="FILE",
+                       help="sign evidence bundles with this OpenSSH private key (no passphrase, mode 0600; "
+                            "ssh-keygen -t ed25519 -N '' -f FILE); docs/drift-review.md")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
     _token_parser(sub, common)
     prune = sub.add_parser("prune", parents=[common], help="delete old runs (keeps each host's latest)")
     prune.add_argument("--older-than", type=duration_s, required=True, help="e.g. 90d")
     fleet_cli.add_parsers(sub)
+    drift_cli.add_actions(sub.choices["drift"], common)
     return parser
 
 
@@ -279,7 +283,8 @@ def _settings(args: argparse.Namespace) -> CollectorSettings:
                              alert_grouping=Grouping(args.alert_group_wait, args.alert_group_interval),
                              public_urls=_public_urls(args.public_url), reviewers=tuple(args.reviewer),
                              group_commit=args.group_commit, heads=heads_of(args),
-                             operators=tuple(args.operator), rollout_cache_s=args.rollout_cache)
+                             operators=tuple(args.operator), rollout_cache_s=args.rollout_cache,
+                             evidence_key=evidence.load_key(args.evidence_key) if args.evidence_key else None)
 
 
 def app_from_env() -> Starlette:
@@ -410,6 +415,9 @@ NEEDS_EXISTING_DB = {("token", "list"), ("token", "revoke"), ("prune", None)}
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "serve":
         return _serve(args, argv)
+    if drift_cli.is_action(args):
+        with _open_existing(args.db) as engine:
+            return drift_cli.run(engine, args)
     if args.command in fleet_cli.COMMANDS:
         return fleet_cli.run_query(args)
     if (args.command, getattr(args, "action", None)) in NEEDS_EXISTING_DB:

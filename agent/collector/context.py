@@ -11,7 +11,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -25,6 +25,9 @@ from agent.collector.metrics import Metrics
 from agent.collector.payload import PayloadLimits
 from agent.collector.queries import stale_cutoff
 from agent.collector.store import Expectations
+
+if TYPE_CHECKING:
+    from agent.collector.evidence import SigningKey
 
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
 T = TypeVar("T")
@@ -53,6 +56,7 @@ class CollectorSettings:
     heads: HeadsSettings | None = None  # the commit beacon (serve --heads-source, --hook-secret-file)
     operators: tuple[str, ...] = ()  # reader names allowed to halt, resume, skip and approve rollouts
     rollout_cache_s: float = 2.0  # how long an agents' rollout answer is served from memory (rollout_api)
+    evidence_key: SigningKey | None = None  # signs evidence bundles (serve --evidence-key; evidence.py)
 
 
 @dataclass
