@@ -1,6 +1,7 @@
-"""`gitops-collector`: serve, migrate, token create/list/revoke, prune, and the fleet queries of
-`fleet_cli` (hosts, host, drift, runs, run, commits, commit). The collector's composition root; it and
-`fleet_cli` are the only places in the collector that print.
+"""`gitops-collector`: serve, migrate, token create/list/revoke, prune, the fleet queries of
+`fleet_cli` (hosts, host, drift, runs, run, commits, commit) and the drift review's `drift
+list|ack|accept|export` of `drift_cli`. The collector's composition root; it, `fleet_cli` and `drift_cli`
+are the only places in the collector that print.
 
 Exit codes: 0 done; 1 failed; 2 bad usage; 66 no such database (or host, run, commit); 69 collector
 unreachable; 77 token refused; 78 bad URL, token file or CA file (sysexits.h)."""

@@ -47,7 +47,8 @@ class DriftCliError(CollectorError):
 def add_actions(drift: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     """The actions under the `drift` command (optional: `drift` alone is fleet_cli's HTTP query)."""
     actions = drift.add_subparsers(dest=DEST, metavar="{list,ack,accept,export}",
-                                   help="work on the database (--db) instead of querying the API")
+                                   help="optional: an action on the database (--db, actor cli:USER); "
+                                        "without one, current drift from the API")
     out = argparse.ArgumentParser(add_help=False)
     out.add_argument("--json", action="store_true", help="print JSON instead of text")
     listing = actions.add_parser("list", parents=[common, out], help="drift items and their state")
