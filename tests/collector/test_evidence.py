@@ -252,3 +252,41 @@ def test_bad_signing_keys_are_refused_with_one_line(tmp_path):
     junk.chmod(0o600)
     with pytest.raises(CollectorError, match="not an OpenSSH private key without passphrase"):
         evidence.load_key(junk)
+
+
+def test_keyset_pages_cover_every_row_once_across_ties_and_filtered_batches(engine, monkeypatch):
+    """Small batches: runs sharing a finish time straddle batch ends (the key is (finished_at, run_id)), and
+    host-scoped review actions are kept from batches mostly of the other host (a short filtered batch must
+    not end the export)."""
+    from agent.collector import review_store, store
+    from agent.report import to_json
+    monkeypatch.setattr(evidence, "BATCH", 4)
+    tasks: list[DriftItem] = []  # web01 keeps drifting on every task it drifted on before
+    for n in range(11):
+        host = WEB if n % 3 else DB
+        if host == WEB:
+            tasks.append(drift(f"task {n}"))
+        report = make_report(host, status=Status.DRIFTED, finished_at=at(n // 4),
+                             drift=tuple(tasks) if host == WEB else (drift("db task", "db"),))
+        store.ingest(engine, report, to_json(report).encode(), received_at=at(5))
+    with engine.connect() as conn:
+        from sqlalchemy import select
+
+        from agent.collector.tables import review_items
+        items = [(i, h) for i, h in conn.execute(select(review_items.c.id, review_items.c.host))]
+    actor = review_store.Actor("rita", "token")
+    (other,) = [i for i, h in items if h == DB]
+    for item_id in [i for i, h in items if h == WEB]:  # interleaved with actions on db01's item
+        review_store.acknowledge(engine, item_id, actor=actor, reason="seen", now=at(6))
+        review_store.acknowledge(engine, other, actor=actor, reason="db", now=at(6))
+        review_store.unacknowledge_item(engine, other, actor=actor, reason="db", now=at(6))
+    req = evidence.parse_request("2026-11-20", "2026-11-21", None, now=at(10))
+    runs = [r for kind, r in evidence.records(engine, req) if kind == "run"]
+    assert len(runs) == len({r["run_id"] for r in runs}) == 11
+    assert [(r["finished_at"], r["run_id"]) for r in runs] == sorted((r["finished_at"], r["run_id"]) for r in runs)
+    scoped = evidence.parse_request("2026-11-20", "2026-11-21", f"host:{WEB}", now=at(10))
+    actions = [r for kind, r in evidence.records(engine, scoped) if kind == "review_action"]
+    assert [a["reason"] for a in actions] == ["seen"] * 7  # web01's only, from batches mostly db01's
+    chunks = list(evidence.bundle_chunks(engine, req, "jsonl", None))
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(chunks)))
+    assert json.loads(archive.read("evidence.jsonl").splitlines()[-1])["counts"]["run"] == 11
