@@ -12,6 +12,7 @@ Flat memory means the 1,000,000 column is about the 100,000 column.
 
     .venv/bin/python bench/evidence_export.py                    # 100k and 1M runs (a few minutes)
     .venv/bin/python bench/evidence_export.py --sizes 10000      # quick check
+    .venv/bin/python bench/evidence_export.py --paths http --db-dir /var/tmp/ev   # keep/reuse the databases
 """
 
 from __future__ import annotations
@@ -138,9 +139,38 @@ def http_export(url: str, runs: int, key: Path, out: Path) -> tuple[int, int, fl
         server.wait(timeout=30)
 
 
+LABELS = {"cli": ("cli: peak RSS (MiB)", "cli: time (s)", "cli: bundle (MB, zip)"),
+          "http": ("http: server RSS before (MiB)", "http: server peak RSS (MiB)", "http: time (s)",
+                   "http: bundle (MB, zip)")}
+
+
+def measure(work: Path, size: int, key: Path, paths: list[str]) -> dict[str, str]:
+    url = f"sqlite:///{work / f'c{size}.db'}"
+    if not (work / f"c{size}.db").exists():
+        began = time.monotonic()
+        subprocess.run([sys.executable, __file__, "--seed", url, str(size)], check=True)
+        print(f"seeded {size} runs in {time.monotonic() - began:.0f}s", flush=True)
+    found: dict[str, str] = {}
+    if "cli" in paths:
+        out = work / f"cli{size}.zip"
+        peak, took = cli_export(url, size, key, out)
+        found.update(zip(LABELS["cli"], (f"{peak / 1024:.1f}", f"{took:.0f}", f"{out.stat().st_size / 1e6:.1f}"), strict=True))
+        out.unlink()
+    if "http" in paths:
+        out = work / f"http{size}.zip"
+        before, peak, took = http_export(url, size, key, out)
+        found.update(zip(LABELS["http"], (f"{before / 1024:.1f}", f"{peak / 1024:.1f}", f"{took:.0f}",
+                                          f"{out.stat().st_size / 1e6:.1f}"), strict=True))
+        out.unlink()
+    print(f"{size:,} runs: " + ", ".join(f"{k} {v}" for k, v in found.items()), flush=True)
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--paths", nargs="+", choices=["cli", "http"], default=["cli", "http"])
+    parser.add_argument("--db-dir", type=Path, help="keep the seeded databases here and reuse them")
     parser.add_argument("--seed", help=argparse.SUPPRESS)  # child mode: URL RUNS
     args, rest = parser.parse_known_args()
     if args.seed:
@@ -148,30 +178,15 @@ def main() -> None:
         return
     results = {}
     with tempfile.TemporaryDirectory(prefix="evidence-bench-") as tmp:
-        work = Path(tmp)
-        key = work / "key"
+        work = args.db_dir or Path(tmp)
+        key = Path(tmp) / "key"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
         for size in args.sizes:
-            url = f"sqlite:///{work / f'c{size}.db'}"
-            began = time.monotonic()
-            subprocess.run([sys.executable, __file__, "--seed", url, str(size)], check=True)
-            print(f"seeded {size} runs in {time.monotonic() - began:.0f}s", flush=True)
-            cli_peak, cli_s = cli_export(url, size, key, work / f"cli{size}.zip")
-            cli_bytes = (work / f"cli{size}.zip").stat().st_size
-            before, http_peak, http_s = http_export(url, size, key, work / f"http{size}.zip")
-            http_bytes = (work / f"http{size}.zip").stat().st_size
-            results[size] = (cli_peak, cli_s, cli_bytes, before, http_peak, http_s, http_bytes)
-            for name in (f"c{size}.db", f"cli{size}.zip", f"http{size}.zip"):
-                (work / name).unlink()
+            results[size] = measure(work, size, key, args.paths)
     sizes = list(results)
     print(f"{'runs':<34}" + "".join(f"{s:>14,}" for s in sizes))
-    rows = [("cli: peak RSS (MiB)", 0, lambda v: f"{v / 1024:.1f}"), ("cli: time (s)", 1, lambda v: f"{v:.0f}"),
-            ("cli: bundle (MB, zip)", 2, lambda v: f"{v / 1e6:.1f}"),
-            ("http: server RSS before (MiB)", 3, lambda v: f"{v / 1024:.1f}"),
-            ("http: server peak RSS (MiB)", 4, lambda v: f"{v / 1024:.1f}"),
-            ("http: time (s)", 5, lambda v: f"{v:.0f}"), ("http: bundle (MB, zip)", 6, lambda v: f"{v / 1e6:.1f}")]
-    for label, index, fmt in rows:
-        print(f"{label:<34}" + "".join(f"{fmt(results[s][index]):>14}" for s in sizes))
+    for label in [label for p in args.paths for label in LABELS[p]]:
+        print(f"{label:<34}" + "".join(f"{results[s][label]:>14}" for s in sizes))
 
 
 if __name__ == "__main__":

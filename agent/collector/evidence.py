@@ -211,15 +211,17 @@ def _paged(engine: Engine, fetch: Fetch, key: Callable[[Any], Any]) -> Iterator[
 
 def _runs(engine: Engine, req: Export) -> Iterator[Any]:
     cols = [runs.c[name] for name in COLUMNS["run"]]
-    base = _where(runs.c.finished_at >= req.start, runs.c.finished_at < req.end,
-                  runs.c.received_at <= req.as_of, _run_in_scope(req.scope))
+    rest = _where(runs.c.finished_at < req.end, runs.c.received_at <= req.as_of, _run_in_scope(req.scope))
 
     def fetch(conn: Connection, after: Any) -> Sequence[Any]:
-        query = select(*cols).where(base)
-        if after is not None:
-            query = query.where(or_(runs.c.finished_at > after[0],
-                                    and_(runs.c.finished_at == after[0], runs.c.run_id > after[1])))
-        return conn.execute(query.order_by(runs.c.finished_at, runs.c.run_id).limit(BATCH)).all()
+        # the lower bound is the key's (one bound for the index to seek to, not the range's and the key's)
+        if after is None:
+            where = _where(rest, runs.c.finished_at >= req.start)
+        else:
+            where = _where(rest, runs.c.finished_at >= after[0],
+                           or_(runs.c.finished_at > after[0], runs.c.run_id > after[1]))
+        query = select(*cols).where(where).order_by(runs.c.finished_at, runs.c.run_id).limit(BATCH)
+        return conn.execute(query).all()
 
     return _paged(engine, fetch, lambda r: (r.finished_at, r.run_id))
 
@@ -455,7 +457,7 @@ class _Entry:
         self._file.close()
 
 
-def _csv_line(kind: str, record: dict[str, Any], buffer: io.StringIO, writer: Any) -> str:
+def _csv_row(kind: str, record: dict[str, Any], writer: Any) -> None:
     row = []
     for name in COLUMNS[kind]:
         value = record[name]
@@ -463,10 +465,6 @@ def _csv_line(kind: str, record: dict[str, Any], buffer: io.StringIO, writer: An
             value = json.dumps(value, ensure_ascii=False, sort_keys=True)
         row.append("" if value is None else value)
     writer.writerow(row)
-    text = buffer.getvalue()
-    buffer.seek(0)
-    buffer.truncate()
-    return text
 
 
 def bundle_chunks(engine: Engine, req: Export, fmt: str, key: SigningKey | None) -> Iterator[bytes]:
@@ -478,11 +476,17 @@ def bundle_chunks(engine: Engine, req: Export, fmt: str, key: SigningKey | None)
         if fmt == "jsonl":
             entry = _Entry(archive, "evidence.jsonl", req.as_of)
             entry.write(json.dumps(header(req), ensure_ascii=False) + "\n")
-            for number, (kind, record) in enumerate(records(engine, req)):
+            encode = json.JSONEncoder(ensure_ascii=False).encode
+            lines: list[str] = []
+            for kind, record in records(engine, req):
                 counts[kind] += 1
-                entry.write(json.dumps({"type": kind, **record}, ensure_ascii=False) + "\n")
-                if number % BATCH == BATCH - 1:
+                lines.append(encode({"type": kind, **record}))
+                if len(lines) == BATCH:  # one write (hash, deflate) per batch, then hand the bytes on
+                    entry.write("\n".join(lines) + "\n")
+                    lines.clear()
                     yield sink.take()
+            if lines:
+                entry.write("\n".join(lines) + "\n")
             entry.write(json.dumps(_trailer(counts)) + "\n")
             entry.close()
             sums.append((entry.name, entry.sha256.hexdigest()))
@@ -511,6 +515,9 @@ def _csv_files(archive: zipfile.ZipFile, sink: _Sink, engine: Engine, req: Expor
     for kind, record in _with_empty_types(records(engine, req)):
         if kind != current:
             if entry is not None:
+                entry.write(buffer.getvalue())
+                buffer.seek(0)
+                buffer.truncate()
                 entry.close()
                 sums.append((entry.name, entry.sha256.hexdigest()))
             entry, current = _Entry(archive, CSV_NAMES[kind], req.as_of), kind
@@ -522,10 +529,14 @@ def _csv_files(archive: zipfile.ZipFile, sink: _Sink, engine: Engine, req: Expor
             continue
         counts[kind] += 1
         assert entry is not None
-        entry.write(_csv_line(kind, record, buffer, writer))
-        if counts[kind] % BATCH == 0:
+        _csv_row(kind, record, writer)
+        if counts[kind] % BATCH == 0:  # one write (hash, deflate) per batch, then hand the bytes on
+            entry.write(buffer.getvalue())
+            buffer.seek(0)
+            buffer.truncate()
             yield sink.take()
     if entry is not None:
+        entry.write(buffer.getvalue())
         entry.close()
         sums.append((entry.name, entry.sha256.hexdigest()))
     tail = _Entry(archive, "trailer.json", req.as_of)
