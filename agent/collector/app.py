@@ -22,6 +22,7 @@ from agent.collector import (
     api,
     compliance_views,
     enrolment_views,
+    evidence_views,
     heads_views,
     leader,
     notify,
@@ -112,6 +113,7 @@ def create_app(collector: Collector) -> Starlette:
     pages += rollout_api.PAGE_ROUTES
     pages += enrolment_views.PAGE_ROUTES
     pages += compliance_views.PAGE_ROUTES
+    pages += [*evidence_views.API_ROUTES, *evidence_views.PAGE_ROUTES]  # evidence export (not in OpenAPI)
     app = Starlette(routes=[*ROUTES, *pages], lifespan=_lifespan, exception_handlers={
         CollectorError: _collector_error,
         SQLAlchemyError: _database_error,

@@ -1,6 +1,7 @@
-"""`gitops-collector`: serve, migrate, token create/list/revoke, enrol (`enrol_cli`), prune, and the
-fleet queries of `fleet_cli` (hosts, host, drift, runs, run, commits, commit). The collector's composition
-root; it, `enrol_cli` and `fleet_cli` are the only places in the collector that print.
+"""`gitops-collector`: serve, migrate, token create/list/revoke, enrol (`enrol_cli`), prune, the fleet
+queries of `fleet_cli` (hosts, host, drift, runs, run, commits, commit) and the drift review's `drift
+list|ack|accept|export` of `drift_cli`. The collector's composition root; it, `enrol_cli`, `fleet_cli` and
+`drift_cli` are the only places in the collector that print.
 
 Exit codes: 0 done; 1 failed; 2 bad usage; 66 no such database (or host, run, commit); 69 collector
 unreachable; 77 token refused; 78 bad URL, token file or CA file (sysexits.h)."""
@@ -25,7 +26,7 @@ from sqlalchemy import Engine
 from starlette.applications import Starlette
 
 from agent import __version__
-from agent.collector import db, enrol_cli, fleet_cli, review_backfill, store, tokens
+from agent.collector import db, drift_cli, enrol_cli, evidence, fleet_cli, review_backfill, store, tokens
 from agent.collector.alerts import Grouping, Webhook, mask_url, parse_webhook
 from agent.collector.app import create_app
 from agent.collector.auth import ProxyAuth
@@ -166,6 +167,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="the leading collector deletes runs finished longer ago than this (each host's "
                             "latest kept) when it takes the lead and then hourly, like `prune --older-than`; "
                             "off by default")
+    serve.add_argument("--evidence-key", type=Path, metavar="FILE",
+                       help="sign evidence bundles with this OpenSSH private key (no passphrase, mode 0600; "
+                            "ssh-keygen -t ed25519 -N '' -f FILE); docs/drift-review.md")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
     _token_parser(sub, common)
@@ -173,6 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     prune = sub.add_parser("prune", parents=[common], help="delete old runs (keeps each host's latest)")
     prune.add_argument("--older-than", type=duration_s, required=True, help="e.g. 90d")
     fleet_cli.add_parsers(sub)
+    drift_cli.add_actions(sub.choices["drift"], common)
     return parser
 
 
@@ -303,7 +308,8 @@ def _settings(args: argparse.Namespace) -> CollectorSettings:
                              operators=tuple(args.operator), rollout_cache_s=args.rollout_cache,
                              enrol=_enrol_policy(args),
                              prune_older_than_s=_prune_age(args.prune_older_than),
-                             compliance_snapshot_s=SNAPSHOT_S)
+                             compliance_snapshot_s=SNAPSHOT_S,
+                             evidence_key=evidence.load_key(args.evidence_key) if args.evidence_key else None)
 
 
 def _enrol_policy(args: argparse.Namespace) -> EnrolPolicy:
@@ -454,6 +460,9 @@ NEEDS_EXISTING_DB = {("token", "list"), ("token", "revoke"), ("prune", None), ("
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "serve":
         return _serve(args, argv)
+    if drift_cli.is_action(args):
+        with _open_existing(args.db) as engine:
+            return drift_cli.run(engine, args)
     if args.command in fleet_cli.COMMANDS:
         return fleet_cli.run_query(args)
     if (args.command, getattr(args, "action", None)) in NEEDS_EXISTING_DB:

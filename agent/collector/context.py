@@ -11,7 +11,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -27,6 +27,9 @@ from agent.collector.metrics import Metrics
 from agent.collector.payload import PayloadLimits
 from agent.collector.queries import stale_cutoff
 from agent.collector.store import Expectations
+
+if TYPE_CHECKING:
+    from agent.collector.evidence import SigningKey
 
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
 T = TypeVar("T")
@@ -58,6 +61,7 @@ class CollectorSettings:
     enrol: EnrolPolicy = field(default_factory=EnrolPolicy)  # self-enrolment: autosign and caps
     prune_older_than_s: float | None = None  # the leader prunes older runs hourly (serve --prune-older-than)
     compliance_snapshot_s: float | None = None  # rewrite today's compliance_daily rows this often (serve)
+    evidence_key: SigningKey | None = None  # signs evidence bundles (serve --evidence-key; evidence.py)
 
 
 @dataclass
