@@ -319,11 +319,12 @@ def _rollout_paths() -> dict[str, Any]:
                           "304": {"description": "unchanged (If-None-Match)"},
                           "400": error, "401": error, "403": error, "404": error}}},
         "/api/v1/rollouts/{commit}/policy": {"put": {
-            "summary": "Send the text of rollout.yml for (commit, policy digest) (a host's ingest token)",
+            "summary": "Send the text of rollout.yml for (commit, policy digest) (a host's ingest token); "
+                       "404 when the path names no commit",
             "security": [{"bearer": []}], "parameters": [commit, policy],
             "requestBody": {"required": True, "content": {"text/plain": {"schema": {"type": "string"}}}},
             "responses": {"201": {"description": "stored"}, "200": {"description": "already known"},
-                          "400": error, "401": error, "403": error, "413": error}}},
+                          "400": error, "401": error, "403": error, "404": error, "413": error}}},
         "/api/v1/rollouts/{commit}/control": _get(
             "The commit's rollout as the commit page shows it: waves, halt, action log, plans pending "
             "approval, windows and freezes", [commit]),

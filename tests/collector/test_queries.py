@@ -218,6 +218,16 @@ def test_openapi_describes_every_route(client):
     assert document["components"]["schemas"]["Report"]["properties"]["schema_version"] == {"const": 1}
 
 
+def test_every_operation_with_a_path_parameter_documents_404(client):
+    """A path parameter that is not what the route expects (a slash in it, say) matches no route: 404."""
+    document = client.get("/api/v1/openapi.json").json()
+    undocumented = [f"{method.upper()} {path}" for path, operations in document["paths"].items() if "{" in path
+                    for method, operation in operations.items() if "404" not in operation["responses"]]
+    assert undocumented == []
+    response = client.request("PUT", "/api/v1/rollouts/x/runs/policy", content="x")
+    assert response.status_code == 404
+
+
 def test_unknown_route_is_json_404(client):
     response = client.get("/api/v1/nothing")
     assert response.status_code == 404
