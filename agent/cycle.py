@@ -66,6 +66,7 @@ from agent.report import (
     format_time,
     parse_time,
 )
+from agent.rollout import FILE_NAME as ROLLOUT_FILE
 from agent.runner import RunMode, RunnerSettings, RunResult, RunStatus
 from agent.source import Revision
 from agent.state import AgentState, HeldCommit, first_seen
@@ -546,10 +547,10 @@ class Cycle:
 
     def _enforce(self, attempt: _Attempt, state: AgentState, options: CycleOptions) -> AgentState:
         """While the gate holds the fetched commit (or it failed before the gate: ``_enforce_undecided``):
-        check the host's last converged commit again (a
-        verified checkout: its signature, and the fetched commit descends from it) and, drifted, apply
-        and recheck it, as its own rollout.yml allows (a closed window with `corrective: window`, a
-        freeze, a pause hold it). In enforce mode only; the outcome goes to rollout.enforced."""
+        check the host's last converged commit again (a verified checkout: its signature, and the fetched
+        commit descends from it) and, drifted, apply and recheck it, as its own rollout.yml allows (a
+        closed window with `corrective: window`, a freeze, a pause hold it). In enforce mode only; the
+        outcome goes to rollout.enforced."""
         assert attempt.rollout is not None and attempt.revision is not None
         if options.check_only or self.config.mode is not Mode.ENFORCE:
             return state
@@ -588,8 +589,12 @@ class Cycle:
     def _undecided(self, attempt: _Attempt, state: AgentState, options: CycleOptions) -> bool:
         """Did the fetched commit fail before the rollout gate could decide whether to apply it (its
         plan, syntax check, check run, or rollout.yml), so that the host's converged commit is enforced
-        instead? Only a new commit (not one the host converged to), in enforce mode, not check-only."""
-        return (attempt.revision is not None and attempt.revision.commit not in state.converged
+        instead? Only a new commit (not one the host converged to), in enforce mode, not check-only; on
+        a host that converged to none yet, only when the commit has a rollout.yml (the report then says
+        there is nothing to enforce; without one the report is as it always was)."""
+        revision = attempt.revision
+        return (revision is not None and revision.commit not in state.converged
+                and (bool(state.converged) or (revision.path / ROLLOUT_FILE).is_file())
                 and attempt.rollout is None and attempt.apply is None
                 and attempt.phase in (Phase.PLAN, Phase.CHECK)
                 and self.config.mode is Mode.ENFORCE and not options.check_only)

@@ -203,3 +203,26 @@ def test_not_this_class_nothing_is_enforced(tmp_path):
     refused, asked = run(cfg, runner, [])
     assert asked == [] and refused.status is Status.ERROR and refused.phase_reached is Phase.VERIFY
     assert refused.rollout is None and rewound[:12] in refused.errors[0].message
+
+
+def test_without_rollout_yml_a_converged_commit_is_enforced_and_a_new_host_reports_as_before(tmp_path):
+    """No rollout.yml anywhere: a new host whose commit fails at its plan gets the report it always got
+    (no rollout block); once it converged to B, a failing C leaves B enforced all the same."""
+    repo, cfg = setup_repo(tmp_path)
+    repo.git("rm", "-q", "rollout.yml")
+    repo.commit({"requirements.yml": "collections:\n  - name: community.general\n"}, "no policy, broken")
+    runner = Runner(("app",), HOST)
+    new, asked = run(cfg, runner, [])
+    assert asked == [] and (new.status, new.phase_reached) == (Status.ERROR, Phase.PLAN) and new.rollout is None
+    assert new.errors[0].message.startswith("requirements name collection community.general, not vendored")
+
+    repo.git("rm", "-q", "requirements.yml")
+    b = repo.commit({}, "fixed")
+    assert run(cfg, runner, CORRECT)[0].status is Status.CORRECTED
+    c = every_role_unloadable(repo, runner)
+    report, asked = run(cfg, runner, CORRECT)
+    assert asked == ["check", "apply", "check"] and report.source.commit == c
+    assert (report.status, report.phase_reached) == (Status.FAILED, Phase.PLAN)
+    assert report.rollout is not None and report.rollout.gate is GateState.UNDECIDED
+    assert report.rollout.enforced is not None
+    assert (report.rollout.enforced.commit, report.rollout.enforced.status) == (b, Status.CORRECTED)
