@@ -66,6 +66,7 @@ from agent.report import (
     format_time,
     parse_time,
 )
+from agent.rollout import FILE_NAME as ROLLOUT_FILE
 from agent.runner import RunMode, RunnerSettings, RunResult, RunStatus
 from agent.source import Revision
 from agent.state import AgentState, HeldCommit, first_seen
@@ -292,7 +293,22 @@ class Cycle:
                          f"{revision.commit[:12]}", Phase.FETCH)
         attempt.phase = Phase.VERIFY
         state = replace(state, last_commit=revision.commit)
-        return self._run_revision(attempt, state, options, revision)
+        try:
+            state = self._run_revision(attempt, state, options, revision)
+        except (RunTimeoutError, RunCancelledError):
+            raise
+        except AgentError as e:
+            if not self._undecided(attempt, state, options):
+                raise
+            attempt.status = Status.ERROR
+            attempt.fail(str(e))
+            log.info("commit %s failed before the rollout gate: phase=%s error=%s", revision.commit[:12],
+                     attempt.phase.value, self.redactor(str(e)))
+            return self._enforce_undecided(attempt, state, options)
+        if attempt.phase is Phase.PLAN and attempt.status is Status.FAILED and self._undecided(
+                attempt, state, options):  # every role of the commit is broken: nothing of it ran
+            return self._enforce_undecided(attempt, state, options)
+        return state
 
     def _run_revision(self, attempt: _Attempt, state: AgentState, options: CycleOptions,
                       revision: Revision, *, enforcing: bool = False) -> AgentState:
@@ -530,10 +546,11 @@ class Cycle:
         return True
 
     def _enforce(self, attempt: _Attempt, state: AgentState, options: CycleOptions) -> AgentState:
-        """While the gate holds the fetched commit: check the host's last converged commit again (a
-        verified checkout: its signature, and the fetched commit descends from it) and, drifted, apply
-        and recheck it, as its own rollout.yml allows (a closed window with `corrective: window`, a
-        freeze, a pause hold it). In enforce mode only; the outcome goes to rollout.enforced."""
+        """While the gate holds the fetched commit (or it failed before the gate: ``_enforce_undecided``):
+        check the host's last converged commit again (a verified checkout: its signature, and the fetched
+        commit descends from it) and, drifted, apply and recheck it, as its own rollout.yml allows (a
+        closed window with `corrective: window`, a freeze, a pause hold it). In enforce mode only; the
+        outcome goes to rollout.enforced."""
         assert attempt.rollout is not None and attempt.revision is not None
         if options.check_only or self.config.mode is not Mode.ENFORCE:
             return state
@@ -567,6 +584,36 @@ class Cycle:
         attempt.rollout = replace(attempt.rollout, enforced=Enforcement(
             commit, sub.status, self._enforce_reason(sub), drift=items, apply=sub.apply))
         log.info("enforced converged commit %s: %s", commit[:12], sub.status.value)
+        return state
+
+    def _undecided(self, attempt: _Attempt, state: AgentState, options: CycleOptions) -> bool:
+        """Did the fetched commit fail before the rollout gate could decide whether to apply it (its
+        plan, syntax check, check run, or rollout.yml), so that the host's converged commit is enforced
+        instead? Only a new commit (not one the host converged to), in enforce mode, not check-only; on
+        a host that converged to none yet, only when the commit has a rollout.yml (the report then says
+        there is nothing to enforce; without one the report is as it always was)."""
+        revision = attempt.revision
+        return (revision is not None and revision.commit not in state.converged
+                and (bool(state.converged) or (revision.path / ROLLOUT_FILE).is_file())
+                and attempt.rollout is None and attempt.apply is None
+                and attempt.phase in (Phase.PLAN, Phase.CHECK)
+                and self.config.mode is Mode.ENFORCE and not options.check_only)
+
+    def _enforce_undecided(self, attempt: _Attempt, state: AgentState, options: CycleOptions) -> AgentState:
+        """The fetched commit C failed before the gate (``_undecided``): the report stays C's (its status,
+        the phase it reached, its errors, each naming C), and the host's last converged commit is enforced
+        as while C is held (``_enforce``); the rollout block's gate is ``undecided``."""
+        assert attempt.revision is not None
+        commit, status, phase = attempt.revision.commit, attempt.status, attempt.phase
+        attempt.errors = [replace(e, message=f"commit {commit[:12]}: {e.message}")
+                          if e.phase in (Phase.PLAN, Phase.CHECK) else e for e in attempt.errors]
+        attempt.rollout = RolloutInfo(
+            wave="", gate=GateState.UNDECIDED, policy_digest="",
+            reason=f"not decided: commit {commit[:12]} failed at {phase.value}",
+            enforcing_commit=state.converged[-1] if state.converged else None,
+            checked_at=attempt.started_at if "check" in attempt.durations else None)
+        state = self._enforce(attempt, state, options)
+        attempt.status, attempt.phase = status, phase  # C's outcome; B's is in rollout.enforced
         return state
 
     @staticmethod

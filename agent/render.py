@@ -151,11 +151,13 @@ def rollout_text(report: Report) -> str | None:
     """'rollout: wave rest, waiting: wave canary 3/5 converged, needs 95% (enforcing 1a2b3c4d5e6f: in sync)'
     for a report with a rollout block (docs/rollout.md); None without one. The parentheses name the
     converged commit the host enforced while holding and that check's outcome (or that it has none yet),
-    and when the held commit was last checked if not in this run (its check was not repeated)."""
+    and when the held commit was last checked if not in this run (its check was not repeated). A commit
+    that failed before the gate has no wave: 'rollout: not decided: commit 9f8e7d6c5b4a failed at plan
+    (enforcing 1a2b3c4d5e6f: in sync)'."""
     info = report.rollout
     if info is None:
         return None
-    text = f"rollout: wave {info.wave}, {info.reason}"
+    text = f"rollout: wave {info.wave}, {info.reason}" if info.wave else f"rollout: {info.reason}"
     if info.plan_digest:
         text += f"; plan {info.plan_digest[:12]}"
     enforced, notes = info.enforced, []

@@ -167,6 +167,9 @@ class GateState(enum.StrEnum):
     HALTED = "halted"
     FROZEN = "frozen"
     UNREACHABLE = "unreachable"
+    # The commit failed before the gate could decide (its rollout.yml, inventory, plan or playbooks): the
+    # block then only says so and what was enforced instead; wave and policy_digest are empty.
+    UNDECIDED = "undecided"
 
 
 @dataclass(frozen=True)

@@ -204,10 +204,12 @@ def a_held_commit_is_checked_again_only_when_the_gate_changes(setup: dict[str, A
 
 def test_a_broken_policy_is_a_failed_plan_naming_the_key(setup):
     repo = setup["repo"]
-    repo.commit({"rollout.yml": ROLLOUT.replace("version: 1", "version: 2")}, "bad policy")
-    report, asked = cycle(setup, [CHANGED])
-    assert asked == ["check"] and report.status is Status.ERROR
-    assert [e.message for e in report.errors] == ["rollout.yml: version: must be 1, got 2"]
+    bad = repo.commit({"rollout.yml": ROLLOUT.replace("version: 1", "version: 2")}, "bad policy")
+    report, asked = cycle(setup, [CHANGED, CLEAN])  # the commit's check, then the converged one's
+    assert asked == ["check", "check"] and report.status is Status.ERROR
+    assert [e.message for e in report.errors] == [f"commit {bad[:12]}: rollout.yml: version: must be 1, got 2"]
+    assert report.rollout is not None and report.rollout.gate is GateState.UNDECIDED
+    assert report.rollout.enforced is not None and report.rollout.enforced.status is Status.IN_SYNC
 
 
 WINDOWED = """\

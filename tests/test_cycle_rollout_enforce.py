@@ -2,10 +2,12 @@
 Ansible (ansible_connection=local, every path under a tmp target_root), a real Git repo, a real Cycle
 whose collector is configured but unreachable (a closed port on 127.0.0.1). docs/rollout.md.
 
-One story, 9 ansible-playbook runs in all: a new host holds and has nothing to enforce (1); the first
+One story, 14 ansible-playbook runs in all: a new host holds and has nothing to enforce (1); the first
 wave applies the converged commit A (3); the next commit C is held while a hand edit of A's file is
 corrected back to A's content, not C's, under the linear strategy (4); the next scheduled cycle does not
-check C again and checks A only, under mitogen (1)."""
+check C again and checks A only, under mitogen (1); a commit D with a broken rollout.yml fails at the gate
+while a hand edit of A's file is corrected again (4); a commit E whose inventory does not parse fails at
+its plan while A is checked, in sync (1)."""
 
 from __future__ import annotations
 
@@ -129,4 +131,32 @@ def test_a_held_commit_keeps_the_converged_one_enforced_with_the_collector_unrea
         f"rollout: wave canary, waiting: collector unreachable, wave canary holds new commits (hold-all) "
         f"(enforcing {converged[:12]}: in sync; {held_commit[:12]} last checked "
         f"{held.started_at:%Y-%m-%dT%H:%M:%SZ})")
+    assert (root / "app.conf").read_text() == "version=1\n"
+
+    # 5. D breaks rollout.yml: D's check runs, the gate cannot decide, the cycle says so, and a hand edit
+    #    of A's file is corrected back to A's content all the same (docs/rollout.md).
+    broken = repo.commit({"rollout.yml": HOLD_ALL.replace("version: 1", "version: 2"),
+                          "inventory/hosts.yml": inventory("3")}, "bad policy")
+    (root / "app.conf").write_text("hand edit again\n")
+    failed = cycle(mitogen)
+    assert (root / "app.conf").read_text() == "version=1\n"
+    assert failed.source.commit == broken and failed.status is Status.ERROR and failed.apply is None
+    assert failed.phase_reached.value == "check" and kinds(failed.drift) == [("App config", "intentional")]
+    assert [e.message for e in failed.errors] == [f"commit {broken[:12]}: rollout.yml: version: must be 1, got 2"]
+    info = failed.rollout
+    assert info is not None and info.gate is GateState.UNDECIDED and info.enforcing_commit == converged
+    enforced = info.enforced
+    assert enforced is not None and (enforced.commit, enforced.status) == (converged, Status.CORRECTED)
+    assert (enforced.drift[0].diffs[0].before, enforced.drift[0].diffs[0].after) == ("hand edit again\n",
+                                                                                     "version=1\n")
+
+    # 6. E's inventory does not parse: E fails at its plan (no check of E); A is checked and in sync.
+    unparsable = repo.commit({"rollout.yml": HOLD_ALL, "inventory/hosts.yml": "all: [children\n"}, "bad yaml")
+    planless = cycle(mitogen)
+    assert planless.source.commit == unparsable and planless.status is Status.ERROR
+    assert planless.phase_reached.value == "plan" and planless.durations_s.check is None
+    assert planless.errors[0].message.startswith(f"commit {unparsable[:12]}: "), planless.errors
+    assert "inventory" in planless.errors[0].message
+    assert planless.rollout is not None and planless.rollout.enforced is not None
+    assert (planless.rollout.enforced.commit, planless.rollout.enforced.status) == (converged, Status.IN_SYNC)
     assert (root / "app.conf").read_text() == "version=1\n"

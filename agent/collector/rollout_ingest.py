@@ -35,7 +35,7 @@ def outcome_of(report: Report) -> Outcome:
 def record_report(conn: Connection, report: Report) -> None:
     """Keep the host's latest outcome on (commit, policy digest); an older report changes nothing."""
     info, commit = report.rollout, report.source.commit
-    if info is None or not commit:
+    if info is None or not commit or info.gate is GateState.UNDECIDED:  # no wave, no policy: nothing to count
         return
     if len(info.wave) > 63 or len(info.policy_digest) > 64 or len(info.plan_digest or "") > 64:
         raise InvalidReportError("rollout: wave or digest longer than its column", "rollout")

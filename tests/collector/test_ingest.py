@@ -224,3 +224,23 @@ def test_the_rollout_block_is_kept_and_served(client, token_for, engine):
     reader = {"Authorization": f"Bearer {tokens.create(engine, tokens.TokenKind.READER, 'r', now=BASE_TIME)[1]}"}
     served = client.get(f"/api/v1/runs/{report.run_id}", headers=reader).json()["report"]["rollout"]
     assert served == to_dict(report)["rollout"]
+
+
+def test_an_undecided_rollout_block_is_kept_and_served_and_counts_in_no_wave(client, token_for, engine):
+    """A commit that failed before the gate (agent.cycle, docs/rollout.md): no wave, no policy digest; the
+    report keeps what the host enforced instead, and no rollout_hosts row is made of it."""
+    from agent.collector.tables import rollout_hosts
+    from agent.report import Enforcement
+
+    info = RolloutInfo(wave="", gate=GateState.UNDECIDED, policy_digest="",
+                       reason="not decided: commit 9f8e7d6c5b4a failed at plan", enforcing_commit=COMMIT_B,
+                       enforced=Enforcement(COMMIT_B, Status.CORRECTED, "corrected 1 drifted task(s)",
+                                            drift=(drift_item(),)))
+    report = make_report(status=Status.ERROR, rollout=info)
+    response = client.post("/api/v1/reports", content=to_json(report),
+                           headers={"Authorization": f"Bearer {token_for(report.host)}"})
+    assert response.status_code == 201
+    reader = {"Authorization": f"Bearer {tokens.create(engine, tokens.TokenKind.READER, 'r', now=BASE_TIME)[1]}"}
+    served = client.get(f"/api/v1/runs/{report.run_id}", headers=reader).json()["report"]["rollout"]
+    assert served == to_dict(report)["rollout"] and served["gate"] == "undecided"
+    assert count(engine, rollout_hosts) == 0
