@@ -195,3 +195,30 @@ def test_a_batch_the_database_refuses_is_stored_again_report_by_report(engine: E
     assert results[0] is True and results[2] is True
     assert isinstance(results[1], DataError)
     assert count(engine, runs) == 2 and count(engine, hosts) == 2
+
+
+def test_a_valid_token_is_served_from_the_map_for_minutes_an_unknown_one_for_a_second(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.collector import group_commit, tokens
+
+    secret = tokens.create(engine, tokens.TokenKind.INGEST, "web01.example.com", now=BASE_TIME)[1]
+    asked: list[str] = []
+    real = tokens.authenticate
+
+    def counting(engine: Engine, secret: str) -> Any:
+        asked.append(secret)
+        return real(engine, secret)
+
+    monkeypatch.setattr(tokens, "authenticate", counting)
+    clock = [1000.0]
+    monkeypatch.setattr(group_commit.time, "monotonic", lambda: clock[0])
+    group = GroupCommit(engine, Expectations(), None)
+
+    def ask(s: str) -> Any:
+        return asyncio.run(group.principal(s))[0]
+
+    assert ask(secret).name == "web01.example.com" and ask("nope") is None and len(asked) == 2
+    clock[0] += 60  # a minute on: the valid token still from the map, the unknown one asked again
+    assert ask(secret).name == "web01.example.com" and ask("nope") is None and asked == [secret, "nope", "nope"]
+    clock[0] += group_commit.VALID_CACHE_S
+    assert ask(secret) is not None and asked[-1] == secret  # expired: asked again
