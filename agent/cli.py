@@ -15,7 +15,16 @@ from typing import NoReturn
 from agent import __version__, config, preflight
 from agent.cli_common import EX_CONFIG, EX_IOERR, EX_NOPERM, EX_SIGPIPE, EX_TEMPFAIL, EX_USAGE, journald
 from agent.cli_cycle import cmd_daemon, cmd_run
-from agent.cli_state import cmd_diff, cmd_doctor, cmd_outbox, cmd_pause, cmd_resume, cmd_status, cmd_version
+from agent.cli_state import (
+    cmd_diff,
+    cmd_doctor,
+    cmd_enrol,
+    cmd_outbox,
+    cmd_pause,
+    cmd_resume,
+    cmd_status,
+    cmd_version,
+)
 from agent.errors import AgentError, ConfigError, LockedError, StorageError, UsageError
 from agent.report import Trigger
 
@@ -158,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
                                            "source, the collector and the token's validity (exit 0 all "
                                            "good, 78 a local problem, 1 a network problem)")
     doctor_cmd.add_argument("--json", action="store_true", help="machine-readable")
+    enrol = add("enrol", cmd_enrol, "with collector.enrol and no token file yet: ask the collector for this "
+                                    "host's token, or collect it once an operator has approved (exit 0 the "
+                                    "token is in place, 2 waiting for approval, 1 denied or failed); the "
+                                    "daemon and every delivery do this by themselves")
+    enrol.add_argument("--json", action="store_true", help="machine-readable")
     add("version", cmd_version, "print the version")
     return parser
 

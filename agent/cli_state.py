@@ -189,3 +189,24 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"gitops-agent {__version__}")
     return 0
+
+
+def cmd_enrol(args: argparse.Namespace) -> int:
+    """One round of enrolment (agent.enrolment): 0 the token file exists (now or before), 2 waiting for an
+    operator's approval, 1 denied or the collector refused or could not be reached."""
+    from agent import enrolment
+
+    cfg = load(args)
+    if not cfg.collector.enrol:
+        raise ConfigError("collector.enrol is off: this host's token is placed by other means "
+                          "(gitops-collector token create HOST)")
+    preflight.check_state_dir(cfg.state_dir, write=True)
+    status = enrolment.ensure_token(cfg, groups=delivery.newest_roles(delivery.outbox(cfg)))
+    if args.json:
+        print(json.dumps({"token_ready": status.token_ready, "request_id": status.request_id,
+                          "state": status.state, "message": status.message}))
+    else:
+        print(status.message)
+    if status.token_ready:
+        return 0
+    return 2 if status.state == "pending" else 1

@@ -87,6 +87,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("collector.client_key", _opt_string, None, "its private key (PEM, mode 0600)"),
     Setting("collector.beacon", _boolean, False,
             "ask the collector (serve --heads-source) for new commits instead of Git; Git still fetches"),
+    Setting("collector.enrol", _boolean, False,
+            "while collector.token_file does not exist, ask the collector for this host's token (with "
+            "collector.enrol_secret_file, or the client certificate) and collect it once an operator "
+            "approves; reports wait in the outbox until then"),
+    Setting("collector.enrol_secret_file", _opt_string, None,
+            "the site enrolment secret (mode 0600; gitops-collector token create --enrol NAME); read only "
+            "while enrolling, so it may be removed afterwards"),
     Setting("outbox.max_reports", _positive_int, 1000,
             "reports kept for delivery at most; in-sync ones are compacted first, drift never"),
     Setting("outbox.max_bytes", _size, "100MB", "bytes kept for delivery at most (same rule)"),
@@ -157,6 +164,8 @@ class CollectorConfig:
     client_cert: Path | None = None
     client_key: Path | None = None
     beacon: bool = False
+    enrol: bool = False
+    enrol_secret_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -274,10 +283,12 @@ def _build(v: dict[str, Any], base: Path, origin: str) -> AgentConfig:
     collector = CollectorConfig(v["collector.url"], _resolve_path(v["collector.token_file"], base),
                                 _resolve_path(v["collector.ca_file"], base),
                                 _resolve_path(v["collector.client_cert"], base),
-                                _secret(v, "collector.client_key", base, origin), v["collector.beacon"])
+                                _secret(v, "collector.client_key", base, origin), v["collector.beacon"],
+                                v["collector.enrol"], _resolve_path(v["collector.enrol_secret_file"], base))
     if (collector.client_cert is None) != (collector.client_key is None):
         raise ConfigError(f"{origin}: 'collector.client_cert' and 'collector.client_key' go together")
     _check_beacon(collector, schedule, origin)
+    _check_enrol(collector, origin)
     if v["outbox.max_reports"] < 1:
         raise ConfigError(f"{origin}: 'outbox.max_reports' must be at least 1")
     outbox = OutboxConfig(v["outbox.max_reports"], v["outbox.max_bytes"])
@@ -285,6 +296,10 @@ def _build(v: dict[str, Any], base: Path, origin: str) -> AgentConfig:
         raise ConfigError(f"{origin}: 'watch_debounce' must be more than 0s and at most 30s")
     if v["watch_contested_flips"] < 1:
         raise ConfigError(f"{origin}: 'watch_contested_flips' must be at least 1")
+    for role in v["watch_exclude"]:
+        problem = watch_exclude_problem(role)
+        if problem:
+            raise ConfigError(f"{origin}: 'watch_exclude': {role!r} {problem}")
     state_dir = _resolve_path(v["state_dir"], base)
     assert state_dir is not None
     return AgentConfig(
@@ -311,6 +326,17 @@ def _check_beacon(collector: CollectorConfig, schedule: ScheduleConfig, origin: 
     if schedule.commit_splay_s > schedule.interval_s:
         raise ConfigError(f"{origin}: 'schedule.commit_splay' must be at most 'schedule.interval' (the full "
                           "check fetches anyway)")
+
+
+def _check_enrol(collector: CollectorConfig, origin: str) -> None:
+    if not collector.enrol:
+        return
+    if not collector.url or collector.token_file is None:
+        raise ConfigError(f"{origin}: 'collector.enrol' needs 'collector.url' and 'collector.token_file' "
+                          "(where the token it collects is written)")
+    if collector.enrol_secret_file is None and collector.client_cert is None:
+        raise ConfigError(f"{origin}: 'collector.enrol' needs 'collector.enrol_secret_file' or "
+                          "'collector.client_cert' (what proves this host may ask)")
 
 
 def _secret(v: dict[str, Any], name: str, base: Path, origin: str) -> Path | None:
@@ -367,6 +393,21 @@ def parse_yaml(text: str, origin: str) -> Any:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None)
         raise ConfigError(f"{origin}: invalid YAML{where}" + (f": {problem}" if problem else "")) from e
+
+
+def watch_exclude_problem(role: str) -> str | None:
+    """What is wrong with a `watch_exclude` entry (None when it is a role name). A role is the name of
+    a playbook in the playbooks folder without `.yml` (agent.inventory); patterns are not supported, so
+    a glob that would match nothing is refused rather than silently excluding no role."""
+    if not role or role != role.strip():
+        return "is not a role name (empty, or spaces around it)"
+    if any(c in role for c in "*?[]"):
+        return "is a pattern: name each role (the playbook's name without .yml); globs are not supported"
+    if "/" in role or "\0" in role or role in (".", ".."):
+        return "is not a role name: a role is a playbook's name without .yml, not a path"
+    if role.endswith((".yml", ".yaml")):
+        return f"names a file: the role is {role.rsplit('.', 1)[0]!r} (the playbook's name without .yml)"
+    return None
 
 
 def load(path: Path) -> AgentConfig:

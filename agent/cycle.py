@@ -49,8 +49,10 @@ from agent.report import (
     ApplyResult,
     DriftItem,
     Durations,
+    Enforcement,
     ErrorItem,
     FailedTask,
+    GateState,
     Mode,
     Pause,
     Phase,
@@ -62,15 +64,17 @@ from agent.report import (
     Status,
     Trigger,
     format_time,
+    parse_time,
 )
 from agent.runner import RunMode, RunnerSettings, RunResult, RunStatus
 from agent.source import Revision
-from agent.state import AgentState, first_seen
+from agent.state import AgentState, HeldCommit, first_seen
 from agent.verdict import RunVerdict
 from agent.watchpaths import RolePaths
 from agent.wiring import CycleParts
 
 log = logging.getLogger(__name__)
+SYNTAX_KEYS = 4  # commits+roles whose playbooks are known to load (state_dir's syntax_checked)
 
 
 def utc_now() -> datetime:
@@ -115,6 +119,8 @@ class _Attempt:
     warnings: list[str] = field(default_factory=list)  # run-level: where Ansible ran unlike ansible-playbook
     strategy: str | None = None  # set when mitogen was dropped for this cycle (runner's fallback)
     rollout: RolloutInfo | None = None  # where the host stands in the commit's rollout (rollout.yml)
+    # The drift of an earlier check of a held commit, reported again when this cycle did not check it
+    carried: tuple[DriftItem, ...] | None = None
 
     def fail(self, message: str, phase: Phase | None = None) -> None:
         self.errors.append(ErrorItem(phase or self.phase, message))
@@ -271,8 +277,8 @@ class Cycle:
     def _reconcile(self, attempt: _Attempt, state: AgentState, options: CycleOptions) -> AgentState:
         started = time.monotonic()
         self._emit(PhaseStarted("fetch"))
-        revision = self.source.sync(last_commit=state.last_commit,
-                                    keep=tuple(c for c in (state.applied_commit,) if c))
+        keep = (state.applied_commit, state.converged[-1] if state.converged else None)
+        revision = self.source.sync(last_commit=state.last_commit, keep=tuple(c for c in keep if c))
         self._timed(attempt, "fetch", started)
         self._emit(PhaseDone("fetch", f"{revision.commit[:12]} {revision.subject or ''}".strip()
                              + (" (offline: the last commit)" if revision.offline else "")))
@@ -286,6 +292,12 @@ class Cycle:
                          f"{revision.commit[:12]}", Phase.FETCH)
         attempt.phase = Phase.VERIFY
         state = replace(state, last_commit=revision.commit)
+        return self._run_revision(attempt, state, options, revision)
+
+    def _run_revision(self, attempt: _Attempt, state: AgentState, options: CycleOptions,
+                      revision: Revision, *, enforcing: bool = False) -> AgentState:
+        """Plan, check, decide, apply and recheck one verified commit. ``enforcing``: the host's converged
+        commit, run while the rollout gate holds the fetched one (no further hold, no skipped check)."""
         attempt.phase = Phase.PLAN
         self._emit(PhaseStarted("plan"))
         full = self._plan(revision)
@@ -298,6 +310,8 @@ class Cycle:
             attempt.status = Status.FAILED
             return state
         attempt.phase = Phase.CHECK
+        if not enforcing and self._still_held(attempt, state, options):
+            return self._enforce(attempt, state, options)
         check = self._ansible(attempt, plan, RunMode.CHECK, "check")
         self._hand_off_watch_set(plan, check, options)
         verdict = self._judge(check, plan, self._check_only_keys(state, revision.commit))
@@ -306,7 +320,7 @@ class Cycle:
         attempt.findings = (drift.classify_tasks((*check.parsed.tasks, *verdict.unattributed), ctx)
                             + drift.check_only_findings(verdict, self._playbook_names(plan)))
         attempt.stats = check.parsed.stats
-        decided = self._decide_and_apply(attempt, state, options, verdict)
+        decided = self._decide_and_apply(attempt, state, options, verdict, enforcing=enforcing)
         if attempt.broken_roles and attempt.status is not Status.ERROR:
             # A role of this host did not run: the host is not in the commit's state, whatever the
             # others did. Failed, and never counted as converged to this commit.
@@ -375,13 +389,15 @@ class Cycle:
         key = hashlib.sha256(json.dumps([plan.commit, plan.roles, self.settings.extra_vars,
                                          str(self.settings.vault_password_file)],
                                         sort_keys=True, default=str).encode()).hexdigest()
+        # Several keys: while the rollout gate holds a commit, each cycle plans it and the converged one.
         marker = self.store.paths.syntax_checked
         broken: dict[str, str] = {}
-        if not marker.is_file() or marker.read_text(encoding="utf-8").strip() != key:
+        known = marker.read_text(encoding="utf-8").split() if marker.is_file() else []
+        if key not in known:
             remaining = self.deadline - time.monotonic()
             broken = self.runner.syntax_errors(plan, replace(self.settings, timeout_s=remaining))
             if not broken:
-                atomic_write(marker, f"{key}\n".encode())
+                atomic_write(marker, "".join(f"{k}\n" for k in [key, *known][:SYNTAX_KEYS]).encode())
         for role, error in broken.items():
             attempt.fail(f"role '{role}' cannot be loaded, so it did not run: {self.redactor(error)}",
                          Phase.PLAN)
@@ -444,7 +460,7 @@ class Cycle:
         return result
 
     def _decide_and_apply(self, attempt: _Attempt, state: AgentState, options: CycleOptions,
-                          verdict: RunVerdict) -> AgentState:
+                          verdict: RunVerdict, *, enforcing: bool = False) -> AgentState:
         assert attempt.revision is not None and attempt.plan is not None
         commit = attempt.revision.commit
         for message in verdict.idle_roles:
@@ -452,12 +468,22 @@ class Cycle:
         actionable = [f for f in attempt.findings if f.actionable]
         gate = self.rollout_gate.decide(attempt.revision, state, attempt.findings, attempt.plan.roles)
         if gate is not None:
-            attempt.rollout = gate.info
-            if not gate.decision.allow and actionable and not options.check_only:
+            attempt.rollout = replace(gate.info, checked_at=attempt.started_at)
+            if not gate.decision.allow and (actionable or verdict.failed) and not options.check_only:
                 log.info("rollout gate holds commit %s: %s", commit[:12], gate.decision.reason)
+                for task in verdict.failed:
+                    attempt.fail(f"task '{task.label}' failed: {task.message or 'no message'}", Phase.CHECK)
                 attempt.status = self._status_without_apply(verdict, actionable, attempt.pause)
                 attempt.phase = Phase.DONE
-                return state
+                if not gate.new_commit or enforcing:  # a corrective apply held (window, freeze): as designed
+                    return state
+                # C is held: the host keeps enforcing its last converged commit (docs/rollout.md). Its
+                # check is not repeated while the gate's answer stays the same (unless it failed).
+                held = None if verdict.failed else HeldCommit(
+                    commit, gate.key, format_time(attempt.started_at), gate.info.plan_digest)
+                return self._enforce(attempt, replace(state, held=held), options)
+        if not enforcing:
+            state = replace(state, held=None)
         decision = policy.decide(actionable_drift=len(actionable), check_failures=len(verdict.failed),
                                  mode=self.config.mode, check_only=options.check_only,
                                  pause=attempt.pause, now=self.clock())
@@ -471,6 +497,88 @@ class Cycle:
                 state = state.with_converged(commit)
             return state
         return self._apply(attempt, state, verdict, options)
+
+    def _still_held(self, attempt: _Attempt, state: AgentState, options: CycleOptions) -> bool:
+        """May this cycle skip the check of the fetched commit C? Yes when the gate held C at its last
+        check (which found drift and no failure), gives the same answer now (with that check's plan
+        digest: an approval of it, a wave or window opening, a halt or resume all change it), the last
+        report is that check's (or carries it), and the cycle enforces a converged commit instead
+        (there is one; enforce mode; not a check-only or manual run). The report then carries that
+        check's drift, says when it ran (rollout.checked_at) and what this cycle enforced."""
+        held, revision, plan = state.held, attempt.revision, attempt.plan
+        if (held is None or revision is None or plan is None or held.commit != revision.commit
+                or not state.converged or options.check_only or self.config.mode is not Mode.ENFORCE
+                or options.trigger is Trigger.MANUAL):
+            return False
+        gate = self.rollout_gate.decide_with_plan(revision, state, held.plan, plan.roles)
+        if gate is None or gate.decision.allow or gate.key != held.gate:
+            return False
+        checked_at = parse_time(held.checked_at)
+        last = self.store.last_report()
+        if (last is None or last.source.commit != revision.commit or last.rollout is None
+                or last.rollout.checked_at != checked_at):
+            return False
+        log.info("rollout gate still holds commit %s (%s): not checked again", revision.commit[:12],
+                 gate.decision.reason)
+        attempt.rollout = replace(gate.info, checked_at=checked_at)
+        attempt.carried = last.drift
+        attempt.status = Status.PAUSED if policy.pause_active(attempt.pause, self.clock()) else Status.DRIFTED
+        attempt.phase = Phase.DONE
+        attempt.warnings.append(f"commit {revision.commit[:12]} was not checked again: the rollout gate's "
+                                f"answer has not changed since its check at {held.checked_at}; its drift "
+                                "is that check's")
+        return True
+
+    def _enforce(self, attempt: _Attempt, state: AgentState, options: CycleOptions) -> AgentState:
+        """While the gate holds the fetched commit: check the host's last converged commit again (a
+        verified checkout: its signature, and the fetched commit descends from it) and, drifted, apply
+        and recheck it, as its own rollout.yml allows (a closed window with `corrective: window`, a
+        freeze, a pause hold it). In enforce mode only; the outcome goes to rollout.enforced."""
+        assert attempt.rollout is not None and attempt.revision is not None
+        if options.check_only or self.config.mode is not Mode.ENFORCE:
+            return state
+        commit = state.converged[-1] if state.converged else None
+        if commit is None:
+            attempt.rollout = replace(attempt.rollout, enforced=Enforcement(
+                None, None, "no converged commit yet: nothing to enforce"))
+            return state
+        sub = _Attempt(started_at=attempt.started_at, run_id=attempt.run_id, pause=attempt.pause,
+                       phase=Phase.VERIFY, strategy=attempt.strategy)
+        redactor, graph = self.redactor, self.rollout_gate.graph
+        try:
+            revision = self.source.release(commit, head=attempt.revision.commit)
+            sub.revision = revision
+            state = self._run_revision(sub, state, options, revision, enforcing=True)
+        except (RunTimeoutError, RunCancelledError):
+            raise
+        except AgentError as e:
+            sub.status = Status.ERROR
+            sub.fail(self.redactor(str(e)))
+        finally:
+            self.redactor, self.rollout_gate.graph = redactor, graph
+        attempt.strategy = sub.strategy
+        attempt.warnings.extend(sub.warnings)
+        for error in sub.errors:
+            attempt.fail(f"enforcing converged commit {commit[:12]}: {error.message}", error.phase)
+        if sub.status in (Status.FAILED, Status.ERROR):
+            attempt.status = Status.FAILED
+        seen = {k: parse_time(v) for k, v in state.drift_seen.items()}
+        items = tuple(self._drift_item(f, seen.get(f.task.key, attempt.started_at)) for f in sub.findings)
+        attempt.rollout = replace(attempt.rollout, enforced=Enforcement(
+            commit, sub.status, self._enforce_reason(sub), drift=items, apply=sub.apply))
+        log.info("enforced converged commit %s: %s", commit[:12], sub.status.value)
+        return state
+
+    @staticmethod
+    def _enforce_reason(sub: _Attempt) -> str:
+        if sub.errors:
+            return sub.errors[0].message
+        held = sub.rollout is not None and sub.rollout.gate is not GateState.ALLOWED
+        fixed = sum(1 for f in sub.findings if f.actionable)
+        reasons = {Status.IN_SYNC: "in sync", Status.PAUSED: "paused: drift not corrected",
+                   Status.CORRECTED: f"corrected {fixed} drifted task(s)",
+                   Status.DRIFTED: (sub.rollout.reason if held and sub.rollout else "drift not corrected")}
+        return reasons.get(sub.status, sub.status.value)
 
     def _status_without_apply(self, verdict: RunVerdict, actionable: list[Finding],
                               pause: Pause | None) -> Status:
@@ -525,17 +633,20 @@ class Cycle:
     # -- report ------------------------------------------------------------------------------
 
     def _drift_items(self, attempt: _Attempt, state: AgentState) -> tuple[tuple[DriftItem, ...], AgentState]:
+        if attempt.carried is not None:  # a held commit not checked again: its drift as last seen
+            return attempt.carried, state
         state, seen = first_seen(state, [f.task.key for f in attempt.findings], attempt.started_at)
         if attempt.status is Status.CORRECTED:  # corrected drift starts afresh if it comes back
             fixed = {f.task.key for f in attempt.findings if f.actionable}
             state = replace(state, drift_seen={k: v for k, v in state.drift_seen.items() if k not in fixed})
-        items = tuple(
-            DriftItem(play=f.task.play, task=f.task.task, role=f.task.role or None, module=f.task.module,
-                      kind=f.kind, diffs=f.task.diffs, first_seen_at=seen.get(f.task.key, attempt.started_at),
-                      reason=f.reason, ansible_role=f.task.ansible_role, task_path=f.task.task_path,
-                      item=f.task.item)
-            for f in attempt.findings)
+        items = tuple(self._drift_item(f, seen.get(f.task.key, attempt.started_at)) for f in attempt.findings)
         return items, state
+
+    @staticmethod
+    def _drift_item(f: Finding, first_seen_at: datetime) -> DriftItem:
+        return DriftItem(play=f.task.play, task=f.task.task, role=f.task.role or None, module=f.task.module,
+                         kind=f.kind, diffs=f.task.diffs, first_seen_at=first_seen_at, reason=f.reason,
+                         ansible_role=f.task.ansible_role, task_path=f.task.task_path, item=f.task.item)
 
     def _source_info(self, attempt: _Attempt, state: AgentState) -> SourceInfo:
         rev = attempt.revision

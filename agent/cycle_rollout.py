@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 class GateOutcome:
     decision: GateDecision
     info: RolloutInfo  # the report's rollout block
+    new_commit: bool = True  # False: the host converged to this commit before (corrective drift only)
+
+    @property
+    def key(self) -> str:
+        """The gate's answer as one line ("state: reason"): a held commit is checked again when it changes."""
+        return f"{self.decision.state.value}: {self.decision.reason}"
 
 
 def approval_plan(policy: Policy, findings: Iterable[Finding]) -> str | None:
@@ -84,10 +90,21 @@ class RolloutGate:
         found = read_policy(revision)
         if found is None:
             return None
+        return self._decide(found, revision, state, approval_plan(found[0], findings), roles)
+
+    def decide_with_plan(self, revision: Revision, state: AgentState, plan: str | None,
+                         roles: tuple[str, ...]) -> GateOutcome | None:
+        """As ``decide``, before a check, with the plan digest an earlier check of the commit found."""
+        found = read_policy(revision)
+        if found is None:
+            return None
+        return self._decide(found, revision, state, plan, roles)
+
+    def _decide(self, found: tuple[Policy, str], revision: Revision, state: AgentState, plan: str | None,
+                roles: tuple[str, ...]) -> GateOutcome:
         policy, text = found
         if self.graph is None or self.host not in self.graph.host_groups:
             raise RolloutError(f"{FILE_NAME}: host '{self.host}' is not in the inventory, so it has no wave")
-        plan = approval_plan(policy, findings)
         if plan is None:  # nothing drifts in the approval-required roles: nothing to approve
             roles = tuple(r for r in roles if r not in policy.approve_roles)
         view, sizes = host_view(policy, self.graph.host_groups, host=self.host, roles=roles)
@@ -107,8 +124,10 @@ class RolloutGate:
         decision = decide_gate(policy=policy, host=view, new_commit=new_commit, facts=facts,
                                commit_seen_at=revision.committed_at or now,
                                plan=plan, now=now)
-        enforcing = None if decision.allow else state.applied_commit
+        # The host stays on its last converged commit (agent.cycle enforces it while a new one is held).
+        last = revision.commit if not new_commit else (state.converged[-1] if state.converged else None)
+        enforcing = None if decision.allow else last
         info = RolloutInfo(wave=view.wave, gate=decision.state, reason=decision.reason,
                            policy_digest=policy.digest(), wave_sizes=sizes,
-                           plan_digest=plan, enforcing_commit=enforcing)
-        return GateOutcome(decision, info)
+                           plan_digest=plan, enforcing_commit=enforcing, checked_at=None)
+        return GateOutcome(decision, info, new_commit)

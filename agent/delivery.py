@@ -85,6 +85,9 @@ def deliver(config: AgentConfig, *, deadline_s: float, max_attempts: int = 4,
 
     started = time.monotonic()
     try:
+        waiting = _enrol(config, box)
+        if waiting is not None:  # no token yet: the reports wait in the outbox for the approval
+            raise AgentError(waiting)
         with Sender.from_config(config.collector, max_attempts=max_attempts) as sender:
             result = sender.deliver_outbox(box, deadline_s=deadline_s)
             lost = [r.run_id for r in unspooled if not sender.deliver_body(
@@ -101,6 +104,28 @@ def deliver(config: AgentConfig, *, deadline_s: float, max_attempts: int = 4,
               result.delivered, result.duplicates, result.quarantined, result.remaining, len(result.lost),
               f" error={result.error!r}" if result.error else "")
     return result
+
+
+def _enrol(config: AgentConfig, box: Outbox) -> str | None:
+    """With collector.enrol and no token file yet: one round of enrolment (agent.enrolment), naming the
+    groups of the newest waiting report; None once the token file exists, else why the reports wait."""
+    token_file = config.collector.token_file
+    if not config.collector.enrol or token_file is None or token_file.exists():
+        return None
+    from agent import enrolment
+
+    status = enrolment.ensure_token(config, groups=newest_roles(box))
+    return None if status.token_ready else status.message
+
+
+def newest_roles(box: Outbox) -> tuple[str, ...]:
+    """The roles (inventory groups) of the newest report waiting in the outbox, or () when none says."""
+    for entry in reversed(box.pending()):
+        with contextlib.suppress(OSError, ValueError):
+            roles = json.loads(box.read(entry)).get("roles")
+            if isinstance(roles, list) and all(isinstance(r, str) for r in roles):
+                return tuple(roles)
+    return ()
 
 
 def destination(config: AgentConfig, run_id: str) -> str:

@@ -47,7 +47,10 @@ def _state_dir(config: AgentConfig) -> str:
 
 def _token_file(config: AgentConfig) -> str:
     preflight.check_token_file(config)
-    return f"{config.collector.token_file} is private and holds one token"
+    token_file = config.collector.token_file
+    if config.collector.enrol and token_file is not None and not token_file.exists():
+        return f"{token_file} is not there yet: collector.enrol asks for it (gitops-agent enrol)"
+    return f"{token_file} is private and holds one token"
 
 
 def _trusted_keys(config: AgentConfig) -> Check:

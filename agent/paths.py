@@ -28,6 +28,8 @@ The layout (what the agent keeps; README.md lists it for operators). Owner: the 
   watch-state.json    what the daemon's watcher watches, what it cannot, contested paths, the changed
                       paths of the watch check in progress (agent.watchservice; read by status and by
                       the cycle for its report)
+  watch-contested.json  the watcher's correction counts of watched paths, kept across restarts
+                      (agent.watchservice)
   *.corrupt-<time>    a state file that could not be read, kept for forensics (agent.state)
 Every file is written atomically (temp, fsync, rename), with mode 0600 unless it is meant for people
 (daemon.pid, daemon.json, delivery.json: 0644).
@@ -66,6 +68,10 @@ class StatePaths:
     @property
     def delivery(self) -> Path:
         return self.root / "delivery.json"
+
+    @property
+    def enrolment(self) -> Path:
+        return self.root / "enrolment.json"  # the pending enrolment request and its pickup secret (0600)
 
     @property
     def pause(self) -> Path:
@@ -126,3 +132,9 @@ class StatePaths:
     @property
     def watch_state(self) -> Path:
         return self.root / "watch-state.json"
+
+    @property
+    def watch_contested(self) -> Path:
+        """The daemon's correction counts of watched paths (agent.watchrules.ContestedPaths), so that a
+        restart does not forget a fight with another writer."""
+        return self.root / "watch-contested.json"

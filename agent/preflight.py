@@ -71,7 +71,8 @@ def check_state_dir(path: Path, *, write: bool) -> None:
 
 
 def check_token_file(config: AgentConfig) -> None:
-    """With a collector configured: its token file exists, is private (like ssh's rule for keys) and
+    """With a collector configured: its token file exists (or, with collector.enrol, is still to come), is
+    private (like ssh's rule for keys) and
     holds one token on one line. ConfigError naming the setting otherwise."""
     collector = config.collector
     if not collector.url:
@@ -79,6 +80,8 @@ def check_token_file(config: AgentConfig) -> None:
     origin = str(config.path or "config")
     if collector.token_file is None:
         raise ConfigError(f"{origin}: 'collector.url' is set but 'collector.token_file' is not")
+    if collector.enrol and not collector.token_file.exists():
+        return  # not enrolled yet: agent.enrolment writes it once an operator approves
     path = private_file(collector.token_file, origin, "collector.token_file")
     assert path is not None
     try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from datetime import datetime
+from datetime import UTC, datetime
 
 from agent.report import DriftItem, Pause, Report, Status
 
@@ -28,7 +28,8 @@ def _ago(when: datetime, now: datetime) -> str:
 
 
 def summary(report: Report, *, colour: bool = False) -> str:
-    """A few lines: status, commit, roles, drift items, errors and warnings."""
+    """A few lines: status, commit, roles, drift items, the rollout line (and the drift of the converged
+    commit enforced while a new one is held), errors and warnings."""
     status = _paint(report.status.value, _COLOURS[report.status], colour)
     src = report.source
     lines = [f"{report.host}: {status} at {_short(src.commit)} ({src.subject or 'no commit'})",
@@ -37,17 +38,29 @@ def summary(report: Report, *, colour: bool = False) -> str:
     if report.apply is not None:
         lines.append(f"  applied: {report.apply.changed} change(s), "
                      f"{len(report.apply.failed_tasks)} failed task(s)")
-    for item in report.drift:
-        paths = ", ".join(d.path for d in item.diffs) or "-"
-        lines.append(f"  {item.kind.value:<12} {item.role or '-'} / {_task(item)}  [{item.module}] {paths}")
-        if item.reason:
-            lines.append(f"  {'':<12} {item.reason}")
+    lines.extend(_drift_lines(report.drift))
+    rollout = rollout_text(report)
+    if rollout is not None and report.rollout is not None:
+        lines.append(f"  {rollout}")
+        enforced = report.rollout.enforced
+        if enforced is not None and enforced.commit is not None:  # the converged commit's own drift
+            lines.extend(f"  {line}" for line in _drift_lines(enforced.drift))
     if report.apply is not None:
         lines.extend(f"  failed: {t.task}{f' [{t.item}]' if t.item else ''}: {t.message}"
                      for t in report.apply.failed_tasks)
     lines.extend(f"  error ({e.phase.value}): {e.message}" for e in report.errors)
     lines.extend(f"  warning: {w}" for w in report.warnings)
     return "\n".join(lines)
+
+
+def _drift_lines(items: tuple[DriftItem, ...]) -> list[str]:
+    lines = []
+    for item in items:
+        paths = ", ".join(d.path for d in item.diffs) or "-"
+        lines.append(f"  {item.kind.value:<12} {item.role or '-'} / {_task(item)}  [{item.module}] {paths}")
+        if item.reason:
+            lines.append(f"  {'':<12} {item.reason}")
+    return lines
 
 
 def _task(item: DriftItem) -> str:
@@ -135,15 +148,25 @@ def warning_lines(warnings: list[str], *, colour: bool = False) -> str:
 
 
 def rollout_text(report: Report) -> str | None:
-    """'rollout: wave rest, waiting: wave canary 3/5 converged, needs 95% (enforcing 1a2b3c4d5e6f)' for a
-    report with a rollout block (docs/rollout.md); None without one."""
+    """'rollout: wave rest, waiting: wave canary 3/5 converged, needs 95% (enforcing 1a2b3c4d5e6f: in sync)'
+    for a report with a rollout block (docs/rollout.md); None without one. The parentheses name the
+    converged commit the host enforced while holding and that check's outcome (or that it has none yet),
+    and when the held commit was last checked if not in this run (its check was not repeated)."""
     info = report.rollout
     if info is None:
         return None
     text = f"rollout: wave {info.wave}, {info.reason}"
     if info.plan_digest:
         text += f"; plan {info.plan_digest[:12]}"
+    enforced, notes = info.enforced, []
     if info.enforcing_commit:
-        text += f" (enforcing {info.enforcing_commit[:12]})"
-    return text
+        same = enforced is not None and enforced.commit == info.enforcing_commit
+        done = f": {enforced.reason}" if same and enforced is not None else ""
+        notes.append(f"enforcing {info.enforcing_commit[:12]}{done}")
+    elif enforced is not None:
+        notes.append(enforced.reason)
+    commit = report.source.commit
+    if info.checked_at is not None and info.checked_at != report.started_at and commit:
+        notes.append(f"{commit[:12]} last checked {info.checked_at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}")
+    return text + (f" ({'; '.join(notes)})" if notes else "")
 

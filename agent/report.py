@@ -193,6 +193,27 @@ class RolloutInfo:
     wave_sizes: tuple[WaveSize, ...] = ()
     plan_digest: str | None = None
     enforcing_commit: str | None = None
+    # When the commit's drift in this report was checked: this run's start when it checked the commit,
+    # an earlier run's when the gate's answer had not changed since (the drift is that run's).
+    checked_at: datetime | None = None
+    enforced: Enforcement | None = None  # what this run did about the converged commit while holding
+
+
+@dataclass(frozen=True)
+class Enforcement:
+    """The host's last converged commit, enforced while the gate holds the new one (docs/rollout.md).
+
+    ``commit``: the converged commit checked (None: the host has converged to none yet, so there is
+    nothing to enforce). ``status``: that check's outcome as a report status (``in_sync``, ``corrected``,
+    ``drifted`` when a window, freeze or pause held the corrective apply, ``failed``, ``error``; None when
+    nothing was checked). ``reason``: one line. ``drift`` and ``apply``: its drift and its apply, as a
+    report's.
+    """
+    commit: str | None
+    status: Status | None
+    reason: str
+    drift: tuple[DriftItem, ...] = ()
+    apply: ApplyResult | None = None
 
 
 @dataclass(frozen=True)
@@ -209,6 +230,9 @@ class WatchInfo:
     ``changed``: for a run with trigger ``watch``, the changed paths that started it (the first 20;
     ``changed_count`` is all of them). ``unwatched``: managed paths past the inotify limits, checked by
     the schedule only, ``reason`` says why and ``unwatched_roles`` which roles they belong to.
+    ``blind``: tasks whose managed path is not known, so that no watch can see them (a no_log task, a
+    module that names no path), as "role: task name" (the first 20, redacted like every task name;
+    ``blind_count`` is all of them): the scheduled check finds their drift.
     """
     watched: int = 0
     directories: int = 0
@@ -218,6 +242,8 @@ class WatchInfo:
     changed: tuple[str, ...] = ()
     changed_count: int = 0
     contested: tuple[ContestedPath, ...] = ()
+    blind: tuple[str, ...] = ()
+    blind_count: int = 0
 
 
 @dataclass(frozen=True)

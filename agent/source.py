@@ -112,6 +112,29 @@ class GitSource:
             return self._checkout(repo, commit, url, last_commit, tuple(errors), keep, signature)
         return self._offline(repo, last_commit, tuple(errors))
 
+    def release(self, commit: str, *, head: str) -> Revision:
+        """A commit this host converged to, checked out again (releases/<sha>, reused when still there)
+        for enforcing it while the rollout gate holds ``head`` (docs/rollout.md). Verified like any
+        checkout: its own signature under source.verify (a commit that was accepted through a signed
+        tag only, and is not signed itself, is refused: the tag has moved on), and ``head`` must descend
+        from it unless source.allow_rewind. Does not move ``current``. VerifyError, RewindError or
+        SourceError (one line) when it cannot be used."""
+        repo = self._repo()
+        if not FULL_SHA.match(commit):
+            raise SourceError(f"converged commit {commit[:40]!r} is not a full commit id")
+        try:
+            self._check_rewind(repo, self.config.url, head, commit)
+        except RewindError as e:
+            raise RewindError(f"converged commit {commit[:12]} is not an ancestor of {head[:12]}: {e}") from e
+        outcome = verify_commit(self.cache, commit, policy=self.config.verify,
+                                trusted_keys=self.config.trusted_keys, gnupg_home=self.gnupg_home)
+        signature = require_verified(outcome).signature
+        path = self._export(repo, commit)
+        author, when, subject = self._metadata(repo, commit)
+        return Revision(commit=commit, path=path, url=redact_url(self.config.url), ref=self.config.ref,
+                        previous_commit=None, author=author, committed_at=when, subject=subject,
+                        signature=signature)
+
     def probe(self) -> str | None:
         """The commit source.ref points at now, by `git ls-remote` (milliseconds, no fetch); None when
         no source answers. A full commit id as ref never moves, so it is its own answer."""

@@ -31,6 +31,17 @@ KEEP_QUARANTINED = 5  # per file name; older quarantined copies are removed
 
 
 @dataclass(frozen=True)
+class HeldCommit:
+    """A new commit the rollout gate holds (docs/rollout.md): its check is not repeated while the gate's
+    answer (``gate``: "state: reason", decided with the plan digest ``plan``) stays the same; the drift
+    reported meanwhile is that of the check that started at ``checked_at`` (RFC 3339)."""
+    commit: str
+    gate: str
+    checked_at: str
+    plan: str | None = None
+
+
+@dataclass(frozen=True)
 class AgentState:
     last_commit: str | None = None  # the commit the last cycle ran against
     applied_commit: str | None = None  # the last commit an apply converged to
@@ -40,6 +51,7 @@ class AgentState:
     # commit -> task keys whose check fails only in check mode (the apply of that commit succeeded)
     check_only: dict[str, tuple[str, ...]] = field(default_factory=dict)
     updated_at: str | None = None  # start (RFC 3339) of the cycle whose outcome this is (agent.journal)
+    held: HeldCommit | None = None  # the new commit the rollout gate holds, as last checked
 
     def with_converged(self, commit: str) -> AgentState:
         kept = (*tuple(c for c in self.converged if c != commit), commit)
@@ -104,7 +116,22 @@ def state_from_json(data: Any) -> AgentState:
         check_only={_text(k, "check_only key"): _texts(v, f"check_only[{k!r}]")
                     for k, v in _mapping(data.get("check_only"), "check_only").items()},
         updated_at=_text(data.get("updated_at"), "updated_at", optional=True),
+        held=_held(data.get("held")),
     )
+
+
+def _held(value: Any) -> HeldCommit | None:
+    if value is None:
+        return None
+    data = _mapping(value, "held")
+    checked_at = _text(data.get("checked_at"), "held.checked_at")
+    try:
+        report_codec.parse_time(checked_at)
+    except ValueError:
+        raise ValueError(f"held.checked_at: {checked_at[:40]!r} is not an RFC 3339 time") from None
+    return HeldCommit(commit=_text(data.get("commit"), "held.commit"),
+                      gate=_text(data.get("gate"), "held.gate"),
+                      checked_at=checked_at, plan=_text(data.get("plan"), "held.plan", optional=True))
 
 
 def state_to_json(state: AgentState) -> dict[str, Any]:

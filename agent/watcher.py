@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,47 +46,53 @@ class WatchState:
 @dataclass
 class _Dir:
     path: str
-    # component -> the managed path through it, or a set of them when several (paths below a missing
-    # directory share its name): a plain str for the common case keeps 10,000 paths small (bench/watch.py)
-    names: dict[str, str | set[str]] = field(default_factory=dict)
+    # component -> what is watched through it: None for the one managed path `path/component` (the
+    # common case: no str of the full path is kept, so 10,000 paths stay small, bench/watch.py), else the
+    # managed path, or a set of them (paths below a missing directory share its name; a path named
+    # through an alias of this directory)
+    names: dict[str, str | set[str] | None] = field(default_factory=dict)
     # other paths of the same directory (a symlink such as /var/run -> /run, a bind mount): inotify gives
     # one inode one wd, whichever path named it
     aliases: list[str] = field(default_factory=list)
 
-    def add(self, name: str, path: str) -> None:
-        known = self.names.get(name)
-        if known is None:
-            self.names[name] = path
-        elif isinstance(known, str):
-            if known != path:
-                self.names[name] = {known, path}
-        else:
-            known.add(path)
-
-    def through(self, name: str) -> set[str]:
-        known = self.names.get(name)
-        if known is None:
+    def _held(self, name: str) -> set[str]:
+        if name not in self.names:
             return set()
+        known = self.names[name]
+        if known is None:
+            return {posixpath.join(self.path, name)}
         return {known} if isinstance(known, str) else set(known)
 
-    def every(self) -> set[str]:
-        return {p for name in self.names for p in self.through(name)}
+    def _keep(self, name: str, held: set[str]) -> None:
+        if not held:
+            self.names.pop(name, None)
+        elif held == {posixpath.join(self.path, name)}:
+            self.names[name] = None
+        else:
+            self.names[name] = next(iter(held)) if len(held) == 1 else held
 
-    def remove(self, path: str) -> None:
-        """Forget `path`: it is watched by its component just below this directory."""
+    def add(self, name: str, path: str) -> None:
+        self._keep(name, self._held(name) | {path})
+
+    def through(self, name: str) -> set[str]:
+        return self._held(name)
+
+    def every(self) -> set[str]:
+        return {p for name in self.names for p in self._held(name)}
+
+    def count(self) -> int:
+        return sum(len(known) if isinstance(known, set) else 1 for known in self.names.values())
+
+    def remove(self, path: str) -> bool:
+        """Forget `path` (watched by its component just below this directory); False when not here."""
         under = [d for d in (self.path, *self.aliases) if path.startswith(d.rstrip("/") + "/")]
         name = path[len(under[0]):].lstrip("/").split("/", 1)[0] if under else ""
-        known = self.names.get(name)
-        candidates = [(name, known)] if known is not None else list(self.names.items())
-        for name, known in candidates:
-            if known == path:
-                del self.names[name]
-            elif isinstance(known, set):
-                known.discard(path)
-                if not known:
-                    del self.names[name]
-                elif len(known) == 1:
-                    self.names[name] = next(iter(known))
+        for candidate in [name] if name in self.names else list(self.names):
+            held = self._held(candidate)
+            if path in held:
+                self._keep(candidate, held - {path})
+                return True
+        return False
 
 
 def _limit_reason(cap: int | None) -> str:
@@ -111,7 +117,10 @@ class Watcher:
         self._cap = max_watches
         self._dirs: dict[int, _Dir] = {}  # wd -> directory
         self._wd_of: dict[str, int] = {}  # directory -> wd
-        self._where: dict[str, int] = {}  # managed path -> wd of the directory watching it
+        # managed path -> wd of the directory watching it, for paths that are not the plain child of
+        # their watched parent (watched from an ancestor, or through an alias); the plain ones are found
+        # from the directory table (no str per path is kept: RSS, bench/watch.py)
+        self._away: dict[str, int] = {}
         self._unwatched: set[str] = set()
         self._reason: str | None = None
 
@@ -131,27 +140,44 @@ class Watcher:
 
     def watch(self, paths: Iterable[str]) -> WatchState:
         """Watch exactly `paths` from now on (a new check's managed set): add what is new, drop what is
-        gone, and try the unwatched ones again. Paths must be absolute."""
-        wanted = set(paths)
+        gone, and try the unwatched ones again. Paths must be absolute. A set that makes its paths on the
+        fly (agent.watchpaths.PathSet, as the daemon passes) is placed one path at a time, so no second
+        table of 10,000 strs is alive while the watch table grows (it would pin the allocator's memory:
+        idle RSS, bench/watch.py)."""
+        keep = isinstance(paths, Collection) and not isinstance(paths, list | tuple)
+        wanted = paths if keep else set(paths)
         for path in wanted:
             if not path.startswith("/") or posixpath.normpath(path) != path:
                 raise AgentError(f"watch: {path!r} is not an absolute, normalised path")
-        for path in self._managed() - wanted:
+        for path in [p for p in self._managed() if p not in wanted]:
             self._unplace(path)
             self._unwatched.discard(path)
-        retry = [p for p in sorted(wanted - {"/"}) if p not in self._where]
-        self._unwatched -= set(retry)
         self._reason = None if not self._unwatched else self._reason
-        for path in retry:
-            self._place(path)
+        for path in wanted if keep else sorted(wanted):  # (a PathSet iterates by sorted directory)
+            if path != "/" and self._placed_at(path) is None:
+                self._unwatched.discard(path)
+                self._place(path)
+        self._reason = None if not self._unwatched else self._reason
         return self.state()
 
     def _managed(self) -> set[str]:
-        """Every managed path: each is either watched (in _where) or unwatched (not kept twice: RSS)."""
-        return set(self._where) | self._unwatched
+        """Every managed path: each is either watched (in the directory table) or unwatched."""
+        return {p for entry in self._dirs.values() for p in entry.every()} | self._unwatched
+
+    def _placed_at(self, path: str) -> int | None:
+        """The wd of the directory watching `path`, None when it is not watched."""
+        wd = self._away.get(path)
+        if wd is not None:
+            return wd
+        directory, name = posixpath.split(path)
+        wd = self._wd_of.get(directory)
+        if wd is not None and self._dirs[wd].path == directory and path in self._dirs[wd].through(name):
+            return wd
+        return None
 
     def state(self) -> WatchState:
-        return WatchState(paths=len(self._where), directories=len(self._dirs),
+        return WatchState(paths=sum(entry.count() for entry in self._dirs.values()),
+                          directories=len(self._dirs),
                           unwatched=tuple(sorted(self._unwatched)), reason=self._reason)
 
     def _add_watch(self, directory: str) -> int | None:
@@ -197,8 +223,10 @@ class Watcher:
                     self._reason = "cannot watch /"
                     return
                 directory, name = posixpath.split(directory)
-            self._dirs[wd].add(name, path)
-            self._where[path] = wd
+            entry = self._dirs[wd]
+            entry.add(name, path)
+            if path != posixpath.join(entry.path, name):
+                self._away[path] = wd
             deeper = posixpath.join(directory, name)
             settled = directory == posixpath.dirname(path) or not Path(deeper).is_dir()
             if settled or attempt == PLACE_TRIES:  # (directories that keep coming and going: stay here)
@@ -206,7 +234,8 @@ class Watcher:
             self._unplace(path)  # raced: try again from the parent
 
     def _unplace(self, path: str) -> None:
-        wd = self._where.pop(path, None)
+        wd = self._placed_at(path)
+        self._away.pop(path, None)
         if wd is None or wd not in self._dirs:
             return
         entry = self._dirs[wd]
@@ -253,7 +282,7 @@ class Watcher:
                 if not event.mask & flags.IGNORED:
                     self._rm_watch(event.wd)  # moved away: the kernel would follow it
                 for path in gone:
-                    self._where.pop(path, None)
+                    self._away.pop(path, None)
                 self._moved(gone)
                 continue
             through = entry.through(event.name)

@@ -13,8 +13,9 @@ without sleeping and the daemon drives them from its own clock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent.errors import AgentError
 
@@ -171,3 +172,37 @@ class ContestedPaths:
         """A new commit changed the roles of `paths`: the conflict may be fixed; count again from zero."""
         for path in paths:
             self._paths.pop(path, None)
+
+    # -- kept across restarts (the daemon writes it to state_dir/watch-contested.json) -------------
+
+    def to_json(self, now: float, wall_now: float) -> dict[str, Any]:
+        """The counts as JSON, times as wall-clock seconds since the epoch (`wall_now` is `now` on that
+        clock): a monotonic clock does not carry across a reboot, a wall clock does."""
+        def wall(t: float) -> float:
+            return round(wall_now - (now - t), 3)
+        paths = {path: {"corrections": [wall(t) for t in h.corrections if now - t < self.window_s],
+                        "contested_since": None if h.contested_since is None else wall(h.contested_since),
+                        "last_change": wall(h.last_change)}
+                 for path, h in sorted(self._paths.items()) if now - h.last_change < self.window_s}
+        return {"version": 1, "paths": paths}
+
+    def load_json(self, data: Any, now: float, wall_now: float, source: str = "contested paths") -> None:
+        """Take the counts of `to_json` (replacing these); AgentError naming `source` for anything else.
+        Entries older than the window are dropped."""
+        def mono(t: Any) -> float:
+            if isinstance(t, bool) or not isinstance(t, int | float):
+                raise AgentError(f"{source}: times must be numbers")
+            return now - (wall_now - float(t))
+        entries = data.get("paths") if isinstance(data, Mapping) and data.get("version") == 1 else None
+        if not isinstance(entries, Mapping):
+            raise AgentError(f"{source}: not a version 1 set of contested paths")
+        loaded: dict[str, _History] = {}
+        for path, entry in entries.items():
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("corrections"), list):
+                raise AgentError(f"{source}: {path!r}: expected corrections, contested_since, last_change")
+            since = entry.get("contested_since")
+            history = _History([mono(t) for t in entry["corrections"]],
+                               None if since is None else mono(since), mono(entry.get("last_change")))
+            if now - history.last_change < self.window_s:
+                loaded[str(path)] = history
+        self._paths = loaded

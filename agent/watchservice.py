@@ -1,6 +1,6 @@
 """The daemon's watch of managed paths (docs/watch.md): the hand-off files and the watcher thread.
 
-Two files under state_dir (agent.paths):
+Three files under state_dir (agent.paths):
 
 - `watch.json`: written by the cycle (the child `gitops-agent run`) after its check: the paths each role
   managed in it (agent.watchpaths, version 1). A role-limited check (trigger `watch`) replaces the entries
@@ -8,7 +8,10 @@ Two files under state_dir (agent.paths):
   difference is added or removed, so a new commit that changes the managed set changes the watches.
 - `watch-state.json`: written by the daemon: how many paths are watched, which are not (past the inotify
   limits) and why, the contested paths, and, while a watch check runs, the changed paths that started it.
-  Read by `gitops-agent status` and by the cycle, which puts it in its report (`Report.watch`).
+  Read by `gitops-agent status` and by the cycle, which puts it in its report (`Report.watch`); it also
+  lists the blind tasks per role (no path to watch, found by the scheduled check).
+- `watch-contested.json`: written by the daemon when they change: the correction counts of watched paths
+  (agent.watchrules.ContestedPaths), so that a restart or a rebuilt watcher does not forget a fight.
 
 WatchService runs one thread that waits on the inotify fd (agent.watcher) and feeds the debouncer
 (agent.watchrules); it sets the daemon's `wake` event when a change arrives, and the daemon's loop asks
@@ -21,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import select
 import threading
 import time
@@ -34,12 +38,12 @@ from agent.fsutil import atomic_write
 from agent.paths import StatePaths
 from agent.report import ContestedPath, DriftKind, Report, Trigger, WatchInfo
 from agent.watcher import Watcher, WatchState
-from agent.watchpaths import RolePaths
+from agent.watchpaths import PathSet, RolePaths
 from agent.watchrules import CONTESTED_WINDOW_S, MAX_WAIT_S, ContestedPaths, Debouncer
 
 log = logging.getLogger(__name__)
 CHANGED_SHOWN = 20  # changed paths named in a report (all are counted)
-POLL_S = 0.5  # the thread looks at its stop event this often
+POLL_S = 0.5  # after a failed read, the thread tries again this much later
 
 
 # -- watch.json: the cycle's hand-off ------------------------------------------------------------
@@ -122,15 +126,27 @@ def report_info(paths: StatePaths, trigger: Trigger) -> WatchInfo | None:
     try:
         changed = [str(p) for p in data.get("changed") or []] if trigger is Trigger.WATCH else []
         contested = data.get("contested") or {}
+        blind = blind_tasks(data)
         return WatchInfo(
             watched=int(data.get("watched", 0)), directories=int(data.get("directories", 0)),
             unwatched=len(data.get("unwatched") or []),
             unwatched_roles=tuple(str(r) for r in data.get("unwatched_roles") or []),
             reason=str(data["reason"]) if data.get("reason") else None,
             changed=tuple(changed[:CHANGED_SHOWN]), changed_count=len(changed),
-            contested=tuple(ContestedPath(str(p), int(n)) for p, n in sorted(contested.items())))
+            contested=tuple(ContestedPath(str(p), int(n)) for p, n in sorted(contested.items())),
+            blind=tuple(blind[:CHANGED_SHOWN]), blind_count=len(blind))
     except (TypeError, ValueError, AttributeError):
         return None
+
+
+def blind_tasks(data: Mapping[str, Any]) -> list[str]:
+    """The blind tasks of a watch state, as "role: task name" (their names were redacted by the cycle
+    that wrote watch.json, like the report's task names)."""
+    blind = data.get("blind") or {}
+    if not isinstance(blind, Mapping):
+        return []
+    return [f"{role}: {task}" for role, tasks in sorted(blind.items()) if isinstance(tasks, list)
+            for task in tasks]
 
 
 def status_line(data: Mapping[str, Any]) -> str:
@@ -144,6 +160,10 @@ def status_line(data: Mapping[str, Any]) -> str:
         roles = ", ".join(data.get("unwatched_roles") or []) or "-"
         line += (f"; {len(unwatched)} paths NOT watched: {data.get('reason')}: scheduled checks only for "
                  f"roles {roles}")
+    blind = blind_tasks(data)
+    if blind:
+        shown = ", ".join(blind[:5]) + (f" and {len(blind) - 5} more" if len(blind) > 5 else "")
+        line += f"; {len(blind)} blind tasks (no path to watch: scheduled checks only): {shown}"
     contested = data.get("contested") or {}
     if contested:
         line += "; contested (not corrected on change): " + ", ".join(
@@ -186,38 +206,82 @@ class WatchService:
         self.watcher = Watcher(max_watches=max_watches)
         self.debouncer = Debouncer(quiet_s=debounce_s, max_wait_s=max(MAX_WAIT_S, debounce_s))
         self.contested = ContestedPaths(contested_flips, contested_window_s)
-        self.table: dict[str, RolePaths] = {}
+        self.table: dict[str, PathSet] = {}  # role -> its managed paths (compact: idle RSS)
+        self.blind: dict[str, tuple[str, ...]] = {}  # role -> its tasks whose paths are not known
         self.state = WatchState(paths=0, directories=0)
         self.changed_now: frozenset[str] = frozenset()  # the paths of the watch check in progress
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        # close() writes to this pipe to wake the thread: it sleeps in select() without a timeout, so an
+        # idle daemon's watcher never wakes up for nothing (idle CPU, bench/watch.py)
+        self._stop_r, self._stop_w = os.pipe()
         self._set_digest: str | None = None  # of the watch.json last read (not its text: 10,000 paths)
         self._fallback = False
+        self._loaded = False  # the first reload takes the set as it is: the counts kept are for it
+        self._contested_bytes: bytes | None = None
         self._thread = threading.Thread(target=self._loop, name="watcher", daemon=True)
 
     def start(self) -> None:
+        self._load_contested()
         self.reload()
         self._thread.start()
 
+    def _load_contested(self) -> None:
+        """The correction counts the last daemon kept (a restart does not forget a fight). A bad file is
+        one log line; counting then starts from zero."""
+        try:
+            data = self.paths.watch_contested.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            log.warning("%s: cannot read: %s; counting contested paths from zero", self.paths.watch_contested,
+                        e.strerror)
+            return
+        try:
+            self.contested.load_json(json.loads(data.decode("utf-8")), self.clock(), time.time(),
+                                     str(self.paths.watch_contested))
+        except (ValueError, AgentError) as e:
+            log.warning("%s; counting contested paths from zero", str(e)[:300])
+            return
+        self._contested_bytes = data
+
+    def _save_contested(self) -> None:
+        """Write the counts (atomically, only when they changed; no file while there are none)."""
+        with self._lock:
+            data = self.contested.to_json(self.clock(), time.time())
+        if not data["paths"] and self._contested_bytes is None and not self.paths.watch_contested.exists():
+            return
+        encoded = json.dumps(data, indent=1).encode()
+        if encoded == self._contested_bytes:
+            return
+        try:
+            atomic_write(self.paths.watch_contested, encoded, mode=0o644)
+            self._contested_bytes = encoded
+        except OSError as e:
+            log.warning("cannot write the contested paths: %s", e)
+
     def close(self) -> None:
         self._stop.set()
+        with contextlib.suppress(OSError):
+            os.write(self._stop_w, b"x")
         if self._thread.is_alive():
             self._thread.join(POLL_S * 4)
         self.watcher.close()
+        for fd in (self._stop_r, self._stop_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._stop_r = self._stop_w = -1  # (a second close must not close a reused descriptor)
         self.paths.watch_state.unlink(missing_ok=True)
 
     def _loop(self) -> None:
         fd = self.watcher.fileno()
         while not self._stop.is_set():
             try:
-                ready, _, _ = select.select([fd], [], [], POLL_S)
-                if not ready:
+                ready, _, _ = select.select([fd, self._stop_r], [], [])
+                if fd not in ready:
                     continue
                 with self._lock:
-                    changed = self.watcher.read(0)
-                    now = self.clock()
-                    counted = [p for p in changed if not self.contested.changed(p, now)
-                               and self.debouncer.changed(p, now)]
+                    counted = self._feed()
                 if counted:
                     log.debug("watched paths changed: %s", ", ".join(sorted(counted)[:5]))
                     self.wake.set()
@@ -226,6 +290,13 @@ class WatchService:
                     return
                 log.error("the watcher failed: %s: %s; retrying", type(e).__name__, e)
                 self._stop.wait(POLL_S)
+
+    def _feed(self) -> list[str]:
+        """Read what the kernel queued (without waiting) into the rules; the changes that count. The
+        caller holds the lock."""
+        changed = self.watcher.read(0)
+        now = self.clock()
+        return [p for p in changed if not self.contested.changed(p, now) and self.debouncer.changed(p, now)]
 
     # -- the managed set ------------------------------------------------------------------------
 
@@ -241,12 +312,16 @@ class WatchService:
         except AgentError as e:
             log.error("%s; keeping the previous watch set", e)
             return
+        compact = {role: PathSet(entry.paths) for role, entry in table.items()}
+        blind = {role: entry.blind for role, entry in table.items() if entry.blind}
+        del table
         with self._lock:
-            moved = [p for role, entry in table.items() if self.table.get(role) != entry
-                     for p in entry.paths]
-            self.contested.forget(moved)  # a new commit changed these roles: count again from zero
-            self.table = table
-            self.state = self.watcher.watch(p for entry in table.values() for p in entry.paths)
+            if self._loaded:  # a new commit changed these roles: count again from zero
+                self.contested.forget(p for role, entry in compact.items() if self.table.get(role) != entry
+                                      for p in entry)
+            self._loaded = True
+            self.table, self.blind = compact, blind
+            self.state = self.watcher.watch(PathSet(p for entry in compact.values() for p in entry))
         self._set_digest = digest
         del data
         self._say_fallback()
@@ -254,7 +329,7 @@ class WatchService:
 
     def _unwatched_roles(self) -> list[str]:
         missing = set(self.state.unwatched)
-        return sorted(role for role, entry in self.table.items() if entry.paths & missing)
+        return sorted(role for role, entry in self.table.items() if any(p in entry for p in missing))
 
     def _say_fallback(self) -> None:
         """One warning line when the fallback to scheduled checks starts, one when it ends."""
@@ -271,13 +346,15 @@ class WatchService:
             contested = self.contested.contested(self.clock())
         return {"on": True, "watched": self.state.paths, "directories": self.state.directories,
                 "unwatched": list(self.state.unwatched), "unwatched_roles": self._unwatched_roles(),
-                "reason": self.state.reason, "contested": contested, "changed": sorted(self.changed_now)}
+                "reason": self.state.reason, "contested": contested, "changed": sorted(self.changed_now),
+                "blind": {role: list(tasks) for role, tasks in sorted(self.blind.items())}}
 
     def write_state(self) -> None:
         try:
             atomic_write(self.paths.watch_state, json.dumps(self.state_data(), indent=1).encode(), mode=0o644)
         except OSError as e:
             log.warning("cannot write the watch state: %s", e)
+        self._save_contested()
 
     # -- batches and cycles ---------------------------------------------------------------------
 
@@ -308,8 +385,7 @@ class WatchService:
     def cycle_started(self, batch: Batch | None) -> None:
         """A cycle starts: its changes of what it checks are its own (a full check: all paths)."""
         with self._lock:
-            covered = None if batch is None else [p for r in batch.roles
-                                                  for p in self.table.get(r, RolePaths(r, frozenset())).paths]
+            covered = None if batch is None else [p for r in batch.roles for p in self.table.get(r, ())]
             self.debouncer.cycle_started(self.clock(), covered)
             self.changed_now = batch.paths if batch is not None else frozenset()
         self.write_state()
@@ -318,13 +394,18 @@ class WatchService:
         """A cycle ended: its own changes stop counting after the grace; for a watch check, the changed
         paths of roles with corrective drift count as corrected (the contested rule); then re-arm."""
         with self._lock:
+            # The child has exited, so every event of its own writes is in the kernel's queue by now:
+            # read them while they still count as the cycle's own. Left to the thread, a thread starved
+            # past the grace (a loaded machine) would take the agent's apply for a hand edit.
+            if self._feed():
+                self.wake.set()
             now = self.clock()
             self.debouncer.cycle_ended(now)
             self.changed_now = frozenset()
             if batch is not None:
                 drifted = _corrected_roles(report)
                 for path in batch.paths - batch.contested:
-                    if any(path in self.table.get(r, RolePaths(r, frozenset())).paths for r in drifted):
+                    if any(path in self.table.get(r, ()) for r in drifted):
                         self.contested.corrected(path, now)
         self.reload()
         self.write_state()

@@ -11,7 +11,8 @@ Two rollouts, one after the other, on one collector:
   good  every host converges: the waves must open in order, each after the previous met its criteria
         plus the soak;
   bad   --bad-canaries canary hosts fail: the collector must halt the rollout, no host outside the
-        canary wave may apply, and the halt must reach the agents within one poll of the failing report.
+        canary wave may apply, and the halt must reach the agents within one poll of the failing report;
+        every ask sent more than the collector's answer cache (2 s) after the break must say halted.
 
     .venv/bin/python bench/rollout_sim.py [--agents 1000] [--poll 5] [--soak 5] [--db sqlite|postgresql]
 
@@ -49,6 +50,7 @@ from agent.rollout_answer import facts_from_data
 from tests.factory import make_report
 from tests.live_collector import PG_ENV, CollectorProcess, fresh_database
 
+ROLLOUT_CACHE_S = 2.0  # the collector's default `serve --rollout-cache`
 POLICY = """\
 version: 1
 splay: {splay}s
@@ -98,6 +100,8 @@ class Sim:
     gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
     report_waiting: bool = False
     failed_report_at: float | None = None  # when the report that broke the criteria was acknowledged
+    # every ask: (sent at, answered at, the answer says halted), seconds since the rollout started
+    ask_log: list[tuple[float, float, bool]] = field(default_factory=list)
 
 
 async def call(client: httpx.AsyncClient, sim: Sim, method: str, url: str, **kwargs: Any) -> httpx.Response:
@@ -145,6 +149,7 @@ async def ask(client: httpx.AsyncClient, sim: Sim, agent: Agent) -> dict[str, ob
     url = f"{sim.url}/api/v1/rollouts/{sim.commit}?policy={sim.digest}"
     auth = {"Authorization": f"Bearer {agent.token}"}
     started = time.perf_counter()
+    sent_at = time.monotonic() - sim.started
     response = await call(client, sim, "GET", url, headers=auth)
     if response.status_code == 404:
         put = await call(
@@ -161,6 +166,7 @@ async def ask(client: httpx.AsyncClient, sim: Sim, agent: Agent) -> dict[str, ob
     sim.asks += 1
     response.raise_for_status()
     data: dict[str, object] = response.json()
+    sim.ask_log.append((sent_at, time.monotonic() - sim.started, data.get("halted") is not None))
     return data
 
 
@@ -169,7 +175,8 @@ async def run_agent(
 ) -> None:
     await asyncio.sleep(random.uniform(0, sim.poll_s))  # agents' polls are spread over the interval
     view = HostView(agent.host, agent.wave, groups=agent.groups)
-    while not stop.is_set() and agent.applied_at is None:
+    # An agent that saw the halt is done (its next answers say the same until an operator resumes).
+    while not stop.is_set() and agent.applied_at is None and agent.halted_seen_at is None:
         now = datetime.now(UTC)
         agent.seen_at = agent.seen_at or now
         facts = facts_from_data(await ask(client, sim, agent))
@@ -296,7 +303,7 @@ async def main_async(args: argparse.Namespace, url: str, db_url: str) -> int:
         poll_s=args.poll,
         soak_s=args.soak,
         splay_s=args.splay,
-        max_s=min(args.max_seconds, args.poll * 6 + args.splay),
+        max_s=args.max_seconds,  # ends when every agent applied or saw the halt
     )
     show(f"bad commit ({len(bad_hosts)} canaries fail)", sim, order)
     leaked = [a.host for a in bad if a.wave != "canary" and a.applied_at is not None]
@@ -306,9 +313,19 @@ async def main_async(args: argparse.Namespace, url: str, db_url: str) -> int:
         delay = seen[0] - sim.failed_report_at
         print(
             f"criteria broken at {sim.failed_report_at:.1f}s; first agent saw the halt at {seen[0]:.1f}s "
-            f"(+{delay:.1f}s; poll {args.poll:g}s); {len(seen)} agents saw it"
+            f"(+{delay:.1f}s; poll {args.poll:g}s); {len(seen)} agents saw it, the last at {seen[-1]:.1f}s"
         )
         problems += delay > args.poll
+        # An answer may be cached for --rollout-cache (2 s): an ask sent later than that after the break
+        # must say halted, however long it then waits in the queue.
+        after = [a for a in sim.ask_log if a[0] > sim.failed_report_at + ROLLOUT_CACHE_S]
+        stale = [a for a in after if not a[2]]
+        print(
+            f"asks sent more than {ROLLOUT_CACHE_S:g}s after the break: {len(after)}, "
+            f"answered without the halt: {len(stale)}; ask round trip p50 "
+            f"{statistics.median(a[1] - a[0] for a in sim.ask_log):.1f}s"
+        )
+        problems += bool(stale)
     else:
         print("the halt was NOT seen by any agent")
         problems += 1

@@ -1,11 +1,14 @@
 """Watching managed paths (issue 21, docs/watch.md): time to detect, idle cost, cost of a burst.
 
-    .venv/bin/python bench/watch.py [--edits 5] [--scheduled-edits 3] [--interval 60s] [--seconds 120] [--idle-only]
+    .venv/bin/python bench/watch.py [--edits 5] [--scheduled-edits 3] [--interval 60s] [--seconds 120]
+                                    [--strategies mitogen,linear] [--idle-only | --no-idle]
 
 1. Time to detect: a real collector (`gitops-collector serve`, SQLite) and the daemon of the example repo
    (`make demo`'s sandbox) in detect mode. Each hand edit of a managed file (/etc/motd under the target
    root) is timed until a run with the drift is stored in the collector (polled through its API every
-   0.1 s). First with `watch: true` (trigger watch), then with `watch: false` and schedule.interval set
+   0.1 s), once per `ansible.strategy` of --strategies, with the machine's load average, and the
+   breakdown of each from the run's own report (edit -> check started, fetch, Ansible check, the rest,
+   finished -> stored) and the CPU of the daemon's children for the check. First with `watch: true` (trigger watch), then with `watch: false` and schedule.interval set
    to --interval (trigger schedule), the same way: the scheduled case is what Puppet's runinterval and
    ansible-pull's cron give too, and it scales with the interval (measured here with a short one).
 2. Idle cost: three daemons at once over --seconds, converged, nothing changing: `watch: false`, and
@@ -109,10 +112,30 @@ def stored_runs(url: str, reader: str) -> list[dict[str, object]]:
     return list(response.json()["items"])
 
 
+def children_cpu_s(pid: int) -> float:
+    """CPU (user+sys) of the reaped children of `pid` (the daemon's cycles), /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[13:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def breakdown(state: Path, run_id: str, edited_at: float, stored_after: float) -> dict[str, float]:
+    """Where the seconds from an edit to the stored run went, from the run's own report (history)."""
+    report = json.loads(next((state / "history").glob(f"*{run_id}*.json")).read_text())
+    d = report["durations_s"]
+    started = parse_time(report["started_at"]).timestamp() - edited_at
+    finished = parse_time(report["finished_at"]).timestamp() - edited_at
+    return {"edit -> check started (debounce, child start)": started, "fetch": d["fetch"] or 0.0,
+            "ansible check": d["check"] or 0.0,
+            "plan, report (rest of the cycle)": d["total"] - (d["fetch"] or 0.0) - (d["check"] or 0.0),
+            "finished -> stored (delivery)": stored_after - finished}
+
+
 def time_to_detect(workdir: Path, url: str, reader: str, config: Path, edits: int, trigger: str,
-                   spacing: tuple[float, float], started: list[float] | None = None) -> list[float]:
+                   spacing: tuple[float, float], started: list[float] | None = None,
+                   parts: list[dict[str, float]] | None = None) -> list[float]:
     """Seconds from each hand edit to a stored run with drift and this trigger; `started` gets the
-    seconds from each edit to the start of that run (its started_at)."""
+    seconds from each edit to the start of that run (its started_at); `parts` the breakdown of each
+    (`breakdown`, plus the CPU of the daemon's children for it)."""
     motd = workdir / "root/etc/motd"
     log = workdir / f"daemon-{trigger}.log"
     proc = daemon(config, log)
@@ -122,6 +145,7 @@ def time_to_detect(workdir: Path, url: str, reader: str, config: Path, edits: in
         for n in range(edits):
             time.sleep(random.uniform(*spacing))  # a hand edit at a random moment of the schedule
             seen = {str(r["run_id"]) for r in stored_runs(url, reader)}
+            cpu_before = children_cpu_s(proc.pid)
             edited, edited_at = time.monotonic(), time.time()
             motd.write_text(f"edited by hand {n} {time.time()}\n")
             while time.monotonic() - edited < 3600:
@@ -131,6 +155,15 @@ def time_to_detect(workdir: Path, url: str, reader: str, config: Path, edits: in
                     found.append(time.monotonic() - edited)
                     if started is not None:
                         started.append(parse_time(str(new[0]["started_at"])).timestamp() - edited_at)
+                    if parts is not None:  # once the daemon reaped the child (its cycle line)
+                        reaped = time.monotonic() + 120
+                        while (log.read_text().count("cycle done: trigger=watch") < n + 1
+                               and time.monotonic() < reaped):
+                            time.sleep(0.1)
+                        parts.append({**breakdown(workdir / "state", str(new[0]["run_id"]), edited_at,
+                                                  found[-1]),
+                                      "CPU of the check (child and Ansible, CPU-s)":
+                                      children_cpu_s(proc.pid) - cpu_before})
                     print(f"  {trigger}: edit {n + 1}/{edits} stored after {found[-1]:.1f}s", flush=True)
                     break
                 time.sleep(0.1)
@@ -217,6 +250,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/gitops-bench-watch"))
     parser.add_argument("--idle-only", action="store_true", help="only the idle cost and the burst")
+    parser.add_argument("--strategies", default="mitogen,linear",
+                        help="ansible.strategy values to time the watch with (comma-separated)")
+    parser.add_argument("--no-idle", action="store_true", help="skip the idle cost and the burst")
     args = parser.parse_args()
     sandbox(args.workdir, HOST)  # converged once (enforce), so a hand edit is corrective drift
     if args.idle_only:
@@ -231,28 +267,39 @@ def main() -> None:
     common = (f"collector: {{url: '{url}', token_file: {token}}}\nmode: detect\n"
               "watch_contested_flips: 1000\n")
     try:
-        check_started: list[float] = []
-        watched = time_to_detect(
-            args.workdir, url, reader,
-            write_config(args.workdir, "watch", "state", common + "schedule: {interval: 1h, poll: 1m, splay: 0s}\n"),
-            args.edits, "watch", (1.0, 3.0), check_started)
+        print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} "
+              f"(1, 5, 15 min) on {os.cpu_count()} CPUs", flush=True)
+        results: dict[str, tuple[list[float], list[dict[str, float]], tuple[float, ...]]] = {}
+        for strategy in [s for s in args.strategies.split(",") if s]:
+            check_started: list[float] = []
+            parts: list[dict[str, float]] = []
+            watched = time_to_detect(
+                args.workdir, url, reader,
+                write_config(args.workdir, "watch", "state", common + "schedule: {interval: 1h, poll: 1m, splay: 0s}\n"
+                             f"ansible: {{strategy: {strategy}}}\n"),
+                args.edits, "watch", (1.0, 3.0), check_started, parts)
+            results[strategy] = (watched, parts, os.getloadavg())
         interval = args.interval
         interval_s = parse_duration(interval)
         scheduled = time_to_detect(
             args.workdir, url, reader,
             write_config(args.workdir, "scheduled", "state", common + "watch: false\n"
                          f"schedule: {{interval: {interval}, poll: 1m, splay: 0s}}\n"),
-            args.scheduled_edits, "schedule", (0.0, interval_s))
+            args.scheduled_edits, "schedule", (0.0, interval_s)) if args.scheduled_edits else []
         print("\ntime to detect (hand edit -> drift stored in the collector), detect mode:")
-        print(f"  watch: true        median {median(watched):6.1f}s  (n={len(watched)}, max {max(watched):.1f}s); "
-              f"edit -> its check started: median {median(check_started):.1f}s")
+        for strategy, (watched, parts, load) in results.items():
+            print(f"  watch: true, ansible.strategy {strategy}: median {median(watched):6.1f}s  (n={len(watched)}, "
+                  f"max {max(watched):.1f}s); load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+            for key in parts[0]:
+                print(f"      {key:<48} median {median([p[key] for p in parts]):6.2f}")
         if scheduled:
             print(f"  watch: false, schedule.interval {interval}: median {median(scheduled):6.1f}s "
                   f"(n={len(scheduled)}, max {max(scheduled):.1f}s)")
     finally:
         collector.send_signal(signal.SIGTERM)
         collector.wait(30)
-    idle_and_burst(args.workdir, args.seconds)
+    if not args.no_idle:
+        idle_and_burst(args.workdir, args.seconds)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ COLLECTOR = Package(
         "Prometheus metrics. Runs as its own system user under a hardened systemd unit.\n"
         "Its Python libraries are bundled in a virtualenv under /opt/gitops-collector."
     ),
-    depends="python3 (>= 3.11~), python3 (<< 3.12), libc6 (>= 2.34)",
+    depends="python3 (>= 3.11~), python3 (<< 3.12), libc6 (>= 2.34), openssh-client",  # evidence signing
     unit="gitops-collector.service",
     conffiles=(("/etc/gitops-collector/collector.env", HERE / "etc/collector.env"),),
 )

@@ -138,7 +138,7 @@ def build(rpm_stage: Path, *, name: str, version: str, summary: str, description
     agent = name == "gitops-agent"
     spec = SPEC.format(
         name=name, version=version, summary=summary, description=description, stage=rpm_stage,
-        requires=", git-core, openssh-clients, gnupg2" if agent else "",
+        requires=", git-core, openssh-clients, gnupg2" if agent else ", openssh-clients",  # evidence signing
         files=AGENT_FILES if agent else COLLECTOR_FILES,
         scripts=AGENT_SCRIPTS if agent else COLLECTOR_SCRIPTS,
     )

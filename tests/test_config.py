@@ -41,6 +41,12 @@ def test_urls_are_kept(url: str) -> None:
     ({"source": {"url": "x"}, "watch": "on"}, "'watch': expected true or false"),
     ({"source": {"url": "x"}, "watch": {"debounce": "2s"}}, "'watch': expected true or false"),
     ({"source": {"url": "x"}, "watch_exclude": "db"}, "'watch_exclude': expected a list of strings"),
+    ({"source": {"url": "x"}, "watch_exclude": ["db*"]}, "'watch_exclude': 'db*' is a pattern: name each role"),
+    ({"source": {"url": "x"}, "watch_exclude": ["web", "[ab]"]}, "'watch_exclude': '[ab]' is a pattern"),
+    ({"source": {"url": "x"}, "watch_exclude": [" db"]}, "'watch_exclude': ' db' is not a role name"),
+    ({"source": {"url": "x"}, "watch_exclude": ["playbooks/db"]}, "'playbooks/db' is not a role name: a role"),
+    ({"source": {"url": "x"}, "watch_exclude": ["db.yml"]}, "'watch_exclude': 'db.yml' names a file: the role "
+     "is 'db'"),
     ({"source": {"url": "x"}, "watch_debounce": "soon"}, "'watch_debounce': 'soon' is not a duration"),
     ({"source": {"url": "x"}, "watch_debounce": 0}, "'watch_debounce' must be more than 0s and at most 30s"),
     ({"source": {"url": "x"}, "watch_debounce": "1m"}, "'watch_debounce' must be more than 0s and at most 30s"),
@@ -49,7 +55,7 @@ def test_urls_are_kept(url: str) -> None:
     ({"source": {"url": "x"}, "watch_debounc": "1s"}, "unknown key 'watch_debounc'"),
 ])
 def test_bad_config_names_the_key(data: object, message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         config.validate(data)
 
 

@@ -9,7 +9,18 @@ import jsonschema
 import pytest
 
 from agent import report_schema
-from agent.report import DriftKind, GateState, Pause, RolloutInfo, Status, WaveSize, to_dict
+from agent.report import (
+    ApplyResult,
+    DriftKind,
+    Enforcement,
+    GateState,
+    Pause,
+    RolloutInfo,
+    Status,
+    WaveSize,
+    from_dict,
+    to_dict,
+)
 from tests.factory import BASE_TIME, drift_item, make_report
 
 
@@ -36,10 +47,20 @@ def test_shipped_schema_is_the_generated_one(schema):
                                     reason="waiting: wave canary 3/5 converged, needs 95%",
                                     wave_sizes=(WaveSize("canary", 5), WaveSize("early", 50)),
                                     plan_digest="p" * 64, enforcing_commit="b" * 40)),
-], ids=["in_sync", "drifted", "failed", "error-before-ansible", "paused", "extensions", "rollout"])
+    make_report(status=Status.DRIFTED, rollout=RolloutInfo(
+        wave="rest", gate=GateState.HALTED, policy_digest="d" * 64, reason="halted: by hand",
+        enforcing_commit="b" * 40, checked_at=BASE_TIME, enforced=Enforcement(
+            "b" * 40, Status.CORRECTED, "corrected 1 drifted task(s)",
+            drift=(drift_item(kind=DriftKind.CORRECTIVE),), apply=ApplyResult(attempted=True, changed=1)))),
+    make_report(status=Status.DRIFTED, rollout=RolloutInfo(
+        wave="rest", gate=GateState.UNREACHABLE, policy_digest="d" * 64, reason="waiting: collector down",
+        enforced=Enforcement(None, None, "no converged commit yet: nothing to enforce"))),
+], ids=["in_sync", "drifted", "failed", "error-before-ansible", "paused", "extensions", "rollout",
+        "rollout-enforced", "rollout-nothing-to-enforce"])
 def test_reports_written_by_the_agent_validate(schema, report):
     validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
     validator.validate(to_dict(report))
+    assert from_dict(to_dict(report)) == report  # the collector decodes it with the same codec
 
 
 @pytest.mark.parametrize(("mutate", "path"), [

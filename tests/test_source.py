@@ -11,6 +11,7 @@ import pytest
 from agent.config import validate
 from agent.errors import RewindError, SourceError, SourceUnreachableError
 from agent.source import GitSource
+from agent.verify import SignatureRejectedError
 from tests.conftest import GitRepo, make_repo
 
 
@@ -146,3 +147,30 @@ def test_a_fetch_error_says_what_went_wrong_not_git_s_advice() -> None:
         "Host key verification failed.\nfatal: Could not read from remote repository.\n\n"
         "Please make sure you have the correct access rights\nand the repository exists."))
     assert _one_line(error) == "Host key verification failed. fatal: Could not read from remote repository."
+
+
+def test_a_converged_commit_is_checked_out_again_only_verified_and_as_an_ancestor(tmp_path: Path,
+                                                                                  repo: GitRepo) -> None:
+    """GitSource.release (docs/rollout.md, While C is held): the converged commit B, re-checked out
+    while a newer commit C is held, passes the same checks as any checkout."""
+    src = source(tmp_path, f"file://{repo.path}", keep_releases=1)
+    converged = src.sync(last_commit=None).commit
+    repo.commit({"README": "two\n"})
+    held = src.sync(last_commit=converged).commit
+    assert not (tmp_path / "state/releases" / converged).exists()  # pruned: written again from the cache
+    rev = src.release(converged, head=held)
+    assert rev.commit == converged and (rev.path / "README").read_text() == "one\n"
+    assert src.current_commit() == held  # the pointer stays on the fetched commit
+    # a commit that the fetched one does not descend from (another history) is refused
+    repo.git("checkout", "-q", "--orphan", "other")
+    stranger = repo.commit({"README": "other\n"}, "other history")
+    source(tmp_path, f"file://{repo.path}", ref="other").sync(last_commit=None)  # in the cache now
+    with pytest.raises(RewindError, match=f"converged commit {stranger[:12]} is not an ancestor"):
+        src.release(stranger, head=held)
+    # with signatures required, an unsigned converged commit is refused
+    signers = tmp_path / "allowed_signers"
+    signers.write_text("")
+    strict = source(tmp_path, f"file://{repo.path}", verify="ssh", trusted_keys=str(signers))
+    with pytest.raises(SignatureRejectedError) as refused:
+        strict.release(converged, head=held)
+    assert refused.value.outcome.commit == converged and not refused.value.outcome.accepted

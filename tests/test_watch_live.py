@@ -133,8 +133,10 @@ def test_the_daemon_watches_managed_paths(cli, write_config, tmp_path: Path) -> 
         time.sleep(4)
         assert len(watch_runs(log)) == 2, watch_runs(log)  # no loop
 
-        # Detect mode, and a cap of one directory watch: the edit is reported and left alone; the
-        # unwatched path (in the second directory) is said in status, the report and the metrics.
+        # Detect mode, and a cap of one directory watch: a hand change is reported and left alone; the
+        # unwatched path (in the second directory) is said in status, the report and the metrics. The
+        # reload rebuilds the watcher, and the contested count is kept (state_dir/watch-contested.json):
+        # app.conf stays contested, so the hand change here is to the other watched path, data/.
         write_config(repo.path, schedule=schedule, watch_debounce="1s", watch_contested_flips=1,
                      mode="detect", watch_max_watches=1, metrics_textfile=str(tmp_path / "metrics.prom"))
         proc.send_signal(signal.SIGHUP)
@@ -143,11 +145,15 @@ def test_the_daemon_watches_managed_paths(cli, write_config, tmp_path: Path) -> 
         assert re.search(r"watch: on, 2 paths in 1 directories; 1 paths NOT watched: the watcher's cap of 1 "
                          r"directory watches was reached: scheduled checks only for roles app", status.out), \
             status.out
-        conf.write_text("version=hand-edited-in-detect-mode\n")
+        assert f"contested (not corrected on change): {conf} (1 flips)" in status.out, status.out
+        data = tmp_path / "root/data"
+        data.chmod(0o700)
         fourth = next_watch_report(tmp_path, third["run_id"])
         assert (fourth["mode"], fourth["status"]) == ("detect", "drifted"), fourth
-        assert [d["kind"] for d in fourth["drift"]] == ["corrective"]
-        assert conf.read_text() == "version=hand-edited-in-detect-mode\n"
+        assert fourth["watch"]["changed"] == [str(data)]
+        assert fourth["watch"]["contested"] == [{"path": str(conf), "flips": 1}]
+        assert [d["kind"] for d in fourth["drift"]] == ["corrective", "corrective"]  # data/ and app.conf
+        assert data.stat().st_mode & 0o777 == 0o700 and conf.read_text() == "version=the-other-tool-again\n"
         assert fourth["watch"]["unwatched"] == 1 and fourth["watch"]["unwatched_roles"] == ["app"]
         assert "cap of 1 directory watches" in fourth["watch"]["reason"]
         # the child writes the textfile after its report (agent/cli_cycle.py): wait for it, do not race it

@@ -207,3 +207,83 @@ def test_one_directory_by_two_paths_is_one_watch_that_both_keep_and_drop(
     watcher.watch({first, second})
     (tmp_path / "run/b.conf").write_text("3\n")
     assert by_dir in changes(watcher)
+
+
+# -- the race class of rename-over, recreation and re-arming: the kernel's events queued before we read
+# them (what a loaded machine does to the watcher thread), never a lost change or a dead watch ----------
+
+def test_editor_saves_in_quick_succession_are_each_seen_and_the_last_inode_is_watched(
+        tmp_path: Path, watcher: Watcher) -> None:
+    conf = tmp_path / "app.conf"
+    conf.write_text("0\n")
+    watcher.watch([str(conf)])
+    for n in range(1, 4):  # three saves queued before one read
+        swap = tmp_path / f".app.conf.{n}.swp"
+        swap.write_text(f"{n}\n")
+        os.replace(swap, conf)
+    assert changes(watcher) == {str(conf)}
+    for n in range(4, 7):  # and each save seen when read one by one
+        swap = tmp_path / ".app.conf.swp"
+        swap.write_text(f"{n}\n")
+        os.replace(swap, conf)
+        assert changes(watcher) == {str(conf)}, n
+    with conf.open("a") as f:  # the inode renamed in last is the one watched (through its parent)
+        f.write("edited\n")
+    assert changes(watcher) == {str(conf)}
+
+
+def test_a_directory_swapped_for_a_new_one_before_the_watcher_reads_is_watched_again(
+        tmp_path: Path, watcher: Watcher) -> None:
+    """A deployment's swap (mv conf.d conf.d.old; mv conf.d.new conf.d) and a delete + recreate with
+    the file written again, both done before the watcher reads: the changes are seen and the new
+    directory is the one watched afterwards."""
+    confd = tmp_path / "conf.d"
+    confd.mkdir()
+    conf = confd / "a.conf"
+    conf.write_text("old\n")
+    watcher.watch([str(conf)])
+    new = tmp_path / "conf.d.new"
+    new.mkdir()
+    (new / "a.conf").write_text("new\n")
+    os.rename(confd, tmp_path / "conf.d.old")
+    os.rename(new, confd)
+    assert changes(watcher) == {str(conf)}
+    (tmp_path / "conf.d.old" / "a.conf").write_text("the old tree is nobody's\n")
+    assert changes(watcher) == set()
+    conf.write_text("edited in the new tree\n")
+    assert changes(watcher) == {str(conf)}
+    shutil.rmtree(confd)
+    confd.mkdir()
+    conf.write_text("recreated\n")
+    assert changes(watcher) == {str(conf)}
+    conf.write_text("edited in the recreated tree\n")
+    assert changes(watcher) == {str(conf)}
+    assert watcher.state().directories == 1 and watcher.state().paths == 1
+
+
+def test_a_new_managed_set_armed_while_events_wait_in_the_queue(tmp_path: Path, watcher: Watcher) -> None:
+    """A new commit's set arrives (watch()) while a rename-over of a kept path and an edit of a dropped
+    one wait unread: the kept path's change is still reported, the dropped one's is not, the new path
+    is watched, and a directory dropped and added back is watched again."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    kept, dropped, added = tmp_path / "a/kept.conf", tmp_path / "b/dropped.conf", tmp_path / "a/added.conf"
+    for path in (kept, dropped, added):
+        path.write_text("0\n")
+    watcher.watch([str(kept), str(dropped)])
+    swap = tmp_path / "a/.kept.swp"
+    swap.write_text("1\n")
+    os.replace(swap, kept)
+    dropped.write_text("1\n")
+    state = watcher.watch([str(kept), str(added)])
+    assert (state.paths, state.directories) == (2, 1)
+    assert changes(watcher) == {str(kept)}
+    added.write_text("1\n")
+    dropped.write_text("2\n")
+    assert changes(watcher) == {str(added)}
+    dropped.write_text("3\n")  # b/ dropped (its watch removed, IN_IGNORED queued) and added back at once
+    watcher.watch([str(kept), str(added)])
+    watcher.watch([str(kept), str(added), str(dropped)])
+    assert changes(watcher) == set()
+    dropped.write_text("4\n")
+    assert changes(watcher) == {str(dropped)}

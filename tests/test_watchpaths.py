@@ -16,6 +16,7 @@ from agent.watchpaths import (
     DPKG_STATUS,
     RPMDB,
     UNIT_DIRS,
+    PathSet,
     RolePaths,
     from_json,
     managed_paths,
@@ -202,3 +203,14 @@ def test_a_bad_hand_off_is_one_clear_error(data: object, error: str) -> None:
     with pytest.raises(AgentError) as caught:
         from_json(data, "watch.json")
     assert str(caught.value) == error
+
+
+def test_a_path_set_is_a_set_of_paths_kept_per_directory() -> None:
+    paths = ["/etc/app/b.conf", "/etc/app/a.conf", "/etc/motd", "/var/lib/dpkg/status", "/etc/app/a.conf"]
+    kept = PathSet(paths)
+    assert len(kept) == 4 and sorted(kept) == sorted(set(paths))
+    assert "/etc/app/a.conf" in kept and "/etc/motd" in kept
+    for absent in ("/etc/app/a", "/etc/app/a.conf.swp", "/etc/app", "/etc/ap", "/etc/app/", 7):
+        assert absent not in kept
+    assert kept == PathSet(reversed(paths)) and kept != PathSet(paths[:2]) and len(PathSet()) == 0
+    assert roles_of(["/etc/motd"], {"base": kept, "web": PathSet(["/etc/nginx.conf"])}) == {"base"}

@@ -120,3 +120,27 @@ def test_a_change_after_the_bound_of_corrections_is_contested_before_its_check()
     c.corrected("/etc/other.conf", 0)
     c.corrected("/etc/other.conf", 10)
     assert not c.flipped("/etc/other.conf", 10 + 3600)  # both corrections are out of the window
+
+
+def test_contested_counts_carry_across_a_restart_on_the_wall_clock() -> None:
+    """to_json/load_json: times are kept as wall-clock seconds, so a new process (another monotonic
+    clock) goes on counting; entries older than the window are dropped; a bad file is an AgentError."""
+    c = ContestedPaths(flips=2, window_s=100)
+    c.corrected("/etc/a", 10)
+    c.corrected("/etc/a", 20)
+    assert c.corrected("/etc/a", 30)  # contested
+    c.corrected("/etc/b", 40)
+    data = c.to_json(now=50, wall_now=1_000_050)
+    assert data["paths"]["/etc/a"] == {"corrections": [1_000_010, 1_000_020, 1_000_030],
+                                       "contested_since": 1_000_030, "last_change": 1_000_030}
+    restarted = ContestedPaths(flips=2, window_s=100)
+    restarted.load_json(data, now=5, wall_now=1_000_060)  # 10 s later, on a clock that started again
+    assert restarted.contested(5) == {"/etc/a": 2} and restarted.is_contested("/etc/a", 5)
+    assert restarted.flipped("/etc/b", 5) is False and not restarted.is_contested("/etc/b", 5)
+    late = ContestedPaths(flips=2, window_s=100)
+    late.load_json(data, now=0, wall_now=1_000_200)  # past the window: nothing kept
+    assert late.contested(0) == {} and late.to_json(0, 1_000_200) == {"version": 1, "paths": {}}
+    for bad in ({"version": 2, "paths": {}}, {"version": 1, "paths": {"/etc/a": {"corrections": ["x"]}}},
+                {"version": 1, "paths": {"/etc/a": 3}}, [1]):
+        with pytest.raises(AgentError, match=r"^contested paths: "):
+            ContestedPaths().load_json(bad, now=0, wall_now=0)

@@ -203,3 +203,86 @@ def test_the_watcher_thread_survives_a_failure_of_any_kind(tmp_path: Path, monke
         assert "the watcher failed: RuntimeError: a bug; retrying" in caplog.text
     finally:
         service.close()
+
+
+def test_blind_tasks_are_shown_in_the_state_the_status_line_and_the_report(tmp_path: Path) -> None:
+    """Tasks whose path is not known (no watch can see them) are said, per role, with their names as the
+    cycle wrote them (redacted there): in watch-state.json (status --json), the status line, the report."""
+    state = StatePaths(tmp_path / "state")
+    state.root.mkdir()
+    table = {"web": RolePaths("web", frozenset({str(tmp_path / "web.conf")}), ("Set a cron job", "Mount /srv")),
+             "db": RolePaths("db", frozenset(), tuple(f"Secret {n} (no_log)" for n in range(24)))}
+    write_set(state, table, limited_to=None)
+    service = WatchService(state, threading.Event())
+    service.start()
+    try:
+        data = json.loads(state.watch_state.read_text())
+        assert data["blind"]["web"] == ["Set a cron job", "Mount /srv"] and len(data["blind"]["db"]) == 24
+        line = status_line(data)
+        assert "; 26 blind tasks (no path to watch: scheduled checks only): db: Secret 0 (no_log), " in line
+        assert line.endswith("db: Secret 4 (no_log) and 21 more")
+        info = report_info(state, Trigger.SCHEDULE)
+        assert info is not None and info.blind_count == 26 and len(info.blind) == 20
+        assert info.blind[0] == "db: Secret 0 (no_log)"
+    finally:
+        service.close()
+
+
+def test_contested_paths_survive_a_restart_of_the_daemons_watcher(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    target = tmp_path / "app.conf"
+    target.write_text("x\n")
+    state = StatePaths(tmp_path / "state")
+    state.root.mkdir()
+    write_set(state, roles(app=[str(target)]), limited_to=None)
+    first = WatchService(state, threading.Event(), contested_flips=1)
+    first.start()
+    try:
+        now = first.clock()
+        first.contested.corrected(str(target), now - 2)
+        first.contested.corrected(str(target), now - 1)  # one flip: contested at the bound of 1
+        first.write_state()
+    finally:
+        first.close()
+    assert json.loads(state.watch_contested.read_text())["paths"][str(target)]["contested_since"]
+    second = WatchService(state, threading.Event(), contested_flips=1)
+    second.start()
+    try:
+        assert json.loads(state.watch_state.read_text())["contested"] == {str(target): 1}
+    finally:
+        second.close()
+    state.watch_contested.write_text("{not json")
+    third = WatchService(state, threading.Event(), contested_flips=1)
+    third.start()
+    try:
+        assert json.loads(state.watch_state.read_text())["contested"] == {}
+        assert "counting contested paths from zero" in caplog.text
+    finally:
+        third.close()
+
+
+def test_the_cycles_own_changes_are_read_at_its_end_even_when_the_thread_is_late(tmp_path: Path) -> None:
+    """The race of a starved watcher thread: the agent's apply writes a managed file, the cycle ends,
+    and the thread reads the event only after the grace. The service reads the queue when the cycle
+    ends, so the write stays the cycle's own and starts no watch check."""
+    target = tmp_path / "app.conf"
+    target.write_text("0\n")
+    state = StatePaths(tmp_path / "state")
+    state.root.mkdir()
+    write_set(state, roles(app=[str(target)]), limited_to=None)
+    service = WatchService(state, threading.Event(), debounce_s=0.1)
+    service.reload()  # armed, but the thread is not running yet: it comes late
+    try:
+        service.cycle_started(None)
+        target.write_text("written by the apply\n")
+        service.cycle_ended(None, None)
+        time.sleep(1.3)  # past the 1 s grace
+        service._thread.start()
+        time.sleep(1.0)
+        assert service.due_in() is None
+        target.write_text("a hand edit\n")  # and a later change still counts
+        wait_due(service)
+        batch = service.take()
+        assert batch is not None and batch.roles == ("app",)
+    finally:
+        service.close()

@@ -170,6 +170,7 @@ VERBS = {"drifting": "started drifting", "failing": "started failing", "stale": 
          # drift review (docs/drift-review.md): the task names the exception
          "exc_expiring": "drift accepted by an exception expiring within 7 days",
          "exc_expired": "drift reopened: its exception expired",
+         "new_corrective": "has new corrective drift (review_notify)",
          "halted": "failed a rollout wave, which halted the rollout"}
 
 

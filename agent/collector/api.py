@@ -167,7 +167,9 @@ async def healthz(request: Request) -> Response:
     except Exception as e:  # any failure here means "not healthy", said as such
         collector.metrics.db_errors += 1
         return JSONResponse({"status": "error", "database": f"unreachable: {type(e).__name__}"}, 503)
-    return JSONResponse({"status": "ok", "database": "ok"})
+    # "leader": whether this process runs the leader-only work (notifier, heads poll, prune) as of its last
+    # try; null when it has none to run (docs/scale.md)
+    return JSONResponse({"status": "ok", "database": "ok", "leader": collector.leader.leading})
 
 
 async def metrics(request: Request) -> Response:
@@ -176,7 +178,8 @@ async def metrics(request: Request) -> Response:
         await _reader(request)
     fleet = await collector.db(queries.fleet_counts, collector.engine,
                                     stale_before=collector.stale_before())
-    return PlainTextResponse(render(collector.metrics, fleet), media_type="text/plain; version=0.0.4")
+    return PlainTextResponse(render(collector.metrics, fleet, leader=collector.leader.leading),
+                             media_type="text/plain; version=0.0.4")
 
 
 

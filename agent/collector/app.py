@@ -18,7 +18,19 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.collector import api, heads_views, notify, notify_views, review_views, rollout_api, ui
+from agent.collector import (
+    api,
+    compliance_views,
+    enrolment_views,
+    evidence_views,
+    heads_views,
+    leader,
+    notify,
+    notify_views,
+    review_views,
+    rollout_api,
+    ui,
+)
 from agent.collector.context import Collector
 from agent.collector.errors import CollectorError, InvalidReportError
 
@@ -82,20 +94,26 @@ ROUTES = [
     *review_views.API_ROUTES,
     *heads_views.ROUTES,
     *rollout_api.API_ROUTES,
+    *enrolment_views.ROUTES,
+    *compliance_views.API_ROUTES,
+    *review_views.API_ACTION_ROUTES,
 ]
 
 
 @asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
-    async with notify.lifespan(app), heads_views.lifespan(app):
+    async with (leader.lifespan(app), notify.lifespan(app), heads_views.lifespan(app),
+                compliance_views.lifespan(app)):
         yield
 
 
 def create_app(collector: Collector) -> Starlette:
-    # the web UI, and the drift review's actions (neither in the OpenAPI document)
+    # the web UI (not in the OpenAPI document)
     pages = [*review_views.PAGE_ROUTES, *ui.ROUTES, notify_views.PAGE_ROUTE]
-    pages += review_views.API_ACTION_ROUTES
     pages += rollout_api.PAGE_ROUTES
+    pages += enrolment_views.PAGE_ROUTES
+    pages += compliance_views.PAGE_ROUTES
+    pages += [*evidence_views.API_ROUTES, *evidence_views.PAGE_ROUTES]  # evidence export (not in OpenAPI)
     app = Starlette(routes=[*ROUTES, *pages], lifespan=_lifespan, exception_handlers={
         CollectorError: _collector_error,
         SQLAlchemyError: _database_error,

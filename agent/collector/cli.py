@@ -1,6 +1,7 @@
-"""`gitops-collector`: serve, migrate, token create/list/revoke, prune, and the fleet queries of
-`fleet_cli` (hosts, host, drift, runs, run, commits, commit). The collector's composition root; it and
-`fleet_cli` are the only places in the collector that print.
+"""`gitops-collector`: serve, migrate, token create/list/revoke, enrol (`enrol_cli`), prune, the fleet
+queries of `fleet_cli` (hosts, host, drift, runs, run, commits, commit) and the drift review's `drift
+list|ack|accept|export` of `drift_cli`. The collector's composition root; it, `enrol_cli`, `fleet_cli` and
+`drift_cli` are the only places in the collector that print.
 
 Exit codes: 0 done; 1 failed; 2 bad usage; 66 no such database (or host, run, commit); 69 collector
 unreachable; 77 token refused; 78 bad URL, token file or CA file (sysexits.h)."""
@@ -25,12 +26,14 @@ from sqlalchemy import Engine
 from starlette.applications import Starlette
 
 from agent import __version__
-from agent.collector import db, fleet_cli, store, tokens
+from agent.collector import db, drift_cli, enrol_cli, evidence, fleet_cli, review_backfill, store, tokens
 from agent.collector.alerts import Grouping, Webhook, mask_url, parse_webhook
 from agent.collector.app import create_app
 from agent.collector.auth import ProxyAuth
+from agent.collector.compliance_store import SNAPSHOT_S
 from agent.collector.context import DEFAULT_MAX_BODY_BYTES, Collector, CollectorSettings, utc_now
 from agent.collector.digits import whole_number
+from agent.collector.enrolment import EnrolPolicy
 from agent.collector.errors import CollectorError
 from agent.collector.heads import HeadsSettings, check_sources, parse_source
 from agent.collector.hostnames import host_name_problem
@@ -150,12 +153,32 @@ def _parser() -> argparse.ArgumentParser:
                        help="accept push hooks on /api/v1/hooks/{github,gitlab,gitea,generic} signed with "
                             "the secret in FILE (not readable by others); a hook makes the collector ask "
                             "Git at once")
+    serve.add_argument("--enrol-autosign", action="append", default=[], metavar="GLOB",
+                       help="approve enrolment requests at once when a client certificate (--tls-client-ca) "
+                            "names the host and the name matches GLOB (repeatable; never for a host that "
+                            "already has a token or reports; secret-authenticated requests always wait)")
+    serve.add_argument("--enrol-max-pending", type=int, default=EnrolPolicy.max_pending, metavar="N",
+                       help=f"refuse (429) new enrolment requests while N are pending (default "
+                            f"{EnrolPolicy.max_pending})")
+    serve.add_argument("--enrol-max-pending-per-address", type=int, metavar="N",
+                       default=EnrolPolicy.max_pending_per_address,
+                       help="refuse (429) new enrolment requests while N from one peer address are pending "
+                            f"(default {EnrolPolicy.max_pending_per_address})")
+    serve.add_argument("--prune-older-than", type=duration_s, metavar="DURATION",
+                       help="the leading collector deletes runs finished longer ago than this (each host's "
+                            "latest kept) when it takes the lead and then hourly, like `prune --older-than`; "
+                            "off by default")
+    serve.add_argument("--evidence-key", type=Path, metavar="FILE",
+                       help="sign evidence bundles with this OpenSSH private key (no passphrase, mode 0600; "
+                            "ssh-keygen -t ed25519 -N '' -f FILE); docs/drift-review.md")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
     _token_parser(sub, common)
+    enrol_cli.add_parser(sub, common)
     prune = sub.add_parser("prune", parents=[common], help="delete old runs (keeps each host's latest)")
     prune.add_argument("--older-than", type=duration_s, required=True, help="e.g. 90d")
     fleet_cli.add_parsers(sub)
+    drift_cli.add_actions(sub.choices["drift"], common)
     return parser
 
 
@@ -173,6 +196,9 @@ def _token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     who.add_argument("--reader", metavar="NAME", help="create a reader token for a person or tool")
     who.add_argument("--reviewer", metavar="NAME",
                      help="create a reviewer token: reads, and acknowledges or accepts drift")
+    who.add_argument("--enrol", metavar="NAME",
+                     help="create a site enrolment secret: hosts with it may ask for their own token, "
+                          "which an operator approves (gitops-collector enrol)")
     who.add_argument("--hosts-from", type=Path, metavar="FILE",
                      help="ingest tokens for every host named in FILE (one a line, # comments; - for stdin), "
                           "in one transaction; prints HOST<TAB>TOKEN lines, or see --out-dir")
@@ -280,7 +306,28 @@ def _settings(args: argparse.Namespace) -> CollectorSettings:
                              alert_grouping=Grouping(args.alert_group_wait, args.alert_group_interval),
                              public_urls=_public_urls(args.public_url), reviewers=tuple(args.reviewer),
                              group_commit=args.group_commit, heads=heads_of(args),
-                             operators=tuple(args.operator), rollout_cache_s=args.rollout_cache)
+                             operators=tuple(args.operator), rollout_cache_s=args.rollout_cache,
+                             enrol=_enrol_policy(args),
+                             prune_older_than_s=_prune_age(args.prune_older_than),
+                             compliance_snapshot_s=SNAPSHOT_S,
+                             evidence_key=evidence.load_key(args.evidence_key) if args.evidence_key else None)
+
+
+def _enrol_policy(args: argparse.Namespace) -> EnrolPolicy:
+    if args.enrol_autosign and not args.tls_client_ca:
+        raise CollectorError("--enrol-autosign needs --tls-client-ca: only a certificate proves a host's "
+                             "name")
+    if args.enrol_max_pending < 1 or args.enrol_max_pending_per_address < 1:
+        raise CollectorError("--enrol-max-pending and --enrol-max-pending-per-address must be at least 1")
+    return EnrolPolicy(autosign=tuple(args.enrol_autosign), max_pending=args.enrol_max_pending,
+                       max_pending_per_address=args.enrol_max_pending_per_address)
+
+
+def _prune_age(seconds: float | None) -> float | None:
+    if seconds is not None and seconds < 3600:
+        raise CollectorError("--prune-older-than must be at least 1h (runs younger than that are the fleet's "
+                             "current state)")
+    return seconds
 
 
 def app_from_env() -> Starlette:
@@ -381,6 +428,8 @@ def _token(engine: Engine, args: argparse.Namespace) -> int:
         kind, name = (TokenKind.READER, args.reader) if args.reader else (TokenKind.INGEST, args.host)
         if args.reviewer:
             kind, name = TokenKind.REVIEWER, args.reviewer
+        if args.enrol:
+            kind, name = TokenKind.ENROL, args.enrol
         info, secret = tokens.create(engine, kind, name, now=utc_now())
         print(f"{kind.value} token {info.id} for {name!r} (prefix {info.prefix}); shown once, store it now:")
         print(secret)
@@ -405,20 +454,29 @@ def _token_json(t: tokens.TokenInfo) -> dict[str, Any]:
 
 # Commands that only read or change what is there: they never create a database (a wrong --db must not
 # leave an empty database behind). `migrate`, `serve` and `token create` create one when there is none.
-NEEDS_EXISTING_DB = {("token", "list"), ("token", "revoke"), ("prune", None)}
+NEEDS_EXISTING_DB = {("token", "list"), ("token", "revoke"), ("prune", None), ("enrol", "list"),
+                     ("enrol", "approve"), ("enrol", "deny")}
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "serve":
         return _serve(args, argv)
+    if drift_cli.is_action(args):
+        with _open_existing(args.db) as engine:
+            return drift_cli.run(engine, args)
     if args.command in fleet_cli.COMMANDS:
         return fleet_cli.run_query(args)
     if (args.command, getattr(args, "action", None)) in NEEDS_EXISTING_DB:
         with _open_existing(args.db) as engine:
+            if args.command == "enrol":
+                return enrol_cli.run(engine, args)
             return _token(engine, args) if args.command == "token" else _prune(engine, args)
     with _open(args.db, check=args.command != "migrate") as engine:
         if args.command == "migrate":
             print(f"database schema at revision {db.migrate(engine)}")
+            filled = review_backfill.backfill(engine)
+            if filled:
+                print(f"drift review: current drift of {filled} host(s) taken from their last run")
             return 0
         return _token(engine, args)  # token create
 

@@ -11,7 +11,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -19,12 +19,17 @@ from sqlalchemy import Engine
 
 from agent.collector.alerts import Grouping, Webhook
 from agent.collector.auth import ProxyAuth
+from agent.collector.enrolment import EnrolPolicy
 from agent.collector.group_commit import GroupCommit
 from agent.collector.heads import Beacon, HeadsSettings
+from agent.collector.leader import Leader
 from agent.collector.metrics import Metrics
 from agent.collector.payload import PayloadLimits
 from agent.collector.queries import stale_cutoff
 from agent.collector.store import Expectations
+
+if TYPE_CHECKING:
+    from agent.collector.evidence import SigningKey
 
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
 T = TypeVar("T")
@@ -53,6 +58,10 @@ class CollectorSettings:
     heads: HeadsSettings | None = None  # the commit beacon (serve --heads-source, --hook-secret-file)
     operators: tuple[str, ...] = ()  # reader names allowed to halt, resume, skip and approve rollouts
     rollout_cache_s: float = 2.0  # how long an agents' rollout answer is served from memory (rollout_api)
+    enrol: EnrolPolicy = field(default_factory=EnrolPolicy)  # self-enrolment: autosign and caps
+    prune_older_than_s: float | None = None  # the leader prunes older runs hourly (serve --prune-older-than)
+    compliance_snapshot_s: float | None = None  # rewrite today's compliance_daily rows this often (serve)
+    evidence_key: SigningKey | None = None  # signs evidence bundles (serve --evidence-key; evidence.py)
 
 
 @dataclass
@@ -66,6 +75,7 @@ class Collector:
     db_limiter: anyio.CapacityLimiter | None = None
     group: GroupCommit | None = None
     beacon: Beacon | None = None
+    leader: Leader = field(init=False)  # one per process: the notifier, heads poll and prune run under it
 
     def __post_init__(self) -> None:
         # Database calls run in worker threads; a few threads serve more requests per second than many
@@ -74,8 +84,11 @@ class Collector:
             self.db_limiter = anyio.CapacityLimiter(self.settings.db_threads)
         if self.settings.group_commit and self.group is None:
             self.group = GroupCommit(self.engine, self.settings.expect, self.db_limiter)
+        self.leader = Leader(self.engine)
         if self.settings.heads is not None and self.beacon is None:
             self.beacon = Beacon(self.engine, self.settings.heads)
+        if self.beacon is not None:
+            self.beacon.leader = self.leader  # one lead per process for all leader-only work
 
     def stale_before(self) -> datetime:
         """Hosts whose due time is before this moment are stale (now less the grace, queries.stale_cutoff)."""

@@ -63,3 +63,9 @@ class InvalidActionError(CollectorError):
     """A review action with a missing or wrong field (the message names it): 422."""
 
     status = 422
+
+
+class TooManyError(CollectorError):
+    """Too many requests of a kind are waiting (HTTP 429): try again once some are decided."""
+
+    status = 429

@@ -9,9 +9,8 @@ sources, learnt by asking Git itself, and served to agents so that a fleet asks 
   the same heads and a restart forgets nothing.
 - `pick(refs, ref)`: the commit an agent's `source.ref` names, by the agent's own rule (branch, else peeled
   tag, else tag, else the full ref name).
-- `Leader`: who polls. SQLite: an exclusive `flock` on `<database>.heads-leader` (one collector host; with
-  `serve --workers N` one worker of N). PostgreSQL: a session advisory lock on a dedicated connection, freed
-  when its holder's connection closes (it died).
+- Who polls: the collectors' leader (agent.collector.leader.Leader: an advisory lock on PostgreSQL, a
+  flock on SQLite), the same one that runs the notifier and prune.
 - `verify_hook(vendor, headers, body, secret)` and `hook_push(vendor, body)`: the push webhooks of GitHub
   (`X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`), Gitea/Forgejo (`X-Gitea-Signature` /
   `X-Forgejo-Signature: <hex HMAC-SHA256>`), GitLab (`X-Gitlab-Token: <the secret itself>`) and a generic
@@ -23,8 +22,6 @@ sources, learnt by asking Git itself, and served to agents so that a fleet asks 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import hmac
 import json
@@ -36,14 +33,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, delete, select
 
 from agent.collector import db
 from agent.collector.errors import CollectorError, UnauthorizedError
+from agent.collector.leader import Leader
 from agent.collector.tables import source_heads
 from agent.collector.tables import tokens as tokens_table
 from agent.redact import redact_url
@@ -53,8 +49,8 @@ log = logging.getLogger(__name__)
 VENDORS = ("github", "gitlab", "gitea", "generic")
 LS_REMOTE_TIMEOUT_S = 60.0
 CACHE_S = 1.0  # heads are read from the database at most this often per process
-VALID_TOKENS = select(tokens_table.c.token_hash).where(tokens_table.c.revoked_at.is_(None))
-ADVISORY_KEY = 0x6769746F7073  # "gitops": the PostgreSQL advisory lock of the heads poll
+VALID_TOKENS = select(tokens_table.c.token_hash).where(
+    tokens_table.c.revoked_at.is_(None), tokens_table.c.kind != "enrol")  # an enrolment secret only enrols
 _SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 _SCP = re.compile(r"^(?:[^@/]+@)?([^:/]+):(?!//)(.+)$")
 
@@ -186,68 +182,6 @@ def read_heads(engine: Engine) -> Heads:
         for r in conn.execute(select(source_heads)):
             heads.setdefault(r.source_key, {})[r.ref] = (r.commit, r.seen_at)
     return heads
-
-
-# -- leader -------------------------------------------------------------------------------------
-
-@dataclass
-class Leader:
-    """Exactly one collector process polls Git. `try_lead()` takes (or keeps) the lead: True while held."""
-
-    engine: Engine
-    _file: IO[bytes] | None = None
-    _conn: Connection | None = None
-
-    def try_lead(self) -> bool:
-        if self.engine.dialect.name == "sqlite":
-            return self._sqlite()
-        return self._postgresql()
-
-    def _sqlite(self) -> bool:
-        if self._file is not None:
-            return True
-        database = make_url(self.engine.url).database
-        if not database or database == ":memory:":
-            return True  # a private database: this process is the only one
-        handle = Path(f"{database}.heads-leader").open("ab")  # noqa: SIM115 (held while leading)
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            return False
-        self._file = handle
-        return True
-
-    def _postgresql(self) -> bool:
-        if self._conn is not None:
-            try:  # still ours? (the connection may have been cut)
-                self._conn.execute(text("SELECT 1"))
-                return True
-            except Exception:
-                self.release()
-        conn = self.engine.connect()
-        try:
-            held = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_KEY}).scalar())
-            conn.commit()
-        except Exception:
-            conn.close()
-            raise
-        if not held:
-            conn.close()  # holds nothing: back to the pool
-            return False
-        self._conn = conn
-        return True
-
-    def release(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                # closes the database connection itself (not back to the pool), and the lock with it
-                self._conn.invalidate()
-                self._conn.close()
-            self._conn = None
 
 
 # -- the per-process beacon ---------------------------------------------------------------------

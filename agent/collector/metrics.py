@@ -53,8 +53,9 @@ def _histogram(m: Metrics) -> list[str]:
     return lines
 
 
-def render(m: Metrics, fleet: dict[str, dict[str, int]]) -> str:
-    """Prometheus text exposition format (version 0.0.4)."""
+def render(m: Metrics, fleet: dict[str, dict[str, int]], *, leader: bool | None = None) -> str:
+    """Prometheus text exposition format (version 0.0.4). `leader`: whether this process leads (None: it
+    runs no leader-only work, and the gauge is left out)."""
     lines = _family("gitops_hosts", "gauge", "Hosts by the status of their latest report", "status",
                     fleet["hosts"])
     lines += _family("gitops_hosts_stale", "gauge", "Hosts that did not report within interval+splay+grace",
@@ -71,4 +72,7 @@ def render(m: Metrics, fleet: dict[str, dict[str, int]]) -> str:
                      "receive time)", "", {"": m.clock_ahead})
     lines += _family("gitops_webhook_attempts_total", "counter",
                      "Webhook delivery attempts by this process, by resulting status", "status", m.webhooks)
+    if leader is not None:
+        lines += _family("gitops_collector_leader", "gauge", "1 while this process leads the collectors "
+                         "(runs the notifier, heads poll and prune), else 0", "", {"": int(leader)})
     return "\n".join(lines) + "\n"

@@ -4,7 +4,13 @@ with the deliveries they cause (one transaction: no alert lost, none repeated), 
 Deliveries of one alert group (alerts.group_key) are held and merged (alerts.Grouping): a new group's
 delivery waits `wait_s`; until it is sent, later alerts of the group join it; after it, the next one
 waits until `interval_s` after the previous one was queued. A delivery that gained hosts while another
-process was sending it is marked delivered only if what was sent is what it holds; else it goes again."""
+process was sending it is marked delivered only if what was sent is what it holds; else it goes again.
+
+Across collector processes (docs/scale.md): only the leader delivers, and it claims each delivery in the
+database before sending it (`claim`: pending -> sending, under the leader's fence), so no two processes
+ever send one delivery. A delivery a dead leader left `sending` goes again when the next leader takes over
+(`resume_sending`), with the same id in its `X-Gitops-Delivery` header, so a receiver that remembers ids
+sees it once even when the old leader died after the receiver got it and before the row said so."""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, TextClause, delete, func, select, update
 
 from agent.collector import db, store
 from agent.collector.alerts import (
@@ -143,6 +149,28 @@ def due(engine: Engine, *, now: datetime, limit: int = 50) -> list[Delivery]:
         return [Delivery(r.id, r.url, r.payload, r.attempts) for r in conn.execute(query)]
 
 
+def claim(engine: Engine, delivery: Delivery, *, fence: TextClause | None = None) -> bool:
+    """Take `delivery` for sending (pending -> sending) in one statement; False when it is no longer
+    pending (another process took it, or it was merged away) or `fence` (the leader's, leader.fence()) is
+    false: this process lost the lead."""
+    d = webhook_deliveries.c
+    claim_ = (update(webhook_deliveries).values(status="sending")
+              .where(d.id == delivery.id, d.status == "pending", d.attempts == delivery.attempts))
+    if fence is not None:
+        claim_ = claim_.where(fence)
+    with db.write(engine) as conn:
+        return bool(conn.execute(claim_).rowcount)
+
+
+def resume_sending(engine: Engine, *, now: datetime) -> int:
+    """On taking the lead: deliveries a former leader claimed and never marked (it died, or lost the lead,
+    mid-send) become pending and due now; returns how many. Only the leader calls this, so a `sending` row
+    is never one of a live leader's."""
+    with db.write(engine) as conn:
+        return int(conn.execute(update(webhook_deliveries).where(webhook_deliveries.c.status == "sending")
+                                .values(status="pending", next_attempt_at=now)).rowcount)
+
+
 def mark(engine: Engine, delivery: Delivery, *, error: str | None, now: datetime) -> str:
     """Record one attempt: delivered, or retried later with backoff, or failed for good. Returns status."""
     attempts = delivery.attempts + 1
@@ -154,16 +182,18 @@ def mark(engine: Engine, delivery: Delivery, *, error: str | None, now: datetime
     else:
         wait_s = BACKOFF_S[min(attempts - 1, len(BACKOFF_S) - 1)]
         values.update(next_attempt_at=now + timedelta(seconds=wait_s))
+    values.setdefault("status", "pending")  # a claimed (sending) row goes back to pending for its retry
     with db.write(engine) as conn:
         this = webhook_deliveries.c.id == delivery.id
         if error is None:  # delivered what was read: unless hosts joined it meanwhile (another process)
             sent = conn.execute(update(webhook_deliveries).where(
                 this, webhook_deliveries.c.payload == delivery.body).values(**values)).rowcount
             if not sent:  # then it goes again, whole (a repeat rather than a loss)
-                conn.execute(update(webhook_deliveries).where(this).values(next_attempt_at=now))
+                conn.execute(update(webhook_deliveries).where(this).values(status="pending",
+                                                                             next_attempt_at=now))
         else:
             conn.execute(update(webhook_deliveries).where(this).values(**values))
-    return str(values.get("status", "pending"))
+    return str(values["status"])
 
 
 def list_deliveries(engine: Engine, page: Page, *, status: str | None = None) -> Listing:

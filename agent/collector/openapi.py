@@ -123,8 +123,12 @@ def _paths() -> dict[str, Any]:
             _q("role", "role of the drifting task"), _q("host", "exact host name"),
             _enum("state", "current state of the item", ("open", "acknowledged", "accepted")), *PAGE_PARAMS],
             "Listing"),
-        "/api/v1/drift/exceptions": _get("Drift exceptions (accepted drift until a date), newest first", []),
+        "/api/v1/drift/exceptions": {
+            **_get("Drift exceptions (accepted drift until a date), newest first", []),
+            **_review_actions()["/api/v1/drift/exceptions"]},
         "/api/v1/drift/audit": _audit(),
+        **{k: v for k, v in _review_actions().items() if k != "/api/v1/drift/exceptions"},
+        **_compliance_paths(),
         "/api/v1/commits": _get("Commits hosts reported, newest first, with hosts running and converged",
                                 PAGE_PARAMS, "Listing"),
         "/api/v1/commits/{sha}": _get("Rollout of one commit (sha or a unique prefix)", [
@@ -135,13 +139,138 @@ def _paths() -> dict[str, Any]:
             _enum("status", "delivery status", DELIVERY_STATUSES), *PAGE_PARAMS]),
         **_rollout_paths(),
         "/healthz": {"get": {
-            "summary": "Liveness and database reachability", "security": [],
+            "summary": "Liveness, database reachability, and whether this process leads the collectors "
+                       "(`leader`: true, false, or null when it runs no leader-only work)", "security": [],
             "responses": {"200": {"description": "ok"}, "503": {"description": "database down"}}}},
         "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [],
                                          "responses": {"200": {"description": "OpenAPI 3.1"}}}},
         "/metrics": {"get": {"summary": "Prometheus text format", "security": [{"bearer": []}],
                              "responses": {"200": {"description": "metrics"}}}},
         **_beacon_paths(),
+        **_enrolment_paths(),
+    }
+
+
+def _enrolment_paths() -> dict[str, Any]:
+    """Self-enrolment (agent.collector.enrolment_views; docs/collector.md "Enrolment")."""
+    error = {"$ref": "#/components/responses/Error"}
+    errors = {code: error for code in ("400", "401", "403", "404", "413", "422")}
+    no_nul = {"type": "string", "minLength": 1, "pattern": "^[^\\x00]+$"}
+    reason = {"type": "string", "pattern": "^[^\\x00]*\\S[^\\x00]*$", "maxLength": 1000}
+    request = {"type": "object", "required": ["host", "pickup_sha256"], "properties": {
+        "host": {"type": "string", "pattern": HOST_NAME_PATTERN, "maxLength": MAX_HOST_CHARS},
+        "pickup_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "groups": {"type": "array", "maxItems": 64,
+                   "items": {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,254}$"}}}}
+    select = {"oneOf": [
+        {"type": "object", "required": ["ids", "reason"],
+         "properties": {"ids": {"type": "array", "minItems": 1, "items": {"type": "string",
+                                                                          "pattern": "^[0-9a-f]{16}$"}},
+                        "reason": reason, "existing": {"type": "boolean"}}},
+        {"type": "object", "required": ["pattern", "reason"],
+         "properties": {"pattern": no_nul, "reason": reason}},
+        {"type": "object", "required": ["group", "reason"],
+         "properties": {"group": no_nul, "reason": reason}}]}
+
+    def post(summary: str, body: dict[str, Any] | None, codes: dict[str, Any],
+             *params: Any) -> dict[str, Any]:
+        operation = {"summary": summary, "security": [{"bearer": []}], "parameters": list(params),
+                     "responses": {**codes, **errors}}
+        if body is not None:
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        return {"post": operation}
+
+    decided = {"200": {"description": "the requests decided, and those left pending with why"}}
+    states = ("pending", "approved", "denied", "collected", "all")
+    return {
+        "/api/v1/enrolments": {
+            **post("A host asks for its own ingest token: with a site enrolment secret (token create "
+                   "--enrol NAME) as the bearer, or with a client certificate naming the host when the "
+                   "collector requires them", request,
+                   {"201": {"description": "a new pending (or autosigned) request"},
+                    "200": {"description": "the same request again (same host and pickup hash)"},
+                    "429": {**error, "description": "too many requests pending (in total, from this "
+                                                    "address, or for this host)"}}),
+            **_get("Enrolment requests, oldest first (readers)",
+                   [_enum("state", "pending (default), approved, denied, collected or all", states)])},
+        "/api/v1/enrolments/approve": post(
+            "Approve pending requests by ids, host-name pattern (fnmatch) or group (an operator: serve "
+            "--operator NAME); a host that already has a token or reports only by id with existing", select,
+            decided),
+        "/api/v1/enrolments/deny": post(
+            "Deny pending (or approved, not yet collected) requests by ids, pattern or group (an operator)",
+            select, decided),
+        "/api/v1/enrolments/{id}/pickup": post(
+            "The host's poll, with its pickup secret as the bearer: pending, denied (by whom, why), or "
+            "collected with its new ingest token (asking again replaces that token)", None,
+            {"200": {"description": "the request's state, and the token once approved"}}, _p("id")),
+    }
+
+
+def _review_actions() -> dict[str, Any]:
+    """The drift review's actions (agent.collector.review_views; docs/drift-review.md section 6): a
+    reviewer token (`token create --reviewer NAME`) or a trusted-proxy user named with `serve --reviewer`;
+    readers get 403. Bearer tokens carry no cookie, so these calls need no CSRF token."""
+    error = {"$ref": "#/components/responses/Error"}
+    text = {"type": "string", "minLength": 1, "maxLength": 10_000, "pattern": "^[^\\x00]*$"}
+    refusals = {code: error for code in ("400", "401", "403", "404", "409", "413", "422")}
+
+    def post(summary: str, body: dict[str, Any], params: list[dict[str, Any]], ok: str,
+             created: bool = False) -> dict[str, Any]:
+        return {"post": {"summary": summary, "security": [{"bearer": []}], "parameters": params,
+                         "requestBody": {"required": False,
+                                         "content": {"application/json": {"schema": body}}},
+                         "responses": {"201" if created else "200": {
+                             "description": ok,
+                             "content": {"application/json": {"schema": {"type": "object"}}}},
+                             **refusals}}}
+
+    reason = {"type": "object", "required": ["reason"], "properties": {"reason": text}}
+    exception = {"type": "object", "required": ["scope", "owner", "reason", "ticket", "expires_at"],
+                 "properties": {
+                     "scope": {"enum": ["item", "task", "role"]},
+                     "item_id": {"type": "integer", "minimum": 1,
+                                 "description": "scope item or task: the drift item it starts from"},
+                     "same_loop_item": {"type": "boolean", "description": "scope task: only this loop item"},
+                     "role": {**text, "description": "scope role: the Ansible role (or the playbook)"},
+                     "role_kind": {"enum": ["ansible", "playbook"]},
+                     "host_pattern": {**text, "description": "scope task or role: host names (fnmatch)"},
+                     "host_group": {**text, "description": "scope task or role: hosts of this group"},
+                     "owner": text, "reason": text, "ticket": text,
+                     "expires_at": {"type": "string", "description": "YYYY-MM-DD (00:00 UTC) or RFC 3339; "
+                                    "in the future, within 365 days"}}}
+    return {
+        "/api/v1/drift/items/{item_id}/{action}": post(
+            "Acknowledge (someone is on it) or un-acknowledge a current drift item, with a reason "
+            "(a reviewer); 409 when the item is resolved", reason,
+            [_p("item_id", pattern="^[0-9]{1,12}$"), _p("action", enum=["ack", "unack"])],
+            "the item after the action"),
+        "/api/v1/drift/exceptions": post(
+            "Accept drift until a date: create an exception (a reviewer). It changes what counts and "
+            "alerts, never what hosts apply", exception, [], "the exception", created=True),
+        "/api/v1/drift/exceptions/{exc_id}/revoke": post(
+            "Revoke an exception, with a reason (a reviewer); its items reopen; 409 when already revoked",
+            reason, [_p("exc_id", pattern="^[0-9]{1,12}$")], "the exception after the action"),
+    }
+
+
+def _compliance_paths() -> dict[str, Any]:
+    """Compliance figures and their daily series (agent.collector.compliance_views)."""
+    days = _q("days", "how many UTC days of series, ending today (default 90)",
+              {"type": "integer", "minimum": 1, "maximum": 366})
+    shape = ("hosts, in_sync, in_sync_with_exceptions, unknown, share, share_with_exceptions (0..1, null "
+             "when no checked host), and `series`: the same per UTC day, today live")
+    one = {**TEXT, "minLength": 1}
+    return {
+        "/api/v1/compliance": _get(f"The fleet's share of hosts in sync, and each role's: {shape}", [days]),
+        "/api/v1/compliance/roles/{role}": _get(
+            f"A role's share of hosts in sync and its tasks drifting now: {shape}", [_p("role"), days]),
+        "/api/v1/compliance/hosts/{host}": _get(f"One host in sync or not, by day: {shape}",
+                                                [_p("host"), days]),
+        "/api/v1/compliance/tasks": _get(
+            f"A task's share of its role's hosts in sync on it: {shape}",
+            [{**_q("role", "the agent's role (playbook) of the task", one), "required": True},
+             {**_q("task", "the task's name", one), "required": True}, days]),
     }
 
 

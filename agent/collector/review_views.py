@@ -355,7 +355,7 @@ API_ROUTES = [  # reads: in the OpenAPI document
     Route("/api/v1/drift/exceptions", api_exceptions, methods=["GET"]),
     Route("/api/v1/drift/audit", api_audit),
 ]
-# The actions (reviewer only) are described in docs/drift-review.md, not yet in the OpenAPI document.
+# The actions (reviewer only): in the OpenAPI document too (openapi._review_actions).
 API_ACTION_ROUTES = [
     Route("/api/v1/drift/items/{item_id}/{action}", api_ack, methods=["POST"]),
     Route("/api/v1/drift/exceptions", api_create_exception, methods=["POST"]),

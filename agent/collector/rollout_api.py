@@ -10,7 +10,9 @@ forms.
   ``serve --operator``; JSON bodies, so a cross-site form cannot send them): halt, resume, skip a wave;
   approve plan digests. Each is logged with who, when and why.
 - ``POST /commits/{sha}/rollout``: the same from the commit page's forms (session of an operator, and the
-  Origin/Referer check of every form, agent.collector.ui_auth.from_this_site).
+  Origin/Referer check of every form, agent.collector.ui_auth.from_this_site); then back to the commit
+  page, whose rollout control section (``control``) shows the result. ``GET /commits/{sha}/rollout``
+  (the control's former page) redirects there.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import hashlib
 import json
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import anyio
 from starlette.requests import Request
@@ -259,41 +261,37 @@ async def page_action(request: Request) -> Response:
             reader=principal.name,
             link=lambda **_: "/",
         )
-    return RedirectResponse(f"/commits/{sha}/rollout", status_code=303, headers=SECURITY_HEADERS)
+    return RedirectResponse(
+        f"/commits/{quote(sha, safe='')}#rollout", status_code=303, headers=SECURITY_HEADERS
+    )
+
+
+async def control(collector: Collector, sha: str, reader: str) -> dict[str, Any] | None:
+    """The commit page's rollout control (agent.collector.ui.commit): the view of rollout_store.view with
+    each pending plan's drift in the approval-required roles (from the run that reported it), and whether
+    ``reader`` may act; None when no host reported a rollout.yml for ``sha`` (a full commit id)."""
+    rollout_store.check_commit(sha)
+    view = await collector.db(
+        rollout_store.view, collector.engine, sha, now=collector.now(), notify=notify_of(collector)
+    )
+    if view is None:
+        return None
+    roles = set(view["approve_roles"])
+    for plan in view["pending_plans"]:
+        run = await collector.db(queries.get_run, collector.engine, plan["run_id"])
+        plan["drift"] = [d for d in run["report"].get("drift", []) if d.get("role") in roles]
+    return {
+        "view": view,
+        "operator": reader in collector.settings.operators,
+        "action": f"/commits/{quote(sha, safe='')}/rollout",
+        "api": f"/api/v1/rollouts/{quote(sha, safe='')}/control",
+    }
 
 
 async def page(request: Request) -> Response:
-    """The commit's rollout control page: waves with progress and criteria, the halt, halt/resume and
-    skip forms, plans pending approval with their diff, windows and freezes, the action log."""
-    collector, sha = _collector(request), request.path_params["sha"]
-    principal = await collector.db(ui_auth.page_reader, collector, request)
-    if principal is None:
-        return ui_auth.login_redirect(request)
-    common: dict[str, Any] = {
-        "now": collector.now(),
-        "path": request.url.path,
-        "reader": principal.name,
-        "link": lambda **_: request.url.path,
-    }
-    try:
-        rollout_store.check_commit(sha)
-        view = await collector.db(
-            rollout_store.view, collector.engine, sha, now=collector.now(), notify=notify_of(collector)
-        )
-        if view is None:
-            raise NotFoundError(
-                f"commit {sha[:12]}: no rollout known (no host reported a rollout.yml for it)"
-            )
-        roles = set(view["approve_roles"])
-        for plan in view["pending_plans"]:
-            run = await collector.db(queries.get_run, collector.engine, plan["run_id"])
-            plan["drift"] = [d for d in run["report"].get("drift", []) if d.get("role") in roles]
-    except CollectorError as e:
-        return render_page("error.html", e.status, message=str(e), **common)
-    operator = principal.name in collector.settings.operators
-    return render_page(
-        "rollout.html", sha=sha, view=view, operator=operator, api=f"/api/v1/rollouts/{sha}/control", **common
-    )
+    """The rollout control used to be its own page: it is now a section of the commit page."""
+    target = f"/commits/{quote(request.path_params['sha'], safe='')}#rollout"
+    return RedirectResponse(target, status_code=301, headers=SECURITY_HEADERS)
 
 
 API_ROUTES = [

@@ -180,7 +180,7 @@ webhook_deliveries = Table(
     Column("alert_kind", String(16), nullable=False),
     Column("summary", Text, nullable=False),
     Column("payload", Text, nullable=False),
-    Column("status", String(16), nullable=False),  # pending | delivered | failed
+    Column("status", String(16), nullable=False),  # pending | sending (claimed) | delivered | failed
     Column("attempts", Integer, nullable=False),
     Column("last_error", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
@@ -268,7 +268,7 @@ rollout_hosts = Table(  # each host's latest outcome on (commit, policy digest),
 #   are long texts); `state` is the derived state, stored for the inbox's filters.
 # - review_hosts: per host, when its newest complete check started (late reports never resolve items).
 # - review_audit: every review action (append-only); drift_exception_alerts: alerts already sent.
-# - compliance_daily: one row per UTC day and fleet/role scope.
+# - compliance_daily: one row per UTC day and fleet/role/task scope (compliance_store.snapshot).
 drift_exceptions = Table(
     "drift_exceptions", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
@@ -318,6 +318,7 @@ review_items = Table(
     Index("ix_review_items_key", "key_sha256", "resolved_at"),
     Index("ix_review_items_host_state", "host", "state"),
     Index("ix_review_items_state_first", "state", "first_seen_at"),
+    Index("ix_review_items_role_host", "role", "host", "state", "accepted_by"),  # 0009: compliance
 )
 
 review_hosts = Table(
@@ -355,6 +356,14 @@ compliance_daily = Table(
     Column("in_sync", Integer, nullable=False),
     Column("in_sync_with_exceptions", Integer, nullable=False),
     Column("unknown", Integer, nullable=False),
+    Index("ix_compliance_daily_scope", "scope_kind", "scope", "day"),  # migration 0009
+)
+
+# How far the notifier announced new corrective drift: the last review_items.id looked at (migration 0009).
+review_cursors = Table(
+    "review_cursors", metadata,
+    Column("name", String(32), primary_key=True),
+    Column("last_id", Integer, nullable=False),
 )
 
 source_heads = Table(
@@ -365,4 +374,23 @@ source_heads = Table(
     Column("seen_at", UTCDateTime, nullable=False),  # when this collector first saw the commit there
     Column("via", String(16), nullable=False),  # poll | github | gitlab | gitea | generic
     Column("source_url", Text, nullable=False),  # the configured URL, credentials redacted
+)
+
+# Self-enrolment (migration 0010; agent.collector.enrolment): a host's request for its own ingest token.
+enrolments = Table(
+    "enrolments", metadata,
+    Column("id", String(32), primary_key=True),  # random, not secret: the pickup secret guards the token
+    Column("host", String(HOST), nullable=False, index=True),
+    Column("groups", Text, nullable=False),  # JSON list: the inventory groups the host says it is in
+    Column("pickup_hash", String(64), nullable=False),  # SHA-256 (hex) of the secret only the host knows
+    Column("state", String(16), nullable=False, index=True),  # pending | approved | denied | collected
+    Column("auth", String(16), nullable=False),  # secret | certificate
+    Column("auth_name", String(HOST), nullable=False),  # the enrolment secret's name, or the certified name
+    Column("address", String(64), nullable=False),  # the request's peer address
+    Column("requested_at", UTCDateTime, nullable=False),
+    Column("decided_at", UTCDateTime, nullable=True),
+    Column("decided_by", String(HOST), nullable=True),  # operator name, cli:USER, or autosign:PATTERN
+    Column("reason", Text, nullable=True),
+    Column("token_id", Integer, nullable=True),  # the ingest token the host collected
+    Column("collected_at", UTCDateTime, nullable=True),
 )

@@ -27,6 +27,7 @@ class TokenKind(enum.StrEnum):
     INGEST = "ingest"
     READER = "reader"
     REVIEWER = "reviewer"  # reads, and acts on drift (acknowledge, accept): docs/drift-review.md
+    ENROL = "enrol"  # a site enrolment secret: asks for enrolment only (agent.collector.enrolment)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,12 @@ class TokenInfo:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def mint() -> tuple[str, str]:
+    """A new token secret and its prefix (shown in `token list`)."""
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    return secret, secret[: len(TOKEN_PREFIX) + 6]
 
 
 def create(engine: Engine, kind: TokenKind, name: str, *, now: datetime) -> tuple[TokenInfo, str]:

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agent.collector import params, queries, ui_auth, ui_queries
+from agent.collector import compliance_charts, params, queries, rollout_api, ui_auth, ui_queries
 from agent.collector.errors import CollectorError, DatabaseError, ForbiddenError
 from agent.collector.queries import HostFilter, Page
 from agent.collector.ui_render import SECURITY_HEADERS, render_page, run_strip
@@ -100,7 +100,9 @@ async def host(request: Request, collector: Collector) -> Response:
     runs = await collector.db(queries.host_runs, collector.engine, name, Page(limit=STRIP_RUNS))
     last = await collector.db(queries.get_run, collector.engine, state["last_run_id"])
     commit = await collector.db(ui_queries.commit_info, collector.engine, state["commit"])
-    return render_page("host.html", host=state, runs=runs.items[:15], total_runs=runs.total,
+    compliance = await compliance_charts.host_panel(collector, name)
+    return render_page("host.html", host=state, compliance=compliance, runs=runs.items[:15],
+                       total_runs=runs.total,
                        strip=run_strip(runs.items), last=last, report=last["report"], commit=commit,
                        api=f"/api/v1/hosts/{name}", **common(request, collector))
 
@@ -121,7 +123,10 @@ async def drift(request: Request, collector: Collector) -> Response:
     if filters["task"] is not None:
         items = await collector.db(queries.drift_items_now, collector.engine, pg, now=collector.now(),
                                    **filters)
+        roles = [str(filters["role"])] if filters["role"] else [str(i["role"]) for i in items.items]
+        compliance = await compliance_charts.task_panels(collector, str(filters["task"]), roles)
         return render_page("drift_task.html", task=filters["task"], items=items, page=pg, filters=filters,
+                           compliance=compliance,
                            groups=diff_groups(items.items), api=api + "&group=host",
                            **common(request, collector))
     tasks = await collector.db(queries.drift_by_task, collector.engine, pg, now=collector.now(), **filters)
@@ -146,8 +151,10 @@ async def commit(request: Request, collector: Collector) -> Response:
     reached = params.rollout_hosts(request.query_params)
     result = await collector.db(queries.commit_rollout, collector.engine, sha, pg,
                                 stale_before=collector.stale_before(), reached=reached == "running")
+    # The commit page is the rollout control when hosts reported a rollout.yml for this commit.
+    control = await rollout_api.control(collector, result["commit"]["sha"], request.state.reader)
     return render_page("commit.html", commit=result["commit"], summary=result["summary"],
-                       hosts=result["hosts"], page=pg, reached=reached,
+                       hosts=result["hosts"], page=pg, reached=reached, control=control,
                        api=f"/api/v1/commits/{sha}?hosts={reached}", **common(request, collector))
 
 

@@ -76,7 +76,7 @@ def inbox(tmp_path) -> Iterator[dict[str, Any]]:
                           headers={"Authorization": f"Bearer {ingest}", "Content-Type": "application/json"})
     assert response.status_code == 201, response.text
     try:
-        yield {"url": url, "reviewer": reviewer, "clock": clock}
+        yield {"url": url, "reviewer": reviewer, "clock": clock, "engine": engine}
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -89,6 +89,14 @@ def test_every_operation_answers_without_server_errors_and_as_documented(label, 
     # A push hook needs its Git server's signature, which no generated case carries (401, or 404 here
     # with no watched source): schema-valid is not accepted there either (tests/collector/test_heads.py).
     signed = label.startswith("POST /api/v1/hooks")
+    # Enrolment needs what no generated case carries either: a site enrolment secret (the reader token
+    # gets 403), a request's pickup secret (404), or the id of a pending request (404); its refusals are
+    # tested one by one in tests/collector/test_enrolment.py.
+    signed = signed or label.startswith("POST /api/v1/enrolments")
+    # The drift review's actions act as a reviewer; what they refuse by design (a generated item id that
+    # does not exist, an expiry in the past, scope item without item_id) is schema-valid: 404, 409, 422.
+    review = label.startswith("POST /api/v1/drift/")
+    reviewer = tokens.create(engine, TokenKind.REVIEWER, "fuzz-reviewer", now=BASE_TIME)[1] if review else None
 
     def secret_for(case: schemathesis.Case) -> str:
         """The reader token; for a report, an ingest token of its host (so that the body is examined)."""
@@ -98,13 +106,13 @@ def test_every_operation_answers_without_server_errors_and_as_documented(label, 
                 return tokens.create(engine, TokenKind.INGEST, host, now=BASE_TIME)[1]
             except (BadRequestError, UnicodeEncodeError):
                 return tokens.create(engine, TokenKind.INGEST, "fuzz.example.com", now=BASE_TIME)[1]
-        return reader
+        return reviewer or reader
 
     @BUDGET
     @given(drawn=hostile(operation, label))
     def call(drawn: tuple[schemathesis.Case, bool]) -> None:
         case, mutated = drawn
-        excluded = [checks.positive_data_acceptance] if post or mutated or signed else []
+        excluded = [checks.positive_data_acceptance] if post or mutated or signed or review else []
         response = case.call_and_validate(headers={"Authorization": f"Bearer {secret_for(case)}"},
                                           excluded_checks=excluded)
         calls.append((response.status_code, mutated))
@@ -120,7 +128,7 @@ def test_every_operation_answers_without_server_errors_and_as_documented(label, 
     assert calls and max(statuses) < 500
     if label == "POST /api/v1/reports":
         assert 201 in statuses, statuses  # generated reports got through authentication and validation
-    elif post:  # rollout actions on generated commits: past authentication, refused by their own checks
+    elif post or review:  # actions on generated targets: past authentication, refused by their own checks
         assert any(s not in (401, 403) for s in statuses), statuses
     if _parameters(label) or post:
         assert any(m for _, m in calls), label  # the hostile values were asked for

@@ -20,13 +20,13 @@ from agent.collector.errors import CollectorError, UnauthorizedError
 from agent.collector.heads import (
     HeadSource,
     HeadsSettings,
-    Leader,
     ls_remote,
     parse_source,
     sign,
     source_key,
     verify_hook,
 )
+from agent.collector.leader import Leader
 from agent.collector.tokens import TokenKind
 from tests.collector.conftest import ASGIClient, Clock
 from tests.factory import BASE_TIME

@@ -102,7 +102,7 @@ BAD = [
     ("kind=sideways", "drift", "kind: expected one of corrective, intentional, recurring, unverifiable"),
     ("group=role", "group", "group: expected task or host"),
     ("hosts=all", "rollout", "hosts: expected running or not_reached"),
-    ("status=sent", "delivery", "status: expected one of pending, delivered, failed"),
+    ("status=sent", "delivery", "status: expected one of pending, sending, delivered, failed"),
     # a NUL: no stored value has one, and PostgreSQL refuses it in any text (a 422 from the database)
     ("q=web%00", "hosts", "q: must not contain a NUL character"),
     ("role=%00", "hosts", "role: must not contain a NUL character"),

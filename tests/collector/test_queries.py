@@ -187,7 +187,7 @@ def test_trusted_proxy_header_never_allows_ingest(client):
 
 
 def test_healthz_is_public(client):
-    assert client.get("/healthz").json() == {"status": "ok", "database": "ok"}
+    assert client.get("/healthz").json() == {"status": "ok", "database": "ok", "leader": None}
 
 
 def test_metrics(client, reader, fleet, clock):

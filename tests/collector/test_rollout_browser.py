@@ -1,4 +1,4 @@
-"""The rollout control page in a real headless browser (Debian's chromium through Playwright) against a
+"""The rollout control (a section of the commit page) in a real headless browser (Debian's chromium through Playwright) against a
 collector subprocess: an operator signs in, sees the plan waiting for approval with its diff, approves it
 with a reason through the page's form, and the agents' endpoint then lists the plan as approved."""
 
@@ -82,18 +82,19 @@ def test_an_operator_approves_a_plan_in_the_browser(site: dict[str, Any]) -> Non
         pg = context.new_page()
         errors: list[str] = []
         pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        target = f"{site['url']}/commits/{COMMIT_A}/rollout"
-        pg.goto(target)
+        target = f"{site['url']}/commits/{COMMIT_A}"
+        pg.goto(f"{target}/rollout")  # the control's former address leads to the commit page
         assert "/login" in pg.url
         pg.fill("#token", site["reader"])
         pg.click("button[type=submit]")
-        pg.wait_for_url(target)
+        pg.wait_for_url(lambda url: url.split("#")[0] == target)
+        assert "Rollout control" in pg.inner_text("#rollout") and "Running it (2)" in pg.inner_text("main")
         plan = pg.locator(f"#plan-{PLAN[:12]}")
         assert "2 host(s)" in plan.inner_text() and "/etc/nginx/conf.d/site0.conf" in plan.inner_text()
         shot(pg, "rollout-pending-approval")
         plan.locator("input[name=reason]").fill("pg change reviewed with the DBA")
         plan.locator("button[type=submit]").click()
-        pg.wait_for_url(target)
+        pg.wait_for_url(f"{target}#rollout")
         assert "No plan waits for approval" in pg.inner_text("main")
         assert "pg change reviewed with the DBA" in pg.inner_text("main")
         shot(pg, "rollout-approved")

@@ -379,7 +379,7 @@ def test_the_commit_page_form_acts_only_from_this_site_and_for_operators(client,
     same = {"Origin": "http://collector.test"}
     assert client.post(url, data=form, headers={**bob, **same}).status_code == 403
     done = client.post(url, data=form, headers={**alice, **same})
-    assert done.status_code == 303 and done.headers["location"] == f"/commits/{COMMIT_A}/rollout"
+    assert done.status_code == 303 and done.headers["location"] == f"/commits/{COMMIT_A}#rollout"
     assert ask(client, token_for).json()["halted"]["by"] == "alice"
 
 
@@ -390,7 +390,7 @@ def test_a_stored_policy_reads_back_with_the_same_digest(engine):
     assert stored is not None and stored[0] == POLICY and stored[0].digest() == DIGEST
 
 
-def test_the_rollout_page_shows_waves_halt_and_the_plan_to_approve_and_approves_it(
+def test_the_commit_page_is_the_rollout_control_shows_waves_halt_and_the_plan_and_approves_it(
     client, token_for, send, engine
 ):
     put_policy(client, token_for)
@@ -408,15 +408,16 @@ def test_the_rollout_page_shows_waves_halt_and_the_plan_to_approve_and_approves_
         send(make_report(host, status=Status.DRIFTED, rollout=info, drift=(pg,), roles=("database",)))
     send(rollout_report("c1", "canary", status=Status.FAILED))
     alice, bob = operator(engine), operator(engine, "bob")
-    page = client.get(f"/commits/{COMMIT_A}/rollout", headers=alice)
+    page = client.get(f"/commits/{COMMIT_A}", headers=alice)
     assert page.status_code == 200
     html = page.text
+    assert 'id="rollout"' in html and "Rollout control" in html and "Running it (" in html  # one page
     assert "Halted" in html and "wave canary: 1 of 2 failed, at most 0 allowed" in html
     assert "50% converged, at most 0 failed, then 600s soak before early" in html  # the canary's criteria
     assert f"Plan <code>{plan[:12]}</code> · 2 host(s)" in html and "/etc/nginx/conf.d/site0.conf" in html
     assert "black-friday" in html and "window <strong>nights</strong>" in html
     assert 'value="resume"' in html and f'value="{plan}"' in html  # an operator gets the forms
-    read_only = client.get(f"/commits/{COMMIT_A}/rollout", headers=bob).text
+    read_only = client.get(f"/commits/{COMMIT_A}", headers=bob).text
     assert "Halted" in read_only and 'value="resume"' not in read_only  # a reader sees, cannot act
     form = {"op": "approve", "plan_digest": plan, "reason": "pg change reviewed"}
     done = client.post(
@@ -424,7 +425,17 @@ def test_the_rollout_page_shows_waves_halt_and_the_plan_to_approve_and_approves_
     )
     assert done.status_code == 303
     assert ask(client, token_for).json()["approved_plans"] == [plan]
-    after = client.get(f"/commits/{COMMIT_A}/rollout", headers=alice).text
+    after = client.get(f"/commits/{COMMIT_A}", headers=alice).text
     assert "No plan waits for approval" in after and "pg change reviewed" in after
-    assert client.get(f"/commits/{'e' * 40}/rollout", headers=alice).status_code == 404
-    assert client.get(f"/commits/{COMMIT_A}/rollout").status_code == 303  # to the login form
+    assert client.get(f"/commits/{'e' * 40}", headers=alice).status_code == 404
+    assert client.get(f"/commits/{COMMIT_A}").status_code == 303  # to the login form
+    # the control's former page is a redirect to the commit page's section
+    moved = client.get(f"/commits/{COMMIT_A}/rollout", headers=alice, follow_redirects=False)
+    assert (moved.status_code, moved.headers["location"]) == (301, f"/commits/{COMMIT_A}#rollout")
+
+
+def test_a_commit_without_rollout_yml_has_no_rollout_control(client, send, engine):
+    send(make_report("w1"))
+    page = client.get(f"/commits/{COMMIT_A}", headers=operator(engine))
+    assert page.status_code == 200
+    assert "No rollout control: no host reported a rollout.yml" in page.text and 'id="rollout"' not in page.text

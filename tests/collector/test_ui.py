@@ -132,7 +132,8 @@ def test_run_page_of_a_watch_check_names_the_changed_and_contested_paths(client,
     watch = WatchInfo(watched=3, directories=2, unwatched=1, unwatched_roles=("web",),
                       reason="fs.inotify.max_user_watches (8192) was reached",
                       changed=("/etc/app.conf", "/etc/<b>.conf"), changed_count=5,
-                      contested=(ContestedPath("/etc/app.conf", 3),))
+                      contested=(ContestedPath("/etc/app.conf", 3),),
+                      blind=("web: Set a <cron> job",), blind_count=1)
     report = make_report("web10", status=Status.DRIFTED, trigger=Trigger.WATCH, watch=watch)
     assert send(report).status_code == 201
     served = client.get(f"/api/v1/runs/{report.run_id}", headers=reader).json()["report"]
@@ -141,6 +142,11 @@ def test_run_page_of_a_watch_check_names_the_changed_and_contested_paths(client,
     assert "started by a change of <code>/etc/app.conf</code>, <code>/etc/&lt;b&gt;.conf</code> and 3 more" in html
     assert "<code>/etc/app.conf</code> (3 flips)" in html
     assert "1 managed paths not watched (fs.inotify.max_user_watches (8192) was reached)" in html
+    blind = "1 blind task(s), no path to watch (scheduled checks only): web: Set a &lt;cron&gt; job"
+    assert blind in html
+    host = client.get("/hosts/web10", headers=reader).text  # the host page: its last report's watch
+    assert "3 managed paths watched, 1 not (fs.inotify.max_user_watches (8192) was reached); " in host
+    assert blind in host
 
 
 def test_host_page_strip_and_commit(client, reader, fleet, send):

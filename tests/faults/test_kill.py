@@ -20,7 +20,8 @@ import pytest
 from agent import runner
 from tests.faults.conftest import COPY_TASK, Agent, Collector, cheap_repo, kill, wait_for, with_collector
 
-pytestmark = pytest.mark.ansible
+# heavy: about 4 minutes of Ansible under kills; `make test-heavy` (run by .ci/run) runs it, not `make test`.
+pytestmark = [pytest.mark.ansible, pytest.mark.heavy]
 BIN = Path(sys.executable).parent
 SECRET = "diff-secret-Vn28Qe"
 KILL_ENV = "GITOPS_AGENT_TEST_KILL_AT"

@@ -6,7 +6,8 @@
    operators' SSH key and the site's commit-signing key; every fleet host is an overlay of that layer on
    the cached Debian 12 image, so the package is installed once, the way it would be on every server.
 3. The config repository (the project's playbooks/ and inventory/ with this fleet's hosts), signed commits,
-   served by `git daemon`, and the collector (SQLite), both on the bridge address in the main namespace.
+   served by `git daemon`, and the collector (SQLite; the tests' reader is an operator of rollouts), both
+   on the bridge address in the main namespace.
 4. Hosts fleet1-3 in their own namespaces (tini + sshd), fleet4 booted under systemd-nspawn running the
    packaged gitops-agent.service.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.fleet.fleet import POLL_S, ConfigRepo, Fleet, Member
+from tests.fleet.fleet import OPERATOR, POLL_S, ConfigRepo, Fleet, Member
 from tests.harness import aptrepo, image, netns, nspawn
 from tests.harness.dist import deb
 from tests.harness.fixtures import MIRRORED_DEPENDENCIES, seed_host
@@ -122,12 +123,12 @@ def fleet(fleet_root: None, dist: Path, image_root: Path, signing_key: aptrepo.S
                          signing_pub=signing_pub)
     db = f"sqlite:///{tmp / 'collector.db'}"
     collector_cli(db, "migrate")
-    reader = token(db, "--reader", "fleet-tests")
+    reader = token(db, "--reader", OPERATOR)
 
     with contextlib.ExitStack() as stack:
         bridge = stack.enter_context(netns.Bridge(*BRIDGE))
         git_server = stack.enter_context(GitDaemon(tmp / "git", bridge.address))
-        collector = CollectorProcess(db, free_port(), address=bridge.address).start()
+        collector = CollectorProcess(db, free_port(), "--operator", OPERATOR, address=bridge.address).start()
         stack.callback(collector.stop)
         members: dict[str, Member] = {}
         for index, (name, group) in enumerate(HOSTS.items()):

@@ -31,6 +31,7 @@ from tests.harness.gitserver import GitDaemon
 from tests.live_collector import CollectorProcess
 
 POLL_S = 5  # schedule.poll of every fleet host
+OPERATOR = "fleet-tests"  # the tests' reader token, also an operator of rollouts (`serve --operator`)
 GIT_ENV = {"GIT_AUTHOR_NAME": "Fleet Ops", "GIT_AUTHOR_EMAIL": "ops@example.org",
            "GIT_COMMITTER_NAME": "Fleet Ops", "GIT_COMMITTER_EMAIL": "ops@example.org",
            "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}

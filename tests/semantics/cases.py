@@ -11,9 +11,7 @@ A case is a folder `tests/semantics/cases/<name>/`:
                 differential (false when a plain ansible-playbook run cannot be compared, with a reason in
                 `differential_why`; default true),
                 apply (true: the differential test also applies with both and compares the files left under
-                target_root; two to four more Ansible runs; default false),
-                heavy (true: the case costs more than a few seconds of Ansible, so its differential test runs
-                only with the `heavy` marker, `make test-heavy`; default false)
+                target_root; two to four more Ansible runs; default false)
     repo/       the config repo exactly as committed: playbooks/, inventory/, and optionally ansible.cfg,
                 roles/, collections/, requirements.yml. Every managed path is under "{{ target_root }}",
                 and plays run against the local host (the runs pass ansible_connection=local).
@@ -47,7 +45,6 @@ class Case:
     differential: bool = True
     differential_why: str = ""
     apply: bool = False
-    heavy: bool = False
 
     @property
     def repo(self) -> Path:
@@ -62,7 +59,7 @@ def load(name: str) -> Case:
                 deviations=tuple(data.get("deviations") or ()),
                 differential=bool(data.get("differential", True)),
                 differential_why=str(data.get("differential_why", "")),
-                apply=bool(data.get("apply", False)), heavy=bool(data.get("heavy", False)))
+                apply=bool(data.get("apply", False)))
 
 
 def all_cases() -> list[Case]:

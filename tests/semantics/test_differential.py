@@ -5,7 +5,8 @@ difference fails unless the case lists a deviation (case.yml `deviations`) that 
 documents for that field.
 
 Cost: two Ansible runs per case, six more with `apply: true` (a plain apply, the agent's check, apply
-and recheck, and one more check each); cases marked `heavy` run only under `make test-heavy`.
+and recheck, and one more check each), about 8 CPU-minutes for all cases: the whole test is marked `heavy`, so
+`make test-heavy` (which `.ci/run` runs after `make test`) runs it, not `make test`.
 tests/semantics/differential.py has the runs and the comparison.
 """
 
@@ -32,7 +33,7 @@ PENDING: dict[str, tuple[str, bool]] = {}
 def _params() -> list[Any]:
     params = []
     for case in all_cases():
-        marks: list[Any] = [pytest.mark.heavy] if case.heavy else []
+        marks: list[Any] = []
         if not case.differential:
             marks.append(pytest.mark.skip(reason=f"not comparable: {case.differential_why}"))
         if case.name in PENDING:
@@ -60,6 +61,7 @@ def _agent(cli: Callable[..., CliResult], config: Path, home: Path, *args: str) 
 
 
 @pytest.mark.ansible
+@pytest.mark.heavy
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("case", _params())
 def test_agent_behaves_like_ansible_playbook(case: Case, tmp_path: Path, cli: Callable[..., CliResult],
