@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -349,79 +351,115 @@ def _hints(cls: type) -> dict[str, Any]:
     return _HINTS[cls]
 
 
+# Decoding is planned once per type: `_decoder(tp)` builds a function (value, where) -> decoded value, so
+# decoding a report does no typing introspection (get_origin, is_dataclass, fields) per value. The errors
+# are ReportError, "<where>: <what is wrong>".
+_Decoder = Callable[[Any, str], Any]
+_DECODERS: dict[Any, _Decoder] = {}
+_PLANS: dict[type, list[tuple[str, _Decoder, bool]]] = {}
+
+
+def _plan(cls: type) -> list[tuple[str, _Decoder, bool]]:
+    """(field name, its decoder, required) for each field of a dataclass, in order."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        hints = _hints(cls)
+        plan = [(f.name, _decoder(hints[f.name]),
+                 f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+                for f in dataclasses.fields(cls)]
+        _PLANS[cls] = plan
+    return plan
+
+
 def _decode_dataclass(cls: type[T], data: Any, where: str) -> T:
     if not isinstance(data, dict):
         raise ReportError(f"{where or 'report'}: expected an object, got {type(data).__name__}")
-    hints = _hints(cls)
     kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        name = f"{where}.{f.name}" if where else f.name
-        if f.name in data:
-            kwargs[f.name] = _decode(hints[f.name], data[f.name], name)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ReportError(f"{name}: required field is missing")
+    for name, decode_field, required in _plan(cls):
+        if name in data:
+            kwargs[name] = decode_field(data[name], f"{where}.{name}" if where else name)
+        elif required:
+            raise ReportError(f"{f'{where}.{name}' if where else name}: required field is missing")
     return cls(**kwargs)
 
 
-def _decode_union(tp: Any, value: Any, where: str) -> Any:
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if value is None:
-        if type(None) in typing.get_args(tp):
-            return None
-        raise ReportError(f"{where}: must not be null")
-    return _decode(args[0], value, where)
+def _decoder(tp: Any) -> _Decoder:
+    found = _DECODERS.get(tp)
+    if found is None:
+        found = _DECODERS[tp] = _build_decoder(tp)
+    return found
+
+
+def _not_null(decode_value: _Decoder) -> _Decoder:
+    def decode_not_null(value: Any, where: str) -> Any:
+        if value is None:
+            raise ReportError(f"{where}: must not be null")
+        return decode_value(value, where)
+    return decode_not_null
+
+
+def _build_decoder(tp: Any) -> _Decoder:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        nullable = type(None) in args
+        inner = _decoder(next(a for a in args if a is not type(None)))
+
+        def decode_union(value: Any, where: str) -> Any:
+            if value is None:
+                if nullable:
+                    return None
+                raise ReportError(f"{where}: must not be null")
+            return inner(value, where)
+        return decode_union
+    if origin is tuple:
+        item = _decoder(typing.get_args(tp)[0])
+
+        def decode_tuple(value: Any, where: str) -> Any:
+            if not isinstance(value, list):
+                raise ReportError(f"{where}: expected a list, got {type(value).__name__}")
+            return tuple([item(v, f"{where}[{i}]") for i, v in enumerate(value)])
+        return _not_null(decode_tuple)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        cls = tp
+        return _not_null(lambda value, where: _decode_dataclass(cls, value, where))
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return _not_null(functools.partial(_decode_enum, tp))
+    if tp is datetime:
+        return _not_null(_decode_time)
+    if tp not in (bool, int, float, str):
+        raise TypeError(f"no decoder for {tp!r}")
+    return _not_null(functools.partial(_decode_scalar, tp))
+
+
+def _decode_enum(tp: type[enum.Enum], value: Any, where: str) -> Any:
+    try:
+        return tp(value)
+    except ValueError:
+        allowed = ", ".join(str(m.value) for m in tp)
+        raise ReportError(f"{where}: {value!r} is not one of {allowed}") from None
+
+
+def _decode_time(value: Any, where: str) -> datetime:
+    if not isinstance(value, str):
+        raise ReportError(f"{where}: expected an RFC 3339 time string")
+    try:
+        return parse_time(value)
+    except TimeRangeError as e:
+        raise ReportError(f"{where}: {value[:40]!r} is {e}") from e
+    except ValueError as e:
+        raise ReportError(f"{where}: {value[:40]!r} is not an RFC 3339 time with a zone") from e
 
 
 def _decode_scalar(tp: Any, value: Any, where: str) -> Any:
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            try:
-                return float(value)
-            except OverflowError:  # an integer beyond the float range (a 400-digit number)
-                raise ReportError(f"{where}: {str(value)[:20]}... is out of range for a number") from None
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    else:
-        raise TypeError(f"no decoder for {tp!r}")
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond the float range (a 400-digit number)
+            raise ReportError(f"{where}: {str(value)[:20]}... is out of range for a number") from None
+    if isinstance(value, tp) and (tp is bool or not isinstance(value, bool)):
+        return value
     raise ReportError(f"{where}: expected {tp.__name__}, got {type(value).__name__}")
-
-
-def _decode(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return _decode_union(tp, value, where)
-    if value is None:
-        raise ReportError(f"{where}: must not be null")
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise ReportError(f"{where}: expected a list, got {type(value).__name__}")
-        item_tp = typing.get_args(tp)[0]
-        return tuple(_decode(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value))
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return _decode_dataclass(tp, value, where)
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(value)
-        except ValueError:
-            allowed = ", ".join(str(m.value) for m in tp)
-            raise ReportError(f"{where}: {value!r} is not one of {allowed}") from None
-    if tp is datetime:
-        if not isinstance(value, str):
-            raise ReportError(f"{where}: expected an RFC 3339 time string")
-        try:
-            return parse_time(value)
-        except TimeRangeError as e:
-            raise ReportError(f"{where}: {value[:40]!r} is {e}") from e
-        except ValueError as e:
-            raise ReportError(f"{where}: {value[:40]!r} is not an RFC 3339 time with a zone") from e
-    return _decode_scalar(tp, value, where)
 
 
 def from_dict(data: Any) -> Report:

@@ -22,7 +22,7 @@ simulator's own queue). Traffic goes only to 127.0.0.1.
 
     .venv/bin/python bench/fleet_sim.py                         # N = 1000 and 10000, poll 60s (~7 min)
     .venv/bin/python bench/fleet_sim.py --hosts 1000 --poll 20 --commit-splay 20   # quick
-    .venv/bin/python bench/fleet_sim.py --serve-args --group-commit
+    .venv/bin/python bench/fleet_sim.py --serve-args --no-group-commit   # the old storage path
 
 Needs `git daemon` (Debian package git-daemon-sysvinit or git's own `git daemon`, present with git).
 """
@@ -369,7 +369,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=500, help="most HTTP requests in flight at once")
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--serve-args", nargs=argparse.REMAINDER, default=[],
-                        help="passed to `gitops-collector serve`, e.g. --serve-args --group-commit")
+                        help="passed to `gitops-collector serve`, e.g. --serve-args --no-group-commit")
     args = parser.parse_args()
     sizes = [int(x) for x in args.hosts.split(",") if x.strip()]
     if not sizes or any(not 1 <= s <= 20000 for s in sizes) or not (1 <= args.poll <= 300) \

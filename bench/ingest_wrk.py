@@ -10,7 +10,8 @@ rate to the median floor rate.
     .venv/bin/python bench/ingest_wrk.py                         # SQLite, 50 hosts, 1 thread x 50 connections
     .venv/bin/python bench/ingest_wrk.py --hosts 1000 --connections 1000 --threads 2
     .venv/bin/python bench/ingest_wrk.py --profile 15            # also: py-spy on an extra ingest round
-    .venv/bin/python bench/ingest_wrk.py --also=--group-commit   # and a second collector, side by side
+    .venv/bin/python bench/ingest_wrk.py --also=--no-group-commit   # and a second collector, side by side
+    .venv/bin/python bench/ingest_wrk.py --baseline /tmp/old     # and main's collector: old against new
     GITOPS_TEST_POSTGRES_URL=$(bash .ci/postgres-up) .venv/bin/python bench/ingest_wrk.py --db postgresql
 
 Needs `wrk` (Debian package `wrk`); `--profile` needs `py-spy` (`.venv/bin/pip install py-spy`) and the
@@ -54,14 +55,29 @@ class Collector:
     """`gitops-collector serve` for a `with` block, its stderr appended to `log` (drained by a thread: a
     full pipe would block the collector's logging, and so its requests)."""
 
-    def __init__(self, url: str, serve_args: list[str], log: Path) -> None:
+    def __init__(self, url: str, serve_args: list[str], log: Path, code: Path | None = None) -> None:
         self.server = CollectorProcess(url, None, *serve_args)
         self.log = log
         self.url = self.server.url
         self.pid = 0
+        self.code = code
 
     def __enter__(self) -> Collector:
-        self.server.start()
+        if self.code is None:
+            self.server.start()
+        else:  # another checkout's `agent` package first on the path (`python -m` puts the working directory
+            # first, so the collector starts in that checkout): an older collector, same interpreter
+            saved, here = os.environ.get("PYTHONPATH"), Path.cwd()
+            os.environ["PYTHONPATH"] = str(self.code)
+            os.chdir(self.code)
+            try:
+                self.server.start()
+            finally:
+                os.chdir(here)
+                if saved is None:
+                    del os.environ["PYTHONPATH"]
+                else:
+                    os.environ["PYTHONPATH"] = saved
         assert self.server.proc is not None
         self.pid = self.server.proc.pid
         return self
@@ -140,6 +156,16 @@ def short(frame: str) -> str:
     return f"{name} ({path})"
 
 
+def variants_of(args: argparse.Namespace) -> dict[str, tuple[list[str], Path | None]]:
+    """The collectors to measure: name -> (serve options, the checkout of another `agent`, or None)."""
+    variants: dict[str, tuple[list[str], Path | None]] = {"as given": (list(args.serve_args), None)}
+    if args.also is not None:
+        variants[f"+ {args.also}"] = ([*args.serve_args, *shlex.split(args.also)], None)
+    if args.baseline is not None:
+        variants["baseline"] = (list(args.serve_args), args.baseline.resolve())
+    return variants
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=50, help="hosts (tokens) the reports come from")
@@ -151,7 +177,11 @@ def main() -> int:
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--also", metavar="ARGS", default=None,
                         help="also measure a collector with these extra serve options, alternating in the same "
-                             "run, e.g. --also=--group-commit")
+                             "run, e.g. --also=--no-group-commit")
+    parser.add_argument("--baseline", type=Path, metavar="DIR", default=None,
+                        help="also measure the collector of another checkout (a directory holding its `agent` "
+                             "package, e.g. `git archive main agent | tar -x -C DIR`), alternating in the "
+                             "same run: old against new")
     parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
                         help="after the rounds, an extra ingest round of SECONDS under py-spy (not counted)")
     parser.add_argument("--top", type=int, default=15, help="profile entries to print")
@@ -177,15 +207,13 @@ def main() -> int:
         secrets = {h: tokens.create(engine, TokenKind.INGEST, h, now=BASE_TIME)[1] for h in hosts}
         data = Path(tmp) / "hosts.tsv"
         write_hosts(data, secrets, args.drift_items)
-        variants = {"as given": list(args.serve_args)}
-        if args.also is not None:
-            variants[f"+ {args.also}"] = [*args.serve_args, *shlex.split(args.also)]
+        variants = variants_of(args)
         rates: dict[str, dict[str, list[float]]] = {v: {"floor": [], "ingest": []} for v in variants}
         acked = 0
         for round_no in range(args.rounds):
-            for name, serve_args in variants.items():
+            for name, (serve_args, code) in variants.items():
                 # each variant gets its own collector, started fresh each round, on the same database
-                with Collector(url, serve_args, Path(tmp) / "collector.log") as server:
+                with Collector(url, serve_args, Path(tmp) / "collector.log", code) as server:
                     wrk(server.url, "floor", args, data, 2)  # warm-up: imports, first connections
                     for mode in ("floor", "ingest"):
                         before = cpu_s(server.pid)

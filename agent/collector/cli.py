@@ -109,9 +109,10 @@ def _parser() -> argparse.ArgumentParser:
                             "other proxy users only read")
     serve.add_argument("--public-metrics", action="store_true", help="serve /metrics without a token")
     serve.add_argument("--db-threads", type=int, default=8, help="threads for database calls, per process")
-    serve.add_argument("--group-commit", action="store_true",
+    serve.add_argument("--group-commit", action=argparse.BooleanOptionalAction, default=True,
                        help="store the reports that arrive during a commit together in the next one "
-                            "(one transaction and fsync per batch; experimental, docs/scale.md)")
+                            "(one transaction and fsync per batch; default on; --no-group-commit stores "
+                            "each report in its own transaction, docs/scale.md)")
     serve.add_argument("--workers", type=int, default=1,
                        help="server processes (for PostgreSQL; SQLite gains little, it has one writer)")
     serve.add_argument("--tls-cert", help="serve HTTPS with this certificate chain (PEM); or use a proxy")

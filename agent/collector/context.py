@@ -54,7 +54,7 @@ class CollectorSettings:
     alert_grouping: Grouping = field(default_factory=Grouping)
     public_urls: tuple[str, ...] = ()  # where browsers reach the collector (a proxy's https://NAME)
     reviewers: tuple[str, ...] = ()  # trusted-proxy users who may act on drift (docs/drift-review.md)
-    group_commit: bool = False  # store reports through GroupCommit (serve --group-commit)
+    group_commit: bool = True  # store reports through GroupCommit (serve --no-group-commit: off)
     heads: HeadsSettings | None = None  # the commit beacon (serve --heads-source, --hook-secret-file)
     operators: tuple[str, ...] = ()  # reader names allowed to halt, resume, skip and approve rollouts
     rollout_cache_s: float = 2.0  # how long an agents' rollout answer is served from memory (rollout_api)

@@ -6,6 +6,7 @@ body cannot exhaust the stack.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -74,12 +75,34 @@ def _float(text: str) -> float:
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise InvalidReportError(f"report: duplicate key {key[:80]!r}")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidReportError(f"report: duplicate key {key[:80]!r}")
+            seen.add(key)
     return result
+
+
+@functools.lru_cache(maxsize=16)
+def _decoder(max_key_chars: int) -> json.JSONDecoder:
+    """The strict decoder, built once (json.loads with hooks builds a new one, and its scanner, per call).
+    Its object hook is `_object`, and every key within `max_key_chars` (checked while the object is built).
+    """
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result = _object(pairs)
+        if result and max(map(len, result)) > max_key_chars:
+            raise InvalidReportError(f"report: a key is longer than {max_key_chars} characters")
+        return result
+    return json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_float, parse_int=_int,
+                            object_pairs_hook=hook)
+
+
+# A \u escape of a surrogate (\ud800-\udfff): the only way a lone surrogate gets into parsed JSON text,
+# since decode_utf8 refuses encoded ones. (It may also match an escaped backslash before "ud8..": that only
+# costs a walk.)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def _check_text(text: str, limit: int, what: str) -> None:
@@ -125,13 +148,15 @@ def parse_report(raw: bytes, limits: PayloadLimits) -> Report:
     text = decode_utf8(raw)
     check_depth(raw, limits.max_depth)
     try:
-        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_float, parse_int=_int,
-                          object_pairs_hook=_object)
+        data = _decoder(limits.max_key_chars).decode(text)
     except ValueError as e:
         raise InvalidReportError(f"report: invalid JSON ({e})") from e
     except RecursionError:  # check_depth makes this unreachable; never a 500 if it were not
         raise InvalidReportError("report: nested too deeply to parse") from None
-    check_strings(data, limits)
+    # Keys were checked while parsing. A string value can be over its limit only if the body is, and
+    # hold a lone surrogate only if the body has a surrogate escape: else the walk would find nothing.
+    if len(text) > limits.max_string_chars or _SURROGATE_ESCAPE.search(raw):
+        check_strings(data, limits)
     try:
         return from_dict(data)
     except ReportError as e:

@@ -9,6 +9,7 @@ their change and one `review_audit` row in one transaction. Rules: docs/drift-re
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
@@ -16,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from agent.collector import db
@@ -163,6 +164,59 @@ def record_report(conn: Connection, report: Report, *, now: datetime) -> Changes
     last_check_at = conn.execute(select(review_hosts.c.last_check_at)
                                  .where(review_hosts.c.host == report.host)).scalar_one_or_none()
     exceptions = active_exceptions(conn, now) if report.drift else []
+    return _record(conn, report, now, current, last_check_at, exceptions)
+
+
+def record_reports(conn: Connection, items: Sequence[tuple[Report, datetime]]) -> None:
+    """`record_report` for each (report, now), in the caller's transaction (store.ingest_group), with the
+    reads batched: the items and last checks of all hosts that have one report here in one SELECT each
+    (500 hosts a statement), the active exceptions once (at the earliest `now`; `covering` checks each
+    report's own `now`), the new items in one executemany. A host with several reports here is recorded
+    report by report, in order, as each depends on the one before."""
+    per_host = collections.Counter(report.host for report, _ in items)
+    single = [(report, now) for report, now in items if per_host[report.host] == 1]
+    for report, now in items:
+        if per_host[report.host] > 1:
+            record_report(conn, report, now=now)
+    if not single:
+        return
+    names = sorted(report.host for report, _ in single)
+    current: dict[str, list[ReviewItem]] = {h: [] for h in names}
+    last_checks: dict[str, datetime] = {}
+    for start in range(0, len(names), 500):
+        chunk = names[start:start + 500]
+        for row in conn.execute(select(review_items).where(review_items.c.host.in_(chunk),
+                                                           review_items.c.state != RESOLVED)):
+            current[row.host].append(item_of(row))
+        last_checks.update(conn.execute(select(review_hosts.c.host, review_hosts.c.last_check_at)
+                                        .where(review_hosts.c.host.in_(chunk))).all())
+    drifted = [now for report, now in single if report.drift]
+    exceptions = active_exceptions(conn, min(drifted)) if drifted else []
+    inserts: list[dict[str, Any]] = []
+    checks: list[tuple[str, datetime, bool]] = []
+    for report, now in single:
+        _record(conn, report, now, current[report.host], last_checks.get(report.host), exceptions, inserts,
+                checks)
+    if inserts:
+        conn.execute(review_items.insert(), inserts)
+    first = [{"host": host, "last_check_at": at} for host, at, new in checks if new]
+    if first:
+        conn.execute(review_hosts.insert(), first)
+    later = [{"key_host": host, "last_check_at": at} for host, at, new in checks if not new]
+    if later:
+        conn.execute(LAST_CHECK_SET, later)
+
+
+LAST_CHECK_SET = update(review_hosts).where(review_hosts.c.host == bindparam("key_host"))
+
+
+def _record(conn: Connection, report: Report, now: datetime, current: list[ReviewItem],
+            last_check_at: datetime | None, exceptions: list[dx.DriftException],
+            inserts: list[dict[str, Any]] | None = None,
+            checks: list[tuple[str, datetime, bool]] | None = None) -> Changes:
+    """The writes of `record_report` from what it read. When the lists are given, new items are appended
+    to `inserts` and the host's new last check to `checks` as (host, time, first check) for the caller to
+    write; else they are written here."""
     groups = set(report.roles)
 
     def coverage(key: ItemKey) -> int | None:
@@ -171,15 +225,20 @@ def record_report(conn: Connection, report: Report, *, now: datetime) -> Changes
     changes = apply_report(current, report, last_check_at=last_check_at, coverage=coverage)
     drifts = report_keys(report)
     if changes.inserted:
-        conn.execute(review_items.insert(), [_insert_row(i, diff_sha256(drifts[i.key]))
-                                             for i in changes.inserted])
+        rows = [_insert_row(i, diff_sha256(drifts[i.key])) for i in changes.inserted]
+        if inserts is None:
+            conn.execute(review_items.insert(), rows)
+        else:
+            inserts.extend(rows)
     for item in (*changes.updated, *changes.resolved):
         values = _values(item)
         if item.key in drifts:
             values["diff_sha256"] = diff_sha256(drifts[item.key])
         conn.execute(update(review_items).where(review_items.c.id == item.id).values(**values))
     if is_complete_check(report) and (last_check_at is None or report.started_at >= last_check_at):
-        if last_check_at is None:
+        if checks is not None:
+            checks.append((report.host, report.started_at, last_check_at is None))
+        elif last_check_at is None:
             conn.execute(review_hosts.insert().values(host=report.host, last_check_at=report.started_at))
         else:
             conn.execute(update(review_hosts).where(review_hosts.c.host == report.host)

@@ -206,13 +206,17 @@ def _run_row(report: Report, raw: bytes, received_at: datetime) -> dict[str, Any
     }
 
 
-def _insert_drift(conn: Connection, report: Report) -> None:
-    rows = [
+def _drift_rows(report: Report) -> list[dict[str, Any]]:
+    return [
         {"run_id": report.run_id, "host": report.host, "play": item.play, "task": item.task,
          "role": item.role, "module": item.module, "kind": item.kind.value,
          "diff_count": len(item.diffs), "first_seen_at": item.first_seen_at}
         for item in report.drift
     ]
+
+
+def _insert_drift(conn: Connection, report: Report) -> None:
+    rows = _drift_rows(report)
     if rows:
         conn.execute(drift_items.insert(), rows)
 
@@ -313,17 +317,9 @@ def ingest_group(engine: Engine, items: Sequence[tuple[Report, bytes, datetime]]
                     results[i] = refused[i] = UnauthorizedError("unknown or revoked token")
             fresh = _new_in_batch(conn, prepared, results)
             if fresh:
-                conn.execute(runs.insert(), [_run_row(*prepared[i]) for i in fresh])
+                _write_fresh(conn, [prepared[i] for i in fresh], expect)
                 for i in fresh:
-                    _insert_drift(conn, prepared[i][0])
                     results[i] = True
-                commit_rows = _commit_rows([prepared[i] for i in fresh])
-                if commit_rows:
-                    conn.execute(_insert_ignore_stmt(conn.dialect.name, commits), commit_rows)
-                for report, _, received_at in _newest_per_host([prepared[i] for i in fresh]):
-                    _upsert_host(conn, report, received_at, expect)
-                for i in fresh:  # after the hosts' rows, as in ingest
-                    _record_outcomes(conn, prepared[i][0], prepared[i][2])
     except (DBAPIError, ConflictError):
         # Something of the batch was refused (a value, a race for a run_id, a conflict): nothing is stored.
         # Once more with a savepoint per report, so that only the bad one fails.
@@ -332,6 +328,24 @@ def ingest_group(engine: Engine, items: Sequence[tuple[Report, bytes, datetime]]
                              strict=True):
             results[i] = result
     return [r if r is not None else CollectorError("not stored") for r in results]
+
+
+def _write_fresh(conn: Connection, fresh: Sequence[tuple[Report, bytes, datetime]],
+                 expect: Expectations) -> None:
+    """The rows of the batch's new reports, each table in as few statements as it allows."""
+    conn.execute(runs.insert(), [_run_row(*item) for item in fresh])
+    drift_rows = [row for report, _, _ in fresh for row in _drift_rows(report)]
+    if drift_rows:  # one executemany for the batch's drift items, in the order of its runs
+        conn.execute(drift_items.insert(), drift_rows)
+    commit_rows = _commit_rows(fresh)
+    if commit_rows:
+        conn.execute(_insert_ignore_stmt(conn.dialect.name, commits), commit_rows)
+    for report, _, received_at in _newest_per_host(fresh):
+        _upsert_host(conn, report, received_at, expect)
+    # after the hosts' rows, as in ingest (_record_outcomes); the drift items' reads batched
+    review_store.record_reports(conn, [(report, received_at) for report, _, received_at in fresh])
+    for report, _, _ in fresh:
+        rollout_ingest.record_report(conn, report)
 
 
 def _new_in_batch(conn: Connection, prepared: Sequence[tuple[Report, bytes, datetime]],

@@ -108,8 +108,16 @@ def test_batched_statements_store_what_one_by_one_stores(engine: Engine) -> None
                         drift=(drift_item("task a"),))
     newer = make_report("web01.example.com", finished_at=BASE_TIME + timedelta(minutes=5))
     other = make_report("db01.example.com", status=Status.DRIFTED, drift=(drift_item("t1"), drift_item("t2")))
-    items = [(r, to_json(r).encode(), BASE_TIME + timedelta(minutes=6)) for r in (newer, other, older)]
-    assert store.ingest_group(engine, items) == [True, True, True]
+    # a batch before: hosts, drift items and last checks that the batch then updates (t0 stays, t1 again)
+    before = [make_report("db01.example.com", status=Status.DRIFTED, finished_at=BASE_TIME - timedelta(hours=1),
+                          drift=(drift_item("t0"), drift_item("t1"))),
+              make_report("app01.example.com", status=Status.DRIFTED, finished_at=BASE_TIME - timedelta(hours=1),
+                          drift=(drift_item("t9"),))]
+    fixed = make_report("app01.example.com", finished_at=BASE_TIME + timedelta(minutes=1))
+    first = [(r, to_json(r).encode(), BASE_TIME - timedelta(minutes=30)) for r in before]
+    items = [(r, to_json(r).encode(), BASE_TIME + timedelta(minutes=6)) for r in (newer, other, older, fixed)]
+    assert store.ingest_group(engine, first) == [True, True]
+    assert store.ingest_group(engine, items) == [True, True, True, True]
 
     def snapshot(e: Engine) -> Any:
         with e.connect() as conn:
@@ -128,7 +136,7 @@ def test_batched_statements_store_what_one_by_one_stores(engine: Engine) -> None
     with tempfile.TemporaryDirectory() as tmp:
         reference = db.create(f"sqlite:///{tmp}/ref.db")
         db.prepare(reference)
-        for r, raw, at in items:
+        for r, raw, at in [*first, *items]:
             store.ingest(reference, r, raw, received_at=at)
         got, want = snapshot(engine), snapshot(reference)
         reference_review = review_snapshot(reference)
@@ -161,6 +169,8 @@ def test_a_revoked_token_is_refused_at_once_despite_the_cache(client: Any, engin
     refused = send(make_report("web01.example.com"), secret)
     assert refused.status_code == 401 and "revoked" in refused.json()["error"]
     assert count(engine, runs) == 1
+    assert tokens.hash_token(secret) not in collector.group.principals  # dropped: asked again next time
+    assert send(make_report("web01.example.com"), secret).status_code == 401
     reader = tokens.create(engine, tokens.TokenKind.READER, "alice", now=now)[1]
     assert send(make_report("web01.example.com"), reader).status_code == 403
     assert send(make_report("web01.example.com"), "nope").status_code == 401
@@ -172,16 +182,43 @@ def test_a_batch_the_database_refuses_is_stored_again_report_by_report(engine: E
     and the retry with a savepoint per report stores the others and fails only that one."""
     from sqlalchemy.exc import DataError
 
-    real = store._insert_drift
+    real = store._drift_rows
 
-    def refusing(conn: Any, report: Any) -> None:
+    def refusing(report: Any) -> Any:  # the drift rows of both ways of storing (batched and one by one)
         if report.host == "web02.example.com":
             raise DataError("INSERT", {}, Exception("value out of range"))
-        real(conn, report)
+        return real(report)
 
-    monkeypatch.setattr(store, "_insert_drift", refusing)
+    monkeypatch.setattr(store, "_drift_rows", refusing)
     reports = [make_report(f"web0{i}.example.com") for i in (1, 2, 3)]
     results = store.ingest_group(engine, [(r, to_json(r).encode(), BASE_TIME) for r in reports])
     assert results[0] is True and results[2] is True
     assert isinstance(results[1], DataError)
     assert count(engine, runs) == 2 and count(engine, hosts) == 2
+
+
+def test_a_valid_token_is_served_from_the_map_for_minutes_an_unknown_one_for_a_second(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.collector import group_commit, tokens
+
+    secret = tokens.create(engine, tokens.TokenKind.INGEST, "web01.example.com", now=BASE_TIME)[1]
+    asked: list[str] = []
+    real = tokens.authenticate
+
+    def counting(engine: Engine, secret: str) -> Any:
+        asked.append(secret)
+        return real(engine, secret)
+
+    monkeypatch.setattr(tokens, "authenticate", counting)
+    clock = [1000.0]
+    monkeypatch.setattr(group_commit.time, "monotonic", lambda: clock[0])
+    group = GroupCommit(engine, Expectations(), None)
+
+    def ask(s: str) -> Any:
+        return asyncio.run(group.principal(s))[0]
+
+    assert ask(secret).name == "web01.example.com" and ask("nope") is None and len(asked) == 2
+    clock[0] += 60  # a minute on: the valid token still from the map, the unknown one asked again
+    assert ask(secret).name == "web01.example.com" and ask("nope") is None and asked == [secret, "nope", "nope"]
+    clock[0] += group_commit.VALID_CACHE_S
+    assert ask(secret) is not None and asked[-1] == secret  # expired: asked again

@@ -93,3 +93,19 @@ def test_limits_are_settings():
 def test_a_real_report_fits_the_default_limits():
     report = make_report(HOST, status=Status.DRIFTED)
     assert parse_report(to_json(report).encode(), PayloadLimits()) == report
+
+
+@pytest.mark.parametrize(("where", "text", "refused"), [
+    ("value", '"\\ud800"', True), ("value", '"a\\uDC00b"', True),
+    ("nested value", '["x", {"y": "\\udbff"}]', True),
+    ("key", '{"\\ud800": 1}', True), ("pair", '"\\ud83d\\ude00"', False),  # a valid pair is one character
+    ("escaped backslash", '"\\\\ud800"', False),  # the text \ud800, not an escape
+])
+def test_lone_surrogates_are_refused_wherever_they_are(where, text, refused):
+    """The string walk runs only when the body has a surrogate escape: every place one can hide is found."""
+    body = _splice(_report_text(), "x", text)
+    if refused:
+        with pytest.raises(InvalidReportError, match="lone surrogate"):
+            parse_report(body, PayloadLimits())
+    else:
+        assert parse_report(body, PayloadLimits()).host == HOST
