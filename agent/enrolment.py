@@ -32,7 +32,7 @@ from agent.config import AgentConfig
 from agent.errors import AgentError
 from agent.fsutil import atomic_write
 from agent.paths import StatePaths
-from agent.sender import read_token, tls_context
+from agent.sender import http_reason, read_token, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +76,6 @@ def _client(config: AgentConfig, transport: httpx.BaseTransport | None) -> httpx
                         follow_redirects=False, headers={"User-Agent": f"gitops-agent/{__version__}"})
 
 
-def _reason(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-        detail = body.get("error") if isinstance(body, dict) else None
-    except ValueError:
-        detail = None
-    return f"HTTP {response.status_code}: {detail or response.text[:200].strip() or response.reason_phrase}"
-
-
 def _ask(config: AgentConfig, client: httpx.Client, data: dict[str, Any],
          groups: tuple[str, ...]) -> str | None:
     """Send the request; None once it has an id (saved), else why not."""
@@ -95,7 +86,7 @@ def _ask(config: AgentConfig, client: httpx.Client, data: dict[str, Any],
             "pickup_sha256": hashlib.sha256(data["pickup_secret"].encode()).hexdigest()}
     response = client.post(ENROL_PATH, json=body, headers=headers)
     if response.status_code not in (200, 201):
-        return f"the collector refused the enrolment request: {_reason(response)}"
+        return f"the collector refused the enrolment request: {http_reason(response)}"
     data["id"] = str(response.json()["id"])
     _save(config, data)
     log.info("enrolment requested: host=%s id=%s", config.host, data["id"])
@@ -109,10 +100,10 @@ def _pickup(config: AgentConfig, client: httpx.Client, data: dict[str, Any]) -> 
     state_file = StatePaths(config.state_dir).enrolment
     if response.status_code in (403, 404):  # forgotten (a new database), or its token revoked
         state_file.unlink(missing_ok=True)
-        return EnrolStatus(False, f"enrolment request {request_id} is over ({_reason(response)}); a new one "
-                                  "is sent next time")
+        return EnrolStatus(False, f"enrolment request {request_id} is over ({http_reason(response)}); a new "
+                                  "one is sent next time")
     if response.status_code != 200:
-        return EnrolStatus(False, f"enrolment request {request_id}: {_reason(response)}", request_id)
+        return EnrolStatus(False, f"enrolment request {request_id}: {http_reason(response)}", request_id)
     answer = response.json()
     state, token = answer.get("state"), answer.get("token")
     if state == "denied":

@@ -139,7 +139,8 @@ def tls_context(ca_file: Path | None, client_cert: tuple[Path, Path] | None = No
     return context
 
 
-def _reason(response: httpx.Response) -> str:
+def http_reason(response: httpx.Response) -> str:
+    """`HTTP <status>: <the body's "error", else its first 200 characters, else the reason phrase>`."""
     try:
         body = response.json()
         detail = body.get("error") if isinstance(body, dict) else None
@@ -214,7 +215,7 @@ class Sender:
                         "collector.client_key)")
             return SendResult(SendOutcome.RETRY, None, f"{type(e).__name__}: {e}{hint}")
         outcome = classify_response(response.status_code)
-        return SendResult(outcome, response.status_code, _reason(response), _retry_after_s(response))
+        return SendResult(outcome, response.status_code, http_reason(response), _retry_after_s(response))
 
     def health(self) -> tuple[bool, str]:
         """Whether the collector answers GET /healthz with 200 (it and its database are up), and why not."""
@@ -222,7 +223,8 @@ class Sender:
             response = self._client.get(HEALTH_PATH)
         except httpx.HTTPError as e:
             return False, f"{type(e).__name__}: {e}"
-        return response.status_code == 200, "reachable" if response.status_code == 200 else _reason(response)
+        ok = response.status_code == 200
+        return ok, "reachable" if ok else http_reason(response)
 
     def token_accepted(self) -> tuple[bool, str]:
         """Whether the collector accepts this token for reports, without storing anything: an empty
@@ -234,7 +236,7 @@ class Sender:
             return False, f"{type(e).__name__}: {e}"
         if response.status_code in (400, 413, 422):
             return True, "accepted"
-        return False, _reason(response)
+        return False, http_reason(response)
 
     def rollout(self, commit: str, policy_digest: str, policy_text: str) -> tuple[object | None, str]:
         """The collector's rollout answer for (commit, policy digest) as JSON data, sending the text of
@@ -248,12 +250,12 @@ class Sender:
                 put = self._client.put(f"{path}/policy", params={"policy": policy_digest},
                                        content=policy_text.encode(), headers={"Content-Type": "text/plain"})
                 if put.status_code not in (200, 201):
-                    return None, f"the collector refused the policy: {_reason(put)}"
+                    return None, f"the collector refused the policy: {http_reason(put)}"
                 response = self._client.get(path, params={"policy": policy_digest})
         except httpx.HTTPError as e:
             return None, f"{type(e).__name__}: {e}"
         if response.status_code != 200:
-            return None, f"HTTP {response.status_code}: {_reason(response)}"
+            return None, http_reason(response)
         try:
             return response.json(), "ok"
         except ValueError:

@@ -189,3 +189,17 @@ def test_tls_verifies_by_default_and_adds_a_private_ca(tmp_path):
     bad.write_text("not a certificate")
     with pytest.raises(ConfigError, match="ca_file"):
         tls_context(bad)
+
+
+@pytest.mark.parametrize(("status", "body", "why"), [
+    (503, {"error": "database unavailable"}, "HTTP 503: database unavailable"),
+    (401, {"error": "unknown token"}, "HTTP 401: unknown token"),
+    (502, None, "HTTP 502: Bad Gateway"),
+])
+def test_a_refused_rollout_answer_names_the_status_once(status, body, why):
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/api/v1/rollouts/" + "a" * 40
+        return httpx.Response(status, json=body) if body else httpx.Response(status)
+
+    answer, reason = make_sender(handler).rollout("a" * 40, "b" * 64, "version: 1\n")
+    assert answer is None and reason == why
