@@ -30,6 +30,8 @@ The layout (what the agent keeps; README.md lists it for operators). Owner: the 
                       the cycle for its report)
   watch-contested.json  the watcher's correction counts of watched paths, kept across restarts
                       (agent.watchservice)
+  enrolment.json      the pending self-enrolment request and its pickup secret, removed once the token
+                      is written (agent.enrolment)
   *.corrupt-<time>    a state file that could not be read, kept for forensics (agent.state)
 Every file is written atomically (temp, fsync, rename), with mode 0600 unless it is meant for people
 (daemon.pid, daemon.json, delivery.json: 0644).
