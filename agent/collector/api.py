@@ -59,13 +59,18 @@ async def post_report(request: Request) -> Response:
             principal, token_hash = await _cached_ingest_principal(collector.group, request)
         else:
             principal = await collector.db(ingest_principal, collector.engine, request)
-        raw = await read_body(request, collector.settings.max_body_bytes)
-        report = parse_report(raw, collector.settings.payload)
-        store.check_storable(report)  # before the host check, so the 422 names the field
-        if report.host != principal.name:
-            raise ForbiddenError(f"this token is bound to host {principal.name!r}, not {report.host!r}")
-        if collector.settings.client_cert_required:
-            check_client_cert(request, report.host)
+        try:
+            raw = await read_body(request, collector.settings.max_body_bytes)
+            report = parse_report(raw, collector.settings.payload)
+            store.check_storable(report)  # before the host check, so the 422 names the field
+            if report.host != principal.name:
+                raise ForbiddenError(f"this token is bound to host {principal.name!r}, not {report.host!r}")
+            if collector.settings.client_cert_required:
+                check_client_cert(request, report.host)
+        except CollectorError:
+            if collector.group is not None:  # the token came from the map: revoked since answers 401
+                await collector.group.confirm(bearer(request) or "")
+            raise
         received_at = collector.now()
         if collector.group is not None:
             created = await collector.group.ingest(report, raw, received_at=received_at,

@@ -12,7 +12,9 @@ a per-process map and asks the database only on a miss: a valid token's entry li
 host and kind never change; at 1,000 hosts reporting once a second each a 1 s entry would always miss), an
 unknown one's CACHE_S (so a token just created works within a second). Revocation still takes effect at
 once, because the batch's transaction checks every report's token again (one SELECT for the batch) and
-refuses, with 401, the reports of a token revoked since.
+refuses, with 401, the reports of a token revoked since; and a request refused before it reaches a batch
+(a body that is too large, not a report, another host's) asks the database again (`confirm`), so a revoked
+token gets 401 there too, never the body's error (the agent's `doctor` reads a 400 as "token accepted").
 """
 
 from __future__ import annotations
@@ -64,6 +66,14 @@ class GroupCommit:
             self.principals.clear()
         self.principals[key_hash] = (now, found)
         return found, key_hash
+
+    async def confirm(self, secret: str) -> None:
+        """Ask the database again, whatever the map holds: raises UnauthorizedError when the token is
+        unknown or revoked now (and keeps that answer in the map)."""
+        found = await anyio.to_thread.run_sync(tokens.authenticate, self.engine, secret, limiter=self.limiter)
+        self.principals[tokens.hash_token(secret)] = (time.monotonic(), found)
+        if found is None:
+            raise UnauthorizedError("unknown or revoked token")
 
     async def ingest(self, report: Report, raw: bytes, *, received_at: datetime,
                      token_hash: str | None = None) -> bool:

@@ -176,6 +176,24 @@ def test_a_revoked_token_is_refused_at_once_despite_the_cache(client: Any, engin
     assert send(make_report("web01.example.com"), "nope").status_code == 401
 
 
+@pytest.mark.parametrize("body", [b"{}", b"not json", b"x" * (6 * 1024 * 1024), "another host"])
+def test_a_revoked_token_is_refused_before_its_bodys_error_despite_the_cache(
+        client: Any, engine: Engine, collector: Any, token_for: Any, send: Any, body: bytes | str) -> None:
+    """Every refusal a request can get before its batch (empty, not JSON, too large, another host's)
+    is a 401 once the token is revoked, though the map still holds it as valid."""
+    from agent.collector import tokens
+    from tests.factory import BASE_TIME as now
+
+    secret = token_for("web01.example.com")
+    assert send(make_report("web01.example.com"), secret).status_code == 201  # the token is in the map now
+    content = to_json(make_report("db01.example.com")).encode() if body == "another host" else body
+    headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+    assert client.post("/api/v1/reports", content=content, headers=headers).status_code in (400, 403, 413, 422)
+    tokens.revoke(engine, "web01.example.com", now=now)
+    refused = client.post("/api/v1/reports", content=content, headers=headers)
+    assert refused.status_code == 401 and "revoked" in refused.json()["error"]
+
+
 def test_a_batch_the_database_refuses_is_stored_again_report_by_report(engine: Engine,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A statement of one report fails inside the batched transaction: nothing of that transaction stays,
