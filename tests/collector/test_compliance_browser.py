@@ -14,7 +14,7 @@ import pytest
 
 from agent.collector import compliance_store
 from tests.collector.test_drift_inbox_browser import NOW, inbox  # noqa: F401 (the fixture)
-from tests.collector.test_ui_browser import CHROMIUM_FLAGS, chromium_path, shot
+from tests.collector.test_ui_browser import console_page, shot, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -25,13 +25,9 @@ def test_compliance_charts_render_under_the_csp(inbox):  # noqa: F811 (the fixtu
     url, engine = inbox["url"], inbox["engine"]
     compliance_store.snapshot(engine, NOW - timedelta(days=1))
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
-        pg = browser.new_context(viewport={"width": 1360, "height": 900}).new_page()
-        errors: list[str] = []
-        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        pg, errors = console_page(p)
         pg.goto(f"{url}/compliance")
-        pg.fill("#token", inbox["reviewer"])
-        pg.click("button[type=submit]")
+        sign_in(pg, inbox["reviewer"])
         pg.wait_for_url(f"{url}/compliance")
         assert "0.0 %" in pg.inner_text("section.compliance-fleet h2")  # web01 drifts on two tasks
         box = pg.locator("section.compliance-fleet svg").bounding_box()
@@ -55,5 +51,5 @@ def test_compliance_charts_render_under_the_csp(inbox):  # noqa: F811 (the fixtu
         dashed = pg.get_attribute("section.compliance-fleet polyline.with-exceptions", "points")
         assert solid and dashed and solid.split()[-1] != dashed.split()[-1]  # today: 0 % vs 100 %
         shot(pg, "compliance-accepted")
-        browser.close()
+        pg.context.browser.close()
     assert errors == []

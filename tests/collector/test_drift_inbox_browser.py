@@ -26,7 +26,7 @@ from agent.collector.app import create_app
 from agent.collector.context import Collector, CollectorSettings
 from agent.collector.tokens import TokenKind
 from agent.report import Diff, DriftItem, DriftKind, Status, to_json
-from tests.collector.test_ui_browser import CHROMIUM_FLAGS, chromium_path, shot
+from tests.collector.test_ui_browser import console_page, shot, sign_in
 from tests.factory import make_report
 
 pytestmark = pytest.mark.browser
@@ -88,14 +88,9 @@ def test_acknowledge_accept_expire_and_export_in_a_browser(inbox):
 
     url = inbox["url"]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
-        context = browser.new_context(viewport={"width": 1360, "height": 900}, accept_downloads=True)
-        pg = context.new_page()
-        errors: list[str] = []
-        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        pg, errors = console_page(p, downloads=True)
         pg.goto(f"{url}/drift")
-        pg.fill("#token", inbox["reviewer"])
-        pg.click("button[type=submit]")
+        sign_in(pg, inbox["reviewer"])
         pg.wait_for_url(f"{url}/drift")
         pg.click("a.task:text('nginx config')")
         pg.wait_for_url("**task=nginx*")
@@ -140,6 +135,5 @@ def test_acknowledge_accept_expire_and_export_in_a_browser(inbox):
         rows = list(csv.DictReader(io.StringIO(text)))
         assert [(r["action"], r["actor"]) for r in rows] == [("acknowledge", "rita"), ("accept", "rita")]
         assert rows[0]["reason"] == "looking into it"
-        context.close()
-        browser.close()
+        pg.context.browser.close()
     assert errors == [], f"console errors (CSP violations?): {errors}"

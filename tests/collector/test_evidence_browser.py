@@ -26,7 +26,7 @@ from agent.collector.context import Collector, CollectorSettings
 from agent.collector.tokens import TokenKind
 from agent.report import DriftItem, DriftKind, Status, to_json
 from tests.collector.test_drift_inbox_browser import NOW, Clock, free_port
-from tests.collector.test_ui_browser import CHROMIUM_FLAGS, chromium_path, shot
+from tests.collector.test_ui_browser import console_page, shot, sign_in
 from tests.factory import make_report
 
 pytestmark = pytest.mark.browser
@@ -74,14 +74,9 @@ def test_download_and_parse_an_evidence_export_in_a_browser(served, tmp_path):
 
     url = served["url"]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
-        context = browser.new_context(viewport={"width": 1360, "height": 900}, accept_downloads=True)
-        pg = context.new_page()
-        errors: list[str] = []
-        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        pg, errors = console_page(p, downloads=True)
         pg.goto(f"{url}/drift/evidence")
-        pg.fill("#token", served["reader"])
-        pg.click("button[type=submit]")
+        sign_in(pg, served["reader"])
         pg.wait_for_url(f"{url}/drift/evidence")
         pg.fill("#from", "2026-11-20")
         pg.fill("#scope", f"host:{HOST}")
@@ -113,6 +108,5 @@ def test_download_and_parse_an_evidence_export_in_a_browser(served, tmp_path):
         archive = zipfile.ZipFile(Path(download.value.path()))
         runs = list(csv.DictReader(io.StringIO(archive.read("runs.csv").decode())))
         assert [(r["host"], r["status"]) for r in runs] == [(HOST, "in_sync"), (HOST, "drifted")]
-        context.close()
-        browser.close()
+        pg.context.browser.close()
     assert errors == [], f"console errors (CSP violations?): {errors}"

@@ -16,7 +16,7 @@ from agent.collector.tokens import TokenKind
 from agent.gate import plan_digest
 from agent.report import GateState, RolloutInfo, Status, WaveSize, to_json
 from agent.rollout import parse_policy
-from tests.collector.test_ui_browser import CHROMIUM_FLAGS, chromium_path, shot
+from tests.collector.test_ui_browser import chromium_path, console_page, shot, sign_in
 from tests.factory import COMMIT_A, drift_item, make_report
 from tests.live_collector import CollectorProcess
 
@@ -77,16 +77,11 @@ def test_an_operator_approves_a_plan_in_the_browser(site: dict[str, Any]) -> Non
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=site["chromium"], args=CHROMIUM_FLAGS)
-        context = browser.new_context(viewport={"width": 1360, "height": 900})
-        pg = context.new_page()
-        errors: list[str] = []
-        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        pg, errors = console_page(p)
         target = f"{site['url']}/commits/{COMMIT_A}"
         pg.goto(f"{target}/rollout")  # the control's former address leads to the commit page
         assert "/login" in pg.url
-        pg.fill("#token", site["reader"])
-        pg.click("button[type=submit]")
+        sign_in(pg, site["reader"])
         pg.wait_for_url(lambda url: url.split("#")[0] == target)
         assert "Rollout control" in pg.inner_text("#rollout") and "Running it (2)" in pg.inner_text("main")
         plan = pg.locator(f"#plan-{PLAN[:12]}")
@@ -98,8 +93,7 @@ def test_an_operator_approves_a_plan_in_the_browser(site: dict[str, Any]) -> Non
         assert "No plan waits for approval" in pg.inner_text("main")
         assert "pg change reviewed with the DBA" in pg.inner_text("main")
         shot(pg, "rollout-approved")
-        context.close()
-        browser.close()
+        pg.context.browser.close()
     assert errors == [], f"console errors (CSP violations?): {errors}"
     answer = httpx.get(
         f"{site['url']}/api/v1/rollouts/{COMMIT_A}?policy={site['digest']}", headers=site["auth"]

@@ -34,6 +34,22 @@ def chromium_path() -> str:
     return path
 
 
+def console_page(playwright: Any, *, downloads: bool = False) -> tuple[Any, list[str]]:
+    """A page of a fresh headless Chromium (1360x900) and the list its console errors are added to (a CSP
+    violation is one): the set-up every browser test shares. Closed with the `sync_playwright()` block."""
+    browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+    page = browser.new_context(viewport={"width": 1360, "height": 900}, accept_downloads=downloads).new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    return page, errors
+
+
+def sign_in(page: Any, token: str) -> None:
+    """Fill the login form the page was sent to and submit it."""
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     executable = chromium_path()
