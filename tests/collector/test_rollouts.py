@@ -4,6 +4,7 @@ PostgreSQL through the real app."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -269,6 +270,24 @@ def test_the_agents_endpoint_needs_an_ingest_token(client, engine):
     assert client.get(f"/api/v1/rollouts/{COMMIT_A}?policy={DIGEST}").status_code == 401
     reader = operator(engine, "bob")
     assert client.get(f"/api/v1/rollouts/{COMMIT_A}?policy={DIGEST}", headers=reader).status_code == 403
+
+
+def test_a_revoked_ingest_token_is_refused_by_the_agents_endpoint_within_its_copys_age(
+        client, engine, token_for, monkeypatch):
+    """The agents' GET checks tokens against a copy of the valid ingest tokens read at most once per
+    TOKENS_S (at 1,000 agents a lookup per ask was the bound): a revocation takes effect within that."""
+    from agent.collector import rollout_api, tokens
+    from tests.factory import BASE_TIME
+
+    monkeypatch.setattr(rollout_api, "TOKENS_S", 0.3)
+    url = f"/api/v1/rollouts/{COMMIT_A}?policy={DIGEST}"
+    headers = {"Authorization": f"Bearer {token_for('web01.example.com')}"}
+    answer = client.get(url, headers=headers)  # the token passes: no host sent this policy yet
+    assert answer.status_code == 404 and "unknown policy" in answer.json()["error"]
+    tokens.revoke(engine, "web01.example.com", now=BASE_TIME)
+    time.sleep(0.35)
+    assert client.get(url, headers=headers).status_code == 401
+    assert client.get(url, headers={"Authorization": "Bearer nope"}).status_code == 401
 
 
 def act(client: Any, headers: dict[str, str], **body: Any) -> httpx.Response:
