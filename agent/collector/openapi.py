@@ -380,11 +380,22 @@ def _report_schemas() -> dict[str, Any]:
     return {**defs, "Report": report}
 
 
+def _reshaped(paths: dict[str, Any]) -> dict[str, Any]:
+    """A path parameter holding `?` or `#` cuts the URL short: `POST /api/v1/rollouts/web?x/actions` is
+    `/api/v1/rollouts/web`, a GET-only route, so a POST or PUT with a path parameter may be answered 405."""
+    error = {"$ref": "#/components/responses/Error"}
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            if "{" in path and method != "get":
+                operation["responses"].setdefault("405", error)
+    return paths
+
+
 def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "gitops-collector API", "version": agent.__version__},
-        "paths": _paths(),
+        "paths": _reshaped(_paths()),
         "components": _components(),
         "security": [{"bearer": []}],
     }
