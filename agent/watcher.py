@@ -391,6 +391,8 @@ class Watcher:
         """An event in a directory of trees: the path it names, and the directories it adds or drops
         (a directory created is walked now; a move is left to a walk of the whole tree)."""
         path = posixpath.join(entry.path, name) if name else entry.path
+        # (a directory moved into the tree while another path's watch held it: one wd, both paths)
+        paths = {posixpath.join(d, name) if name else d for d in (entry.path, *entry.aliases)}
         for top in list(entry.trees):
             tree = self._trees.get(top)
             if tree is None:
@@ -404,7 +406,7 @@ class Watcher:
                 if failed is not None:
                     self._untree(top)
                     self._trees_off[top] = failed
-        return {path}
+        return paths
 
 
 @dataclass

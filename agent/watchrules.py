@@ -177,6 +177,12 @@ class ContestedPaths:
         for path in paths:
             self._paths.pop(path, None)
 
+    def forget_below(self, tops: Iterable[str]) -> None:
+        """forget() every counted path below the trees `tops` (a new commit changed their roles)."""
+        prefixes = tuple(top.rstrip("/") + "/" for top in tops)
+        if prefixes:
+            self.forget([path for path in self._paths if path.startswith(prefixes)])
+
     # -- kept across restarts (the daemon writes it to state_dir/watch-contested.json) -------------
 
     def to_json(self, now: float, wall_now: float) -> dict[str, Any]:

@@ -321,6 +321,8 @@ class WatchService:
             if self._loaded:  # a new commit changed these roles: count again from zero
                 self.contested.forget(p for role, entry in compact.items() if self.table.get(role) != entry
                                       for p in entry)
+                self.contested.forget_below(t for role, entry in compact.items()
+                                            if self.table.get(role) != entry for t in entry.trees)
             self._loaded = True
             self.table, self.blind = compact, blind
             self.state = self.watcher.watch(PathSet(p for entry in compact.values() for p in entry),

@@ -362,6 +362,15 @@ def test_a_directory_moved_within_the_tree_and_the_top_recreated_are_watched(
     changes(watcher)
     (top / "moved" / "deeper" / "c.conf").write_text("moved\n")
     assert changes(watcher) == {str(top / "moved/deeper/c.conf")}
+    staged = tmp_path / "staged"  # a directory moved in from outside, with a managed file of its own
+    (staged / "inner").mkdir(parents=True)
+    (staged / "inner" / "s.conf").write_text("s\n")
+    watcher.watch([str(top), str(staged / "inner/s.conf")], [str(top)])
+    os.rename(staged, top / "staged")
+    changes(watcher)
+    (top / "staged" / "inner" / "s.conf").write_text("moved in\n")
+    assert str(top / "staged/inner/s.conf") in changes(watcher)
+    watcher.watch([str(top)], [str(top)])
     os.rename(top, tmp_path / "conf.d.old")  # away: not followed
     assert str(top) in changes(watcher)
     (tmp_path / "conf.d.old" / "a.conf").write_text("old\n")
