@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/watch.py [--edits 5] [--scheduled-edits 3] [--interval 60s] [--seconds 120]
                                     [--strategies mitogen,linear] [--idle-only | --no-idle]
-                                    [--tree] [--no-burst]
+                                    [--tree] [--no-burst] [--tree-walk 100000]
 
 1. Time to detect: a real collector (`gitops-collector serve`, SQLite) and the daemon of the example repo
    (`make demo`'s sandbox) in detect mode. Each hand edit of a managed file (/etc/motd under the target
@@ -18,6 +18,8 @@
    samples) and CPU (user+sys of the daemon and its reaped children, /proc/PID/stat) per hour. With
    --tree, a fourth daemon watches one managed tree of 10,000 files (a `copy` of a directory: 10 x 10
    directories of 100 files, one tree in watch.json, every directory watched below its top).
+   --tree-walk N only times arming the watcher (agent.watcher, in this process) for one tree of N files
+   and re-arming the same set, against the walk's bound (watcher.TREE_MAX_ENTRIES), and exits.
 3. A burst: 500 of the 10,000 watched files rewritten at once: the watch checks that follow (one per
    role expected), from the daemon's log.
 """
@@ -202,6 +204,27 @@ def watch_tree(state: Path, tree: Path, count: int) -> None:
     (state / "watch.json").write_text(json.dumps(current))
 
 
+def tree_walk(workdir: Path, count: int) -> None:
+    """Time Watcher.watch() of one tree of `count` files (100 to a directory, 10 directories to one)."""
+    from agent.watcher import TREE_MAX_ENTRIES, Watcher
+    tree = workdir / f"walk-{count}"
+    if not tree.exists():
+        for n in range(count):
+            name = tree / f"g{n // 1000:03}" / f"d{n // 100 % 10}" / f"f{n % 100:02}"
+            name.parent.mkdir(parents=True, exist_ok=True)
+            name.touch()
+    with Watcher() as w:
+        began = time.perf_counter()
+        state = w.watch([str(tree)], [str(tree)])
+        armed = time.perf_counter() - began
+        began = time.perf_counter()
+        w.watch([str(tree)], [str(tree)])
+        again = time.perf_counter() - began
+    print(f"tree of {count} files (bound {TREE_MAX_ENTRIES} entries): armed in {armed * 1000:.0f} ms, "
+          f"the same set again in {again * 1000:.1f} ms; {state.directories} directory watches, "
+          f"{state.trees} trees watched; unwatched {list(state.unwatched)} ({state.reason})")
+
+
 def burst(workdir: Path, big: int) -> None:
     """500 of the 10,000 watched files (daemon number `big`) rewritten at once: its watch checks."""
     # The burst: 500 files of the 10,000 rewritten at once.
@@ -252,7 +275,7 @@ def idle_and_burst(workdir: Path, seconds: float, *, tree: bool = False, bursts:
         used = {name: cpu_s(p.pid) - start[name] for name, p in procs.items()}
         print(f"\nidle daemons over {elapsed:.0f}s, side by side (poll 1m):")
         for name in procs:
-            print(f"  {name:<13} RSS {rss[name]:5.1f} MB ({rss[name] - rss['no watch']:+.1f} MB)   CPU "
+            print(f"  {name:<16} RSS {rss[name]:5.1f} MB ({rss[name] - rss['no watch']:+.1f} MB)   CPU "
                   f"{used[name]:.2f}s = {used[name] / elapsed * 3600:.1f} CPU-s per hour")
         for n, name in enumerate(procs):
             if "cycle done" in (workdir / f"daemon-idle-{n}.log").read_text():
@@ -282,7 +305,12 @@ def main() -> None:
     parser.add_argument("--tree", action="store_true",
                         help="idle cost: also a daemon watching one managed tree of 10,000 files")
     parser.add_argument("--no-burst", action="store_true", help="skip the burst (it runs a watch check)")
+    parser.add_argument("--tree-walk", type=int, metavar="N", help="only time arming a tree of N files")
     args = parser.parse_args()
+    if args.tree_walk:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        tree_walk(args.workdir, args.tree_walk)
+        return
     sandbox(args.workdir, HOST)  # converged once (enforce), so a hand edit is corrective drift
     if args.idle_only:
         idle_and_burst(args.workdir, args.seconds, tree=args.tree, bursts=not args.no_burst)
