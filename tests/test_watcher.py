@@ -431,3 +431,20 @@ def test_a_tree_that_grows_past_the_limit_after_arming_falls_back(tmp_path: Path
         state = w.state()
         assert (state.directories, state.trees, state.unwatched) == (1, 0, (str(top),))
         assert state.reason == "the watcher's cap of 5 directory watches was reached"
+
+
+def test_nested_trees_and_a_path_in_a_tree_share_watches_and_drop_only_their_own(
+        tmp_path: Path, watcher: Watcher) -> None:
+    outer = tmp_path / "app"
+    inner = outer / "conf.d"
+    deep = make_tree(inner)
+    single = inner / "sub" / "b.conf"  # a template's file inside a copied tree
+    state = watcher.watch([str(outer), str(inner), str(single)], [str(outer), str(inner)])
+    assert (state.paths, state.directories, state.trees) == (3, 5, 2)  # tmp_path, app, conf.d, sub, deeper
+    state = watcher.watch([str(outer), str(single)], [str(outer)])  # the inner tree's role is gone
+    assert (state.directories, state.trees) == (5, 1)
+    state = watcher.watch([str(single)])  # only the single file is left: its parent's watch stays
+    assert (state.paths, state.directories, state.trees) == (1, 1, 0)
+    deep.write_text("not watched\n")
+    single.write_text("watched\n")
+    assert changes(watcher) == {str(single)}
