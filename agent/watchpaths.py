@@ -159,6 +159,10 @@ def result_trees(module: str, res: Mapping[str, Any]) -> tuple[str, ...]:
       directory (the result's `src` is the controller's path, the invocation names `src`/`dest` beside its
       module_args, and there is no `checksum`, which a one-file result has); a `src` ending in `/` copies
       the contents into `dest`, one without copies the directory itself into `dest/basename(src)`;
+    - `copy` with `remote_src: true` of a directory: the module's result has `state: directory` (a file's
+      has `state: file`) and its `dest` is the tree already (`dest/basename(src)` for a `src` without
+      `/`); in check mode before the directory exists only the arguments say so, by a `src` ending in
+      `/` (then the tree is their `dest`);
     - `unarchive`: `dest` (the archive's files land anywhere below it).
     """
     if module not in ("file", "copy", "unarchive") or "censored" in res:
@@ -169,7 +173,7 @@ def result_trees(module: str, res: Mapping[str, Any]) -> tuple[str, ...]:
         tree = args.get("recurse") is True and args.get("state") == "directory" and isinstance(path, str)
         normal = _normal(path) if tree and isinstance(path, str) else None
         return (normal,) if normal else ()
-    dest = res.get("dest")
+    dest = res.get("dest", args.get("dest") if module == "copy" and args.get("remote_src") is True else None)
     normal = _normal(dest) if isinstance(dest, str) else None
     if normal is None:
         return ()
@@ -177,6 +181,10 @@ def result_trees(module: str, res: Mapping[str, Any]) -> tuple[str, ...]:
         return (normal,)
     invocation = res.get("invocation")
     src = invocation.get("src") if isinstance(invocation, Mapping) else None
+    if args.get("remote_src") is True:
+        src = args.get("src")
+        tree = res.get("state") == "directory" or (isinstance(src, str) and src.endswith("/"))
+        return (normal,) if tree else ()
     if not isinstance(src, str) or not src or not isinstance(res.get("src"), str) or "checksum" in res:
         return ()
     if src.endswith("/"):
