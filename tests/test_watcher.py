@@ -448,3 +448,21 @@ def test_nested_trees_and_a_path_in_a_tree_share_watches_and_drop_only_their_own
     deep.write_text("not watched\n")
     single.write_text("watched\n")
     assert changes(watcher) == {str(single)}
+
+
+def test_a_queue_overflow_counts_every_tree_as_changed_and_walks_it_again(tmp_path: Path, watcher: Watcher) -> None:
+    queued = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    top = tmp_path / "conf.d"
+    deep = make_tree(top)
+    watcher.watch([str(top)], [str(top)])
+    fd = os.open(top / "sub" / "busy.conf", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for n in range(queued // 2 + 100):  # MODIFY then ATTRIB each round (never merged), unread
+            os.write(fd, b"x")
+            os.fchmod(fd, 0o600 if n % 2 else 0o644)
+    finally:
+        os.close(fd)
+    assert str(top) in changes(watcher)  # events were lost: the whole tree may have changed
+    assert watcher.state().directories == 4
+    deep.write_text("after the overflow\n")
+    assert changes(watcher) == {str(deep)}
