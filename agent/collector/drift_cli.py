@@ -111,8 +111,12 @@ def run(engine: Engine, args: argparse.Namespace, out: TextIO | None = None) -> 
     action = getattr(args, DEST)
     try:
         result = ACTIONS[action](engine, args, out)
+    except DriftCliError:
+        raise
     except NotFoundError as e:
         raise DriftCliError(str(e), 66) from e
+    except CollectorError as e:
+        raise DriftCliError(as_options(str(e))) from e
     if result is None:
         return 0
     if args.json:
@@ -124,6 +128,22 @@ def run(engine: Engine, args: argparse.Namespace, out: TextIO | None = None) -> 
 
 
 Result = tuple[Any, str] | None
+
+# The API's field names that this command takes under another name (the others: --NAME, _ as -).
+OPTIONS = {"expires_at": "--expires", "item_id": "ITEM_ID", "hosts": "--host-pattern/--host-group",
+           "from": "--from", "to": "--to", "host_pattern": "--host-pattern", "host_group": "--host-group",
+           "role_kind": "--role-kind", "scope": "--scope", "owner": "--owner", "reason": "--reason",
+           "ticket": "--ticket", "role": "--role", "format": "--format"}
+
+
+def as_options(message: str) -> str:
+    """A refusal that names API fields (`expires_at: must be in the future`, from review_views and
+    evidence) named by this command's options instead (`--expires: must be in the future`)."""
+    names, sep, rest = message.partition(": ")
+    parts = names.split("/")
+    if not sep or not all(p in OPTIONS for p in parts):
+        return message
+    return "/".join(OPTIONS[p] for p in parts) + sep + rest
 
 
 def _list(engine: Engine, args: argparse.Namespace, out: TextIO) -> Result:

@@ -252,8 +252,10 @@ def _review_actions() -> dict[str, Any]:
                              "content": {"application/json": {"schema": {"type": "object"}}}},
                              **refusals}}}
 
-    reason = {"type": "object", "required": ["reason"], "properties": {"reason": text}}
+    reason = {"type": "object", "required": ["reason"], "properties": {"reason": text},
+              "additionalProperties": False}
     exception = {"type": "object", "required": ["scope", "owner", "reason", "ticket", "expires_at"],
+                 "additionalProperties": False,
                  "properties": {
                      "scope": {"enum": ["item", "task", "role"]},
                      "item_id": {"type": "integer", "minimum": 1,

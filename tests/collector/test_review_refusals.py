@@ -128,6 +128,44 @@ def test_accepting_with_an_expiry_in_the_past_is_refused(client, engine, reviewe
     assert (target.state(), audit_rows(engine)) == (before, rows)
 
 
+BODY_REFUSALS = {  # name: (action, change to the body, the one-line error starts with)
+    "a misspelt host_pattern (it would widen the exception to every host)": (
+        "accept", {"scope": "task", "host_patern": "web-*"}, "'host_patern': not a field of this action"),
+    "a field of another action": ("accept", {"note": "x"}, "'note': not a field of this action"),
+    "a misspelt reason on ack": ("ack", {"reason": None, "reasons": "x"}, "'reasons': not a field of this action"),
+    "an owner on revoke": ("revoke", {"owner": "x"}, "'owner': not a field of this action (it takes reason)"),
+    "an unknown role_kind": ("accept", {"scope": "role", "role": "nginx", "role_kind": "group"},
+                             "role_kind: 'group' is not ansible or playbook"),
+    "both host selectors": ("accept", {"scope": "task", "host_pattern": "web-*", "host_group": "web"},
+                            "host_pattern/host_group: a host selector takes a pattern or a group, not both"),
+    "an expiry without a time zone": ("accept", {"expires_at": "2026-12-01T00:00:00"},
+                                      "expires_at: '2026-12-01T00:00:00' has no time zone: add Z for UTC"),
+    "an expiry with minutes only, no zone": ("accept", {"expires_at": "2026-12-01T00:00"},
+                                             "expires_at: '2026-12-01T00:00' has no time zone"),
+    "an expiry that is no day": ("accept", {"expires_at": "2026-02-30"}, "expires_at: '2026-02-30' is not a date"),
+}
+
+
+@pytest.mark.parametrize("refusal", BODY_REFUSALS)
+def test_bad_bodies_are_refused_naming_the_field(client, engine, reviewer, reader, one_item, refusal):  # noqa: F811
+    action, change, says = BODY_REFUSALS[refusal]
+    exc = None
+    if action == "revoke":
+        exc = client.post("/api/v1/drift/exceptions", json=exception_body(one_item["id"]), headers=reviewer).json()
+    rows = audit_rows(engine)
+    url = {"accept": "/api/v1/drift/exceptions", "ack": f"/api/v1/drift/items/{one_item['id']}/ack",
+           "revoke": f"/api/v1/drift/exceptions/{exc['id'] if exc else 0}/revoke"}[action]
+    base = exception_body(one_item["id"]) if action == "accept" else {"reason": "because"}
+    body = {k: v for k, v in {**base, **change}.items() if v is not None}
+    response = client.post(url, json=body, headers=reviewer)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error.startswith(says) and "\n" not in error, error
+    assert audit_rows(engine) == rows
+    assert [e["state"] for e in client.get("/api/v1/drift/exceptions", headers=reader).json()["items"]] == (
+        ["active"] if exc else [])
+
+
 FORM_REFUSALS = {  # name: (signed in as, fields changed, headers, status, the page says)
     "a CSRF token missing": ("reviewer", {"csrf": None}, ORIGIN, 403, "CSRF"),
     "a CSRF token wrong": ("reviewer", {"csrf": "0" * 64}, ORIGIN, 403, "CSRF"),
