@@ -114,7 +114,7 @@ def run(engine: Engine, args: argparse.Namespace, out: TextIO | None = None) -> 
     except DriftCliError:
         raise
     except NotFoundError as e:
-        raise DriftCliError(str(e), 66) from e
+        raise DriftCliError(as_options(str(e)), 66) from e
     except CollectorError as e:
         raise DriftCliError(as_options(str(e))) from e
     if result is None:

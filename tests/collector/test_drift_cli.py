@@ -125,7 +125,7 @@ def test_accept_creates_the_exception_like_the_api(url, capsys):
     (["accept", "{item}", "--host-pattern", "w*", "--owner", "o", "--reason", "r", "--ticket", "T", "--expires",
       "{soon}"], 1, "--host-pattern/--host-group: scope item names its host in its key"),
     (["export", "--from", "2026-11-22", "--to", "2026-11-19", "--out", "{out}"], 1, "--to: 2026-11-19T00:00:00.000Z is not after from"),
-    (["export", "--from", "2026-11-19", "--scope", "host:nowhere", "--out", "{out}"], 66, "no host 'nowhere'"),
+    (["export", "--from", "2026-11-19", "--scope", "host:nowhere", "--out", "{out}"], 66, "--scope: no host 'nowhere'"),
     (["export", "--from", "2026-11-19", "--scope", "rack:3", "--out", "{out}"], 1, "--scope: 'rack:3'"),
     (["export", "--from", "2026-11-19T00:00", "--out", "{out}"], 1, "--from: '2026-11-19T00:00' has no time zone"),
     (["export", "--from", "2026-11-19", "--key", "{missing}", "--out", "{out}"], 78, "cannot read it"),
