@@ -74,6 +74,18 @@ def _int(value: str, name: str) -> int:
     return int(value)
 
 
+def _flag(fields: dict[str, Any], name: str) -> bool:
+    """A yes/no field: JSON true/false, or a form's checkbox ("on", "true", "1"; absent or "" is no).
+    Anything else is refused: read as "no", `same_loop_item: "yes"` would widen an exception to every
+    loop item."""
+    value = fields.get(name)
+    if value in (True, "true", "on", "1"):
+        return True
+    if value in (None, False, "", "false", "0"):
+        return False
+    raise InvalidActionError(f"{name}: expected true or false")
+
+
 def parse_expiry(value: str | None) -> datetime:
     """`2027-03-01` (the end of that UTC day is not meant: the exception ends at its start, 00:00 UTC) or
     an RFC 3339 time. InvalidActionError naming `expires_at` otherwise."""
@@ -113,7 +125,7 @@ def build_exception(fields: dict[str, Any], ref: ReviewItem | None) -> dx.DriftE
     key: ItemKey | None = ref.key if ref is not None and scope is dx.ExceptionScope.ITEM else None
     task = ref.key.task if ref is not None and scope is dx.ExceptionScope.TASK else None
     loop_item = None
-    if task is not None and fields.get("same_loop_item") in (True, "true", "on", "1") and ref is not None:
+    if task is not None and _flag(fields, "same_loop_item") and ref is not None:
         loop_item = ref.key.item
     role = _text(fields, "role") if scope is dx.ExceptionScope.ROLE else None
     if scope is dx.ExceptionScope.ROLE and role is None:

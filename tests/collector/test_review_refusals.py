@@ -142,6 +142,9 @@ BODY_REFUSALS = {  # name: (action, change to the body, the one-line error start
                                       "expires_at: '2026-12-01T00:00:00' has no time zone: add Z for UTC"),
     "an expiry with minutes only, no zone": ("accept", {"expires_at": "2026-12-01T00:00"},
                                              "expires_at: '2026-12-01T00:00' has no time zone"),
+    "a same_loop_item that is no yes or no (read as no it would cover every loop item)": (
+        "accept", {"scope": "task", "same_loop_item": "yes"}, "same_loop_item: expected true or false"),
+    "a same_loop_item number": ("accept", {"scope": "task", "same_loop_item": 2}, "same_loop_item: expected"),
     "an expiry that is no day": ("accept", {"expires_at": "2026-02-30"}, "expires_at: '2026-02-30' is not a date"),
 }
 
