@@ -1,4 +1,4 @@
-"""`gitops-collector drift list|ack|accept|export` on a real database: each command, its --json twin, the
+"""`gitops-collector drift list|ack|accept|revoke|export` on a real database: each command, its --json twin, the
 audit log's `cli:USER` actor, and every refusal as one line with its exit code."""
 
 from __future__ import annotations
@@ -103,9 +103,28 @@ def test_accept_creates_the_exception_like_the_api(url, capsys):
     assert json.loads(out)["total"] == 3
 
 
+def test_revoke_reopens_the_items_and_is_audited(url, capsys):
+    item = ids(url)["sysctl tune"]
+    code, out, err = run(capsys, "drift", "accept", str(item), "--owner", "web team", "--reason", "vendor patch",
+                         "--ticket", "OPS-7", "--expires", in_days(30), "--json", "--db", url)
+    assert code == 0, err
+    exc = json.loads(out)["id"]
+    code, out, err = run(capsys, "drift", "revoke", str(exc), "--reason", "patched", "--json", "--db", url)
+    assert code == 0, err
+    body = json.loads(out)
+    assert (body["id"], body["revoked_by"], body["owner"]) == (exc, USER, "web team")
+    code, out, _ = run(capsys, "drift", "list", "--state", "accepted", "--json", "--db", url)
+    assert json.loads(out)["total"] == 0
+    assert [a[2:] for a in audit(url)] == [("accept", "vendor patch"), ("revoke", "patched")]
+    code, _, err = run(capsys, "drift", "revoke", str(exc), "--reason", "again", "--db", url)
+    assert code == 1 and err == f"gitops-collector: exception {exc} is already revoked\n"
+    assert len(audit(url)) == 2
+
+
 @pytest.mark.parametrize(("argv", "code", "message"), [
     (["ack", "{item}", "--reason", "  "], 1, "--reason: required (say why)"),
     (["ack", "999", "--reason", "x"], 66, "drift item 999 does not exist"),
+    (["revoke", "999", "--reason", "x"], 66, "exception 999 does not exist"),
     (["accept", "{item}", "--owner", "o", "--reason", "r", "--ticket", "T", "--expires", "2020-01-01"], 1,
      "--expires: must be in the future"),
     (["accept", "{item}", "--owner", "o", "--reason", "r", "--ticket", "T", "--expires", "{far}"], 1, "365"),
@@ -146,6 +165,7 @@ def test_refusals_are_one_line_and_change_nothing(url, capsys, tmp_path, argv, c
 @pytest.mark.parametrize("argv", [
     ["ack", "1"],  # no --reason
     ["ack", "one", "--reason", "x"],
+    ["revoke", "1"],  # no --reason
     ["accept", "1", "--owner", "o", "--reason", "r", "--ticket", "T"],  # no --expires
     ["accept", "1", "--scope", "fleet", "--owner", "o", "--reason", "r", "--ticket", "T", "--expires", "x"],
     ["export", "--out", "x.zip"],  # no --from
