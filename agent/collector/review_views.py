@@ -326,6 +326,9 @@ async def ui_ack(request: Request) -> Response:
 
 @ui_page
 async def ui_accept_form(request: Request, collector: Collector) -> Response:
+    if not request.query_params.get("item"):
+        raise BadRequestError("item: required (the drift item the exception starts from: "
+                              "/drift/accept?item=ID)")
     item_id = _int(request.query_params.get("item", ""), "item")
     ref = await collector.db(review_store.item_json, collector.engine, item_id, now=collector.now())
     if request.state.review is None:

@@ -234,3 +234,15 @@ def test_a_tasks_page_groups_hosts_by_identical_diff(client, send, reader):
     assert groups[0] == ("3 host(s), same diff", frozenset({1, 2, 3})), groups
     assert set(groups[1:]) == {("1 host(s), same diff", frozenset({4})), ("1 host(s), no diff reported",
                                                                           frozenset({5}))}, groups
+
+
+@pytest.mark.parametrize(("query", "status", "says"), [
+    ("", 400, "item: required (the drift item the exception starts from"),
+    ("?item=", 400, "item: required"),
+    ("?item=abc", 400, "item: expected a whole number"),
+    ("?item=999999", 404, "drift item 999999 does not exist"),
+])
+def test_the_accept_form_names_a_missing_or_unknown_item(client, reviewer, one_item, query, status, says):  # noqa: F811
+    login(client, reviewer)
+    response = client.get(f"/drift/accept{query}")
+    assert response.status_code == status and says in response.text, response.text
