@@ -97,6 +97,7 @@ ROUTES = [
     *enrolment_views.ROUTES,
     *compliance_views.API_ROUTES,
     *review_views.API_ACTION_ROUTES,
+    *evidence_views.API_ROUTES,
 ]
 
 
@@ -113,7 +114,7 @@ def create_app(collector: Collector) -> Starlette:
     pages += rollout_api.PAGE_ROUTES
     pages += enrolment_views.PAGE_ROUTES
     pages += compliance_views.PAGE_ROUTES
-    pages += [*evidence_views.API_ROUTES, *evidence_views.PAGE_ROUTES]  # evidence export (not in OpenAPI)
+    pages += evidence_views.PAGE_ROUTES  # the evidence export's pages (its API is in ROUTES)
     app = Starlette(routes=[*ROUTES, *pages], lifespan=_lifespan, exception_handlers={
         CollectorError: _collector_error,
         SQLAlchemyError: _database_error,

@@ -1,7 +1,7 @@
 """`gitops-collector`: serve, migrate, token create/list/revoke, enrol (`enrol_cli`), prune, the fleet
 queries of `fleet_cli` (hosts, host, drift, runs, run, commits, commit) and the drift review's `drift
-list|ack|accept|export` of `drift_cli`. The collector's composition root; it, `enrol_cli`, `fleet_cli` and
-`drift_cli` are the only places in the collector that print.
+list|ack|accept|revoke|export` of `drift_cli`. The collector's composition root; it, `enrol_cli`,
+`fleet_cli` and `drift_cli` are the only places in the collector that print.
 
 Exit codes: 0 done; 1 failed; 2 bad usage; 66 no such database (or host, run, commit); 69 collector
 unreachable; 77 token refused; 78 bad URL, token file or CA file (sysexits.h)."""

@@ -1,6 +1,6 @@
-"""`gitops-collector drift list|ack|accept|export`: the drift review from a terminal, on the collector's
-database (`--db`, like `token` and `prune`), through the same store functions as the API and the web UI
-(review_store, review_views.build_exception, evidence), so the rules and refusals are the same.
+"""`gitops-collector drift list|ack|accept|revoke|export`: the drift review from a terminal, on the
+collector's database (`--db`, like `token` and `prune`), through the same store functions as the API and
+the web UI (review_store, review_views.build_exception, evidence), so the rules and refusals are the same.
 
 Identity: the Unix user running the command; the audit log records `cli:USER` (actor kind `cli`). Who may:
 whoever may open the collector's database, the same people who create tokens. `drift` without an action
@@ -46,7 +46,7 @@ class DriftCliError(CollectorError):
 
 def add_actions(drift: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     """The actions under the `drift` command (optional: `drift` alone is fleet_cli's HTTP query)."""
-    actions = drift.add_subparsers(dest=DEST, metavar="{list,ack,accept,export}",
+    actions = drift.add_subparsers(dest=DEST, metavar="{list,ack,accept,revoke,export}",
                                    help="optional: an action on the database (--db, actor cli:USER); "
                                         "without one, current drift from the API")
     out = argparse.ArgumentParser(add_help=False)
@@ -78,6 +78,10 @@ def add_actions(drift: argparse.ArgumentParser, common: argparse.ArgumentParser)
     accept.add_argument("--role", help="scope role: the role it covers")
     accept.add_argument("--role-kind", choices=["ansible", "playbook"], default="ansible")
     accept.add_argument("--same-loop-item", action="store_true", help="scope task: only this loop item")
+    revoke = actions.add_parser("revoke", parents=[common, out],
+                                help="revoke an exception: the items it accepted reopen")
+    revoke.add_argument("exception_id", type=_count, metavar="EXCEPTION_ID")
+    revoke.add_argument("--reason", required=True, help="why (recorded in the audit log)")
     export = actions.add_parser("export", parents=[common, out],
                                 help="write an evidence bundle (ZIP) for auditors")
     export.add_argument("--from", dest="start", required=True, metavar="WHEN", help="YYYY-MM-DD or RFC 3339")
@@ -111,8 +115,12 @@ def run(engine: Engine, args: argparse.Namespace, out: TextIO | None = None) -> 
     action = getattr(args, DEST)
     try:
         result = ACTIONS[action](engine, args, out)
+    except DriftCliError:
+        raise
     except NotFoundError as e:
-        raise DriftCliError(str(e), 66) from e
+        raise DriftCliError(as_options(str(e)), 66) from e
+    except CollectorError as e:
+        raise DriftCliError(as_options(str(e))) from e
     if result is None:
         return 0
     if args.json:
@@ -124,6 +132,22 @@ def run(engine: Engine, args: argparse.Namespace, out: TextIO | None = None) -> 
 
 
 Result = tuple[Any, str] | None
+
+# The API's field names that this command takes under another name (the others: --NAME, _ as -).
+OPTIONS = {"expires_at": "--expires", "item_id": "ITEM_ID", "hosts": "--host-pattern/--host-group",
+           "from": "--from", "to": "--to", "host_pattern": "--host-pattern", "host_group": "--host-group",
+           "role_kind": "--role-kind", "scope": "--scope", "owner": "--owner", "reason": "--reason",
+           "ticket": "--ticket", "role": "--role", "format": "--format"}
+
+
+def as_options(message: str) -> str:
+    """A refusal that names API fields (`expires_at: must be in the future`, from review_views and
+    evidence) named by this command's options instead (`--expires: must be in the future`)."""
+    names, sep, rest = message.partition(": ")
+    parts = names.split("/")
+    if not sep or not all(p in OPTIONS for p in parts):
+        return message
+    return "/".join(OPTIONS[p] for p in parts) + sep + rest
 
 
 def _list(engine: Engine, args: argparse.Namespace, out: TextIO) -> Result:
@@ -192,6 +216,16 @@ def _accept(engine: Engine, args: argparse.Namespace, out: TextIO) -> Result:
                   f"covers {covered} current item(s) now\n")
 
 
+def _revoke(engine: Engine, args: argparse.Namespace, out: TextIO) -> Result:
+    review_store.revoke_exception(engine, args.exception_id, actor=actor(), reason=args.reason, now=utc_now())
+    row = review_store.exception_row(engine, args.exception_id)
+    body = {"id": row.id, "scope": row.scope, "scope_fields": json.loads(row.scope_fields),
+            "owner": row.owner, "reason": row.reason, "ticket": row.ticket,
+            "expires_at": format_time(row.expires_at), "revoked_at": format_time(row.revoked_at),
+            "revoked_by": row.revoked_by}
+    return body, f"exception {row.id} ({row.scope}) revoked; the items it accepted are open again\n"
+
+
 def _covered(engine: Engine, exc_id: int) -> int:
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).where(review_items.c.accepted_by == exc_id,
@@ -241,7 +275,7 @@ def write_bundle(engine: Engine, req: evidence.Export, fmt: str, key: evidence.S
     return size
 
 
-ACTIONS = {"list": _list, "ack": _ack, "accept": _accept, "export": _export}
+ACTIONS = {"list": _list, "ack": _ack, "accept": _accept, "revoke": _revoke, "export": _export}
 
 
 def is_action(args: argparse.Namespace) -> bool:

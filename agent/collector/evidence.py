@@ -117,6 +117,15 @@ def parse_scope(text: str | None) -> Scope:
     return Scope(kind, name.strip())
 
 
+def without_zone(text: str) -> bool:
+    """Whether `text` is an ISO 8601 time without a zone (`2026-11-19T00:00`): RFC 3339 needs one, and
+    guessing one would move the range by hours."""
+    try:
+        return datetime.fromisoformat(text).tzinfo is None
+    except ValueError:
+        return False
+
+
 def _time(text: str | None, name: str) -> datetime:
     if text is None or text == "":
         raise BadRequestError(f"{name}: required (a date YYYY-MM-DD or an RFC 3339 time)")
@@ -125,6 +134,8 @@ def _time(text: str | None, name: str) -> datetime:
             return parse_time(f"{text}T00:00:00Z")
         return parse_time(text)
     except ValueError as e:
+        if without_zone(text):
+            raise BadRequestError(f"{name}: {text[:40]!r} has no time zone: add Z for UTC, or +HH:MM") from e
         raise BadRequestError(f"{name}: {text[:40]!r} is not a date (YYYY-MM-DD) or an RFC 3339 time") from e
 
 

@@ -17,13 +17,14 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from agent.collector import evidence, params
 from agent.collector.auth import reader_principal
-from agent.collector.errors import NotFoundError
+from agent.collector.errors import BadRequestError, NotFoundError
 from agent.collector.ui import common, ui_page
 from agent.collector.ui_render import SECURITY_HEADERS, render_page
 
@@ -39,8 +40,18 @@ def _collector(request: Request) -> Collector:
     return collector
 
 
+def once(q: QueryParams) -> None:
+    """BadRequestError when a parameter that defines the export is given twice (`from=..&from=..`): which
+    one was meant cannot be told, and an auditor must get the range and scope they asked for."""
+    for name in ("from", "to", "scope", "format"):
+        given = q.getlist(name)
+        if len(given) > 1:
+            raise BadRequestError(f"{name}: given {len(given)} times; give it once")
+
+
 async def _export(request: Request, collector: Collector) -> evidence.Export:
     q = request.query_params
+    once(q)
     req = evidence.parse_request(q.get("from"), q.get("to"), q.get("scope"), now=collector.now())
     await collector.db(evidence.check_scope, collector.engine, req.scope)
     return req

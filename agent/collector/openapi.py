@@ -148,7 +148,34 @@ def _paths() -> dict[str, Any]:
                              "responses": {"200": {"description": "metrics"}}}},
         **_beacon_paths(),
         **_enrolment_paths(),
+        **_evidence_paths(),
     }
+
+
+def _evidence_paths() -> dict[str, Any]:
+    """The evidence export for auditors (agent.collector.evidence_views; docs/drift-review.md section 7):
+    readers and reviewers; ingest tokens get 403."""
+    when = "a date YYYY-MM-DD (00:00 UTC) or an RFC 3339 time"
+    day = "[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    clock = "([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
+    moment = {"type": "string", "pattern": f"^{day}(T{clock})?$"}
+    bundle = _get(
+        "Evidence for auditors over [from, to) in a scope: a ZIP bundle streamed as it is read (runs, drift "
+        "items with their lifecycle, exceptions, approvals, rollout and review actions, commits with their "
+        "signers; SHA256SUMS, and SHA256SUMS.sig when the collector has a key), or `summary`: the counts as "
+        "JSON. 400 names a bad parameter; 404 a scope naming a host or role nobody reported", [
+            {**_q("from", f"start of the range, included: {when}", moment), "required": True},
+            _q("to", f"end of the range, excluded: {when}; default now", moment),
+            _q("scope", "fleet (default), role:NAME (the hosts having that role, its items) or host:NAME"),
+            _enum("format", "jsonl (default): evidence.jsonl | csv: one CSV per type | summary: the "
+                            "counts as JSON", ("jsonl", "csv", "summary"))])
+    bundle["get"]["responses"]["200"]["content"] = {
+        "application/zip": {"schema": {"type": "string", "format": "binary"}},
+        "application/json": {"schema": {"type": "object"}}}
+    key = _get("The collector's evidence signing key as an allowed_signers line for ssh-keygen -Y verify "
+               "(serve --evidence-key FILE); 404 without one", [])
+    key["get"]["responses"]["200"]["content"] = {"text/plain": {"schema": {"type": "string"}}}
+    return {"/api/v1/evidence": bundle, "/api/v1/evidence/key": key}
 
 
 def _enrolment_paths() -> dict[str, Any]:
@@ -225,8 +252,10 @@ def _review_actions() -> dict[str, Any]:
                              "content": {"application/json": {"schema": {"type": "object"}}}},
                              **refusals}}}
 
-    reason = {"type": "object", "required": ["reason"], "properties": {"reason": text}}
+    reason = {"type": "object", "required": ["reason"], "properties": {"reason": text},
+              "additionalProperties": False}
     exception = {"type": "object", "required": ["scope", "owner", "reason", "ticket", "expires_at"],
+                 "additionalProperties": False,
                  "properties": {
                      "scope": {"enum": ["item", "task", "role"]},
                      "item_id": {"type": "integer", "minimum": 1,

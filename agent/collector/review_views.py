@@ -32,6 +32,7 @@ from agent.collector.errors import (
     InvalidActionError,
     NotFoundError,
 )
+from agent.collector.evidence import without_zone
 from agent.collector.queries import Listing
 from agent.collector.review_store import Actor
 from agent.collector.ui import common, page_params, ui_page
@@ -46,6 +47,11 @@ APPLY_NOTE = ("An exception changes what counts (compliance with exceptions) and
               "changes what hosts apply: Git decides that.")
 AUDIT_BATCH = 1000
 AUDIT_FIELDS = ("id", "at", "actor", "actor_kind", "action", "target", "reason", "details")
+# The fields a JSON body may hold: any other is refused, so that a misspelt `host_patern` cannot widen an
+# exception to every host, nor a misspelt `reason` go unnoticed.
+REASON_FIELDS = frozenset({"reason"})
+EXCEPTION_FIELDS = frozenset({"scope", "item_id", "same_loop_item", "role", "role_kind", "host_pattern",
+                              "host_group", "owner", "reason", "ticket", "expires_at"})
 
 
 def _collector(request: Request) -> Collector:
@@ -68,6 +74,18 @@ def _int(value: str, name: str) -> int:
     return int(value)
 
 
+def _flag(fields: dict[str, Any], name: str) -> bool:
+    """A yes/no field: JSON true/false, or a form's checkbox ("on", "true", "1"; absent or "" is no).
+    Anything else is refused: read as "no", `same_loop_item: "yes"` would widen an exception to every
+    loop item."""
+    value = fields.get(name)
+    if value in (True, "true", "on", "1"):
+        return True
+    if value in (None, False, "", "false", "0"):
+        return False
+    raise InvalidActionError(f"{name}: expected true or false")
+
+
 def parse_expiry(value: str | None) -> datetime:
     """`2027-03-01` (the end of that UTC day is not meant: the exception ends at its start, 00:00 UTC) or
     an RFC 3339 time. InvalidActionError naming `expires_at` otherwise."""
@@ -78,6 +96,9 @@ def parse_expiry(value: str | None) -> datetime:
             return datetime.combine(datetime.strptime(value, "%Y-%m-%d").date(), time(), tzinfo=UTC)
         return parse_time(value)
     except ValueError as e:
+        if without_zone(value):
+            raise InvalidActionError(f"expires_at: {value[:40]!r} has no time zone: add Z for UTC, or "
+                                     "+HH:MM") from e
         raise InvalidActionError(f"expires_at: {value[:40]!r} is not a date (YYYY-MM-DD) or an RFC 3339 "
                                  "time") from e
 
@@ -94,13 +115,17 @@ def build_exception(fields: dict[str, Any], ref: ReviewItem | None) -> dx.DriftE
         raise InvalidActionError(f"item_id: scope {scope.value} names the drift item it starts from")
     try:
         hosts = dx.HostSelector(pattern=_text(fields, "host_pattern"), group=_text(fields, "host_group"))
-        role_kind = dx.RoleKind(_text(fields, "role_kind") or "ansible")
     except ValueError as e:
-        raise InvalidActionError(f"host_pattern/host_group/role_kind: {e}") from e
+        raise InvalidActionError(f"host_pattern/host_group: {e}") from e
+    kind = _text(fields, "role_kind") or "ansible"
+    try:
+        role_kind = dx.RoleKind(kind)
+    except ValueError:
+        raise InvalidActionError(f"role_kind: {kind[:40]!r} is not ansible or playbook") from None
     key: ItemKey | None = ref.key if ref is not None and scope is dx.ExceptionScope.ITEM else None
     task = ref.key.task if ref is not None and scope is dx.ExceptionScope.TASK else None
     loop_item = None
-    if task is not None and fields.get("same_loop_item") in (True, "true", "on", "1") and ref is not None:
+    if task is not None and _flag(fields, "same_loop_item") and ref is not None:
         loop_item = ref.key.item
     role = _text(fields, "role") if scope is dx.ExceptionScope.ROLE else None
     if scope is dx.ExceptionScope.ROLE and role is None:
@@ -141,8 +166,14 @@ async def _api_actor(request: Request) -> tuple[Collector, Actor]:
     return collector, Actor(principal.name, kind)
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    return await read_json_object(request, MAX_JSON_BYTES, empty_is_object=True)
+async def _json_body(request: Request, allowed: frozenset[str] = REASON_FIELDS) -> dict[str, Any]:
+    """The body's JSON object; InvalidActionError (422) naming the first field not in `allowed`."""
+    fields = await read_json_object(request, MAX_JSON_BYTES, empty_is_object=True)
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        raise InvalidActionError(f"{unknown[0][:40]!r}: not a field of this action (it takes "
+                                 f"{', '.join(sorted(allowed))})")
+    return fields
 
 
 def _action(request: Request) -> str:
@@ -166,7 +197,7 @@ async def api_ack(request: Request) -> Response:
 
 async def api_create_exception(request: Request) -> Response:
     collector, actor = await _api_actor(request)
-    fields = await _json_body(request)
+    fields = await _json_body(request, EXCEPTION_FIELDS)
     ref = await collector.db(_load_ref, collector.engine, fields)
     exc = build_exception(fields, ref)
     exc_id = await collector.db(review_store.create_exception, collector.engine, exc, actor=actor,
@@ -295,6 +326,9 @@ async def ui_ack(request: Request) -> Response:
 
 @ui_page
 async def ui_accept_form(request: Request, collector: Collector) -> Response:
+    if not request.query_params.get("item"):
+        raise BadRequestError("item: required (the drift item the exception starts from: "
+                              "/drift/accept?item=ID)")
     item_id = _int(request.query_params.get("item", ""), "item")
     ref = await collector.db(review_store.item_json, collector.engine, item_id, now=collector.now())
     if request.state.review is None:

@@ -1,4 +1,4 @@
-"""`gitops-collector drift list|ack|accept|export` on a real database: each command, its --json twin, the
+"""`gitops-collector drift list|ack|accept|revoke|export` on a real database: each command, its --json twin, the
 audit log's `cli:USER` actor, and every refusal as one line with its exit code."""
 
 from __future__ import annotations
@@ -103,25 +103,50 @@ def test_accept_creates_the_exception_like_the_api(url, capsys):
     assert json.loads(out)["total"] == 3
 
 
+def test_revoke_reopens_the_items_and_is_audited(url, capsys):
+    item = ids(url)["sysctl tune"]
+    code, out, err = run(capsys, "drift", "accept", str(item), "--owner", "web team", "--reason", "vendor patch",
+                         "--ticket", "OPS-7", "--expires", in_days(30), "--json", "--db", url)
+    assert code == 0, err
+    exc = json.loads(out)["id"]
+    code, out, err = run(capsys, "drift", "revoke", str(exc), "--reason", "patched", "--json", "--db", url)
+    assert code == 0, err
+    body = json.loads(out)
+    assert (body["id"], body["revoked_by"], body["owner"]) == (exc, USER, "web team")
+    code, out, _ = run(capsys, "drift", "list", "--state", "accepted", "--json", "--db", url)
+    assert json.loads(out)["total"] == 0
+    assert [a[2:] for a in audit(url)] == [("accept", "vendor patch"), ("revoke", "patched")]
+    code, _, err = run(capsys, "drift", "revoke", str(exc), "--reason", "again", "--db", url)
+    assert code == 1 and err == f"gitops-collector: exception {exc} is already revoked\n"
+    assert len(audit(url)) == 2
+
+
 @pytest.mark.parametrize(("argv", "code", "message"), [
-    (["ack", "{item}", "--reason", "  "], 1, "reason: required (say why)"),
+    (["ack", "{item}", "--reason", "  "], 1, "--reason: required (say why)"),
     (["ack", "999", "--reason", "x"], 66, "drift item 999 does not exist"),
+    (["revoke", "999", "--reason", "x"], 66, "exception 999 does not exist"),
     (["accept", "{item}", "--owner", "o", "--reason", "r", "--ticket", "T", "--expires", "2020-01-01"], 1,
-     "expires_at"),
+     "--expires: must be in the future"),
     (["accept", "{item}", "--owner", "o", "--reason", "r", "--ticket", "T", "--expires", "{far}"], 1, "365"),
     (["accept", "{item}", "--owner", "o", "--reason", "r", "--ticket", "T", "--expires", "soon"], 1,
-     "expires_at: 'soon' is not a date"),
+     "--expires: 'soon' is not a date"),
     (["accept", "{item}", "--owner", " ", "--reason", "r", "--ticket", "T", "--expires", "{soon}"], 1, "owner"),
     (["accept", "{item}", "--owner", "o", "--reason", "r", "--ticket", "", "--expires", "{soon}"], 1, "ticket"),
     (["accept", "--owner", "o", "--reason", "r", "--ticket", "T", "--expires", "{soon}"], 1,
-     "item_id: scope item names the drift item"),
+     "ITEM_ID: scope item names the drift item"),
     (["accept", "--scope", "role", "--owner", "o", "--reason", "r", "--ticket", "T", "--expires", "{soon}"], 1,
-     "role: required for scope role"),
+     "--role: required for scope role"),
     (["accept", "{item}", "--scope", "task", "--host-pattern", "w*", "--host-group", "web", "--owner", "o",
-      "--reason", "r", "--ticket", "T", "--expires", "{soon}"], 1, "not both"),
-    (["export", "--from", "2026-11-22", "--to", "2026-11-19", "--out", "{out}"], 1, "is not after from"),
-    (["export", "--from", "2026-11-19", "--scope", "host:nowhere", "--out", "{out}"], 66, "no host 'nowhere'"),
-    (["export", "--from", "2026-11-19", "--scope", "rack:3", "--out", "{out}"], 1, "scope: 'rack:3'"),
+      "--reason", "r", "--ticket", "T", "--expires", "{soon}"], 1,
+     "--host-pattern/--host-group: a host selector takes a pattern or a group, not both"),
+    (["accept", "{item}", "--scope", "task", "--host-pattern", "w*", "--owner", "o", "--reason", "r", "--ticket",
+      "T", "--expires", "2026-12-01T00:00:00"], 1, "--expires: '2026-12-01T00:00:00' has no time zone"),
+    (["accept", "{item}", "--host-pattern", "w*", "--owner", "o", "--reason", "r", "--ticket", "T", "--expires",
+      "{soon}"], 1, "--host-pattern/--host-group: scope item names its host in its key"),
+    (["export", "--from", "2026-11-22", "--to", "2026-11-19", "--out", "{out}"], 1, "--to: 2026-11-19T00:00:00.000Z is not after from"),
+    (["export", "--from", "2026-11-19", "--scope", "host:nowhere", "--out", "{out}"], 66, "--scope: no host 'nowhere'"),
+    (["export", "--from", "2026-11-19", "--scope", "rack:3", "--out", "{out}"], 1, "--scope: 'rack:3'"),
+    (["export", "--from", "2026-11-19T00:00", "--out", "{out}"], 1, "--from: '2026-11-19T00:00' has no time zone"),
     (["export", "--from", "2026-11-19", "--key", "{missing}", "--out", "{out}"], 78, "cannot read it"),
     (["export", "--from", "2026-11-19", "--out", "{existing}"], 73, "cannot create it"),
 ])
@@ -140,6 +165,7 @@ def test_refusals_are_one_line_and_change_nothing(url, capsys, tmp_path, argv, c
 @pytest.mark.parametrize("argv", [
     ["ack", "1"],  # no --reason
     ["ack", "one", "--reason", "x"],
+    ["revoke", "1"],  # no --reason
     ["accept", "1", "--owner", "o", "--reason", "r", "--ticket", "T"],  # no --expires
     ["accept", "1", "--scope", "fleet", "--owner", "o", "--reason", "r", "--ticket", "T", "--expires", "x"],
     ["export", "--out", "x.zip"],  # no --from

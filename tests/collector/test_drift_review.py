@@ -6,6 +6,7 @@ docs/drift-review.md section 2 is the table these cases follow.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -115,7 +116,15 @@ class Tick:
     at: int
 
 
-Step = See | Ack | Unack | Accept | Tick
+@dataclass(frozen=True)
+class Revoke:
+    """Exception number `exception` (1, 2, ... in the order of the Accept steps) is revoked at minute `at`."""
+
+    exception: int
+    at: int
+
+
+Step = See | Ack | Unack | Accept | Tick | Revoke
 
 
 def minute(m: int) -> datetime:
@@ -171,6 +180,11 @@ def play(steps: list[Step]) -> Host:
                 key=key(step.task)))
             host.now = minute(step.at)
             host.take(recheck_coverage(list(host.current.values()), host.coverage))
+        elif isinstance(step, Revoke):
+            host.now = minute(step.at)
+            host.exceptions = [dataclasses.replace(e, revoked_at=host.now) if e.id == step.exception else e
+                               for e in host.exceptions]
+            host.take(recheck_coverage(list(host.current.values()), host.coverage))
         else:
             host.now = minute(step.at)
             host.take(recheck_coverage(list(host.current.values()), host.coverage))
@@ -218,6 +232,16 @@ CASES: dict[str, tuple[list[Step], dict[str, ItemState], list[tuple[str, Resolut
         [See(0, Status.DRIFTED, (("a", C),)), Ack("a"), Accept("a", 1, 600)], {"a": A}, []),
     "an exception expired reopens as open, not acknowledged": (
         [See(0, Status.DRIFTED, (("a", C),)), Ack("a"), Accept("a", 1, 60), Tick(61)], {"a": OPEN}, []),
+    "a revoked exception reopens as open, not acknowledged": (
+        [See(0, Status.DRIFTED, (("a", C),)), Ack("a"), Accept("a", 1, 600), Revoke(1, 2)], {"a": OPEN}, []),
+    "revoking one of two exceptions leaves it accepted by the other": (
+        [See(0, Status.DRIFTED, (("a", C),)), Accept("a", 1, 600), Accept("a", 2, 60), Revoke(1, 3)],
+        {"a": A}, []),
+    "revoked, then the other exception expires: open": (
+        [See(0, Status.DRIFTED, (("a", C),)), Accept("a", 1, 600), Accept("a", 2, 60), Revoke(1, 3), Tick(62)],
+        {"a": OPEN}, []),
+    "a revoked exception does not cover a new episode": (
+        [Accept("a", 0, 600), Revoke(1, 1), See(2, Status.DRIFTED, (("a", C),))], {"a": OPEN}, []),
     "an exception covers a new episode at once": (
         [Accept("a", 0, 600), See(1, Status.DRIFTED, (("a", C),))], {"a": A}, []),
     "an exception does not keep drift current": (

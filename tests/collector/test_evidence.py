@@ -168,6 +168,14 @@ def test_summary_counts_the_same_records(client, reader, fleet):
     (f"{RANGE}&scope=host:nowhere.example.com", 404, "no host 'nowhere.example.com'"),
     (f"{RANGE}&scope=role:nothing", 404, "no role 'nothing'"),
     (f"{RANGE}&format=xml", 400, "format: expected"),
+    # a time without a zone would move the range by hours: refused, saying so (also for the CLI's --from)
+    ("from=2026-11-19T00:00:00", 400, "from: '2026-11-19T00:00:00' has no time zone: add Z"),
+    ("from=2026-11-19&to=2026-11-22T12:00", 400, "to: '2026-11-22T12:00' has no time zone"),
+    # which of two was meant cannot be told: each parameter that defines the export is taken once
+    ("from=2026-11-19&from=2026-11-20", 400, "from: given 2 times; give it once"),
+    (f"{RANGE}&to=2026-11-23", 400, "to: given 2 times"),
+    (f"{RANGE}&scope=fleet&scope=host:nowhere.example.com", 400, "scope: given 2 times"),
+    (f"{RANGE}&format=csv&format=jsonl", 400, "format: given 2 times"),
 ])
 def test_bad_requests_are_refused_with_one_line(client, reader, fleet, query, status, message):
     response = client.get(f"/api/v1/evidence?{query}", headers=reader)

@@ -86,6 +86,10 @@ def test_download_and_parse_an_evidence_export_in_a_browser(served, tmp_path):
         assert pg.inner_text("table.evidence-counts td.items") == "1"
         assert " ".join(served["public"]) in pg.inner_text("pre.allowed-signers")
         shot(pg, "evidence-summary")
+        pg.emulate_media(media="print")  # printed: the figures stay; navigation, the form and links go
+        assert pg.is_visible("table.evidence-counts") and pg.is_visible("pre.allowed-signers")
+        assert not any(pg.is_visible(s) for s in ("header.top nav", "form.evidence", "p.downloads"))
+        pg.emulate_media(media="screen")
         with pg.expect_download() as download:
             pg.click("a:text('JSON Lines')")
         assert download.value.suggested_filename.startswith("evidence-host_web01.example.com-20261120T000000Z")
