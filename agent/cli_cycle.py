@@ -169,7 +169,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
                                stop=runner.stop, grace_s=current.schedule.stop_grace_s,
                                ping=_watchdog_ping,
                                destination=lambda r: delivery.destination(current, r.run_id), roles=roles,
-                               warm=warm if trigger is Trigger.WATCH and current.watch else None)
+                               warm=warm if trigger is Trigger.WATCH and current.watch_warm_start else None)
 
     def build(current: config.AgentConfig) -> daemon.Parts:
         """The probe (over a Git source) and the redelivery (over a sender), from one configuration: built

@@ -123,7 +123,8 @@ SETTINGS: tuple[Setting, ...] = (
             "its changes no longer start checks"),
     Setting("watch_warm_start", _boolean, True,
             "watch checks are forked from a helper process that has the agent's code imported already "
-            "(about 1 s sooner; the helper costs its own memory); off: each starts a new process"),
+            "(about 1 s sooner; the helper costs its own memory); off: each starts a new process. The "
+            "helper is started with the daemon (a reload can turn it off, not on)"),
     Setting("watch_max_watches", _positive_int, 0,
             "inotify watches (one per directory) the daemon may use at most (0: up to the kernel's "
             "fs.inotify.max_user_watches); paths past it are checked on the schedule only"),
