@@ -26,6 +26,7 @@ dies, or answers nonsense, and says so in its log (agent.child).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import importlib
@@ -96,13 +97,13 @@ def _child(argv: list[str], channel: tuple[int, int], main: Callable[[list[str]]
         sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
         code = main(argv)
     except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
+        code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
     except BaseException:  # the child must never return into the helper's loop
         traceback.print_exc()
         code = 1
     finally:
-        with contextlib.suppress(Exception):
-            logging.shutdown()
+        with contextlib.suppress(BaseException):  # what the interpreter's exit would do (atexit: logging,
+            atexit._run_exitfuncs()  # weakref finalizers of temporary directories), then the streams
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)

@@ -4,6 +4,7 @@ through it)."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -25,6 +26,9 @@ def probe(argv: list[str]) -> int:
     """What a forked child sees, written to the file argv[0]; `sleep S` first when asked; exit code 3."""
     if argv[1:2] == ["sleep"]:
         time.sleep(float(argv[2]))
+    if argv[1:2] == ["exit"]:  # as the interpreter's exit: atexit handlers run, sys.exit() is 0
+        atexit.register(lambda: Path(argv[0]).write_text("atexit ran"))
+        sys.exit()
     devnull = os.stat(os.devnull)
     Path(argv[0]).write_text(json.dumps({
         "argv": argv, "pid": os.getpid(), "ppid": os.getppid(), "sid": os.getsid(0), "pgid": os.getpgid(0),
@@ -85,6 +89,17 @@ def test_a_forked_child_runs_as_the_cold_one_would(tmp_path: Path) -> None:
     assert warm.proc is None
 
 
+def test_a_child_exits_as_the_interpreter_would(tmp_path: Path) -> None:
+    warm = Zygote(helper_env(), command=PROBE_HELPER)
+    warm.start()
+    try:
+        child = warm.spawn([str(tmp_path / "exit.txt"), "exit"])
+        assert child.wait(30) == 0
+        assert (tmp_path / "exit.txt").read_text() == "atexit ran"
+    finally:
+        warm.close()
+
+
 def test_a_stop_signals_the_childs_group_and_waiting_times_out(tmp_path: Path) -> None:
     warm = Zygote(helper_env(), command=PROBE_HELPER)
     warm.start()
@@ -140,7 +155,9 @@ def test_warm_start_falls_back_to_the_cold_path_and_says_so(caplog: pytest.LogCa
     with caplog.at_level(logging.INFO, logger="agent.zygote"):
         for _ in range(WarmStart.MAX_STARTS + 1):
             broken.ensure()
-            time.sleep(0.3)
+            deadline = time.monotonic() + 30
+            while broken.zygote.running and time.monotonic() < deadline:  # it exits at once (7)
+                time.sleep(0.05)
             assert broken.spawn(["run"]) is None
     broken.close()
     assert broken.off
