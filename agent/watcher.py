@@ -11,12 +11,23 @@ changed. A queue overflow (IN_Q_OVERFLOW) counts every managed path as changed.
 When `inotify_add_watch` says ENOSPC (fs.inotify.max_user_watches reached; or `max_watches`, a cap for
 tests, is reached), the paths that needed that watch are *unwatched*: `state()` names them and the
 reason, and the caller checks them on the schedule only. They are tried again at the next `watch()`.
+
+A *tree* (a directory whose whole content is managed: a `copy` of a directory, `file recurse=yes`,
+`unarchive`) is watched below its top too: one watch per directory of the tree, found by a bounded walk
+(at most `tree_max_entries` entries, TREE_MAX_ENTRIES by default), and an event in any of them counts as a
+change of the path it names. inotify has no recursion, so a directory created in the tree (IN_CREATE or
+IN_MOVED_TO with IN_ISDIR) is walked and watched when its event is read, a deleted one drops its watch,
+and a directory moved within, into or out of the tree (or the tree's top recreated) has the tree walked
+again. A tree whose walk passes the bound, or that meets the watch limit, is not watched below its top
+(its top stays watched as a path): `state()` names it as unwatched, with the reason, and it is tried
+again at the next `watch()`. Trees are armed after the paths, so single files win the watches first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import posixpath
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
@@ -31,6 +42,8 @@ MASK = (flags.CLOSE_WRITE | flags.MODIFY | flags.ATTRIB | flags.CREATE | flags.D
 _GONE = flags.DELETE_SELF | flags.MOVE_SELF | flags.IGNORED
 MAX_USER_WATCHES = Path("/proc/sys/fs/inotify/max_user_watches")
 PLACE_TRIES = 5
+TREE_MAX_ENTRIES = 20_000  # entries (files, directories, links) one walk of one tree may read
+_TREE_MOVES = flags.MOVED_FROM | flags.MOVED_TO
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,7 @@ class WatchState:
     directories: int  # inotify watches in use
     unwatched: tuple[str, ...] = ()  # managed paths that only the scheduled check looks at
     reason: str | None = None  # why some are unwatched
+    trees: int = 0  # trees watched below their top (their directories count in `directories`)
 
 
 @dataclass
@@ -54,6 +68,8 @@ class _Dir:
     # other paths of the same directory (a symlink such as /var/run -> /run, a bind mount): inotify gives
     # one inode one wd, whichever path named it
     aliases: list[str] = field(default_factory=list)
+    # the trees (their top paths) this directory is watched for: any event in it counts
+    trees: set[str] = field(default_factory=set)
 
     def _held(self, name: str) -> set[str]:
         if name not in self.names:
@@ -108,7 +124,7 @@ def _limit_reason(cap: int | None) -> str:
 class Watcher:
     """Watch a set of absolute, normalised paths (agent.watchpaths); `read()` says which changed."""
 
-    def __init__(self, *, max_watches: int | None = None) -> None:
+    def __init__(self, *, max_watches: int | None = None, tree_max_entries: int = TREE_MAX_ENTRIES) -> None:
         try:
             self._inotify = INotify()
         except OSError as exc:  # EMFILE: fs.inotify.max_user_instances
@@ -123,6 +139,9 @@ class Watcher:
         self._away: dict[str, int] = {}
         self._unwatched: set[str] = set()
         self._reason: str | None = None
+        self._tree_max = tree_max_entries
+        self._trees: dict[str, _Tree] = {}  # tree top -> its watched directories
+        self._trees_off: dict[str, str] = {}  # tree top -> why it is not watched below its top
 
     def close(self) -> None:
         self._inotify.close()
@@ -138,9 +157,10 @@ class Watcher:
 
     # -- the table -------------------------------------------------------------------------------
 
-    def watch(self, paths: Iterable[str]) -> WatchState:
+    def watch(self, paths: Iterable[str], trees: Iterable[str] = ()) -> WatchState:
         """Watch exactly `paths` from now on (a new check's managed set): add what is new, drop what is
-        gone, and try the unwatched ones again. Paths must be absolute. A set that makes its paths on the
+        gone, and try the unwatched ones again; and every directory below each of `trees` (the tops of
+        managed trees; see the module's docstring). Paths must be absolute. A set that makes its paths on the
         fly (agent.watchpaths.PathSet, as the daemon passes) is placed one path at a time, so no second
         table of 10,000 strs is alive while the watch table grows (it would pin the allocator's memory:
         idle RSS, bench/watch.py)."""
@@ -158,6 +178,7 @@ class Watcher:
                 self._unwatched.discard(path)
                 self._place(path)
         self._reason = None if not self._unwatched else self._reason
+        self._watch_trees(trees)
         return self.state()
 
     def _managed(self) -> set[str]:
@@ -176,9 +197,12 @@ class Watcher:
         return None
 
     def state(self) -> WatchState:
+        reasons = dict.fromkeys([self._reason] if self._reason else [])
+        reasons.update(dict.fromkeys(self._trees_off.values()))
         return WatchState(paths=sum(entry.count() for entry in self._dirs.values()),
                           directories=len(self._dirs),
-                          unwatched=tuple(sorted(self._unwatched)), reason=self._reason)
+                          unwatched=tuple(sorted(self._unwatched | set(self._trees_off))),
+                          reason="; ".join(reasons) or None, trees=len(self._trees))
 
     def _add_watch(self, directory: str) -> int | None:
         """The wd watching `directory`; None when it does not exist (or is no directory); raises
@@ -240,7 +264,7 @@ class Watcher:
             return
         entry = self._dirs[wd]
         entry.remove(path)
-        if not entry.names:
+        if not entry.names and not entry.trees:
             self._drop(wd)
             self._rm_watch(wd)
 
@@ -265,16 +289,20 @@ class Watcher:
         """Wait up to `timeout_s` seconds (None: forever) for events; the managed paths they changed
         (empty on a timeout)."""
         changed: set[str] = set()
+        rewalk: set[str] = set()  # trees whose directories moved: walked again once the events are read
         timeout = None if timeout_s is None else max(0, int(timeout_s * 1000))
         for event in self._inotify.read(timeout=timeout):
             if event.mask & flags.Q_OVERFLOW:
                 managed = self._managed()
-                changed |= managed
+                changed |= managed | set(self._trees)
+                rewalk |= set(self._trees)
                 self._moved(managed)
                 continue
             entry = self._dirs.get(event.wd)
             if entry is None:
                 continue  # a watch dropped already (IN_IGNORED after IN_DELETE_SELF)
+            if entry.trees:
+                changed |= self._tree_event(entry, event.mask, event.name, rewalk)
             if event.mask & _GONE:
                 gone = entry.every()
                 changed |= gone
@@ -292,7 +320,99 @@ class Watcher:
             deeper = {p for p in through if self._wd_of.get(posixpath.dirname(p)) != event.wd}
             if deeper and event.mask & (flags.CREATE | flags.MOVED_TO):
                 self._moved(deeper)  # a directory on the way appeared: watch closer
+        for top in sorted(rewalk | (changed & set(self._trees))):  # (a top recreated: walk it again)
+            self._arm_tree(top)
         return changed
+
+    # -- trees -----------------------------------------------------------------------------------
+
+    def _watch_trees(self, trees: Iterable[str]) -> None:
+        wanted = set(trees)
+        for top in wanted:
+            if not top.startswith("/") or posixpath.normpath(top) != top:
+                raise AgentError(f"watch: tree {top!r} is not an absolute, normalised path")
+        for top in [t for t in [*self._trees, *self._trees_off] if t not in wanted]:
+            self._untree(top)
+        for top in sorted(wanted):
+            if top not in self._trees:
+                self._arm_tree(top)
+
+    def _arm_tree(self, top: str) -> None:
+        """(Re)walk the tree below `top` and watch each of its directories; past the bound or the watch
+        limit, the tree is unwatched below its top, with the reason."""
+        self._untree(top)
+        tree = self._trees[top] = _Tree()
+        failed = self._walk(top, tree, top)
+        if failed is not None:
+            self._untree(top)
+            self._trees_off[top] = failed
+
+    def _walk(self, top: str, tree: _Tree, start: str) -> str | None:
+        """Watch `start` and every directory below it for the tree `top`; None, or why it cannot be."""
+        stack = [start]
+        while stack:
+            directory = stack.pop()
+            try:
+                wd = self._add_watch(directory)
+            except _Limit as limit:
+                return str(limit)
+            if wd is None:
+                continue  # gone meanwhile (its parent's event says so)
+            self._dirs[wd].trees.add(top)
+            tree.dirs.add(directory)
+            try:
+                with os.scandir(directory) as found:
+                    for item in found:
+                        tree.entries += 1
+                        if tree.entries > self._tree_max:
+                            return (f"the tree {top} has more than {self._tree_max} entries (the walk's "
+                                    "bound)")
+                        if item.is_dir(follow_symlinks=False):
+                            stack.append(item.path)
+            except OSError:
+                continue  # gone or unreadable meanwhile: its watch (or its parent's) sees what follows
+        return None
+
+    def _untree(self, top: str) -> None:
+        """Stop watching below `top` (the directories that nothing else needs lose their watch)."""
+        self._trees_off.pop(top, None)
+        tree = self._trees.pop(top, None)
+        for directory in () if tree is None else tree.dirs:
+            wd = self._wd_of.get(directory)
+            entry = None if wd is None else self._dirs.get(wd)
+            if wd is None or entry is None:
+                continue
+            entry.trees.discard(top)
+            if not entry.names and not entry.trees:
+                self._drop(wd)
+                self._rm_watch(wd)
+
+    def _tree_event(self, entry: _Dir, mask: int, name: str, rewalk: set[str]) -> set[str]:
+        """An event in a directory of trees: the path it names, and the directories it adds or drops
+        (a directory created is walked now; a move is left to a walk of the whole tree)."""
+        path = posixpath.join(entry.path, name) if name else entry.path
+        # (a directory moved into the tree while another path's watch held it: one wd, both paths)
+        paths = {posixpath.join(d, name) if name else d for d in (entry.path, *entry.aliases)}
+        for top in list(entry.trees):
+            tree = self._trees.get(top)
+            if tree is None:
+                continue
+            if mask & flags.MOVE_SELF or (mask & _TREE_MOVES and mask & flags.ISDIR):
+                rewalk.add(top)
+            elif mask & (flags.DELETE_SELF | flags.IGNORED):
+                tree.dirs.discard(entry.path)
+            elif mask & flags.CREATE and mask & flags.ISDIR:
+                failed = self._walk(top, tree, path)
+                if failed is not None:
+                    self._untree(top)
+                    self._trees_off[top] = failed
+        return paths
+
+
+@dataclass
+class _Tree:
+    dirs: set[str] = field(default_factory=set)  # its watched directories
+    entries: int = 0  # entries its walks read (against the bound)
 
 
 class _Limit(Exception):

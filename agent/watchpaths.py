@@ -6,12 +6,15 @@ a template or copy that would create a file names its dest only there in check m
 modules name the package database and the systemd unit directories instead. A task of a path module whose
 path cannot be known (a no_log result, a result ansible-runner blanked over its size limit, a relative
 path) is *blind*: its role is still watched for what is known, and the scheduled check finds the rest.
+A task that manages a whole tree (`copy` of a directory, `file state=directory recurse=yes`, `unarchive`)
+names its top directory as a *tree*: the watcher then watches every directory below it too.
 """
 
 from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,17 +60,20 @@ class RolePaths:
     role: str
     paths: frozenset[str]
     blind: tuple[str, ...] = ()  # task names (with their loop item) whose path could not be read
+    trees: frozenset[str] = frozenset()  # paths (also in `paths`) whose whole tree below is managed
 
 
 class PathSet:
     """A compact, immutable set of absolute, normalised paths, for the daemon's long-lived tables: per
     directory one str of its names, NUL-separated (no path holds a NUL). 10,000 paths in 100 directories
     are 100 strs, not 10,000 (the daemon's idle memory, bench/watch.py). Supports `in`, iteration (paths
-    made on the fly), `len` and `==`."""
+    made on the fly), `len` and `==`. `trees`: paths whose whole tree is managed: `in` is true for any
+    path below one of them too (iteration and `len` give the paths only)."""
 
-    __slots__ = ("_dirs", "_len")
+    __slots__ = ("_dirs", "_len", "trees")
 
-    def __init__(self, paths: Iterable[str] = ()) -> None:
+    def __init__(self, paths: Iterable[str] = (), trees: Iterable[str] = ()) -> None:
+        self.trees = frozenset(trees)
         grouped: dict[str, set[str]] = {}
         for path in paths:
             directory, name = posixpath.split(path)
@@ -80,7 +86,7 @@ class PathSet:
             return False
         directory, name = posixpath.split(path)
         names = self._dirs.get(directory)
-        return names is not None and f"\0{name}\0" in names
+        return (names is not None and f"\0{name}\0" in names) or bool(self.trees and under(path, self.trees))
 
     def __iter__(self) -> Iterator[str]:
         for directory, names in self._dirs.items():
@@ -91,13 +97,24 @@ class PathSet:
         return self._len
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, PathSet) and self._dirs == other._dirs
+        return isinstance(other, PathSet) and self._dirs == other._dirs and self.trees == other.trees
 
     def __hash__(self) -> int:
-        return hash(frozenset(self._dirs.items()))
+        return hash((frozenset(self._dirs.items()), self.trees))
 
     def __repr__(self) -> str:
         return f"PathSet({sorted(self)!r})"
+
+
+def under(path: str, trees: AbstractSet[str]) -> str | None:
+    """The tree of `trees` that `path` is in (the path itself or one of its ancestors), None when none."""
+    while True:
+        if path in trees:
+            return path
+        parent = posixpath.dirname(path)
+        if parent == path:
+            return None
+        path = parent
 
 
 def _normal(path: str) -> str | None:
@@ -124,7 +141,56 @@ def result_paths(module: str, res: Mapping[str, Any]) -> tuple[str, ...] | None:
     normal = _normal(found) if found else None
     if not normal or not isinstance(found, str):
         return None
-    return _into_directory(module, res, found, normal) or (normal,)
+    return result_trees(module, res) or _into_directory(module, res, found, normal) or (normal,)
+
+
+def _args(res: Mapping[str, Any]) -> Mapping[str, Any]:
+    invocation = res.get("invocation")
+    args = invocation.get("module_args") if isinstance(invocation, Mapping) else None
+    return args if isinstance(args, Mapping) else {}
+
+
+def result_trees(module: str, res: Mapping[str, Any]) -> tuple[str, ...]:
+    """The trees one task result manages as a whole (their top directories; () for none), read from the
+    result shapes of ansible-core 2.x (docs/watch.md section 2, recorded in tests/test_watchpaths.py):
+
+    - `file` with `recurse: true` and `state: directory` (its arguments say so in check mode too): `path`;
+    - `copy` of a directory: Ansible's copy action walks the source and returns one summary for the
+      directory (the result's `src` is the controller's path, the invocation names `src`/`dest` beside its
+      module_args, and there is no `checksum`, which a one-file result has); a `src` ending in `/` copies
+      the contents into `dest`, one without copies the directory itself into `dest/basename(src)`;
+    - `copy` with `remote_src: true` of a directory: the module's result has `state: directory` (a file's
+      has `state: file`) and its `dest` is the tree already (`dest/basename(src)` for a `src` without
+      `/`); in check mode before the directory exists only the arguments say so, by a `src` ending in
+      `/` (then the tree is their `dest`);
+    - `unarchive`: `dest` (the archive's files land anywhere below it).
+    """
+    if module not in ("file", "copy", "unarchive") or "censored" in res:
+        return ()
+    args = _args(res)
+    if module == "file":
+        path = res.get("path", args.get("path"))
+        tree = args.get("recurse") is True and args.get("state") == "directory" and isinstance(path, str)
+        normal = _normal(path) if tree and isinstance(path, str) else None
+        return (normal,) if normal else ()
+    dest = res.get("dest", args.get("dest") if module == "copy" and args.get("remote_src") is True else None)
+    normal = _normal(dest) if isinstance(dest, str) else None
+    if normal is None:
+        return ()
+    if module == "unarchive":
+        return (normal,)
+    invocation = res.get("invocation")
+    src = invocation.get("src") if isinstance(invocation, Mapping) else None
+    if args.get("remote_src") is True:
+        src = args.get("src")
+        tree = res.get("state") == "directory" or (isinstance(src, str) and src.endswith("/"))
+        return (normal,) if tree else ()
+    if not isinstance(src, str) or not src or not isinstance(res.get("src"), str) or "checksum" in res:
+        return ()
+    if src.endswith("/"):
+        return (normal,)
+    name = posixpath.basename(posixpath.normpath(src))
+    return (posixpath.join(normal, name),) if name not in ("", ".", "..") else ()
 
 
 def _into_directory(module: str, res: Mapping[str, Any], found: str, normal: str) -> tuple[str, ...]:
@@ -135,9 +201,7 @@ def _into_directory(module: str, res: Mapping[str, Any], found: str, normal: str
     its file is named by the next check's result, once it exists.)"""
     if module not in ("copy", "template") or any(isinstance(res.get(k), str) for k in ("dest", "path")):
         return ()
-    invocation = res.get("invocation")
-    args = invocation.get("module_args") if isinstance(invocation, Mapping) else None
-    src = args.get("src") if isinstance(args, Mapping) else None
+    src = _args(res).get("src")
     if not found.endswith("/") or not isinstance(src, str) or not src or src.endswith("/"):
         return ()
     return (posixpath.join(normal, posixpath.basename(src)),)
@@ -147,13 +211,16 @@ def _into_directory(module: str, res: Mapping[str, Any], found: str, normal: str
 class _Table:
     paths: dict[str, set[str]]
     blind: dict[str, list[str]]
+    trees: dict[str, set[str]]
 
-    def add(self, role: str, task: str, found: tuple[str, ...] | None) -> None:
+    def add(self, role: str, task: str, module: str, res: Mapping[str, Any]) -> None:
+        found = result_paths(module, res)
         self.paths.setdefault(role, set())
         if found is None:
             self.blind.setdefault(role, []).append(task)
         else:
             self.paths[role].update(found)
+            self.trees.setdefault(role, set()).update(result_trees(module, res))
 
 
 def _role(data: Mapping[str, Any]) -> str:
@@ -172,7 +239,7 @@ def managed_paths(events: Iterable[Mapping[str, Any]], *, host: str | None = Non
     (None: any host), minus `exclude_roles` (the per-role opt-out). Skipped and unreachable tasks manage
     nothing in this run; a looped task is read item by item (from its runner_item_on_* events, else from
     its final result's `results`)."""
-    table = _Table({}, {})
+    table = _Table({}, {}, {})
     excluded = set(exclude_roles)
     looped: set[str] = set()  # task executions whose items were read one by one
     for event in events:
@@ -187,16 +254,17 @@ def managed_paths(events: Iterable[Mapping[str, Any]], *, host: str | None = Non
         task, res, uuid = str(data.get("task") or module), _res(data), str(data.get("task_uuid") or "")
         if name in _ITEM:
             looped.add(uuid)
-            table.add(role, task, result_paths(module, res))
+            table.add(role, task, module, res)
         elif uuid in looped:
             looped.discard(uuid)  # its items were read; the final result repeats them
         elif isinstance(res.get("results"), list):
             for item in res["results"]:
                 if isinstance(item, Mapping) and not item.get("skipped"):
-                    table.add(role, task, result_paths(module, item))
+                    table.add(role, task, module, item)
         else:
-            table.add(role, task, result_paths(module, res))
-    return {role: RolePaths(role, frozenset(paths), tuple(table.blind.get(role, ())))
+            table.add(role, task, module, res)
+    return {role: RolePaths(role, frozenset(paths), tuple(table.blind.get(role, ())),
+                            frozenset(table.trees.get(role, ())))
             for role, paths in table.paths.items()}
 
 
@@ -204,7 +272,7 @@ def roles_of(changed: Iterable[str], table: Mapping[str, RolePaths | PathSet]) -
     """The roles that manage any of the `changed` paths: the roles a watch check runs. `table`: {role:
     RolePaths} or the daemon's compact {role: PathSet}."""
     wanted = {p for p in (_normal(c) for c in changed) if p}
-    found = {role: m.paths if isinstance(m, RolePaths) else m for role, m in table.items()}
+    found = {role: PathSet(m.paths, m.trees) if isinstance(m, RolePaths) else m for role, m in table.items()}
     return frozenset(role for role, paths in found.items() if any(p in paths for p in wanted))
 
 
@@ -214,9 +282,11 @@ FORMAT_VERSION = 1
 
 
 def to_json(table: Mapping[str, RolePaths]) -> dict[str, Any]:
-    """{role: RolePaths} -> a JSON-ready dict (sorted, so the same set writes the same bytes)."""
+    """{role: RolePaths} -> a JSON-ready dict (sorted, so the same set writes the same bytes; `trees` only
+    for a role that has some, so an older daemon reads the rest as before)."""
     return {"version": FORMAT_VERSION,
             "roles": {role: {"paths": sorted(r.paths), "blind": list(r.blind)}
+                      | ({"trees": sorted(r.trees)} if r.trees else {})
                       for role, r in sorted(table.items())}}
 
 
@@ -238,5 +308,8 @@ def from_json(data: Any, source: str = "watch set") -> dict[str, RolePaths]:
             raise AgentError(f"{source}: role {role!r}: 'paths' must be a list of absolute, normalised paths")
         if not isinstance(blind, list) or not all(isinstance(t, str) for t in blind):
             raise AgentError(f"{source}: role {role!r}: 'blind' must be a list of task names")
-        found[str(role)] = RolePaths(str(role), frozenset(paths), tuple(blind))
+        trees = entry.get("trees", [])
+        if not isinstance(trees, list) or not all(isinstance(t, str) and t in paths for t in trees):
+            raise AgentError(f"{source}: role {role!r}: 'trees' must be a list of its paths")
+        found[str(role)] = RolePaths(str(role), frozenset(paths), tuple(blind), frozenset(trees))
     return found

@@ -13,7 +13,7 @@ without sleeping and the daemon drives them from its own clock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,7 @@ def _positive(name: str, value: float) -> float:
 
 @dataclass(frozen=True)
 class _Cycle:
-    covered: frozenset[str] | None  # None: every path (a full check)
+    covered: Container[str] | None  # None: every path (a full check)
     ended_at: float | None = None
 
 
@@ -70,11 +70,15 @@ class Debouncer:
         self._last = now
         return True
 
-    def cycle_started(self, now: float, covered: Iterable[str] | None = None) -> None:
+    def cycle_started(self, now: float, covered: Collection[str] | None = None) -> None:
         """A cycle starts; it checks (and may apply) the paths `covered` (None: all). Their pending changes
-        are its to see, and their changes until cycle_ended() + grace are its own."""
+        are its to see, and their changes until cycle_ended() + grace are its own. A `covered` that is
+        neither a list nor a tuple is kept as it is, so a set whose `in` answers for the paths below its
+        trees (agent.watchpaths.PathSet) covers those too."""
         del now  # the start needs no time: everything from here until the end is the cycle's
-        paths = None if covered is None else frozenset(covered)
+        paths: Container[str] | None = covered
+        if isinstance(covered, list | tuple):
+            paths = frozenset(covered)
         self._cycle = _Cycle(paths)
         self._pending = {} if paths is None else {p: t for p, t in self._pending.items() if p not in paths}
 
@@ -172,6 +176,12 @@ class ContestedPaths:
         """A new commit changed the roles of `paths`: the conflict may be fixed; count again from zero."""
         for path in paths:
             self._paths.pop(path, None)
+
+    def forget_below(self, tops: Iterable[str]) -> None:
+        """forget() every counted path below the trees `tops` (a new commit changed their roles)."""
+        prefixes = tuple(top.rstrip("/") + "/" for top in tops)
+        if prefixes:
+            self.forget([path for path in self._paths if path.startswith(prefixes)])
 
     # -- kept across restarts (the daemon writes it to state_dir/watch-contested.json) -------------
 

@@ -155,6 +155,8 @@ def status_line(data: Mapping[str, Any]) -> str:
     if not data.get("on"):
         return f"watch: off ({data.get('reason') or 'watch: false'}): scheduled checks only"
     line = f"watch: on, {data.get('watched', 0)} paths in {data.get('directories', 0)} directories"
+    if data.get("trees"):
+        line += f" ({data['trees']} trees watched below their top)"
     unwatched = data.get("unwatched") or []
     if unwatched:
         roles = ", ".join(data.get("unwatched_roles") or []) or "-"
@@ -312,16 +314,19 @@ class WatchService:
         except AgentError as e:
             log.error("%s; keeping the previous watch set", e)
             return
-        compact = {role: PathSet(entry.paths) for role, entry in table.items()}
+        compact = {role: PathSet(entry.paths, entry.trees) for role, entry in table.items()}
         blind = {role: entry.blind for role, entry in table.items() if entry.blind}
         del table
         with self._lock:
             if self._loaded:  # a new commit changed these roles: count again from zero
                 self.contested.forget(p for role, entry in compact.items() if self.table.get(role) != entry
                                       for p in entry)
+                self.contested.forget_below(t for role, entry in compact.items()
+                                            if self.table.get(role) != entry for t in entry.trees)
             self._loaded = True
             self.table, self.blind = compact, blind
-            self.state = self.watcher.watch(PathSet(p for entry in compact.values() for p in entry))
+            self.state = self.watcher.watch(PathSet(p for entry in compact.values() for p in entry),
+                                            {t for entry in compact.values() for t in entry.trees})
         self._set_digest = digest
         del data
         self._say_fallback()
@@ -345,6 +350,7 @@ class WatchService:
         with self._lock:
             contested = self.contested.contested(self.clock())
         return {"on": True, "watched": self.state.paths, "directories": self.state.directories,
+                "trees": self.state.trees,
                 "unwatched": list(self.state.unwatched), "unwatched_roles": self._unwatched_roles(),
                 "reason": self.state.reason, "contested": contested, "changed": sorted(self.changed_now),
                 "blind": {role: list(tasks) for role, tasks in sorted(self.blind.items())}}
@@ -385,7 +391,9 @@ class WatchService:
     def cycle_started(self, batch: Batch | None) -> None:
         """A cycle starts: its changes of what it checks are its own (a full check: all paths)."""
         with self._lock:
-            covered = None if batch is None else [p for r in batch.roles for p in self.table.get(r, ())]
+            covered = None if batch is None else PathSet(
+                (p for r in batch.roles for p in self.table.get(r, ())),
+                (t for r in batch.roles for t in self.table.get(r, PathSet()).trees))
             self.debouncer.cycle_started(self.clock(), covered)
             self.changed_now = batch.paths if batch is not None else frozenset()
         self.write_state()

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/watch.py [--edits 5] [--scheduled-edits 3] [--interval 60s] [--seconds 120]
                                     [--strategies mitogen,linear] [--idle-only | --no-idle]
+                                    [--tree] [--no-burst] [--tree-walk 100000]
 
 1. Time to detect: a real collector (`gitops-collector serve`, SQLite) and the daemon of the example repo
    (`make demo`'s sandbox) in detect mode. Each hand edit of a managed file (/etc/motd under the target
@@ -14,7 +15,11 @@
 2. Idle cost: three daemons at once over --seconds, converged, nothing changing: `watch: false`, and
    `watch: true` with 1,000 and with 10,000 watched paths (files in directories of 100, written into
    each daemon's state_dir/watch.json, the hand-off a check of such a role writes). RSS (max of 1 s
-   samples) and CPU (user+sys of the daemon and its reaped children, /proc/PID/stat) per hour.
+   samples) and CPU (user+sys of the daemon and its reaped children, /proc/PID/stat) per hour. With
+   --tree, a fourth daemon watches one managed tree of 10,000 files (a `copy` of a directory: 10 x 10
+   directories of 100 files, one tree in watch.json, every directory watched below its top).
+   --tree-walk N only times arming the watcher (agent.watcher, in this process) for one tree of N files
+   and re-arming the same set, against the walk's bound (watcher.TREE_MAX_ENTRIES), and exits.
 3. A burst: 500 of the 10,000 watched files rewritten at once: the watch checks that follow (one per
    role expected), from the daemon's log.
 """
@@ -214,6 +219,41 @@ def watch_set(state: Path, tree: Path, count: int) -> None:
     (state / "watch.json").write_text(json.dumps(current))
 
 
+def watch_tree(state: Path, tree: Path, count: int) -> None:
+    """state/watch.json with the real roles' paths plus one managed tree of role base at `tree`: `count`
+    files in directories of 100, themselves 10 to a directory (a copied directory of that size)."""
+    current = json.loads((state / "watch.json").read_text())
+    for n in range(count):
+        name = tree / f"g{n // 1000:02}" / f"d{n // 100 % 10}" / f"f{n % 100:02}"
+        name.parent.mkdir(parents=True, exist_ok=True)
+        name.write_text("x\n")
+    base = current["roles"].setdefault("base", {"paths": [], "blind": []})
+    base["paths"] = sorted({*base["paths"], str(tree)})
+    base["trees"] = sorted({*base.get("trees", []), str(tree)})
+    (state / "watch.json").write_text(json.dumps(current))
+
+
+def tree_walk(workdir: Path, count: int) -> None:
+    """Time Watcher.watch() of one tree of `count` files (100 to a directory, 10 directories to one)."""
+    from agent.watcher import TREE_MAX_ENTRIES, Watcher
+    tree = workdir / f"walk-{count}"
+    if not tree.exists():
+        for n in range(count):
+            name = tree / f"g{n // 1000:03}" / f"d{n // 100 % 10}" / f"f{n % 100:02}"
+            name.parent.mkdir(parents=True, exist_ok=True)
+            name.touch()
+    with Watcher() as w:
+        began = time.perf_counter()
+        state = w.watch([str(tree)], [str(tree)])
+        armed = time.perf_counter() - began
+        began = time.perf_counter()
+        w.watch([str(tree)], [str(tree)])
+        again = time.perf_counter() - began
+    print(f"tree of {count} files (bound {TREE_MAX_ENTRIES} entries): armed in {armed * 1000:.0f} ms, "
+          f"the same set again in {again * 1000:.1f} ms; {state.directories} directory watches, "
+          f"{state.trees} trees watched; unwatched {list(state.unwatched)} ({state.reason})")
+
+
 def burst(workdir: Path, big: int) -> None:
     """500 of the 10,000 watched files (daemon number `big`) rewritten at once: its watch checks."""
     # The burst: 500 files of the 10,000 rewritten at once.
@@ -232,17 +272,25 @@ def burst(workdir: Path, big: int) -> None:
           f"{lines[-1].split('msg=')[1][:100] if lines else '-'}")
 
 
-def idle_and_burst(workdir: Path, seconds: float) -> None:
+def idle_daemon(workdir: Path, n: int, extra: str, count: int) -> subprocess.Popen[bytes]:
+    """Daemon number `n` of the idle run: `count` watched files (a negative count: one tree of that many)."""
+    state = workdir / f"state-idle-{n}"
+    shutil.copytree(workdir / "state", state, symlinks=True)
+    if count > 0:
+        watch_set(state, workdir / f"tree-{n}", count)
+    elif count < 0:
+        watch_tree(state, workdir / f"tree-{n}", -count)
+    config = write_config(workdir, f"idle-{n}", str(state),
+                          "schedule: {interval: 1d, poll: 1m, splay: 0s}\nmode: detect\n" + extra)
+    return daemon(config, workdir / f"daemon-idle-{n}.log")  # (1d: no scheduled check in the run)
+
+
+def idle_and_burst(workdir: Path, seconds: float, *, tree: bool = False, bursts: bool = True) -> None:
     variants = {"no watch": ("watch: false\n", 0), "1,000 paths": ("", 1000), "10,000 paths": ("", 10000)}
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    for n, (name, (extra, count)) in enumerate(variants.items()):
-        state = workdir / f"state-idle-{n}"
-        shutil.copytree(workdir / "state", state, symlinks=True)
-        if count:
-            watch_set(state, workdir / f"tree-{n}", count)
-        config = write_config(workdir, f"idle-{n}", str(state),
-                              "schedule: {interval: 1d, poll: 1m, splay: 0s}\nmode: detect\n" + extra)
-        procs[name] = daemon(config, workdir / f"daemon-idle-{n}.log")  # (1d: no scheduled check in the run)
+    if tree:
+        variants["10,000-file tree"] = ("", -10000)
+    procs = {name: idle_daemon(workdir, n, extra, count)
+             for n, (name, (extra, count)) in enumerate(variants.items())}
     try:
         time.sleep(10)  # started, armed
         start = {name: cpu_s(p.pid) for name, p in procs.items()}
@@ -256,7 +304,7 @@ def idle_and_burst(workdir: Path, seconds: float) -> None:
         used = {name: cpu_s(p.pid) - start[name] for name, p in procs.items()}
         print(f"\nidle daemons over {elapsed:.0f}s, side by side (poll 1m):")
         for name in procs:
-            print(f"  {name:<13} RSS {rss[name]:5.1f} MB ({rss[name] - rss['no watch']:+.1f} MB)   CPU "
+            print(f"  {name:<16} RSS {rss[name]:5.1f} MB ({rss[name] - rss['no watch']:+.1f} MB)   CPU "
                   f"{used[name]:.2f}s = {used[name] / elapsed * 3600:.1f} CPU-s per hour")
         print_helpers(procs)
         for n, name in enumerate(procs):
@@ -266,7 +314,8 @@ def idle_and_burst(workdir: Path, seconds: float) -> None:
             if name != "no watch":
                 log = (workdir / f"daemon-idle-{list(procs).index(name)}.log").read_text()
                 print(f"  {name}: {[x.split('msg=')[1] for x in log.splitlines() if 'watch: ' in x][-1]}")
-        burst(workdir, list(procs).index("10,000 paths"))
+        if bursts:
+            burst(workdir, list(procs).index("10,000 paths"))
     finally:
         for p in procs.values():
             stop(p)
@@ -288,10 +337,18 @@ def main() -> None:
                              + "; ".join(f"{k}: {v.strip() or 'the defaults'}" for k, v in VARIANTS.items()))
     parser.add_argument("--rounds", type=int, default=1,
                         help="how often the variants take turns (each turn: --edits edits)")
+    parser.add_argument("--tree", action="store_true",
+                        help="idle cost: also a daemon watching one managed tree of 10,000 files")
+    parser.add_argument("--no-burst", action="store_true", help="skip the burst (it runs a watch check)")
+    parser.add_argument("--tree-walk", type=int, metavar="N", help="only time arming a tree of N files")
     args = parser.parse_args()
+    if args.tree_walk:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        tree_walk(args.workdir, args.tree_walk)
+        return
     sandbox(args.workdir, HOST)  # converged once (enforce), so a hand edit is corrective drift
     if args.idle_only:
-        idle_and_burst(args.workdir, args.seconds)
+        idle_and_burst(args.workdir, args.seconds, tree=args.tree, bursts=not args.no_burst)
         return
     collector, url, ingest, reader = start_collector(args.workdir)
     token = args.workdir / "token"
@@ -338,7 +395,7 @@ def main() -> None:
         collector.send_signal(signal.SIGTERM)
         collector.wait(30)
     if not args.no_idle:
-        idle_and_burst(args.workdir, args.seconds)
+        idle_and_burst(args.workdir, args.seconds, tree=args.tree, bursts=not args.no_burst)
 
 
 if __name__ == "__main__":

@@ -287,3 +287,182 @@ def test_a_new_managed_set_armed_while_events_wait_in_the_queue(tmp_path: Path, 
     assert changes(watcher) == set()
     dropped.write_text("4\n")
     assert changes(watcher) == {str(dropped)}
+
+
+# -- trees: every directory below a managed tree's top is watched (docs/watch.md section 3) --------------
+
+def make_tree(top: Path) -> Path:
+    """top/a.conf, top/sub/b.conf, top/sub/deeper/c.conf: the file 3 levels deep is returned."""
+    (top / "sub" / "deeper").mkdir(parents=True)
+    (top / "a.conf").write_text("a\n")
+    (top / "sub" / "b.conf").write_text("b\n")
+    deep = top / "sub" / "deeper" / "c.conf"
+    deep.write_text("c\n")
+    return deep
+
+
+def test_a_file_edited_three_levels_deep_in_a_tree_is_seen(tmp_path: Path, watcher: Watcher) -> None:
+    top = tmp_path / "conf.d"
+    deep = make_tree(top)
+    (tmp_path / "outside.conf").write_text("x")
+    state = watcher.watch([str(top)], [str(top)])
+    assert (state.paths, state.directories, state.trees, state.unwatched) == (1, 4, 1, ())
+    with deep.open("a") as f:
+        f.write("by hand\n")
+    assert changes(watcher) == {str(deep)}
+    (tmp_path / "outside.conf").write_text("y")  # beside the tree: nobody's
+    assert changes(watcher) == set()
+    tree_roles = {"app": RolePaths("app", frozenset({str(top)}), (), frozenset({str(top)}))}
+    assert roles_of({str(deep)}, tree_roles) == {"app"}
+    # A tree no longer managed drops its watches (a plain path keeps its one).
+    state = watcher.watch([str(top)])
+    assert (state.directories, state.trees) == (1, 0)
+    deep.write_text("unwatched now\n")
+    assert changes(watcher) == set()
+
+
+def test_a_subdirectory_created_after_arming_is_watched(tmp_path: Path, watcher: Watcher) -> None:
+    top = tmp_path / "conf.d"
+    make_tree(top)
+    watcher.watch([str(top)], [str(top)])
+    new = top / "sub" / "new"
+    new.mkdir()
+    assert changes(watcher) == {str(new)}
+    assert watcher.state().directories == 5
+    (new / "x.conf").write_text("x\n")
+    assert changes(watcher) == {str(new / "x.conf")}
+    # mkdir -p of several levels before the watcher reads: the walk finds them all
+    (top / "p" / "q" / "r").mkdir(parents=True)
+    changes(watcher)
+    (top / "p" / "q" / "r" / "y.conf").write_text("y\n")
+    assert changes(watcher) == {str(top / "p/q/r/y.conf")}
+
+
+def test_a_subdirectory_removed_and_recreated_is_watched_again(tmp_path: Path, watcher: Watcher) -> None:
+    top = tmp_path / "conf.d"
+    make_tree(top)
+    watcher.watch([str(top)], [str(top)])
+    shutil.rmtree(top / "sub")
+    gone = changes(watcher)
+    assert {str(top / "sub"), str(top / "sub/deeper/c.conf")} <= gone
+    assert watcher.state().directories == 2  # the top (watched as a tree and from its parent), no more
+    (top / "sub" / "deeper").mkdir(parents=True)
+    assert str(top / "sub") in changes(watcher)
+    (top / "sub" / "deeper" / "c.conf").write_text("again\n")
+    assert changes(watcher) == {str(top / "sub/deeper/c.conf")}
+    assert watcher.state().directories == 4
+
+
+def test_a_directory_moved_within_the_tree_and_the_top_recreated_are_watched(
+        tmp_path: Path, watcher: Watcher) -> None:
+    top = tmp_path / "conf.d"
+    make_tree(top)
+    watcher.watch([str(top)], [str(top)])
+    os.rename(top / "sub", top / "moved")
+    changes(watcher)
+    (top / "moved" / "deeper" / "c.conf").write_text("moved\n")
+    assert changes(watcher) == {str(top / "moved/deeper/c.conf")}
+    staged = tmp_path / "staged"  # a directory moved in from outside, with a managed file of its own
+    (staged / "inner").mkdir(parents=True)
+    (staged / "inner" / "s.conf").write_text("s\n")
+    watcher.watch([str(top), str(staged / "inner/s.conf")], [str(top)])
+    os.rename(staged, top / "staged")
+    changes(watcher)
+    (top / "staged" / "inner" / "s.conf").write_text("moved in\n")
+    assert str(top / "staged/inner/s.conf") in changes(watcher)
+    watcher.watch([str(top)], [str(top)])
+    os.rename(top, tmp_path / "conf.d.old")  # away: not followed
+    assert str(top) in changes(watcher)
+    (tmp_path / "conf.d.old" / "a.conf").write_text("old\n")
+    assert changes(watcher) == set()
+    make_tree(tmp_path / "conf.d.new")
+    os.rename(tmp_path / "conf.d.new", top)
+    assert str(top) in changes(watcher)
+    (top / "sub" / "deeper" / "c.conf").write_text("new tree\n")
+    assert changes(watcher) == {str(top / "sub/deeper/c.conf")}
+    assert watcher.state().directories == 4
+
+
+def test_an_editor_style_replace_inside_a_tree_is_seen(tmp_path: Path, watcher: Watcher) -> None:
+    top = tmp_path / "conf.d"
+    deep = make_tree(top)
+    watcher.watch([str(top)], [str(top)])
+    tmp = deep.with_name(".c.conf.swp")
+    tmp.write_text("edited\n")
+    os.replace(tmp, deep)
+    assert str(deep) in changes(watcher)
+    deep.write_text("again\n")  # the new inode is seen too
+    assert changes(watcher) == {str(deep)}
+
+
+def test_a_tree_past_the_watch_limit_or_the_walk_bound_falls_back_and_says_so(tmp_path: Path) -> None:
+    top = tmp_path / "conf.d"
+    deep = make_tree(top)
+    single = tmp_path / "other" / "app.conf"
+    single.parent.mkdir()
+    with Watcher(max_watches=3) as w:  # the parents of the two paths, then the tree needs 4 more
+        state = w.watch([str(top), str(single)], [str(top)])
+        assert (state.paths, state.directories, state.trees) == (2, 2, 0)  # its partial watches dropped
+        assert state.unwatched == (str(top),)
+        assert state.reason == "the watcher's cap of 3 directory watches was reached"
+        deep.write_text("not seen below the top\n")
+        single.write_text("the single path still is\n")
+        assert changes(w) == {str(single)}
+        shutil.rmtree(top / "sub")
+        state = w.watch([str(top), str(single)], [str(top)])  # tried again: it fits now
+        assert (state.directories, state.trees, state.unwatched, state.reason) == (3, 1, (), None)
+    with Watcher(tree_max_entries=4) as w:  # 5 entries: a.conf, sub, b.conf, deeper, c.conf
+        make_tree(tmp_path / "big")
+        state = w.watch([str(tmp_path / "big")], [str(tmp_path / "big")])
+        assert (state.directories, state.trees, state.unwatched) == (1, 0, (str(tmp_path / "big"),))
+        assert state.reason == f"the tree {tmp_path / 'big'} has more than 4 entries (the walk's bound)"
+        (tmp_path / "big" / "a.conf").write_text("not seen\n")
+        assert changes(w) == set()
+
+
+def test_a_tree_that_grows_past_the_limit_after_arming_falls_back(tmp_path: Path) -> None:
+    top = tmp_path / "conf.d"
+    make_tree(top)
+    with Watcher(max_watches=5) as w:
+        assert w.watch([str(top)], [str(top)]).directories == 4
+        (top / "n1").mkdir()
+        (top / "n2").mkdir()
+        changes(w)
+        state = w.state()
+        assert (state.directories, state.trees, state.unwatched) == (1, 0, (str(top),))
+        assert state.reason == "the watcher's cap of 5 directory watches was reached"
+
+
+def test_nested_trees_and_a_path_in_a_tree_share_watches_and_drop_only_their_own(
+        tmp_path: Path, watcher: Watcher) -> None:
+    outer = tmp_path / "app"
+    inner = outer / "conf.d"
+    deep = make_tree(inner)
+    single = inner / "sub" / "b.conf"  # a template's file inside a copied tree
+    state = watcher.watch([str(outer), str(inner), str(single)], [str(outer), str(inner)])
+    assert (state.paths, state.directories, state.trees) == (3, 5, 2)  # tmp_path, app, conf.d, sub, deeper
+    state = watcher.watch([str(outer), str(single)], [str(outer)])  # the inner tree's role is gone
+    assert (state.directories, state.trees) == (5, 1)
+    state = watcher.watch([str(single)])  # only the single file is left: its parent's watch stays
+    assert (state.paths, state.directories, state.trees) == (1, 1, 0)
+    deep.write_text("not watched\n")
+    single.write_text("watched\n")
+    assert changes(watcher) == {str(single)}
+
+
+def test_a_queue_overflow_counts_every_tree_as_changed_and_walks_it_again(tmp_path: Path, watcher: Watcher) -> None:
+    queued = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    top = tmp_path / "conf.d"
+    deep = make_tree(top)
+    watcher.watch([str(top)], [str(top)])
+    fd = os.open(top / "sub" / "busy.conf", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for n in range(queued // 2 + 100):  # MODIFY then ATTRIB each round (never merged), unread
+            os.write(fd, b"x")
+            os.fchmod(fd, 0o600 if n % 2 else 0o644)
+    finally:
+        os.close(fd)
+    assert str(top) in changes(watcher)  # events were lost: the whole tree may have changed
+    assert watcher.state().directories == 4
+    deep.write_text("after the overflow\n")
+    assert changes(watcher) == {str(deep)}

@@ -21,6 +21,7 @@ from agent.watchpaths import (
     from_json,
     managed_paths,
     result_paths,
+    result_trees,
     roles_of,
     to_json,
 )
@@ -214,3 +215,109 @@ def test_a_path_set_is_a_set_of_paths_kept_per_directory() -> None:
         assert absent not in kept
     assert kept == PathSet(reversed(paths)) and kept != PathSet(paths[:2]) and len(PathSet()) == 0
     assert roles_of(["/etc/motd"], {"base": kept, "web": PathSet(["/etc/nginx.conf"])}) == {"base"}
+
+
+# -- trees: results recorded from ansible-core 2.19 (ansible-runner events, `res`), one check-mode and one
+# real run of each task in a scratch directory; kept to the keys that matter (the rest is noise here). ---
+
+_FILE_RECURSE_ARGS = {"path": "/etc/app/conf.d", "state": "directory", "recurse": True, "mode": "u=rwX,g=rX,o=",
+                      "follow": True, "src": None}
+_UNARCHIVE_ARGS = {"dest": "/opt/app", "src": "/root/.ansible/tmp/ansible-tmp-1/source", "remote_src": False,
+                   "list_files": False}
+TREE_RESULTS: list[tuple[str, str, dict[str, Any], tuple[str, ...]]] = [
+    # copy src: files/conf.d/ (a directory, trailing /): its contents into dest; check and real alike
+    ("copy of a directory's contents", "copy",
+     {"dest": "/etc/app/conf.d/", "src": "/repo/roles/app/files/conf.d/", "changed": True,
+      "invocation": {"dest": "/etc/app/conf.d/", "src": "files/conf.d/",
+                     "module_args": {"dest": "/etc/app/conf.d/", "src": "files/conf.d/"}}},
+     ("/etc/app/conf.d",)),
+    # copy src: files/conf.d (no trailing /): the directory itself into dest; check and real alike
+    ("copy of a directory itself", "copy",
+     {"dest": "/etc/app2/", "src": "/repo/roles/app/files/conf.d", "changed": False,
+      "invocation": {"dest": "/etc/app2/", "src": "files/conf.d",
+                     "module_args": {"dest": "/etc/app2/", "src": "files/conf.d"}}},
+     ("/etc/app2/conf.d",)),
+    ("file recurse=yes, check mode", "file",
+     {"path": "/etc/app/conf.d", "changed": True, "invocation": {"module_args": _FILE_RECURSE_ARGS}},
+     ("/etc/app/conf.d",)),
+    ("file recurse=yes, real run", "file",
+     {"path": "/etc/app/conf.d", "changed": True, "uid": 0, "gid": 0, "owner": "root", "group": "root",
+      "mode": "0750", "state": "directory", "size": 4096, "invocation": {"module_args": _FILE_RECURSE_ARGS}},
+     ("/etc/app/conf.d",)),
+    # unarchive: a real run (in check mode ansible-core skips the task: runner_on_skipped, no result)
+    ("unarchive, real run", "unarchive",
+     {"handler": "TgzArchive", "dest": "/opt/app", "src": "/root/.ansible/tmp/ansible-tmp-1/source",
+      "changed": True, "state": "directory", "invocation": {"module_args": _UNARCHIVE_ARGS}},
+     ("/opt/app",)),
+    # copy remote_src: true of a host directory: check mode before dest exists, real run, check once converged
+    ("copy remote_src of a directory, check mode", "copy",
+     {"msg": "dest directory /etc/remote.d would be created", "changed": True, "src": "/srv/conf.d/",
+      "invocation": {"module_args": {"src": "/srv/conf.d/", "dest": "/etc/remote.d/", "remote_src": True}}},
+     ("/etc/remote.d",)),
+    ("copy remote_src of a directory, real run", "copy",
+     {"dest": "/etc/remote.d/", "src": "/srv/conf.d/", "md5sum": None, "checksum": None, "changed": True,
+      "mode": "0755", "state": "directory",
+      "invocation": {"module_args": {"src": "/srv/conf.d/", "dest": "/etc/remote.d/", "remote_src": True}}},
+     ("/etc/remote.d",)),
+    # ... of the directory itself (src without /): its result's dest is the tree already; in check mode
+    # before it exists nothing says src is a directory: dest/conf.d is watched as a path until it does
+    ("copy remote_src of a directory itself, converged", "copy",
+     {"dest": "/etc/remote2.d/conf.d", "src": "/srv/conf.d", "md5sum": None, "checksum": None,
+      "changed": False, "state": "directory",
+      "invocation": {"module_args": {"src": "/srv/conf.d", "dest": "/etc/remote2.d/", "remote_src": True}}},
+     ("/etc/remote2.d/conf.d",)),
+    ("copy remote_src of a directory itself, check mode", "copy",
+     {"msg": "dest directory /etc/remote2.d would be created", "changed": True, "src": "/srv/conf.d",
+      "invocation": {"module_args": {"src": "/srv/conf.d", "dest": "/etc/remote2.d/", "remote_src": True}}},
+     ()),
+    ("copy remote_src of one file", "copy",
+     {"dest": "/etc/one.conf", "src": "/srv/a.conf", "checksum": "3f78", "changed": True, "state": "file",
+      "invocation": {"module_args": {"src": "/srv/a.conf", "dest": "/etc/one.conf", "remote_src": True}}},
+     ()),
+    # not trees: one file copied (check mode names it in its arguments only; a real run has a checksum),
+    # and a directory without recurse
+    ("copy of one file, check mode", "copy",
+     {"changed": True, "invocation": {"dest": "/etc/one.conf", "src": "files/conf.d/a.conf",
+                                      "module_args": {"dest": "/etc/one.conf", "src": "files/conf.d/a.conf"}}},
+     ()),
+    ("copy of one file, real run", "copy",
+     {"dest": "/etc/one.conf", "src": "/root/.ansible/tmp/ansible-tmp-1/.source.conf",
+      "md5sum": "60b725f10c9c85c70d97880dfe8191b3", "checksum": "3f786850e387550fdab836ed7e6dc881de23001b",
+      "changed": True, "state": "file", "invocation": {"module_args": {"dest": "/etc/one.conf",
+                                                                       "src": "/root/.ansible/tmp/x"}}},
+     ()),
+    ("file state=directory without recurse", "file",
+     {"path": "/opt/app", "changed": True, "state": "directory",
+      "invocation": {"module_args": {"path": "/opt/app", "state": "directory", "recurse": False}}},
+     ()),
+]
+
+
+@pytest.mark.parametrize(("module", "res", "trees"), [case[1:] for case in TREE_RESULTS],
+                         ids=[case[0] for case in TREE_RESULTS])
+def test_tree_managing_results_name_their_tree(module: str, res: dict[str, Any], trees: tuple[str, ...]) -> None:
+    assert result_trees(module, res) == trees
+    paths = result_paths(module, res)
+    assert paths is not None and set(trees) <= set(paths)  # a tree's top is a managed path too
+    found = managed_paths([event("runner_on_ok", f"ansible.builtin.{module}", res)])
+    assert found["web"].trees == frozenset(trees)
+
+
+def test_a_censored_or_relative_tree_is_no_tree() -> None:
+    assert result_trees("unarchive", {"censored": "the output has been hidden", "dest": "/opt/app"}) == ()
+    assert result_trees("unarchive", {"dest": "opt/app"}) == ()
+    assert result_trees("template", {"dest": "/etc/app/", "src": "/x", "invocation": {"src": "x/"}}) == ()
+
+
+def test_paths_below_a_tree_belong_to_its_role_and_the_trees_round_trip() -> None:
+    found = {"app": RolePaths("app", frozenset({"/etc/app/conf.d", "/etc/app.conf"}), (),
+                              frozenset({"/etc/app/conf.d"})),
+             "web": RolePaths("web", frozenset({"/etc/nginx.conf"}))}
+    assert roles_of(["/etc/app/conf.d/sub/deeper/c.conf"], found) == {"app"}
+    assert roles_of(["/etc/app/conf.d.swp", "/etc/app"], found) == frozenset()
+    assert roles_of(["/etc/app/conf.d/x"], {r: PathSet(m.paths, m.trees) for r, m in found.items()}) == {"app"}
+    data = json.loads(json.dumps(to_json(found)))
+    assert data["roles"]["app"]["trees"] == ["/etc/app/conf.d"] and "trees" not in data["roles"]["web"]
+    assert from_json(data) == found
+    with pytest.raises(AgentError, match="role 'app': 'trees' must be a list of its paths"):
+        from_json({"version": 1, "roles": {"app": {"paths": ["/a"], "trees": ["/b"]}}})

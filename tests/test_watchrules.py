@@ -96,6 +96,11 @@ def test_a_contested_path_is_released_after_a_quiet_window_or_a_new_commit() -> 
     assert c.corrected("/etc/b", 1)
     c.forget(["/etc/b"])  # a new commit changed its role
     assert c.contested(2) == {}
+    for path in ("/etc/conf.d/sub/x.conf", "/etc/conf.d.old/y", "/etc/conf.d"):  # in a tree, beside it
+        c.corrected(path, 0)
+        assert c.corrected(path, 1)
+    c.forget_below(["/etc/conf.d"])  # a new commit changed the tree's role
+    assert set(c.contested(2)) == {"/etc/conf.d.old/y", "/etc/conf.d"}
 
 
 def test_contested_settings_are_checked() -> None:

@@ -5,6 +5,7 @@ tests/test_watch_live.py."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from agent.errors import AgentError
 from agent.paths import StatePaths
 from agent.report import Trigger
 from agent.watchpaths import RolePaths
+from agent.watchrules import OWN_CHANGES_GRACE_S
 from agent.watchservice import WatchService, read_set, report_info, status_line, write_set
 
 
@@ -281,6 +283,47 @@ def test_the_cycles_own_changes_are_read_at_its_end_even_when_the_thread_is_late
         time.sleep(1.0)
         assert service.due_in() is None
         target.write_text("a hand edit\n")  # and a later change still counts
+        wait_due(service)
+        batch = service.take()
+        assert batch is not None and batch.roles == ("app",)
+    finally:
+        service.close()
+
+
+def test_a_tree_is_watched_below_its_top_and_the_cycles_own_writes_in_it_start_nothing(tmp_path: Path) -> None:
+    top = tmp_path / "target" / "conf.d"
+    (top / "sub" / "deeper").mkdir(parents=True)
+    db = tmp_path / "target" / "db.conf"
+    state = StatePaths(tmp_path / "state")
+    state.root.mkdir()
+    write_set(state, {"app": RolePaths("app", frozenset({str(top)}), (), frozenset({str(top)})),
+                      "db": RolePaths("db", frozenset({str(db)}))}, limited_to=None)
+    service = WatchService(state, threading.Event(), debounce_s=0.2)
+    service.start()
+    try:
+        data = json.loads(state.watch_state.read_text())
+        assert (data["watched"], data["directories"], data["trees"]) == (2, 4, 1)
+        assert status_line(data).startswith("watch: on, 2 paths in 4 directories (1 trees watched below")
+        deep = top / "sub" / "deeper" / "c.conf"
+        deep.write_text("by hand\n")
+        wait_due(service)
+        batch = service.take()
+        assert batch is not None and batch.roles == ("app",) and batch.paths == {str(deep)}
+        # The watch check of app: its apply writes in the tree (Ansible's temp file, renamed over) are its
+        # own, in a directory created by the apply too; db's hand edit is kept.
+        service.cycle_started(batch)
+        (top / "new").mkdir()
+        (top / "new" / ".ansible_tmp1.conf").write_text("applied\n")
+        os.replace(top / "new" / ".ansible_tmp1.conf", top / "new" / "x.conf")
+        deep.write_text("c\n")
+        db.write_text("by hand\n")
+        time.sleep(0.5)
+        service.cycle_ended(batch, None)
+        wait_due(service)
+        batch = service.take()
+        assert batch is not None and batch.roles == ("db",) and batch.paths == {str(db)}
+        time.sleep(OWN_CHANGES_GRACE_S + 0.2)
+        (top / "new" / "x.conf").write_text("by hand\n")  # the directory the apply made is watched
         wait_due(service)
         batch = service.take()
         assert batch is not None and batch.roles == ("app",)

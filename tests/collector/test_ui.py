@@ -235,3 +235,30 @@ def test_a_drift_items_identity_and_reason_are_stored_served_and_shown(client, r
     page = client.get(f"/runs/{report.run_id}", headers=reader).text
     assert "Site config [b]" in page and "Ansible role sites" in page and "roles/sites/tasks/site.yml:1" in page
     assert "fails only in check mode" in page
+
+
+def test_run_page_of_a_held_commit_shows_the_gate_and_the_enforced_commit(client, reader, send):
+    """A run that held a new commit (docs/rollout.md): the gate, its reason and what the host enforced
+    instead, with that commit's drift, are on the run page, not only in the JSON."""
+    from agent.report import Enforcement, GateState, RolloutInfo
+
+    enforced_item = DriftItem(play="p", task="Put back <motd>", role="web", module="copy",
+                              kind=DriftKind.CORRECTIVE, diffs=(Diff("/etc/motd", "hand\n", "managed\n"),))
+    info = RolloutInfo(wave="rest", gate=GateState.WAITING, reason="waiting: wave canary 3/5 converged",
+                       policy_digest="d" * 64, plan_digest="e" * 64, enforcing_commit=COMMIT_A,
+                       checked_at=BASE_TIME - timedelta(hours=1),
+                       enforced=Enforcement(commit=COMMIT_A, status=Status.CORRECTED,
+                                            reason="corrected 1 task", drift=(enforced_item,)))
+    report = make_report("web11", status=Status.DRIFTED, commit=COMMIT_B, rollout=info)
+    assert send(report).status_code == 201
+    html = client.get(f"/runs/{report.run_id}", headers=reader).text
+    assert '<span class="badge s-waiting">waiting</span> wave <b>rest</b>: waiting: wave canary 3/5 converged' in html
+    assert f'href="/commits/{COMMIT_A}"' in html and '<span class="badge s-corrected">corrected</span> corrected 1 task' in html
+    assert "Drift of the enforced commit" in html and "Put back &lt;motd&gt;" in html
+    assert "not again in this run" in html and "eeeeeeeeeeee" in html
+    host = client.get("/hosts/web11", headers=reader).text  # the host page: its last report's gate
+    assert '<dd class="rollout"><span class="badge s-waiting">waiting</span> wave rest: waiting' in host
+    assert f'enforcing <a class="sha" href="/commits/{COMMIT_A}"' in host
+    plain = make_report("web12")  # no rollout block, no section
+    assert send(plain).status_code == 201
+    assert 'class="rollout"' not in client.get(f"/runs/{plain.run_id}", headers=reader).text
