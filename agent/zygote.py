@@ -109,11 +109,13 @@ def _child(argv: list[str], channel: tuple[int, int], main: Callable[[list[str]]
         os._exit(code)
 
 
-def serve(requests: IO[str], answers: IO[str], main: Callable[[list[str]], int] = _cli_main) -> int:
-    """The helper's loop (see the module's docstring): each child runs `main(argv)` (`gitops-agent
-    ARGV`; tests give another) and exits with what it returns. Returns when `requests` ends."""
+def serve(requests: IO[str], answers: IO[str], main: Callable[[list[str]], int] = _cli_main,
+          preload: Sequence[str] = PRELOAD) -> int:
+    """The helper's loop (see the module's docstring): imports `preload`, then each child runs
+    `main(argv)` (`gitops-agent ARGV`; tests give another) and exits with what it returns. Returns when
+    `requests` ends."""
     _die_with_parent()
-    for name in PRELOAD:
+    for name in preload:
         importlib.import_module(name)
     _say(answers, {"ready": os.getpid()})
     channel = (requests.fileno(), answers.fileno())

@@ -42,7 +42,7 @@ def probe(argv: list[str]) -> int:
 
 
 PROBE_HELPER = (sys.executable, "-c", "import sys; from agent import zygote; from tests.test_zygote import probe; "
-                "sys.exit(zygote.serve(sys.stdin, sys.stdout, main=probe))")
+                "sys.exit(zygote.serve(sys.stdin, sys.stdout, main=probe, preload=()))")
 
 
 def helper_env() -> dict[str, str]:
@@ -164,7 +164,7 @@ def test_warm_start_falls_back_to_the_cold_path_and_says_so(caplog: pytest.LogCa
     assert "this check starts a new process" in caplog.text
     assert "warm start: off, the helper failed 3 times in a row" in caplog.text
 
-    slow = WarmStart(helper_env(), command=(sys.executable, "-c", "import time; time.sleep(30)"))
+    slow = WarmStart(helper_env(), command=(sys.executable, "-c", "import sys; sys.stdin.read()"))  # no answer
     slow.ensure()
     try:
         with caplog.at_level(logging.INFO, logger="agent.zygote"):
@@ -175,7 +175,8 @@ def test_warm_start_falls_back_to_the_cold_path_and_says_so(caplog: pytest.LogCa
 
 
 def test_nonsense_from_the_helper_is_an_error() -> None:
-    talker = Zygote(helper_env(), command=(sys.executable, "-c", "print('hello'); import time; time.sleep(30)"))
+    talker = Zygote(helper_env(), command=(sys.executable, "-c", "print('hello', flush=True); import sys; "
+                                                            "sys.stdin.read()"))
     with pytest.raises(ZygoteError, match="answered 'hello'"):
         talker.start()
     talker.close()
