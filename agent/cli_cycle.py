@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import Any
 
-from agent import beacon, config, control, daemon, delivery, preflight, render, textfile
+from agent import beacon, config, control, daemon, delivery, preflight, render, textfile, zygote
 from agent import report as report_codec
 from agent.cli_common import EX_CONFIG, EX_IOERR, colour, journald, load
 from agent.errors import AgentError, ConfigError, StorageError
@@ -159,6 +159,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     store.ensure()
     runner: daemon.Daemon | None = None
     last_error: list[str | None] = [None]
+    warm = _warm_start(cfg)
 
     def spawn(trigger: Trigger, check_only: bool,
               roles: tuple[str, ...] | None = None) -> daemon.CycleOutcome:
@@ -167,7 +168,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         return child.run_cycle(path, store, trigger, check_only, timeout_s=current.schedule.timeout_s,
                                stop=runner.stop, grace_s=current.schedule.stop_grace_s,
                                ping=_watchdog_ping,
-                               destination=lambda r: delivery.destination(current, r.run_id), roles=roles)
+                               destination=lambda r: delivery.destination(current, r.run_id), roles=roles,
+                               warm=warm if trigger is Trigger.WATCH and current.watch_warm_start else None)
 
     def build(current: config.AgentConfig) -> daemon.Parts:
         """The probe (over a Git source) and the redelivery (over a sender), from one configuration: built
@@ -192,7 +194,20 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         return daemon.Parts(probe=beacon.probe_for(current, source.probe), redeliver=redeliver)
 
     runner = daemon.Daemon(path, cfg, spawn=spawn, build=build, last_commit=store.peek_last_commit())
-    return runner.serve()
+    try:
+        return runner.serve()
+    finally:
+        if warm is not None:
+            warm.close()
+
+
+def _warm_start(cfg: config.AgentConfig) -> zygote.WarmStart | None:
+    """The warm start of watch checks (agent.zygote), started now when watching is on; None when off."""
+    if not (cfg.watch and cfg.watch_warm_start):
+        return None
+    warm = zygote.WarmStart(daemon.child_env())
+    warm.ensure()
+    return warm
 
 
 def _watchdog_ping() -> None:

@@ -116,11 +116,15 @@ SETTINGS: tuple[Setting, ...] = (
             "the daemon watches the paths the last check managed (inotify) and checks their roles "
             "within seconds of a change (docs/watch.md)"),
     Setting("watch_exclude", _string_list, [], "roles whose paths are never watched (scheduled checks only)"),
-    Setting("watch_debounce", _duration, "2s",
+    Setting("watch_debounce", _duration, "1s",
             "a watched change starts a check once the watched paths were quiet this long"),
     Setting("watch_contested_flips", _positive_int, 3,
             "a path put back this many times within an hour after the agent corrected it is contested: "
             "its changes no longer start checks"),
+    Setting("watch_warm_start", _boolean, True,
+            "watch checks are forked from a helper process that has the agent's code imported already "
+            "(about 1 s sooner; the helper costs its own memory); off: each starts a new process. The "
+            "helper is started with the daemon (a reload can turn it off, not on)"),
     Setting("watch_max_watches", _positive_int, 0,
             "inotify watches (one per directory) the daemon may use at most (0: up to the kernel's "
             "fs.inotify.max_user_watches); paths past it are checked on the schedule only"),
@@ -202,9 +206,10 @@ class AgentConfig:
     path: Path | None = None
     watch: bool = True  # the daemon watches managed paths (docs/watch.md)
     watch_exclude: tuple[str, ...] = ()  # roles never watched
-    watch_debounce_s: float = 2.0
+    watch_debounce_s: float = 1.0
     watch_contested_flips: int = 3
     watch_max_watches: int = 0  # 0: no cap of our own
+    watch_warm_start: bool = True  # watch checks forked from agent.zygote's helper
 
 
 def _flatten(data: dict[str, Any], origin: str) -> dict[str, Any]:
@@ -314,6 +319,7 @@ def _build(v: dict[str, Any], base: Path, origin: str) -> AgentConfig:
                               v["ansible.fact_cache_timeout"]),
         watch=v["watch"], watch_exclude=v["watch_exclude"], watch_debounce_s=v["watch_debounce"],
         watch_contested_flips=v["watch_contested_flips"], watch_max_watches=v["watch_max_watches"],
+        watch_warm_start=v["watch_warm_start"],
     )
 
 

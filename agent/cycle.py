@@ -318,7 +318,8 @@ class Cycle:
         self._emit(PhaseStarted("plan"))
         full = self._plan(revision)
         limited = self._limited(full, options)
-        attempt.plan = plan = self._without_broken_roles(attempt, limited)
+        attempt.plan = plan = self._without_broken_roles(attempt, limited,
+                                                         full if limited is not full else None)
         attempt.warnings.extend(ansible_env.warnings(ansible_cfg.load(revision.path),
                                                      inventory=plan.inventory))
         self._emit(PhaseDone("plan", f"roles: {', '.join(attempt.plan.roles) or '-'}"))
@@ -396,20 +397,26 @@ class Cycle:
         return verdict_of.judge(result.parsed, host=plan.host, roles=plan.roles,
                                 playbooks=self._playbook_names(plan), check_only_keys=check_only)
 
-    def _without_broken_roles(self, attempt: _Attempt, plan: RunPlan) -> RunPlan:
+    def _syntax_key(self, plan: RunPlan) -> str:
+        return hashlib.sha256(json.dumps([plan.commit, plan.roles, self.settings.extra_vars,
+                                          str(self.settings.vault_password_file)],
+                                         sort_keys=True, default=str).encode()).hexdigest()
+
+    def _without_broken_roles(self, attempt: _Attempt, plan: RunPlan,
+                              whole: RunPlan | None = None) -> RunPlan:
         """The plan less the roles whose playbook Ansible cannot load, each reported as a failed role
         with its one-line error: a broken role fails alone, the others still run (together, in one
-        ansible-playbook run, so facts set by one reach the next)."""
+        ansible-playbook run, so facts set by one reach the next). `whole`: the plan that `plan` was
+        limited from (a watch check's roles): when all of its playbooks loaded, so do some of them."""
         # A commit's playbooks load the same way every time for the same roles and variables: once they
         # all loaded, the next cycles of that commit skip the check (~1.5 CPU-s each; bench/README.md).
-        key = hashlib.sha256(json.dumps([plan.commit, plan.roles, self.settings.extra_vars,
-                                         str(self.settings.vault_password_file)],
-                                        sort_keys=True, default=str).encode()).hexdigest()
+        key = self._syntax_key(plan)
+        loaded = {key} | ({self._syntax_key(whole)} if whole is not None else set())
         # Several keys: while the rollout gate holds a commit, each cycle plans it and the converged one.
         marker = self.store.paths.syntax_checked
         broken: dict[str, str] = {}
         known = marker.read_text(encoding="utf-8").split() if marker.is_file() else []
-        if key not in known:
+        if not loaded & set(known):
             remaining = self.deadline - time.monotonic()
             broken = self.runner.syntax_errors(plan, replace(self.settings, timeout_s=remaining))
             if not broken:

@@ -44,6 +44,9 @@ from agent.config_values import parse_duration
 from agent.report import parse_time
 
 HOST = "web01.example.com"
+# "old": the watch check as before the warm start (issue 21's first figures): a new process per check,
+# 2 s debounce. "new": the defaults (warm start, 1 s debounce).
+VARIANTS = {"old": "watch_warm_start: false\nwatch_debounce: 2s\n", "new": ""}
 
 
 def rss_mb(pid: int) -> float:
@@ -117,10 +120,33 @@ def stored_runs(url: str, reader: str) -> list[dict[str, object]]:
     return list(response.json()["items"])
 
 
+def helpers(pid: int) -> list[int]:
+    """The daemon's warm-start helpers (`python -m agent.zygote`, its children)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid and \
+                    b"agent.zygote" in (stat.parent / "cmdline").read_bytes():
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def print_helpers(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    """The warm start's helpers (agent.zygote): a process of its own beside each watching daemon."""
+    for name, p in procs.items():
+        for helper in helpers(p.pid):
+            print(f"  {name:<13} + its warm-start helper pid {helper}: RSS {rss_mb(helper):5.1f} MB, "
+                  f"CPU {cpu_s(helper):.2f}s since it started (its imports)")
+
+
 def children_cpu_s(pid: int) -> float:
-    """CPU (user+sys) of the reaped children of `pid` (the daemon's cycles), /proc/PID/stat."""
+    """CPU (user+sys) of the reaped children of `pid` (the daemon's cycles), /proc/PID/stat, and of its
+    warm-start helper's (the cycles forked there)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[13:15]) / os.sysconf("SC_CLK_TCK")
+    own = sum(int(f) for f in fields[13:15]) / os.sysconf("SC_CLK_TCK")
+    return own + sum(children_cpu_s(helper) for helper in helpers(pid))
 
 
 def breakdown(state: Path, run_id: str, edited_at: float, stored_after: float) -> dict[str, float]:
@@ -175,6 +201,9 @@ def time_to_detect(workdir: Path, url: str, reader: str, config: Path, edits: in
             time.sleep(3)  # the daemon's cycle line, and its own changes' grace
     finally:
         stop(proc)
+        cold = log.read_text().count("this check starts a new process")
+        if cold:
+            print(f"  ({cold} of these watch checks took the cold path: see {log})")
     return found
 
 
@@ -277,6 +306,7 @@ def idle_and_burst(workdir: Path, seconds: float, *, tree: bool = False, bursts:
         for name in procs:
             print(f"  {name:<16} RSS {rss[name]:5.1f} MB ({rss[name] - rss['no watch']:+.1f} MB)   CPU "
                   f"{used[name]:.2f}s = {used[name] / elapsed * 3600:.1f} CPU-s per hour")
+        print_helpers(procs)
         for n, name in enumerate(procs):
             if "cycle done" in (workdir / f"daemon-idle-{n}.log").read_text():
                 print(f"  WARNING: {name} ran a cycle during the idle run: its figures are not idle ones")
@@ -302,6 +332,11 @@ def main() -> None:
     parser.add_argument("--strategies", default="mitogen,linear",
                         help="ansible.strategy values to time the watch with (comma-separated)")
     parser.add_argument("--no-idle", action="store_true", help="skip the idle cost and the burst")
+    parser.add_argument("--variants", default="new",
+                        help="daemon settings to time the watch with, alternating (comma-separated): "
+                             + "; ".join(f"{k}: {v.strip() or 'the defaults'}" for k, v in VARIANTS.items()))
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="how often the variants take turns (each turn: --edits edits)")
     parser.add_argument("--tree", action="store_true",
                         help="idle cost: also a daemon watching one managed tree of 10,000 files")
     parser.add_argument("--no-burst", action="store_true", help="skip the burst (it runs a watch check)")
@@ -328,14 +363,18 @@ def main() -> None:
               f"(1, 5, 15 min) on {os.cpu_count()} CPUs", flush=True)
         results: dict[str, tuple[list[float], list[dict[str, float]], tuple[float, ...]]] = {}
         for strategy in [s for s in args.strategies.split(",") if s]:
-            check_started: list[float] = []
-            parts: list[dict[str, float]] = []
-            watched = time_to_detect(
-                args.workdir, url, reader,
-                write_config(args.workdir, "watch", "state", common + "schedule: {interval: 1h, poll: 1m, splay: 0s}\n"
-                             f"ansible: {{strategy: {strategy}}}\n"),
-                args.edits, "watch", (1.0, 3.0), check_started, parts)
-            results[strategy] = (watched, parts, os.getloadavg())
+            for _ in range(args.rounds):  # the variants alternate, so that both see the same load
+                for variant in [v for v in args.variants.split(",") if v]:
+                    settings = VARIANTS[variant].strip().replace("\n", ", ") or "defaults"
+                    key = f"ansible.strategy {strategy}, {variant} ({settings})"
+                    watched, parts, _load = results.get(key, ([], [], ()))
+                    watched += time_to_detect(
+                        args.workdir, url, reader,
+                        write_config(args.workdir, "watch", "state",
+                                     common + "schedule: {interval: 1h, poll: 1m, splay: 0s}\n"
+                                     f"ansible: {{strategy: {strategy}}}\n" + VARIANTS[variant]),
+                        args.edits, "watch", (1.0, 3.0), None, parts)
+                    results[key] = (watched, parts, os.getloadavg())
         interval = args.interval
         interval_s = parse_duration(interval)
         scheduled = time_to_detect(
@@ -345,7 +384,7 @@ def main() -> None:
             args.scheduled_edits, "schedule", (0.0, interval_s)) if args.scheduled_edits else []
         print("\ntime to detect (hand edit -> drift stored in the collector), detect mode:")
         for strategy, (watched, parts, load) in results.items():
-            print(f"  watch: true, ansible.strategy {strategy}: median {median(watched):6.1f}s  (n={len(watched)}, "
+            print(f"  watch: true, {strategy}: median {median(watched):6.1f}s  (n={len(watched)}, "
                   f"max {max(watched):.1f}s); load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
             for key in parts[0]:
                 print(f"      {key:<48} median {median([p[key] for p in parts]):6.2f}")

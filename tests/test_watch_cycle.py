@@ -84,3 +84,38 @@ def test_blind_task_names_are_redacted_before_they_reach_watch_json_and_the_repo
     assert "s3cret-42" not in text and "Set the password to " in text
     kept = read_set(store.paths)
     assert kept is not None and kept["app"].paths == {"/etc/app/app.conf"}  # paths stay as on disk
+
+
+class CountingRunner(RecordedRunner):
+    """Recorded runs that count the syntax checks the cycle asks for, and the roles of each."""
+
+    syntax_checked: list[tuple[str, ...]]
+
+    def syntax_errors(self, plan: RunPlan, settings: RunnerSettings) -> dict[str, str]:
+        self.syntax_checked.append(plan.roles)
+        return super().syntax_errors(plan, settings)
+
+
+def test_a_watch_check_skips_the_syntax_check_its_commits_full_check_passed(tmp_path: Path) -> None:
+    """The playbooks of a commit that all loaded (the full check's syntax check) load one by one too: a
+    watch check of some of its roles runs no syntax check of its own (~1.5 CPU-s sooner, issue 21's time
+    to detect). A role set whose full plan was not checked is checked."""
+    repo = make_repo(tmp_path / "origin", {
+        "playbooks/app.yml": PLAYBOOK.format(role="app"), "playbooks/web.yml": PLAYBOOK.format(role="web"),
+        "inventory/hosts.yml": yaml.safe_dump({"all": {"children": {
+            "app": {"hosts": {HOST: None}}, "web": {"hosts": {HOST: None}}}}})})
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump({"host": HOST, "source": {"url": str(repo.path)}, "mode": "detect",
+                                    "state_dir": str(tmp_path / "state"), "lock_wait": "0s"}))
+    cfg = config_mod.load(path)
+    runner = CountingRunner(("app", "web"), HOST)
+    runner.syntax_checked = []
+    runner.runs = [{"mode": "check", "tasks": [OK], "stats": {"ok": 1}} for _ in range(3)]
+    parts = CycleParts(source=git_source(cfg), store=state_store(cfg), runner=runner, spool=lambda r: None)
+    # A watch check before any full check of the commit: its roles are checked.
+    Cycle(cfg, parts=parts).run(CycleOptions(roles=("web",)))
+    assert runner.syntax_checked == [("web",)]
+    Cycle(cfg, parts=parts).run(CycleOptions())  # the full check: every role
+    assert runner.syntax_checked == [("web",), ("app", "web")]
+    report = Cycle(cfg, parts=parts).run(CycleOptions(roles=("app",)))
+    assert report.roles == ("app",) and runner.syntax_checked == [("web",), ("app", "web")]

@@ -52,6 +52,17 @@ def watch_runs(log: Path) -> list[str]:
     return [x for x in log.read_text().splitlines() if "cycle done: trigger=watch" in x]
 
 
+def warm_forks(log: Path) -> int:
+    return log.read_text().count("warm start: cycle pid=")
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
 def cycles(log: Path) -> list[str]:
     return [x for x in log.read_text().splitlines() if "cycle done: trigger=" in x]
 
@@ -109,6 +120,8 @@ def test_the_daemon_watches_managed_paths(cli, write_config, tmp_path: Path) -> 
         assert report["watch"]["changed"] == [str(conf)] and report["watch"]["changed_count"] == 1
         assert report["roles"] == ["app"]
         assert conf.read_text() == "version=1\n"
+        # The watch check was forked by the warm-start helper (agent.zygote), not started afresh.
+        assert "warm start: helper pid=" in log.read_text() and warm_forks(log) == 1, log.read_text()
         # The agent's own apply (it rewrote app.conf) started nothing.
         idle(log, 2)
         time.sleep(2)  # debounce 1 s + grace 1 s, twice over
@@ -137,8 +150,11 @@ def test_the_daemon_watches_managed_paths(cli, write_config, tmp_path: Path) -> 
         # unwatched path (in the second directory) is said in status, the report and the metrics. The
         # reload rebuilds the watcher, and the contested count is kept (state_dir/watch-contested.json):
         # app.conf stays contested, so the hand change here is to the other watched path, data/.
+        # The strategy changes to linear here: the warm start serves both (Ansible is started afresh by
+        # each check, whatever the strategy).
         write_config(repo.path, schedule=schedule, watch_debounce="1s", watch_contested_flips=1,
-                     mode="detect", watch_max_watches=1, metrics_textfile=str(tmp_path / "metrics.prom"))
+                     mode="detect", watch_max_watches=1, metrics_textfile=str(tmp_path / "metrics.prom"),
+                     ansible__strategy="linear")
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "NOT watched" in log.read_text(), 20, "the fallback's log line")
         status = cli("status", "--config", str(config))
@@ -162,6 +178,13 @@ def test_the_daemon_watches_managed_paths(cli, write_config, tmp_path: Path) -> 
         assert 'gitops_agent_watch_paths{host="testhost",state="unwatched"} 1' in metrics, metrics
         assert 'gitops_agent_watch_paths{host="testhost",state="watched"} 2' in metrics
 
+        # Every watch check went through the warm start (mitogen's two, linear's one), none took the cold path.
+        assert warm_forks(log) == 3 and "starts a new process" not in log.read_text(), log.read_text()
+
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     assert not (tmp_path / "state/watch-state.json").exists()
+    # The helper went with the daemon.
+    helper = int(re.findall(r"warm start: helper pid=(\d+) ready", log.read_text())[0])
+    wait_for(lambda: not Path(f"/proc/{helper}").exists() or b"agent.zygote" not in _read(
+        Path(f"/proc/{helper}/cmdline")), 10, "the warm-start helper's exit")

@@ -1,0 +1,210 @@
+"""The warm start of watch checks (agent.zygote): a real helper process and real forked children, with a
+probe in place of `gitops-agent` (no Ansible here; tests/test_watch_live.py runs real watch checks
+through it)."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent import zygote
+from agent.zygote import PRELOAD, WarmStart, Zygote, ZygoteError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def probe(argv: list[str]) -> int:
+    """What a forked child sees, written to the file argv[0]; `sleep S` first when asked; exit code 3."""
+    if argv[1:2] == ["sleep"]:
+        time.sleep(float(argv[2]))
+    if argv[1:2] == ["exit"]:  # as the interpreter's exit: atexit handlers run, sys.exit() is 0
+        atexit.register(lambda: Path(argv[0]).write_text("atexit ran"))
+        sys.exit()
+    devnull = os.stat(os.devnull)
+    Path(argv[0]).write_text(json.dumps({
+        "argv": argv, "pid": os.getpid(), "ppid": os.getppid(), "sid": os.getsid(0), "pgid": os.getpgid(0),
+        "umask": os.umask(0o022), "cwd": os.getcwd(), "env": os.environ.get("ZYGOTE_TEST"),
+        "uid": os.getuid(), "gid": os.getgid(),
+        "stdin_null": os.fstat(0).st_rdev == devnull.st_rdev,
+        "stdout_null": os.fstat(1).st_rdev == devnull.st_rdev,
+        "ansible": sorted(m for m in sys.modules if m == "ansible" or m.startswith(("ansible.", "mitogen"))),
+    }))
+    return 3
+
+
+PROBE_HELPER = (sys.executable, "-c", "import sys; from agent import zygote; from tests.test_zygote import probe; "
+                "sys.exit(zygote.serve(sys.stdin, sys.stdout, main=probe, preload=()))")
+
+
+def helper_env() -> dict[str, str]:
+    return {**os.environ, "ZYGOTE_TEST": "yes", "PYTHONPATH": str(ROOT)}
+
+
+def test_the_helper_imports_the_agent_but_nothing_of_ansible() -> None:
+    """Ansible reads the repo's ansible.cfg, plugins and collections when it is imported and started:
+    none of it may be imported before the fork, or a new commit's files could be missed."""
+    code = ("import sys; from agent.zygote import PRELOAD; import importlib\n"
+            "for m in PRELOAD: importlib.import_module(m)\n"
+            "print(sorted(m for m in sys.modules if m == 'ansible' or m.startswith(('ansible.', 'mitogen', "
+            "'ansible_mitogen'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    assert "agent.cli" in PRELOAD and "ansible_runner" in PRELOAD
+
+
+def test_a_forked_child_runs_as_the_cold_one_would(tmp_path: Path) -> None:
+    """Same user, environment, umask and working directory as the helper (the daemon's); a session of its
+    own (its pid is its process group, so the daemon's stop signals its whole group); stdin and stdout on
+    /dev/null; its exit code reaches the daemon; the helper serves one check after another."""
+    warm = Zygote(helper_env(), command=PROBE_HELPER)
+    warm.start()
+    try:
+        assert warm.proc is not None
+        helper = warm.proc.pid
+        for n in range(2):
+            out = tmp_path / f"seen-{n}.json"
+            child = warm.spawn([str(out), "run", "--trigger", "watch"])
+            assert child.wait(30) == 3 and child.returncode == 3
+            seen = json.loads(out.read_text())
+            assert seen["argv"] == [str(out), "run", "--trigger", "watch"]
+            assert seen["pid"] == child.pid and seen["ppid"] == helper
+            assert seen["sid"] == seen["pgid"] == child.pid
+            assert (seen["uid"], seen["gid"], seen["cwd"]) == (os.getuid(), os.getgid(), os.getcwd())
+            umask = os.umask(0o022)
+            os.umask(umask)
+            assert seen["umask"] == umask and seen["env"] == "yes"
+            assert seen["stdin_null"] and seen["stdout_null"]
+            assert seen["ansible"] == []
+    finally:
+        warm.close()
+    assert warm.proc is None
+
+
+def test_a_child_exits_as_the_interpreter_would(tmp_path: Path) -> None:
+    warm = Zygote(helper_env(), command=PROBE_HELPER)
+    warm.start()
+    try:
+        child = warm.spawn([str(tmp_path / "exit.txt"), "exit"])
+        assert child.wait(30) == 0
+        assert (tmp_path / "exit.txt").read_text() == "atexit ran"
+    finally:
+        warm.close()
+
+
+def test_a_stop_signals_the_childs_group_and_waiting_times_out(tmp_path: Path) -> None:
+    warm = Zygote(helper_env(), command=PROBE_HELPER)
+    warm.start()
+    try:
+        child = warm.spawn([str(tmp_path / "seen.json"), "sleep", "30"])
+        assert child.poll() is None
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(0.2)
+        os.killpg(child.pid, signal.SIGTERM)  # what agent.child does to stop a cycle
+        assert child.wait(30) == -signal.SIGTERM
+    finally:
+        warm.close()
+
+
+def test_the_helper_dies_with_the_daemon(tmp_path: Path) -> None:
+    """Its stdin ends when the daemon goes (and PR_SET_PDEATHSIG kills it when the daemon is killed)."""
+    script = tmp_path / "daemon.py"
+    script.write_text("import sys, time\nfrom agent.zygote import Zygote\n"
+                      f"z = Zygote({helper_env()!r}, command={PROBE_HELPER!r})\nz.start()\n"
+                      "print(z.proc.pid, flush=True)\ntime.sleep(60)\n")
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                          env=helper_env()) as daemon:
+        assert daemon.stdout is not None
+        helper = int(daemon.stdout.readline())
+        daemon.kill()
+    deadline = time.monotonic() + 20
+    while zygote._alive(helper) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not zygote._alive(helper)
+
+
+def test_a_helper_that_dies_during_a_check_leaves_the_check_running(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    warm = Zygote(helper_env(), command=PROBE_HELPER)
+    warm.start()
+    out = tmp_path / "seen.json"
+    try:
+        child = warm.spawn([str(out), "sleep", "1"])
+        assert warm.proc is not None
+        warm.proc.kill()
+        with caplog.at_level(logging.WARNING, logger="agent.zygote"):
+            assert child.wait(30) == 1  # its exit code is lost with the helper; the cycle's report is not
+        assert out.exists()  # the cycle itself finished
+        assert "the helper stopped while cycle" in caplog.text
+    finally:
+        warm.close()
+
+
+def test_warm_start_falls_back_to_the_cold_path_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """A helper that cannot come up, or is not ready yet, means a new process for this check (spawn gives
+    None, with a log line); after MAX_STARTS failed starts in a row, warm start is off for good."""
+    broken = WarmStart(helper_env(), command=(sys.executable, "-c", "import sys; sys.exit(7)"))
+    with caplog.at_level(logging.INFO, logger="agent.zygote"):
+        for _ in range(WarmStart.MAX_STARTS + 1):
+            broken.ensure()
+            deadline = time.monotonic() + 30
+            while broken.zygote.running and time.monotonic() < deadline:  # it exits at once (7)
+                time.sleep(0.05)
+            assert broken.spawn(["run"]) is None
+    broken.close()
+    assert broken.off
+    assert "this check starts a new process" in caplog.text
+    assert "warm start: off, the helper failed 3 times in a row" in caplog.text
+
+    slow = WarmStart(helper_env(), command=(sys.executable, "-c", "import sys; sys.stdin.read()"))  # no answer
+    slow.ensure()
+    try:
+        with caplog.at_level(logging.INFO, logger="agent.zygote"):
+            assert slow.spawn(["run"]) is None
+        assert "still importing" in caplog.text and slow.zygote.running  # kept for the next check
+    finally:
+        slow.close()
+
+
+def test_nonsense_from_the_helper_is_an_error() -> None:
+    talker = Zygote(helper_env(), command=(sys.executable, "-c", "print('hello', flush=True); import sys; "
+                                                            "sys.stdin.read()"))
+    with pytest.raises(ZygoteError, match="answered 'hello'"):
+        talker.start()
+    talker.close()
+
+
+def test_an_upgrade_of_the_agents_code_restarts_the_helper(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Files renamed into the agent's package directory (dpkg, rpm, pip) change its mtime: the next
+    check starts a new process (the new code) and the helper is started again after it, with the new
+    code."""
+    code = tmp_path / "agent"
+    code.mkdir()
+    warm = WarmStart(helper_env(), command=PROBE_HELPER, code_dir=code)
+    warm.ensure()
+    try:
+        assert warm.zygote.wait_ready(30)
+        warm.ready = True
+        child = warm.spawn([str(tmp_path / "one.json")])
+        assert child is not None and child.wait(30) == 3
+        (code / "cycle.py.dpkg-new").write_text("new\n")
+        os.rename(code / "cycle.py.dpkg-new", code / "cycle.py")
+        os.utime(code, ns=(0, 0))  # a clock tick apart, whatever the file system's resolution
+        with caplog.at_level(logging.INFO, logger="agent.zygote"):
+            assert warm.spawn([str(tmp_path / "two.json")]) is None
+        assert "code in" in caplog.text and not warm.zygote.running
+        warm.ensure()  # after the cycle: a new helper, with the new code's stamp
+        assert warm.zygote.running and warm.zygote.wait_ready(30)
+        warm.ready = True
+        child = warm.spawn([str(tmp_path / "three.json")])
+        assert child is not None and child.wait(30) == 3
+    finally:
+        warm.close()
