@@ -121,10 +121,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("watch_contested_flips", _positive_int, 3,
             "a path put back this many times within an hour after the agent corrected it is contested: "
             "its changes no longer start checks"),
-    Setting("watch_warm_start", _boolean, True,
+    Setting("watch_warm_start", _boolean, False,
             "watch checks are forked from a helper process that has the agent's code imported already "
-            "(about 1 s sooner; the helper costs its own memory); off: each starts a new process. The "
-            "helper is started with the daemon (a reload can turn it off, not on)"),
+            "(about 1 s sooner, for about 40 MB of memory in the helper); off (the default): each starts "
+            "a new process. The helper is started with the daemon (a reload can turn it off, not on)"),
     Setting("watch_max_watches", _positive_int, 0,
             "inotify watches (one per directory) the daemon may use at most (0: up to the kernel's "
             "fs.inotify.max_user_watches); paths past it are checked on the schedule only"),
@@ -209,7 +209,7 @@ class AgentConfig:
     watch_debounce_s: float = 1.0
     watch_contested_flips: int = 3
     watch_max_watches: int = 0  # 0: no cap of our own
-    watch_warm_start: bool = True  # watch checks forked from agent.zygote's helper
+    watch_warm_start: bool = False  # watch checks forked from agent.zygote's helper
 
 
 def _flatten(data: dict[str, Any], origin: str) -> dict[str, Any]:

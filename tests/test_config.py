@@ -198,8 +198,8 @@ def test_unknown_keys_get_a_did_you_mean(key: str, hint: str | None) -> None:
 def test_watch_settings_default_on_with_a_per_role_opt_out() -> None:
     cfg = config.validate({"source": {"url": "x"}})
     assert (cfg.watch, cfg.watch_exclude, cfg.watch_debounce_s, cfg.watch_contested_flips,
-            cfg.watch_max_watches, cfg.watch_warm_start) == (True, (), 1.0, 3, 0, True)
+            cfg.watch_max_watches, cfg.watch_warm_start) == (True, (), 1.0, 3, 0, False)
     cfg = config.validate({"source": {"url": "x"}, "watch": False, "watch_exclude": ["db"],
-                           "watch_debounce": 0.5, "watch_max_watches": 100, "watch_warm_start": False})
+                           "watch_debounce": 0.5, "watch_max_watches": 100, "watch_warm_start": True})
     assert (cfg.watch, cfg.watch_exclude, cfg.watch_debounce_s, cfg.watch_max_watches, cfg.watch_warm_start) == (
-        False, ("db",), 0.5, 100, False)
+        False, ("db",), 0.5, 100, True)

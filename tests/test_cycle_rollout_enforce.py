@@ -27,7 +27,8 @@ from agent.report import GateState, Report, Status, Trigger, format_time, parse_
 from agent.wiring import CycleParts, cycle_parts
 from tests.conftest import APP_PLAYBOOK, make_repo
 
-pytestmark = pytest.mark.ansible
+# heavy: 14 Ansible runs (about 75 s); make test-heavy runs it (docs/testing.md)
+pytestmark = [pytest.mark.ansible, pytest.mark.heavy]
 
 HOST = "testhost"
 HOLD_ALL = """\

@@ -57,6 +57,7 @@ def sleepers() -> list[str]:
     return out.split()
 
 
+@pytest.mark.heavy  # about 70 s of live daemon cycles; make test-heavy runs it (docs/testing.md)
 def test_daemon_picks_up_commits_serves_run_and_reloads(cli, write_config, app_repo: GitRepo,
                                                         tmp_path: Path) -> None:
     config = write_config(app_repo.path, schedule={"interval": "1h", "poll": "1s", "splay": "0s",

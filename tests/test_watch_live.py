@@ -90,7 +90,8 @@ def test_the_daemon_watches_managed_paths(cli, write_config, tmp_path: Path) -> 
     repo: GitRepo = make_repo(tmp_path / "origin", {"playbooks/app.yml": PLAYBOOK,
                                                     "inventory/hosts.yml": APP_INVENTORY})
     schedule = {"interval": "1h", "poll": "1s", "splay": "0s", "timeout": "120s"}
-    config = write_config(repo.path, schedule=schedule, watch_debounce="1s", watch_contested_flips=1)
+    config = write_config(repo.path, schedule=schedule, watch_debounce="1s", watch_contested_flips=1,
+                          watch_warm_start=True)
     log = tmp_path / "daemon.log"
     conf = tmp_path / "root/app.conf"
     with running_daemon(config, log) as proc:
