@@ -24,6 +24,7 @@ cluster). Bounded: --seconds per round; traffic only to 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import shutil
 import statistics
@@ -129,6 +130,19 @@ def spent(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
+def exceptions(log: str) -> list[str]:
+    """The last line of every traceback in a collector's log (the exception), cut to 200 characters."""
+    found = []
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback (most recent call last)"):
+            j = i + 1
+            while j < len(lines) and (lines[j].startswith((" ", "\t")) or not lines[j].strip()):
+                j += 1
+            found.append(lines[j][:200] if j < len(lines) else "(cut off)")
+    return found
+
+
 def load() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f}"
@@ -140,8 +154,7 @@ class Tally:
 
     sizes: list[int]
     acked: int = 0  # reports answered 201, warm-ups included
-    tracebacks: int = 0
-    disconnects: int = 0  # tracebacks of requests in flight when wrk stopped
+    exceptions: collections.Counter[str] = field(default_factory=collections.Counter)  # from the logs
     rates: dict[int, dict[str, list[float]]] = field(default_factory=dict)
     cpu_per_report: dict[int, list[float]] = field(default_factory=dict)
 
@@ -156,9 +169,8 @@ class Tally:
             print(f"N={n}: median ingest {ingest:.1f} reports/s, floor {floor:.1f} requests/s: ratio to the floor "
                   f"{ingest / floor:.3f}; ingest {ingest / first:.2f}x N={self.sizes[0]}; CPU per report "
                   f"(collectors + PostgreSQL) {statistics.median(self.cpu_per_report[n]):.2f} ms")
-        if self.tracebacks:
-            print(f"collector logs: {self.tracebacks} tracebacks, {self.disconnects} of them ClientDisconnect "
-                  "(requests in flight when wrk stops)")
+        for line, count in self.exceptions.most_common():
+            print(f"collector logs: {count} traceback(s) ending {line!r}")
 
 
 def one_round(round_no: int, n: int, args: argparse.Namespace, url: str, engine: Engine, data: Path,
@@ -193,8 +205,8 @@ def one_round(round_no: int, n: int, args: argparse.Namespace, url: str, engine:
             print(f"{round_no + 1:>5} {n:>2} {mode:<7} {r['requests']:>9.0f} {r['rate']:>8.1f} "
                   f"{r['p50_us'] / 1000:>8.1f} {r['p99_us'] / 1000:>8.1f} {coll:>16.2f} {pg:>5.2f} "
                   f"{hapx:>5.2f} {r['requests'] - ok:>8.0f} {errors:>7.0f} {lost:>5}", flush=True)
-    tally.tracebacks += sum(c.log.count("Traceback") for c in collectors)
-    tally.disconnects += sum(c.log.count("ClientDisconnect") for c in collectors)
+    for c in collectors:
+        tally.exceptions.update(exceptions(c.log))
 
 
 def parse_args() -> tuple[argparse.Namespace, list[int]]:
