@@ -15,7 +15,8 @@ For each N in --hosts (default 1000 and 10000):
 Printed per N: Git requests per minute (counted by the Git server from its log) for plain polling, and for
 the beacon in steady state and in the window after the commit; beacon requests/s, their p99 and the
 collector's CPU per request (from /proc, steady state); ingest reports/s, p50/p99 and lost (201 answers
-missing from the database); a few UI page and API times at that fleet size; and the simulator's own CPU.
+missing from the database); a few UI page and API times at that fleet size; the simulator's own CPU;
+and the load average at the start and the end of each size.
 Every HTTP request opens a new connection, as the agent does; at most --concurrency are in flight, and
 latencies are timed from when a request may start (the collector's and the connection's time, not the
 simulator's own queue). Traffic goes only to 127.0.0.1.
@@ -34,6 +35,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -273,10 +275,11 @@ def run_size(n: int, args: argparse.Namespace, tmp: Path) -> None:
                                   "--hook-secret-file", str(secret_file), *args.serve_args).start()
         assert server.proc is not None
         try:
-            asyncio.run(simulate(n, args, git, server.port, server.proc.pid, source, secrets, reader, repo))
+            created = asyncio.run(simulate(n, args, git, server.port, server.proc.pid, source, secrets, reader,
+                                           repo))
             with engine.connect() as conn:
                 stored = conn.execute(select(func.count()).select_from(runs)).scalar_one()
-            print(f"  database: {stored} runs stored")
+            print(f"  database: {stored} runs stored, {max(created - stored, 0)} lost (answered 201, not stored)")
         finally:
             server.stop()
             log.write_text(server.log, encoding="utf-8")
@@ -287,11 +290,12 @@ def run_size(n: int, args: argparse.Namespace, tmp: Path) -> None:
 
 
 async def simulate(n: int, args: argparse.Namespace, git: GitDaemon, port: int, pid: int, source: str,
-                   secrets: dict[str, str], reader: str, repo: Path) -> None:
+                   secrets: dict[str, str], reader: str, repo: Path) -> int:
+    """Runs the phases and prints their figures; returns how many reports the collector answered 201."""
     poll, splay = args.poll, args.commit_splay
     limit = asyncio.Semaphore(args.concurrency)
     sim_cpu = time.process_time()
-    print(f"N = {n}: poll {poll:g}s, commit splay {splay:g}s, {args.db}")
+    print(f"N = {n}: poll {poll:g}s, commit splay {splay:g}s, {args.db}, {load()}")
 
     idle0, idle_at = cpu_s(pid), time.monotonic()
     await asyncio.sleep(5)
@@ -332,7 +336,7 @@ async def simulate(n: int, args: argparse.Namespace, git: GitDaemon, port: int, 
     hook = await http(port, "POST", "/api/v1/hooks/generic", sign("generic", HOOK_SECRET, body), body)
     pushed_at, git1, cpu1 = time.monotonic(), git.requests, cpu_s(pid)
     await agents
-    after_s = time.monotonic() - pushed_at
+    after_s, after_cpu = time.monotonic() - pushed_at, cpu_s(pid) - cpu1
     after_git = git.requests - git1
     net = max(steady_cpu - idle * poll, 0.0)
     print(f"  beacon, steady: Git requests/min {steady_git * 60 / poll:9.1f}  beacon {steady_requests / poll:.1f} "
@@ -342,22 +346,36 @@ async def simulate(n: int, args: argparse.Namespace, git: GitDaemon, port: int, 
           f"push (hook answered {hook[0]}; {tally.saw_new} of {n} agents saw the new head)")
     reports = tally.report_latencies
     span = max(max(tally.report_times, default=0) - min(tally.report_times, default=0), 1.0)
+    # the collector's CPU after the push, less its idle share, less the polls of that window at the steady
+    # state's cost per poll: what is left is the reports' (each on a new connection, batches as they come)
+    polls_after = sum(tally.beacon_status.values()) - steady_requests
+    with_polls = max(after_cpu - idle * after_s, 0.0)
+    of_reports = max(with_polls - polls_after * net / max(steady_requests, 1), 0.0)
     print(f"  ingest:         {len(reports)} reports, {len(reports) / span:.1f}/s from the first to the last, "
           f"p50 {pct(reports, 0.5):.1f} ms, p99 {pct(reports, 0.99):.1f} ms, statuses "
           f"{tally.report_status}, collector CPU net after the push "
-          f"{(cpu_s(pid) - cpu1 - idle * after_s) * 1000 / max(len(reports), 1):.2f} ms/report (polls included)")
+          f"{with_polls * 1000 / max(len(reports), 1):.2f} ms/report with the {polls_after} polls of that window, "
+          f"{of_reports * 1000 / max(len(reports), 1):.2f} without them")
     print(f"  beacon statuses: {dict(sorted(tally.beacon_status.items()))}")
 
     # 3. UI and API at this fleet size
     auth = {"Authorization": f"Bearer {reader}"}
-    for target in ("/", "/?status=in_sync&sort=last_seen", "/commits", "/api/v1/hosts?limit=100"):
+    for target in ("/", "/?status=in_sync&sort=last_seen", "/commits", "/drift", "/compliance",
+                   "/api/v1/hosts?limit=100"):
         times = []
         for _ in range(5):
             began = time.perf_counter()
             status, _, _ = await http(port, "GET", target, auth)
             times.append(time.perf_counter() - began)
         print(f"  page {target:<36} {status}  median {statistics.median(times) * 1000:7.1f} ms")
-    print(f"  simulator CPU: {time.process_time() - sim_cpu:.1f} s (the load generator, same machine)")
+    print(f"  simulator CPU: {time.process_time() - sim_cpu:.1f} s (the load generator, same machine); {load()}")
+    return tally.created
+
+
+def load() -> str:
+    """The machine's load average (1, 5, 15 min), as `uptime` prints it: the figures' context."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f}"
 
 
 def main() -> int:
