@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -146,14 +147,20 @@ async def ui_role(request: Request, collector: Collector) -> Response:
 
 
 async def snapshot_loop(collector: Collector, every_s: float) -> None:
-    """Rewrite today's compliance_daily rows every `every_s` (each write is one snapshot of the items)."""
+    """While this process leads (agent.collector.leader): rewrite today's compliance_daily rows every
+    `every_s` (each write is one snapshot of the items). Leader-only because collectors sharing one
+    database would otherwise delete and insert the same day's rows at once (a unique-key violation on
+    PostgreSQL, seen by bench/scale_out.py); followers try for the lead every `--notify-interval`."""
     while True:
+        leading = False
         try:
-            rows = await collector.db(cs.snapshot, collector.engine, collector.now())
-            log.debug("compliance: %d daily row(s) written", rows)
+            leading = await anyio.to_thread.run_sync(collector.leader.try_lead)
+            if leading:
+                rows = await collector.db(cs.snapshot, collector.engine, collector.now())
+                log.debug("compliance: %d daily row(s) written", rows)
         except Exception:  # the loop outlives a failed round (database down): retried next time
             log.exception("compliance snapshot failed")
-        await anyio.sleep(every_s)
+        await anyio.sleep(every_s if leading else min(every_s, collector.settings.notify_interval_s))
 
 
 @asynccontextmanager

@@ -1,6 +1,7 @@
 """One leader among the collector processes that share a database (docs/scale.md, "Several collectors on
 one PostgreSQL"): the work that must run exactly once across them (alert evaluation and webhook deliveries,
-the heads poll, `serve --prune-older-than`) runs only in the process that holds the lead.
+the heads poll, `serve --prune-older-than`, the compliance snapshot) runs only in the process
+that holds the lead.
 
 - PostgreSQL: a session-level advisory lock (`pg_try_advisory_lock(ADVISORY_KEY)`) held on a dedicated
   connection. The lock lives as long as that connection: when the leader dies (even by SIGKILL) the server

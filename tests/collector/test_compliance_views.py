@@ -13,6 +13,7 @@ import re
 import time
 from datetime import timedelta
 
+import anyio
 import httpx
 import pytest
 from sqlalchemy import delete, select
@@ -21,6 +22,7 @@ from agent.collector import compliance_store, review_backfill, review_notify, to
 from agent.collector.alerts import parse_webhook
 from agent.collector.app import create_app
 from agent.collector.cli import main
+from agent.collector.compliance_views import snapshot_loop
 from agent.collector.context import Collector, CollectorSettings
 from agent.collector.notify import Notifier
 from agent.collector.tables import compliance_daily, review_hosts, review_items, webhook_deliveries
@@ -229,3 +231,38 @@ def test_the_app_writes_todays_snapshot_beside_it_when_asked(engine, clock, send
 
     rows = asyncio.run(serve())
     assert [(r.day, r.hosts, r.in_sync) for r in rows] == [("2026-11-20", 1, 0)]
+
+
+def test_only_the_leader_writes_the_snapshot(engine, clock, send):
+    """Collectors sharing a database: a follower writes no daily rows (two would rewrite the same day's
+    rows at once), and takes over when the lead is free."""
+    from agent.collector.leader import Leader
+
+    clock.now = BASE_TIME + timedelta(minutes=5)
+    assert send(make_report(WEB[0], status=Status.DRIFTED, drift=(drift("sysctl"),))).status_code == 201
+    other = Leader(engine)
+    assert other.try_lead()  # another collector leads
+    follower = Collector(engine, CollectorSettings(compliance_snapshot_s=3600.0, notify_interval_s=0.05),
+                         now=clock)
+
+    def rows() -> int:
+        with engine.connect() as conn:
+            return len(conn.execute(select(compliance_daily)).all())
+
+    async def run() -> tuple[int, int, bool | None]:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(snapshot_loop, follower, 3600.0)
+            await anyio.sleep(0.5)
+            as_follower = rows()
+            other.release()  # the leader goes: the follower's next try takes the lead and writes
+            deadline = time.monotonic() + 20
+            while not rows() and time.monotonic() < deadline:
+                await anyio.sleep(0.05)
+            tasks.cancel_scope.cancel()
+        return as_follower, rows(), follower.leader.leading
+
+    try:
+        as_follower, as_leader, leading = asyncio.run(run())
+    finally:
+        follower.leader.release()
+    assert as_follower == 0 and as_leader > 0 and leading
