@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, case, delete, false, func, select
+from sqlalchemy import Connection, Engine, and_, case, delete, false, func, literal, select, union_all
 
 from agent.collector import db
 from agent.collector import drift_exceptions as dx
@@ -112,10 +112,24 @@ def _current(conn: Connection, now: datetime, *, tasks: bool, role: str | None =
         members = members.where(hr.role == role)
     per_role = {r: (c, total - c) for r, c, total in conn.execute(members)}
     where = (CURRENT_ITEM, ri.role == role) if role is not None else (CURRENT_ITEM,)
+    # one pass over the index of migration 0009 (MATERIALIZED: read once for the roles and the fleet)
     by_host = (select(ri.role, ri.host, unaccepted.label("u")).where(*where)
-               .group_by(ri.role, ri.host).having(ri.host.in_(checked)).subquery())
-    counted = select(by_host.c.role, func.count(), func.sum(by_host.c.u)).group_by(by_host.c.role)
-    drifting = {r: (d, int(u or 0)) for r, d, u in conn.execute(counted)}
+               .group_by(ri.role, ri.host).having(ri.host.in_(checked))
+               .cte("by_host").prefix_with("MATERIALIZED"))
+    counted: Any = select(literal("role").label("scope"), by_host.c.role, func.count(),
+                          func.sum(by_host.c.u)).group_by(by_host.c.role)
+    if role is None:  # the fleet: each checked host with current items once, whatever its roles
+        host_u = (select(by_host.c.host, func.max(by_host.c.u).label("u"))
+                  .group_by(by_host.c.host).subquery())
+        fleet_row = select(literal("fleet"), literal(""), func.count(), func.sum(host_u.c.u))
+        counted = union_all(counted, fleet_row)
+    drifting: dict[str, tuple[int, int]] = {}
+    fleet_counts = (0, 0)
+    for scope, r, d, u in conn.execute(counted):
+        if scope == "fleet":
+            fleet_counts = (d, int(u or 0))
+        else:
+            drifting[r] = (d, int(u or 0))
     roles = {r: _figure(c, unknown, *drifting.get(r, (0, 0))) for r, (c, unknown) in per_role.items()}
     found: dict[tuple[str, str], Figure] = {}
     if tasks:
@@ -129,12 +143,9 @@ def _current(conn: Connection, now: datetime, *, tasks: bool, role: str | None =
             found[(r, name)] = _figure(c, unknown, d, int(u or 0))
     fleet = Figure(0, 0, 0)
     if role is None:
-        host_u = (select(by_host.c.host, func.max(by_host.c.u).label("u"))
-                  .group_by(by_host.c.host).subquery())
-        d, u = conn.execute(select(func.count(), func.sum(host_u.c.u))).one()
         n_checked = conn.execute(select(func.count()).select_from(review_hosts)).scalar_one()
         total = conn.execute(select(func.count()).select_from(hosts)).scalar_one()
-        fleet = _figure(n_checked, total - n_checked, d, int(u or 0))
+        fleet = _figure(n_checked, total - n_checked, *fleet_counts)
     return Current(fleet, roles, found)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, false, func, literal_column, or_, select, text
+from sqlalchemy import Engine, and_, case, false, func, literal_column, or_, select, text, union_all
 from sqlalchemy.engine import Row
 
 from agent.collector import review_store
@@ -197,20 +197,30 @@ def effective_state(now: datetime | None) -> Any:
     return case((and_(review_items.c.state == "accepted", ~holds), "open"), else_=review_items.c.state)
 
 
-def _holding_exceptions(now: datetime) -> Any:
-    """Ids of the exceptions that hold at `now`: neither revoked nor expired (effective_state's `holds`)."""
+def _lapsed_exceptions(now: datetime) -> Any:
+    """Ids of the exceptions that no longer hold at `now`: revoked, or expired (the complement of
+    effective_state's `holds`; expires_at is never NULL). review_store.expire_exceptions uses the same."""
     e = drift_exceptions.c
-    return select(e.id).where(e.revoked_at.is_(None), e.expires_at > now)
+    return select(e.id).where(or_(e.revoked_at.is_not(None), e.expires_at <= now))
 
 
 def lapsed_acceptance(now: datetime) -> Any:
     """Items stored as accepted whose exception no longer holds at `now`: effective_state reads them as
-    `open`. Uncorrelated (the holding exceptions are read once, not once per item), so the database checks
-    each accepted item against a small list; the index (state, accepted_by) of migration 0011 holds both
-    columns, so the accepted items are read from the index alone."""
+    `open`. Uncorrelated (the lapsed exceptions are read once, not once per item). The same rows as
+    effective_state's NOT EXISTS because accepted_by always names a stored exception (a foreign key;
+    exceptions are never deleted)."""
     ri = review_items.c
     return and_(ri.state == "accepted",
-                or_(ri.accepted_by.is_(None), ri.accepted_by.not_in(_holding_exceptions(now))))
+                or_(ri.accepted_by.is_(None), ri.accepted_by.in_(_lapsed_exceptions(now))))
+
+
+def _lapsed_items(now: datetime, where: list[Any], columns: tuple[Any, ...]) -> Any:
+    """`columns` of the items meeting `where` and lapsed_acceptance(now), as two reads the index
+    (state, accepted_by) of migration 0011 answers directly: no exception, and a lapsed exception."""
+    ri = review_items.c
+    return union_all(
+        select(*columns).where(*where, ri.state == "accepted", ri.accepted_by.is_(None)),
+        select(*columns).where(*where, ri.state == "accepted", ri.accepted_by.in_(_lapsed_exceptions(now))))
 
 
 def state_now(now: datetime | None) -> Any:
@@ -264,8 +274,8 @@ def drift_by_task(engine: Engine, page: Page, *, now: datetime | None = None,
                       key=lambda r: (-r.hosts, r.task, r.play, r.role, r.ansible_role, r.task_file))
         lapsed: dict[tuple[Any, ...], int] = {}
         if now is not None and filters.get("state") in (None, "open"):
-            # no GROUP BY: the database then finds these few rows through the index (state, accepted_by)
-            for identity in conn.execute(select(*TASK_IDENTITY).where(*where, lapsed_acceptance(now))):
+            # no GROUP BY: the database finds these few rows through the index (state, accepted_by)
+            for identity in conn.execute(_lapsed_items(now, where, TASK_IDENTITY)):
                 lapsed[tuple(identity)] = lapsed.get(tuple(identity), 0) + 1
     items = []
     skip = (*(k.value for k in DriftKind), *REVIEW_STATES)

@@ -330,6 +330,9 @@ review_items = Table(
     Index("ix_review_items_state_accepted", "state", "accepted_by"),
     Index("ix_review_items_task_current", *TASK_COVER,
           sqlite_where=text("state != 'resolved'"), postgresql_where=text("state != 'resolved'")),
+    # 0011: a role's compliance per task (compliance_store: current items by (role, task, host)), in order
+    Index("ix_review_items_role_task_current", "role", "task", "host", "state", "accepted_by",
+          sqlite_where=text("state != 'resolved'"), postgresql_where=text("state != 'resolved'")),
 )
 
 review_hosts = Table(
