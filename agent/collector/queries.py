@@ -232,16 +232,29 @@ def state_now(now: datetime | None) -> Any:
     return case((lapsed_acceptance(now), "open"), else_=review_items.c.state)
 
 
+def state_is(state: str, now: datetime | None, dialect: str) -> Any:
+    """`effective_state(now) == state` as the planner of `dialect` handles best (the same rows): SQLite
+    gets the CASE of `state_now`; PostgreSQL gets plain predicates, whose row counts it can estimate (on
+    the CASE it guessed a few hundred rows of 50,000, and chose a sort over the index in task order)."""
+    ri = review_items.c
+    if dialect == "sqlite" or now is None or state not in ("open", "accepted"):
+        return state_now(now) == state
+    if state == "open":
+        return or_(ri.state == "open", lapsed_acceptance(now))
+    return and_(ri.state == "accepted", ri.accepted_by.is_not(None),
+                ri.accepted_by.not_in(_lapsed_exceptions(now)))
+
+
 def _drift_where(task: str | None = None, kind: str | None = None, role: str | None = None,
                  host: str | None = None, state: str | None = None, *,
-                 now: datetime | None = None) -> list[Any]:
+                 now: datetime | None = None, dialect: str = "sqlite") -> list[Any]:
     where = [CURRENT_ITEM]
     for column, value in ((review_items.c.task, task), (review_items.c.kind, kind),
                           (review_items.c.role, role), (review_items.c.host, host)):
         if value is not None:
             where.append(column == value)
     if state is not None:
-        where.append(state_now(now) == state)
+        where.append(state_is(state, now, dialect))
     return where
 
 
@@ -262,7 +275,7 @@ def drift_by_task(engine: Engine, page: Page, *, now: datetime | None = None,
     ri = review_items.c
     kinds = [func.count().filter(ri.kind == k.value).label(k.value) for k in DriftKind]
     states = [func.count().filter(ri.state == s).label(s) for s in REVIEW_STATES]
-    where = _drift_where(now=now, **filters)
+    where = _drift_where(now=now, dialect=engine.dialect.name, **filters)
     query = (select(*TASK_IDENTITY, func.max(ri.module).label("module"),
                     func.count(func.distinct(ri.host)).label("hosts"),
                     func.count().label("items"),
@@ -295,7 +308,7 @@ def drift_items_now(engine: Engine, page: Page, *, now: datetime | None = None,
                     **filters: str | None) -> Listing:
     """Every current drift item with its lifecycle (first/last seen, age, checks, commits, state),
     hosts with the same diff next to each other (filter by task: which hosts drift on it)."""
-    where = _drift_where(now=now, **filters)
+    where = _drift_where(now=now, dialect=engine.dialect.name, **filters)
     query = (select(review_items, effective_state(now).label("state_now"),
                     hosts.c.commit, hosts.c.status,
                     hosts.c.last_run_id.label("run_id"))
