@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, false, func, select, text
+from sqlalchemy import Engine, and_, case, false, func, literal_column, or_, select, text, union_all
 from sqlalchemy.engine import Row
 
 from agent.collector import review_store
@@ -28,7 +28,9 @@ SEVERITY = ("failed", "error", "drifted", "paused", "corrected", "in_sync")
 STATUS_SEVERITY = case({s: i for i, s in enumerate(SEVERITY)}, value=hosts.c.status, else_=len(SEVERITY))
 # A host's drift_count is its current drift items (not its last run's, which lists corrected drift too);
 # the last run's count is kept as last_run_drift_count.
-CURRENT_ITEM = review_items.c.state != "resolved"
+# A literal, not a bound parameter: SQLite uses the partial indexes on current items (migration 0011) only
+# when the query says the index's condition word for word.
+CURRENT_ITEM = review_items.c.state != literal_column("'resolved'")
 CURRENT_DRIFT_COUNT = (select(func.count()).select_from(review_items)
                        .where(review_items.c.host == hosts.c.host, CURRENT_ITEM)
                        .correlate(hosts).scalar_subquery())
@@ -182,7 +184,10 @@ def get_run(engine: Engine, run_id: str) -> dict[str, Any]:
 
 def effective_state(now: datetime | None) -> Any:
     """The item's state as of `now`: an item accepted under an exception that has since expired or was
-    revoked reads as `open` until the maintenance step (review_store.expire_exceptions) writes it down."""
+    revoked reads as `open` until the maintenance step (review_store.expire_exceptions) writes it down.
+
+    A correlated EXISTS per accepted item: fine for a page of items, too slow to filter or aggregate
+    100,000 of them; `state_now` gives the same value with one uncorrelated list."""
     if now is None:
         return review_items.c.state
     holds = (select(drift_exceptions.c.id)
@@ -192,45 +197,109 @@ def effective_state(now: datetime | None) -> Any:
     return case((and_(review_items.c.state == "accepted", ~holds), "open"), else_=review_items.c.state)
 
 
+def _lapsed_exceptions(now: datetime) -> Any:
+    """Ids of the exceptions that no longer hold at `now`: revoked, or expired (the complement of
+    effective_state's `holds`; expires_at is never NULL). review_store.expire_exceptions uses the same."""
+    e = drift_exceptions.c
+    return select(e.id).where(or_(e.revoked_at.is_not(None), e.expires_at <= now))
+
+
+def lapsed_acceptance(now: datetime) -> Any:
+    """Items stored as accepted whose exception no longer holds at `now`: effective_state reads them as
+    `open`. Uncorrelated (the lapsed exceptions are read once, not once per item). The same rows as
+    effective_state's NOT EXISTS because accepted_by always names a stored exception (a foreign key;
+    exceptions are never deleted)."""
+    ri = review_items.c
+    return and_(ri.state == "accepted",
+                or_(ri.accepted_by.is_(None), ri.accepted_by.in_(_lapsed_exceptions(now))))
+
+
+def _lapsed_items(now: datetime, where: list[Any], columns: tuple[Any, ...]) -> Any:
+    """`columns` of the items meeting `where` and lapsed_acceptance(now), as two reads the index
+    (state, accepted_by) of migration 0011 answers directly: no exception, and a lapsed exception."""
+    ri = review_items.c
+    return union_all(
+        select(*columns).where(*where, ri.state == "accepted", ri.accepted_by.is_(None)),
+        select(*columns).where(*where, ri.state == "accepted", ri.accepted_by.in_(_lapsed_exceptions(now))))
+
+
+def state_now(now: datetime | None) -> Any:
+    """effective_state(now) without a subquery per row (the same value for every row): for filters and
+    aggregates over many items. A CASE, so SQLite does not pick an index on `state` for a filter on it and
+    keeps to the index in task order (an index search by state then a sort was the slower plan)."""
+    if now is None:
+        return review_items.c.state
+    return case((lapsed_acceptance(now), "open"), else_=review_items.c.state)
+
+
+def state_is(state: str, now: datetime | None, dialect: str) -> Any:
+    """`effective_state(now) == state` as the planner of `dialect` handles best (the same rows): SQLite
+    gets the CASE of `state_now`; PostgreSQL gets plain predicates, whose row counts it can estimate (on
+    the CASE it guessed a few hundred rows of 50,000, and chose a sort over the index in task order)."""
+    ri = review_items.c
+    if dialect == "sqlite" or now is None or state not in ("open", "accepted"):
+        return state_now(now) == state
+    if state == "open":
+        return or_(ri.state == "open", lapsed_acceptance(now))
+    return and_(ri.state == "accepted", ri.accepted_by.is_not(None),
+                ri.accepted_by.not_in(_lapsed_exceptions(now)))
+
+
 def _drift_where(task: str | None = None, kind: str | None = None, role: str | None = None,
                  host: str | None = None, state: str | None = None, *,
-                 now: datetime | None = None) -> list[Any]:
+                 now: datetime | None = None, dialect: str = "sqlite") -> list[Any]:
     where = [CURRENT_ITEM]
     for column, value in ((review_items.c.task, task), (review_items.c.kind, kind),
-                          (review_items.c.role, role), (review_items.c.host, host),
-                          (effective_state(now), state)):
+                          (review_items.c.role, role), (review_items.c.host, host)):
         if value is not None:
             where.append(column == value)
+    if state is not None:
+        where.append(state_is(state, now, dialect))
     return where
 
 
 TASK_IDENTITY = (review_items.c.task, review_items.c.play, review_items.c.role, review_items.c.ansible_role,
                  review_items.c.task_file)
+REVIEW_STATES = ("open", "acknowledged", "accepted")
 
 
 def drift_by_task(engine: Engine, page: Page, *, now: datetime | None = None,
                   **filters: str | None) -> Listing:
     """Tasks drifting now across the fleet (current drift items only): how many hosts and items, which
-    kinds and states, first and last seen (most hosts first)."""
-    kinds = [func.sum(case((review_items.c.kind == k.value, 1), else_=0)).label(k.value) for k in DriftKind]
-    state_now = effective_state(now)
-    states = [func.sum(case((state_now == s, 1), else_=0)).label(s)
-              for s in ("open", "acknowledged", "accepted")]
-    query = (select(*TASK_IDENTITY, func.max(review_items.c.module).label("module"),
-                    func.count(func.distinct(review_items.c.host)).label("hosts"),
+    kinds and states (as of `now`: effective_state), first and last seen (most hosts first).
+
+    Two reads, exact: the items grouped by task counting their stored states (from the index of
+    migration 0011 alone), then the few accepted items whose exception has lapsed by `now`, counted per
+    task and moved from `accepted` to `open`. (Counting effective_state per row cost a subquery per
+    accepted item: docs/drift-review.md "Speed".)"""
+    ri = review_items.c
+    kinds = [func.count().filter(ri.kind == k.value).label(k.value) for k in DriftKind]
+    states = [func.count().filter(ri.state == s).label(s) for s in REVIEW_STATES]
+    where = _drift_where(now=now, dialect=engine.dialect.name, **filters)
+    query = (select(*TASK_IDENTITY, func.max(ri.module).label("module"),
+                    func.count(func.distinct(ri.host)).label("hosts"),
                     func.count().label("items"),
-                    func.min(review_items.c.first_seen_at).label("first_seen_at"),
-                    func.max(review_items.c.last_seen_at).label("last_seen_at"), *kinds, *states)
-             .where(*_drift_where(now=now, **filters)).group_by(*TASK_IDENTITY))
+                    func.min(ri.first_seen_at).label("first_seen_at"),
+                    func.max(ri.last_seen_at).label("last_seen_at"), *kinds, *states)
+             .where(*where).group_by(*TASK_IDENTITY))
     with engine.connect() as conn:  # one row per distinct task: few enough to sort in Python
         rows = sorted(conn.execute(query).all(),
                       key=lambda r: (-r.hosts, r.task, r.play, r.role, r.ansible_role, r.task_file))
+        lapsed: dict[tuple[Any, ...], int] = {}
+        if now is not None and filters.get("state") in (None, "open"):
+            # no GROUP BY: the database finds these few rows through the index (state, accepted_by)
+            for identity in conn.execute(_lapsed_items(now, where, TASK_IDENTITY)):
+                lapsed[tuple(identity)] = lapsed.get(tuple(identity), 0) + 1
     items = []
-    skip = (*(k.value for k in DriftKind), "open", "acknowledged", "accepted")
+    skip = (*(k.value for k in DriftKind), *REVIEW_STATES)
     for r in rows[page.offset:page.offset + page.limit]:
         item = _row(r, skip=skip)
         item["kinds"] = {k.value: int(getattr(r, k.value) or 0) for k in DriftKind if getattr(r, k.value)}
-        item["states"] = {s: int(getattr(r, s) or 0) for s in ("open", "acknowledged", "accepted")}
+        counts = {s: int(getattr(r, s) or 0) for s in REVIEW_STATES}
+        moved = lapsed.get(tuple(r[:len(TASK_IDENTITY)]), 0)
+        counts["accepted"] -= moved
+        counts["open"] += moved
+        item["states"] = counts
         items.append(item)
     return Listing(items, len(rows))
 
@@ -239,7 +308,7 @@ def drift_items_now(engine: Engine, page: Page, *, now: datetime | None = None,
                     **filters: str | None) -> Listing:
     """Every current drift item with its lifecycle (first/last seen, age, checks, commits, state),
     hosts with the same diff next to each other (filter by task: which hosts drift on it)."""
-    where = _drift_where(now=now, **filters)
+    where = _drift_where(now=now, dialect=engine.dialect.name, **filters)
     query = (select(review_items, effective_state(now).label("state_now"),
                     hosts.c.commit, hosts.c.status,
                     hosts.c.last_run_id.label("run_id"))

@@ -32,6 +32,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -287,6 +288,10 @@ drift_exceptions = Table(
     Index("ix_drift_exceptions_expires", "expires_at"),
 )
 
+# The drift inbox's per-task aggregate (queries.drift_by_task) reads these columns of the current items.
+TASK_COVER = ("task", "play", "role", "ansible_role", "task_file", "host", "kind", "state", "accepted_by",
+              "module", "first_seen_at", "last_seen_at")
+
 review_items = Table(
     "review_items", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
@@ -319,6 +324,15 @@ review_items = Table(
     Index("ix_review_items_host_state", "host", "state"),
     Index("ix_review_items_state_first", "state", "first_seen_at"),
     Index("ix_review_items_role_host", "role", "host", "state", "accepted_by"),  # 0009: compliance
+    # 0011: the drift inbox. Accepted items by exception (whose exception lapsed), and the per-task
+    # aggregate read from the index alone, current items only (a partial index: resolved ones, the bulk of
+    # an old table, are not in it).
+    Index("ix_review_items_state_accepted", "state", "accepted_by"),
+    Index("ix_review_items_task_current", *TASK_COVER,
+          sqlite_where=text("state != 'resolved'"), postgresql_where=text("state != 'resolved'")),
+    # 0011: a role's compliance per task (compliance_store: current items by (role, task, host)), in order
+    Index("ix_review_items_role_task_current", "role", "task", "host", "state", "accepted_by",
+          sqlite_where=text("state != 'resolved'"), postgresql_where=text("state != 'resolved'")),
 )
 
 review_hosts = Table(
