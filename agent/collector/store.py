@@ -340,8 +340,7 @@ def _write_fresh(conn: Connection, fresh: Sequence[tuple[Report, bytes, datetime
     commit_rows = _commit_rows(fresh)
     if commit_rows:
         conn.execute(_insert_ignore_stmt(conn.dialect.name, commits), commit_rows)
-    for report, _, received_at in _newest_per_host(fresh):
-        _upsert_host(conn, report, received_at, expect)
+    _upsert_hosts(conn, _newest_per_host(fresh), expect)
     # after the hosts' rows, as in ingest (_record_outcomes); the drift items' reads batched
     review_store.record_reports(conn, [(report, received_at) for report, _, received_at in fresh])
     for report, _, _ in fresh:
@@ -366,6 +365,46 @@ def _new_in_batch(conn: Connection, prepared: Sequence[tuple[Report, bytes, date
             seen.add(report.run_id)
             fresh.append(i)
     return fresh
+
+
+HOST_ROLES_OF = select(hosts.c.host, hosts.c.last_run_id).where(
+    hosts.c.host.in_(bindparam("hosts", expanding=True)))
+
+
+def _upsert_hosts(conn: Connection, newest: Sequence[tuple[Report, bytes, datetime]],
+                  expect: Expectations) -> None:
+    """`_upsert_host` for each host's newest report of a batch (one per host), every step one executemany:
+    insert the hosts not yet known, set every host's last_seen_at/due_at, replace the state of the hosts
+    whose stored report finished no later than this one. Then one SELECT tells which hosts now hold this
+    batch's run_id as last_run_id (the state update took their row: a run_id of the batch is new, so no
+    other writer set it): their roles are replaced. Hosts in name order, as `_newest_per_host` gives them."""
+    if not newest:
+        return
+    inserts, seen_rows, state_rows = [], [], []
+    for report, _, received_at in newest:
+        expected_s = (report.interval_s or expect.interval_s) + (report.splay_s or expect.splay_s)
+        seen = {"last_seen_at": received_at, "due_at": received_at + timedelta(seconds=expected_s)}
+        state = _host_state(report)
+        inserts.append({"host": report.host, **state, **seen, "first_seen_at": received_at})
+        seen_rows.append({"key_host": report.host, **seen})
+        state_rows.append({"key_host": report.host, "key_finished_at": report.finished_at, **state})
+    conn.execute(_insert_ignore_stmt(conn.dialect.name, hosts), inserts)
+    conn.execute(HOST_SEEN, seen_rows)
+    conn.execute(HOST_STATE_IF_NEWER, state_rows)
+    run_of = {report.host: report for report, _, _ in newest}
+    names = list(run_of)
+    replaced: list[Report] = []
+    for start in range(0, len(names), 500):
+        for host, last_run_id in conn.execute(HOST_ROLES_OF, {"hosts": names[start:start + 500]}):
+            if run_of[host].run_id == last_run_id:
+                replaced.append(run_of[host])
+    if not replaced:
+        return
+    replaced.sort(key=lambda r: r.host)
+    conn.execute(ROLES_DELETE, [{"key_host": r.host} for r in replaced])
+    role_rows = [{"host": r.host, "role": role} for r in replaced for role in sorted(set(r.roles))]
+    if role_rows:
+        conn.execute(host_roles.insert(), role_rows)
 
 
 def _commit_rows(batch: Sequence[tuple[Report, bytes, datetime]]) -> list[dict[str, Any]]:

@@ -106,7 +106,7 @@ def test_batched_statements_store_what_one_by_one_stores(engine: Engine) -> None
 
     older = make_report("web01.example.com", status=Status.DRIFTED, finished_at=BASE_TIME,
                         drift=(drift_item("task a"),))
-    newer = make_report("web01.example.com", finished_at=BASE_TIME + timedelta(minutes=5))
+    newer = make_report("web01.example.com", finished_at=BASE_TIME + timedelta(minutes=5), roles=("web", "lb"))
     other = make_report("db01.example.com", status=Status.DRIFTED, drift=(drift_item("t1"), drift_item("t2")))
     # a batch before: hosts, drift items and last checks that the batch then updates (t0 stays, t1 again)
     before = [make_report("db01.example.com", status=Status.DRIFTED, finished_at=BASE_TIME - timedelta(hours=1),
@@ -114,10 +114,17 @@ def test_batched_statements_store_what_one_by_one_stores(engine: Engine) -> None
               make_report("app01.example.com", status=Status.DRIFTED, finished_at=BASE_TIME - timedelta(hours=1),
                           drift=(drift_item("t9"),))]
     fixed = make_report("app01.example.com", finished_at=BASE_TIME + timedelta(minutes=1))
+    # a batch after: a report older than the stored one (its roles must not replace the host's), and a new
+    # host whose roles change in the same batch as another's stay
+    late = make_report("web01.example.com", finished_at=BASE_TIME - timedelta(hours=2), roles=("db",))
+    again = make_report("db01.example.com", finished_at=BASE_TIME + timedelta(hours=1), roles=())
+    fresh = make_report("new01.example.com", roles=("web", "web", "cache"))
     first = [(r, to_json(r).encode(), BASE_TIME - timedelta(minutes=30)) for r in before]
     items = [(r, to_json(r).encode(), BASE_TIME + timedelta(minutes=6)) for r in (newer, other, older, fixed)]
+    after = [(r, to_json(r).encode(), BASE_TIME + timedelta(hours=2)) for r in (late, again, fresh)]
     assert store.ingest_group(engine, first) == [True, True]
     assert store.ingest_group(engine, items) == [True, True, True, True]
+    assert store.ingest_group(engine, after) == [True, True, True]
 
     def snapshot(e: Engine) -> Any:
         with e.connect() as conn:
@@ -136,7 +143,7 @@ def test_batched_statements_store_what_one_by_one_stores(engine: Engine) -> None
     with tempfile.TemporaryDirectory() as tmp:
         reference = db.create(f"sqlite:///{tmp}/ref.db")
         db.prepare(reference)
-        for r, raw, at in [*first, *items]:
+        for r, raw, at in [*first, *items, *after]:
             store.ingest(reference, r, raw, received_at=at)
         got, want = snapshot(engine), snapshot(reference)
         reference_review = review_snapshot(reference)
@@ -146,6 +153,10 @@ def test_batched_statements_store_what_one_by_one_stores(engine: Engine) -> None
     assert [f(g) for f, g in zip(drop_ids, got, strict=True)] == \
         [f(w) for f, w in zip(drop_ids, want, strict=True)]
     assert review_snapshot(engine) == reference_review  # the drift items too (docs/drift-review.md)
+    with engine.connect() as conn:  # what the reference holds too: the newer report's roles, late's ignored
+        roles = sorted(tuple(r) for r in conn.execute(select(host_roles)).all())
+    assert roles == [("app01.example.com", "web"), ("new01.example.com", "cache"), ("new01.example.com", "web"),
+                     ("web01.example.com", "lb"), ("web01.example.com", "web")]
 
 
 def test_a_refused_report_fails_only_itself(engine: Engine) -> None:
