@@ -63,6 +63,36 @@ def test_concurrent_reports_share_commits_and_each_is_answered(engine: Engine,
     assert sum(sizes) == 30 and max(sizes) == 8 and len(sizes) < 30  # grouped, and within max_batch
 
 
+def test_a_batch_is_capped_in_bytes_too(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """max_batch_bytes bounds a batch's bodies; a body larger than the cap still goes, alone."""
+    batches: list[list[int]] = []
+    real = store.ingest_group
+
+    def recording(engine: Engine, items: Any, **kw: Any) -> Any:
+        batches.append([len(raw) for _, raw, _ in items])
+        return real(engine, items, **kw)
+
+    monkeypatch.setattr(store, "ingest_group", recording)
+    reports = [make_report(f"web{i:02d}.example.com") for i in range(12)]
+    bodies = [to_json(r).encode() for r in reports]
+    cap = 3 * max(map(len, bodies))
+
+    async def main() -> list[bool]:
+        group = GroupCommit(engine, Expectations(), None, max_batch_bytes=cap)
+        big = GroupCommit(engine, Expectations(), None, max_batch_bytes=1)
+        first = await asyncio.gather(*(group.ingest(r, raw, received_at=BASE_TIME)
+                                       for r, raw in zip(reports[:10], bodies[:10], strict=True)))
+        second = await asyncio.gather(*(big.ingest(r, raw, received_at=BASE_TIME)
+                                        for r, raw in zip(reports[10:], bodies[10:], strict=True)))
+        return [*first, *second]
+
+    assert asyncio.run(main()) == [True] * 12
+    assert count(engine, runs) == 12
+    capped, alone = batches[:-2], batches[-2:]
+    assert sum(map(len, capped)) == 10 and max(map(sum, capped)) <= cap and max(map(len, capped)) == 3
+    assert alone == [[len(bodies[10])], [len(bodies[11])]]
+
+
 def test_a_failed_transaction_fails_every_report_of_its_batch(engine: Engine,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(engine: Engine, items: Any, **kw: Any) -> Any:
