@@ -48,7 +48,7 @@ class GroupCommit:
     """One per collector process (and event loop); `ingest()` has the contract of `store.ingest`."""
 
     def __init__(self, engine: Engine, expect: Expectations, limiter: anyio.CapacityLimiter | None,
-                 max_batch: int = 500, max_batch_bytes: int = 16 * 1024 * 1024) -> None:
+                 max_batch: int = 500, max_batch_bytes: int = 8 * 1024 * 1024) -> None:
         self.engine, self.expect, self.limiter, self.max_batch = engine, expect, limiter, max_batch
         self.max_batch_bytes = max_batch_bytes
         self.queue: list[Item] = []
