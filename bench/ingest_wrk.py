@@ -110,7 +110,7 @@ def cpu_s(pid: int) -> float:
 
 def wrk(url: str, mode: str, args: argparse.Namespace, data: Path, seconds: float) -> dict[str, float]:
     env = {**os.environ, "BENCH_MODE": mode, "BENCH_DATA": str(data), "BENCH_PATH": FLOOR_PATH,
-           "BENCH_NONCE": uuid.uuid4().hex[:8], "BENCH_PAUSE_MS": f"{args.pause_ms:d}"}
+           "BENCH_NONCE": uuid.uuid4().hex[:8], "BENCH_PAUSE_MS": f"{args.pause_ms:d}", "BENCH_THREADS": str(args.threads)}
     cmd = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{seconds:g}s",
            "--timeout", "30s", "-s", str(LUA), url]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=seconds + 120).stdout
