@@ -424,12 +424,27 @@ def _build_decoder(tp: Any) -> _Decoder:
         cls = tp
         return _not_null(lambda value, where: _decode_dataclass(cls, value, where))
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return _not_null(functools.partial(_decode_enum, tp))
+        return _exact(tp, {m.value: m for m in tp}, _not_null(functools.partial(_decode_enum, tp)))
     if tp is datetime:
         return _not_null(_decode_time)
     if tp not in (bool, int, float, str):
         raise TypeError(f"no decoder for {tp!r}")
-    return _not_null(functools.partial(_decode_scalar, tp))
+    return _exact(tp, None, _not_null(functools.partial(_decode_scalar, tp)))
+
+
+def _exact(tp: type, members: dict[Any, Any] | None, checked: _Decoder) -> _Decoder:
+    """`checked`, after a shortcut for the common value: one of exactly type `tp` (an enum's: a str that
+    is one of its values, looked up in `members`), which `checked` would return as it is (or as that
+    member). Anything else, and every error, goes through `checked`."""
+    if members is None:
+        def decode_exact(value: Any, where: str) -> Any:
+            return value if type(value) is tp else checked(value, where)
+        return decode_exact
+
+    def decode_member(value: Any, where: str) -> Any:
+        found = members.get(value) if type(value) is str else None
+        return found if found is not None else checked(value, where)
+    return decode_member
 
 
 def _decode_enum(tp: type[enum.Enum], value: Any, where: str) -> Any:

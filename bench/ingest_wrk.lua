@@ -5,6 +5,8 @@
 -- Every request gets a fresh run_id "<BENCH_NONCE>-<thread>-4000-8000-<counter>", so each one is a new
 -- report, not a duplicate.
 -- BENCH_MODE=floor: GET BENCH_PATH (a static file of the same server).
+-- BENCH_PAUSE_MS > 0: each connection waits that long before each request (wrk's delay()), in both modes:
+-- N connections then model N agents sending about one request per pause (plus the answer's latency).
 -- At the end it prints one line "RESULT k=v ..." that the driver parses.
 
 local mode = os.getenv("BENCH_MODE") or "floor"
@@ -20,8 +22,16 @@ end
 local hosts = {}
 local counter = 0
 local nonce = os.getenv("BENCH_NONCE") or "00000000"
+local nthreads = tonumber(os.getenv("BENCH_THREADS") or "1")
 local floor_path = os.getenv("BENCH_PATH") or "/static/ui.css"
 c201, c200, cother = 0, 0, 0
+local pause_ms = tonumber(os.getenv("BENCH_PAUSE_MS") or "0")
+
+if pause_ms > 0 then
+  function delay()
+    return pause_ms
+  end
+end
 
 function init(args)
   if mode ~= "ingest" then
@@ -44,7 +54,9 @@ function request()
     return wrk.format("GET", floor_path)
   end
   counter = counter + 1
-  local h = hosts[(counter % #hosts) + 1]
+  -- thread t of n takes hosts t, t+n, t+2n, ...: a host is played by one thread, one report after
+  -- another, as one agent sends them (threads sharing hosts put a host twice into one batch)
+  local h = hosts[((counter * nthreads + tid - 1) % #hosts) + 1]
   local run_id = string.format("%s-%04x-4000-8000-%012x", nonce, tid, counter)
   return wrk.format("POST", "/api/v1/reports", h.headers, h.before .. run_id .. h.after)
 end

@@ -9,6 +9,7 @@ rate to the median floor rate.
 
     .venv/bin/python bench/ingest_wrk.py                         # SQLite, 50 hosts, 1 thread x 50 connections
     .venv/bin/python bench/ingest_wrk.py --hosts 1000 --connections 1000 --threads 2
+    .venv/bin/python bench/ingest_wrk.py --hosts 1000 --connections 1000 --threads 2 --pause-ms 1000  # paced
     .venv/bin/python bench/ingest_wrk.py --profile 15            # also: py-spy on an extra ingest round
     .venv/bin/python bench/ingest_wrk.py --also=--no-group-commit   # and a second collector, side by side
     .venv/bin/python bench/ingest_wrk.py --baseline /tmp/old     # and main's collector: old against new
@@ -109,7 +110,7 @@ def cpu_s(pid: int) -> float:
 
 def wrk(url: str, mode: str, args: argparse.Namespace, data: Path, seconds: float) -> dict[str, float]:
     env = {**os.environ, "BENCH_MODE": mode, "BENCH_DATA": str(data), "BENCH_PATH": FLOOR_PATH,
-           "BENCH_NONCE": uuid.uuid4().hex[:8]}
+           "BENCH_NONCE": uuid.uuid4().hex[:8], "BENCH_PAUSE_MS": f"{args.pause_ms:d}", "BENCH_THREADS": str(args.threads)}
     cmd = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{seconds:g}s",
            "--timeout", "30s", "-s", str(LUA), url]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=seconds + 120).stdout
@@ -173,6 +174,10 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=50, help="wrk connections (concurrent agents)")
     parser.add_argument("--seconds", type=float, default=10.0, help="per round")
     parser.add_argument("--rounds", type=int, default=2, help="floor/ingest pairs, alternating")
+    parser.add_argument("--pause-ms", type=int, default=0, metavar="MS",
+                        help="each connection waits MS before each request (both rounds): with --connections "
+                             "1000 --pause-ms 1000, 1,000 agents sending about one report a second each "
+                             "(default 0: every connection always busy)")
     parser.add_argument("--drift-items", type=int, default=5, help="most drift items in a drifted report")
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--also", metavar="ARGS", default=None,
@@ -189,15 +194,17 @@ def main() -> int:
                         help="passed to `gitops-collector serve`, e.g. --serve-args --db-threads 4")
     args = parser.parse_args()
     if not (1 <= args.hosts <= 20000 and 1 <= args.connections <= 2000 and 1 <= args.threads <= 16
-            and 0 < args.seconds <= 120 and 1 <= args.rounds <= 10 and args.profile <= 120):
+            and 0 < args.seconds <= 120 and 1 <= args.rounds <= 10 and args.profile <= 120
+            and 0 <= args.pause_ms <= 60_000):
         parser.error("keep it bounded: hosts 1..20000, connections 1..2000, threads 1..16, seconds <= 120, "
-                     "rounds 1..10, profile <= 120")
+                     "rounds 1..10, profile <= 120, pause-ms 0..60000")
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed (Debian package `wrk`)")
     if args.profile and shutil.which("py-spy") is None and not Path(sys.executable).with_name("py-spy").exists():
         parser.error("--profile needs py-spy (.venv/bin/pip install py-spy)")
     print(f"{args.db}: {args.hosts} hosts, wrk {args.threads} threads x {args.connections} connections, "
-          f"{args.seconds:g} s rounds, up to {args.drift_items} drift items per report")
+          f"{args.seconds:g} s rounds, up to {args.drift_items} drift items per report"
+          + (f", each connection pausing {args.pause_ms} ms before each request" if args.pause_ms else ""))
     print(f"{'round':>5} {'collector':<24} {'':<8} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>11} "
           f"{'non-2xx':>8} {'errors':>7} {'lost':>5}")
     with tempfile.TemporaryDirectory(prefix="gitops-bench-") as tmp, fresh_database(args.db, Path(tmp)) as url:

@@ -1,11 +1,12 @@
 """Group commit for ingest: reports that arrive while a commit runs are written together in the next one.
 
 Request handlers call `GroupCommit.ingest()` and wait; one task at a time takes everything queued (at
-most `max_batch` reports) to a database thread, which stores it with `store.ingest_batch` in one
-transaction, then answers every waiting handler. No timer: under low load a batch is one report and
-nothing waits longer than a lone commit; under load a batch is what arrived during the previous commit,
-so there is one fsync and one thread hand-off per batch instead of per report. A handler is answered only
-after its batch committed (docs/scale.md, "Ingest at 1,000 reports/s").
+most `max_batch` reports and `max_batch_bytes` of their bodies, at least one) to a database thread, which
+stores it with `store.ingest_batch` in one transaction, then answers every waiting handler. No timer:
+under low load a batch is one report and nothing waits longer than a lone commit; under load a batch is
+what arrived during the previous commit, so there is one fsync and one thread hand-off per batch instead
+of per report. A handler is answered only after its batch committed (docs/scale.md, "Ingest at 1,000
+reports/s").
 
 The batch is written by `store.ingest_group` (batched statements). Token checks: `principal()` answers from
 a per-process map and asks the database only on a miss: a valid token's entry lives VALID_CACHE_S (a token's
@@ -47,8 +48,9 @@ class GroupCommit:
     """One per collector process (and event loop); `ingest()` has the contract of `store.ingest`."""
 
     def __init__(self, engine: Engine, expect: Expectations, limiter: anyio.CapacityLimiter | None,
-                 max_batch: int = 500) -> None:
+                 max_batch: int = 500, max_batch_bytes: int = 8 * 1024 * 1024) -> None:
         self.engine, self.expect, self.limiter, self.max_batch = engine, expect, limiter, max_batch
+        self.max_batch_bytes = max_batch_bytes
         self.queue: list[Item] = []
         self.writer: asyncio.Task[None] | None = None
         self.principals: dict[str, tuple[float, Principal | None]] = {}
@@ -83,12 +85,13 @@ class GroupCommit:
         self.queue.append((report, raw, received_at, future, token_hash))
         if self.writer is None or self.writer.done():
             self.writer = asyncio.get_running_loop().create_task(self._drain())
-        # shield: a client that goes away does not cancel the batch (its report may be committed anyway)
-        return await asyncio.shield(future)
+        # a client that goes away cancels only this future: the batch is the writer task's, and commits (the
+        # writer skips a future that is done); no asyncio.shield, whose extra future costs every report
+        return await future
 
     async def _drain(self) -> None:
         while self.queue:
-            batch, self.queue = self.queue[:self.max_batch], self.queue[self.max_batch:]
+            batch, self.queue = self._take()
             items = [(report, raw, received_at) for report, raw, received_at, _, _ in batch]
             hashes = [h for *_, h in batch]
             call = functools.partial(store.ingest_group, self.engine, items, expect=self.expect,
@@ -109,6 +112,18 @@ class GroupCommit:
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+
+
+    def _take(self) -> tuple[list[Item], list[Item]]:
+        """(the next batch, what stays queued): the queue's first reports up to max_batch of them and
+        max_batch_bytes of their bodies (the rows, and the statements' parameters, are held in memory until
+        the commit), and at least one."""
+        count = size = 0
+        for _, raw, *_ in self.queue[:self.max_batch]:
+            if count and size + len(raw) > self.max_batch_bytes:
+                break
+            size, count = size + len(raw), count + 1
+        return self.queue[:count], self.queue[count:]
 
 
 def _revoked(hashes: Sequence[str | None], conn: Connection) -> set[int]:

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from agent.collector.errors import InvalidReportError
 from agent.errors import ReportError
 from agent.report import Report, from_dict
@@ -143,9 +145,84 @@ def decode_utf8(raw: bytes) -> str:
     return text
 
 
+# After the escapes that hide a quote (\\\\ and \\") are dropped, every key's closing quote is followed by
+# optional JSON whitespace and a colon; a string value can add matches (then the counts differ: the strict
+# path decides), never hide one.
+_KEY_END = re.compile(rb'"[ \t\n\r]*:')
+_QUOTE_SPACE = re.compile(rb'"[ \t\n\r]')
+
+
+def _fast_decode(raw: bytes, limits: PayloadLimits) -> Any:
+    """The parsed body when msgspec's decoder (C) reads it and it provably breaks no rule of the strict
+    decoder below, else None (then the strict decoder runs and names what is wrong). msgspec refuses
+    what RFC 8259 refuses, NaN, Infinity and numbers out of a double's range; what it accepts but the
+    rules do not is checked here: duplicate keys (the body's keys counted on the bytes against the
+    decoded ones), key lengths, integers beyond 64 bits and the depth, in one iterative walk. Bodies
+    longer than the string limit or with a surrogate escape go to the strict path."""
+    if len(raw) > limits.max_string_chars or _SURROGATE_ESCAPE.search(raw):
+        return None
+    try:
+        data = msgspec.json.decode(raw)
+    except (msgspec.MsgspecError, RecursionError):
+        return None
+    if type(data) is not dict:  # not a report: the strict path says what it is
+        return None
+    keys = _keys_within_limits(data, limits)
+    if keys is None or _keys_in_body(raw) != keys:
+        return None
+    return data
+
+
+def _keys_within_limits(data: dict[str, Any], limits: PayloadLimits) -> int | None:
+    """How many keys the decoded objects hold, or None when a key, an integer or the depth breaks a rule."""
+    keys = 0
+    pending: list[tuple[Any, int]] = [(data, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > limits.max_depth:
+            return None
+        if type(value) is dict:
+            if not value:
+                continue
+            if max(map(len, value)) > limits.max_key_chars:
+                return None
+            keys += len(value)
+            value = value.values()
+        for item in value:
+            kind = type(item)
+            if kind is dict or kind is list:
+                pending.append((item, depth + 1))
+            elif kind is int and not -INT_RANGE <= item < INT_RANGE:
+                return None
+    return keys
+
+
+def _keys_in_body(raw: bytes) -> int:
+    """Keys written in a valid JSON body (at least: a string value may add some, see _KEY_END)."""
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    if _QUOTE_SPACE.search(unescaped):  # whitespace between a key and its colon, maybe
+        return len(_KEY_END.findall(unescaped))
+    return unescaped.count(b'":')
+
+
 def parse_report(raw: bytes, limits: PayloadLimits) -> Report:
     """Bytes of a POSTed report -> a validated Report, or InvalidReportError (422) naming the problem."""
     text = decode_utf8(raw)
+    data = _fast_decode(raw, limits)
+    if data is None:
+        data = _strict_decode(raw, text, limits)
+    try:
+        return from_dict(data)
+    except ReportError as e:
+        message = str(e)
+        where, sep, _ = message.partition(": ")
+        field = where if sep and " " not in where and where != "report" else None
+        raise InvalidReportError(message, field) from e
+
+
+def _strict_decode(raw: bytes, text: str, limits: PayloadLimits) -> Any:
+    """The parsed body through Python's decoder with the hooks that enforce the rules, or the
+    InvalidReportError that names the first broken one."""
     check_depth(raw, limits.max_depth)
     try:
         data = _decoder(limits.max_key_chars).decode(text)
@@ -157,10 +234,4 @@ def parse_report(raw: bytes, limits: PayloadLimits) -> Report:
     # hold a lone surrogate only if the body has a surrogate escape: else the walk would find nothing.
     if len(text) > limits.max_string_chars or _SURROGATE_ESCAPE.search(raw):
         check_strings(data, limits)
-    try:
-        return from_dict(data)
-    except ReportError as e:
-        message = str(e)
-        where, sep, _ = message.partition(": ")
-        field = where if sep and " " not in where and where != "report" else None
-        raise InvalidReportError(message, field) from e
+    return data

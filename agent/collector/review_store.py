@@ -194,11 +194,17 @@ def record_reports(conn: Connection, items: Sequence[tuple[Report, datetime]]) -
     exceptions = active_exceptions(conn, min(drifted)) if drifted else []
     inserts: list[dict[str, Any]] = []
     checks: list[tuple[str, datetime, bool]] = []
+    updates: list[dict[str, Any]] = []
     for report, now in single:
         _record(conn, report, now, current[report.host], last_checks.get(report.host), exceptions, inserts,
-                checks)
+                checks, updates)
     if inserts:
         conn.execute(review_items.insert(), inserts)
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = collections.defaultdict(list)
+    for values in updates:  # one executemany per set of columns (with or without diff_sha256)
+        by_columns[tuple(sorted(values))].append(values)
+    for rows in by_columns.values():
+        conn.execute(ITEM_SET, rows)
     first = [{"host": host, "last_check_at": at} for host, at, new in checks if new]
     if first:
         conn.execute(review_hosts.insert(), first)
@@ -208,15 +214,18 @@ def record_reports(conn: Connection, items: Sequence[tuple[Report, datetime]]) -
 
 
 LAST_CHECK_SET = update(review_hosts).where(review_hosts.c.host == bindparam("key_host"))
+ITEM_SET = update(review_items).where(review_items.c.id == bindparam("key_id"))
 
 
 def _record(conn: Connection, report: Report, now: datetime, current: list[ReviewItem],
             last_check_at: datetime | None, exceptions: list[dx.DriftException],
             inserts: list[dict[str, Any]] | None = None,
-            checks: list[tuple[str, datetime, bool]] | None = None) -> Changes:
+            checks: list[tuple[str, datetime, bool]] | None = None,
+            updates: list[dict[str, Any]] | None = None) -> Changes:
     """The writes of `record_report` from what it read. When the lists are given, new items are appended
-    to `inserts` and the host's new last check to `checks` as (host, time, first check) for the caller to
-    write; else they are written here."""
+    to `inserts`, the host's new last check to `checks` as (host, time, first check) and the changed
+    items' columns to `updates` (with their id as key_id, for ITEM_SET) for the caller to write; else they
+    are written here."""
     groups = set(report.roles)
 
     def coverage(key: ItemKey) -> int | None:
@@ -234,7 +243,10 @@ def _record(conn: Connection, report: Report, now: datetime, current: list[Revie
         values = _values(item)
         if item.key in drifts:
             values["diff_sha256"] = diff_sha256(drifts[item.key])
-        conn.execute(update(review_items).where(review_items.c.id == item.id).values(**values))
+        if updates is not None:
+            updates.append({"key_id": item.id, **values})
+        else:
+            conn.execute(update(review_items).where(review_items.c.id == item.id).values(**values))
     if is_complete_check(report) and (last_check_at is None or report.started_at >= last_check_at):
         if checks is not None:
             checks.append((report.host, report.started_at, last_check_at is None))

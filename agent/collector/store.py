@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, and_, bindparam, delete, select, update
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, case, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql.dml import Insert
@@ -340,8 +340,7 @@ def _write_fresh(conn: Connection, fresh: Sequence[tuple[Report, bytes, datetime
     commit_rows = _commit_rows(fresh)
     if commit_rows:
         conn.execute(_insert_ignore_stmt(conn.dialect.name, commits), commit_rows)
-    for report, _, received_at in _newest_per_host(fresh):
-        _upsert_host(conn, report, received_at, expect)
+    _upsert_hosts(conn, _newest_per_host(fresh), expect)
     # after the hosts' rows, as in ingest (_record_outcomes); the drift items' reads batched
     review_store.record_reports(conn, [(report, received_at) for report, _, received_at in fresh])
     for report, _, _ in fresh:
@@ -366,6 +365,58 @@ def _new_in_batch(conn: Connection, prepared: Sequence[tuple[Report, bytes, date
             seen.add(report.run_id)
             fresh.append(i)
     return fresh
+
+
+HOST_STATE_COLUMNS = ("last_run_id", "status", "mode", "phase_reached", "commit", "ref", "paused",
+                      "pause_reason", "pause_until", "agent_version", "interval_s", "splay_s",
+                      "last_finished_at", "drift_count", "failed_count", "error_count")
+
+
+@functools.cache
+def _host_upsert_stmt(dialect_name: str) -> Insert:
+    """INSERT a host's row; when it exists, set last_seen_at and due_at, and the state columns
+    (`_host_state`) only when the stored report finished no later than this one: `_upsert_host`'s three
+    statements in one (the SET's expressions read the row as it was, on SQLite and PostgreSQL alike)."""
+    insert = postgresql.insert(hosts) if dialect_name == "postgresql" else sqlite.insert(hosts)
+    new = insert.excluded
+    newer = hosts.c.last_finished_at <= new.last_finished_at
+    state = {name: case((newer, new[name]), else_=hosts.c[name]) for name in HOST_STATE_COLUMNS}
+    return insert.on_conflict_do_update(index_elements=[hosts.c.host], set_={
+        "last_seen_at": new.last_seen_at, "due_at": new.due_at, **state})
+
+
+HOST_ROLES_OF = select(hosts.c.host, hosts.c.last_run_id).where(
+    hosts.c.host.in_(bindparam("hosts", expanding=True)))
+
+
+def _upsert_hosts(conn: Connection, newest: Sequence[tuple[Report, bytes, datetime]],
+                  expect: Expectations) -> None:
+    """`_upsert_host` for each host's newest report of a batch (one per host) in one executemany of
+    `_host_upsert_stmt`. Then one SELECT tells which hosts now hold this batch's run_id as last_run_id
+    (the upsert took their row: a run_id of the batch is new, so no other writer set it): their roles are
+    replaced. Hosts in name order, as `_newest_per_host` gives them."""
+    if not newest:
+        return
+    rows = []
+    for report, _, received_at in newest:
+        expected_s = (report.interval_s or expect.interval_s) + (report.splay_s or expect.splay_s)
+        rows.append({"host": report.host, **_host_state(report), "last_seen_at": received_at,
+                     "due_at": received_at + timedelta(seconds=expected_s), "first_seen_at": received_at})
+    conn.execute(_host_upsert_stmt(conn.dialect.name), rows)
+    run_of = {report.host: report for report, _, _ in newest}
+    names = list(run_of)
+    replaced: list[Report] = []
+    for start in range(0, len(names), 500):
+        for host, last_run_id in conn.execute(HOST_ROLES_OF, {"hosts": names[start:start + 500]}):
+            if run_of[host].run_id == last_run_id:
+                replaced.append(run_of[host])
+    if not replaced:
+        return
+    replaced.sort(key=lambda r: r.host)
+    conn.execute(ROLES_DELETE, [{"key_host": r.host} for r in replaced])
+    role_rows = [{"host": r.host, "role": role} for r in replaced for role in sorted(set(r.roles))]
+    if role_rows:
+        conn.execute(host_roles.insert(), role_rows)
 
 
 def _commit_rows(batch: Sequence[tuple[Report, bytes, datetime]]) -> list[dict[str, Any]]:

@@ -63,6 +63,36 @@ def test_concurrent_reports_share_commits_and_each_is_answered(engine: Engine,
     assert sum(sizes) == 30 and max(sizes) == 8 and len(sizes) < 30  # grouped, and within max_batch
 
 
+def test_a_batch_is_capped_in_bytes_too(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """max_batch_bytes bounds a batch's bodies; a body larger than the cap still goes, alone."""
+    batches: list[list[int]] = []
+    real = store.ingest_group
+
+    def recording(engine: Engine, items: Any, **kw: Any) -> Any:
+        batches.append([len(raw) for _, raw, _ in items])
+        return real(engine, items, **kw)
+
+    monkeypatch.setattr(store, "ingest_group", recording)
+    reports = [make_report(f"web{i:02d}.example.com") for i in range(12)]
+    bodies = [to_json(r).encode() for r in reports]
+    cap = 3 * max(map(len, bodies))
+
+    async def main() -> list[bool]:
+        group = GroupCommit(engine, Expectations(), None, max_batch_bytes=cap)
+        big = GroupCommit(engine, Expectations(), None, max_batch_bytes=1)
+        first = await asyncio.gather(*(group.ingest(r, raw, received_at=BASE_TIME)
+                                       for r, raw in zip(reports[:10], bodies[:10], strict=True)))
+        second = await asyncio.gather(*(big.ingest(r, raw, received_at=BASE_TIME)
+                                        for r, raw in zip(reports[10:], bodies[10:], strict=True)))
+        return [*first, *second]
+
+    assert asyncio.run(main()) == [True] * 12
+    assert count(engine, runs) == 12
+    capped, alone = batches[:-2], batches[-2:]
+    assert sum(map(len, capped)) == 10 and max(map(sum, capped)) <= cap and max(map(len, capped)) == 3
+    assert alone == [[len(bodies[10])], [len(bodies[11])]]
+
+
 def test_a_failed_transaction_fails_every_report_of_its_batch(engine: Engine,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(engine: Engine, items: Any, **kw: Any) -> Any:
@@ -106,7 +136,7 @@ def test_batched_statements_store_what_one_by_one_stores(engine: Engine) -> None
 
     older = make_report("web01.example.com", status=Status.DRIFTED, finished_at=BASE_TIME,
                         drift=(drift_item("task a"),))
-    newer = make_report("web01.example.com", finished_at=BASE_TIME + timedelta(minutes=5))
+    newer = make_report("web01.example.com", finished_at=BASE_TIME + timedelta(minutes=5), roles=("web", "lb"))
     other = make_report("db01.example.com", status=Status.DRIFTED, drift=(drift_item("t1"), drift_item("t2")))
     # a batch before: hosts, drift items and last checks that the batch then updates (t0 stays, t1 again)
     before = [make_report("db01.example.com", status=Status.DRIFTED, finished_at=BASE_TIME - timedelta(hours=1),
@@ -114,10 +144,17 @@ def test_batched_statements_store_what_one_by_one_stores(engine: Engine) -> None
               make_report("app01.example.com", status=Status.DRIFTED, finished_at=BASE_TIME - timedelta(hours=1),
                           drift=(drift_item("t9"),))]
     fixed = make_report("app01.example.com", finished_at=BASE_TIME + timedelta(minutes=1))
+    # a batch after: a report older than the stored one (its roles must not replace the host's), and a new
+    # host whose roles change in the same batch as another's stay
+    late = make_report("web01.example.com", finished_at=BASE_TIME - timedelta(hours=2), roles=("db",))
+    again = make_report("db01.example.com", finished_at=BASE_TIME + timedelta(hours=1), roles=())
+    fresh = make_report("new01.example.com", roles=("web", "web", "cache"))
     first = [(r, to_json(r).encode(), BASE_TIME - timedelta(minutes=30)) for r in before]
     items = [(r, to_json(r).encode(), BASE_TIME + timedelta(minutes=6)) for r in (newer, other, older, fixed)]
+    after = [(r, to_json(r).encode(), BASE_TIME + timedelta(hours=2)) for r in (late, again, fresh)]
     assert store.ingest_group(engine, first) == [True, True]
     assert store.ingest_group(engine, items) == [True, True, True, True]
+    assert store.ingest_group(engine, after) == [True, True, True]
 
     def snapshot(e: Engine) -> Any:
         with e.connect() as conn:
@@ -136,7 +173,7 @@ def test_batched_statements_store_what_one_by_one_stores(engine: Engine) -> None
     with tempfile.TemporaryDirectory() as tmp:
         reference = db.create(f"sqlite:///{tmp}/ref.db")
         db.prepare(reference)
-        for r, raw, at in [*first, *items]:
+        for r, raw, at in [*first, *items, *after]:
             store.ingest(reference, r, raw, received_at=at)
         got, want = snapshot(engine), snapshot(reference)
         reference_review = review_snapshot(reference)
@@ -146,6 +183,10 @@ def test_batched_statements_store_what_one_by_one_stores(engine: Engine) -> None
     assert [f(g) for f, g in zip(drop_ids, got, strict=True)] == \
         [f(w) for f, w in zip(drop_ids, want, strict=True)]
     assert review_snapshot(engine) == reference_review  # the drift items too (docs/drift-review.md)
+    with engine.connect() as conn:  # what the reference holds too: the newer report's roles, late's ignored
+        roles = sorted(tuple(r) for r in conn.execute(select(host_roles)).all())
+    assert roles == [("app01.example.com", "web"), ("new01.example.com", "cache"), ("new01.example.com", "web"),
+                     ("web01.example.com", "lb"), ("web01.example.com", "web")]
 
 
 def test_a_refused_report_fails_only_itself(engine: Engine) -> None:

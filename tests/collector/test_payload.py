@@ -109,3 +109,42 @@ def test_lone_surrogates_are_refused_wherever_they_are(where, text, refused):
             parse_report(body, PayloadLimits())
     else:
         assert parse_report(body, PayloadLimits()).host == HOST
+
+
+# (body, what happens: None taken by the fast path, "" left to the strict decoder, which accepts it (a value
+# that starts with a colon looks like a key's end: counted, so the counts differ), else part of the refusal)
+FAST_PATH_BODIES = {
+    "plain": (_report_text().encode(), None),
+    "escaped_quotes_in_values": (_report_text(x='say \\" : "hi" \\\\', y=["\\\\", '"', "a:"]).encode(), None),
+    "a_value_like_a_key": (_report_text(x=' : not a key', y={"k": "\" :"}).encode(), ""),
+    "duplicate_after_whitespace": (_splice(_report_text(), "x", '{"a" :1, "a"\n:2}'), "duplicate key 'a'"),
+    "duplicate_through_an_escape": (_splice(_report_text(), "x", '{"\\u0061":1,"a":2}'), "duplicate key 'a'"),
+    "duplicate_top_level_after_escaped_backslash": (_splice(_report_text(x="\\\\"), "x", "1"),
+                                                    "duplicate key 'x'"),
+    "int_beyond_64_bits": (_splice(_report_text(), "x", str(2**63)), "out of range (integers are 64-bit)"),
+    "int_at_64_bits": (_splice(_report_text(), "x", str(-2**63)), None),
+    "depth_33": (_splice(_report_text(), "x", "[" * 32 + "]" * 32), "nested deeper than 32 levels"),
+    "depth_32": (_splice(_report_text(), "x", "[" * 31 + "]" * 31), None),
+    "long_key": (_splice(_report_text(), "x", '{"' + "k" * 257 + '": 1}'), "a key is longer than 256"),
+}
+
+
+@pytest.mark.parametrize("case", FAST_PATH_BODIES, ids=list(FAST_PATH_BODIES))
+def test_the_fast_decoder_takes_only_what_the_strict_one_accepts(case: str) -> None:
+    """payload._fast_decode (msgspec) gives the strict decoder's value or steps aside (None) for every
+    body the strict decoder refuses, so the refusal keeps its message."""
+    from agent.collector import payload
+    body, refusal = FAST_PATH_BODIES[case]
+    limits = PayloadLimits()
+    fast = payload._fast_decode(body, limits)
+    if refusal is None:
+        assert fast is not None, "a valid body should take the fast path"
+        assert fast == payload._strict_decode(body, body.decode(), limits)
+        parse_report(body, limits)
+    elif refusal == "":
+        assert fast is None
+        parse_report(body, limits)
+    else:
+        assert fast is None
+        with pytest.raises(InvalidReportError, match=re.escape(refusal)):
+            parse_report(body, limits)
