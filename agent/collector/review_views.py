@@ -15,6 +15,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -23,7 +24,7 @@ from starlette.routing import Route
 from agent.collector import drift_exceptions as dx
 from agent.collector import params, review_store, ui_auth
 from agent.collector.auth import REVIEW_REFUSED, reader_principal, reviewer_principal
-from agent.collector.bodies import read_json_object
+from agent.collector.bodies import read_body, read_json_object
 from agent.collector.drift_review import ItemKey, ReviewItem
 from agent.collector.errors import (
     BadRequestError,
@@ -52,6 +53,10 @@ AUDIT_FIELDS = ("id", "at", "actor", "actor_kind", "action", "target", "reason",
 REASON_FIELDS = frozenset({"reason"})
 EXCEPTION_FIELDS = frozenset({"scope", "item_id", "same_loop_item", "role", "role_kind", "host_pattern",
                               "host_group", "owner", "reason", "ticket", "expires_at"})
+# The UI's forms take the same fields, with the page's CSRF token (and, on ack, the page to go back to).
+ACK_FORM_FIELDS = frozenset({"csrf", "next"}) | REASON_FIELDS
+REVOKE_FORM_FIELDS = frozenset({"csrf"}) | REASON_FIELDS
+EXCEPTION_FORM_FIELDS = frozenset({"csrf"}) | EXCEPTION_FIELDS
 
 
 def _collector(request: Request) -> Collector:
@@ -289,9 +294,30 @@ def _audit_export(collector: Collector, fmt: str) -> Response:
 # -- UI -----------------------------------------------------------------------------------------------
 
 
-async def _form_actor(request: Request, collector: Collector) -> tuple[dict[str, str], Actor]:
-    """The form's fields and its reviewer, after the CSRF checks; ForbiddenError otherwise."""
-    form = await ui_auth._form(request)
+async def _review_form(request: Request) -> dict[str, str]:
+    """A review form's fields (blank ones left out, as absent). Refused with a one-line error, rather than
+    read in part: a body over ui_auth.MAX_FORM_BYTES (TooLargeError; cut short, the reason would be
+    stored cut and the fields after it dropped), text that is not UTF-8, a field given twice (which
+    value was meant?)."""
+    raw = await read_body(request, ui_auth.MAX_FORM_BYTES)
+    try:
+        pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidActionError("form: not UTF-8") from None
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        if name in fields:
+            raise InvalidActionError(f"{name[:40]}: given more than once")
+        fields[name] = value
+    return {name: value for name, value in fields.items() if value}
+
+
+async def _form_actor(request: Request, collector: Collector,
+                      allowed: frozenset[str]) -> tuple[dict[str, str], Actor]:
+    """The form's fields and its reviewer, after the CSRF checks; ForbiddenError otherwise. A field not
+    in `allowed` is refused (InvalidActionError), as in the API (_json_body): a misspelt `host_patern`
+    would widen an exception to every host."""
+    form = await _review_form(request)
     if not ui_auth.from_this_site(request, collector.settings.public_urls):
         raise ForbiddenError(ui_auth.CROSS_SITE)
     if not ui_auth.csrf_ok(request, form.get("csrf")):
@@ -301,6 +327,10 @@ async def _form_actor(request: Request, collector: Collector) -> tuple[dict[str,
         raise ForbiddenError("Sign in first.")
     if ui_auth.review_token(collector, request, principal) is None:
         raise ForbiddenError(REVIEW_REFUSED)
+    unknown = sorted(set(form) - allowed)
+    if unknown:
+        raise InvalidActionError(f"{unknown[0][:40]!r}: not a field of this form (it takes "
+                                 f"{', '.join(sorted(allowed - {'csrf', 'next'}))})")
     kind = "token" if principal.kind.value == "reviewer" else "proxy"
     return form, Actor(principal.name, kind)
 
@@ -314,7 +344,7 @@ async def ui_ack(request: Request) -> Response:
     collector = _collector(request)
     try:
         action = _action(request)
-        form, actor = await _form_actor(request, collector)
+        form, actor = await _form_actor(request, collector, ACK_FORM_FIELDS)
         item_id = _int(request.path_params["item_id"], "item id")
         call = review_store.acknowledge if action == "ack" else review_store.unacknowledge_item
         await collector.db(call, collector.engine, item_id, actor=actor, reason=form.get("reason"),
@@ -340,7 +370,7 @@ async def ui_accept_form(request: Request, collector: Collector) -> Response:
 async def ui_create_exception(request: Request) -> Response:
     collector = _collector(request)
     try:
-        form, actor = await _form_actor(request, collector)
+        form, actor = await _form_actor(request, collector, EXCEPTION_FORM_FIELDS)
         ref = await collector.db(_load_ref, collector.engine, form)
         exc = build_exception(dict(form), ref)
         await collector.db(review_store.create_exception, collector.engine, exc, actor=actor,
@@ -353,7 +383,7 @@ async def ui_create_exception(request: Request) -> Response:
 async def ui_revoke(request: Request) -> Response:
     collector = _collector(request)
     try:
-        form, actor = await _form_actor(request, collector)
+        form, actor = await _form_actor(request, collector, REVOKE_FORM_FIELDS)
         exc_id = _int(request.path_params["exc_id"], "exception id")
         await collector.db(review_store.revoke_exception, collector.engine, exc_id, actor=actor,
                            reason=form.get("reason"), now=collector.now())

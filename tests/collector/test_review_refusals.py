@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import func, select
@@ -246,3 +247,34 @@ def test_the_accept_form_names_a_missing_or_unknown_item(client, reviewer, one_i
     login(client, reviewer)
     response = client.get(f"/drift/accept{query}")
     assert response.status_code == status and says in response.text, response.text
+
+
+FORM_BODY_REFUSALS = {  # name: (action, fields changed or added, raw text appended to the form, the page says)
+    "a misspelt host_pattern (it would widen the exception to every host)": (
+        "accept", {"scope": "task", "host_patern": "web-*"}, "", "&#39;host_patern&#39;: not a field of this form"),
+    "a misspelt same_loop_item": ("accept", {"scope": "task", "same_loop_itme": "on"}, "",
+                                  "&#39;same_loop_itme&#39;: not a field of this form"),
+    "a field of another action on ack": ("ack", {"owner": "x"}, "", "&#39;owner&#39;: not a field of this form"),
+    "a misspelt reason on revoke": ("revoke", {"reasons": "x"}, "", "&#39;reasons&#39;: not a field of this form"),
+    # read as its first value, the second host_pattern would be dropped without a word
+    "a field given twice": ("accept", {"scope": "task", "host_pattern": "web-*"}, "&host_pattern=db-*",
+                            "host_pattern: given more than once"),
+    # cut at 8 KiB, the reason was stored cut short (and a field after it dropped) without a word
+    "a form over the limit": ("accept", {"reason": "r" * 9000}, "", "over the limit of 8192"),
+}
+
+
+@pytest.mark.parametrize(("target", "refusal"), [(v[0], k) for k, v in FORM_BODY_REFUSALS.items()],
+                         ids=list(FORM_BODY_REFUSALS), indirect=["target"])
+def test_bad_forms_are_refused_naming_the_field(client, engine, reviewer, target, refusal):  # noqa: F811
+    """The forms get the API's rules (test_bad_bodies_are_refused_naming_the_field): a field the action does
+    not take, one given twice, or a form cut at its size limit is refused, and nothing changes."""
+    _, change, extra, says = FORM_BODY_REFUSALS[refusal]
+    before, rows = target.state(), audit_rows(engine)
+    csrf = sign_in(client, reviewer)
+    fields = {**form_fields(target.body), "csrf": csrf, **change}
+    response = client.post(target.form, content=urlencode(fields) + extra,
+                           headers={**ORIGIN, "Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code in (413, 422), response.text
+    assert says in response.text, response.text[-2000:]
+    assert (target.state(), audit_rows(engine)) == (before, rows)
