@@ -73,6 +73,19 @@ def _text(fields: dict[str, Any], name: str) -> str | None:
     return value
 
 
+def _selector(fields: dict[str, Any], name: str) -> str | None:
+    """A host selector's field: absent or null is none (every host), a string is the selector; an empty or
+    blank string is refused: "" from an unset shell variable (`--host-pattern "$HOSTS"`) must not turn an
+    exception for some hosts into one for every host. (A form's blank field never gets here: a form
+    leaves blank fields out, and its page says "neither: every host".)"""
+    value = _text(fields, name)
+    if value is None and name in fields and fields[name] is not None:
+        raise InvalidActionError(f"{name}: empty; leave it out for every host")
+    if value is not None and not value.strip():
+        raise InvalidActionError(f"{name}: {value[:20]!r} is blank; leave it out for every host")
+    return value
+
+
 def _int(value: str, name: str) -> int:
     if not (value.isascii() and value.isdigit()) or len(value) > 12:
         raise BadRequestError(f"{name}: expected a whole number")
@@ -111,7 +124,8 @@ def parse_expiry(value: str | None) -> datetime:
 def build_exception(fields: dict[str, Any], ref: ReviewItem | None) -> dx.DriftException:
     """An exception from the request's fields: `scope` item|task|role; item and task take their key or
     task from the item `item_id` (`ref`); role takes `role` (with `role_kind` ansible|playbook, default
-    ansible); task and role take a host selector `host_pattern` or `host_group` (neither: every host)."""
+    ansible); task and role take a host selector `host_pattern` or `host_group` (neither: every host; an
+    empty one is refused, see _selector)."""
     try:
         scope = dx.ExceptionScope(_text(fields, "scope") or "item")
     except ValueError as e:
@@ -119,7 +133,8 @@ def build_exception(fields: dict[str, Any], ref: ReviewItem | None) -> dx.DriftE
     if scope in (dx.ExceptionScope.ITEM, dx.ExceptionScope.TASK) and ref is None:
         raise InvalidActionError(f"item_id: scope {scope.value} names the drift item it starts from")
     try:
-        hosts = dx.HostSelector(pattern=_text(fields, "host_pattern"), group=_text(fields, "host_group"))
+        hosts = dx.HostSelector(pattern=_selector(fields, "host_pattern"),
+                                group=_selector(fields, "host_group"))
     except ValueError as e:
         raise InvalidActionError(f"host_pattern/host_group: {e}") from e
     kind = _text(fields, "role_kind") or "ansible"

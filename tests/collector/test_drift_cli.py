@@ -143,6 +143,9 @@ def test_revoke_reopens_the_items_and_is_audited(url, capsys):
       "T", "--expires", "2026-12-01T00:00:00"], 1, "--expires: '2026-12-01T00:00:00' has no time zone"),
     (["accept", "{item}", "--host-pattern", "w*", "--owner", "o", "--reason", "r", "--ticket", "T", "--expires",
       "{soon}"], 1, "--host-pattern/--host-group: scope item names its host in its key"),
+    # an unset shell variable (--host-pattern "$HOSTS"): read as no selector it was every host
+    (["accept", "{item}", "--scope", "task", "--host-pattern", "", "--owner", "o", "--reason", "r", "--ticket", "T",
+      "--expires", "{soon}"], 1, "--host-pattern: empty; leave it out"),
     (["export", "--from", "2026-11-22", "--to", "2026-11-19", "--out", "{out}"], 1, "--to: 2026-11-19T00:00:00.000Z is not after from"),
     (["export", "--from", "2026-11-19", "--scope", "host:nowhere", "--out", "{out}"], 66, "--scope: no host 'nowhere'"),
     (["export", "--from", "2026-11-19", "--scope", "rack:3", "--out", "{out}"], 1, "--scope: 'rack:3'"),
