@@ -97,10 +97,12 @@ def _flag(fields: dict[str, Any], name: str) -> bool:
     Anything else is refused: read as "no", `same_loop_item: "yes"` would widen an exception to every
     loop item."""
     value = fields.get(name)
-    if value in (True, "true", "on", "1"):
-        return True
-    if value in (None, False, "", "false", "0"):
+    if type(value) is bool:
+        return value
+    if value is None or (type(value) is str and value in ("", "false", "0")):
         return False
+    if type(value) is str and value in ("true", "on", "1"):
+        return True  # (compared as strings only: JSON 1 or 1.0 == True in Python, and 0 == False)
     raise InvalidActionError(f"{name}: expected true or false")
 
 

@@ -146,6 +146,9 @@ BODY_REFUSALS = {  # name: (action, change to the body, the one-line error start
     "a same_loop_item that is no yes or no (read as no it would cover every loop item)": (
         "accept", {"scope": "task", "same_loop_item": "yes"}, "same_loop_item: expected true or false"),
     "a same_loop_item number": ("accept", {"scope": "task", "same_loop_item": 2}, "same_loop_item: expected"),
+    # Python's 1 == True and 0.0 == False: numbers were read as yes and no
+    "a same_loop_item 1": ("accept", {"scope": "task", "same_loop_item": 1}, "same_loop_item: expected"),
+    "a same_loop_item 0.0": ("accept", {"scope": "task", "same_loop_item": 0.0}, "same_loop_item: expected"),
     # "" read as no selector is every host: an unset variable in `"host_pattern": "$HOSTS"` would widen it
     "an empty host_pattern": ("accept", {"scope": "task", "host_pattern": ""}, "host_pattern: empty; leave it out"),
     "an empty host_group": ("accept", {"scope": "role", "role": "nginx", "host_group": ""}, "host_group: empty"),
