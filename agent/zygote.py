@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 PRELOAD = ("agent.cli", "agent.cli_cycle", "agent.cycle", "agent.wiring", "agent.delivery", "ansible_runner",
            "httpx")
 READY_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 10.0  # for the helper's `started`; then the check starts a new process
 PR_SET_PDEATHSIG = 1
 
 
@@ -207,6 +208,7 @@ class Zygote:
                  command: Sequence[str] = (sys.executable, "-m", "agent.zygote")) -> None:
         self.env = dict(env)
         self.preload_timeout_s = preload_timeout_s
+        self.start_timeout_s = START_TIMEOUT_S
         self.command = list(command)
         self.proc: subprocess.Popen[str] | None = None
         self._buffer = ""
@@ -246,7 +248,7 @@ class Zygote:
             self.proc.stdin.flush()
         except OSError as e:
             raise ZygoteError(f"the warm-start helper does not take requests: {e}") from e
-        answer = self.answer(10.0)
+        answer = self.answer(self.start_timeout_s)
         if answer is None or not isinstance(answer.get("started"), int):
             raise ZygoteError(f"the warm-start helper did not start a cycle: {answer or 'no answer'}")
         return WarmChild(self, int(answer["started"]))
@@ -273,6 +275,34 @@ class Zygote:
         if not isinstance(answer, dict):
             raise ZygoteError(f"the warm-start helper answered {line[:80]!r}")
         return answer
+
+    def abandon(self) -> None:
+        """Stop a helper that failed a request at once (SIGKILL), and stop (SIGTERM to it and its group, as
+        agent.child stops a cycle) any child it said it started that nobody took. A request the daemon gave
+        up on must not be served late: the check runs on the cold path instead, and a late child would be a
+        second cycle that nobody supervises (no timeout, no stop with the daemon) and that holds the
+        cycle lock. (A child forked in the instant between the answer and the SIGKILL, whose `started`
+        never came, is the one case left.)"""
+        proc = self.proc
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            proc.kill()
+        proc.wait()
+        started: list[int] = []
+        with contextlib.suppress(ZygoteError, ValueError, OSError):  # up to its end of output
+            while (answer := self.answer(0.0)) is not None:
+                pid = answer.get("started")
+                if type(pid) is int and pid > 1:
+                    started.append(pid)
+        for pid in started:
+            log.warning("warm start: stopping cycle pid=%d, started by the helper after the daemon gave up "
+                        "on it", pid)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGTERM)
+        self.close()
 
     def close(self) -> None:
         """Stop the helper (its stdin ends; SIGKILL if it does not go). A running child is not touched."""
@@ -347,7 +377,7 @@ class WarmStart:
             child = self.zygote.spawn(argv)
         except ZygoteError as e:
             log.warning("warm start failed, this check starts a new process: %s", e)
-            self.zygote.close()
+            self.zygote.abandon()
             return None
         self.starts = 0
         log.info("warm start: cycle pid=%d forked by the helper", child.pid)

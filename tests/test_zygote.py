@@ -8,9 +8,11 @@ import atexit
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -208,3 +210,62 @@ def test_an_upgrade_of_the_agents_code_restarts_the_helper(tmp_path: Path, caplo
         assert child is not None and child.wait(30) == 3
     finally:
         warm.close()
+
+
+def test_a_helper_too_slow_to_start_a_check_leaves_no_second_cycle(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A helper that answers too late (stopped here; in life a starved or swapped one): the check falls back
+    to the cold path, and the helper must not serve the request late. Closed gently (stdin ends), it forked
+    the child once it ran again and was killed 5 s later waiting for it: a second cycle, unsupervised and
+    holding the cycle lock next to the cold path's."""
+    warm = WarmStart(helper_env(), command=PROBE_HELPER)
+    warm.zygote.start_timeout_s = 0.5
+    warm.ensure()
+    out = tmp_path / "late.json"
+    try:
+        assert warm.zygote.wait_ready(30) and warm.zygote.proc is not None
+        warm.ready = True
+        helper = warm.zygote.proc.pid
+        os.kill(helper, signal.SIGSTOP)
+        resume = threading.Timer(1.5, lambda: zygote._alive(helper) and os.kill(helper, signal.SIGCONT))
+        resume.start()
+        with caplog.at_level(logging.WARNING, logger="agent.zygote"):
+            assert warm.spawn([str(out), "sleep", "0.5"]) is None
+        assert "did not start a cycle" in caplog.text and not warm.zygote.running
+        resume.join()
+        time.sleep(3)  # a late child would have written its file by now
+        assert not out.exists()
+    finally:
+        warm.close()
+
+
+def test_abandoning_the_helper_stops_a_child_it_started_that_nobody_took(tmp_path: Path) -> None:
+    """Its `started` came after the daemon stopped listening (unread in the pipe): the child is stopped,
+    not left to run."""
+    pid_file = tmp_path / "child.pid"
+    helper = ("import json, os, subprocess, sys, time\n"
+              "print(json.dumps({'ready': os.getpid()}), flush=True)\nsys.stdin.readline()\n"
+              "child = subprocess.Popen(['sleep', '60'], start_new_session=True)\n"
+              f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+              "print(json.dumps({'started': child.pid}), flush=True)\ntime.sleep(60)\n")
+    warm = Zygote(helper_env(), command=(sys.executable, "-c", helper))
+    warm.start()
+    assert warm.proc is not None and warm.proc.stdin is not None and warm.proc.stdout is not None
+    warm.proc.stdin.write(json.dumps({"argv": ["run"]}) + "\n")
+    warm.proc.stdin.flush()
+    assert select.select([warm.proc.stdout], [], [], 30)[0]  # its `started` is there, unread
+    child = int(pid_file.read_text())
+    warm.abandon()
+    deadline = time.monotonic() + 10
+    while running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(child) and warm.proc is None
+
+
+def running(pid: int) -> bool:
+    """Not gone and not a zombie (ended, waiting for whoever adopted it to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
