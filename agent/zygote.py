@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 PRELOAD = ("agent.cli", "agent.cli_cycle", "agent.cycle", "agent.wiring", "agent.delivery", "ansible_runner",
            "httpx")
 READY_TIMEOUT_S = 60.0
+MAX_ANSWER_CHARS = 65536  # an answer is one short line
 START_TIMEOUT_S = 10.0  # for the helper's `started`; then the check starts a new process
 PR_SET_PDEATHSIG = 1
 
@@ -179,7 +180,8 @@ class WarmChild:
             self.lost = True
             return
         if answer is not None and answer.get("exited") == self.pid:
-            self.returncode = int(answer.get("code", 1))
+            code = answer.get("code")
+            self.returncode = code if type(code) is int else 1
 
 
 def _stamp(code_dir: Path) -> int | None:
@@ -249,9 +251,11 @@ class Zygote:
         except OSError as e:
             raise ZygoteError(f"the warm-start helper does not take requests: {e}") from e
         answer = self.answer(self.start_timeout_s)
-        if answer is None or not isinstance(answer.get("started"), int):
+        pid = None if answer is None else answer.get("started")
+        if type(pid) is not int or pid <= 1:  # 0, 1, -1 or true (1) would make a stop signal the daemon's
+            # own process group (killpg(0)), init's, or every process
             raise ZygoteError(f"the warm-start helper did not start a cycle: {answer or 'no answer'}")
-        return WarmChild(self, int(answer["started"]))
+        return WarmChild(self, pid)
 
     def answer(self, timeout: float | None) -> dict[str, Any] | None:
         """The helper's next answer, or None when none came within `timeout` seconds."""
@@ -263,10 +267,13 @@ class Zygote:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not select.select([fd], [], [], left)[0]:
                 return None
-            chunk = os.read(fd, 65536).decode()
+            chunk = os.read(fd, 65536)
             if not chunk:
                 raise ZygoteError(f"the warm-start helper exited ({self.proc.poll()})")
-            self._buffer += chunk
+            # its answers are ASCII (JSON); anything else is nonsense, refused below as such
+            self._buffer += chunk.decode("ascii", "replace")
+            if len(self._buffer) > MAX_ANSWER_CHARS and "\n" not in self._buffer:
+                raise ZygoteError(f"the warm-start helper answered {self._buffer[:80]!r}... (no end of line)")
         line, self._buffer = self._buffer.split("\n", 1)
         try:
             answer = json.loads(line)

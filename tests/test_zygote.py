@@ -269,3 +269,39 @@ def running(pid: int) -> bool:
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _answering(*answers: bytes) -> tuple[str, ...]:
+    """A helper that says `answers` in turn, one per request (the first at once: its `ready`)."""
+    says = "".join(f"sys.stdout.buffer.write({a!r}); sys.stdout.flush(); sys.stdin.readline()\n" for a in answers)
+    return (sys.executable, "-c", "import sys\n" + says + "sys.stdin.read()\n")  # ends with its stdin
+
+
+@pytest.mark.parametrize("answer", [
+    b"\xff\xfe\n",  # not ASCII: was a UnicodeDecodeError out of the daemon's cycle
+    b'{"started": true}\n',  # true is 1 in Python: a stop was killpg(1, SIGTERM)
+    b'{"started": 0}\n',  # a stop was killpg(0, SIGTERM): the daemon's own process group
+    b'{"started": -1}\n',
+    b"x" * 100_000,  # no end of line: was read into memory without end
+])
+def test_a_helper_answering_garbage_to_a_request_means_the_cold_path(answer: bytes) -> None:
+    warm = WarmStart(helper_env(), command=_answering(b'{"ready": 1}\n', answer))
+    warm.ensure()
+    try:
+        assert warm.zygote.wait_ready(30)
+        warm.ready = True
+        assert warm.spawn(["run"]) is None and not warm.zygote.running
+    finally:
+        warm.close()
+
+
+@pytest.mark.parametrize("code", [b'"x"', b"null", b"2.5", b"true"])
+def test_an_exit_code_that_is_no_integer_is_a_failure(code: bytes) -> None:
+    pid = 999_999  # no such process: nothing is signalled
+    warm = Zygote(helper_env(), command=_answering(
+        b'{"ready": 1}\n', b'{"started": %d}\n{"exited": %d, "code": %s}\n' % (pid, pid, code)))
+    warm.start()
+    try:
+        assert warm.spawn(["run"]).wait(30) == 1
+    finally:
+        warm.close()
