@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from agent.collector.errors import InvalidReportError
@@ -148,3 +151,67 @@ def test_the_fast_decoder_takes_only_what_the_strict_one_accepts(case: str) -> N
         assert fast is None
         with pytest.raises(InvalidReportError, match=re.escape(refusal)):
             parse_report(body, limits)
+
+
+# -- the fast path's invariant, as a property: raw JSON text written the ways the json module never writes
+# it (keys that differ only before their escapes are decoded, \/ and \u escapes of letters, quotes and
+# backslashes, whitespace around colons, duplicate keys at any depth, integers past 64 bits, -0, 1e2,
+# 1E400), then sometimes one byte inserted. Whatever msgspec takes must be what the strict decoder takes.
+
+def _escaped(char: str, how: int) -> str:
+    if char in '"\\':
+        return ("\\" + char, f"\\u{ord(char):04x}", f"\\u{ord(char):04X}")[how % 3]
+    if char == "/" and how % 2:
+        return "\\/"
+    if how % 3 == 1 and ord(char) < 0x10000:
+        return f"\\u{ord(char):04x}"
+    if char == "\U0001f600" and how % 3 == 2:
+        return "\\ud83d\\ude00"
+    return char
+
+
+_RAW_STRING = st.lists(st.tuples(st.sampled_from(list('ab"\\/: \u00e9\U0001f600\x7f{[,')), st.integers(0, 5)),
+                       max_size=4).map(lambda cs: '"' + "".join(_escaped(c, h) for c, h in cs) + '"')
+_WS = st.sampled_from(["", "", " ", "\n", "\t ", "\r\n"])
+_RAW_SCALAR = _RAW_STRING | st.sampled_from(["1", "-0", "-0.0", "0.5", "1e2", "1E+2", "true", "false", "null",
+                                             str(2**63 - 1), str(-2**63), str(2**63), str(2**64), "1E400",
+                                             "1e-400", "0.1000000000000000055511151231257827"])
+
+
+def _raw_object(values: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    pairs = st.lists(st.tuples(_WS, _RAW_STRING, _WS, _WS, values, _WS), max_size=4)
+    return st.tuples(pairs, st.integers(0, 3).map(lambda n: n == 0)).map(lambda pb: "{" + ",".join(
+        f"{a}{k}{b}:{c}{v}{d}" for a, k, b, c, v, d in pb[0] + pb[0][:1] * pb[1]) + "}")  # maybe a duplicate
+
+
+_RAW_JSON = st.recursive(_RAW_SCALAR, lambda inner: _raw_object(inner) | st.lists(inner, max_size=3).map(
+    lambda items: "[" + ",".join(items) + "]"), max_leaves=12)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@example(body='{"a":[-9223372036854775809]}', insert=None, depth=32, key_chars=8)  # each rule the fast path
+@example(body='{"a":[[{}]]}', insert=None, depth=3, key_chars=8)  # checks itself, once for sure
+@example(body='{"abcd":1}', insert=None, depth=3, key_chars=3)
+@example(body='{"a":{"\\/":1,"/" :2}}', insert=None, depth=3, key_chars=3)
+@given(body=_raw_object(_RAW_JSON), insert=st.none() | st.tuples(st.integers(0, 10**6), st.sampled_from(
+    list(b'"\\:,{}[]u0 \x00\xff'))), depth=st.sampled_from([3, 32]), key_chars=st.sampled_from([3, 8]))
+def test_the_fast_decoder_never_takes_what_the_strict_one_refuses_or_reads_otherwise(
+        body: str, insert: tuple[int, int] | None, depth: int, key_chars: int) -> None:
+    from agent.collector import payload
+    raw = body.encode()
+    if insert is not None:
+        at = insert[0] % (len(raw) + 1)
+        raw = raw[:at] + bytes([insert[1]]) + raw[at:]
+    limits = PayloadLimits(max_depth=depth, max_key_chars=key_chars)
+    fast = payload._fast_decode(raw, limits)
+    if fast is None:
+        return
+    strict = payload._strict_decode(raw, payload.decode_utf8(raw), limits)  # raises if it refuses
+
+    def typed(value: Any) -> Any:  # 1, 1.0 and True are equal in Python; -0.0 and 0.0 too
+        if isinstance(value, dict):
+            return [(k, typed(v)) for k, v in value.items()]
+        if isinstance(value, list):
+            return [typed(v) for v in value]
+        return (type(value).__name__, repr(value))
+    assert typed(fast) == typed(strict)
