@@ -18,6 +18,7 @@ from tests.live_collector import CollectorProcess, collector_cli, free_port, tok
 pytestmark = pytest.mark.ansible
 
 
+@pytest.mark.heavy  # over 60 s alone: make test-heavy runs it (make test's budget, docs/testing.md)
 def test_reports_wait_in_the_outbox_then_arrive_once(cli, write_config, app_repo: GitRepo,
                                                      tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'collector.db'}"

@@ -25,6 +25,7 @@ def kinds(report: dict[str, Any]) -> list[tuple[str, str]]:
     return [(d["task"], d["kind"]) for d in report["drift"]]
 
 
+@pytest.mark.heavy  # over 60 s alone: make test-heavy runs it (make test's budget, docs/testing.md)
 def test_lifecycle_apply_sync_corrective_intentional_offline_rewind(cli, write_config, app_repo: GitRepo,
                                                                     tmp_path: Path) -> None:
     config = write_config(app_repo.path)

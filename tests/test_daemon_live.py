@@ -125,6 +125,7 @@ def test_a_cycle_past_its_timeout_is_stopped_and_reported(cli, write_config, tmp
     assert os.path.exists(tmp_path / "state/last_run.json")
 
 
+@pytest.mark.heavy  # over 60 s alone: make test-heavy runs it (make test's budget, docs/testing.md)
 def test_a_reload_to_another_ref_polls_and_applies_it_once(write_config, app_repo: GitRepo,
                                                            tmp_path: Path) -> None:
     """SIGHUP with a new source.ref: the daemon's probe follows the new ref (issue 17's defect: it kept

@@ -57,6 +57,7 @@ def collector_pids(workdir: Path) -> list[int]:
     return found
 
 
+@pytest.mark.heavy  # over 60 s alone: make test-heavy runs it (make test's budget, docs/testing.md)
 @pytest.mark.ansible
 @pytest.mark.timeout(900)
 def test_demo_shows_the_loop_then_serves_the_ui_until_sigterm(tmp_path: Path) -> None:

@@ -86,6 +86,7 @@ def next_watch_report(tmp_path: Path, after: str) -> dict[str, Any]:
         raise AssertionError(f"{e}\n--- the daemon's log, last 40 lines:\n{tail}") from None
 
 
+@pytest.mark.heavy  # over 60 s alone: make test-heavy runs it (make test's budget, docs/testing.md)
 def test_the_daemon_watches_managed_paths(cli, write_config, tmp_path: Path) -> None:
     repo: GitRepo = make_repo(tmp_path / "origin", {"playbooks/app.yml": PLAYBOOK,
                                                     "inventory/hosts.yml": APP_INVENTORY})
@@ -155,7 +156,7 @@ def test_the_daemon_watches_managed_paths(cli, write_config, tmp_path: Path) -> 
         # each check, whatever the strategy).
         write_config(repo.path, schedule=schedule, watch_debounce="1s", watch_contested_flips=1,
                      mode="detect", watch_max_watches=1, metrics_textfile=str(tmp_path / "metrics.prom"),
-                     ansible__strategy="linear")
+                     ansible__strategy="linear", watch_warm_start=True)
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "NOT watched" in log.read_text(), 20, "the fallback's log line")
         status = cli("status", "--config", str(config))
