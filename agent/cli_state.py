@@ -12,6 +12,7 @@ from typing import Any
 from agent import __version__, config, daemon, delivery, preflight, render, watchservice
 from agent import report as report_codec
 from agent.cli_common import colour, load
+from agent.control import pid_alive
 from agent.errors import AgentError, ConfigError
 from agent.paths import StatePaths
 from agent.report import Pause, Report, exit_code
@@ -33,7 +34,7 @@ def _last(args: argparse.Namespace) -> Report:
 
 def _daemon_state(cfg: config.AgentConfig) -> tuple[daemon.DaemonStatus | None, bool]:
     found = daemon.read_status(cfg.state_dir)
-    return found, found is not None and daemon.pid_alive(found.pid)
+    return found, found is not None and pid_alive(found.pid)
 
 
 def _time(value: datetime | None) -> str | None:

@@ -70,7 +70,8 @@ def submit(paths: StatePaths, pid: int, *, check_only: bool) -> str:
     return request_id
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (signal 0; a process of another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -82,7 +83,7 @@ def _alive(pid: int) -> bool:
 
 def wait(paths: StatePaths, request_id: str, *, pid: int, timeout_s: float,
          sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
-         alive: Callable[[int], bool] = _alive) -> Answer:
+         alive: Callable[[int], bool] = pid_alive) -> Answer:
     """Until the daemon answered the request: its answer. AgentError when the daemon `pid` stops before
     it answered, or after `timeout_s` (seconds)."""
     done = paths.requests / f"{request_id}.done"

@@ -164,16 +164,6 @@ def read_status(state_dir: Path) -> DaemonStatus | None:
         return None
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, and belongs to someone else
-    return True
-
-
 # (trigger, check_only) -> outcome; a watch check adds a third argument: the roles to check
 Spawn = Callable[..., CycleOutcome]
 Probe = Callable[[], str | None]  # the commit source.ref points at now; None when no source answers

@@ -44,6 +44,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from agent.control import pid_alive
 from agent.errors import AgentError
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class WarmChild:
 
     def _read(self, timeout: float | None) -> None:
         if self.lost:  # nobody can tell its exit code any more: it ended when it is gone
-            if _alive(self.pid):
+            if pid_alive(self.pid):
                 time.sleep(min(0.2, timeout or 0.0))
             else:
                 self.returncode = 1

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import zygote
+from agent.control import pid_alive
 from agent.zygote import PRELOAD, WarmStart, Zygote, ZygoteError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,9 +128,9 @@ def test_the_helper_dies_with_the_daemon(tmp_path: Path) -> None:
         helper = int(daemon.stdout.readline())
         daemon.kill()
     deadline = time.monotonic() + 20
-    while zygote._alive(helper) and time.monotonic() < deadline:
+    while pid_alive(helper) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not zygote._alive(helper)
+    assert not pid_alive(helper)
 
 
 def test_a_helper_that_dies_during_a_check_leaves_the_check_running(tmp_path: Path,
@@ -227,7 +227,7 @@ def test_a_helper_too_slow_to_start_a_check_leaves_no_second_cycle(tmp_path: Pat
         warm.ready = True
         helper = warm.zygote.proc.pid
         os.kill(helper, signal.SIGSTOP)
-        resume = threading.Timer(1.5, lambda: zygote._alive(helper) and os.kill(helper, signal.SIGCONT))
+        resume = threading.Timer(1.5, lambda: pid_alive(helper) and os.kill(helper, signal.SIGCONT))
         resume.start()
         with caplog.at_level(logging.WARNING, logger="agent.zygote"):
             assert warm.spawn([str(out), "sleep", "0.5"]) is None
