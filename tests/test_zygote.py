@@ -8,7 +8,6 @@ import atexit
 import json
 import logging
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -246,14 +245,19 @@ def test_abandoning_the_helper_stops_a_child_it_started_that_nobody_took(tmp_pat
     helper = ("import json, os, subprocess, sys, time\n"
               "print(json.dumps({'ready': os.getpid()}), flush=True)\nsys.stdin.readline()\n"
               "child = subprocess.Popen(['sleep', '60'], start_new_session=True)\n"
-              f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
-              "print(json.dumps({'started': child.pid}), flush=True)\ntime.sleep(60)\n")
+              "print(json.dumps({'started': child.pid}), flush=True)\n"
+              f"open({str(pid_file)!r} + '.tmp', 'w').write(str(child.pid))\n"
+              f"os.rename({str(pid_file)!r} + '.tmp', {str(pid_file)!r})\ntime.sleep(60)\n")
     warm = Zygote(helper_env(), command=(sys.executable, "-c", helper))
     warm.start()
     assert warm.proc is not None and warm.proc.stdin is not None and warm.proc.stdout is not None
     warm.proc.stdin.write(json.dumps({"argv": ["run"]}) + "\n")
     warm.proc.stdin.flush()
-    assert select.select([warm.proc.stdout], [], [], 30)[0]  # its `started` is there, unread
+    # The pid file is written after `started` was printed: once it is there, `started` is in the pipe,
+    # unread (waiting on the pipe alone could wake on an earlier line and race the helper's print).
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
     child = int(pid_file.read_text())
     warm.abandon()
     deadline = time.monotonic() + 10
