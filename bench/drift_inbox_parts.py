@@ -110,6 +110,21 @@ def captured_statements(engine: Any) -> list[tuple[str, Any]]:
     return seen
 
 
+def check_db(path: str) -> str | None:
+    """What is wrong with `path` as this benchmark's database, or None."""
+    if not Path(path).is_file():
+        return f"no such file: {path}"
+    try:
+        seeded = sqlite3.connect(f"file:{path}?mode=ro", uri=True).execute(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'ix_review_items_task_current'").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        return f"{path} is not a SQLite database ({e})"
+    if not seeded:
+        return (f"{path} has no index ix_review_items_task_current: seed it with bench/drift_inbox.py "
+                "and migrate it to 0011 or later (gitops-collector migrate)")
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", required=True, help="a SQLite file seeded by bench/drift_inbox.py")
@@ -117,8 +132,9 @@ def main() -> int:
     parser.add_argument("--integer-key", action="store_true",
                         help="also time the aggregate grouped by an integer task key (on a temporary copy)")
     args = parser.parse_args()
-    if not Path(args.db).is_file():
-        parser.error(f"--db: no such file: {args.db}")
+    problem = check_db(args.db)
+    if problem:
+        parser.error(f"--db: {problem}")
     engine = db.create(f"sqlite:///{args.db}")
     secret = tokens.create(engine, TokenKind.READER, "bench", now=BASE_TIME)[1]
     app = create_app(Collector(engine, CollectorSettings(), now=lambda: BASE_TIME))
