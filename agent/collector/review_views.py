@@ -146,9 +146,8 @@ def build_exception(fields: dict[str, Any], ref: ReviewItem | None) -> dx.DriftE
         raise InvalidActionError(f"role_kind: {kind[:40]!r} is not ansible or playbook") from None
     key: ItemKey | None = ref.key if ref is not None and scope is dx.ExceptionScope.ITEM else None
     task = ref.key.task if ref is not None and scope is dx.ExceptionScope.TASK else None
-    loop_item = None
-    if task is not None and _flag(fields, "same_loop_item") and ref is not None:
-        loop_item = ref.key.item
+    same_loop_item = _flag(fields, "same_loop_item")  # checked whatever the scope: "yes" is refused anyway
+    loop_item = ref.key.item if task is not None and same_loop_item and ref is not None else None
     role = _text(fields, "role") if scope is dx.ExceptionScope.ROLE else None
     if scope is dx.ExceptionScope.ROLE and role is None:
         raise InvalidActionError("role: required for scope role")
