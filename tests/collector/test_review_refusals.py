@@ -157,6 +157,11 @@ BODY_REFUSALS = {  # name: (action, change to the body, the one-line error start
     # Python's 1 == True and 0.0 == False: numbers were read as yes and no
     "a same_loop_item 1": ("accept", {"scope": "task", "same_loop_item": 1}, "same_loop_item: expected"),
     "a same_loop_item 0.0": ("accept", {"scope": "task", "same_loop_item": 0.0}, "same_loop_item: expected"),
+    # refused whatever the scope: a "yes" on scope item was let through (the flag was read for task only)
+    "a same_loop_item 'yes' on scope item": ("accept", {"scope": "item", "same_loop_item": "yes"},
+                                            "same_loop_item: expected true or false"),
+    "a same_loop_item 'yes' on scope role": ("accept", {"scope": "role", "role": "nginx", "same_loop_item": "yes"},
+                                            "same_loop_item: expected true or false"),
     # "" read as no selector is every host: an unset variable in `"host_pattern": "$HOSTS"` would widen it
     "an empty host_pattern": ("accept", {"scope": "task", "host_pattern": ""}, "host_pattern: empty; leave it out"),
     "an empty host_group": ("accept", {"scope": "role", "role": "nginx", "host_group": ""}, "host_group: empty"),
@@ -270,6 +275,9 @@ FORM_BODY_REFUSALS = {  # name: (action, fields changed or added, raw text appen
     "a misspelt same_loop_item": ("accept", {"scope": "task", "same_loop_itme": "on"}, "",
                                   "&#39;same_loop_itme&#39;: not a field of this form"),
     "a field of another action on ack": ("ack", {"owner": "x"}, "", "&#39;owner&#39;: not a field of this form"),
+    # the accept form's box sends "true" when ticked: anything else is refused, as the API does
+    "a same_loop_item that is no checkbox's value": ("accept", {"scope": "task", "same_loop_item": "yes"}, "",
+                                                     "same_loop_item: expected true or false"),
     "a misspelt reason on revoke": ("revoke", {"reasons": "x"}, "", "&#39;reasons&#39;: not a field of this form"),
     # read as its first value, the second host_pattern would be dropped without a word
     "a field given twice": ("accept", {"scope": "task", "host_pattern": "web-*"}, "&host_pattern=db-*",
