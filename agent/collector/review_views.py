@@ -2,10 +2,9 @@
 
 Acting needs a reviewer (auth.PRIVILEGES, the collector's one table of who may do what: a reviewer
 token, or a trusted-proxy user named with `serve --reviewer`); readers only read. API calls carry a
-bearer token (no cookie, so no CSRF). UI forms
-post with the session cookie and must pass both CSRF checks: the Origin/Referer check the login form uses
-(ui_auth.from_this_site) and the page's synchroniser token (ui_auth.csrf_expected). Rules and refusals:
-docs/drift-review.md sections 4 and 6.
+bearer token (no cookie, so no CSRF). UI forms post with the session cookie and must pass both CSRF
+checks: the Origin/Referer check the login form uses (ui_auth.from_this_site) and the page's synchroniser
+token (ui_auth.csrf_expected). Rules and refusals: docs/drift-review.md sections 4 and 6.
 """
 
 from __future__ import annotations
