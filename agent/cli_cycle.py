@@ -159,12 +159,12 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     store.ensure()
     runner: daemon.Daemon | None = None
     last_error: list[str | None] = [None]
-    warm = _warm_start(cfg)
 
     def spawn(trigger: Trigger, check_only: bool,
               roles: tuple[str, ...] | None = None) -> daemon.CycleOutcome:
         assert runner is not None
         current = runner.config
+        warm = runner.warm if isinstance(runner.warm, zygote.WarmStart) else None  # while the config wants it
         return child.run_cycle(path, store, trigger, check_only, timeout_s=current.schedule.timeout_s,
                                stop=runner.stop, grace_s=current.schedule.stop_grace_s,
                                ping=_watchdog_ping,
@@ -193,18 +193,14 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
         return daemon.Parts(probe=beacon.probe_for(current, source.probe), redeliver=redeliver)
 
-    runner = daemon.Daemon(path, cfg, spawn=spawn, build=build, last_commit=store.peek_last_commit())
-    try:
-        return runner.serve()
-    finally:
-        if warm is not None:
-            warm.close()
+    runner = daemon.Daemon(path, cfg, spawn=spawn, build=build, last_commit=store.peek_last_commit(),
+                           warm_start=_warm_start)
+    return runner.serve()  # (serve stops the helper when it ends)
 
 
-def _warm_start(cfg: config.AgentConfig) -> zygote.WarmStart | None:
-    """The warm start of watch checks (agent.zygote), started now when watching is on; None when off."""
-    if not (cfg.watch and cfg.watch_warm_start):
-        return None
+def _warm_start() -> zygote.WarmStart:
+    """The warm start of watch checks (agent.zygote), its helper starting now. The daemon calls this while
+    its configuration wants it (`watch` and `watch_warm_start` on: Daemon.follow_config)."""
     warm = zygote.WarmStart(daemon.child_env())
     warm.ensure()
     return warm

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from agent import config as config_mod
 from agent import control
@@ -183,12 +183,22 @@ class Parts:
 Build = Callable[[config_mod.AgentConfig], Parts]
 
 
+class Helper(Protocol):
+    """A process the daemon keeps running beside it while its configuration wants it (the warm start of
+    watch checks, agent.zygote.WarmStart): close() stops it."""
+
+    def close(self) -> None: ...
+
+
 class Daemon:
     def __init__(self, config_path: Path, config: config_mod.AgentConfig, *, spawn: Spawn,
                  probe: Probe | None = None, redeliver: Redeliver | None = None, build: Build | None = None,
-                 clock: Callable[[], float] = time.time, last_commit: str | None = None) -> None:
+                 clock: Callable[[], float] = time.time, last_commit: str | None = None,
+                 warm_start: Callable[[], Helper] | None = None) -> None:
         """`build` makes the probe and redelivery from a configuration (at start and on every reload); a
-        fixed `probe`/`redeliver` (tests) is used for every configuration instead."""
+        fixed `probe`/`redeliver` (tests) is used for every configuration instead. `warm_start` starts
+        the warm-start helper: at start and on each reload that turns `watch` and `watch_warm_start` on;
+        a reload that turns either off closes it (follow_config)."""
         self.config_path = config_path
         self.config = config
         self.spawn = spawn
@@ -213,6 +223,8 @@ class Daemon:
         self.started_at = now
         self.cycle_running: tuple[Trigger, float] | None = None
         self.watch: WatchService | None = None  # started by serve() when config.watch is on
+        self.warm_start = warm_start
+        self.warm: Helper | None = None  # started by follow_config() while the configuration wants it
 
     @property
     def paths(self) -> StatePaths:
@@ -359,6 +371,7 @@ class Daemon:
         if watch_changed:  # start, stop or rebuild the watcher with the new settings
             self.stop_watch()
             self.start_watch()
+        self.follow_config()
         self.probe, self.redeliver = parts.probe, parts.redeliver
         self.outbox_clear = False  # a new collector (or token): try it at the next poll
         self.next_poll_at = self.clock()  # ask the (maybe new) source at once
@@ -367,6 +380,20 @@ class Daemon:
         moved = "" if (old.url, old.ref) == (new.source.url, new.source.ref) else \
             f" source: url={redact_url(new.source.url)} ref={new.source.ref}"
         log.info("configuration reloaded from %s%s", self.config_path, moved)
+
+    def follow_config(self) -> None:
+        """Start or stop what runs beside the daemon as the current configuration wants it: the warm-start
+        helper runs while `watch` and `watch_warm_start` are both on (and a `warm_start` was given). Called
+        at start and after each reload, between cycles (no check is forked from the helper then)."""
+        wanted = self.warm_start is not None and self.config.watch and self.config.watch_warm_start
+        if wanted and self.warm is None and self.warm_start is not None:
+            self.warm = self.warm_start()
+            log.info("warm start: on")
+        elif not wanted and self.warm is not None:
+            warm, self.warm = self.warm, None
+            warm.close()
+            log.info("warm start: off (watch=%s watch_warm_start=%s): the helper is stopped",
+                     str(self.config.watch).lower(), str(self.config.watch_warm_start).lower())
 
     # -- watching managed paths (docs/watch.md) -----------------------------------------------
 
@@ -378,7 +405,8 @@ class Daemon:
         try:
             self.watch = WatchService(self.paths, self.wake, debounce_s=self.config.watch_debounce_s,
                                       contested_flips=self.config.watch_contested_flips,
-                                      max_watches=self.config.watch_max_watches or None)
+                                      max_watches=self.config.watch_max_watches or None,
+                                      exclude=self.config.watch_exclude)
         except AgentError as e:
             log.warning("watch: off, scheduled checks only: %s", e)
             with contextlib.suppress(OSError):
@@ -413,6 +441,7 @@ class Daemon:
                  self.config.schedule.interval_s, self.config.schedule.poll_s, self.config.schedule.splay_s)
         watchdog = watchdog_interval_s()
         self.start_watch()
+        self.follow_config()
         try:
             while not self.stop.is_set():
                 healthy = self._iterate()
@@ -426,6 +455,9 @@ class Daemon:
                 self.wake.clear()
         finally:
             self.stop_watch()
+            if self.warm is not None:
+                self.warm.close()
+                self.warm = None
             sd_notify("STOPPING=1")
             self.redeliver(True)
             control.remove_pid(paths)
@@ -435,7 +467,8 @@ class Daemon:
 
 
 def _watch_settings(cfg: config_mod.AgentConfig) -> tuple[object, ...]:
-    return (cfg.watch, cfg.watch_debounce_s, cfg.watch_contested_flips, cfg.watch_max_watches)
+    return (cfg.watch, cfg.watch_debounce_s, cfg.watch_contested_flips, cfg.watch_max_watches,
+            frozenset(cfg.watch_exclude))
 
 
 def child_env() -> dict[str, Any]:

@@ -201,8 +201,13 @@ class WatchService:
 
     def __init__(self, paths: StatePaths, wake: threading.Event, *, debounce_s: float = 2.0,
                  contested_flips: int = 3, contested_window_s: float = CONTESTED_WINDOW_S,
-                 max_watches: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_watches: int | None = None, clock: Callable[[], float] = time.monotonic,
+                 exclude: Iterable[str] = ()) -> None:
         self.paths = paths
+        # roles never watched (config watch_exclude), whatever watch.json holds: the set was written by a
+        # cycle under the configuration of its time, and a reload that opts a role out must not wait for
+        # the next check to stop watching it
+        self.exclude = frozenset(exclude)
         self.wake = wake
         self.clock = clock
         self.watcher = Watcher(max_watches=max_watches)
@@ -314,6 +319,7 @@ class WatchService:
         except AgentError as e:
             log.error("%s; keeping the previous watch set", e)
             return
+        table = {role: entry for role, entry in table.items() if role not in self.exclude}
         compact = {role: PathSet(entry.paths, entry.trees) for role, entry in table.items()}
         blind = {role: entry.blind for role, entry in table.items() if entry.blind}
         del table

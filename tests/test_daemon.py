@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -216,3 +217,78 @@ def test_daemon_with_an_invalid_configuration_exits_78(tmp_path: Path, capsys: p
     assert main(["daemon", "--config", str(bad)]) == 78
     assert "schedule.interval" in capsys.readouterr().err
     assert main(["run", "--config", str(bad)]) == 78  # every command: a configuration error is EX_CONFIG
+
+
+def test_a_reload_stops_what_the_new_config_no_longer_wants(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The kind: what the daemon runs beside its loop because of its configuration (the warm-start helper,
+    the watches of each role) follows every reload, both ways; it used to stay until a restart. Here the
+    real helper process (agent.zygote, with a probe for `gitops-agent`) and the real inotify watcher."""
+    from agent import zygote
+    from agent.paths import StatePaths
+    from agent.watchpaths import RolePaths
+    from agent.watchservice import write_set
+    from tests.test_zygote import PROBE_HELPER, helper_env
+
+    caplog.set_level(logging.INFO, "agent.daemon")
+    helpers: list[zygote.WarmStart] = []
+
+    def warm_start() -> zygote.WarmStart:
+        warm = zygote.WarmStart(helper_env(), command=PROBE_HELPER)
+        warm.ensure()
+        helpers.append(warm)
+        return warm
+
+    def pid_of(warm: zygote.WarmStart) -> subprocess.Popen[str]:
+        assert warm.zygote.proc is not None
+        return warm.zygote.proc
+
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    path = tmp_path / "agent.yaml"
+    base = {"host": "web01", "source": {"url": "repo"}, "state_dir": "state",
+            "schedule": {"interval": "1h", "poll": "1m", "splay": "0s"}}
+
+    def configure(**watch: object) -> None:
+        path.write_text(yaml.safe_dump({**base, **watch}))
+
+    configure(watch=True, watch_warm_start=True)
+    write_set(StatePaths(tmp_path / "state"), {"web": RolePaths("web", frozenset({str(etc / "web.conf")})),
+                                                "cron": RolePaths("cron", frozenset({str(etc / "crontab")}))},
+              limited_to=None)
+    fakes = Fakes()
+    d = Daemon(path, config_mod.load(path), spawn=fakes.spawn, probe=fakes.probe, clock=Clock(1_000_000.0),
+               warm_start=warm_start)
+    d.start_watch()
+    d.follow_config()
+    try:
+        assert d.watch is not None and set(d.watch.table) == {"web", "cron"} and d.watch.state.paths == 2
+        first = pid_of(helpers[0])
+        assert d.warm is helpers[0] and first.poll() is None
+        # watch_warm_start off: the helper process ends at the reload
+        configure(watch=True, watch_warm_start=False)
+        d.reload()
+        assert d.warm is None and first.wait(10) is not None
+        assert "warm start: off (watch=true watch_warm_start=false): the helper is stopped" in caplog.text
+        # back on: a new helper at the reload, not at the next restart
+        configure(watch=True, watch_warm_start=True)
+        d.reload()
+        assert d.warm is helpers[1] and pid_of(helpers[1]).poll() is None
+        # watch itself off: the helper (for watch checks only) ends with the watches
+        second = pid_of(helpers[1])
+        configure(watch=False, watch_warm_start=True)
+        d.reload()
+        assert d.warm is None and d.watch is None and second.wait(10) is not None
+        # a role opted out (watch_exclude) is no longer watched from the reload on, whatever watch.json
+        # (written by the last check, under the old configuration) still holds
+        configure(watch=True, watch_exclude=["cron"])
+        d.reload()
+        assert d.watch is not None and set(d.watch.table) == {"web"}
+        assert d.watch.state.paths == 1  # /etc/crontab's watch is gone, not only its role's name
+        configure(watch=True)
+        d.reload()
+        assert set(d.watch.table) == {"web", "cron"}
+        assert len(helpers) == 2
+    finally:
+        d.stop_watch()
+        for warm in helpers:
+            warm.close()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import zygote
 from agent.control import pid_alive
 from agent.zygote import PRELOAD, WarmStart, Zygote, ZygoteError
 
@@ -209,6 +210,86 @@ def test_an_upgrade_of_the_agents_code_restarts_the_helper(tmp_path: Path, caplo
         assert child is not None and child.wait(30) == 3
     finally:
         warm.close()
+
+
+def _site(tmp_path: Path) -> Path:
+    """A directory of installed distributions holding `fakedep` 1.0 (a package and its dist-info)."""
+    site = tmp_path / "site"
+    (site / "fakedep").mkdir(parents=True)
+    (site / "fakedep" / "__init__.py").write_text("VERSION = '1.0'\n")
+    (site / "fakedep-1.0.dist-info").mkdir()
+    (site / "fakedep-1.0.dist-info" / "RECORD").write_text("fakedep/__init__.py,,\n")
+    return site
+
+
+def _renamed_in(directory: Path, name: str, text: str) -> None:
+    """As dpkg, rpm and pip replace a file: a new one renamed into place (the directory's mtime moves)."""
+    (directory / f"{name}.new").write_text(text)
+    os.rename(directory / f"{name}.new", directory / name)
+    os.utime(directory, ns=(0, 0))  # a clock tick apart, whatever the file system's resolution
+
+
+def _upgrade_module(site: Path) -> None:
+    _renamed_in(site / "fakedep", "__init__.py", "VERSION = '2.0'\n")
+
+
+def _upgrade_distribution(site: Path) -> None:
+    """pip's upgrade of another distribution in the same site-packages (nothing the helper imported):
+    the old dist-info goes, the new one (named by version) comes."""
+    (site / "otherdep-1.0.dist-info").rename(site / "otherdep-2.0.dist-info")
+    os.utime(site, ns=(0, 0))
+
+
+@pytest.mark.parametrize("upgrade", [_upgrade_module, _upgrade_distribution])
+def test_an_upgrade_of_what_the_helper_imported_restarts_it(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                             upgrade) -> None:
+    """The kind behind "only agent/'s mtime": a dependency upgraded alone (here `fakedep`, preloaded as
+    ansible_runner or httpx are, or another distribution a child would import later, as ansible-core or
+    mitogen) was not seen, and the helper kept forking children with the old code. The helper checks the
+    directories of everything it imported, and the dist-info directories beside them, before each fork."""
+    site = _site(tmp_path)
+    (site / "otherdep-1.0.dist-info").mkdir()
+    helper = (sys.executable, "-c", "import sys; from agent import zygote; from tests.test_zygote import probe; "
+              "sys.exit(zygote.serve(sys.stdin, sys.stdout, main=probe, preload=('fakedep',)))")
+    env = {**helper_env(), "PYTHONPATH": f"{ROOT}{os.pathsep}{site}"}
+    (tmp_path / "agent").mkdir()
+    warm = WarmStart(env, command=helper, code_dir=tmp_path / "agent")  # agent/ itself does not change here
+    warm.ensure()
+    try:
+        assert warm.zygote.wait_ready(30)
+        warm.ready = True
+        child = warm.spawn([str(tmp_path / "one.json")])
+        assert child is not None and child.wait(30) == 3
+        upgrade(site)
+        with caplog.at_level(logging.INFO, logger="agent.zygote"):
+            assert warm.spawn([str(tmp_path / "two.json")]) is None
+        assert "changed since the helper imported its code" in caplog.text, caplog.text
+        assert str(site) in caplog.text and not warm.zygote.running and not warm.off
+        assert not (tmp_path / "two.json").exists()  # no child of the old code
+        warm.ensure()  # after the cycle: a new helper, stamped with the new code
+        assert warm.zygote.running and warm.zygote.wait_ready(30)
+        warm.ready = True
+        child = warm.spawn([str(tmp_path / "three.json")])
+        assert child is not None and child.wait(30) == 3
+    finally:
+        warm.close()
+
+
+def test_the_code_stamp_covers_loaded_modules_and_distribution_directories(tmp_path: Path) -> None:
+    """code_stamp without a helper: a module's directory and a dist-info holder count; a sys.path
+    directory without distributions (the working directory, a source checkout) and relative entries do not."""
+    site = _site(tmp_path)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    module = type(sys)("fakedep")
+    module.__file__ = str(site / "fakedep" / "__init__.py")
+    stamp = zygote.code_stamp({"fakedep": module, "builtin": sys}, [str(site), str(plain), "", "relative"])
+    assert set(stamp) == {str(site / "fakedep"), str(site)}
+    assert zygote.stale(stamp) is None
+    _renamed_in(plain, "x.py", "")
+    assert zygote.stale(stamp) is None
+    _upgrade_module(site)
+    assert zygote.stale(stamp) == str(site / "fakedep")
 
 
 def test_a_helper_too_slow_to_start_a_check_leaves_no_second_cycle(tmp_path: Path,

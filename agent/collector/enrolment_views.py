@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent.collector import enrolment, tokens, ui
-from agent.collector.auth import CLIENT_CERT_HOST, bearer, reader_principal
+from agent.collector.auth import CLIENT_CERT_HOST, acting_principal, bearer, reader_principal
 from agent.collector.bodies import read_json_object
 from agent.collector.enrolment import EnrolAuth, EnrolPolicy, EnrolState, Selection
 from agent.collector.errors import BadRequestError, ForbiddenError, UnauthorizedError
@@ -127,10 +127,10 @@ def selection_of(data: dict[str, Any]) -> Selection:
 
 async def _decide(request: Request, approve: bool) -> Response:
     collector = _collector(request)
-    principal = await collector.db(reader_principal, collector.engine, request, collector.settings.proxy)
-    if principal.name not in collector.settings.operators:
-        raise ForbiddenError(f"{principal.name!r} is not an operator: deciding enrolments needs a reader "
-                             "named with `serve --operator NAME`")
+    settings = collector.settings
+    principal = await collector.db(acting_principal, collector.engine, request, settings.proxy,
+                                   "enrolment.approve" if approve else "enrolment.deny",
+                                   reviewers=settings.reviewers, operators=settings.operators)
     actor = principal.name
     data = await read_json_object(request, MAX_JSON_BYTES)
     reason, existing = data.get("reason"), data.get("existing", False)

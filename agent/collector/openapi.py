@@ -260,7 +260,8 @@ def _review_actions() -> dict[str, Any]:
                      "scope": {"enum": ["item", "task", "role"]},
                      "item_id": {"type": "integer", "minimum": 1,
                                  "description": "scope item or task: the drift item it starts from"},
-                     "same_loop_item": {"type": "boolean", "description": "scope task: only this loop item"},
+                     "same_loop_item": {"type": "boolean", "description": "scope task: only this loop item "
+                                        "(absent or false: every loop item of the task)"},
                      "role": {**text, "description": "scope role: the Ansible role (or the playbook)"},
                      "role_kind": {"enum": ["ansible", "playbook"]},
                      "host_pattern": {**text, "description": "scope task or role: host names (fnmatch)"},

@@ -1,10 +1,10 @@
 """Review actions on drift, in the API and the web UI: acknowledge, accept (exceptions), revoke, audit log.
 
-Acting needs a reviewer (auth.reviewer_principal: a reviewer token, or a trusted-proxy user named with
-`serve --reviewer`); readers only read. API calls carry a bearer token (no cookie, so no CSRF). UI forms
-post with the session cookie and must pass both CSRF checks: the Origin/Referer check the login form uses
-(ui_auth.from_this_site) and the page's synchroniser token (ui_auth.csrf_expected). Rules and refusals:
-docs/drift-review.md sections 4 and 6.
+Acting needs a reviewer (auth.PRIVILEGES, the collector's one table of who may do what: a reviewer
+token, or a trusted-proxy user named with `serve --reviewer`); readers only read. API calls carry a
+bearer token (no cookie, so no CSRF). UI forms post with the session cookie and must pass both CSRF
+checks: the Origin/Referer check the login form uses (ui_auth.from_this_site) and the page's synchroniser
+token (ui_auth.csrf_expected). Rules and refusals: docs/drift-review.md sections 4 and 6.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from agent.collector import drift_exceptions as dx
 from agent.collector import params, review_store, ui_auth
-from agent.collector.auth import REVIEW_REFUSED, reader_principal, reviewer_principal
+from agent.collector.auth import REVIEW_REFUSED, acting_principal, reader_principal
 from agent.collector.bodies import read_body, read_json_object
 from agent.collector.drift_review import ItemKey, ReviewItem
 from agent.collector.errors import (
@@ -146,9 +146,8 @@ def build_exception(fields: dict[str, Any], ref: ReviewItem | None) -> dx.DriftE
         raise InvalidActionError(f"role_kind: {kind[:40]!r} is not ansible or playbook") from None
     key: ItemKey | None = ref.key if ref is not None and scope is dx.ExceptionScope.ITEM else None
     task = ref.key.task if ref is not None and scope is dx.ExceptionScope.TASK else None
-    loop_item = None
-    if task is not None and _flag(fields, "same_loop_item") and ref is not None:
-        loop_item = ref.key.item
+    same_loop_item = _flag(fields, "same_loop_item")  # checked whatever the scope: "yes" is refused anyway
+    loop_item = ref.key.item if task is not None and same_loop_item and ref is not None else None
     role = _text(fields, "role") if scope is dx.ExceptionScope.ROLE else None
     if scope is dx.ExceptionScope.ROLE and role is None:
         raise InvalidActionError("role: required for scope role")
@@ -180,10 +179,12 @@ def _exception_json(row: Any, now: datetime) -> dict[str, Any]:
 # -- API ----------------------------------------------------------------------------------------------
 
 
-async def _api_actor(request: Request) -> tuple[Collector, Actor]:
+async def _api_actor(request: Request, action: str) -> tuple[Collector, Actor]:
+    """The collector and who does `action` (a key of auth.PRIVILEGES); 401/403 otherwise."""
     collector = _collector(request)
-    principal = await collector.db(reviewer_principal, collector.engine, request, collector.settings.proxy,
-                                   collector.settings.reviewers)
+    settings = collector.settings
+    principal = await collector.db(acting_principal, collector.engine, request, settings.proxy, action,
+                                   reviewers=settings.reviewers, operators=settings.operators)
     kind = "token" if principal.kind.value == "reviewer" else "proxy"
     return collector, Actor(principal.name, kind)
 
@@ -207,7 +208,7 @@ def _action(request: Request) -> str:
 
 async def api_ack(request: Request) -> Response:
     action = _action(request)
-    collector, actor = await _api_actor(request)
+    collector, actor = await _api_actor(request, f"drift.{action}")
     item_id = _int(request.path_params["item_id"], "item id")
     fields = await _json_body(request)
     call = review_store.acknowledge if action == "ack" else review_store.unacknowledge_item
@@ -218,7 +219,7 @@ async def api_ack(request: Request) -> Response:
 
 
 async def api_create_exception(request: Request) -> Response:
-    collector, actor = await _api_actor(request)
+    collector, actor = await _api_actor(request, "drift.accept")
     fields = await _json_body(request, EXCEPTION_FIELDS)
     ref = await collector.db(_load_ref, collector.engine, fields)
     exc = build_exception(fields, ref)
@@ -229,7 +230,7 @@ async def api_create_exception(request: Request) -> Response:
 
 
 async def api_revoke(request: Request) -> Response:
-    collector, actor = await _api_actor(request)
+    collector, actor = await _api_actor(request, "drift.revoke")
     exc_id = _int(request.path_params["exc_id"], "exception id")
     fields = await _json_body(request)
     await collector.db(review_store.revoke_exception, collector.engine, exc_id, actor=actor,
@@ -329,8 +330,8 @@ async def _review_form(request: Request) -> dict[str, str]:
     return {name: value for name, value in fields.items() if value}
 
 
-async def _form_actor(request: Request, collector: Collector,
-                      allowed: frozenset[str]) -> tuple[dict[str, str], Actor]:
+async def _form_actor(request: Request, collector: Collector, allowed: frozenset[str],
+                      action: str) -> tuple[dict[str, str], Actor]:
     """The form's fields and its reviewer, after the CSRF checks; ForbiddenError otherwise. A field not
     in `allowed` is refused (InvalidActionError), as in the API (_json_body): a misspelt `host_patern`
     would widen an exception to every host."""
@@ -342,8 +343,7 @@ async def _form_actor(request: Request, collector: Collector,
     principal = await collector.db(ui_auth.page_reader, collector, request)
     if principal is None:
         raise ForbiddenError("Sign in first.")
-    if ui_auth.review_token(collector, request, principal) is None:
-        raise ForbiddenError(REVIEW_REFUSED)
+    ui_auth.require_form(collector, request, principal, action)
     unknown = sorted(set(form) - allowed)
     if unknown:
         raise InvalidActionError(f"{unknown[0][:40]!r}: not a field of this form (it takes "
@@ -361,7 +361,7 @@ async def ui_ack(request: Request) -> Response:
     collector = _collector(request)
     try:
         action = _action(request)
-        form, actor = await _form_actor(request, collector, ACK_FORM_FIELDS)
+        form, actor = await _form_actor(request, collector, ACK_FORM_FIELDS, f"drift.{action}")
         item_id = _int(request.path_params["item_id"], "item id")
         call = review_store.acknowledge if action == "ack" else review_store.unacknowledge_item
         await collector.db(call, collector.engine, item_id, actor=actor, reason=form.get("reason"),
@@ -387,7 +387,7 @@ async def ui_accept_form(request: Request, collector: Collector) -> Response:
 async def ui_create_exception(request: Request) -> Response:
     collector = _collector(request)
     try:
-        form, actor = await _form_actor(request, collector, EXCEPTION_FORM_FIELDS)
+        form, actor = await _form_actor(request, collector, EXCEPTION_FORM_FIELDS, "drift.accept")
         ref = await collector.db(_load_ref, collector.engine, form)
         exc = build_exception(dict(form), ref)
         await collector.db(review_store.create_exception, collector.engine, exc, actor=actor,
@@ -400,7 +400,7 @@ async def ui_create_exception(request: Request) -> Response:
 async def ui_revoke(request: Request) -> Response:
     collector = _collector(request)
     try:
-        form, actor = await _form_actor(request, collector, REVOKE_FORM_FIELDS)
+        form, actor = await _form_actor(request, collector, REVOKE_FORM_FIELDS, "drift.revoke")
         exc_id = _int(request.path_params["exc_id"], "exception id")
         await collector.db(review_store.revoke_exception, collector.engine, exc_id, actor=actor,
                            reason=form.get("reason"), now=collector.now())

@@ -30,12 +30,11 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from agent.collector import queries, rollout_store, tokens, ui_auth
-from agent.collector.auth import bearer, ingest_principal, reader_principal
+from agent.collector.auth import acting_principal, bearer, ingest_principal, reader_principal
 from agent.collector.bodies import read_body, read_json_object
 from agent.collector.errors import (
     BadRequestError,
     CollectorError,
-    ForbiddenError,
     NotFoundError,
 )
 from agent.collector.tables import tokens as tokens_table
@@ -61,16 +60,10 @@ def notify_of(collector: Collector) -> rollout_store.Notify:
     return rollout_store.Notify(s.webhooks, s.alert_grouping, s.public_urls[0] if s.public_urls else None)
 
 
-def check_operator(collector: Collector, principal: Principal | None) -> str:
-    """The operator's name, or 403: rollout actions need a reader named with ``serve --operator``."""
-    if principal is None:
-        raise ForbiddenError("sign in as an operator to act on rollouts")
-    if principal.name not in collector.settings.operators:
-        raise ForbiddenError(
-            f"{principal.name!r} is not an operator of rollouts "
-            "(the collector names them with `serve --operator NAME`)"
-        )
-    return principal.name
+def check_operator(collector: Collector, request: Request, principal: Principal | None, action: str) -> str:
+    """The actor's name, or 403: whether they may do ``action`` is auth.PRIVILEGES's to say (rollout
+    actions: a reader named with ``serve --operator``)."""
+    return ui_auth.require_form(collector, request, principal, action).name
 
 
 def _policy_param(request: Request) -> str:
@@ -197,14 +190,16 @@ def _text(data: dict[str, Any], key: str, *, required: bool = True) -> str | Non
     return value
 
 
-async def _operator(request: Request) -> tuple[Collector, str]:
+async def _operator(request: Request, action: str) -> tuple[Collector, str]:
     collector = _collector(request)
-    principal = await collector.db(reader_principal, collector.engine, request, collector.settings.proxy)
-    return collector, check_operator(collector, principal)
+    settings = collector.settings
+    principal = await collector.db(acting_principal, collector.engine, request, settings.proxy, action,
+                                   reviewers=settings.reviewers, operators=settings.operators)
+    return collector, principal.name
 
 
 async def post_action(request: Request) -> Response:
-    collector, actor = await _operator(request)
+    collector, actor = await _operator(request, "rollout.act")
     data = await _json(request)
     row = await collector.db(
         rollout_store.act,
@@ -220,7 +215,7 @@ async def post_action(request: Request) -> Response:
 
 
 async def post_approvals(request: Request) -> Response:
-    collector, actor = await _operator(request)
+    collector, actor = await _operator(request, "rollout.approve")
     data = await _json(request)
     digests = data.get("plan_digests")
     if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
@@ -257,7 +252,8 @@ async def page_action(request: Request) -> Response:
     form = parse_qs(raw.decode("utf-8", "replace"))
     op, reason = form.get("op", [""])[0], form.get("reason", [""])[0]
     try:
-        actor = check_operator(collector, principal)
+        actor = check_operator(collector, request, principal, "rollout.approve" if op == "approve" else
+                               "rollout.act")
         if op == "approve":
             await collector.db(
                 rollout_store.approve,
@@ -294,10 +290,11 @@ async def page_action(request: Request) -> Response:
     )
 
 
-async def control(collector: Collector, sha: str, reader: str) -> dict[str, Any] | None:
+async def control(collector: Collector, sha: str, operator: bool) -> dict[str, Any] | None:
     """The commit page's rollout control (agent.collector.ui.commit): the view of rollout_store.view with
     each pending plan's drift in the approval-required roles (from the run that reported it), and whether
-    ``reader`` may act; None when no host reported a rollout.yml for ``sha`` (a full commit id)."""
+    the page's reader may act (``operator``: ui_auth.has_page_role);
+    None when no host reported a rollout.yml for ``sha`` (a full commit id)."""
     rollout_store.check_commit(sha)
     view = await collector.db(
         rollout_store.view, collector.engine, sha, now=collector.now(), notify=notify_of(collector)
@@ -310,7 +307,7 @@ async def control(collector: Collector, sha: str, reader: str) -> dict[str, Any]
         plan["drift"] = [d for d in run["report"].get("drift", []) if d.get("role") in roles]
     return {
         "view": view,
-        "operator": reader in collector.settings.operators,
+        "operator": operator,
         "action": f"/commits/{quote(sha, safe='')}/rollout",
         "api": f"/api/v1/rollouts/{quote(sha, safe='')}/control",
     }

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from agent.collector import compliance_charts, params, queries, rollout_api, ui_auth, ui_queries
+from agent.collector.auth import Role
 from agent.collector.errors import CollectorError, DatabaseError, ForbiddenError
 from agent.collector.queries import HostFilter, Page
 from agent.collector.ui_render import SECURITY_HEADERS, render_page, run_strip
@@ -43,6 +44,7 @@ def ui_page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
                 return ui_auth.login_redirect(request)
             request.state.reader = principal.name
             request.state.review = ui_auth.review_token(collector, request, principal)
+            request.state.operator = ui_auth.has_page_role(collector, request, principal, Role.OPERATOR)
             return await handler(request, collector)
         except (DatabaseError, ForbiddenError):
             raise
@@ -152,7 +154,7 @@ async def commit(request: Request, collector: Collector) -> Response:
     result = await collector.db(queries.commit_rollout, collector.engine, sha, pg,
                                 stale_before=collector.stale_before(), reached=reached == "running")
     # The commit page is the rollout control when hosts reported a rollout.yml for this commit.
-    control = await rollout_api.control(collector, result["commit"]["sha"], request.state.reader)
+    control = await rollout_api.control(collector, result["commit"]["sha"], request.state.operator)
     return render_page("commit.html", commit=result["commit"], summary=result["summary"],
                        hosts=result["hosts"], page=pg, reached=reached, control=control,
                        api=f"/api/v1/commits/{sha}?hosts={reached}", **common(request, collector))

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from agent.collector import sessions
-from agent.collector.auth import bearer, may_review, proxy_user, reader_principal
+from agent.collector.auth import Role, bearer, has_role, proxy_user, reader_principal, require
 from agent.collector.errors import UnauthorizedError
 from agent.collector.tokens import Principal
 from agent.collector.ui_render import SECURITY_HEADERS, render_page
@@ -72,12 +72,30 @@ def csrf_ok(request: Request, sent: str | None) -> bool:
     return expected is None or hmac.compare_digest((sent or "").encode("utf-8"), expected.encode("utf-8"))
 
 
+def _via_proxy(collector: Collector, request: Request, principal: Principal) -> bool:
+    """Whether the page's reader is the trusted proxy's user (no session cookie, no bearer token)."""
+    return (not request.cookies.get(COOKIE) and bearer(request) is None
+            and proxy_user(request, collector.settings.proxy) == principal.name)
+
+
+def has_page_role(collector: Collector, request: Request, principal: Principal, role: Role) -> bool:
+    """Whether the page's reader is a `role` (auth.has_role): whether the page shows that role's forms."""
+    return has_role(role, principal, via_proxy=_via_proxy(collector, request, principal),
+                    reviewers=collector.settings.reviewers, operators=collector.settings.operators)
+
+
+def require_form(collector: Collector, request: Request, principal: Principal | None,
+                 action: str) -> Principal:
+    """The form's signed-in reader when they may do `action` (auth.PRIVILEGES); ForbiddenError otherwise."""
+    via_proxy = principal is not None and _via_proxy(collector, request, principal)
+    return require(action, principal, via_proxy=via_proxy, reviewers=collector.settings.reviewers,
+                   operators=collector.settings.operators)
+
+
 def review_token(collector: Collector, request: Request, principal: Principal) -> str | None:
     """The CSRF token to put in the page's review forms when its reader may review drift, else None
     (readers get no forms). A trusted-proxy reviewer gets "proxy" (guarded by the Origin check)."""
-    via_proxy = (not request.cookies.get(COOKIE) and bearer(request) is None
-                 and proxy_user(request, collector.settings.proxy) == principal.name)
-    if not may_review(principal, via_proxy, collector.settings.reviewers):
+    if not has_page_role(collector, request, principal, Role.REVIEWER):
         return None
     return csrf_expected(request) or "proxy"
 

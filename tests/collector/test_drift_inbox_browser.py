@@ -76,7 +76,7 @@ def inbox(tmp_path) -> Iterator[dict[str, Any]]:
                           headers={"Authorization": f"Bearer {ingest}", "Content-Type": "application/json"})
     assert response.status_code == 201, response.text
     try:
-        yield {"url": url, "reviewer": reviewer, "clock": clock, "engine": engine}
+        yield {"url": url, "reviewer": reviewer, "clock": clock, "engine": engine, "ingest": ingest}
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -137,3 +137,45 @@ def test_acknowledge_accept_expire_and_export_in_a_browser(inbox):
         assert rows[0]["reason"] == "looking into it"
         pg.context.browser.close()
     assert errors == [], f"console errors (CSP violations?): {errors}"
+
+
+def test_an_exception_for_one_loop_item_of_a_task_in_a_browser(inbox):
+    """The accept form offers the API's `same_loop_item` (it had no such box: an exception made in the UI
+    covered every loop item of the task). Ticked, with scope task, only the starting item's loop item is
+    accepted; the page says what the box means and what leaving it unticked means."""
+    from playwright.sync_api import sync_playwright
+
+    url = inbox["url"]
+    drift = tuple(DriftItem(play="users", task="user accounts", role="web", module="ansible.builtin.user",
+                            kind=DriftKind.CORRECTIVE, task_path="users.yml:4", first_seen_at=None, item=user)
+                  for user in ("alice", "bob"))
+    report = make_report("web01.example.com", status=Status.DRIFTED, finished_at=NOW - timedelta(minutes=1),
+                         drift=drift)
+    response = httpx.post(f"{url}/api/v1/reports", content=to_json(report),
+                          headers={"Authorization": f"Bearer {inbox['ingest']}", "Content-Type": "application/json"})
+    assert response.status_code == 201, response.text
+    with sync_playwright() as p:
+        pg, errors = console_page(p)
+        pg.goto(f"{url}/hosts/web01.example.com")
+        sign_in(pg, inbox["reviewer"])
+        pg.wait_for_url(f"{url}/hosts/web01.example.com")
+        pg.locator("tr.item", has_text="alice").locator("a:text('Accept…')").click()
+        text = " ".join(pg.inner_text("main").split())
+        assert "only its loop item alice" in text and "left unticked: every loop item of the task" in text
+        assert not pg.is_checked("input[name=same_loop_item]")  # as the API: absent is every loop item
+        pg.check("input[name=scope][value=task]")
+        pg.check("input[name=same_loop_item]")
+        pg.fill("input[name=owner]", "identity team")
+        pg.fill("input[name=ticket]", "OPS-9")
+        pg.fill("input[name=expires_at]", "2026-12-01")
+        pg.fill("textarea[name=reason]", "alice leaves at the end of the month")
+        pg.click("form.accept button[type=submit]")
+        pg.wait_for_url(f"{url}/drift/exceptions")
+        pg.goto(f"{url}/hosts/web01.example.com")
+        assert "accepted" in pg.locator("tr.item", has_text="alice").inner_text()
+        assert "open" in pg.locator("tr.item", has_text="bob").inner_text()
+        pg.context.browser.close()
+    assert errors == [], f"console errors (CSP violations?): {errors}"
+    exceptions = httpx.get(f"{url}/api/v1/drift/exceptions",
+                           headers={"Authorization": f"Bearer {inbox['reviewer']}"}).json()["items"]
+    assert [(e["scope"], e["scope_fields"].get("item")) for e in exceptions] == [("task", "alice")]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -19,6 +20,13 @@ from urllib.parse import urlencode
 import pytest
 from sqlalchemy import func, select
 
+from agent.collector.review_views import (
+    ACK_FORM_FIELDS,
+    EXCEPTION_FIELDS,
+    EXCEPTION_FORM_FIELDS,
+    REASON_FIELDS,
+    REVOKE_FORM_FIELDS,
+)
 from agent.collector.tables import review_audit
 from agent.report import Diff, DriftItem, DriftKind, Status
 from tests.collector.test_drift_inbox import (  # noqa: F401 (fixtures)
@@ -149,6 +157,11 @@ BODY_REFUSALS = {  # name: (action, change to the body, the one-line error start
     # Python's 1 == True and 0.0 == False: numbers were read as yes and no
     "a same_loop_item 1": ("accept", {"scope": "task", "same_loop_item": 1}, "same_loop_item: expected"),
     "a same_loop_item 0.0": ("accept", {"scope": "task", "same_loop_item": 0.0}, "same_loop_item: expected"),
+    # refused whatever the scope: a "yes" on scope item was let through (the flag was read for task only)
+    "a same_loop_item 'yes' on scope item": ("accept", {"scope": "item", "same_loop_item": "yes"},
+                                            "same_loop_item: expected true or false"),
+    "a same_loop_item 'yes' on scope role": ("accept", {"scope": "role", "role": "nginx", "same_loop_item": "yes"},
+                                            "same_loop_item: expected true or false"),
     # "" read as no selector is every host: an unset variable in `"host_pattern": "$HOSTS"` would widen it
     "an empty host_pattern": ("accept", {"scope": "task", "host_pattern": ""}, "host_pattern: empty; leave it out"),
     "an empty host_group": ("accept", {"scope": "role", "role": "nginx", "host_group": ""}, "host_group: empty"),
@@ -262,6 +275,9 @@ FORM_BODY_REFUSALS = {  # name: (action, fields changed or added, raw text appen
     "a misspelt same_loop_item": ("accept", {"scope": "task", "same_loop_itme": "on"}, "",
                                   "&#39;same_loop_itme&#39;: not a field of this form"),
     "a field of another action on ack": ("ack", {"owner": "x"}, "", "&#39;owner&#39;: not a field of this form"),
+    # the accept form's box sends "true" when ticked: anything else is refused, as the API does
+    "a same_loop_item that is no checkbox's value": ("accept", {"scope": "task", "same_loop_item": "yes"}, "",
+                                                     "same_loop_item: expected true or false"),
     "a misspelt reason on revoke": ("revoke", {"reasons": "x"}, "", "&#39;reasons&#39;: not a field of this form"),
     # read as its first value, the second host_pattern would be dropped without a word
     "a field given twice": ("accept", {"scope": "task", "host_pattern": "web-*"}, "&host_pattern=db-*",
@@ -285,3 +301,52 @@ def test_bad_forms_are_refused_naming_the_field(client, engine, reviewer, target
     assert response.status_code in (413, 422), response.text
     assert says in response.text, response.text[-2000:]
     assert (target.state(), audit_rows(engine)) == (before, rows)
+
+
+class _Forms(HTMLParser):
+    """The fields of each POST form of a page: {action: {field names}} (inputs, selects, textareas)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forms: dict[str, set[str]] = {}
+        self._open: set[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "form" and (values.get("method") or "").lower() == "post":
+            self._open = self.forms.setdefault(values.get("action") or "", set())
+        elif tag in ("input", "select", "textarea") and self._open is not None and values.get("name"):
+            self._open.add(str(values["name"]))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self._open = None
+
+
+def post_forms(client, url: str) -> dict[str, set[str]]:
+    page = client.get(url)
+    assert page.status_code == 200, page.text
+    parser = _Forms()
+    parser.feed(page.text)
+    return parser.forms
+
+
+def test_every_review_form_offers_every_field_its_api_takes(client, reviewer, one_item):  # noqa: F811
+    """The kind behind the accept form without `same_loop_item` (an exception made in the UI covered every
+    loop item, with no way to say otherwise): each review form's fields (less its CSRF token and the page
+    to go back to) are exactly the fields its API action takes, so the UI has the API's every choice."""
+    item = one_item["id"]
+    login(client, reviewer)
+    forms = post_forms(client, f"/drift?task={one_item['task']}")
+    assert forms[f"/drift/items/{item}/ack"] - {"csrf", "next"} == set(REASON_FIELDS)
+    forms = post_forms(client, f"/drift/accept?item={item}")
+    assert forms["/drift/exceptions"] - {"csrf"} == set(EXCEPTION_FIELDS)
+    client.post(f"/api/v1/drift/items/{item}/ack", json={"reason": "on it"}, headers=reviewer)
+    forms = post_forms(client, f"/drift?task={one_item['task']}")
+    assert forms[f"/drift/items/{item}/unack"] - {"csrf", "next"} == set(REASON_FIELDS)
+    exc = client.post("/api/v1/drift/exceptions", json=exception_body(item), headers=reviewer).json()["id"]
+    forms = post_forms(client, "/drift/exceptions")
+    assert forms[f"/drift/exceptions/{exc}/revoke"] - {"csrf"} == set(REASON_FIELDS)
+    # and the forms' field lists (what the form handlers accept) are these same sets
+    assert (ACK_FORM_FIELDS - {"csrf", "next"}, REVOKE_FORM_FIELDS - {"csrf"}, EXCEPTION_FORM_FIELDS - {"csrf"}) == (
+        REASON_FIELDS, REASON_FIELDS, EXCEPTION_FIELDS)
