@@ -15,7 +15,6 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -24,7 +23,7 @@ from starlette.routing import Route
 from agent.collector import drift_exceptions as dx
 from agent.collector import params, review_store, ui_auth
 from agent.collector.auth import REVIEW_REFUSED, acting_principal, reader_principal
-from agent.collector.bodies import read_body, read_json_object
+from agent.collector.bodies import read_json_object
 from agent.collector.drift_review import ItemKey, ReviewItem
 from agent.collector.errors import (
     BadRequestError,
@@ -313,21 +312,9 @@ def _audit_export(collector: Collector, fmt: str) -> Response:
 
 
 async def _review_form(request: Request) -> dict[str, str]:
-    """A review form's fields (blank ones left out, as absent). Refused with a one-line error, rather than
-    read in part: a body over ui_auth.MAX_FORM_BYTES (TooLargeError; cut short, the reason would be
-    stored cut and the fields after it dropped), text that is not UTF-8, a field given twice (which
-    value was meant?)."""
-    raw = await read_body(request, ui_auth.MAX_FORM_BYTES)
-    try:
-        pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
-    except UnicodeDecodeError:
-        raise InvalidActionError("form: not UTF-8") from None
-    fields: dict[str, str] = {}
-    for name, value in pairs:
-        if name in fields:
-            raise InvalidActionError(f"{name[:40]}: given more than once")
-        fields[name] = value
-    return {name: value for name, value in fields.items() if value}
+    """A review form's fields (ui_auth.read_form: blank ones left out, as absent; a field given twice,
+    a body too large or not UTF-8 refused)."""
+    return {name: values[0] for name, values in (await ui_auth.read_form(request)).items()}
 
 
 async def _form_actor(request: Request, collector: Collector, allowed: frozenset[str],

@@ -21,7 +21,7 @@ import hashlib
 import json
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
 import anyio
 from sqlalchemy import Engine, select
@@ -35,6 +35,8 @@ from agent.collector.bodies import read_body, read_json_object
 from agent.collector.errors import (
     BadRequestError,
     CollectorError,
+    ForbiddenError,
+    InvalidActionError,
     NotFoundError,
 )
 from agent.collector.tables import tokens as tokens_table
@@ -232,28 +234,31 @@ async def post_approvals(request: Request) -> Response:
     return JSONResponse({"approved": added}, status_code=201)
 
 
+ROLLOUT_FORM_FIELDS = frozenset({"csrf", "op", "wave", "plan_digest", "reason"})
+
+
 async def page_action(request: Request) -> Response:
-    """The commit page's forms: op=halt|resume|skip|approve, wave, plan_digest (repeatable), reason."""
+    """The commit page's forms: op=halt|resume|skip|approve, wave, plan_digest (repeatable), reason, and
+    the page's CSRF token (csrf). Refused as the review forms are (agent.collector.review_views): from
+    another site, without the token, a field this form does not take, given twice, not UTF-8, too large."""
     collector, sha = _collector(request), request.path_params["sha"]
-    if not ui_auth.from_this_site(request, collector.settings.public_urls):
-        return render_page(
-            "error.html",
-            403,
-            message=ui_auth.CROSS_SITE,
-            now=collector.now(),
-            path="/",
-            reader=None,
-            link=lambda **_: "/",
-        )
-    principal = await collector.db(ui_auth.page_reader, collector, request)
-    if principal is None:
-        return ui_auth.login_redirect(request)
-    raw = await read_body(request, ui_auth.MAX_FORM_BYTES)
-    form = parse_qs(raw.decode("utf-8", "replace"))
-    op, reason = form.get("op", [""])[0], form.get("reason", [""])[0]
+    principal: Principal | None = None
     try:
+        form = await ui_auth.read_form(request, repeatable=frozenset({"plan_digest"}))
+        if not ui_auth.from_this_site(request, collector.settings.public_urls):
+            raise ForbiddenError(ui_auth.CROSS_SITE)
+        if not ui_auth.csrf_ok(request, form.get("csrf", [""])[0]):
+            raise ForbiddenError("This form's CSRF token is missing or wrong: reload the page and try again.")
+        principal = await collector.db(ui_auth.page_reader, collector, request)
+        if principal is None:
+            return ui_auth.login_redirect(request)
+        op, reason = form.get("op", [""])[0], form.get("reason", [""])[0]
         actor = check_operator(collector, request, principal, "rollout.approve" if op == "approve" else
                                "rollout.act")
+        unknown = sorted(set(form) - ROLLOUT_FORM_FIELDS)
+        if unknown:
+            raise InvalidActionError(f"{unknown[0][:40]!r}: not a field of this form (it takes "
+                                     f"{', '.join(sorted(ROLLOUT_FORM_FIELDS - {'csrf'}))})")
         if op == "approve":
             await collector.db(
                 rollout_store.approve,
@@ -282,7 +287,7 @@ async def page_action(request: Request) -> Response:
             message=str(e),
             now=collector.now(),
             path="/",
-            reader=principal.name,
+            reader=principal.name if principal is not None else None,
             link=lambda **_: "/",
         )
     return RedirectResponse(
@@ -290,10 +295,12 @@ async def page_action(request: Request) -> Response:
     )
 
 
-async def control(collector: Collector, sha: str, operator: bool) -> dict[str, Any] | None:
+async def control(collector: Collector, sha: str, operator: bool, csrf: str | None = None
+                  ) -> dict[str, Any] | None:
     """The commit page's rollout control (agent.collector.ui.commit): the view of rollout_store.view with
     each pending plan's drift in the approval-required roles (from the run that reported it), and whether
-    the page's reader may act (``operator``: ui_auth.has_page_role);
+    the page's reader may act (``operator``: ui_auth.has_page_role) and the token its forms carry
+    (``csrf``: ui_auth.form_token);
     None when no host reported a rollout.yml for ``sha`` (a full commit id)."""
     rollout_store.check_commit(sha)
     view = await collector.db(
@@ -308,6 +315,7 @@ async def control(collector: Collector, sha: str, operator: bool) -> dict[str, A
     return {
         "view": view,
         "operator": operator,
+        "csrf": csrf,
         "action": f"/commits/{quote(sha, safe='')}/rollout",
         "api": f"/api/v1/rollouts/{quote(sha, safe='')}/control",
     }

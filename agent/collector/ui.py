@@ -154,7 +154,8 @@ async def commit(request: Request, collector: Collector) -> Response:
     result = await collector.db(queries.commit_rollout, collector.engine, sha, pg,
                                 stale_before=collector.stale_before(), reached=reached == "running")
     # The commit page is the rollout control when hosts reported a rollout.yml for this commit.
-    control = await rollout_api.control(collector, result["commit"]["sha"], request.state.operator)
+    control = await rollout_api.control(collector, result["commit"]["sha"], request.state.operator,
+                                        ui_auth.form_token(request) if request.state.operator else None)
     return render_page("commit.html", commit=result["commit"], summary=result["summary"],
                        hosts=result["hosts"], page=pg, reached=reached, control=control,
                        api=f"/api/v1/commits/{sha}?hosts={reached}", **common(request, collector))

@@ -15,14 +15,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, parse_qsl, quote, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from agent.collector import sessions
 from agent.collector.auth import Role, bearer, has_role, proxy_user, reader_principal, require
-from agent.collector.errors import UnauthorizedError
+from agent.collector.bodies import read_body
+from agent.collector.errors import InvalidActionError, UnauthorizedError
 from agent.collector.tokens import Principal
 from agent.collector.ui_render import SECURITY_HEADERS, render_page
 
@@ -72,6 +73,30 @@ def csrf_ok(request: Request, sent: str | None) -> bool:
     return expected is None or hmac.compare_digest((sent or "").encode("utf-8"), expected.encode("utf-8"))
 
 
+async def read_form(request: Request, *, repeatable: frozenset[str] = frozenset()) -> dict[str, list[str]]:
+    """A form's fields, each with its values in order (blank values left out, as absent). Refused with a
+    one-line error, rather than read in part: a body over MAX_FORM_BYTES (TooLargeError: cut short, a
+    reason would be stored cut and the fields after it dropped), text that is not UTF-8
+    (InvalidActionError), a field given twice unless it is in `repeatable` (which value was meant?)."""
+    raw = await read_body(request, MAX_FORM_BYTES)
+    try:
+        pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidActionError("form: not UTF-8") from None
+    fields: dict[str, list[str]] = {}
+    for name, value in pairs:
+        if name in fields and name not in repeatable:
+            raise InvalidActionError(f"{name[:40]}: given more than once")
+        fields.setdefault(name, []).append(value)
+    return {name: kept for name, values in fields.items() if (kept := [v for v in values if v])}
+
+
+def form_token(request: Request) -> str:
+    """The CSRF token an operator's or reviewer's forms carry (csrf_expected; "proxy" for a trusted-proxy
+    user, whom the Origin check alone guards)."""
+    return csrf_expected(request) or "proxy"
+
+
 def _via_proxy(collector: Collector, request: Request, principal: Principal) -> bool:
     """Whether the page's reader is the trusted proxy's user (no session cookie, no bearer token)."""
     return (not request.cookies.get(COOKIE) and bearer(request) is None
@@ -97,7 +122,7 @@ def review_token(collector: Collector, request: Request, principal: Principal) -
     (readers get no forms). A trusted-proxy reviewer gets "proxy" (guarded by the Origin check)."""
     if not has_page_role(collector, request, principal, Role.REVIEWER):
         return None
-    return csrf_expected(request) or "proxy"
+    return form_token(request)
 
 
 def login_redirect(request: Request) -> Response:

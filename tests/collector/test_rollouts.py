@@ -4,10 +4,14 @@ PostgreSQL through the real app."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from html import unescape
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -386,17 +390,45 @@ def test_one_approval_covers_every_host_with_that_plan(client, token_for, send, 
     assert control["windows"][0]["name"] == "nights"
 
 
+FORM = "application/x-www-form-urlencoded"
+
+
+def page_csrf(client, headers) -> str:
+    """The CSRF token the commit page's forms carry for this reader (none in a reader's page: "")."""
+    found = re.search(r'name="csrf" value="([^"]*)"', client.get(f"/commits/{COMMIT_A}", headers=headers).text)
+    return found.group(1) if found else ""
+
+
 def test_the_commit_page_form_acts_only_from_this_site_and_for_operators(client, token_for, send, engine):
     put_policy(client, token_for)
     send(rollout_report("c1", "canary"))
     alice, bob = operator(engine), operator(engine, "bob")
-    form = {"op": "halt", "reason": "looks wrong"}
+    form = {"op": "halt", "reason": "looks wrong", "csrf": page_csrf(client, alice)}
     url = f"/commits/{COMMIT_A}/rollout"
     assert client.post(url, data=form, headers=alice).status_code == 403  # no Origin, no Referer
     cross = client.post(url, data=form, headers={**alice, "Origin": "https://evil.example"})
     assert cross.status_code == 403
     same = {"Origin": "http://collector.test"}
-    assert client.post(url, data=form, headers={**bob, **same}).status_code == 403
+    bob_csrf = hashlib.sha256(b"gitops-collector csrf\0" + bob["Authorization"][7:].encode()).hexdigest()
+    assert page_csrf(client, bob) == ""  # a reader's page has no forms
+    no_role = client.post(url, data={**form, "csrf": bob_csrf}, headers={**bob, **same})
+    assert no_role.status_code == 403 and "CSRF" not in no_role.text  # a reader: no rollout.act
+    for csrf in ("", "0" * 64, bob_csrf):  # missing, made up, another reader's
+        refused = client.post(url, data={**form, "csrf": csrf}, headers={**alice, **same})
+        assert refused.status_code == 403 and "CSRF token is missing or wrong" in refused.text
+    refusals = [  # as the review forms: one line naming the field; nothing done
+        ({**form, "reson": "typo"}, 422, "'reson': not a field of this form"),
+        ([*form.items(), ("reason", "again")], 422, "reason: given more than once"),
+        ({**form, "reason": "x" * 9000}, 413, ""),
+    ]
+    for data, status, message in refusals:
+        body = urlencode(list(data.items()) if isinstance(data, dict) else data)
+        refused = client.post(url, content=body, headers={**alice, **same, "Content-Type": FORM})
+        assert refused.status_code == status and message in unescape(refused.text), data
+    latin1 = client.post(url, content="op=halt&reason=caf\xe9".encode("latin-1"),
+                         headers={**alice, **same, "Content-Type": FORM})
+    assert latin1.status_code == 422 and "form: not UTF-8" in latin1.text
+    assert ask(client, token_for).json()["halted"] is None
     done = client.post(url, data=form, headers={**alice, **same})
     assert done.status_code == 303 and done.headers["location"] == f"/commits/{COMMIT_A}#rollout"
     assert ask(client, token_for).json()["halted"]["by"] == "alice"
@@ -438,7 +470,7 @@ def test_the_commit_page_is_the_rollout_control_shows_waves_halt_and_the_plan_an
     assert 'value="resume"' in html and f'value="{plan}"' in html  # an operator gets the forms
     read_only = client.get(f"/commits/{COMMIT_A}", headers=bob).text
     assert "Halted" in read_only and 'value="resume"' not in read_only  # a reader sees, cannot act
-    form = {"op": "approve", "plan_digest": plan, "reason": "pg change reviewed"}
+    form = {"op": "approve", "plan_digest": plan, "reason": "pg change reviewed", "csrf": page_csrf(client, alice)}
     done = client.post(
         f"/commits/{COMMIT_A}/rollout", data=form, headers={**alice, "Origin": "http://collector.test"}
     )
