@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -23,7 +23,7 @@ from starlette.responses import RedirectResponse, Response
 from agent.collector import sessions
 from agent.collector.auth import Role, bearer, has_role, proxy_user, reader_principal, require
 from agent.collector.bodies import read_body
-from agent.collector.errors import InvalidActionError, UnauthorizedError
+from agent.collector.errors import CollectorError, InvalidActionError, UnauthorizedError
 from agent.collector.tokens import Principal
 from agent.collector.ui_render import SECURITY_HEADERS, render_page
 
@@ -172,20 +172,13 @@ async def login_form(request: Request) -> Response:
     return render_page("login.html", next=safe_next(request.query_params.get("next")), error=None)
 
 
-async def _form(request: Request) -> dict[str, str]:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            break
-    fields = parse_qs(body[:MAX_FORM_BYTES].decode("utf-8", "replace"))
-    return {k: v[0] for k, v in fields.items() if v}
-
-
 async def login_submit(request: Request) -> Response:
     collector: Collector = request.app.state.collector
     public_urls = collector.settings.public_urls
-    form = await _form(request)
+    try:
+        form = {name: values[0] for name, values in (await read_form(request)).items()}
+    except CollectorError as e:
+        return render_page("login.html", e.status, next="/", error=str(e))
     target = safe_next(form.get("next"))
     if not from_this_site(request, public_urls):
         return render_page("login.html", 403, next=target, error=CROSS_SITE)

@@ -60,6 +60,18 @@ def test_form_posts_need_an_origin_or_referer_from_this_site(client, token, seed
     assert login(client, token, Origin="http://COLLECTOR.test:80").status_code == 303  # same origin
 
 
+def test_a_login_form_is_read_whole_or_refused_with_one_line(client, token, seeded):
+    """A login body is read as every form is (ui_auth.read_form): not cut at 8 KiB nor its bad bytes
+    replaced (both turned into a plain "not a valid token" before), and no session comes of it."""
+    cases = [(b"token=" + token.encode() + b"&next=/drift&next=/", 422, "next: given more than once"),
+             (b"token=" + token.encode() + b"&next=/caf\xe9", 422, "form: not UTF-8"),
+             (b"token=" + token.encode() + b"&next=/" + b"a" * 9000, 413, "over the limit of 8192")]
+    for body, status, message in cases:
+        refused = client.post("/login", content=body, headers={**URLENCODED, "Origin": HERE})
+        assert refused.status_code == status and message in refused.text, body[:60]
+        assert "set-cookie" not in refused.headers
+
+
 def test_logout_needs_this_site_too_and_ends_the_session(client, token, seeded):
     assert login(client, token, Origin=HERE).status_code == 303
     assert client.post("/logout").status_code == 403
