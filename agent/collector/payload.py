@@ -6,18 +6,22 @@ body cannot exhaust the stack.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
 import re
+import types
+import typing
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import msgspec
 
 from agent.collector.errors import InvalidReportError
 from agent.errors import ReportError
-from agent.report import Report, from_dict
+from agent.report import SCHEMA_VERSION, Report, from_dict, parse_time
 
 # A JSON string literal, escapes included (written so that the regex engine loops, not backtracks).
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -209,6 +213,11 @@ def parse_report(raw: bytes, limits: PayloadLimits) -> Report:
     """Bytes of a POSTed report -> a validated Report, or InvalidReportError (422) naming the problem."""
     text = decode_utf8(raw)
     data = _fast_decode(raw, limits)
+    if data is not None:
+        report = _fast_report(data)
+        if report is not None:
+            return report
+        data = _fast_decode(raw, limits)  # _fast_report replaced its times: decoded again, for the message
     if data is None:
         data = _strict_decode(raw, text, limits)
     try:
@@ -218,6 +227,86 @@ def parse_report(raw: bytes, limits: PayloadLimits) -> Report:
         where, sep, _ = message.partition(": ")
         field = where if sep and " " not in where and where != "report" else None
         raise InvalidReportError(message, field) from e
+
+
+def _fast_report(data: dict[str, Any]) -> Report | None:
+    """`from_dict(data)` built by msgspec (C) instead of the per-field decoders, or None when it refuses
+    anything (then `from_dict` runs and names what is wrong). msgspec never reads a time: its RFC 3339
+    parser is not `report.parse_time` (it takes naive times and years out of range in UTC, rounds a 7th
+    fraction digit that parse_time drops, keeps the offset), so every time of the report is parsed by
+    `parse_time` first, in place (`_time_plan`), and handed to msgspec as a datetime, which it passes
+    through (`builtin_types`: it then refuses a string where a datetime goes, so a time the plan missed
+    sends the report to from_dict). CHANGES `data` (its times), also when it returns None. Where msgspec
+    and `from_dict` could differ otherwise: a missing schema_version (msgspec would take the default) is
+    checked here first; ints for floats both convert; bools for ints, floats for ints, strings for
+    numbers, nulls for required values, unknown enum values are refused by both (tests/collector/
+    test_payload.py compares the two on generated reports)."""
+    version = data.get("schema_version")
+    if type(version) is not int or version != SCHEMA_VERSION or not _parse_times(data, _time_plan(Report)):
+        return None
+    try:
+        return msgspec.convert(data, Report, strict=True, builtin_types=(datetime,))
+    except msgspec.MsgspecError:
+        return None
+
+
+# Where a record holds times: (field, how, plan of the nested record) with how "time" (a datetime field),
+# "record" (a nested record) or "records" (a tuple of them); only fields with a time somewhere below.
+_TimePlan = tuple[tuple[str, str, Any], ...]
+
+
+@functools.cache
+def _time_plan(cls: type) -> _TimePlan:
+    """The time plan of dataclass `cls`, from its type hints. A time in a shape it does not follow (in a
+    tuple of times, a dict) stays a string, which msgspec refuses for a datetime: the strict path then
+    takes every such report, slower, never otherwise."""
+    plan: list[tuple[str, str, Any]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = _not_optional(hints[f.name])
+        if tp is datetime:
+            plan.append((f.name, "time", None))
+        elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            if sub := _time_plan(tp):
+                plan.append((f.name, "record", sub))
+        elif typing.get_origin(tp) is tuple:
+            item = _not_optional(typing.get_args(tp)[0])
+            if isinstance(item, type) and dataclasses.is_dataclass(item) and (sub := _time_plan(item)):
+                plan.append((f.name, "records", sub))
+    return tuple(plan)
+
+
+def _not_optional(tp: Any) -> Any:
+    """`X | None` -> X; anything else as it is."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 else tp
+    return tp
+
+
+def _parse_times(data: Any, plan: _TimePlan) -> bool:
+    """Replace, in place, each time string `plan` names in `data` by `parse_time`'s datetime. False when
+    one is not a string `parse_time` takes, or a record on the way is no object, a tuple no list (a null
+    is left for msgspec: allowed where the field is optional, refused elsewhere)."""
+    if type(data) is not dict:
+        return False
+    for name, how, sub in plan:
+        value = data.get(name)
+        if value is None:
+            continue
+        if how == "time":
+            if type(value) is not str:
+                return False
+            try:
+                data[name] = parse_time(value)
+            except ValueError:
+                return False
+        elif how == "record":
+            if not _parse_times(value, sub):
+                return False
+        elif type(value) is not list or not all(_parse_times(item, sub) for item in value):
+            return False
+    return True
 
 
 def _strict_decode(raw: bytes, text: str, limits: PayloadLimits) -> Any:

@@ -215,3 +215,127 @@ def test_the_fast_decoder_never_takes_what_the_strict_one_refuses_or_reads_other
             return [typed(v) for v in value]
         return (type(value).__name__, repr(value))
     assert typed(fast) == typed(strict)
+
+
+# -- the typed fast path (payload._fast_report: msgspec builds the Report, every time parsed by parse_time):
+# a full report (every record that holds a time), with values at one to three of its paths replaced by
+# values that break a rule, or by times written every way ISO 8601 and RFC 3339 allow or almost allow, or
+# deleted. Whatever _fast_report builds, from_dict must build the same (repr: types, time zones and floats
+# too); whatever from_dict refuses, _fast_report must step aside for (then from_dict names the problem).
+
+def _full_report() -> dict[str, Any]:
+    from datetime import timedelta
+
+    from agent.report import (
+        Enforcement,
+        GateState,
+        Pause,
+        RolloutInfo,
+        WatchInfo,
+        WaveSize,
+    )
+    from tests.factory import BASE_TIME, drift_item
+    report = make_report(HOST, status=Status.DRIFTED, drift=(drift_item(), drift_item("other task")),
+                         pause=Pause("maintenance", by="ops", since=BASE_TIME, until=BASE_TIME + timedelta(hours=1)),
+                         rollout=RolloutInfo("canary", next(iter(GateState)), "first wave", "ab" * 32,
+                                             wave_sizes=(WaveSize("canary", 1),), checked_at=BASE_TIME,
+                                             enforced=Enforcement("c" * 40, Status.DRIFTED, "held",
+                                                                  drift=(drift_item(),))),
+                         watch=WatchInfo(watched=3, changed=("/etc/x",)), warnings=("w",))
+    data = to_dict(report)
+    data["drift"][0]["first_seen_at"] = "2026-01-01T00:00:00.5+02:00"
+    return data
+
+
+_TIMES = ["2026-01-01T00:00:00Z", "2026-01-01T00:00:00z", "2026-01-01t00:00:00Z", "2026-01-01 00:00:00Z",
+          "2026-01-01T00:00:00", "2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00-00:00",
+          "2026-01-01T00:00:00+05:30", "2026-01-01T00:00:00+0530", "2026-01-01T00:00:00+05",
+          "2026-01-01T00:00:00+01:00:30", "2026-01-01T00:00:00.123Z", "2026-01-01T00:00:00,123Z",
+          "2026-01-01T00:00:00.1234567Z", "2026-01-01T00:00:00.999999949Z", "2026-01-01T24:00:00Z",
+          "2026-12-31T23:59:60Z", "2026-02-30T00:00:00Z", "2026-01-01T00:00Z", "2026-01-01T00Z",
+          "2026-01-01Z", "2026-01-01", "20260101T000000Z", "2026-W01-1T00:00:00Z", "2026-001T00:00:00Z",
+          "0001-01-01T00:00:00+01:00", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59-01:00",
+          "9999-12-31T23:59:59.999999Z", "+2026-01-01T00:00:00Z", " 2026-01-01T00:00:00Z",
+          "2026-01-01T00:00:00Z ", "2026-01-01T00:00:00\u00a0Z", "\uff12026-01-01T00:00:00Z",
+          "2026-01-01T00:00:00+24:00", "2026-01-01T00:00:00-23:59", "2026-01-01T00:00:00ZZ", ""]
+_VALUES = st.sampled_from(_TIMES) | st.sampled_from(
+    [None, True, False, 0, 1, -1, 1.0, 1.5, -0.0, 2**53 + 1, 2**63 - 1, "1", "", "x" * 300, "in_sync",
+     "drifted", "no-such-kind", "corrective", "schedule", [], {}, ["a"], [1], [None], {"a": 1},
+     {"path": "/p", "before": None, "after": "x"}]) | st.text(max_size=3)
+
+
+def _paths(value: Any, at: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [at] if at else []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += _paths(item, (*at, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found += _paths(item, (*at, i))
+    return found
+
+
+_FULL_PATHS = _paths(_full_report())
+
+
+def _change(data: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
+    """Set (or with "<delete>", delete) what `path` leads to, if it still leads somewhere."""
+    parent: Any = data
+    for step in path[:-1]:
+        found = (isinstance(parent, dict) and step in parent) or (
+            isinstance(parent, list) and isinstance(step, int) and step < len(parent))
+        if not found:
+            return
+        parent = parent[step]
+    last = path[-1]
+    if isinstance(parent, dict):
+        if value == "<delete>":
+            parent.pop(last, None)
+        else:
+            parent[last] = value
+    elif isinstance(parent, list) and isinstance(last, int) and last < len(parent):
+        parent[last] = value
+
+
+@settings(max_examples=500, deadline=None, derandomize=True, database=None)
+@given(changes=st.lists(st.tuples(st.sampled_from(_FULL_PATHS), st.none() | _VALUES | st.just("<delete>"),
+                                  st.sampled_from(_TIMES)), min_size=0, max_size=3))
+def test_the_typed_fast_path_builds_what_from_dict_builds_or_steps_aside(
+        changes: list[tuple[tuple[Any, ...], Any, str]]) -> None:
+    import copy
+
+    from agent.collector import payload
+    from agent.errors import ReportError
+    from agent.report import from_dict
+    data = _full_report()
+    for path, value, time_text in changes:
+        if value is None and str(path[-1]).endswith(("_at", "since", "until")):
+            value = time_text  # a time's path gets another time string, half the time
+        _change(data, path, value)
+    fast = payload._fast_report(copy.deepcopy(data))
+    try:
+        strict = from_dict(data)
+    except ReportError:
+        assert fast is None
+        return
+    assert fast is not None or changes, "the full report itself takes the typed path"
+    if fast is not None:
+        assert repr(fast) == repr(strict)
+
+
+def test_the_typed_fast_path_takes_a_valid_report_and_times_as_parse_time_reads_them() -> None:
+    """Not just a path that always steps aside: a full report is built by msgspec, with parse_time's times
+    (in UTC, every offset applied), and a time msgspec would read but parse_time refuses is refused."""
+    from agent.collector import payload
+    from agent.report import from_dict
+    data = _full_report()
+    fast = payload._fast_report(json.loads(json.dumps(data)))
+    assert fast is not None and repr(fast) == repr(from_dict(data))
+    assert str(fast.drift[0].first_seen_at) == "2025-12-31 22:00:00.500000+00:00"
+    for text in ("2026-01-01T00:00:00", "2026-01-01T24:00:00Z", "0001-01-01T00:00:00+01:00"):
+        body = json.dumps({**data, "finished_at": text}).encode()
+        with pytest.raises(InvalidReportError, match=r"^finished_at: "):
+            parse_report(body, PayloadLimits())
+    # msgspec rounds a 7th fraction digit (.123457), parse_time drops it
+    seven = payload._fast_report({**json.loads(json.dumps(data)), "finished_at": "2026-01-01T00:00:00.1234567Z"})
+    assert seven is not None and seven.finished_at.microsecond == 123456
