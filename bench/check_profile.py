@@ -3,7 +3,7 @@ example repo (`make demo`'s sandbox, role base, /etc/motd edited by hand), run i
 each step can be stamped, cold (this process pays the agent's imports, as a `gitops-agent run` child
 does) and then warm (imports done, as a child forked by the warm-start helper, agent.zygote).
 
-    .venv/bin/python bench/check_profile.py [--strategy mitogen|linear] [--runs 3] [--workdir DIR]
+    .venv/bin/python bench/check_profile.py [--strategy mitogen|linear] [--runs 3] [--split-runs 3] [--workdir DIR]
 
 Steps: the agent's imports; the cycle up to the Ansible run (configuration, lock, clean-up of earlier
 runs, fetch, plan); then from ansible-runner's events (their `created` stamps): ansible-playbook's start
