@@ -21,7 +21,11 @@ from tests.live_collector import fresh_database
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with fresh_database(request.param, tmp_path) as url:
+    # a test that uses `engine` (or whose module sets MIGRATED_DB_URL, as it migrates at once) gets a
+    # migrated copy, which db.prepare then finds at the newest revision; any other gets an empty database,
+    # as `gitops-collector migrate` or serve would meet it
+    migrated = "engine" in request.fixturenames or getattr(request.module, "MIGRATED_DB_URL", False)
+    with fresh_database(request.param, tmp_path, migrated=migrated) as url:
         yield url
 
 

@@ -28,6 +28,8 @@ from agent.collector.tokens import TokenKind
 from tests.collector.hostile import BAD_HOST_NAMES, EXTREME_NUMBERS, EXTREME_TIMES, UNICODE_DIGITS
 from tests.factory import BASE_TIME
 
+# db_url is a copy of a migrated database (tests/collector/conftest.py): db.prepare below only checks it
+MIGRATED_DB_URL = True
 OPERATIONS = [f"{method.upper()} {path}" for path, item in document()["paths"].items() for method in item]
 EXAMPLES = 60
 BUDGET = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,

@@ -50,7 +50,9 @@ ACTIONS = ("ack", "unack", "accept", "revoke")
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """SQLite only: every refusal here is decided before anything is written, and the writes themselves
     run on both databases in test_drift_inbox.py (a PostgreSQL database per case would cost ~3 s each)."""
-    with fresh_database(request.param, tmp_path) as url:
+    # a test that uses `engine` gets a migrated copy (engine's db.prepare then finds it at the newest
+    # revision); any other gets an empty database, as `gitops-collector migrate` or serve would meet it
+    with fresh_database(request.param, tmp_path, migrated="engine" in request.fixturenames) as url:
         yield url
 
 
