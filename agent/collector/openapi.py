@@ -339,7 +339,7 @@ def _rollout_paths() -> dict[str, Any]:
                          "responses": {**{c: done for c in codes},
                                        "400": error, "401": error, "403": error, "404": error}}}
 
-    reason = {"type": "string", "minLength": 1, "maxLength": 1000}
+    reason = {"type": "string", "minLength": 1, "maxLength": 1000, "pattern": "^[^\\x00]*$"}
     return {
         "/api/v1/rollouts/{commit}": {"get": {
             "summary": "The rollout state agents ask before applying a new commit (a host's ingest token); "
