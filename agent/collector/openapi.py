@@ -362,13 +362,13 @@ def _rollout_paths() -> dict[str, Any]:
             "Halt, resume, or skip a wave (an operator: `serve --operator NAME`)",
             {"type": "object", "required": ["action", "reason"],
              "properties": {"action": {"enum": ["halt", "resume", "skip"]}, "wave": {"type": "string"},
-                            "reason": reason}}),
+                            "reason": reason}, "additionalProperties": False}),
         "/api/v1/rollouts/{commit}/approvals": post(
             "Approve plan digests for the commit: every host with one of these plans may apply (an operator)",
             {"type": "object", "required": ["plan_digests", "reason"],
              "properties": {"plan_digests": {"type": "array", "minItems": 1,
                                              "items": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
-                            "reason": reason}}),
+                            "reason": reason}, "additionalProperties": False}),
     }
 
 
