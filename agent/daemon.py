@@ -185,7 +185,9 @@ Build = Callable[[config_mod.AgentConfig], Parts]
 
 class Helper(Protocol):
     """A process the daemon keeps running beside it while its configuration wants it (the warm start of
-    watch checks, agent.zygote.WarmStart): close() stops it."""
+    watch checks, agent.zygote.WarmStart): close() stops it; `off` when it gave up (failed too often)."""
+
+    off: bool
 
     def close(self) -> None: ...
 
@@ -384,8 +386,14 @@ class Daemon:
     def follow_config(self) -> None:
         """Start or stop what runs beside the daemon as the current configuration wants it: the warm-start
         helper runs while `watch` and `watch_warm_start` are both on (and a `warm_start` was given). Called
-        at start and after each reload, between cycles (no check is forked from the helper then)."""
+        at start and after each reload, between cycles (no check is forked from the helper then). A helper
+        that gave up (`off`: it failed WarmStart.MAX_STARTS times in a row) is replaced by a new one: a
+        reload is how an operator says the cause is fixed."""
         wanted = self.warm_start is not None and self.config.watch and self.config.watch_warm_start
+        if wanted and self.warm is not None and self.warm.off:
+            warm, self.warm = self.warm, None
+            warm.close()
+            log.info("warm start: the helper had given up; the reload starts a new one")
         if wanted and self.warm is None and self.warm_start is not None:
             self.warm = self.warm_start()
             log.info("warm start: on")

@@ -407,7 +407,7 @@ class WarmStart:
         if self.starts >= self.MAX_STARTS:
             self.off = True
             log.warning("warm start: off, the helper failed %d times in a row; watch checks start a new "
-                        "process (the cold path)", self.starts)
+                        "process (the cold path) until a reload or restart", self.starts)
             return
         self.starts += 1
         self.ready = False
