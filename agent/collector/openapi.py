@@ -193,11 +193,11 @@ def _enrolment_paths() -> dict[str, Any]:
         {"type": "object", "required": ["ids", "reason"],
          "properties": {"ids": {"type": "array", "minItems": 1, "items": {"type": "string",
                                                                           "pattern": "^[0-9a-f]{16}$"}},
-                        "reason": reason, "existing": {"type": "boolean"}}},
+                        "reason": reason, "existing": {"type": "boolean"}}, "additionalProperties": False},
         {"type": "object", "required": ["pattern", "reason"],
-         "properties": {"pattern": no_nul, "reason": reason}},
+         "properties": {"pattern": no_nul, "reason": reason}, "additionalProperties": False},
         {"type": "object", "required": ["group", "reason"],
-         "properties": {"group": no_nul, "reason": reason}}]}
+         "properties": {"group": no_nul, "reason": reason}, "additionalProperties": False}]}
 
     def post(summary: str, body: dict[str, Any] | None, codes: dict[str, Any],
              *params: Any) -> dict[str, Any]:
