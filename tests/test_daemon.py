@@ -227,7 +227,8 @@ def test_a_reload_starts_again_a_warm_start_that_gave_up(tmp_path: Path, caplog:
     from agent import zygote
     from tests.test_zygote import PROBE_HELPER, helper_env
 
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, "agent.daemon")
+    caplog.set_level(logging.INFO, "agent.zygote")
     command: list[tuple[str, ...]] = [(sys.executable, "-c", "import sys; sys.exit(1)")]  # broken at first
     helpers: list[zygote.WarmStart] = []
 
