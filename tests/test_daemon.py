@@ -3,8 +3,10 @@ child process and Git probe are exercised in test_daemon_live.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -260,6 +262,58 @@ def test_a_reload_starts_again_a_warm_start_that_gave_up(tmp_path: Path, caplog:
         d.reload()  # one that runs is kept
         assert len(helpers) == 2 and d.warm is helpers[1]
     finally:
+        for warm in helpers:
+            warm.close()
+
+
+def test_no_helper_runs_while_watching_could_not_start_and_a_reload_tries_both_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The helper only serves watch checks: when inotify cannot be started (here for real: every file
+    descriptor taken, EMFILE), watching is off and the helper was started anyway, 40 MB for nothing until a
+    restart; and a reload with the same settings did not try watching again. Now the helper follows the
+    watch that runs, and a reload retries a watch that could not start."""
+    import resource
+
+    from agent import zygote
+    from tests.test_zygote import PROBE_HELPER, helper_env
+
+    caplog.set_level(logging.INFO, "agent.daemon")
+    helpers: list[zygote.WarmStart] = []
+
+    def warm_start() -> zygote.WarmStart:
+        warm = zygote.WarmStart(helper_env(), command=PROBE_HELPER)
+        warm.ensure()
+        helpers.append(warm)
+        return warm
+
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump({"host": "web01", "source": {"url": "repo"}, "state_dir": "state",
+                                    "schedule": {"interval": "1h", "poll": "1m", "splay": "0s"},
+                                    "watch": True, "watch_warm_start": True}))
+    fakes = Fakes()
+    d = Daemon(path, config_mod.load(path), spawn=fakes.spawn, probe=fakes.probe, clock=Clock(1_000_000.0),
+               warm_start=warm_start)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    taken: list[int] = []
+    try:
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, hard))  # then take what is left below
+        with contextlib.suppress(OSError):
+            while True:
+                taken.append(os.open(os.devnull, os.O_RDONLY))
+        d.start_watch()
+    finally:
+        for fd in taken:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        assert d.watch is None and "watch: off, scheduled checks only: cannot start watching" in caplog.text
+        d.follow_config()
+        assert d.warm is None and helpers == []
+        d.reload()  # the same configuration: the operator raised the limit, and reloads
+        assert d.watch is not None and d.warm is helpers[0] and len(helpers) == 1
+    finally:
+        d.stop_watch()
         for warm in helpers:
             warm.close()
 
