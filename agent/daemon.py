@@ -373,6 +373,8 @@ class Daemon:
         if watch_changed:  # start, stop or rebuild the watcher with the new settings
             self.stop_watch()
             self.start_watch()
+        elif self.watch is None:  # wanted but could not start (inotify): a reload tries again
+            self.start_watch()
         self.follow_config()
         self.probe, self.redeliver = parts.probe, parts.redeliver
         self.outbox_clear = False  # a new collector (or token): try it at the next poll
@@ -385,11 +387,14 @@ class Daemon:
 
     def follow_config(self) -> None:
         """Start or stop what runs beside the daemon as the current configuration wants it: the warm-start
-        helper runs while `watch` and `watch_warm_start` are both on (and a `warm_start` was given). Called
+        helper runs while watching runs (`watch` on, and inotify started: start_watch) and
+        `watch_warm_start` is on (and a `warm_start` was given). Called
         at start and after each reload, between cycles (no check is forked from the helper then). A helper
         that gave up (`off`: it failed WarmStart.MAX_STARTS times in a row) is replaced by a new one: a
         reload is how an operator says the cause is fixed."""
-        wanted = self.warm_start is not None and self.config.watch and self.config.watch_warm_start
+        # the helper serves watch checks only: not while watching is off, by the configuration or because
+        # inotify could not be started (start_watch)
+        wanted = self.warm_start is not None and self.watch is not None and self.config.watch_warm_start
         if wanted and self.warm is not None and self.warm.off:
             warm, self.warm = self.warm, None
             warm.close()
@@ -401,7 +406,7 @@ class Daemon:
             warm, self.warm = self.warm, None
             warm.close()
             log.info("warm start: off (watch=%s watch_warm_start=%s): the helper is stopped",
-                     str(self.config.watch).lower(), str(self.config.watch_warm_start).lower())
+                     str(self.watch is not None).lower(), str(self.config.watch_warm_start).lower())
 
     # -- watching managed paths (docs/watch.md) -----------------------------------------------
 

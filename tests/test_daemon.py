@@ -247,6 +247,7 @@ def test_a_reload_starts_again_a_warm_start_that_gave_up(tmp_path: Path, caplog:
     fakes = Fakes()
     d = Daemon(path, config_mod.load(path), spawn=fakes.spawn, probe=fakes.probe, clock=Clock(1_000_000.0),
                warm_start=warm_start)
+    d.start_watch()
     d.follow_config()
     try:
         first = helpers[0]
@@ -262,6 +263,7 @@ def test_a_reload_starts_again_a_warm_start_that_gave_up(tmp_path: Path, caplog:
         d.reload()  # one that runs is kept
         assert len(helpers) == 2 and d.warm is helpers[1]
     finally:
+        d.stop_watch()
         for warm in helpers:
             warm.close()
 
