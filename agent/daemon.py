@@ -199,8 +199,8 @@ class Daemon:
                  warm_start: Callable[[], Helper] | None = None) -> None:
         """`build` makes the probe and redelivery from a configuration (at start and on every reload); a
         fixed `probe`/`redeliver` (tests) is used for every configuration instead. `warm_start` starts
-        the warm-start helper: at start and on each reload that turns `watch` and `watch_warm_start` on;
-        a reload that turns either off closes it (follow_config)."""
+        the warm-start helper: at start and on each reload while watching runs and `watch_warm_start` is
+        on (again when it had given up); a reload that turns either off closes it (follow_config)."""
         self.config_path = config_path
         self.config = config
         self.spawn = spawn
