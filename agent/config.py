@@ -124,7 +124,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("watch_warm_start", _boolean, False,
             "watch checks are forked from a helper process that has the agent's code imported already "
             "(about 1 s sooner, for about 40 MB of memory in the helper); off (the default): each starts "
-            "a new process. The helper runs while watch and this are on (a reload starts or stops it)"),
+            "a new process. The helper runs while watching runs and this is on (a reload starts or "
+            "stops it)"),
     Setting("watch_max_watches", _positive_int, 0,
             "inotify watches (one per directory) the daemon may use at most (0: up to the kernel's "
             "fs.inotify.max_user_watches); paths past it are checked on the schedule only"),

@@ -185,7 +185,9 @@ Build = Callable[[config_mod.AgentConfig], Parts]
 
 class Helper(Protocol):
     """A process the daemon keeps running beside it while its configuration wants it (the warm start of
-    watch checks, agent.zygote.WarmStart): close() stops it."""
+    watch checks, agent.zygote.WarmStart): close() stops it; `off` when it gave up (failed too often)."""
+
+    off: bool
 
     def close(self) -> None: ...
 
@@ -197,8 +199,8 @@ class Daemon:
                  warm_start: Callable[[], Helper] | None = None) -> None:
         """`build` makes the probe and redelivery from a configuration (at start and on every reload); a
         fixed `probe`/`redeliver` (tests) is used for every configuration instead. `warm_start` starts
-        the warm-start helper: at start and on each reload that turns `watch` and `watch_warm_start` on;
-        a reload that turns either off closes it (follow_config)."""
+        the warm-start helper: at start and on each reload while watching runs and `watch_warm_start` is
+        on (again when it had given up); a reload that turns either off closes it (follow_config)."""
         self.config_path = config_path
         self.config = config
         self.spawn = spawn
@@ -371,6 +373,8 @@ class Daemon:
         if watch_changed:  # start, stop or rebuild the watcher with the new settings
             self.stop_watch()
             self.start_watch()
+        elif self.watch is None:  # wanted but could not start (inotify): a reload tries again
+            self.start_watch()
         self.follow_config()
         self.probe, self.redeliver = parts.probe, parts.redeliver
         self.outbox_clear = False  # a new collector (or token): try it at the next poll
@@ -383,9 +387,18 @@ class Daemon:
 
     def follow_config(self) -> None:
         """Start or stop what runs beside the daemon as the current configuration wants it: the warm-start
-        helper runs while `watch` and `watch_warm_start` are both on (and a `warm_start` was given). Called
-        at start and after each reload, between cycles (no check is forked from the helper then)."""
-        wanted = self.warm_start is not None and self.config.watch and self.config.watch_warm_start
+        helper runs while watching runs (`watch` on, and inotify started: start_watch) and
+        `watch_warm_start` is on (and a `warm_start` was given). Called
+        at start and after each reload, between cycles (no check is forked from the helper then). A helper
+        that gave up (`off`: it failed WarmStart.MAX_STARTS times in a row) is replaced by a new one: a
+        reload is how an operator says the cause is fixed."""
+        # the helper serves watch checks only: not while watching is off, by the configuration or because
+        # inotify could not be started (start_watch)
+        wanted = self.warm_start is not None and self.watch is not None and self.config.watch_warm_start
+        if wanted and self.warm is not None and self.warm.off:
+            warm, self.warm = self.warm, None
+            warm.close()
+            log.info("warm start: the helper had given up; the reload starts a new one")
         if wanted and self.warm is None and self.warm_start is not None:
             self.warm = self.warm_start()
             log.info("warm start: on")
@@ -393,7 +406,7 @@ class Daemon:
             warm, self.warm = self.warm, None
             warm.close()
             log.info("warm start: off (watch=%s watch_warm_start=%s): the helper is stopped",
-                     str(self.config.watch).lower(), str(self.config.watch_warm_start).lower())
+                     str(self.watch is not None).lower(), str(self.config.watch_warm_start).lower())
 
     # -- watching managed paths (docs/watch.md) -----------------------------------------------
 

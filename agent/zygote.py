@@ -158,11 +158,13 @@ def serve(requests: IO[str], answers: IO[str], main: Callable[[list[str]], int] 
     `main(argv)` (`gitops-agent ARGV`; tests give another) and exits with what it returns. Before each
     fork it checks that its code is still what is installed (code_stamp): when not, it answers
     `{"stale": DIRECTORY}` and exits, so that no check runs old code or mixes it with new files it imports
-    later. Returns when `requests` ends."""
+    later. The directories known before the imports keep their times from then: a distribution upgraded
+    while the helper imports is seen at the first check. Returns when `requests` ends."""
     _die_with_parent()
-    for name in preload:
+    before = code_stamp()  # what is already loaded, and the dist-info holders: an upgrade during the
+    for name in preload:   # imports below must not be stamped as what they loaded
         importlib.import_module(name)
-    stamp = code_stamp()
+    stamp = {**code_stamp(), **before}
     _say(answers, {"ready": os.getpid()})
     channel = (requests.fileno(), answers.fileno())
     for line in requests:
@@ -405,7 +407,7 @@ class WarmStart:
         if self.starts >= self.MAX_STARTS:
             self.off = True
             log.warning("warm start: off, the helper failed %d times in a row; watch checks start a new "
-                        "process (the cold path)", self.starts)
+                        "process (the cold path) until a reload or restart", self.starts)
             return
         self.starts += 1
         self.ready = False

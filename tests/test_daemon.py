@@ -3,9 +3,12 @@ child process and Git probe are exercised in test_daemon_live.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -217,6 +220,104 @@ def test_daemon_with_an_invalid_configuration_exits_78(tmp_path: Path, capsys: p
     assert main(["daemon", "--config", str(bad)]) == 78
     assert "schedule.interval" in capsys.readouterr().err
     assert main(["run", "--config", str(bad)]) == 78  # every command: a configuration error is EX_CONFIG
+
+
+def test_a_reload_starts_again_a_warm_start_that_gave_up(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A helper that failed WarmStart.MAX_STARTS times in a row turns warm start off ("the cold path"); the
+    operator fixes the cause and reloads: the reload, which follows what the configuration wants, left the
+    given-up helper in place until a restart. Now it starts a new one (and closes the old)."""
+    from agent import zygote
+    from tests.test_zygote import PROBE_HELPER, helper_env
+
+    caplog.set_level(logging.INFO, "agent.daemon")
+    caplog.set_level(logging.INFO, "agent.zygote")
+    command: list[tuple[str, ...]] = [(sys.executable, "-c", "import sys; sys.exit(1)")]  # broken at first
+    helpers: list[zygote.WarmStart] = []
+
+    def warm_start() -> zygote.WarmStart:
+        warm = zygote.WarmStart(helper_env(), command=command[0])
+        warm.ensure()
+        helpers.append(warm)
+        return warm
+
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump({"host": "web01", "source": {"url": "repo"}, "state_dir": "state",
+                                    "schedule": {"interval": "1h", "poll": "1m", "splay": "0s"},
+                                    "watch": True, "watch_warm_start": True}))
+    fakes = Fakes()
+    d = Daemon(path, config_mod.load(path), spawn=fakes.spawn, probe=fakes.probe, clock=Clock(1_000_000.0),
+               warm_start=warm_start)
+    d.start_watch()
+    d.follow_config()
+    try:
+        first = helpers[0]
+        for _ in range(zygote.WarmStart.MAX_STARTS + 1):  # as each watch check's ensure() after its cycle
+            assert first.zygote.proc is None or first.zygote.proc.wait(10) == 1
+            first.ensure()
+        assert first.off and "warm start: off, the helper failed 3 times" in caplog.text
+        command[0] = PROBE_HELPER  # fixed
+        d.reload()
+        assert len(helpers) == 2 and d.warm is helpers[1] and not helpers[1].off
+        assert helpers[1].zygote.wait_ready(30) and first.zygote.proc is None
+        assert "warm start: on" in caplog.text.split("warm start: off, the helper failed")[1]
+        d.reload()  # one that runs is kept
+        assert len(helpers) == 2 and d.warm is helpers[1]
+    finally:
+        d.stop_watch()
+        for warm in helpers:
+            warm.close()
+
+
+def test_no_helper_runs_while_watching_could_not_start_and_a_reload_tries_both_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The helper only serves watch checks: when inotify cannot be started (here for real: every file
+    descriptor taken, EMFILE), watching is off and the helper was started anyway, 40 MB for nothing until a
+    restart; and a reload with the same settings did not try watching again. Now the helper follows the
+    watch that runs, and a reload retries a watch that could not start."""
+    import resource
+
+    from agent import zygote
+    from tests.test_zygote import PROBE_HELPER, helper_env
+
+    caplog.set_level(logging.INFO, "agent.daemon")
+    helpers: list[zygote.WarmStart] = []
+
+    def warm_start() -> zygote.WarmStart:
+        warm = zygote.WarmStart(helper_env(), command=PROBE_HELPER)
+        warm.ensure()
+        helpers.append(warm)
+        return warm
+
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump({"host": "web01", "source": {"url": "repo"}, "state_dir": "state",
+                                    "schedule": {"interval": "1h", "poll": "1m", "splay": "0s"},
+                                    "watch": True, "watch_warm_start": True}))
+    fakes = Fakes()
+    d = Daemon(path, config_mod.load(path), spawn=fakes.spawn, probe=fakes.probe, clock=Clock(1_000_000.0),
+               warm_start=warm_start)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    taken: list[int] = []
+    try:
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, hard))  # then take what is left below
+        with contextlib.suppress(OSError):
+            while True:
+                taken.append(os.open(os.devnull, os.O_RDONLY))
+        d.start_watch()
+    finally:
+        for fd in taken:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        assert d.watch is None and "watch: off, scheduled checks only: cannot start watching" in caplog.text
+        d.follow_config()
+        assert d.warm is None and helpers == []
+        d.reload()  # the same configuration: the operator raised the limit, and reloads
+        assert d.watch is not None and d.warm is helpers[0] and len(helpers) == 1
+    finally:
+        d.stop_watch()
+        for warm in helpers:
+            warm.close()
 
 
 def test_a_reload_stops_what_the_new_config_no_longer_wants(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

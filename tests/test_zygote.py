@@ -275,6 +275,41 @@ def test_an_upgrade_of_what_the_helper_imported_restarts_it(tmp_path: Path, capl
         warm.close()
 
 
+def test_an_upgrade_during_the_helpers_imports_restarts_it(tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """The race of the staleness check: the helper stamped what it had imported only after its imports
+    (~1 s with the default preload), so a distribution upgraded meanwhile (its dist-info renamed in the
+    site-packages the helper had already looked at) was stamped as new while older code was loaded, and
+    the helper forked children of that code until the next upgrade. The preloaded `racedep` upgrades
+    `otherdep` while it is imported, as pip would at that moment: the first check must not use the helper."""
+    site = _site(tmp_path)
+    (site / "otherdep-1.0.dist-info").mkdir()
+    old, new = str(site / "otherdep-1.0.dist-info"), str(site / "otherdep-2.0.dist-info")
+    (site / "racedep.py").write_text(  # only the first time: the upgrade happens once
+        f"import os\nif os.path.exists({old!r}):\n    os.rename({old!r}, {new!r})\n"
+        f"    os.utime({str(site)!r}, ns=(0, 0))\n")
+    helper = (sys.executable, "-c", "import sys; from agent import zygote; from tests.test_zygote import probe; "
+              "sys.exit(zygote.serve(sys.stdin, sys.stdout, main=probe, preload=('racedep',)))")
+    env = {**helper_env(), "PYTHONPATH": f"{ROOT}{os.pathsep}{site}", "PYTHONDONTWRITEBYTECODE": "1"}
+    (tmp_path / "agent").mkdir()
+    warm = WarmStart(env, command=helper, code_dir=tmp_path / "agent")
+    warm.ensure()
+    try:
+        assert warm.zygote.wait_ready(30)
+        warm.ready = True
+        with caplog.at_level(logging.INFO, logger="agent.zygote"):
+            assert warm.spawn([str(tmp_path / "one.json")]) is None
+        assert "changed since the helper imported its code" in caplog.text, caplog.text
+        assert not (tmp_path / "one.json").exists()  # no child of code older than what is installed
+        warm.ensure()  # a new helper, whose imports nothing changed: it serves
+        assert warm.zygote.wait_ready(30)
+        warm.ready = True
+        child = warm.spawn([str(tmp_path / "two.json")])
+        assert child is not None and child.wait(30) == 3
+    finally:
+        warm.close()
+
+
 def test_the_code_stamp_covers_loaded_modules_and_distribution_directories(tmp_path: Path) -> None:
     """code_stamp without a helper: a module's directory and a dist-info holder count; a sys.path
     directory without distributions (the working directory, a source checkout) and relative entries do not."""

@@ -113,6 +113,9 @@ async def list_enrolments(request: Request) -> Response:
     return JSONResponse({"enrolments": [e.as_json() for e in found]})
 
 
+DECISION_FIELDS = frozenset({"ids", "pattern", "group", "reason", "existing"})
+
+
 def selection_of(data: dict[str, Any]) -> Selection:
     ids, pattern, group = data.get("ids", []), data.get("pattern"), data.get("group")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
@@ -133,6 +136,10 @@ async def _decide(request: Request, approve: bool) -> Response:
                                    reviewers=settings.reviewers, operators=settings.operators)
     actor = principal.name
     data = await read_json_object(request, MAX_JSON_BYTES)
+    unknown = sorted(set(data) - DECISION_FIELDS)  # ignored, a `dry_run` would decide for real
+    if unknown:
+        raise BadRequestError(f"{unknown[0][:40]!r}: not a field of this action (it takes "
+                              f"{', '.join(sorted(DECISION_FIELDS))})")
     reason, existing = data.get("reason"), data.get("existing", False)
     if not isinstance(reason, str):
         raise BadRequestError("reason: must be a string saying why")

@@ -193,11 +193,11 @@ def _enrolment_paths() -> dict[str, Any]:
         {"type": "object", "required": ["ids", "reason"],
          "properties": {"ids": {"type": "array", "minItems": 1, "items": {"type": "string",
                                                                           "pattern": "^[0-9a-f]{16}$"}},
-                        "reason": reason, "existing": {"type": "boolean"}}},
+                        "reason": reason, "existing": {"type": "boolean"}}, "additionalProperties": False},
         {"type": "object", "required": ["pattern", "reason"],
-         "properties": {"pattern": no_nul, "reason": reason}},
+         "properties": {"pattern": no_nul, "reason": reason}, "additionalProperties": False},
         {"type": "object", "required": ["group", "reason"],
-         "properties": {"group": no_nul, "reason": reason}}]}
+         "properties": {"group": no_nul, "reason": reason}, "additionalProperties": False}]}
 
     def post(summary: str, body: dict[str, Any] | None, codes: dict[str, Any],
              *params: Any) -> dict[str, Any]:
@@ -339,7 +339,7 @@ def _rollout_paths() -> dict[str, Any]:
                          "responses": {**{c: done for c in codes},
                                        "400": error, "401": error, "403": error, "404": error}}}
 
-    reason = {"type": "string", "minLength": 1, "maxLength": 1000}
+    reason = {"type": "string", "minLength": 1, "maxLength": 1000, "pattern": "^[^\\x00]*$"}
     return {
         "/api/v1/rollouts/{commit}": {"get": {
             "summary": "The rollout state agents ask before applying a new commit (a host's ingest token); "
@@ -362,13 +362,13 @@ def _rollout_paths() -> dict[str, Any]:
             "Halt, resume, or skip a wave (an operator: `serve --operator NAME`)",
             {"type": "object", "required": ["action", "reason"],
              "properties": {"action": {"enum": ["halt", "resume", "skip"]}, "wave": {"type": "string"},
-                            "reason": reason}}),
+                            "reason": reason}, "additionalProperties": False}),
         "/api/v1/rollouts/{commit}/approvals": post(
             "Approve plan digests for the commit: every host with one of these plans may apply (an operator)",
             {"type": "object", "required": ["plan_digests", "reason"],
              "properties": {"plan_digests": {"type": "array", "minItems": 1,
                                              "items": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
-                            "reason": reason}}),
+                            "reason": reason}, "additionalProperties": False}),
     }
 
 

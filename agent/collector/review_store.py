@@ -288,6 +288,8 @@ def _need_reason(reason: str | None) -> str:
         raise InvalidActionError("reason: required (say why)")
     if len(reason) > 10_000:
         raise InvalidActionError("reason: longer than 10000 characters")
+    if "\x00" in reason:  # SQLite would store it, PostgreSQL refuses it: refused on both, named
+        raise InvalidActionError("reason: must not contain a NUL character")
     return reason.strip()
 
 

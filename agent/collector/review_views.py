@@ -64,11 +64,15 @@ def _collector(request: Request) -> Collector:
 
 
 def _text(fields: dict[str, Any], name: str) -> str | None:
+    """A text field: absent, null or "" is None; anything but a string, or one holding a NUL (SQLite
+    would store it, PostgreSQL refuses it), is refused naming the field."""
     value = fields.get(name)
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise InvalidActionError(f"{name}: expected a string")
+    if "\x00" in value:
+        raise InvalidActionError(f"{name}: must not contain a NUL character")
     return value
 
 

@@ -177,10 +177,21 @@ async def get_control(request: Request) -> Response:
     return JSONResponse(result)
 
 
-async def _json(request: Request) -> dict[str, Any]:
+ACTION_FIELDS = frozenset({"action", "wave", "reason"})
+APPROVAL_FIELDS = frozenset({"plan_digests", "reason"})
+
+
+async def _json(request: Request, allowed: frozenset[str]) -> dict[str, Any]:
+    """The body's JSON object; BadRequestError naming the first field not in `allowed` (a misspelt one
+    must not be ignored, as the commit page's forms and the review API refuse it)."""
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
         raise BadRequestError("Content-Type: must be application/json")
-    return await read_json_object(request, MAX_JSON_BYTES)
+    data = await read_json_object(request, MAX_JSON_BYTES)
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise BadRequestError(f"{unknown[0][:40]!r}: not a field of this action (it takes "
+                              f"{', '.join(sorted(allowed))})")
+    return data
 
 
 def _text(data: dict[str, Any], key: str, *, required: bool = True) -> str | None:
@@ -202,7 +213,7 @@ async def _operator(request: Request, action: str) -> tuple[Collector, str]:
 
 async def post_action(request: Request) -> Response:
     collector, actor = await _operator(request, "rollout.act")
-    data = await _json(request)
+    data = await _json(request, ACTION_FIELDS)
     row = await collector.db(
         rollout_store.act,
         collector.engine,
@@ -218,7 +229,7 @@ async def post_action(request: Request) -> Response:
 
 async def post_approvals(request: Request) -> Response:
     collector, actor = await _operator(request, "rollout.approve")
-    data = await _json(request)
+    data = await _json(request, APPROVAL_FIELDS)
     digests = data.get("plan_digests")
     if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
         raise BadRequestError("plan_digests: must be a list of plan digests (strings)")

@@ -360,6 +360,8 @@ def _reason(reason: str) -> str:
         raise BadRequestError("reason: say why (it is logged with who and when)")
     if len(reason) > MAX_REASON:
         raise BadRequestError(f"reason: at most {MAX_REASON} characters")
+    if "\x00" in reason:  # SQLite would store it, PostgreSQL refuses it: refused on both, named
+        raise BadRequestError("reason: must not contain a NUL character")
     return reason
 
 

@@ -210,7 +210,12 @@ def test_only_an_operator_decides_and_always_says_why(client: ASGIClient, engine
                           ({"reason": "x"}, "exactly one of"),
                           ({"ids": [web.id], "pattern": "web*", "reason": "x"}, "exactly one of"),
                           ({"pattern": "web*", "existing": True, "reason": "x"}, "existing: only with"),
-                          ({"ids": "abc", "reason": "x"}, "ids: must be a list")):
+                          ({"ids": "abc", "reason": "x"}, "ids: must be a list"),
+                          # a field it does not take was ignored: a `dry_run` approved for real
+                          ({"ids": [web.id], "reason": "x", "dry_run": True},
+                           "'dry_run': not a field of this action (it takes existing, group, ids, pattern, "
+                           "reason)"),
+                          ({"patern": "web*", "ids": [web.id], "reason": "x"}, "'patern': not a field")):
         answer = client.post(f"{ENROL}/approve", json=body, headers=operator)
         assert answer.status_code == 400 and message in answer.json()["error"], body
     missing = _decide(client, operator, "approve", ids=["0123456789abcdef"])

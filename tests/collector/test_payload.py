@@ -244,7 +244,57 @@ def _full_report() -> dict[str, Any]:
                          watch=WatchInfo(watched=3, changed=("/etc/x",)), warnings=("w",))
     data = to_dict(report)
     data["drift"][0]["first_seen_at"] = "2026-01-01T00:00:00.5+02:00"
+    # every record type of a report, so that the mutations below reach each one's fields (the drifted
+    # report has no failed task, error, contested path nor enforced apply of its own)
+    data["apply"]["failed_tasks"] = [{"task": "restart nginx", "message": "service failed", "item": "a"}]
+    data["errors"] = [{"phase": "apply", "message": "a task failed"}]
+    data["watch"]["contested"] = [{"path": "/etc/x", "flips": 2}]
+    data["rollout"]["enforced"]["apply"] = {"attempted": True, "changed": 1, "failed_tasks": []}
     return data
+
+
+def _record_types(cls: type) -> set[type]:
+    """Every dataclass a report can hold, `cls` included (from the type hints)."""
+    import dataclasses
+    import typing
+    found, pending = set(), [cls]
+    while pending:
+        tp = pending.pop()
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            if tp in found:
+                continue
+            found.add(tp)
+            pending.extend(typing.get_type_hints(tp).values())
+        else:
+            pending.extend(typing.get_args(tp))
+    return found
+
+
+def test_the_full_report_holds_every_record_type() -> None:
+    """The property test below mutates the fields of _full_report only: a record type missing from it (an
+    optional one left out, an empty tuple of them) would never be compared between the two paths."""
+    from agent.report import Report, decode
+    data = _full_report()
+    held: set[type] = set()
+
+    def walk(cls: type, value: Any) -> None:
+        import dataclasses
+        import typing
+        held.add(cls)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            sub = value.get(f.name)
+            for tp in (hints[f.name], *typing.get_args(hints[f.name])):
+                if isinstance(tp, type) and dataclasses.is_dataclass(tp) and isinstance(sub, dict):
+                    walk(tp, sub)
+                elif typing.get_origin(tp) is tuple and isinstance(sub, list):
+                    item = typing.get_args(tp)[0]
+                    if isinstance(item, type) and dataclasses.is_dataclass(item):
+                        for element in sub:
+                            walk(item, element)
+    decode(Report, data)  # valid as it is
+    walk(Report, data)
+    assert held == _record_types(Report), sorted(t.__name__ for t in _record_types(Report) - held)
 
 
 _TIMES = ["2026-01-01T00:00:00Z", "2026-01-01T00:00:00z", "2026-01-01t00:00:00Z", "2026-01-01 00:00:00Z",

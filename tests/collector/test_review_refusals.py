@@ -169,6 +169,18 @@ BODY_REFUSALS = {  # name: (action, change to the body, the one-line error start
     "an empty host_group": ("accept", {"scope": "role", "role": "nginx", "host_group": ""}, "host_group: empty"),
     "a blank host_pattern": ("accept", {"scope": "task", "host_pattern": "  "}, "host_pattern: '  ' is blank"),
     "an expiry that is no day": ("accept", {"expires_at": "2026-02-30"}, "expires_at: '2026-02-30' is not a date"),
+    # a NUL was stored by SQLite and refused by PostgreSQL as "the database refused a value" (no field
+    # named): every text an action stores is refused naming its field, on both databases
+    "a NUL in an ack's reason": ("ack", {"reason": "on\x00it"}, "reason: must not contain a NUL character"),
+    "a NUL in a revoke's reason": ("revoke", {"reason": "done\x00"}, "reason: must not contain a NUL"),
+    "a NUL in an exception's reason": ("accept", {"reason": "\x00"}, "reason: must not contain a NUL"),
+    "a NUL in the owner": ("accept", {"owner": "web\x00team"}, "owner: must not contain a NUL"),
+    "a NUL in the ticket": ("accept", {"ticket": "OPS-1\x00"}, "ticket: must not contain a NUL"),
+    "a NUL in the role": ("accept", {"scope": "role", "role": "ngi\x00nx"}, "role: must not contain a NUL"),
+    "a NUL in the host_pattern": ("accept", {"scope": "task", "host_pattern": "web-\x00*"},
+                                  "host_pattern: must not contain a NUL"),
+    "a NUL in the host_group": ("accept", {"scope": "task", "host_group": "\x00web"},
+                                "host_group: must not contain a NUL"),
 }
 
 
@@ -286,6 +298,8 @@ FORM_BODY_REFUSALS = {  # name: (action, fields changed or added, raw text appen
                             "host_pattern: given more than once"),
     # cut at 8 KiB, the reason was stored cut short (and a field after it dropped) without a word
     "a form over the limit": ("accept", {"reason": "r" * 9000}, "", "over the limit of 8192"),
+    "a NUL in a form's reason": ("ack", {"reason": "on\x00it"}, "", "reason: must not contain a NUL"),
+    "a NUL in a form's owner": ("accept", {"owner": "web\x00"}, "", "owner: must not contain a NUL"),
 }
 
 

@@ -362,6 +362,41 @@ def test_operators_halt_resume_and_skip_and_each_is_logged(client, token_for, se
     assert unknown.status_code == 404
 
 
+def test_a_nul_in_an_operators_text_is_refused_naming_the_field(client, token_for, send, engine):
+    """A NUL in a reason was stored by SQLite and refused by PostgreSQL as "the database refused a value"
+    (no field named); now refused on both, naming the field, and nothing is logged."""
+    put_policy(client, token_for)
+    send(rollout_report("c1", "canary", status=Status.DRIFTED))
+    alice = operator(engine)
+    for action, wave in (("halt", None), ("skip", "canary")):
+        refused = act(client, alice, action=action, reason="bad\x00smell", **({"wave": wave} if wave else {}))
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"] == "reason: must not contain a NUL character"
+    approval = client.post(f"/api/v1/rollouts/{COMMIT_A}/approvals",
+                           json={"plan_digests": ["f" * 64], "reason": "ok\x00"}, headers=alice)
+    assert approval.json()["error"] == "reason: must not contain a NUL character"
+    assert client.get(f"/api/v1/rollouts/{COMMIT_A}/control", headers=alice).json()["log"] == []
+
+
+def test_a_field_an_operators_action_does_not_take_is_refused_naming_it(client, token_for, send, engine):
+    """As the commit page's forms and the review API: a misspelt or foreign field in a JSON body is refused
+    (it was ignored: `"waves": "canary"` on a skip named no wave, `"plan_digest"` beside the list was
+    dropped without a word), and nothing is logged."""
+    put_policy(client, token_for)
+    send(rollout_report("c1", "canary", status=Status.DRIFTED))
+    alice = operator(engine)
+    refused = act(client, alice, action="halt", reason="x", waves="canary")
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"] == "'waves': not a field of this action (it takes action, reason, wave)"
+    approval = client.post(f"/api/v1/rollouts/{COMMIT_A}/approvals",
+                           json={"plan_digests": ["f" * 64], "plan_digest": "e" * 64, "reason": "ok"},
+                           headers=alice)
+    assert approval.status_code == 400, approval.text
+    assert approval.json()["error"] == "'plan_digest': not a field of this action (it takes plan_digests, reason)"
+    assert client.get(f"/api/v1/rollouts/{COMMIT_A}/control", headers=alice).json()["log"] == []
+    assert act(client, alice, action="halt", reason="x").status_code == 201  # the control: the same, right
+
+
 def test_one_approval_covers_every_host_with_that_plan(client, token_for, send, engine):
     put_policy(client, token_for)
     plan = plan_digest([("database", "pg config", "--- a\n+++ b\n")])
