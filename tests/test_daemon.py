@@ -9,8 +9,10 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -222,20 +224,16 @@ def test_daemon_with_an_invalid_configuration_exits_78(tmp_path: Path, capsys: p
     assert main(["run", "--config", str(bad)]) == 78  # every command: a configuration error is EX_CONFIG
 
 
-def test_a_reload_starts_again_a_warm_start_that_gave_up(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A helper that failed WarmStart.MAX_STARTS times in a row turns warm start off ("the cold path"); the
-    operator fixes the cause and reloads: the reload, which follows what the configuration wants, left the
-    given-up helper in place until a restart. Now it starts a new one (and closes the old)."""
+def warm_daemon(tmp_path: Path, command: Callable[[], tuple[str, ...]]) -> tuple[Daemon, list[Any]]:
+    """A daemon (fake cycles) with watch and the warm start on, whose helpers run `command()` (read at each
+    start), and the list of the helpers it started, in order."""
     from agent import zygote
-    from tests.test_zygote import PROBE_HELPER, helper_env
+    from tests.test_zygote import helper_env
 
-    caplog.set_level(logging.INFO, "agent.daemon")
-    caplog.set_level(logging.INFO, "agent.zygote")
-    command: list[tuple[str, ...]] = [(sys.executable, "-c", "import sys; sys.exit(1)")]  # broken at first
     helpers: list[zygote.WarmStart] = []
 
     def warm_start() -> zygote.WarmStart:
-        warm = zygote.WarmStart(helper_env(), command=command[0])
+        warm = zygote.WarmStart(helper_env(), command=command())
         warm.ensure()
         helpers.append(warm)
         return warm
@@ -247,6 +245,20 @@ def test_a_reload_starts_again_a_warm_start_that_gave_up(tmp_path: Path, caplog:
     fakes = Fakes()
     d = Daemon(path, config_mod.load(path), spawn=fakes.spawn, probe=fakes.probe, clock=Clock(1_000_000.0),
                warm_start=warm_start)
+    return d, helpers
+
+
+def test_a_reload_starts_again_a_warm_start_that_gave_up(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A helper that failed WarmStart.MAX_STARTS times in a row turns warm start off ("the cold path"); the
+    operator fixes the cause and reloads: the reload, which follows what the configuration wants, left the
+    given-up helper in place until a restart. Now it starts a new one (and closes the old)."""
+    from agent import zygote
+    from tests.test_zygote import PROBE_HELPER
+
+    caplog.set_level(logging.INFO, "agent.daemon")
+    caplog.set_level(logging.INFO, "agent.zygote")
+    command: list[tuple[str, ...]] = [(sys.executable, "-c", "import sys; sys.exit(1)")]  # broken at first
+    d, helpers = warm_daemon(tmp_path, lambda: command[0])
     d.start_watch()
     d.follow_config()
     try:
@@ -276,25 +288,10 @@ def test_no_helper_runs_while_watching_could_not_start_and_a_reload_tries_both_a
     watch that runs, and a reload retries a watch that could not start."""
     import resource
 
-    from agent import zygote
-    from tests.test_zygote import PROBE_HELPER, helper_env
+    from tests.test_zygote import PROBE_HELPER
 
     caplog.set_level(logging.INFO, "agent.daemon")
-    helpers: list[zygote.WarmStart] = []
-
-    def warm_start() -> zygote.WarmStart:
-        warm = zygote.WarmStart(helper_env(), command=PROBE_HELPER)
-        warm.ensure()
-        helpers.append(warm)
-        return warm
-
-    path = tmp_path / "agent.yaml"
-    path.write_text(yaml.safe_dump({"host": "web01", "source": {"url": "repo"}, "state_dir": "state",
-                                    "schedule": {"interval": "1h", "poll": "1m", "splay": "0s"},
-                                    "watch": True, "watch_warm_start": True}))
-    fakes = Fakes()
-    d = Daemon(path, config_mod.load(path), spawn=fakes.spawn, probe=fakes.probe, clock=Clock(1_000_000.0),
-               warm_start=warm_start)
+    d, helpers = warm_daemon(tmp_path, lambda: PROBE_HELPER)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     taken: list[int] = []
     try:
