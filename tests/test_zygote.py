@@ -51,6 +51,14 @@ def helper_env() -> dict[str, str]:
     return {**os.environ, "ZYGOTE_TEST": "yes", "PYTHONPATH": str(ROOT)}
 
 
+def assert_serves(warm: zygote.WarmStart, out: Path) -> None:
+    """The helper gets ready and forks a check whose child (the probe) writes `out` and exits 3."""
+    assert warm.zygote.wait_ready(30)
+    warm.ready = True
+    child = warm.spawn([str(out)])
+    assert child is not None and child.wait(30) == 3
+
+
 def test_the_helper_imports_the_agent_but_nothing_of_ansible() -> None:
     """Ansible reads the repo's ansible.cfg, plugins and collections when it is imported and started:
     none of it may be imported before the fork, or a new commit's files could be missed."""
@@ -193,10 +201,7 @@ def test_an_upgrade_of_the_agents_code_restarts_the_helper(tmp_path: Path, caplo
     warm = WarmStart(helper_env(), command=PROBE_HELPER, code_dir=code)
     warm.ensure()
     try:
-        assert warm.zygote.wait_ready(30)
-        warm.ready = True
-        child = warm.spawn([str(tmp_path / "one.json")])
-        assert child is not None and child.wait(30) == 3
+        assert_serves(warm, tmp_path / "one.json")
         (code / "cycle.py.dpkg-new").write_text("new\n")
         os.rename(code / "cycle.py.dpkg-new", code / "cycle.py")
         os.utime(code, ns=(0, 0))  # a clock tick apart, whatever the file system's resolution
@@ -204,10 +209,8 @@ def test_an_upgrade_of_the_agents_code_restarts_the_helper(tmp_path: Path, caplo
             assert warm.spawn([str(tmp_path / "two.json")]) is None
         assert "code in" in caplog.text and not warm.zygote.running
         warm.ensure()  # after the cycle: a new helper, with the new code's stamp
-        assert warm.zygote.running and warm.zygote.wait_ready(30)
-        warm.ready = True
-        child = warm.spawn([str(tmp_path / "three.json")])
-        assert child is not None and child.wait(30) == 3
+        assert warm.zygote.running
+        assert_serves(warm, tmp_path / "three.json")
     finally:
         warm.close()
 
@@ -256,10 +259,7 @@ def test_an_upgrade_of_what_the_helper_imported_restarts_it(tmp_path: Path, capl
     warm = WarmStart(env, command=helper, code_dir=tmp_path / "agent")  # agent/ itself does not change here
     warm.ensure()
     try:
-        assert warm.zygote.wait_ready(30)
-        warm.ready = True
-        child = warm.spawn([str(tmp_path / "one.json")])
-        assert child is not None and child.wait(30) == 3
+        assert_serves(warm, tmp_path / "one.json")
         upgrade(site)
         with caplog.at_level(logging.INFO, logger="agent.zygote"):
             assert warm.spawn([str(tmp_path / "two.json")]) is None
@@ -267,10 +267,8 @@ def test_an_upgrade_of_what_the_helper_imported_restarts_it(tmp_path: Path, capl
         assert str(site) in caplog.text and not warm.zygote.running and not warm.off
         assert not (tmp_path / "two.json").exists()  # no child of the old code
         warm.ensure()  # after the cycle: a new helper, stamped with the new code
-        assert warm.zygote.running and warm.zygote.wait_ready(30)
-        warm.ready = True
-        child = warm.spawn([str(tmp_path / "three.json")])
-        assert child is not None and child.wait(30) == 3
+        assert warm.zygote.running
+        assert_serves(warm, tmp_path / "three.json")
     finally:
         warm.close()
 
@@ -302,10 +300,7 @@ def test_an_upgrade_during_the_helpers_imports_restarts_it(tmp_path: Path,
         assert "changed since the helper imported its code" in caplog.text, caplog.text
         assert not (tmp_path / "one.json").exists()  # no child of code older than what is installed
         warm.ensure()  # a new helper, whose imports nothing changed: it serves
-        assert warm.zygote.wait_ready(30)
-        warm.ready = True
-        child = warm.spawn([str(tmp_path / "two.json")])
-        assert child is not None and child.wait(30) == 3
+        assert_serves(warm, tmp_path / "two.json")
     finally:
         warm.close()
 
