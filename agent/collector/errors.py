@@ -65,6 +65,12 @@ class InvalidActionError(CollectorError):
     status = 422
 
 
+class UnsupportedMediaTypeError(CollectorError):
+    """A body in a format the route does not read (HTTP 415), e.g. a multipart post to a form."""
+
+    status = 415
+
+
 class TooManyError(CollectorError):
     """Too many requests of a kind are waiting (HTTP 429): try again once some are decided."""
 

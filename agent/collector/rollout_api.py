@@ -245,7 +245,29 @@ async def post_approvals(request: Request) -> Response:
     return JSONResponse({"approved": added}, status_code=201)
 
 
-ROLLOUT_FORM_FIELDS = frozenset({"csrf", "op", "wave", "plan_digest", "reason"})
+# The fields each of the commit page's forms takes (besides csrf and op), by its op
+ROLLOUT_FORMS: dict[str, frozenset[str]] = {
+    "approve": frozenset({"plan_digest", "reason"}),
+    "halt": frozenset({"reason"}),
+    "resume": frozenset({"reason"}),
+    "skip": frozenset({"wave", "reason"}),
+}
+
+
+def _form_op(form: dict[str, list[str]]) -> str:
+    """The form's op when it is one of ROLLOUT_FORMS and every other field is one that op's form takes;
+    InvalidActionError naming the form's own field otherwise (a wave on a halt is not silently dropped)."""
+    op = form.get("op", [""])[0]
+    if op not in ROLLOUT_FORMS:
+        raise InvalidActionError(f"op: must be one of {', '.join(ROLLOUT_FORMS)}, got {op[:40]!r}")
+    takes = ROLLOUT_FORMS[op]
+    unknown = sorted(set(form) - takes - {"csrf", "op"})
+    if unknown:
+        raise InvalidActionError(f"{unknown[0][:40]!r}: not a field of the {op} form (it takes "
+                                 f"{', '.join(sorted(takes))})")
+    if "wave" in takes and not form.get("wave"):
+        raise InvalidActionError(f"wave: required to {op}")
+    return op
 
 
 async def page_action(request: Request) -> Response:
@@ -266,10 +288,7 @@ async def page_action(request: Request) -> Response:
         op, reason = form.get("op", [""])[0], form.get("reason", [""])[0]
         actor = check_operator(collector, request, principal, "rollout.approve" if op == "approve" else
                                "rollout.act")
-        unknown = sorted(set(form) - ROLLOUT_FORM_FIELDS)
-        if unknown:
-            raise InvalidActionError(f"{unknown[0][:40]!r}: not a field of this form (it takes "
-                                     f"{', '.join(sorted(ROLLOUT_FORM_FIELDS - {'csrf'}))})")
+        op = _form_op(form)
         if op == "approve":
             await collector.db(
                 rollout_store.approve,

@@ -23,7 +23,12 @@ from starlette.responses import RedirectResponse, Response
 from agent.collector import sessions
 from agent.collector.auth import Role, bearer, has_role, proxy_user, reader_principal, require
 from agent.collector.bodies import read_body
-from agent.collector.errors import CollectorError, InvalidActionError, UnauthorizedError
+from agent.collector.errors import (
+    CollectorError,
+    InvalidActionError,
+    UnauthorizedError,
+    UnsupportedMediaTypeError,
+)
 from agent.collector.tokens import Principal
 from agent.collector.ui_render import SECURITY_HEADERS, render_page
 
@@ -33,6 +38,8 @@ if TYPE_CHECKING:
 COOKIE = "gitops_session"
 SESSION_MAX_AGE_S = sessions.SESSION_MAX_AGE_S
 MAX_FORM_BYTES = 8192
+FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+LOGIN_FIELDS = frozenset({"token", "next"})
 LOGIN_REFUSED = ("Not a valid reader token "
                  "(create one with `gitops-collector token create --reader NAME`).")
 CROSS_SITE = "This form must be sent from this site's own pages (the Origin or Referer header names another)."
@@ -77,7 +84,13 @@ async def read_form(request: Request, *, repeatable: frozenset[str] = frozenset(
     """A form's fields, each with its values in order (blank values left out, as absent). Refused with a
     one-line error, rather than read in part: a body over MAX_FORM_BYTES (TooLargeError: cut short, a
     reason would be stored cut and the fields after it dropped), text that is not UTF-8
-    (InvalidActionError), a field given twice unless it is in `repeatable` (which value was meant?)."""
+    (InvalidActionError), a field given twice unless it is in `repeatable` (which value was meant?), a body
+    that is not `application/x-www-form-urlencoded` (UnsupportedMediaTypeError, 415: what an HTML form
+    sends by default; a multipart body would otherwise be misread as one odd field)."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != FORM_MEDIA_TYPE:
+        raise UnsupportedMediaTypeError(f"form: Content-Type must be {FORM_MEDIA_TYPE}, "
+                                        f"got {media_type[:60] or 'none'!r}")
     raw = await read_body(request, MAX_FORM_BYTES)
     try:
         pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
@@ -177,6 +190,9 @@ async def login_submit(request: Request) -> Response:
     public_urls = collector.settings.public_urls
     try:
         form = {name: values[0] for name, values in (await read_form(request)).items()}
+        unknown = sorted(set(form) - LOGIN_FIELDS)
+        if unknown:  # as every other form: a misspelt or foreign field is named, not ignored
+            raise InvalidActionError(f"{unknown[0][:40]!r}: not a field of this form (it takes next, token)")
     except CollectorError as e:
         return render_page("login.html", e.status, next="/", error=str(e))
     target = safe_next(form.get("next"))

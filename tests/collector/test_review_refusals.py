@@ -319,6 +319,21 @@ def test_bad_forms_are_refused_naming_the_field(client, engine, reviewer, target
     assert (target.state(), audit_rows(engine)) == (before, rows)
 
 
+@pytest.mark.parametrize("target", ["ack", "unack", "accept", "revoke"], indirect=True)
+def test_a_form_body_that_is_not_urlencoded_is_refused(client, engine, reviewer, target):  # noqa: F811
+    """What an HTML form sends by default, and nothing else: a multipart body (a form with enctype changed,
+    or a script) was read as one odd field and refused with a misleading line; now 415, naming it."""
+    before, rows = target.state(), audit_rows(engine)
+    csrf = sign_in(client, reviewer)
+    fields = {**form_fields(target.body), "csrf": csrf}
+    for media_type in ("multipart/form-data; boundary=b0", "text/plain"):
+        response = client.post(target.form, content=urlencode(fields), headers={**ORIGIN, "Content-Type": media_type})
+        assert response.status_code == 415, response.text
+        kind = media_type.split(";")[0]
+        assert f"form: Content-Type must be application/x-www-form-urlencoded, got &#39;{kind}&#39;" in response.text
+    assert (target.state(), audit_rows(engine)) == (before, rows)
+
+
 class _Forms(HTMLParser):
     """The fields of each POST form of a page: {action: {field names}} (inputs, selects, textareas)."""
 

@@ -434,6 +434,11 @@ def page_csrf(client, headers) -> str:
     return found.group(1) if found else ""
 
 
+MULTIPART = "multipart/form-data; boundary=b0"
+MULTIPART_HALT = (b'--b0\r\nContent-Disposition: form-data; name="op"\r\n\r\nhalt\r\n'
+                  b'--b0\r\nContent-Disposition: form-data; name="reason"\r\n\r\nwhy\r\n--b0--\r\n')
+
+
 def test_the_commit_page_form_acts_only_from_this_site_and_for_operators(client, token_for, send, engine):
     put_policy(client, token_for)
     send(rollout_report("c1", "canary"))
@@ -452,7 +457,13 @@ def test_the_commit_page_form_acts_only_from_this_site_and_for_operators(client,
         refused = client.post(url, data={**form, "csrf": csrf}, headers={**alice, **same})
         assert refused.status_code == 403 and "CSRF token is missing or wrong" in refused.text
     refusals = [  # as the review forms: one line naming the field; nothing done
-        ({**form, "reson": "typo"}, 422, "'reson': not a field of this form"),
+        ({**form, "reson": "typo"}, 422, "'reson': not a field of the halt form (it takes reason)"),
+        # each op's form takes its own fields: a wave on a halt would be dropped, and a halt halts all
+        ({**form, "wave": "canary"}, 422, "'wave': not a field of the halt form (it takes reason)"),
+        ({**form, "op": "resume", "plan_digest": "ab"}, 422, "'plan_digest': not a field of the resume form"),
+        ({k: v for k, v in form.items() if k != "op"}, 422, "op: must be one of approve, halt, resume, skip, got ''"),
+        ({**form, "op": "stop"}, 422, "op: must be one of approve, halt, resume, skip, got 'stop'"),
+        ({**form, "op": "skip"}, 422, "wave: required to skip"),
         ([*form.items(), ("reason", "again")], 422, "reason: given more than once"),
         ({**form, "reason": "x" * 9000}, 413, ""),
     ]
@@ -463,6 +474,9 @@ def test_the_commit_page_form_acts_only_from_this_site_and_for_operators(client,
     latin1 = client.post(url, content="op=halt&reason=caf\xe9".encode("latin-1"),
                          headers={**alice, **same, "Content-Type": FORM})
     assert latin1.status_code == 422 and "form: not UTF-8" in latin1.text
+    multipart = client.post(url, content=MULTIPART_HALT, headers={**alice, **same, "Content-Type": MULTIPART})
+    assert multipart.status_code == 415 and ("form: Content-Type must be application/x-www-form-urlencoded, got "
+                                             "'multipart/form-data'") in unescape(multipart.text)
     assert ask(client, token_for).json()["halted"] is None
     done = client.post(url, data=form, headers={**alice, **same})
     assert done.status_code == 303 and done.headers["location"] == f"/commits/{COMMIT_A}#rollout"

@@ -65,10 +65,18 @@ def test_a_login_form_is_read_whole_or_refused_with_one_line(client, token, seed
     replaced (both turned into a plain "not a valid token" before), and no session comes of it."""
     cases = [(b"token=" + token.encode() + b"&next=/drift&next=/", 422, "next: given more than once"),
              (b"token=" + token.encode() + b"&next=/caf\xe9", 422, "form: not UTF-8"),
-             (b"token=" + token.encode() + b"&next=/" + b"a" * 9000, 413, "over the limit of 8192")]
+             (b"token=" + token.encode() + b"&next=/" + b"a" * 9000, 413, "over the limit of 8192"),
+             (b"token=" + token.encode() + b"&nxt=/drift", 422, "&#39;nxt&#39;: not a field of this form")]
     for body, status, message in cases:
         refused = client.post("/login", content=body, headers={**URLENCODED, "Origin": HERE})
         assert refused.status_code == status and message in refused.text, body[:60]
+        assert "set-cookie" not in refused.headers
+    for media_type in ("multipart/form-data; boundary=b0", "application/json", None):  # what no login form sends
+        headers = {"Origin": HERE, **({"Content-Type": media_type} if media_type else {})}
+        refused = client.post("/login", content=b"token=" + token.encode(), headers=headers)
+        kind = media_type.split(";")[0] if media_type else "none"
+        assert refused.status_code == 415, media_type
+        assert f"form: Content-Type must be application/x-www-form-urlencoded, got &#39;{kind}&#39;" in refused.text
         assert "set-cookie" not in refused.headers
 
 
