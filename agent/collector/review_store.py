@@ -39,6 +39,7 @@ from agent.collector.drift_review import (
 )
 from agent.collector.errors import ConflictError, InvalidActionError, NotFoundError
 from agent.collector.tables import (
+    UTCDateTime,
     drift_exception_alerts,
     drift_exceptions,
     host_roles,
@@ -140,9 +141,12 @@ def _scope_fields(exc: dx.DriftException) -> str:
 
 def active_exceptions(conn: Connection, now: datetime) -> list[dx.DriftException]:
     """Exceptions not revoked and not expired at `now` (few: people create them one by one)."""
-    query = select(drift_exceptions).where(drift_exceptions.c.revoked_at.is_(None),
-                                           drift_exceptions.c.expires_at > now)
-    return [exception_of(r) for r in conn.execute(query)]
+    return [exception_of(r) for r in conn.execute(ACTIVE_EXCEPTIONS, {"now": now})]
+
+
+ACTIVE_EXCEPTIONS = select(drift_exceptions).where(
+    drift_exceptions.c.revoked_at.is_(None),
+    drift_exceptions.c.expires_at > bindparam("now", type_=UTCDateTime()))
 
 
 def _groups(conn: Connection, hosts: Iterable[str]) -> dict[str, set[str]]:
@@ -187,11 +191,9 @@ def record_reports(conn: Connection, items: Sequence[tuple[Report, datetime]]) -
     last_checks: dict[str, datetime] = {}
     for start in range(0, len(names), 500):
         chunk = names[start:start + 500]
-        for row in conn.execute(select(review_items).where(review_items.c.host.in_(chunk),
-                                                           review_items.c.state != RESOLVED)):
+        for row in conn.execute(CURRENT_ITEMS_OF, {"hosts": chunk}):
             current[row.host].append(item_of(row))
-        last_checks.update(conn.execute(select(review_hosts.c.host, review_hosts.c.last_check_at)
-                                        .where(review_hosts.c.host.in_(chunk))).all())
+        last_checks.update(conn.execute(LAST_CHECKS_OF, {"hosts": chunk}).all())
     drifted = [now for report, now in single if report.drift]
     exceptions = active_exceptions(conn, min(drifted)) if drifted else []
     inserts: list[dict[str, Any]] = []
@@ -212,6 +214,11 @@ def record_reports(conn: Connection, items: Sequence[tuple[Report, datetime]]) -
                      [{"key_host": host, "last_check_at": at} for host, at, new in checks if not new])
 
 
+# record_reports' statements, built once (the same SQL as built per call)
+CURRENT_ITEMS_OF = select(review_items).where(review_items.c.host.in_(bindparam("hosts", expanding=True)),
+                                              review_items.c.state != RESOLVED)
+LAST_CHECKS_OF = select(review_hosts.c.host, review_hosts.c.last_check_at).where(
+    review_hosts.c.host.in_(bindparam("hosts", expanding=True)))
 LAST_CHECK_SET = update(review_hosts).where(review_hosts.c.host == bindparam("key_host"))
 ITEM_SET = update(review_items).where(review_items.c.id == bindparam("key_id"))
 ITEMS_INSERT = review_items.insert()
