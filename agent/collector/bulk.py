@@ -7,7 +7,8 @@ compiler and the same SQL text as `conn.execute`), and each row goes to the driv
 `?`) or a dict (psycopg's `%(name)s`) built by `operator.itemgetter`, with each value put in the
 database's form: a `UTCDateTime` by `time_to_db` (the same values as its `process_bind_param` followed by
 the dialect's own DATETIME processing, tests/collector/test_bulk.py), any other type that has a bind
-processor by SQLAlchemy's own processor. What is saved per row: `construct_params`, the
+processor by SQLAlchemy's own processor; a time that recurs within one call is converted once. What is
+saved per row: `construct_params`, the
 processors' dispatch and SQLite's `%`-formatting of every datetime (17% of the collector's GIL samples
 under `bench/ingest_wrk.py` before, bench/README.md).
 
@@ -67,7 +68,9 @@ class _Plan:
     sql: str
     values: Callable[[Mapping[str, Any]], Any]  # the row's values in the statement's order (a tuple)
     names: tuple[str, ...] | None  # None: positional; else the dict keys for the driver, in that order
-    processors: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, processor)
+    processors: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, processor), not times
+    times: tuple[int, ...]  # positions of UTCDateTime values
+    time_to_db: Callable[[datetime | None], Any]
     sequence: Callable[[list[Any]], Any]  # the dialect's execute_sequence_format (tuple)
     stmt: UpdateBase  # kept, so that its id (the cache key) is not reused
 
@@ -83,12 +86,13 @@ def _plan(stmt: UpdateBase, dialect: Dialect, keys: tuple[str, ...]) -> _Plan:
     order = list(compiled.positiontup) if compiled.positional and compiled.positiontup is not None \
         else list(compiled.binds)
     processors: list[tuple[int, Callable[[Any], Any]]] = []
+    times: list[int] = []
     for i, name in enumerate(order):
         bind = compiled.binds[name]
         if name not in keys or bind.callable is not None or bind.expanding:
             raise ValueError(f"bulk.executemany: parameter {name!r} of the statement is not a row key")
         if isinstance(bind.type, UTCDateTime):
-            processors.append((i, time_to_db(dialect.name)))
+            times.append(i)
             continue
         process = bind.type.dialect_impl(dialect).bind_processor(dialect)
         if process is not None:
@@ -101,7 +105,8 @@ def _plan(stmt: UpdateBase, dialect: Dialect, keys: tuple[str, ...]) -> _Plan:
         values = operator.itemgetter(*order)
     escaped = compiled.escaped_bind_names
     names = None if compiled.positional else tuple(escaped.get(n, n) for n in order)
-    return _Plan(compiled.string, values, names, tuple(processors), dialect.execute_sequence_format, stmt)
+    return _Plan(compiled.string, values, names, tuple(processors), tuple(times), time_to_db(dialect.name),
+                 dialect.execute_sequence_format, stmt)
 
 
 def executemany(conn: Connection, stmt: UpdateBase, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -122,11 +127,24 @@ def executemany(conn: Connection, stmt: UpdateBase, rows: Sequence[Mapping[str, 
             _plans.clear()
         plan = _plans[cache_key] = _plan(stmt, dialect, keys)
     values, processors, names = plan.values, plan.processors, plan.names
+    times, to_db = plan.times, plan.time_to_db
+    # a batch's rows repeat times (a report's received_at in several columns, items seen at one time):
+    # each converted once per call. Keyed with `fold` too: two times of one zone compare equal on their
+    # wall clock alone, so an ambiguous local time (fold 0 and 1, an hour apart) would share an entry.
+    memo: dict[tuple[datetime, int], Any] = {}
     driver_rows: list[Any]
-    if processors:
+    if processors or times:
         driver_rows = []
         for row in rows:
             value = list(values(row))
+            for i in times:
+                t = value[i]
+                if t is not None:
+                    key = (t, t.fold)
+                    got = memo.get(key)
+                    if got is None:
+                        got = memo[key] = to_db(t)
+                    value[i] = got
             for i, process in processors:
                 value[i] = process(value[i])
             driver_rows.append(plan.sequence(value) if names is None

@@ -76,6 +76,10 @@ def batches() -> list[list[tuple[Any, bytes, datetime]]]:
                     pause=Pause("maintenance ✓", by="ops", since=BASE_TIME, until=TIMES[3])),
         make_report("cache01.example.com", status=Status.CORRECTED, finished_at=TIMES[5] + timedelta(days=330),
                     drift=(drift_item("redis"),), interval_s=None, splay_s=None),
+        # one wall-clock time of one zone, an hour apart in UTC (fold): equal as Python compares them
+        make_report("fold0.example.com", started_at=TIMES[4], finished_at=TIMES[4] + timedelta(hours=2)),
+        make_report("fold1.example.com", started_at=TIMES[4].replace(fold=1),
+                    finished_at=TIMES[4] + timedelta(hours=2)),
     ]
     second = [
         make_report("web01.example.com", status=Status.DRIFTED, finished_at=t0 + timedelta(minutes=30),
