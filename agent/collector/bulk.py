@@ -8,9 +8,9 @@ compiler and the same SQL text as `conn.execute`), and each row goes to the driv
 database's form: a `UTCDateTime` by `time_to_db` (the same values as its `process_bind_param` followed by
 the dialect's own DATETIME processing, tests/collector/test_bulk.py), any other type that has a bind
 processor by SQLAlchemy's own processor; a time that recurs within one call is converted once. What is
-saved per row: `construct_params`, the
-processors' dispatch and SQLite's `%`-formatting of every datetime (17% of the collector's GIL samples
-under `bench/ingest_wrk.py` before, bench/README.md).
+saved per row: `construct_params`, the processors' dispatch and SQLite's `%`-formatting of every
+datetime (17% of the collector's GIL samples under `bench/ingest_wrk.py` before, bench/README.md
+"Fourth pass").
 
 For statements without RETURNING. An INSERT that `conn.execute` would run through "insertmanyvalues" (a
 driver that asks for it without RETURNING: psycopg2) is refused rather than sent row by row; SQLite and
