@@ -190,6 +190,9 @@ def main() -> int:
     parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
                         help="after the rounds, an extra ingest round of SECONDS under py-spy (not counted)")
     parser.add_argument("--top", type=int, default=15, help="profile entries to print")
+    parser.add_argument("--profile-out", type=Path, metavar="FILE", default=None,
+                        help="also keep the profile's raw collapsed stacks in FILE (for flame graphs, or to "
+                             "sum up the frames of your choice)")
     parser.add_argument("--serve-args", nargs=argparse.REMAINDER, default=[],
                         help="passed to `gitops-collector serve`, e.g. --serve-args --db-threads 4")
     args = parser.parse_args()
@@ -255,6 +258,8 @@ def main() -> int:
                 if prof.returncode != 0 or not raw.exists():
                     raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')}")
                 summarize_profile(raw, args.top)
+                if args.profile_out is not None:
+                    shutil.copyfile(raw, args.profile_out)
         engine.dispose()
         logged = (Path(tmp) / "collector.log").read_text(errors="replace")
         tracebacks = logged.count("Exception in ASGI application")

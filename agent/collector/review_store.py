@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from agent.collector import db
+from agent.collector import bulk, db
 from agent.collector import drift_exceptions as dx
 from agent.collector.drift_review import (
     Changes,
@@ -39,6 +39,7 @@ from agent.collector.drift_review import (
 )
 from agent.collector.errors import ConflictError, InvalidActionError, NotFoundError
 from agent.collector.tables import (
+    UTCDateTime,
     drift_exception_alerts,
     drift_exceptions,
     host_roles,
@@ -49,12 +50,14 @@ from agent.collector.tables import (
 from agent.report import DriftItem, DriftKind, Report, format_time
 
 RESOLVED = "resolved"
+# json.dumps(..., ensure_ascii=False) builds a new JSONEncoder per call; this one encoder writes the same
+_JSON_UNICODE = json.JSONEncoder(ensure_ascii=False)
 
 
 def key_sha256(key: ItemKey) -> str:
     t = key.task
     parts = [key.host, t.role, t.play, t.ansible_role, t.task_file, t.task, key.item, key.nth]
-    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()
+    return hashlib.sha256(_JSON_UNICODE.encode(parts).encode("utf-8")).hexdigest()
 
 
 def diff_sha256(drift: DriftItem) -> str | None:
@@ -62,7 +65,7 @@ def diff_sha256(drift: DriftItem) -> str | None:
     if not drift.diffs:
         return None
     parts = [[d.path, d.before, d.after] for d in drift.diffs]
-    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()
+    return hashlib.sha256(_JSON_UNICODE.encode(parts).encode("utf-8")).hexdigest()
 
 
 def _key_of(row: Any) -> ItemKey:
@@ -138,9 +141,12 @@ def _scope_fields(exc: dx.DriftException) -> str:
 
 def active_exceptions(conn: Connection, now: datetime) -> list[dx.DriftException]:
     """Exceptions not revoked and not expired at `now` (few: people create them one by one)."""
-    query = select(drift_exceptions).where(drift_exceptions.c.revoked_at.is_(None),
-                                           drift_exceptions.c.expires_at > now)
-    return [exception_of(r) for r in conn.execute(query)]
+    return [exception_of(r) for r in conn.execute(ACTIVE_EXCEPTIONS, {"now": now})]
+
+
+ACTIVE_EXCEPTIONS = select(drift_exceptions).where(
+    drift_exceptions.c.revoked_at.is_(None),
+    drift_exceptions.c.expires_at > bindparam("now", type_=UTCDateTime()))
 
 
 def _groups(conn: Connection, hosts: Iterable[str]) -> dict[str, set[str]]:
@@ -185,11 +191,9 @@ def record_reports(conn: Connection, items: Sequence[tuple[Report, datetime]]) -
     last_checks: dict[str, datetime] = {}
     for start in range(0, len(names), 500):
         chunk = names[start:start + 500]
-        for row in conn.execute(select(review_items).where(review_items.c.host.in_(chunk),
-                                                           review_items.c.state != RESOLVED)):
+        for row in conn.execute(CURRENT_ITEMS_OF, {"hosts": chunk}):
             current[row.host].append(item_of(row))
-        last_checks.update(conn.execute(select(review_hosts.c.host, review_hosts.c.last_check_at)
-                                        .where(review_hosts.c.host.in_(chunk))).all())
+        last_checks.update(conn.execute(LAST_CHECKS_OF, {"hosts": chunk}).all())
     drifted = [now for report, now in single if report.drift]
     exceptions = active_exceptions(conn, min(drifted)) if drifted else []
     inserts: list[dict[str, Any]] = []
@@ -198,23 +202,27 @@ def record_reports(conn: Connection, items: Sequence[tuple[Report, datetime]]) -
     for report, now in single:
         _record(conn, report, now, current[report.host], last_checks.get(report.host), exceptions, inserts,
                 checks, updates)
-    if inserts:
-        conn.execute(review_items.insert(), inserts)
+    bulk.executemany(conn, ITEMS_INSERT, inserts)
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = collections.defaultdict(list)
     for values in updates:  # one executemany per set of columns (with or without diff_sha256)
         by_columns[tuple(sorted(values))].append(values)
     for rows in by_columns.values():
-        conn.execute(ITEM_SET, rows)
-    first = [{"host": host, "last_check_at": at} for host, at, new in checks if new]
-    if first:
-        conn.execute(review_hosts.insert(), first)
-    later = [{"key_host": host, "last_check_at": at} for host, at, new in checks if not new]
-    if later:
-        conn.execute(LAST_CHECK_SET, later)
+        bulk.executemany(conn, ITEM_SET, rows)
+    bulk.executemany(conn, LAST_CHECK_INSERT,
+                     [{"host": host, "last_check_at": at} for host, at, new in checks if new])
+    bulk.executemany(conn, LAST_CHECK_SET,
+                     [{"key_host": host, "last_check_at": at} for host, at, new in checks if not new])
 
 
+# record_reports' statements, built once (the same SQL as built per call)
+CURRENT_ITEMS_OF = select(review_items).where(review_items.c.host.in_(bindparam("hosts", expanding=True)),
+                                              review_items.c.state != RESOLVED)
+LAST_CHECKS_OF = select(review_hosts.c.host, review_hosts.c.last_check_at).where(
+    review_hosts.c.host.in_(bindparam("hosts", expanding=True)))
 LAST_CHECK_SET = update(review_hosts).where(review_hosts.c.host == bindparam("key_host"))
 ITEM_SET = update(review_items).where(review_items.c.id == bindparam("key_id"))
+ITEMS_INSERT = review_items.insert()
+LAST_CHECK_INSERT = review_hosts.insert()
 
 
 def _record(conn: Connection, report: Report, now: datetime, current: list[ReviewItem],

@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql.dml import Insert
 
-from agent.collector import db, review_store, rollout_ingest
+from agent.collector import bulk, db, review_store, rollout_ingest
 from agent.collector.errors import CollectorError, ConflictError, InvalidReportError, UnauthorizedError
 from agent.collector.hostnames import host_name_problem
 from agent.collector.report_times import check_run_times, clamp
@@ -287,6 +287,10 @@ def prune(engine: Engine, *, older_than: datetime) -> int:
 __all__ = ["Expectations", "compress", "decompress", "ingest", "prune"]
 
 
+# ingest_group's batched statements, long-lived for bulk.executemany's plans
+RUNS_INSERT = runs.insert()
+DRIFT_INSERT = drift_items.insert()
+HOST_ROLES_INSERT = host_roles.insert()
 RUNS_PRESENT = select(runs.c.run_id).where(runs.c.run_id.in_(bindparam("run_ids", expanding=True)))
 
 
@@ -333,13 +337,11 @@ def ingest_group(engine: Engine, items: Sequence[tuple[Report, bytes, datetime]]
 def _write_fresh(conn: Connection, fresh: Sequence[tuple[Report, bytes, datetime]],
                  expect: Expectations) -> None:
     """The rows of the batch's new reports, each table in as few statements as it allows."""
-    conn.execute(runs.insert(), [_run_row(*item) for item in fresh])
+    bulk.executemany(conn, RUNS_INSERT, [_run_row(*item) for item in fresh])
     drift_rows = [row for report, _, _ in fresh for row in _drift_rows(report)]
-    if drift_rows:  # one executemany for the batch's drift items, in the order of its runs
-        conn.execute(drift_items.insert(), drift_rows)
-    commit_rows = _commit_rows(fresh)
-    if commit_rows:
-        conn.execute(_insert_ignore_stmt(conn.dialect.name, commits), commit_rows)
+    # one executemany for the batch's drift items, in the order of its runs
+    bulk.executemany(conn, DRIFT_INSERT, drift_rows)
+    bulk.executemany(conn, _insert_ignore_stmt(conn.dialect.name, commits), _commit_rows(fresh))
     _upsert_hosts(conn, _newest_per_host(fresh), expect)
     # after the hosts' rows, as in ingest (_record_outcomes); the drift items' reads batched
     review_store.record_reports(conn, [(report, received_at) for report, _, received_at in fresh])
@@ -402,7 +404,7 @@ def _upsert_hosts(conn: Connection, newest: Sequence[tuple[Report, bytes, dateti
         expected_s = (report.interval_s or expect.interval_s) + (report.splay_s or expect.splay_s)
         rows.append({"host": report.host, **_host_state(report), "last_seen_at": received_at,
                      "due_at": received_at + timedelta(seconds=expected_s), "first_seen_at": received_at})
-    conn.execute(_host_upsert_stmt(conn.dialect.name), rows)
+    bulk.executemany(conn, _host_upsert_stmt(conn.dialect.name), rows)
     run_of = {report.host: report for report, _, _ in newest}
     names = list(run_of)
     replaced: list[Report] = []
@@ -413,10 +415,9 @@ def _upsert_hosts(conn: Connection, newest: Sequence[tuple[Report, bytes, dateti
     if not replaced:
         return
     replaced.sort(key=lambda r: r.host)
-    conn.execute(ROLES_DELETE, [{"key_host": r.host} for r in replaced])
+    bulk.executemany(conn, ROLES_DELETE, [{"key_host": r.host} for r in replaced])
     role_rows = [{"host": r.host, "role": role} for r in replaced for role in sorted(set(r.roles))]
-    if role_rows:
-        conn.execute(host_roles.insert(), role_rows)
+    bulk.executemany(conn, HOST_ROLES_INSERT, role_rows)
 
 
 def _commit_rows(batch: Sequence[tuple[Report, bytes, datetime]]) -> list[dict[str, Any]]:

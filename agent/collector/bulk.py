@@ -1,0 +1,156 @@
+"""Batched writes handed straight to the driver's `executemany`, without SQLAlchemy's work per row.
+
+`executemany(conn, stmt, rows)` does what `conn.execute(stmt, rows)` does for an INSERT, UPDATE or DELETE
+with a list of parameter dicts (all with the same keys), and sends the driver the same SQL and the same
+values; only the route differs. SQLAlchemy compiles the statement once per dialect and key set (the same
+compiler and the same SQL text as `conn.execute`), and each row goes to the driver as a tuple (SQLite's
+`?`) or a dict (psycopg's `%(name)s`) built by `operator.itemgetter`, with each value put in the
+database's form: a `UTCDateTime` by `time_to_db` (the same values as its `process_bind_param` followed by
+the dialect's own DATETIME processing, tests/collector/test_bulk.py), any other type that has a bind
+processor by SQLAlchemy's own processor; a time that recurs within one call is converted once. What is
+saved per row: `construct_params`, the processors' dispatch and SQLite's `%`-formatting of every
+datetime (17% of the collector's GIL samples under `bench/ingest_wrk.py` before, bench/README.md
+"Fourth pass").
+
+For statements without RETURNING. An INSERT that `conn.execute` would run through "insertmanyvalues" (a
+driver that asks for it without RETURNING: psycopg2) is refused rather than sent row by row; SQLite and
+psycopg 3 run an INSERT without RETURNING through `cursor.executemany` either way.
+
+`THROUGH_SQLALCHEMY` (tests only) sends every statement through `conn.execute` instead: the reference
+the stored rows are compared with.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.dml import Insert, UpdateBase
+
+from agent.collector.tables import UTCDateTime
+
+THROUGH_SQLALCHEMY = False
+MAX_PLANS = 512
+
+
+def _utc_naive(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to the database")
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def _sqlite_time(value: datetime | None) -> str | None:
+    # SQLAlchemy's SQLite DATETIME stores "%04d-%02d-%02d %02d:%02d:%02d.%06d" (year to microsecond) as
+    # text, which is what `isoformat(" ", "microseconds")` writes for a naive datetime
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to the database")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def time_to_db(dialect_name: str) -> Callable[[datetime | None], Any]:
+    """How a `UTCDateTime` value goes to the driver: on SQLite the text SQLAlchemy's DATETIME stores, on
+    PostgreSQL a naive UTC datetime (psycopg adapts it). None stays None; a naive datetime is refused
+    with the ValueError `UTCDateTime` raises."""
+    return _sqlite_time if dialect_name == "sqlite" else _utc_naive
+
+
+@dataclass(frozen=True)
+class _Plan:
+    sql: str
+    values: Callable[[Mapping[str, Any]], Any]  # the row's values in the statement's order (a tuple)
+    names: tuple[str, ...] | None  # None: positional; else the dict keys for the driver, in that order
+    processors: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, processor), not times
+    times: tuple[int, ...]  # positions of UTCDateTime values
+    time_to_db: Callable[[datetime | None], Any]
+    sequence: Callable[[list[Any]], Any]  # the dialect's execute_sequence_format (tuple)
+    stmt: UpdateBase  # kept, so that its id (the cache key) is not reused
+
+
+_plans: dict[tuple[int, str, tuple[str, ...]], _Plan] = {}
+
+
+def _plan(stmt: UpdateBase, dialect: Dialect, keys: tuple[str, ...]) -> _Plan:
+    if isinstance(stmt, Insert) and dialect.use_insertmanyvalues_wo_returning:
+        raise ValueError(f"bulk.executemany: {dialect.name}'s driver would run this statement through "
+                         "insertmanyvalues; use conn.execute")
+    compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
+    order = list(compiled.positiontup) if compiled.positional and compiled.positiontup is not None \
+        else list(compiled.binds)
+    processors: list[tuple[int, Callable[[Any], Any]]] = []
+    times: list[int] = []
+    for i, name in enumerate(order):
+        bind = compiled.binds[name]
+        if name not in keys or bind.callable is not None or bind.expanding:
+            raise ValueError(f"bulk.executemany: parameter {name!r} of the statement is not a row key")
+        if isinstance(bind.type, UTCDateTime):
+            times.append(i)
+            continue
+        process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if process is not None:
+            processors.append((i, process))
+    values: Callable[[Mapping[str, Any]], Any]
+    if len(order) == 1:
+        only = order[0]
+        values = lambda row: (row[only],)  # noqa: E731
+    else:
+        values = operator.itemgetter(*order)
+    escaped = compiled.escaped_bind_names
+    names = None if compiled.positional else tuple(escaped.get(n, n) for n in order)
+    return _Plan(compiled.string, values, names, tuple(processors), tuple(times), time_to_db(dialect.name),
+                 dialect.execute_sequence_format, stmt)
+
+
+def executemany(conn: Connection, stmt: UpdateBase, rows: Sequence[Mapping[str, Any]]) -> None:
+    """`conn.execute(stmt, rows)` for a long-lived `stmt` (a module constant or a cached one: plans are
+    kept per statement) and rows with the same keys. Nothing happens for no rows; a row without one of
+    the first row's keys raises KeyError."""
+    if not rows:
+        return
+    if THROUGH_SQLALCHEMY:
+        conn.execute(stmt, list(rows))
+        return
+    dialect = conn.dialect
+    keys = tuple(rows[0])
+    cache_key = (id(stmt), dialect.name, keys)
+    plan = _plans.get(cache_key)
+    if plan is None or plan.stmt is not stmt:
+        if len(_plans) >= MAX_PLANS:
+            _plans.clear()
+        plan = _plans[cache_key] = _plan(stmt, dialect, keys)
+    values, processors, names = plan.values, plan.processors, plan.names
+    times, to_db = plan.times, plan.time_to_db
+    # a batch's rows repeat times (a report's received_at in several columns, items seen at one time):
+    # each converted once per call. Keyed with `fold` too: two times of one zone compare equal on their
+    # wall clock alone, so an ambiguous local time (fold 0 and 1, an hour apart) would share an entry.
+    memo: dict[tuple[datetime, int], Any] = {}
+    driver_rows: list[Any]
+    if processors or times:
+        driver_rows = []
+        for row in rows:
+            value = list(values(row))
+            for i in times:
+                t = value[i]
+                if t is not None:
+                    key = (t, t.fold)
+                    got = memo.get(key)
+                    if got is None:
+                        got = memo[key] = to_db(t)
+                    value[i] = got
+            for i, process in processors:
+                value[i] = process(value[i])
+            driver_rows.append(plan.sequence(value) if names is None
+                               else dict(zip(names, value, strict=True)))
+    elif names is None:
+        driver_rows = [plan.sequence(values(row)) for row in rows]
+    else:
+        driver_rows = [dict(zip(names, values(row), strict=True)) for row in rows]
+    conn.exec_driver_sql(plan.sql, driver_rows)
