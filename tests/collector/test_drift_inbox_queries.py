@@ -298,6 +298,8 @@ def check_counts(engine: Engine, *, now: datetime | None = BASE_TIME) -> list[tu
     assert kept == expected
     for filters in COUNTED:
         live = queries._live_by_task(engine, Page(limit=1000), now=now, **filters)
+        every = {"task": None, "kind": None, "role": None, "host": None, "state": None, **filters}  # as the UI
+        assert queries.drift_by_task(engine, Page(limit=1000), now=now, **every) == live, filters
         assert queries.drift_by_task(engine, Page(limit=1000), now=now, **filters) == live, filters
         assert live.items == oracle_by_task(engine, now, **filters), filters
     full = queries._live_by_task(engine, Page(limit=1000), now=now)
