@@ -397,6 +397,13 @@ def test_counts_follow_every_kind_of_write(lite):
     step(lambda: review_store.revoke_exception(lite, exc_id, actor=actor, reason="fixed",
                                                now=BASE_TIME + timedelta(hours=1)))
     assert exc_id and not any(row[-1] for row in seen[-1])
+    short = dataclasses.replace(exc, created_at=BASE_TIME + timedelta(hours=2),
+                                expires_at=BASE_TIME + timedelta(days=1))
+    step(lambda: review_store.create_exception(lite, short, actor=actor, now=BASE_TIME + timedelta(hours=2)))
+    assert any(row[-1] for row in seen[-1])
+    # the maintenance step writes the lapsed acceptances down as open
+    step(lambda: review_store.expire_exceptions(lite, now=BASE_TIME + timedelta(days=2)))
+    assert not any(row[-1] for row in seen[-1])
     ri = review_items.c
 
     def item(*key: str) -> Any:
