@@ -6,7 +6,10 @@ the app runs queries in worker threads; on a shared machine it is the steadier f
 
 - `page /drift`: the whole request in-process (the real app through httpx's ASGI transport);
 - `drift_by_task`: the inbox aggregate as the page calls it (no HTTP, no rendering);
-- `  sql N`: each statement drift_by_task executes, captured from SQLAlchemy and run again alone;
+- `  sql N`: each statement drift_by_task executes, captured from SQLAlchemy and run again alone (`xK`:
+  the same statement K times with different parameters, e.g. one read per task shown);
+- `_live_by_task` (from migration 0012 on): the live aggregate over the items that drift_by_task read
+  before the per-task counts, timed in the same rounds;
 - `render drift.html`: the template with that result;
 - `floor: ...`: plain SQLite reads of the same partial index (ix_review_items_task_current) that do less
   than the inbox needs: one scan counting rows, a GROUP BY task identity counting rows only, and the
@@ -110,6 +113,23 @@ def captured_statements(engine: Any) -> list[tuple[str, Any]]:
     return seen
 
 
+def statement_parts(engine: Any, raw: sqlite3.Connection) -> dict[str, Callable[[], Any]]:
+    """The live aggregate (from migration 0012 on: the read the per-task counts replace), then one part
+    per distinct statement drift_by_task executes, run with each of its parameters."""
+    parts: dict[str, Callable[[], Any]] = {}
+    if hasattr(queries, "_live_by_task"):
+        parts["_live_by_task (the live aggregate)"] = (
+            lambda: queries._live_by_task(engine, queries.Page(), now=BASE_TIME))
+    statements: dict[str, list[Any]] = {}
+    for sql, params in captured_statements(engine):
+        statements.setdefault(sql, []).append(params)
+    for n, (sql, runs) in enumerate(statements.items(), 1):
+        times = f" x{len(runs)}" if len(runs) > 1 else ""
+        parts[f"  sql {n}{times}: {' '.join(sql.split())[:60]}..."] = (
+            lambda sql=sql, runs=runs: [raw.execute(sql, params).fetchall() for params in runs])
+    return parts
+
+
 def check_db(path: str) -> str | None:
     """What is wrong with `path` as this benchmark's database, or None."""
     if not Path(path).is_file():
@@ -154,9 +174,7 @@ def main() -> int:
         "page /drift": lambda: asyncio.run(get_page()),
         "drift_by_task": lambda: queries.drift_by_task(engine, queries.Page(), now=BASE_TIME),
     }
-    for n, (sql, params) in enumerate(captured_statements(engine), 1):
-        parts[f"  sql {n}: {' '.join(sql.split())[:60]}..."] = (
-            lambda sql=sql, params=params: raw.execute(sql, params).fetchall())
+    parts.update(statement_parts(engine, raw))
     parts["render drift.html"] = lambda: render_page("drift.html", tasks=listing, **context)
     for name, sql in FLOORS.items():
         parts[name] = lambda sql=sql: raw.execute(sql).fetchall()

@@ -12,13 +12,33 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, false, func, literal_column, or_, select, text, union_all
+from sqlalchemy import (
+    Engine,
+    and_,
+    bindparam,
+    case,
+    false,
+    func,
+    literal_column,
+    or_,
+    select,
+    text,
+    union_all,
+)
 from sqlalchemy.engine import Row
 
 from agent.collector import review_store
 from agent.collector.errors import BadRequestError, NotFoundError
 from agent.collector.store import decompress
-from agent.collector.tables import commits, drift_exceptions, host_roles, hosts, review_items, runs
+from agent.collector.tables import (
+    commits,
+    drift_exceptions,
+    drift_task_counts,
+    host_roles,
+    hosts,
+    review_items,
+    runs,
+)
 from agent.report import DriftKind, format_time
 
 CONVERGED = ("in_sync", "corrected")
@@ -271,7 +291,19 @@ def drift_by_task(engine: Engine, page: Page, *, now: datetime | None = None,
     Two reads, exact: the items grouped by task counting their stored states (from the index of
     migration 0011 alone), then the few accepted items whose exception has lapsed by `now`, counted per
     task and moved from `accepted` to `open`. (Counting effective_state per row cost a subquery per
-    accepted item: docs/drift-review.md "Speed".)"""
+    accepted item: docs/drift-review.md "Speed".)
+
+    On SQLite, unfiltered or filtered by role and/or task only, the first read is the per-task counts
+    table the triggers of migration 0012 keep (`_counted_by_task`) instead: the same figures, read in
+    O(tasks)."""
+    if engine.dialect.name == "sqlite" and all(
+            v is None for k, v in filters.items() if k not in COUNTED_FILTERS):
+        return _counted_by_task(engine, page, now=now, role=filters.get("role"), task=filters.get("task"))
+    return _live_by_task(engine, page, now=now, **filters)
+
+
+def _live_by_task(engine: Engine, page: Page, *, now: datetime | None, **filters: str | None) -> Listing:
+    """drift_by_task's live aggregate over the current items (every filter, every engine)."""
     ri = review_items.c
     kinds = [func.count().filter(ri.kind == k.value).label(k.value) for k in DriftKind]
     states = [func.count().filter(ri.state == s).label(s) for s in REVIEW_STATES]
@@ -297,6 +329,50 @@ def drift_by_task(engine: Engine, page: Page, *, now: datetime | None = None,
         item["kinds"] = {k.value: int(getattr(r, k.value) or 0) for k in DriftKind if getattr(r, k.value)}
         counts = {s: int(getattr(r, s) or 0) for s in REVIEW_STATES}
         moved = lapsed.get(tuple(r[:len(TASK_IDENTITY)]), 0)
+        counts["accepted"] -= moved
+        counts["open"] += moved
+        item["states"] = counts
+        items.append(item)
+    return Listing(items, len(rows))
+
+
+COUNTED_FILTERS = ("role", "task")  # the filters the per-task counts can answer
+# one task's live figures, built once: 100 statements built per request cost more than their reads
+_LIVE_PER_TASK = (select(func.min(review_items.c.first_seen_at).label("first_seen_at"),
+                         func.max(review_items.c.last_seen_at).label("last_seen_at"),
+                         func.max(review_items.c.module).label("module"))
+                  .where(CURRENT_ITEM, *(c == bindparam(f"k_{c.name}") for c in TASK_IDENTITY)))
+
+
+def _counted_by_task(engine: Engine, page: Page, *, now: datetime | None, role: str | None = None,
+                     task: str | None = None) -> Listing:
+    """drift_by_task from `drift_task_counts` (SQLite, migration 0012): its rows (one per task identity
+    with current items) sorted as the live aggregate's, the page cut, then for each task shown what
+    counts cannot keep, read live: first seen (min), last seen (max) and the module (max) of its current
+    items, one read per task of the covering index of 0011 (that task's entries only); and the same
+    lapsed-acceptance correction as the live read. The same dicts as the live aggregate's."""
+    tc = drift_task_counts.c
+    where = [c == v for c, v in ((tc.role, role), (tc.task, task)) if v is not None]
+    identity = (tc.task, tc.play, tc.role, tc.ansible_role, tc.task_file)
+    with engine.connect() as conn:
+        rows = sorted(conn.execute(select(drift_task_counts).where(tc["items"] > 0, *where)).all(),
+                      key=lambda r: (-r.hosts, r.task, r.play, r.role, r.ansible_role, r.task_file))
+        shown = rows[page.offset:page.offset + page.limit]
+        live = [conn.execute(_LIVE_PER_TASK, {f"k_{c.name}": getattr(r, c.name) for c in TASK_IDENTITY}).one()
+                for r in shown]
+        lapsed: dict[tuple[Any, ...], int] = {}
+        if now is not None and shown:
+            for lapse in conn.execute(_lapsed_items(now, _drift_where(role=role, task=task), TASK_IDENTITY)):
+                lapsed[tuple(lapse)] = lapsed.get(tuple(lapse), 0) + 1
+    items = []
+    for r, seen in zip(shown, live, strict=True):
+        key = tuple(getattr(r, c.name) for c in identity)
+        item: dict[str, Any] = dict(zip((c.name for c in identity), key, strict=True))
+        item.update(module=seen.module, hosts=r.hosts, items=r._mapping["items"],
+                    first_seen_at=_json(seen.first_seen_at), last_seen_at=_json(seen.last_seen_at))
+        item["kinds"] = {k.value: getattr(r, k.value) for k in DriftKind if getattr(r, k.value)}
+        counts = {s: int(getattr(r, s)) for s in REVIEW_STATES}
+        moved = lapsed.get(key, 0)
         counts["accepted"] -= moved
         counts["open"] += moved
         item["states"] = counts

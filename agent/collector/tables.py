@@ -32,6 +32,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -333,6 +334,23 @@ review_items = Table(
     # 0011: a role's compliance per task (compliance_store: current items by (role, task, host)), in order
     Index("ix_review_items_role_task_current", "role", "task", "host", "state", "accepted_by",
           sqlite_where=text("state != 'resolved'"), postgresql_where=text("state != 'resolved'")),
+)
+
+# 0012, SQLite only: the drift inbox's per-task counts of the current items, kept by triggers on
+# review_items (the migration's docstring, docs/drift-review.md "Speed"). Not in `metadata`: PostgreSQL has
+# no such table (it keeps the live aggregate), and `metadata` is what every engine's schema must match.
+sqlite_metadata = MetaData()
+drift_task_counts = Table(
+    "drift_task_counts", sqlite_metadata,
+    Column("task", Text, nullable=False),
+    Column("play", Text, nullable=False),
+    Column("role", String(255), nullable=False),
+    Column("ansible_role", String(255), nullable=False),
+    Column("task_file", Text, nullable=False),
+    *(Column(name, Integer, nullable=False, server_default="0")
+      for name in ("items", "hosts", "corrective", "intentional", "recurring", "unverifiable",
+                   "open", "acknowledged", "accepted")),
+    UniqueConstraint("task", "play", "role", "ansible_role", "task_file", name="uq_drift_task_counts_task"),
 )
 
 review_hosts = Table(

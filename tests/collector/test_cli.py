@@ -7,20 +7,32 @@ from datetime import timedelta
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 
 from agent.collector import db, store, tokens
 from agent.collector.cli import main
-from agent.collector.tables import drift_items, metadata, runs
+from agent.collector.tables import drift_items, metadata, runs, sqlite_metadata
 from agent.redact import redact_url
 from agent.report import Status, to_json
 from tests.factory import BASE_TIME, make_report
 
 
 def test_migration_creates_exactly_the_tables_module(engine):
+    # tables.sqlite_metadata: the tables that exist on SQLite only (0012's drift_task_counts)
+    sqlite_only = set(sqlite_metadata.tables)
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        shared = MigrationContext.configure(conn, opts={
+            "include_name": lambda name, kind, parent: kind != "table" or name not in sqlite_only})
+        diff = compare_metadata(shared, metadata)
+        alone = MigrationContext.configure(conn, opts={
+            "include_name": lambda name, kind, parent: kind != "table" or name in sqlite_only})
+        sqlite_diff = compare_metadata(alone, sqlite_metadata)
+        tables = set(inspect(conn).get_table_names())
     assert diff == []
+    if engine.dialect.name == "sqlite":
+        assert sqlite_diff == [] and sqlite_only <= tables
+    else:
+        assert not sqlite_only & tables
     assert db.current_revision(engine) == db.head_revision()
 
 

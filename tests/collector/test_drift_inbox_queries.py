@@ -10,21 +10,34 @@ expiry, on the expiry instant).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import random
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, and_, case, false, func, select
+from alembic import command
+from sqlalchemy import Connection, Engine, and_, case, delete, false, func, select, update
 
-from agent.collector import compliance_store, db, queries, store
+from agent.collector import compliance_store, db, queries, review_store, store
+from agent.collector import drift_exceptions as dx
 from agent.collector.compliance import Figure
 from agent.collector.compliance_store import Current
 from agent.collector.queries import CURRENT_ITEM, TASK_IDENTITY, Page, effective_state
-from agent.collector.tables import drift_exceptions, host_roles, hosts, review_hosts, review_items
-from agent.report import DriftKind, Status, to_json
-from tests.factory import BASE_TIME, make_report
+from agent.collector.tables import (
+    drift_exceptions,
+    drift_task_counts,
+    host_roles,
+    hosts,
+    review_hosts,
+    review_items,
+)
+from agent.report import DriftKind, Report, Status, to_json
+from tests.factory import BASE_TIME, drift_item, make_report
+from tests.live_collector import fresh_database
 
 ROLES = ("web", "db")
 TASKS = ("install nginx", "template config", "sysctl")
@@ -255,3 +268,224 @@ def test_compliance_figures_counted_by_the_database_match_the_per_host_count(eng
     assert whole.fleet.unknown == 1 and whole.fleet.in_sync < whole.fleet.hosts
     assert set(whole.roles) == set(ROLES) and whole.tasks
     assert any(f.in_sync < f.in_sync_with_exceptions for f in whole.tasks.values()) == (now < LAST_EXPIRY)
+
+
+# -- SQLite: the per-task counts the triggers of migration 0012 keep (drift_task_counts) ----------------
+#
+# After each kind of write to review_items, the counts table must equal the live aggregate of the current
+# items (items, distinct hosts, kinds, stored states per task identity), and drift_by_task (which reads it
+# on SQLite, unfiltered or by role/task) must give what the live aggregate gives.
+
+COUNTED = [{}, {"role": "web"}, {"role": "db"}, {"task": "nginx config"}, {"role": "web", "task": "users"},
+           {"role": "nope"}]
+
+
+def live_counts(conn: Connection) -> list[tuple[Any, ...]]:
+    """The counts by their definition: the current items grouped by task identity."""
+    ri = review_items.c
+    counts = [func.count(), func.count(func.distinct(ri.host)),
+              *(func.sum(case((ri.kind == k.value, 1), else_=0)) for k in DriftKind),
+              *(func.sum(case((ri.state == s, 1), else_=0)) for s in queries.REVIEW_STATES)]
+    query = select(*TASK_IDENTITY, *counts).where(CURRENT_ITEM).group_by(*TASK_IDENTITY)
+    return sorted(tuple(r) for r in conn.execute(query))
+
+
+def check_counts(engine: Engine, *, now: datetime | None = BASE_TIME) -> list[tuple[Any, ...]]:
+    """Assert the kept counts equal the live ones and drift_by_task's two paths agree; the counts."""
+    with engine.connect() as conn:
+        kept = sorted(tuple(r) for r in conn.execute(select(drift_task_counts)))
+        expected = live_counts(conn)
+    assert kept == expected
+    for filters in COUNTED:
+        live = queries._live_by_task(engine, Page(limit=1000), now=now, **filters)
+        every = {"task": None, "kind": None, "role": None, "host": None, "state": None, **filters}  # as the UI
+        assert queries.drift_by_task(engine, Page(limit=1000), now=now, **every) == live, filters
+        assert queries.drift_by_task(engine, Page(limit=1000), now=now, **filters) == live, filters
+        assert live.items == oracle_by_task(engine, now, **filters), filters
+    full = queries._live_by_task(engine, Page(limit=1000), now=now)
+    for offset, limit in ((0, 1), (1, 2), (2, 100), (len(full.items), 5)):
+        got = queries.drift_by_task(engine, Page(limit=limit, offset=offset), now=now)
+        assert got.items == full.items[offset:offset + limit] and got.total == full.total
+    return kept
+
+
+@pytest.fixture
+def lite(tmp_path) -> Iterator[Engine]:
+    """A migrated SQLite database (the counts and triggers exist on SQLite only)."""
+    with fresh_database("sqlite", tmp_path, migrated=True) as url:
+        engine = db.create(url)
+        db.prepare(engine)
+        yield engine
+        engine.dispose()
+
+
+def _drift(task: str, kind: DriftKind = DriftKind.CORRECTIVE, role: str = "web", item: str | None = None):
+    return dataclasses.replace(drift_item(task, kind=kind, role=role), item=item)
+
+
+class Fleet:
+    """Reports to one collector, each a minute after the one before (single or batched ingest)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.minute = engine, 0
+
+    def _report(self, host: str, drift: tuple[Any, ...], role: str) -> tuple[Report, bytes, datetime]:
+        self.minute += 1
+        at = BASE_TIME + timedelta(minutes=self.minute)
+        report = make_report(host, status=Status.DRIFTED if drift else Status.IN_SYNC, drift=drift,
+                             roles=(role,), finished_at=at)
+        return report, to_json(report).encode(), at
+
+    def ingest(self, host: str, *drift: Any, role: str = "web") -> None:
+        report, raw, at = self._report(host, drift, role)
+        assert store.ingest(self.engine, report, raw, received_at=at)
+
+    def group(self, *reports: tuple[str, tuple[Any, ...], str]) -> None:
+        results = store.ingest_group(self.engine, [self._report(h, d, r) for h, d, r in reports])
+        assert results == [True] * len(reports)
+
+
+def _item_id(engine: Engine, host: str, task: str, item: str = "") -> int:
+    ri = review_items.c
+    with engine.connect() as conn:
+        return int(conn.execute(select(ri.id).where(ri.host == host, ri.task == task, ri.item == item,
+                                                    CURRENT_ITEM)).scalar_one())
+
+
+def test_counts_follow_every_kind_of_write(lite):
+    actor = review_store.Actor("rita", "cli")
+    fleet = Fleet(lite)
+    seen = [check_counts(lite)]
+    assert seen == [[]]
+
+    def step(write: Any) -> None:
+        write()
+        seen.append(check_counts(lite))
+        assert seen[-1] != seen[-2], "the step changed no count: it tests nothing"
+
+    users = [_drift("users", item=name) for name in ("alice", "bob", "carol")]  # one task, 3 loop items
+    step(lambda: fleet.ingest("web01", _drift("nginx config"), _drift("sysctl", DriftKind.RECURRING), *users))
+    # hosts != items: one host, three items of "users"
+    assert any(row[:1] == ("users",) and row[5:7] == (3, 1) for row in seen[-1])
+    step(lambda: fleet.group(("web02", (_drift("nginx config"), *users[:2]), "web"),
+                             ("db01", (_drift("sysctl", DriftKind.UNVERIFIABLE, role="db"),), "db"),
+                             ("web03", (_drift("nginx config", DriftKind.INTENTIONAL),), "web")))
+    # the same drift again: the ingest UPDATEs every column of each item, no count moves
+    fleet.ingest("web01", _drift("nginx config"), _drift("sysctl", DriftKind.RECURRING), *users)
+    fleet.group(("web02", (_drift("nginx config"), *users[:2]), "web"))
+    assert check_counts(lite) == seen[-1]
+    step(lambda: fleet.ingest("web01", _drift("nginx config", DriftKind.INTENTIONAL),  # kind changes
+                              _drift("sysctl", DriftKind.RECURRING), *users))
+    step(lambda: fleet.group(("web03", (_drift("nginx config", DriftKind.RECURRING),), "web")))  # batched
+    step(lambda: fleet.ingest("web01", _drift("nginx config", DriftKind.INTENTIONAL),  # a loop item resolves
+                              _drift("sysctl", DriftKind.RECURRING), *users[:2]))
+    step(lambda: fleet.group(("web02", (), "web")))  # all of web02's resolve (batched)
+    step(lambda: fleet.ingest("db01"))  # single
+    step(lambda: fleet.group(("web02", (_drift("nginx config"), users[2]), "web")))  # re-opened: new items
+    step(lambda: fleet.ingest("db01", _drift("sysctl", role="db")))
+    sysctl = _item_id(lite, "web01", "sysctl")
+    step(lambda: review_store.acknowledge(lite, sysctl, actor=actor, reason="on it", now=BASE_TIME))
+    step(lambda: review_store.unacknowledge_item(lite, sysctl, actor=actor, reason="not me", now=BASE_TIME))
+    exc = dx.DriftException(id=0, scope=dx.ExceptionScope.ROLE, owner="ops", reason="vendor", ticket="T-1",
+                            created_at=BASE_TIME, expires_at=BASE_TIME + timedelta(days=3), role="web",
+                            role_kind=dx.RoleKind.PLAYBOOK)
+    exc_id = review_store.create_exception(lite, exc, actor=actor, now=BASE_TIME)
+    seen.append(check_counts(lite))
+    assert seen[-1] != seen[-2] and any(row[-1] for row in seen[-1])  # accepted items
+    for at in (BASE_TIME + timedelta(days=3), BASE_TIME + timedelta(days=4)):  # lapsed: moved to open
+        check_counts(lite, now=at)
+    step(lambda: review_store.revoke_exception(lite, exc_id, actor=actor, reason="fixed",
+                                               now=BASE_TIME + timedelta(hours=1)))
+    assert exc_id and not any(row[-1] for row in seen[-1])
+    short = dataclasses.replace(exc, created_at=BASE_TIME + timedelta(hours=2),
+                                expires_at=BASE_TIME + timedelta(days=1))
+    step(lambda: review_store.create_exception(lite, short, actor=actor, now=BASE_TIME + timedelta(hours=2)))
+    assert any(row[-1] for row in seen[-1])
+    # the maintenance step writes the lapsed acceptances down as open
+    step(lambda: review_store.expire_exceptions(lite, now=BASE_TIME + timedelta(days=2)))
+    assert not any(row[-1] for row in seen[-1])
+    ri = review_items.c
+
+    def item(*key: str) -> Any:
+        return ri.id == _item_id(lite, *key)
+
+    raw: list[Callable[[], Any]] = [  # built when run: each finds its item after the step before
+        lambda: update(review_items).where(item("web01", "users", "alice")).values(host="web09"),
+        lambda: update(review_items).where(item("web01", "users", "bob")).values(host="web02"),
+        lambda: update(review_items).where(item("web09", "users", "alice")).values(task="adduser"),
+        lambda: update(review_items).where(item("web03", "nginx config")).values(play="other play",
+                                                                                kind="unverifiable"),
+        lambda: update(review_items).where(item("web02", "users", "carol")).values(state="resolved"),
+        lambda: delete(review_items).where(item("db01", "sysctl"))]
+    for statement in raw:
+        step(lambda statement=statement: _run(lite, statement()))
+    with lite.connect() as conn:
+        resolved = conn.execute(select(func.count()).where(ri.state == "resolved")).scalar_one()
+    assert resolved
+    before = check_counts(lite)
+    _run(lite, delete(review_items).where(ri.state == "resolved"))  # resolved items count nowhere
+    assert check_counts(lite) == before
+    step(lambda: _run(lite, delete(review_items)))
+    assert seen[-1] == []
+
+
+def _run(engine: Engine, statement: Any) -> None:
+    with db.write(engine) as conn:
+        assert conn.execute(statement).rowcount
+
+
+def test_counts_follow_random_writes(lite):
+    """Property-style: random inserts, updates of any counted column (to a new value or the same) and
+    deletes of items of a few tasks and hosts, the counts compared after each."""
+    rng = random.Random(19)
+    ri = review_items.c
+    values = {"host": ["h1", "h2", "h3"], "task": ["t1", "t2"], "role": ["web", "db"], "play": ["p"],
+              "ansible_role": ["a", "b"], "task_file": ["f"], "kind": [k.value for k in DriftKind],
+              "state": ["open", "acknowledged", "accepted", "resolved"]}
+    for n in range(150):
+        with db.write(lite) as conn:
+            ids = list(conn.execute(select(ri.id)).scalars())
+            action = rng.choice(["insert", "insert", "update", "update", "update", "delete"]) if ids else "insert"
+            if action == "insert":
+                row = {c: rng.choice(v) for c, v in values.items()}
+                conn.execute(review_items.insert().values(**_base_row(n), **row))
+            elif action == "update":
+                changed = {c: rng.choice(values[c]) for c in rng.sample(sorted(values), rng.randint(1, 3))}
+                conn.execute(update(review_items).where(ri.id == rng.choice(ids)).values(**changed))
+            else:
+                conn.execute(delete(review_items).where(ri.id == rng.choice(ids)))
+        with lite.connect() as conn:
+            kept = sorted(tuple(r) for r in conn.execute(select(drift_task_counts)))
+            assert kept == live_counts(conn), (n, action)
+    check_counts(lite)
+
+
+def _base_row(n: int) -> dict[str, Any]:
+    return {"key_sha256": f"{n:064x}", "item": "", "nth": 0, "kinds": "[]",
+            "first_seen_at": BASE_TIME - timedelta(hours=n), "last_seen_at": BASE_TIME + timedelta(minutes=n),
+            "checks": 1, "commits": "[]", "commit_count": 1, "module": f"m{n % 3}", "task_path": "x.yml:1"}
+
+
+def test_migration_backfills_the_counts_from_existing_items(tmp_path):
+    with fresh_database("sqlite", tmp_path) as url:
+        engine = db.create(url)
+        try:
+            assert db.migrate(engine, "0011") == "0011"
+            fleet = Fleet(engine)
+            users = [_drift("users", item=name) for name in ("alice", "bob")]
+            fleet.ingest("web01", _drift("nginx config"), *users)
+            fleet.group(("web02", (_drift("nginx config", DriftKind.RECURRING), users[0]), "web"),
+                        ("db01", (_drift("sysctl", role="db"),), "db"))
+            fleet.ingest("db01")  # resolved: not counted
+            assert db.migrate(engine) == db.head_revision()
+            kept = check_counts(engine)
+            assert kept and any(row[:1] == ("users",) and row[5:7] == (3, 2) for row in kept)
+            config = db._alembic_config()
+            with db.write(engine) as conn:  # the downgrade drops the table and its triggers
+                config.attributes["connection"] = conn
+                command.downgrade(config, "0011")
+            with engine.connect() as conn:
+                left = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE name LIKE 'drift_task_counts%'")
+                assert left.all() == []
+        finally:
+            engine.dispose()
