@@ -557,6 +557,8 @@ def _open_existing(url: str) -> Iterator[Engine]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    if args.command == "serve":  # before logging is set up, as when the parser imported it: importing
+        import agent.collector.db  # noqa: F401  Alembic logs each of its plugins at INFO
     logging.basicConfig(level=getattr(args, "log_level", "warning").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
