@@ -17,7 +17,7 @@ import stat
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -460,9 +460,16 @@ def _token_bulk(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
+def _now() -> datetime:
+    """context.utc_now, imported by the commands that write only: `token list` has no use for the rest of
+    agent.collector.context (it loads the server's parts)."""
+    from agent.collector.context import utc_now
+
+    return utc_now()
+
+
 def _token(engine: Engine, args: argparse.Namespace) -> int:
     from agent.collector import tokens
-    from agent.collector.context import utc_now
     from agent.collector.tokens import TokenKind
 
     if args.action == "create" and args.hosts_from is not None:
@@ -475,7 +482,7 @@ def _token(engine: Engine, args: argparse.Namespace) -> int:
             kind, name = TokenKind.REVIEWER, args.reviewer
         if args.enrol:
             kind, name = TokenKind.ENROL, args.enrol
-        info, secret = tokens.create(engine, kind, name, now=utc_now())
+        info, secret = tokens.create(engine, kind, name, now=_now())
         print(f"{kind.value} token {info.id} for {name!r} (prefix {info.prefix}); shown once, store it now:")
         print(secret)
     elif args.action == "list" and args.json:
@@ -487,7 +494,7 @@ def _token(engine: Engine, args: argparse.Namespace) -> int:
             created = t.created_at.strftime("%Y-%m-%d %H:%M")
             print(f"{t.id:>4}  {t.kind.value:<6}  {t.name:<30}  {t.prefix:<12}  {created:<20}  {revoked}")
     else:
-        print(f"revoked {tokens.revoke(engine, args.ref, now=utc_now())} token(s)")
+        print(f"revoked {tokens.revoke(engine, args.ref, now=_now())} token(s)")
     return 0
 
 

@@ -59,7 +59,6 @@ def _table(rows: list[enrolment.Enrolment]) -> None:
 
 def run(engine: Engine, args: argparse.Namespace) -> int:
     from agent.collector import enrolment
-    from agent.collector.context import utc_now
     from agent.collector.enrolment import EnrolState, Selection
 
     if args.action == "list":
@@ -69,6 +68,8 @@ def run(engine: Engine, args: argparse.Namespace) -> int:
         else:
             _table(rows)
         return 0
+    from agent.collector.context import utc_now  # not for `list`: context loads the server's parts
+
     selection = Selection(tuple(args.ids), args.pattern, args.group)
     actor = args.by or f"cli:{getpass.getuser()}"
     decision = enrolment.decide(engine, selection, approve=args.action == "approve", actor=actor,

@@ -105,6 +105,16 @@ def test_a_database_command_still_loads_what_it_runs(tmp_path):
     assert result["codes"] == [0, 0]
     assert "database schema at revision" in str(result["out"]) and str(result["out"]).endswith("[]\n")
     assert {"sqlalchemy", "alembic"} <= set(result["modules"])  # type: ignore[arg-type]
+    listing = _probe(textwrap.dedent(f"""\
+        import contextlib, io, json, sys
+        from agent.collector.cli import main
+        with contextlib.redirect_stdout(io.StringIO()):
+            codes = [main(["token", "list", "--db", {url!r}]), main(["enrol", "list", "--db", {url!r}])]
+        print(json.dumps({{"codes": codes, "modules": sorted(sys.modules)}}))
+        """))
+    assert listing["codes"] == [0, 0]
+    # reading tokens or requests needs the database only, not the server's parts (context, Starlette)
+    assert not {"starlette", "agent.collector.context", "agent.collector.store"} & set(listing["modules"])  # type: ignore[arg-type]
 
 
 def test_the_parsers_defaults_equal_their_sources():
