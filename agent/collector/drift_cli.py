@@ -18,6 +18,7 @@ import os
 import pwd
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -98,6 +99,12 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def utc_now() -> datetime:
+    """Now, in UTC: the clock of context.utc_now, not imported from there because agent.collector.context
+    loads the server's parts (Starlette, anyio), which `drift list`, `ack` and `revoke` have no use for."""
+    return datetime.now(UTC)
+
+
 def actor() -> Actor:
     """`cli:USER`, the Unix user running the command (its effective uid)."""
     from agent.collector.review_store import Actor
@@ -154,7 +161,6 @@ def _list(engine: Engine, args: argparse.Namespace, out: TextIO) -> Result:
     from sqlalchemy import func, select
 
     from agent.collector import review_store
-    from agent.collector.context import utc_now
     from agent.collector.queries import effective_state
     from agent.collector.tables import review_items
 
@@ -200,7 +206,6 @@ def _age(seconds: int | None) -> str:
 
 def _ack(engine: Engine, args: argparse.Namespace, out: TextIO) -> Result:
     from agent.collector import review_store
-    from agent.collector.context import utc_now
 
     now = utc_now()
     call = review_store.unacknowledge_item if args.undo else review_store.acknowledge
@@ -211,7 +216,6 @@ def _ack(engine: Engine, args: argparse.Namespace, out: TextIO) -> Result:
 
 def _accept(engine: Engine, args: argparse.Namespace, out: TextIO) -> Result:
     from agent.collector import review_store
-    from agent.collector.context import utc_now
     from agent.collector.review_views import build_exception
     from agent.report import format_time
 
@@ -233,7 +237,6 @@ def _accept(engine: Engine, args: argparse.Namespace, out: TextIO) -> Result:
 
 def _revoke(engine: Engine, args: argparse.Namespace, out: TextIO) -> Result:
     from agent.collector import review_store
-    from agent.collector.context import utc_now
     from agent.report import format_time
 
     review_store.revoke_exception(engine, args.exception_id, actor=actor(), reason=args.reason, now=utc_now())
@@ -257,7 +260,6 @@ def _covered(engine: Engine, exc_id: int) -> int:
 
 def _export(engine: Engine, args: argparse.Namespace, out: TextIO) -> Result:
     from agent.collector import evidence
-    from agent.collector.context import utc_now
 
     try:
         key = evidence.load_key(args.key) if args.key is not None else None
