@@ -5,6 +5,7 @@ and an exit code. Only these cli modules print."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -14,17 +15,6 @@ from typing import NoReturn
 
 from agent import __version__, config, preflight
 from agent.cli_common import EX_CONFIG, EX_IOERR, EX_NOPERM, EX_SIGPIPE, EX_TEMPFAIL, EX_USAGE, journald
-from agent.cli_cycle import cmd_daemon, cmd_run
-from agent.cli_state import (
-    cmd_diff,
-    cmd_doctor,
-    cmd_enrol,
-    cmd_outbox,
-    cmd_pause,
-    cmd_resume,
-    cmd_status,
-    cmd_version,
-)
 from agent.errors import AgentError, ConfigError, LockedError, StorageError, UsageError
 from agent.report import Trigger
 
@@ -109,6 +99,27 @@ def _text_arg(text: str) -> str:
     return text
 
 
+# Each command's function, imported only when it runs (_command).
+COMMANDS = {"run": "agent.cli_cycle:cmd_run", "daemon": "agent.cli_cycle:cmd_daemon",
+            "status": "agent.cli_state:cmd_status", "diff": "agent.cli_state:cmd_diff",
+            "pause": "agent.cli_state:cmd_pause", "resume": "agent.cli_state:cmd_resume",
+            "outbox": "agent.cli_state:cmd_outbox", "doctor": "agent.cli_state:cmd_doctor",
+            "enrol": "agent.cli_state:cmd_enrol", "version": "agent.cli_state:cmd_version"}
+
+
+def _command(target: str) -> Callable[[argparse.Namespace], int]:
+    """The command `module:function` (agent.cli_cycle, agent.cli_state), imported when it runs: --help
+    and the light commands do not load what a cycle needs (httpx, rich, the daemon)."""
+    module, _, name = target.partition(":")
+
+    def run(args: argparse.Namespace) -> int:
+        func: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), name)
+        return func(args)
+
+    run.__qualname__ = run.__name__ = name
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line (also the source of the man page and the shell completions)."""
     parser = _Parser(
@@ -129,50 +140,50 @@ def build_parser() -> argparse.ArgumentParser:
                         help="agent.yaml (default: $GITOPS_AGENT_CONFIG or /etc/gitops-agent/agent.yaml)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
+    def add(name: str, text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=text, description=text)
-        p.set_defaults(func=func)
+        p.set_defaults(func=_command(COMMANDS[name]))
         return p
 
-    run = add("run", cmd_run, "one cycle now: fetch, check for drift, apply in enforce mode, recheck, "
-                              "report (exit 0 in sync/corrected, 2 drift left, 1 failed, 78 refused: "
-                              "a configuration problem found before Ansible ran)")
+    run = add("run", "one cycle now: fetch, check for drift, apply in enforce mode, recheck, "
+                     "report (exit 0 in sync/corrected, 2 drift left, 1 failed, 78 refused: "
+                     "a configuration problem found before Ansible ran)")
     run.add_argument("--check", action="store_true", help="detect only, this run: never apply")
     run.add_argument("--json", action="store_true", help="print the report (schema v1) as JSON")
     run.add_argument("--trigger", choices=[t.value for t in Trigger], default="manual",
                      help=argparse.SUPPRESS)  # set by the daemon for its cycles
     run.add_argument("--roles", default=None,
                      help=argparse.SUPPRESS)  # the daemon's watch checks: only these roles (a,b)
-    status = add("status", cmd_status, "the last run (status, commit, drift count), pause, the daemon "
-                                       "(running, pid, next check, a cycle in progress), the outbox")
+    status = add("status", "the last run (status, commit, drift count), pause, the daemon "
+                           "(running, pid, next check, a cycle in progress), the outbox")
     status.add_argument("--json", action="store_true", help="machine-readable")
-    diff = add("diff", cmd_diff, "the drift of the last run, task by task, as unified diffs")
+    diff = add("diff", "the drift of the last run, task by task, as unified diffs")
     diff.add_argument("--json", action="store_true", help="the drift items of the last run as JSON")
-    add("daemon", cmd_daemon, "the scheduled loop (systemd runs this): full check every schedule.interval "
-                              "at a per-host splay, new commits picked up every schedule.poll; SIGHUP "
-                              "reloads the config, SIGTERM stops")
-    pause = add("pause", cmd_pause, "stop applying (and with --checks-too, checking) until resume or expiry")
+    add("daemon", "the scheduled loop (systemd runs this): full check every schedule.interval "
+                  "at a per-host splay, new commits picked up every schedule.poll; SIGHUP "
+                  "reloads the config, SIGTERM stops")
+    pause = add("pause", "stop applying (and with --checks-too, checking) until resume or expiry")
     pause.add_argument("--reason", required=True, type=_text_arg,
                        help="why: shown in status and every report")
     pause.add_argument("--for", dest="duration", metavar="DURATION", type=_duration_arg,
                        help="expire by itself after this long (e.g. 30m, 4h, 2d); default: until resume")
     pause.add_argument("--checks-too", action="store_true", help="no checks either while paused")
-    add("resume", cmd_resume, "end a pause")
-    outbox = add("outbox", cmd_outbox, "reports not yet delivered to the collector, and quarantined ones "
-                                       "(exit 2 while some wait)")
+    add("resume", "end a pause")
+    outbox = add("outbox", "reports not yet delivered to the collector, and quarantined ones "
+                           "(exit 2 while some wait)")
     outbox.add_argument("--flush", action="store_true", help="deliver now")
     outbox.add_argument("--json", action="store_true", help="machine-readable")
-    doctor_cmd = add("doctor", cmd_doctor, "test everything a cycle needs: configuration, state_dir, token "
-                                           "file, the host in the inventory, each role's playbook, the Git "
-                                           "source, the collector and the token's validity (exit 0 all "
-                                           "good, 78 a local problem, 1 a network problem)")
+    doctor_cmd = add("doctor", "test everything a cycle needs: configuration, state_dir, token "
+                               "file, the host in the inventory, each role's playbook, the Git "
+                               "source, the collector and the token's validity (exit 0 all "
+                               "good, 78 a local problem, 1 a network problem)")
     doctor_cmd.add_argument("--json", action="store_true", help="machine-readable")
-    enrol = add("enrol", cmd_enrol, "with collector.enrol and no token file yet: ask the collector for this "
-                                    "host's token, or collect it once an operator has approved (exit 0 the "
-                                    "token is in place, 2 waiting for approval, 1 denied or failed); the "
-                                    "daemon and every delivery do this by themselves")
+    enrol = add("enrol", "with collector.enrol and no token file yet: ask the collector for this "
+                         "host's token, or collect it once an operator has approved (exit 0 the "
+                         "token is in place, 2 waiting for approval, 1 denied or failed); the "
+                         "daemon and every delivery do this by themselves")
     enrol.add_argument("--json", action="store_true", help="machine-readable")
-    add("version", cmd_version, "print the version")
+    add("version", "print the version")
     return parser
 
 

@@ -13,36 +13,33 @@ import json
 import logging
 import os
 import re
-import ssl
 import stat
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine
-from starlette.applications import Starlette
-
+# Building the parser and printing --help import nothing heavy (SQLAlchemy, Alembic, Starlette, msgspec,
+# httpx...): each command imports what it runs in its own function, so `--help` and the light commands
+# start fast. tests/collector/test_cli_imports.py keeps it so.
 from agent import __version__
-from agent.collector import db, drift_cli, enrol_cli, evidence, fleet_cli, review_backfill, store, tokens
-from agent.collector.alerts import Grouping, Webhook, mask_url, parse_webhook
-from agent.collector.app import create_app
-from agent.collector.auth import ProxyAuth
-from agent.collector.compliance_store import SNAPSHOT_S
-from agent.collector.context import DEFAULT_MAX_BODY_BYTES, Collector, CollectorSettings, utc_now
+from agent.collector import drift_cli, enrol_cli, fleet_cli
 from agent.collector.digits import whole_number
-from agent.collector.enrolment import EnrolPolicy
 from agent.collector.errors import CollectorError
-from agent.collector.heads import HeadsSettings, check_sources, parse_source
 from agent.collector.hostnames import host_name_problem
-from agent.collector.payload import PayloadLimits
-from agent.collector.tokens import TokenKind
-from agent.collector.ui_auth import origin_of
 from agent.errors import AgentError
-from agent.redact import redact_url
-from agent.report import format_time
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from starlette.applications import Starlette
+
+    from agent.collector import tokens
+    from agent.collector.alerts import Webhook
+    from agent.collector.context import CollectorSettings
+    from agent.collector.enrolment import EnrolPolicy
+    from agent.collector.heads import HeadsSettings
 
 DB_ENV = "GITOPS_COLLECTOR_DB"
 WEBHOOKS_ENV = "GITOPS_COLLECTOR_WEBHOOKS"
@@ -51,6 +48,15 @@ SERVE_ARGS_ENV = "GITOPS_COLLECTOR_SERVE_ARGS"
 DEFAULT_DB = "sqlite:////var/lib/gitops-collector/collector.db"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)?$")
 _SIZE = re.compile(r"^(\d+)(B|KB|MB|GB)?$", re.IGNORECASE)
+# `serve`'s defaults, written out here so that the parser needs none of the modules they come from; each
+# is the default of the named field, tests/collector/test_cli_imports.py checks that they stay equal.
+MAX_BODY_BYTES = 5 * 1024 * 1024  # context.DEFAULT_MAX_BODY_BYTES
+MAX_DEPTH = 32  # payload.PayloadLimits.max_depth
+MAX_STRING_CHARS = 1024 * 1024  # payload.PayloadLimits.max_string_chars
+GROUP_WAIT_S = 30.0  # alerts.Grouping.wait_s
+GROUP_INTERVAL_S = 300.0  # alerts.Grouping.interval_s
+ENROL_MAX_PENDING = 1000  # enrolment.EnrolPolicy.max_pending
+ENROL_MAX_PENDING_PER_ADDRESS = 20  # enrolment.EnrolPolicy.max_pending_per_address
 
 
 def duration_s(text: str) -> float:
@@ -70,6 +76,8 @@ def size_bytes(text: str) -> int:
 
 
 def webhook(text: str) -> Webhook:
+    from agent.collector.alerts import parse_webhook
+
     try:
         return parse_webhook(text)
     except ValueError as e:
@@ -93,11 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", parents=[common], help="serve the ingest and query API")
     serve.add_argument("--listen", type=listen_address, default=("127.0.0.1", 8080), help="HOST:PORT")
-    serve.add_argument("--max-body", type=size_bytes, default=DEFAULT_MAX_BODY_BYTES,
+    serve.add_argument("--max-body", type=size_bytes, default=MAX_BODY_BYTES,
                        help="largest accepted report body (default 5MB)")
-    serve.add_argument("--max-depth", type=int, default=PayloadLimits.max_depth,
-                       help=f"deepest JSON nesting accepted in a report (default {PayloadLimits.max_depth})")
-    serve.add_argument("--max-string", type=size_bytes, default=PayloadLimits.max_string_chars,
+    serve.add_argument("--max-depth", type=int, default=MAX_DEPTH,
+                       help=f"deepest JSON nesting accepted in a report (default {MAX_DEPTH})")
+    serve.add_argument("--max-string", type=size_bytes, default=MAX_STRING_CHARS,
                        help="longest string accepted in a report, in characters (default 1MB)")
     serve.add_argument("--stale-grace", type=duration_s, default=600.0,
                        help="a host is stale after interval + splay + this (default 10m)")
@@ -139,9 +147,9 @@ def _parser() -> argparse.ArgumentParser:
                             "(default 2s; keep it well under the agents' schedule.poll)")
     serve.add_argument("--notify-interval", type=duration_s, default=15.0,
                        help="how often to look for state changes and retry deliveries (default 15s)")
-    serve.add_argument("--alert-group-wait", type=duration_s, default=Grouping.wait_s,
+    serve.add_argument("--alert-group-wait", type=duration_s, default=GROUP_WAIT_S,
                        help="hold a new alert group (kind, task, commit) this long for more hosts (30s)")
-    serve.add_argument("--alert-group-interval", type=duration_s, default=Grouping.interval_s,
+    serve.add_argument("--alert-group-interval", type=duration_s, default=GROUP_INTERVAL_S,
                        help="then send further hosts of that group at most this often (default 5m)")
     serve.add_argument("--heads-source", action="append", default=[], metavar="URL[#REF,...]",
                        help="commit beacon: watch these refs of this Git repository (default ref main; "
@@ -157,13 +165,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="approve enrolment requests at once when a client certificate (--tls-client-ca) "
                             "names the host and the name matches GLOB (repeatable; never for a host that "
                             "already has a token or reports; secret-authenticated requests always wait)")
-    serve.add_argument("--enrol-max-pending", type=int, default=EnrolPolicy.max_pending, metavar="N",
+    serve.add_argument("--enrol-max-pending", type=int, default=ENROL_MAX_PENDING, metavar="N",
                        help=f"refuse (429) new enrolment requests while N are pending (default "
-                            f"{EnrolPolicy.max_pending})")
+                            f"{ENROL_MAX_PENDING})")
     serve.add_argument("--enrol-max-pending-per-address", type=int, metavar="N",
-                       default=EnrolPolicy.max_pending_per_address,
+                       default=ENROL_MAX_PENDING_PER_ADDRESS,
                        help="refuse (429) new enrolment requests while N from one peer address are pending "
-                            f"(default {EnrolPolicy.max_pending_per_address})")
+                            f"(default {ENROL_MAX_PENDING_PER_ADDRESS})")
     serve.add_argument("--prune-older-than", type=duration_s, metavar="DURATION",
                        help="the leading collector deletes runs finished longer ago than this (each host's "
                             "latest kept) when it takes the lead and then hourly, like `prune --older-than`; "
@@ -212,6 +220,8 @@ def _token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
 
 @contextmanager
 def _open(url: str, *, check: bool = True) -> Iterator[Engine]:
+    from agent.collector import db
+
     engine = db.create(url)
     try:
         if check:
@@ -222,6 +232,8 @@ def _open(url: str, *, check: bool = True) -> Iterator[Engine]:
 
 
 def _webhook_lines(text: str, where: str) -> list[Webhook]:
+    from agent.collector.alerts import parse_webhook
+
     hooks = []
     for number, line in enumerate(text.splitlines(), 1):
         entry = line.strip()
@@ -249,6 +261,8 @@ def _webhook_file(path: Path) -> list[Webhook]:
 def webhooks_of(args: argparse.Namespace) -> tuple[Webhook, ...]:
     """--webhook, then --webhook-file, then $GITOPS_COLLECTOR_WEBHOOKS (whitespace-separated); each URL
     once."""
+    from agent.collector.alerts import mask_url
+
     hooks = list(args.webhook)
     if args.webhook_file is not None:
         hooks += _webhook_file(args.webhook_file)
@@ -263,6 +277,8 @@ def webhooks_of(args: argparse.Namespace) -> tuple[Webhook, ...]:
 
 def heads_of(args: argparse.Namespace) -> HeadsSettings | None:
     """The commit beacon's settings, or None when no source is watched; one-line errors."""
+    from agent.collector.heads import HeadsSettings, check_sources, parse_source
+
     if not args.heads_source:
         if args.hook_secret_file is not None:
             raise CollectorError("--hook-secret-file needs --heads-source: a hook names a watched source")
@@ -287,6 +303,8 @@ def heads_of(args: argparse.Namespace) -> HeadsSettings | None:
 
 
 def _public_urls(urls: list[str]) -> tuple[str, ...]:
+    from agent.collector.ui_auth import origin_of
+
     for url in urls:
         if origin_of(url) is None:
             raise CollectorError(f"--public-url {url!r}: expected http(s)://HOST[:PORT]")
@@ -294,6 +312,13 @@ def _public_urls(urls: list[str]) -> tuple[str, ...]:
 
 
 def _settings(args: argparse.Namespace) -> CollectorSettings:
+    from agent.collector import evidence
+    from agent.collector.alerts import Grouping
+    from agent.collector.auth import ProxyAuth
+    from agent.collector.compliance_store import SNAPSHOT_S
+    from agent.collector.context import CollectorSettings
+    from agent.collector.payload import PayloadLimits
+
     proxy = None
     if args.trusted_header:
         proxy = ProxyAuth(args.trusted_header, tuple(args.trusted_proxy or ("127.0.0.1", "::1")))
@@ -314,6 +339,8 @@ def _settings(args: argparse.Namespace) -> CollectorSettings:
 
 
 def _enrol_policy(args: argparse.Namespace) -> EnrolPolicy:
+    from agent.collector.enrolment import EnrolPolicy
+
     if args.enrol_autosign and not args.tls_client_ca:
         raise CollectorError("--enrol-autosign needs --tls-client-ca: only a certificate proves a host's "
                              "name")
@@ -332,12 +359,23 @@ def _prune_age(seconds: float | None) -> float | None:
 
 def app_from_env() -> Starlette:
     """uvicorn's app factory in each worker process of `serve --workers N` (N > 1)."""
+    from agent.collector import db
+    from agent.collector.app import create_app
+    from agent.collector.context import Collector
+
     args = _parser().parse_args(json.loads(os.environ[SERVE_ARGS_ENV]))
     return create_app(Collector(db.create(args.db), _settings(args)))
 
 
 def _serve(args: argparse.Namespace, argv: list[str]) -> int:
+    import ssl
+
     import uvicorn
+
+    from agent.collector import db
+    from agent.collector.app import create_app
+    from agent.collector.context import Collector
+    from agent.redact import redact_url
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CollectorError("serve: --tls-cert and --tls-key go together")
@@ -393,6 +431,9 @@ def hosts_file(path: Path) -> list[str]:
 
 
 def _token_bulk(engine: Engine, args: argparse.Namespace) -> int:
+    from agent.collector import tokens
+    from agent.collector.context import utc_now
+
     hosts = hosts_file(args.hosts_from)
     out: Path | None = args.out_dir
     if out is not None:
@@ -419,7 +460,18 @@ def _token_bulk(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
+def _now() -> datetime:
+    """context.utc_now, imported by the commands that write only: `token list` has no use for the rest of
+    agent.collector.context (it loads the server's parts)."""
+    from agent.collector.context import utc_now
+
+    return utc_now()
+
+
 def _token(engine: Engine, args: argparse.Namespace) -> int:
+    from agent.collector import tokens
+    from agent.collector.tokens import TokenKind
+
     if args.action == "create" and args.hosts_from is not None:
         return _token_bulk(engine, args)
     if args.action == "create" and args.out_dir is not None:
@@ -430,7 +482,7 @@ def _token(engine: Engine, args: argparse.Namespace) -> int:
             kind, name = TokenKind.REVIEWER, args.reviewer
         if args.enrol:
             kind, name = TokenKind.ENROL, args.enrol
-        info, secret = tokens.create(engine, kind, name, now=utc_now())
+        info, secret = tokens.create(engine, kind, name, now=_now())
         print(f"{kind.value} token {info.id} for {name!r} (prefix {info.prefix}); shown once, store it now:")
         print(secret)
     elif args.action == "list" and args.json:
@@ -442,11 +494,13 @@ def _token(engine: Engine, args: argparse.Namespace) -> int:
             created = t.created_at.strftime("%Y-%m-%d %H:%M")
             print(f"{t.id:>4}  {t.kind.value:<6}  {t.name:<30}  {t.prefix:<12}  {created:<20}  {revoked}")
     else:
-        print(f"revoked {tokens.revoke(engine, args.ref, now=utc_now())} token(s)")
+        print(f"revoked {tokens.revoke(engine, args.ref, now=_now())} token(s)")
     return 0
 
 
 def _token_json(t: tokens.TokenInfo) -> dict[str, Any]:
+    from agent.report import format_time
+
     return {"id": t.id, "kind": t.kind.value, "name": t.name, "prefix": t.prefix,
             "created_at": format_time(t.created_at),
             "revoked_at": format_time(t.revoked_at) if t.revoked_at else None}
@@ -473,6 +527,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             return _token(engine, args) if args.command == "token" else _prune(engine, args)
     with _open(args.db, check=args.command != "migrate") as engine:
         if args.command == "migrate":
+            from agent.collector import db, review_backfill
+
             print(f"database schema at revision {db.migrate(engine)}")
             filled = review_backfill.backfill(engine)
             if filled:
@@ -482,6 +538,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _prune(engine: Engine, args: argparse.Namespace) -> int:
+    from agent.collector import store
+    from agent.collector.context import utc_now
+
     cutoff = utc_now() - timedelta(seconds=args.older_than)
     pruned = store.prune(engine, older_than=cutoff)
     print(f"pruned {pruned} run(s) finished before {cutoff:%Y-%m-%d %H:%M}Z")
@@ -491,6 +550,8 @@ def _prune(engine: Engine, args: argparse.Namespace) -> int:
 @contextmanager
 def _open_existing(url: str) -> Iterator[Engine]:
     """An engine on a database that exists and has this collector's schema; never creates either."""
+    from agent.collector import db
+
     db.require_existing(url)
     engine = db.create(url)
     try:
@@ -503,6 +564,8 @@ def _open_existing(url: str) -> Iterator[Engine]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    if args.command == "serve":  # before logging is set up, as when the parser imported it: importing
+        import agent.collector.db  # noqa: F401  Alembic logs each of its plugins at INFO
     logging.basicConfig(level=getattr(args, "log_level", "warning").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -12,12 +12,13 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-import httpx
-
 from agent.collector.errors import CollectorError
+
+if TYPE_CHECKING:  # imported where a request is made, so that the CLI's parser can read the names below
+    import httpx
 
 URL_ENV = "GITOPS_COLLECTOR_URL"
 TOKEN_FILE_ENV = "GITOPS_COLLECTOR_TOKEN_FILE"  # noqa: S105 (a variable's name)
@@ -119,6 +120,8 @@ class FleetClient:
     timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
+        import httpx
+
         self.url = check_url(self.url)
         verify: Any = True
         if self.ca_file:
@@ -137,6 +140,8 @@ class FleetClient:
 
     def get(self, path: str, **params: Any) -> Any:
         """GET /api/v1/PATH (segments already quoted) with the params that are not None."""
+        import httpx
+
         query = {k: v for k, v in params.items() if v is not None}
         try:
             response = self._http.get(f"/api/v1/{path}", params=query)

@@ -18,21 +18,20 @@ import os
 import pwd
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from sqlalchemy import Engine, func, select
-
-from agent.collector import evidence, review_store
-from agent.collector.context import utc_now
 from agent.collector.errors import CollectorError, NotFoundError
-from agent.collector.queries import effective_state
-from agent.collector.review_store import Actor
-from agent.collector.review_views import build_exception
-from agent.collector.tables import review_items
-from agent.report import format_time
+
+if TYPE_CHECKING:  # the actions import what they use when they run: `--help` stays light (cli.py)
+    from sqlalchemy import Engine
+
+    from agent.collector import evidence
+    from agent.collector.review_store import Actor
 
 STATES = ("open", "acknowledged", "accepted", "resolved", "current")
+FORMATS = ("jsonl", "csv")  # evidence.FORMATS, written out for the parser (test_cli_imports.py)
 DEST = "drift_action"
 
 
@@ -87,7 +86,7 @@ def add_actions(drift: argparse.ArgumentParser, common: argparse.ArgumentParser)
     export.add_argument("--from", dest="start", required=True, metavar="WHEN", help="YYYY-MM-DD or RFC 3339")
     export.add_argument("--to", dest="end", metavar="WHEN", help="end, excluded (default now)")
     export.add_argument("--scope", default="fleet", help="fleet (default), role:NAME or host:NAME")
-    export.add_argument("--format", choices=evidence.FORMATS, default="jsonl")
+    export.add_argument("--format", choices=FORMATS, default="jsonl")
     export.add_argument("--key", type=Path, metavar="FILE",
                         help="sign with this OpenSSH private key (SHA256SUMS.sig in the bundle)")
     export.add_argument("--out", type=Path, required=True, metavar="FILE",
@@ -100,8 +99,16 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def utc_now() -> datetime:
+    """Now, in UTC: the clock of context.utc_now, not imported from there because agent.collector.context
+    loads the server's parts (Starlette, anyio), which `drift list`, `ack` and `revoke` have no use for."""
+    return datetime.now(UTC)
+
+
 def actor() -> Actor:
     """`cli:USER`, the Unix user running the command (its effective uid)."""
+    from agent.collector.review_store import Actor
+
     try:
         name = pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
@@ -151,6 +158,12 @@ def as_options(message: str) -> str:
 
 
 def _list(engine: Engine, args: argparse.Namespace, out: TextIO) -> Result:
+    from sqlalchemy import func, select
+
+    from agent.collector import review_store
+    from agent.collector.queries import effective_state
+    from agent.collector.tables import review_items
+
     now = utc_now()
     state_now = effective_state(now).label("state_now")
     query = select(review_items, state_now)
@@ -192,6 +205,8 @@ def _age(seconds: int | None) -> str:
 
 
 def _ack(engine: Engine, args: argparse.Namespace, out: TextIO) -> Result:
+    from agent.collector import review_store
+
     now = utc_now()
     call = review_store.unacknowledge_item if args.undo else review_store.acknowledge
     call(engine, args.item_id, actor=actor(), reason=args.reason, now=now)
@@ -200,6 +215,10 @@ def _ack(engine: Engine, args: argparse.Namespace, out: TextIO) -> Result:
 
 
 def _accept(engine: Engine, args: argparse.Namespace, out: TextIO) -> Result:
+    from agent.collector import review_store
+    from agent.collector.review_views import build_exception
+    from agent.report import format_time
+
     now = utc_now()
     fields = {"scope": args.scope, "owner": args.owner, "reason": args.reason, "ticket": args.ticket,
               "expires_at": args.expires, "host_pattern": args.host_pattern, "host_group": args.host_group,
@@ -217,6 +236,9 @@ def _accept(engine: Engine, args: argparse.Namespace, out: TextIO) -> Result:
 
 
 def _revoke(engine: Engine, args: argparse.Namespace, out: TextIO) -> Result:
+    from agent.collector import review_store
+    from agent.report import format_time
+
     review_store.revoke_exception(engine, args.exception_id, actor=actor(), reason=args.reason, now=utc_now())
     row = review_store.exception_row(engine, args.exception_id)
     body = {"id": row.id, "scope": row.scope, "scope_fields": json.loads(row.scope_fields),
@@ -227,12 +249,18 @@ def _revoke(engine: Engine, args: argparse.Namespace, out: TextIO) -> Result:
 
 
 def _covered(engine: Engine, exc_id: int) -> int:
+    from sqlalchemy import func, select
+
+    from agent.collector.tables import review_items
+
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).where(review_items.c.accepted_by == exc_id,
                                                            review_items.c.resolved_at.is_(None))).scalar_one())
 
 
 def _export(engine: Engine, args: argparse.Namespace, out: TextIO) -> Result:
+    from agent.collector import evidence
+
     try:
         key = evidence.load_key(args.key) if args.key is not None else None
     except CollectorError as e:
@@ -252,6 +280,8 @@ def write_bundle(engine: Engine, req: evidence.Export, fmt: str, key: evidence.S
                  path: Path) -> int:
     """Stream the bundle into `path` (created, never overwritten; removed again if the export fails) or
     stdout for `-`. Returns the bytes written."""
+    from agent.collector import evidence
+
     if str(path) == "-":
         size = 0
         for chunk in evidence.bundle_chunks(engine, req, fmt, key):

@@ -11,12 +11,12 @@ import argparse
 import getpass
 import json
 import sys
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine
+if TYPE_CHECKING:  # run() imports what it uses: `--help` stays light (cli.py)
+    from sqlalchemy import Engine
 
-from agent.collector import enrolment
-from agent.collector.context import utc_now
-from agent.collector.enrolment import EnrolState, Selection
+    from agent.collector import enrolment
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -44,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
 
 
 def _table(rows: list[enrolment.Enrolment]) -> None:
+    from agent.collector.enrolment import EnrolState
+
     print(f"{'ID':<16}  {'HOST':<30}  {'STATE':<9}  {'AUTH':<11}  {'ADDRESS':<15}  {'REQUESTED':<16}  NOTE")
     for r in rows:
         note = "EXISTING HOST " if r.existing and r.state is EnrolState.PENDING else ""
@@ -56,6 +58,9 @@ def _table(rows: list[enrolment.Enrolment]) -> None:
 
 
 def run(engine: Engine, args: argparse.Namespace) -> int:
+    from agent.collector import enrolment
+    from agent.collector.enrolment import EnrolState, Selection
+
     if args.action == "list":
         rows = enrolment.list_requests(engine, () if args.all else (EnrolState.PENDING,))
         if args.json:
@@ -63,6 +68,8 @@ def run(engine: Engine, args: argparse.Namespace) -> int:
         else:
             _table(rows)
         return 0
+    from agent.collector.context import utc_now  # not for `list`: context loads the server's parts
+
     selection = Selection(tuple(args.ids), args.pattern, args.group)
     actor = args.by or f"cli:{getpass.getuser()}"
     decision = enrolment.decide(engine, selection, approve=args.action == "approve", actor=actor,

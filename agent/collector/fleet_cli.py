@@ -27,9 +27,11 @@ from agent.collector.client import (
     find_token,
     segment,
 )
-from agent.collector.queries import HOST_SORTS, SEVERITY
-from agent.collector.ui_render import ago
 
+# queries.SEVERITY and the keys of queries.HOST_SORTS, written out so that the parser needs no SQLAlchemy
+# (`--help` stays light, cli.py); tests/collector/test_cli_imports.py checks that they stay equal.
+SEVERITY = ("failed", "error", "drifted", "paused", "corrected", "in_sync")
+HOST_SORTS = ("host", "last_seen", "status", "drift", "commit")
 COMMANDS = ("hosts", "host", "drift", "runs", "run", "commits", "commit")
 COLOURS = {"failed": "31", "error": "35", "drifted": "33", "paused": "90", "corrected": "36", "in_sync": "32",
            "stale": "35"}
@@ -127,6 +129,8 @@ class Style:
         return f"\x1b[{code}m{text}\x1b[0m" if self.colour and code else text
 
     def when(self, value: str | None) -> str:
+        from agent.collector.ui_render import ago
+
         return ago(value, self.now) if value else "-"
 
 
