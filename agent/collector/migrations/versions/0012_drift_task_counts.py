@@ -8,12 +8,14 @@ current items (state != 'resolved'): `items`, `hosts` (distinct hosts), one coun
 accepted). Triggers on `review_items` keep it exact in the writer's own transaction, whoever writes (the
 batched ingest's executemany, the review actions, a raw UPDATE or DELETE): after an insert, a delete, and
 an update that really changes state, kind, host or an identity column (compared with IS NOT: the ingest
-writer SETs every column at every check, and then the trigger does nothing). Each subtracts the old row's
-contribution if it was current and adds the new row's if it is (an UPSERT). `hosts` is a distinct count:
-a host adds 1 only when no other current item (id != this one) of the same identity has that host, and
-subtracts 1 only when none remains: a probe of the partial index `ix_review_items_task_current` (0011),
-which starts with the identity and the host. A row whose `items` reaches 0 is deleted, so the table has
-exactly the task identities with current items. The upgrade fills it from the existing items.
+writer SETs every column at every check, and then the trigger does nothing). The rows a REPLACE deletes
+fire the DELETE trigger only with PRAGMA recursive_triggers=ON: db.create sets it on every connection.
+Each subtracts the old row's contribution if it was current and adds the new row's if it is (an
+UPSERT). `hosts` is a distinct count: a host adds 1 only when no other current item (id != this one) of
+the same identity has that host, and subtracts 1 only when none remains: a probe of the partial index
+`ix_review_items_task_current` (0011), which starts with the identity and the host. A row whose `items`
+reaches 0 is deleted, so the table has exactly the task identities with current items. The upgrade fills
+it from the existing items.
 
 **SQLite only** (on PostgreSQL this revision does nothing): SQLite has one writer at a time (db.write
 takes BEGIN IMMEDIATE, plus the process's write lock), so the triggers cannot race or deadlock. On
