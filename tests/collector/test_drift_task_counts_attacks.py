@@ -18,10 +18,10 @@ from alembic import command
 from sqlalchemy import Engine, delete, func, select, text, update
 
 from agent.collector import db, queries
-from agent.collector.tables import review_items
+from agent.collector.tables import drift_task_counts, review_items
 from agent.report import Status
 from tests.collector.test_drift_inbox import at, drift, exception_body, items, reviewer  # noqa: F401
-from tests.collector.test_drift_inbox_queries import _base_row, check_counts, lite  # noqa: F401
+from tests.collector.test_drift_inbox_queries import _base_row, check_counts, lite, live_counts  # noqa: F401
 from tests.factory import BASE_TIME, make_report
 
 _COLUMNS = ("id", "key_sha256", "host", "role", "play", "ansible_role", "task_file", "task", "item", "nth",
@@ -225,3 +225,33 @@ def test_two_writers_with_their_own_engines_keep_the_counts(lite):  # noqa: F811
         check_counts(lite)
     finally:
         other.dispose()
+
+
+def test_counts_follow_random_statements_over_many_rows(lite):  # noqa: F811
+    """Property-style, as test_counts_follow_random_writes but each statement over a random set of rows:
+    UPDATEs by host/task/state (several rows of one task and host at once), id shifts, REPLACE, DELETEs."""
+    rng = random.Random(27)
+    values = {"host": ["h1", "h2", "h3"], "task": ["t1", "t2", "T1"], "role": ["web", "db"],
+              "kind": ["corrective", "recurring"], "state": ["open", "acknowledged", "accepted", "resolved"]}
+    for n in range(1, 201):
+        action = rng.choice(["insert", "replace", "update", "update", "update", "shift", "delete"])
+        column = rng.choice(sorted(values))
+        where = f"{column} = '{rng.choice(values[column])}'"
+        if action in ("insert", "replace"):
+            target = n if action == "insert" else rng.randint(1, n)
+            _insert(lite, target, host=rng.choice(values["host"]), task=rng.choice(values["task"]),
+                    state=rng.choice(values["state"]), kind=rng.choice(values["kind"]),
+                    role=rng.choice(values["role"]), verb="INSERT OR REPLACE")
+        elif action == "update":
+            changed = rng.sample(sorted(values), rng.randint(1, 3))
+            sets = ", ".join(f"{c} = '{rng.choice(values[c])}'" for c in changed)
+            _sql(lite, f"UPDATE review_items SET {sets} WHERE {where}")
+        elif action == "shift":
+            _sql(lite, f"UPDATE review_items SET id = id + 1000, state = '{rng.choice(values['state'])}' "
+                       f"WHERE {where}")
+        else:
+            _sql(lite, f"DELETE FROM review_items WHERE {where}")
+        with lite.connect() as conn:
+            kept = sorted(tuple(r) for r in conn.execute(select(drift_task_counts)))
+            assert kept == live_counts(conn), (n, action, where)
+    check_counts(lite)
