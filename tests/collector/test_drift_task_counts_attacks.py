@@ -178,6 +178,7 @@ def test_the_page_and_the_api_show_what_the_live_aggregate_gives(client, send, r
     assert figures == {"nginx config": (3, 3, {"open": 1, "acknowledged": 0, "accepted": 2}),
                        "users": (3, 6, {"open": 6, "acknowledged": 0, "accepted": 0})}
     assert counted["role=nomatch"][0]["items"] == [] and counted["role=nomatch"][0]["total"] == 0
+    assert counted["role="][0] == counted["task=&role="][0] == counted[""][0]  # empty: not filtered
     assert counted["limit=1&offset=1"][0]["total"] == 2
     assert [t["task"] for t in counted["limit=1&offset=1"][0]["items"]] == ["users"]
 
