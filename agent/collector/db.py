@@ -62,6 +62,9 @@ def _sqlite_engine(url: str) -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # the rows a REPLACE (INSERT OR REPLACE, UPDATE OR REPLACE) deletes fire DELETE triggers only with
+        # this on (sqlite.org/lang_conflict.html): the drift counts' triggers (migration 0012) need them
+        cursor.execute("PRAGMA recursive_triggers=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")

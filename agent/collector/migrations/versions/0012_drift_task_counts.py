@@ -8,12 +8,14 @@ current items (state != 'resolved'): `items`, `hosts` (distinct hosts), one coun
 accepted). Triggers on `review_items` keep it exact in the writer's own transaction, whoever writes (the
 batched ingest's executemany, the review actions, a raw UPDATE or DELETE): after an insert, a delete, and
 an update that really changes state, kind, host or an identity column (compared with IS NOT: the ingest
-writer SETs every column at every check, and then the trigger does nothing). Each subtracts the old row's
-contribution if it was current and adds the new row's if it is (an UPSERT). `hosts` is a distinct count:
-a host adds 1 only when no other current item (id != this one) of the same identity has that host, and
-subtracts 1 only when none remains: a probe of the partial index `ix_review_items_task_current` (0011),
-which starts with the identity and the host. A row whose `items` reaches 0 is deleted, so the table has
-exactly the task identities with current items. The upgrade fills it from the existing items.
+writer SETs every column at every check, and then the trigger does nothing). The rows a REPLACE deletes
+fire the DELETE trigger only with PRAGMA recursive_triggers=ON: db.create sets it on every connection.
+Each subtracts the old row's contribution if it was current and adds the new row's if it is (an
+UPSERT). `hosts` is a distinct count: a host adds 1 only when no other current item (id != this one) of
+the same identity has that host, and subtracts 1 only when none remains: a probe of the partial index
+`ix_review_items_task_current` (0011), which starts with the identity and the host. A row whose `items`
+reaches 0 is deleted, so the table has exactly the task identities with current items. The upgrade fills
+it from the existing items.
 
 **SQLite only** (on PostgreSQL this revision does nothing): SQLite has one writer at a time (db.write
 takes BEGIN IMMEDIATE, plus the process's write lock), so the triggers cannot race or deadlock. On
@@ -47,10 +49,15 @@ def _same_identity(row: str, other: str = "r") -> str:
     return " AND ".join(f"{other}.{c} = {row}.{c}" for c in IDENTITY)
 
 
-def _other_current(row: str) -> str:
-    """True when another current item (not `row`) has `row`'s identity and host: an index probe."""
+def _other_current(row: str, also: str | None = None) -> str:
+    """True when another current item (not `row`) has `row`'s identity and host: an index probe.
+
+    `also`: a second name of the same row to leave out. In the UPDATE trigger the row is already NEW when
+    OLD's contribution is taken off, so an UPDATE that also changes the id must not find the row itself
+    under NEW.id (it would keep a host the row took away)."""
+    others = f"r.id != {row}.id" + (f" AND r.id != {also}.id" if also else "")
     return (f"EXISTS (SELECT 1 FROM review_items r WHERE {_same_identity(row)} AND r.host = {row}.host"  # noqa: S608
-            f" AND r.state != 'resolved' AND r.id != {row}.id)")
+            f" AND r.state != 'resolved' AND {others})")
 
 
 def _add(row: str) -> str:
@@ -66,10 +73,11 @@ def _add(row: str) -> str:
             + ", ".join(f"{c} = {c} + excluded.{c}" for c in COUNTS) + ";")
 
 
-def _subtract(row: str) -> str:
-    """Take `row`'s contribution (when it was current) from its task's counts row; drop an empty row."""
+def _subtract(row: str, also: str | None = None) -> str:
+    """Take `row`'s contribution (when it was current) from its task's counts row; drop an empty row.
+    `also`: the row's other name (NEW in the UPDATE trigger: `_other_current`)."""
     key = " AND ".join(f"{c} = {row}.{c}" for c in IDENTITY)
-    sets = ["items = items - 1", f"hosts = hosts - (NOT {_other_current(row)})",
+    sets = ["items = items - 1", f"hosts = hosts - (NOT {_other_current(row, also)})",
             *(f"{k} = {k} - ({row}.kind = '{k}')" for k in KINDS),
             *(f"{s} = {s} - ({row}.state = '{s}')" for s in STATES)]
     return (f"UPDATE {TABLE} SET {', '.join(sets)} WHERE {row}.state != 'resolved' AND {key};"  # noqa: S608
@@ -99,7 +107,7 @@ def upgrade() -> None:
                f"WHEN OLD.state != 'resolved' BEGIN {_subtract('OLD')} END")
     op.execute(f"CREATE TRIGGER drift_task_counts_update AFTER UPDATE ON review_items "
                f"WHEN ({_changed()}) AND (OLD.state != 'resolved' OR NEW.state != 'resolved') "
-               f"BEGIN {_subtract('OLD')} {_add('NEW')} END")
+               f"BEGIN {_subtract('OLD', 'NEW')} {_add('NEW')} END")
     # the backfill: hosts is count(DISTINCT host) of the current items, as the live aggregate counts it
     columns = ", ".join((*IDENTITY, *COUNTS))
     counts = ", ".join(("count(*)", "count(DISTINCT host)", *(f"sum(kind = '{k}')" for k in KINDS),
