@@ -283,3 +283,24 @@ def test_a_run_id_stored_by_a_racing_writer_falls_back_to_one_by_one(engine: Eng
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM runs")).scalar_one() == 3
         assert conn.execute(text("SELECT count(*) FROM hosts")).scalar_one() == 3
+
+
+def test_the_driver_path_sends_the_sql_sqlalchemy_sends(engine: Engine, reference: Engine,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every statement ingest_group sends the driver, in order, is the same text either way (no RETURNING
+    the single-row compilation adds on PostgreSQL for an autoincrement key, no other form of a parameter),
+    and each executemany stays one."""
+    sent: dict[str, list[tuple[str, bool]]] = {"bulk": [], "sqlalchemy": []}
+    for route, target in (("sqlalchemy", reference), ("bulk", engine)):
+        def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool,
+                   route: str = route) -> None:
+            sent[route].append((statement, many))
+
+        event.listen(target, "before_cursor_execute", record)
+    for batch in batches():
+        monkeypatch.setattr(bulk, "THROUGH_SQLALCHEMY", True)
+        store.ingest_group(reference, batch)
+        monkeypatch.setattr(bulk, "THROUGH_SQLALCHEMY", False)
+        store.ingest_group(engine, batch)
+    assert sent["bulk"] == sent["sqlalchemy"]
+    assert any(many for _, many in sent["bulk"])
