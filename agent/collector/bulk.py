@@ -12,9 +12,11 @@ saved per row: `construct_params`, the processors' dispatch and SQLite's `%`-for
 datetime (17% of the collector's GIL samples under `bench/ingest_wrk.py` before, bench/README.md
 "Fourth pass").
 
-For statements without RETURNING. An INSERT that `conn.execute` would run through "insertmanyvalues" (a
-driver that asks for it without RETURNING: psycopg2) is refused rather than sent row by row; SQLite and
-psycopg 3 run an INSERT without RETURNING through `cursor.executemany` either way.
+For statements without RETURNING (one with RETURNING is refused: its rows would be lost), compiled as
+`conn.execute` compiles for several rows (`for_executemany`: no "RETURNING id" on PostgreSQL). An INSERT
+that `conn.execute` would run through "insertmanyvalues" (a driver that asks for it without RETURNING:
+psycopg2) is refused rather than sent row by row; SQLite and psycopg 3 run an INSERT without RETURNING
+through `cursor.executemany` either way.
 
 `THROUGH_SQLALCHEMY` (tests only) sends every statement through `conn.execute` instead: the reference
 the stored rows are compared with.
@@ -82,7 +84,12 @@ def _plan(stmt: UpdateBase, dialect: Dialect, keys: tuple[str, ...]) -> _Plan:
     if isinstance(stmt, Insert) and dialect.use_insertmanyvalues_wo_returning:
         raise ValueError(f"bulk.executemany: {dialect.name}'s driver would run this statement through "
                          "insertmanyvalues; use conn.execute")
-    compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
+    # compiled as conn.execute compiles for a list of rows: for_executemany, else PostgreSQL's INSERT of a
+    # table with an autoincrement key gets the "RETURNING id" of a single row's compilation
+    compiled = stmt.compile(dialect=dialect, column_keys=list(keys), for_executemany=True)
+    if compiled.effective_returning:
+        raise ValueError("bulk.executemany: a statement with RETURNING (its rows would be thrown away); "
+                         "use conn.execute")
     order = list(compiled.positiontup) if compiled.positional and compiled.positiontup is not None \
         else list(compiled.binds)
     processors: list[tuple[int, Callable[[Any], Any]]] = []

@@ -302,5 +302,11 @@ def test_the_driver_path_sends_the_sql_sqlalchemy_sends(engine: Engine, referenc
         store.ingest_group(reference, batch)
         monkeypatch.setattr(bulk, "THROUGH_SQLALCHEMY", False)
         store.ingest_group(engine, batch)
-    assert sent["bulk"] == sent["sqlalchemy"]
-    assert any(many for _, many in sent["bulk"])
+    got, want = sent["bulk"], sent["sqlalchemy"]
+    assert len(got) == len(want)
+    for (got_sql, got_many), (want_sql, want_many) in zip(got, want, strict=True):
+        if not want_many and " RETURNING " in want_sql and " RETURNING " not in got_sql:
+            # one row: conn.execute asks for its inserted_primary_key, which bulk does not return
+            want_sql = want_sql[:want_sql.index(" RETURNING ")]
+        assert (got_sql, got_many) == (want_sql, want_many)
+    assert any(many for _, many in got)
