@@ -92,6 +92,9 @@ def _plan(stmt: UpdateBase, dialect: Dialect, keys: tuple[str, ...]) -> _Plan:
                          "use conn.execute")
     order = list(compiled.positiontup) if compiled.positional and compiled.positiontup is not None \
         else list(compiled.binds)
+    unused = [k for k in keys if k not in compiled.binds]
+    if unused:  # conn.execute would ignore the value: never lose one silently
+        raise ValueError(f"bulk.executemany: row key {unused[0]!r} is no parameter of the statement")
     processors: list[tuple[int, Callable[[Any], Any]]] = []
     times: list[int] = []
     for i, name in enumerate(order):
@@ -116,10 +119,23 @@ def _plan(stmt: UpdateBase, dialect: Dialect, keys: tuple[str, ...]) -> _Plan:
                  dialect.execute_sequence_format, stmt)
 
 
+def _refused(rows: Sequence[Mapping[str, Any]], keys: tuple[str, ...], error: KeyError | None) -> Exception:
+    """The ValueError naming the first row whose keys are not `keys`; else `error` (not about keys)."""
+    want = set(keys)
+    for i, row in enumerate(rows):
+        if set(row) != want:
+            extra, missing = sorted(set(row) - want), sorted(want - set(row))
+            return ValueError(f"bulk.executemany: row {i} has keys unlike the first row's: extra {extra}, "
+                              f"missing {missing}")
+    assert error is not None
+    return error
+
+
 def executemany(conn: Connection, stmt: UpdateBase, rows: Sequence[Mapping[str, Any]]) -> None:
     """`conn.execute(stmt, rows)` for a long-lived `stmt` (a module constant or a cached one: plans are
-    kept per statement) and rows with the same keys. Nothing happens for no rows; a row without one of
-    the first row's keys raises KeyError."""
+    kept per statement) and rows with the same keys. Nothing happens for no rows. Refused with ValueError
+    before anything is sent, where `conn.execute` would drop a value silently or fail: a row whose keys are
+    not the first row's, a key that is no parameter of the statement."""
     if not rows:
         return
     if THROUGH_SQLALCHEMY:
@@ -133,6 +149,18 @@ def executemany(conn: Connection, stmt: UpdateBase, rows: Sequence[Mapping[str, 
         if len(_plans) >= MAX_PLANS:
             _plans.clear()
         plan = _plans[cache_key] = _plan(stmt, dialect, keys)
+    width = len(keys)
+    if any(len(row) != width for row in rows):  # a key for another one (same width): KeyError below
+        raise _refused(rows, keys, None)
+    try:
+        driver_rows = _driver_rows(plan, rows)
+    except KeyError as e:
+        raise _refused(rows, keys, e) from None
+    conn.exec_driver_sql(plan.sql, driver_rows)
+
+
+def _driver_rows(plan: _Plan, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """The rows in the driver's form (KeyError: a row without one of the plan's keys)."""
     values, processors, names = plan.values, plan.processors, plan.names
     times, to_db = plan.times, plan.time_to_db
     # a batch's rows repeat times (a report's received_at in several columns, items seen at one time):
@@ -160,4 +188,4 @@ def executemany(conn: Connection, stmt: UpdateBase, rows: Sequence[Mapping[str, 
         driver_rows = [plan.sequence(values(row)) for row in rows]
     else:
         driver_rows = [dict(zip(names, values(row), strict=True)) for row in rows]
-    conn.exec_driver_sql(plan.sql, driver_rows)
+    return driver_rows
