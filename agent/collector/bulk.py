@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Insert, UpdateBase
 
 from agent.collector.tables import UTCDateTime
@@ -135,7 +136,9 @@ def executemany(conn: Connection, stmt: UpdateBase, rows: Sequence[Mapping[str, 
     """`conn.execute(stmt, rows)` for a long-lived `stmt` (a module constant or a cached one: plans are
     kept per statement) and rows with the same keys. Nothing happens for no rows. Refused with ValueError
     before anything is sent, where `conn.execute` would drop a value silently or fail: a row whose keys are
-    not the first row's, a key that is no parameter of the statement."""
+    not the first row's, a key that is no parameter of the statement. A value its column's type refuses (a
+    naive time, a text for a Boolean) raises what `conn.execute` raises: sqlalchemy.exc.StatementError
+    wrapping the type's error."""
     if not rows:
         return
     if THROUGH_SQLALCHEMY:
@@ -156,6 +159,10 @@ def executemany(conn: Connection, stmt: UpdateBase, rows: Sequence[Mapping[str, 
         driver_rows = _driver_rows(plan, rows)
     except KeyError as e:
         raise _refused(rows, keys, e) from None
+    except Exception as e:  # a type's processing refused a value: SQLAlchemy's StatementError wrapping it
+        raise DBAPIError.instance(plan.sql, list(rows), e, dialect.loaded_dbapi.Error,
+                                  hide_parameters=conn.engine.hide_parameters, dialect=dialect,
+                                  ismulti=True) from e
     conn.exec_driver_sql(plan.sql, driver_rows)
 
 
