@@ -2,10 +2,10 @@
 
 `executemany(conn, stmt, rows)` does what `conn.execute(stmt, rows)` does for an INSERT, UPDATE or DELETE
 with a list of parameter dicts (all with the same keys), and sends the driver the same SQL and the same
-values; only the route differs. SQLAlchemy compiles the statement once per dialect and key set (the same
-compiler and the same SQL text as `conn.execute`), and each row goes to the driver as a tuple (SQLite's
+values; only the route differs. SQLAlchemy compiles the statement once per engine's dialect and key set
+(the same compiler and the same SQL text as `conn.execute`), and each row goes to the driver as a tuple (SQLite's
 `?`) or a dict (psycopg's `%(name)s`) built by `operator.itemgetter`, with each value put in the
-database's form: a `UTCDateTime` by `time_to_db` (the same values as its `process_bind_param` followed by
+database's form: a `UTCDateTime` by `time_to_db` on SQLite's and psycopg's drivers (the same values as its `process_bind_param` followed by
 the dialect's own DATETIME processing, tests/collector/test_bulk.py), any other type that has a bind
 processor by SQLAlchemy's own processor; a time that recurs within one call is converted once. What is
 saved per row: `construct_params`, the processors' dispatch and SQLite's `%`-formatting of every
@@ -76,9 +76,10 @@ class _Plan:
     time_to_db: Callable[[datetime | None], Any]
     sequence: Callable[[list[Any]], Any]  # the dialect's execute_sequence_format (tuple)
     stmt: UpdateBase  # kept, so that its id (the cache key) is not reused
+    dialect: Dialect  # the same: each engine has its own (driver, paramstyle, options), as SQLAlchemy's cache
 
 
-_plans: dict[tuple[int, str, tuple[str, ...]], _Plan] = {}
+_plans: dict[tuple[int, int, tuple[str, ...]], _Plan] = {}
 
 
 def _plan(stmt: UpdateBase, dialect: Dialect, keys: tuple[str, ...]) -> _Plan:
@@ -116,8 +117,18 @@ def _plan(stmt: UpdateBase, dialect: Dialect, keys: tuple[str, ...]) -> _Plan:
         values = operator.itemgetter(*order)
     escaped = compiled.escaped_bind_names
     names = None if compiled.positional else tuple(escaped.get(n, n) for n in order)
-    return _Plan(compiled.string, values, names, tuple(processors), tuple(times), time_to_db(dialect.name),
-                 dialect.execute_sequence_format, stmt)
+    return _Plan(compiled.string, values, names, tuple(processors), tuple(times), _time_processor(dialect),
+                 dialect.execute_sequence_format, stmt, dialect)
+
+
+def _time_processor(dialect: Dialect) -> Callable[[datetime | None], Any]:
+    """`time_to_db` for the drivers it was checked against (tests/collector/test_bulk.py); for any other,
+    SQLAlchemy's own processing of a UTCDateTime."""
+    if (dialect.name, dialect.driver) in (("sqlite", "pysqlite"), ("postgresql", "psycopg")):
+        return time_to_db(dialect.name)
+    process = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert process is not None  # a TypeDecorator always has one (process_bind_param)
+    return process
 
 
 def _refused(rows: Sequence[Mapping[str, Any]], keys: tuple[str, ...], error: KeyError | None) -> Exception:
@@ -134,11 +145,11 @@ def _refused(rows: Sequence[Mapping[str, Any]], keys: tuple[str, ...], error: Ke
 
 def executemany(conn: Connection, stmt: UpdateBase, rows: Sequence[Mapping[str, Any]]) -> None:
     """`conn.execute(stmt, rows)` for a long-lived `stmt` (a module constant or a cached one: plans are
-    kept per statement) and rows with the same keys. Nothing happens for no rows. Refused with ValueError
-    before anything is sent, where `conn.execute` would drop a value silently or fail: a row whose keys are
-    not the first row's, a key that is no parameter of the statement. A value its column's type refuses (a
-    naive time, a text for a Boolean) raises what `conn.execute` raises: sqlalchemy.exc.StatementError
-    wrapping the type's error."""
+    kept per statement and engine's dialect) and rows with the same keys. Nothing happens for no rows.
+    Refused with ValueError before anything is sent, where `conn.execute` would drop a value silently or
+    fail: a row whose keys are not the first row's, a key that is no parameter of the statement. A value
+    its column's type refuses (a naive time, a text for a Boolean) raises what `conn.execute` raises:
+    sqlalchemy.exc.StatementError wrapping the type's error."""
     if not rows:
         return
     if THROUGH_SQLALCHEMY:
@@ -146,9 +157,9 @@ def executemany(conn: Connection, stmt: UpdateBase, rows: Sequence[Mapping[str, 
         return
     dialect = conn.dialect
     keys = tuple(rows[0])
-    cache_key = (id(stmt), dialect.name, keys)
+    cache_key = (id(stmt), id(dialect), keys)
     plan = _plans.get(cache_key)
-    if plan is None or plan.stmt is not stmt:
+    if plan is None or plan.stmt is not stmt or plan.dialect is not dialect:
         if len(_plans) >= MAX_PLANS:
             _plans.clear()
         plan = _plans[cache_key] = _plan(stmt, dialect, keys)
