@@ -3,14 +3,14 @@
 `executemany(conn, stmt, rows)` does what `conn.execute(stmt, rows)` does for an INSERT, UPDATE or DELETE
 with a list of parameter dicts (all with the same keys), and sends the driver the same SQL and the same
 values; only the route differs. SQLAlchemy compiles the statement once per engine's dialect and key set
-(the same compiler and the same SQL text as `conn.execute`), and each row goes to the driver as a tuple (SQLite's
-`?`) or a dict (psycopg's `%(name)s`) built by `operator.itemgetter`, with each value put in the
-database's form: a `UTCDateTime` by `time_to_db` on SQLite's and psycopg's drivers (the same values as its `process_bind_param` followed by
-the dialect's own DATETIME processing, tests/collector/test_bulk.py), any other type that has a bind
-processor by SQLAlchemy's own processor; a time that recurs within one call is converted once. What is
-saved per row: `construct_params`, the processors' dispatch and SQLite's `%`-formatting of every
-datetime (17% of the collector's GIL samples under `bench/ingest_wrk.py` before, bench/README.md
-"Fourth pass").
+(the same compiler and the same SQL text as `conn.execute`), and each row goes to the driver as a tuple
+(SQLite's `?`) or a dict (psycopg's `%(name)s`) built by `operator.itemgetter`, with each value put in the
+database's form: a `UTCDateTime` by `time_to_db` on SQLite's and psycopg's drivers (the same values as
+its `process_bind_param` followed by the dialect's own DATETIME processing, tests/collector/test_bulk.py),
+any other type that has a bind processor by SQLAlchemy's own processor; a time that recurs within one call
+is converted once. What is saved per row: `construct_params`, the processors' dispatch and SQLite's
+`%`-formatting of every datetime (17% of the collector's GIL samples under `bench/ingest_wrk.py` before,
+bench/README.md "Fourth pass").
 
 For statements without RETURNING (one with RETURNING is refused: its rows would be lost), compiled as
 `conn.execute` compiles for several rows (`for_executemany`: no "RETURNING id" on PostgreSQL). An INSERT
