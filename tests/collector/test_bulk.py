@@ -310,3 +310,44 @@ def test_the_driver_path_sends_the_sql_sqlalchemy_sends(engine: Engine, referenc
             want_sql = want_sql[:want_sql.index(" RETURNING ")]
         assert (got_sql, got_many) == (want_sql, want_many)
     assert any(many for _, many in got)
+
+
+class _Shifted(UTCDateTime):
+    """A UTCDateTime of another kind (its own process_bind_param): bulk must not take it for ours."""
+
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        stored = super().process_bind_param(value, dialect)
+        return None if stored is None else stored + timedelta(hours=1)
+
+
+class _LocalIso(datetime):
+    """A datetime whose isoformat() is its own (as some libraries' datetimes have)."""
+
+    def isoformat(self, sep: str = "T", timespec: str = "auto") -> str:
+        return super().isoformat("T", "seconds") + "Z"
+
+
+def test_what_a_type_or_a_time_of_its_own_stores_is_what_sqlalchemy_stores(
+        scratch_engine: Engine, reference: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A subclass of UTCDateTime keeps its own processing, a datetime subclass is stored by its fields, a
+    key left out gets the column's server default, None and Booleans go as they are: the same rows either
+    way."""
+    table = Table("bulk_scratch_2", MetaData(), Column("id", Integer, primary_key=True, autoincrement=False),
+                  Column("at", UTCDateTime), Column("shifted", _Shifted), Column("flag", Boolean),
+                  Column("other", Text, server_default="default"))
+    t = _LocalIso(2026, 3, 29, 1, 30, 5, 7, tzinfo=ZoneInfo("Europe/Berlin"))
+    rows = [{"id": 1, "at": t, "shifted": BASE_TIME, "flag": True},
+            {"id": 2, "at": None, "shifted": None, "flag": None},
+            {"id": 3, "at": t.replace(microsecond=0), "shifted": t, "flag": False}]
+    stored_rows = []
+    for target, through in ((reference, True), (scratch_engine, False)):
+        table.metadata.create_all(target)
+        monkeypatch.setattr(bulk, "THROUGH_SQLALCHEMY", through)
+        with target.begin() as conn:
+            bulk.executemany(conn, table.insert(), rows)
+        with target.connect() as conn:
+            stored_rows.append([tuple(r) for r in conn.exec_driver_sql("SELECT * FROM bulk_scratch_2 ORDER BY id")])
+        table.metadata.drop_all(target)
+    assert stored_rows[1] == stored_rows[0]
