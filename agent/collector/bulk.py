@@ -56,7 +56,8 @@ def _sqlite_time(value: datetime | None) -> str | None:
         return None
     if value.tzinfo is None:
         raise ValueError("naive datetime given to the database")
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    # datetime's own isoformat: a subclass's (another format) is not what SQLAlchemy writes from the fields
+    return datetime.isoformat(value.astimezone(UTC).replace(tzinfo=None), " ", "microseconds")
 
 
 def time_to_db(dialect_name: str) -> Callable[[datetime | None], Any]:
@@ -103,7 +104,7 @@ def _plan(stmt: UpdateBase, dialect: Dialect, keys: tuple[str, ...]) -> _Plan:
         bind = compiled.binds[name]
         if name not in keys or bind.callable is not None or bind.expanding:
             raise ValueError(f"bulk.executemany: parameter {name!r} of the statement is not a row key")
-        if isinstance(bind.type, UTCDateTime):
+        if type(bind.type) is UTCDateTime:  # not a subclass: it may process values its own way
             times.append(i)
             continue
         process = bind.type.dialect_impl(dialect).bind_processor(dialect)
