@@ -22,6 +22,7 @@ from sqlalchemy import (
     create_engine,
     event,
     false,
+    func,
     select,
     text,
     update,
@@ -351,3 +352,43 @@ def test_what_a_type_or_a_time_of_its_own_stores_is_what_sqlalchemy_stores(
             stored_rows.append([tuple(r) for r in conn.exec_driver_sql("SELECT * FROM bulk_scratch_2 ORDER BY id")])
         table.metadata.drop_all(target)
     assert stored_rows[1] == stored_rows[0]
+
+
+def test_statements_built_per_call_and_dropped_never_share_a_plan(scratch_engine: Engine,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Statements built per call and dropped at once (their ids free for the next one), with the cache
+    cleared every two plans: each call runs its own statement."""
+    monkeypatch.setattr(bulk, "MAX_PLANS", 2)
+    with scratch_engine.begin() as conn:
+        bulk.executemany(conn, scratch.insert(), [{"id": i, "text": "-"} for i in range(1, 4)])
+    for i in range(12):
+        if i % 2:
+            stmt: Any = update(scratch).where(scratch.c.id == bindparam("key_id"))
+            rows: list[dict[str, Any]] = [{"key_id": i % 3 + 1, "text": f"u{i}"}]
+        else:
+            stmt = update(scratch).where(scratch.c.id == bindparam("key_id")).values(other=bindparam("o"))
+            rows = [{"key_id": i % 3 + 1, "o": f"o{i}"}]
+        with scratch_engine.begin() as conn:
+            bulk.executemany(conn, stmt, rows)
+        del stmt
+    got = {(r[0], r[1], r[2]) for r in scratch_rows(scratch_engine)}
+    assert got == {(1, "u9", "o6"), (2, "u7", "o10"), (3, "u11", "o8")}
+    assert len(bulk._plans) <= 2
+
+
+def test_a_statement_with_values_of_its_own_is_refused(scratch_engine: Engine) -> None:
+    """SQL-side expressions with their own bound values (`x = x || 'x'`, `values(x=lower('Q'))`) are not
+    for bulk: refused, naming the parameter; a row key the statement's own value replaces (conn.execute
+    would drop the row's value) is refused, naming the key."""
+    with scratch_engine.begin() as conn:
+        bulk.executemany(conn, scratch.insert(), [{"id": 1, "text": "a"}])
+    cases = [
+        (update(scratch).where(scratch.c.id == bindparam("key_id")).values(text=scratch.c.text + "x"),
+         [{"key_id": 1}], "parameter 'text_1' of the statement is not a row key"),
+        (scratch.insert().values(other=func.lower("Q")), [{"id": 2}], "parameter 'lower_1'"),
+        (scratch.insert().values(other=func.lower("Q")), [{"id": 2, "other": "row's"}], "row key 'other'"),
+    ]
+    for stmt, rows, message in cases:
+        with pytest.raises(ValueError, match=message), scratch_engine.begin() as conn:
+            bulk.executemany(conn, stmt, rows)
+    assert scratch_rows(scratch_engine) == [(1, "a", "default", None, None)]
