@@ -103,7 +103,8 @@ def _plan(stmt: UpdateBase, dialect: Dialect, keys: tuple[str, ...]) -> _Plan:
     for i, name in enumerate(order):
         bind = compiled.binds[name]
         if name not in keys or bind.callable is not None or bind.expanding:
-            raise ValueError(f"bulk.executemany: parameter {name!r} of the statement is not a row key")
+            shown = compiled.bind_names.get(bind, name)  # as rendered: an anonymous one's key is not
+            raise ValueError(f"bulk.executemany: parameter {shown!r} of the statement is not a row key")
         if type(bind.type) is UTCDateTime:  # not a subclass: it may process values its own way
             times.append(i)
             continue
