@@ -130,8 +130,18 @@ class Leader:
             self._conn, self._pid = None, None
 
     def release(self) -> None:
-        """Let go of the lead (a stopping process; tests): another process may take it at its next try."""
+        """Let go of the lead (a stopping process; tests): another process may take it at its next try.
+
+        PostgreSQL: the lock is given back with `pg_advisory_unlock` before its connection is closed, so it
+        is free when this returns; closing alone frees it only once the server's backend has noticed the
+        closed socket and exited, a moment later (a follower trying at once could still find it held)."""
         with self._mutex:
+            if self._conn is not None:
+                try:
+                    self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_KEY})
+                    self._conn.commit()
+                except Exception:  # the connection is gone, and its lock with it once the server notices
+                    log.warning("leader: could not unlock on release; the lock goes with its connection")
             self._drop()
             if self.leading:
                 self.leading = False

@@ -199,7 +199,7 @@ def test_one_leader_at_a_time(engine: Engine) -> None:
     first, second = Leader(engine), Leader(engine)
     assert first.try_lead() and first.try_lead()
     assert not second.try_lead()
-    first.release()  # (the leader died: its lock goes with its file or connection)
+    first.release()  # (it lets go: the lock is free when release() returns)
     assert second.try_lead()
     second.release()
 

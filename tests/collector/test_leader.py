@@ -42,7 +42,7 @@ def test_one_leader_at_a_time_and_leading_says_so(engine: Engine) -> None:
     assert first.leading is None and second.leading is None  # never tried: no leader-only work
     assert first.try_lead() and first.try_lead() and first.leading
     assert not second.try_lead() and second.leading is False
-    first.release()  # (the leader died: its lock goes with its file or connection)
+    first.release()  # (it lets go: the lock is free when release() returns)
     assert first.leading is False
     assert second.try_lead() and second.leading
     assert not first.try_lead()
