@@ -101,10 +101,30 @@ def write_hosts(path: Path, secrets: dict[str, str], drift_items: int) -> None:
     path.write_text("".join(lines))
 
 
+def _stat(pid: int | str) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_s(pid: int) -> float:
-    """User+sys CPU seconds of `pid` and its waited-for children, from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    """User+sys CPU seconds of `pid`, its waited-for children and its live descendants (`serve
+    --writer-process`'s child, `--workers N`'s), from /proc/PID/stat."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(_stat(entry.name)[1])
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+    tree, grew = {pid}, True
+    while grew:
+        more = {child for child, parent in parents.items() if parent in tree} - tree
+        tree, grew = tree | more, bool(more)
+    ticks = 0
+    for member in tree:
+        try:
+            ticks += sum(int(x) for x in _stat(member)[11:15])  # utime stime cutime cstime
+        except (OSError, IndexError, ValueError):
+            continue
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

@@ -30,6 +30,7 @@ from agent.collector import (
     review_views,
     rollout_api,
     ui,
+    writer_process,
 )
 from agent.collector.context import Collector
 from agent.collector.errors import CollectorError, InvalidReportError
@@ -103,8 +104,8 @@ ROUTES = [
 
 @asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
-    async with (leader.lifespan(app), notify.lifespan(app), heads_views.lifespan(app),
-                compliance_views.lifespan(app)):
+    async with (writer_process.lifespan(app), leader.lifespan(app), notify.lifespan(app),
+                heads_views.lifespan(app), compliance_views.lifespan(app)):
         yield
 
 

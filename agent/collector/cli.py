@@ -121,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="store the reports that arrive during a commit together in the next one "
                             "(one transaction and fsync per batch; default on; --no-group-commit stores "
                             "each report in its own transaction, docs/scale.md)")
+    serve.add_argument("--writer-process", action="store_true",
+                       help="store the group commit's batches in a child process, so that storing and "
+                            "serving use two cores (answers still wait for the commit; docs/scale.md)")
     serve.add_argument("--workers", type=int, default=1,
                        help="server processes (for PostgreSQL; SQLite gains little, it has one writer)")
     serve.add_argument("--tls-cert", help="serve HTTPS with this certificate chain (PEM); or use a proxy")
@@ -330,12 +333,20 @@ def _settings(args: argparse.Namespace) -> CollectorSettings:
                              client_cert_required=bool(args.tls_client_ca),
                              alert_grouping=Grouping(args.alert_group_wait, args.alert_group_interval),
                              public_urls=_public_urls(args.public_url), reviewers=tuple(args.reviewer),
-                             group_commit=args.group_commit, heads=heads_of(args),
+                             group_commit=args.group_commit, writer_process=_writer_process(args),
+                             heads=heads_of(args),
                              operators=tuple(args.operator), rollout_cache_s=args.rollout_cache,
                              enrol=_enrol_policy(args),
                              prune_older_than_s=_prune_age(args.prune_older_than),
                              compliance_snapshot_s=SNAPSHOT_S,
                              evidence_key=evidence.load_key(args.evidence_key) if args.evidence_key else None)
+
+
+def _writer_process(args: argparse.Namespace) -> bool:
+    if args.writer_process and not args.group_commit:
+        raise CollectorError("--writer-process stores the group commit's batches: it needs group commit "
+                             "(drop --no-group-commit)")
+    return bool(args.writer_process)
 
 
 def _enrol_policy(args: argparse.Namespace) -> EnrolPolicy:

@@ -27,6 +27,7 @@ from agent.collector.metrics import Metrics
 from agent.collector.payload import PayloadLimits
 from agent.collector.queries import stale_cutoff
 from agent.collector.store import Expectations
+from agent.collector.writer_process import WriterProcess, database_url
 
 if TYPE_CHECKING:
     from agent.collector.evidence import SigningKey
@@ -55,6 +56,7 @@ class CollectorSettings:
     public_urls: tuple[str, ...] = ()  # where browsers reach the collector (a proxy's https://NAME)
     reviewers: tuple[str, ...] = ()  # trusted-proxy users who may act on drift (docs/drift-review.md)
     group_commit: bool = True  # store reports through GroupCommit (serve --no-group-commit: off)
+    writer_process: bool = False  # GroupCommit's batches stored by a child process (serve --writer-process)
     heads: HeadsSettings | None = None  # the commit beacon (serve --heads-source, --hook-secret-file)
     operators: tuple[str, ...] = ()  # reader names allowed to halt, resume, skip and approve rollouts
     rollout_cache_s: float = 2.0  # how long an agents' rollout answer is served from memory (rollout_api)
@@ -84,6 +86,8 @@ class Collector:
             self.db_limiter = anyio.CapacityLimiter(self.settings.db_threads)
         if self.settings.group_commit and self.group is None:
             self.group = GroupCommit(self.engine, self.settings.expect, self.db_limiter)
+            if self.settings.writer_process:
+                self.group.writer_process = WriterProcess(database_url(self.engine), self.settings.expect)
         self.leader = Leader(self.engine)
         if self.settings.heads is not None and self.beacon is None:
             self.beacon = Beacon(self.engine, self.settings.heads)

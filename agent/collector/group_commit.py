@@ -25,6 +25,7 @@ import functools
 import time
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
@@ -36,6 +37,9 @@ from agent.collector.store import Expectations
 from agent.collector.tables import tokens as tokens_table
 from agent.collector.tokens import Principal
 from agent.report import Report
+
+if TYPE_CHECKING:
+    from agent.collector.writer_process import WriterProcess
 
 Item = tuple[Report, bytes, datetime, "asyncio.Future[bool]", str | None]
 CACHE_S = 1.0
@@ -54,6 +58,7 @@ class GroupCommit:
         self.queue: list[Item] = []
         self.writer: asyncio.Task[None] | None = None
         self.principals: dict[str, tuple[float, Principal | None]] = {}
+        self.writer_process: WriterProcess | None = None  # serve --writer-process (writer_process.py)
 
     async def principal(self, secret: str) -> tuple[Principal | None, str]:
         """The token's principal (None: unknown or revoked) and its hash, from the map when the entry is
@@ -95,9 +100,12 @@ class GroupCommit:
             items = [(report, raw, received_at) for report, raw, received_at, _, _ in batch]
             hashes = [h for *_, h in batch]
             call = functools.partial(store.ingest_group, self.engine, items, expect=self.expect,
-                                     revoked=functools.partial(_revoked, hashes))
+                                     revoked=functools.partial(revoked, hashes))
             try:
-                results = await anyio.to_thread.run_sync(call, limiter=self.limiter)
+                if self.writer_process is not None:  # serve --writer-process: a child stores the batch
+                    results = await self.writer_process.write(items, hashes)
+                else:
+                    results = await anyio.to_thread.run_sync(call, limiter=self.limiter)
             except Exception as e:  # the transaction failed: nothing of the batch is stored
                 for *_, future, _ in batch:
                     if not future.done():
@@ -126,7 +134,7 @@ class GroupCommit:
         return self.queue[:count], self.queue[count:]
 
 
-def _revoked(hashes: Sequence[str | None], conn: Connection) -> set[int]:
+def revoked(hashes: Sequence[str | None], conn: Connection) -> set[int]:
     """Indexes of the batch's reports whose token is unknown or revoked now (in the batch's transaction)."""
     asked = sorted({h for h in hashes if h is not None})
     valid = set(conn.execute(VALID, {"hashes": asked}).scalars()) if asked else set()
