@@ -172,6 +172,10 @@ def test_2_a_good_commit_goes_wave_by_wave_and_an_approval_required_role_waits_f
     assert daemon["status"] == "drifted", daemon
     assert fleet.api(f"/runs/{daemon['run_id']}")["report"]["rollout"]["gate"] == "waiting", daemon
 
+    # The early wave opens SOAK_S after the canary converged (on a fast machine fleet4's check above can
+    # take less than that)
+    canary_done = datetime.fromisoformat(first[canary.name].report["finished_at"]).timestamp()
+    time.sleep(max(0.0, canary_done + SOAK_S + 1 - time.time()))
     second = fleet.run_agents([early])[early.name]
     applied(second, commit)
 
