@@ -5,8 +5,10 @@
 -- Every request gets a fresh run_id "<BENCH_NONCE>-<thread>-4000-8000-<counter>", so each one is a new
 -- report, not a duplicate.
 -- BENCH_MODE=floor: GET BENCH_PATH (a static file of the same server).
--- BENCH_PAUSE_MS > 0: each connection waits that long before each request (wrk's delay()), in both modes:
--- N connections then model N agents sending about one request per pause (plus the answer's latency).
+-- BENCH_PAUSE_MS > 0: each connection waits before each request (wrk's delay()), in both modes, a time
+-- drawn uniformly from 0 to twice BENCH_PAUSE_MS: N connections then model N agents sending about one
+-- request per pause (plus the answer's latency) at independent times, as agents with a splay do. (A
+-- constant pause keeps the connections that start together in step: they arrive as one burst a pause.)
 -- At the end it prints one line "RESULT k=v ..." that the driver parses.
 
 local mode = os.getenv("BENCH_MODE") or "floor"
@@ -29,11 +31,12 @@ local pause_ms = tonumber(os.getenv("BENCH_PAUSE_MS") or "0")
 
 if pause_ms > 0 then
   function delay()
-    return pause_ms
+    return math.random(0, 2 * pause_ms)
   end
 end
 
 function init(args)
+  math.randomseed(os.time() * 100 + (tid or 0))  -- each thread's own draws of the pauses
   if mode ~= "ingest" then
     return
   end

@@ -195,9 +195,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="per round")
     parser.add_argument("--rounds", type=int, default=2, help="floor/ingest pairs, alternating")
     parser.add_argument("--pause-ms", type=int, default=0, metavar="MS",
-                        help="each connection waits MS before each request (both rounds): with --connections "
-                             "1000 --pause-ms 1000, 1,000 agents sending about one report a second each "
-                             "(default 0: every connection always busy)")
+                        help="each connection waits before each request (both rounds), a time drawn uniformly "
+                             "from 0 to 2*MS (mean MS, so that connections do not stay in step): with "
+                             "--connections 1000 --pause-ms 1000, 1,000 agents sending about one report a "
+                             "second each (default 0: every connection always busy)")
     parser.add_argument("--drift-items", type=int, default=5, help="most drift items in a drifted report")
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--also", metavar="ARGS", default=None,
@@ -227,7 +228,8 @@ def main() -> int:
         parser.error("--profile needs py-spy (.venv/bin/pip install py-spy)")
     print(f"{args.db}: {args.hosts} hosts, wrk {args.threads} threads x {args.connections} connections, "
           f"{args.seconds:g} s rounds, up to {args.drift_items} drift items per report"
-          + (f", each connection pausing {args.pause_ms} ms before each request" if args.pause_ms else ""))
+          + (f", each connection pausing 0-{2 * args.pause_ms} ms (mean {args.pause_ms}) before each request"
+             if args.pause_ms else ""))
     print(f"{'round':>5} {'collector':<24} {'':<8} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>11} "
           f"{'non-2xx':>8} {'errors':>7} {'lost':>5}")
     with tempfile.TemporaryDirectory(prefix="gitops-bench-") as tmp, fresh_database(args.db, Path(tmp)) as url:
