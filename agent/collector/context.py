@@ -27,7 +27,7 @@ from agent.collector.metrics import Metrics
 from agent.collector.payload import PayloadLimits
 from agent.collector.queries import stale_cutoff
 from agent.collector.store import Expectations
-from agent.collector.writer_process import WriterProcess, database_url
+from agent.collector.writer_process import IN_FLIGHT, WriterProcess, database_url
 
 if TYPE_CHECKING:
     from agent.collector.evidence import SigningKey
@@ -88,6 +88,7 @@ class Collector:
             self.group = GroupCommit(self.engine, self.settings.expect, self.db_limiter)
             if self.settings.writer_process:
                 self.group.writer_process = WriterProcess(database_url(self.engine), self.settings.expect)
+                self.group.max_in_flight = IN_FLIGHT
         self.leader = Leader(self.engine)
         if self.settings.heads is not None and self.beacon is None:
             self.beacon = Beacon(self.engine, self.settings.heads)

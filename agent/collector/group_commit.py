@@ -56,7 +56,8 @@ class GroupCommit:
         self.engine, self.expect, self.limiter, self.max_batch = engine, expect, limiter, max_batch
         self.max_batch_bytes = max_batch_bytes
         self.queue: list[Item] = []
-        self.writer: asyncio.Task[None] | None = None
+        self.drains: list[asyncio.Task[None]] = []  # the tasks taking batches off the queue
+        self.max_in_flight = 1  # batches being stored at once (a writer process takes the next one in line)
         self.principals: dict[str, tuple[float, Principal | None]] = {}
         self.writer_process: WriterProcess | None = None  # serve --writer-process (writer_process.py)
 
@@ -88,8 +89,9 @@ class GroupCommit:
         and UnauthorizedError when `token_hash` was revoked before the batch's commit."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.queue.append((report, raw, received_at, future, token_hash))
-        if self.writer is None or self.writer.done():
-            self.writer = asyncio.get_running_loop().create_task(self._drain())
+        self.drains = [task for task in self.drains if not task.done()]
+        if len(self.drains) < self.max_in_flight:
+            self.drains.append(asyncio.get_running_loop().create_task(self._drain()))
         # a client that goes away cancels only this future: the batch is the writer task's, and commits (the
         # writer skips a future that is done); no asyncio.shield, whose extra future costs every report
         return await future

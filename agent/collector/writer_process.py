@@ -8,7 +8,8 @@ the batch's parsed reports to the child over a pipe (pickled, ~30 us per report 
 each request only when the child says the batch's transaction committed (the 201 still means stored).
 The two processes then use two cores (docs/scale.md, "A writer process").
 
-One batch is in the pipe at a time (GroupCommit drains one batch at a time). The child builds its own
+Two batches are in the pipe at a time (GroupCommit runs two drains with a writer process): the child
+stores them in the order sent, so the next one waits while it commits one. The child builds its own
 engine from the database URL (spawned, not forked: nothing of the parent's pool or threads is shared).
 When the child dies mid-batch its requests get 503 ("retry"): the batch may or may not have committed,
 and an agent's retry of a committed report is answered 200 (duplicate run_id), so nothing is stored twice
@@ -50,6 +51,7 @@ T = TypeVar("T")
 Batch = Sequence[tuple[Report, bytes, datetime]]
 START_TIMEOUT_S = 60.0  # the child imports the collector and opens its engine before it says ready
 STOP_TIMEOUT_S = 10.0
+IN_FLIGHT = 2  # batches in the pipe at once (GroupCommit.max_in_flight follows it)
 
 
 def database_url(engine: Engine) -> str:
@@ -65,25 +67,43 @@ def database_url(engine: Engine) -> str:
 class WriterProcess:
     """The child that stores batches: `write()` has `store.ingest_group`'s contract (a result per report,
     or an exception for the whole batch) and raises DatabaseError (503) when the child died before it
-    answered. Thread-safe; started on the first `write()` or by `start()`."""
+    answered. Thread-safe; started on the first `write()` or by `start()`.
+
+    Up to IN_FLIGHT batches are in the pipe at once: the child stores them in the order sent and answers
+    in that order, so the next batch is already waiting when it commits one (while the parent takes the
+    answers and sends the next, and while the commit's fsync runs, the child would otherwise idle). Each
+    caller takes its answer in its turn (a ticket per batch sent to the current child)."""
 
     def __init__(self, url: str, expect: Expectations) -> None:
         self.url, self.expect = url, expect
         self.process: BaseProcess | None = None
         self.pipe: Pipe | None = None
         self.starts = 0  # children started so far (a restart after a death counts)
-        self._lock = threading.Lock()
-        self._limiter = anyio.CapacityLimiter(1)
+        self._send_lock = threading.Lock()  # one sender at a time (a batch is written whole)
+        self._state = threading.Condition()  # guards what follows; waited on for one's turn to receive
+        self._generation = 0  # which child the tickets are for: a new one after a death or a restart
+        self._broken = False  # the current child's pipe failed: start another before the next batch
+        self._sent = self._received = 0  # tickets handed out and answers taken, of the current child
+        self._receiving = False  # a caller is reading the pipe (its fd must stay open until it is done)
+        self._limiter = anyio.CapacityLimiter(IN_FLIGHT)
 
     def start(self) -> None:
         """Start the child unless it runs, and wait until it has opened the database. Raises DatabaseError
         when it exits or stays silent for START_TIMEOUT_S."""
-        with self._lock:
+        with self._send_lock, self._state:
             self._ensure()
 
     def _ensure(self) -> Pipe:
-        if self.process is not None and self.pipe is not None and self.process.is_alive():
+        """The current child's pipe; a new child when there is none or it died (callers hold both locks)."""
+        running = self.process is not None and self.process.is_alive()
+        if running and self.pipe is not None and not self._broken:
             return self.pipe
+        while self._receiving:  # a reader of the dead child's pipe finishes (EOF) before its fd is closed
+            self._state.wait()
+        self._generation += 1  # any ticket of the old child still waiting gets 503
+        self._sent = self._received = 0
+        self._broken = False
+        self._state.notify_all()
         self._reap()
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
@@ -121,20 +141,44 @@ class WriterProcess:
                 process.kill()
                 process.join()
 
+    def _died(self, generation: int, reports: int) -> DatabaseError:
+        """The pipe of child `generation` failed (callers hold `_state`): the error for each caller of it."""
+        if generation == self._generation and not self._broken:
+            self._broken = True
+            self._state.notify_all()  # the other tickets of this child give up
+            process = self.process
+            pid, code = (process.pid, process.exitcode) if process is not None else (None, None)
+            log.error("writer process %s died with %d batch(es) in hand (exit code %s); their senders get "
+                      "503 and retry", pid, self._sent - self._received, code)
+        return DatabaseError(f"the collector's writer process died with a batch of {reports} report(s) in "
+                             "hand; the report may or may not be stored: retry")
+
     def _round_trip(self, items: Batch, hashes: Sequence[str | None]) -> list[bool | Exception]:
-        with self._lock:
-            pipe = self._ensure()
-            pid = self.process.pid if self.process is not None else None
+        with self._send_lock:
+            with self._state:
+                pipe, generation = self._ensure(), self._generation
+                ticket, self._sent = self._sent, self._sent + 1
             try:
                 pipe.send((list(items), list(hashes)))
-                kind, value = pipe.recv()
-            except (EOFError, OSError) as e:
-                code = self.process.exitcode if self.process is not None else None
-                self._reap()
-                log.error("writer process %s died during a batch of %d report(s) (exit code %s); their "
-                          "senders get 503 and retry", pid, len(items), code)
-                raise DatabaseError("the collector's writer process died; the report may or may not be "
-                                    "stored: retry") from e
+            except OSError as e:
+                with self._state:
+                    raise self._died(generation, len(items)) from e
+        with self._state:
+            while generation == self._generation and not self._broken and self._received != ticket:
+                self._state.wait()
+            if generation != self._generation or self._broken:
+                raise self._died(generation, len(items))
+            self._receiving = True
+        try:
+            kind, value = pipe.recv()
+        except (EOFError, OSError) as e:
+            with self._state:
+                self._receiving = False
+                raise self._died(generation, len(items)) from e
+        with self._state:
+            self._receiving = False
+            self._received += 1
+            self._state.notify_all()
         if kind == "error":
             raise value
         results: list[bool | Exception] = value
@@ -144,12 +188,16 @@ class WriterProcess:
         return await anyio.to_thread.run_sync(self._round_trip, items, hashes, limiter=self._limiter)
 
     def stop(self) -> None:
-        """Ask the child to finish (it ends after the batch in hand) and wait for it; kill it after
+        """Ask the child to finish (it ends after the batches in hand) and wait for it; kill it after
         STOP_TIMEOUT_S."""
-        with self._lock:
+        with self._send_lock, self._state:
+            while self._receiving:
+                self._state.wait()
             if self.pipe is not None:
                 with suppress(OSError):
                     self.pipe.send(None)
+            self._generation += 1
+            self._state.notify_all()
             self._reap()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -211,3 +212,46 @@ def _children(pid: int) -> list[int]:
             if int(stat[1]) == pid:
                 found.append(int(entry.name))
     return found
+
+
+def test_two_batches_in_the_pipe_are_answered_in_order_and_both_fail_when_the_child_dies(
+        engine: Engine, writer: WriterProcess) -> None:
+    """The child holds two batches (stopped, so neither is stored yet); each caller gets its own answer, and
+    when the child dies both get 503; the next batch starts a new child."""
+    writer.start()
+    assert writer.process is not None and writer.process.pid is not None
+    pid = writer.process.pid
+    first = [(make_report("web01.example.com"), b"{}", BASE_TIME)]
+    second = [(make_report("web02.example.com"), b"{}", BASE_TIME)]
+    os.kill(pid, signal.SIGSTOP)
+    outcomes: dict[str, Any] = {}
+
+    def call(name: str, items: Any) -> None:
+        try:
+            outcomes[name] = writer._round_trip(items, [None])
+        except Exception as e:
+            outcomes[name] = e
+
+    threads = [threading.Thread(target=call, args=("first", first)),
+               threading.Thread(target=call, args=("second", second))]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while writer._sent < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert writer._sent == 2  # both batches sent to the stopped child
+    os.kill(pid, signal.SIGKILL)
+    for thread in threads:
+        thread.join(30)
+    assert all(isinstance(outcomes[n], DatabaseError) and "retry" in str(outcomes[n]) for n in outcomes), outcomes
+    assert set(outcomes) == {"first", "second"} and count(engine, runs) == 0
+    # the next batch: a new child, two batches in flight answered each with its own results
+    outcomes.clear()
+    threads = [threading.Thread(target=call, args=("first", first)),
+               threading.Thread(target=call, args=("second", second))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert outcomes == {"first": [True], "second": [True]} and writer.starts == 2
+    assert count(engine, runs) == 2
