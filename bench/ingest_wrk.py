@@ -119,8 +119,8 @@ def cpu_s(pid: int) -> float:
     while grew:
         more = {child for child, parent in parents.items() if parent in tree} - tree
         tree, grew = tree | more, bool(more)
-    ticks = 0
-    for member in tree:
+    ticks = sum(int(x) for x in _stat(pid)[11:15])  # utime stime cutime cstime; raises when pid is gone
+    for member in tree - {pid}:
         try:
             ticks += sum(int(x) for x in _stat(member)[11:15])  # utime stime cutime cstime
         except (OSError, IndexError, ValueError):
