@@ -6,7 +6,7 @@ so the requests' HTTP and parsing wait for it on the same core. Here a child pro
 instead: the serving process parses and checks each report as before (every 4xx is its answer), hands
 the batch's parsed reports to the child over a pipe (pickled, ~30 us per report both ways), and answers
 each request only when the child says the batch's transaction committed (the 201 still means stored).
-The two processes then use two cores (docs/scale.md, "A writer process").
+The two processes then use two cores (docs/scale.md, section 2, "Fifth pass").
 
 Two batches are in the pipe at a time (GroupCommit runs two drains with a writer process): the child
 stores them in the order sent, so the next one waits while it commits one. The child builds its own
