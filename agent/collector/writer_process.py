@@ -4,7 +4,7 @@ With one collector process, the batch writer (`store.ingest_group`: the drift re
 compression, the statements) runs in a worker thread and holds the GIL for about half of a report's CPU,
 so the requests' HTTP and parsing wait for it on the same core. Here a child process stores the batches
 instead: the serving process parses and checks each report as before (every 4xx is its answer), hands
-the batch's parsed reports to the child over a pipe (pickled, ~30 us per report both ways), and answers
+the batch's parsed reports to the child over a pipe (MessagePack, see _BATCH_ENCODER), and answers
 each request only when the child says the batch's transaction committed (the 201 still means stored).
 The two processes then use two cores (docs/scale.md, section 2, "Fifth pass").
 
@@ -26,6 +26,7 @@ import multiprocessing
 import pickle
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import anyio.to_thread
+import msgspec
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 
@@ -54,14 +56,37 @@ STOP_TIMEOUT_S = 10.0
 IN_FLIGHT = 2  # batches in the pipe at once (GroupCommit.max_in_flight follows it)
 
 
+# A batch crosses the pipe as MessagePack, written and read by msgspec against its types: about 4 us a
+# report in the serving process against pickle's 19, and no slower to read in the child (bench/README.md,
+# "Sixth pass"). Every value of a parsed report has a MessagePack form msgspec reads back as the same type:
+# records, enums by value, tuples, JSON values, aware UTC times (as timestamps; tests/collector/
+# test_writer_process.py compares a round trip). Answers, with their exceptions, stay pickled.
+_BATCH_ENCODER = msgspec.msgpack.Encoder()
+_BATCH_DECODER = msgspec.msgpack.Decoder(tuple[list[tuple[Report, bytes, datetime]], list[str | None]])
+
+
 def database_url(engine: Engine) -> str:
     """The URL a child process opens: the engine's, password included. Raises CollectorError for a
     private database (SQLite in memory), which no other process can open."""
     url = engine.url
-    if url.get_backend_name() == "sqlite" and (not url.database or url.database == ":memory:"):
+    if url.get_backend_name() == "sqlite" and _in_memory(url.database, dict(url.query)):
         raise CollectorError("--writer-process needs a database another process can open (a SQLite file "
                              "or PostgreSQL), not an in-memory SQLite database")
     return url.render_as_string(hide_password=False)
+
+
+def _in_memory(database: str | None, query: dict[str, object]) -> bool:
+    """Whether a SQLite database name opens memory rather than a file: none, ":memory:", or a URI
+    filename (`file::memory:?cache=shared`, `file:name?mode=memory`; https://sqlite.org/inmemorydb.html),
+    whose query SQLAlchemy may have split off into the URL's query."""
+    if not database or database == ":memory:":
+        return True
+    if not database.startswith("file:"):
+        return False
+    name, _, own_query = database.partition("?")
+    modes = {str(query.get("mode", ""))}
+    modes |= {part.removeprefix("mode=") for part in own_query.split("&") if part.startswith("mode=")}
+    return name == "file::memory:" or "memory" in modes
 
 
 class WriterProcess:
@@ -110,8 +135,13 @@ class WriterProcess:
         level = logging.getLogger().getEffectiveLevel()
         process = context.Process(target=_child, name="gitops-collector writer", daemon=True,
                                   args=(theirs, self.url, self.expect, level))
-        process.start()
-        theirs.close()
+        try:
+            process.start()
+        except OSError as e:  # fork/exec refused (EAGAIN at the service's TasksMax, ENOMEM): a 503, retry
+            ours.close()
+            raise DatabaseError(f"the writer process could not be started ({e}); retry") from e
+        finally:
+            theirs.close()
         self.process, self.pipe = process, ours
         self.starts += 1
         try:
@@ -154,13 +184,16 @@ class WriterProcess:
                              "hand; the report may or may not be stored: retry")
 
     def _round_trip(self, items: Batch, hashes: Sequence[str | None]) -> list[bool | Exception]:
+        # encoded before a ticket is taken: a batch that cannot cross fails alone, with its own error (a
+        # ticket whose batch was never sent would keep every later caller waiting for its answer)
+        data = _BATCH_ENCODER.encode((items, hashes))
         with self._send_lock:
             with self._state:
                 pipe, generation = self._ensure(), self._generation
                 ticket, self._sent = self._sent, self._sent + 1
             try:
-                pipe.send((list(items), list(hashes)))
-            except OSError as e:
+                pipe.send_bytes(data)
+            except Exception as e:  # maybe written in part: the child's stream is out of step, replace it
                 with self._state:
                     raise self._died(generation, len(items)) from e
         with self._state:
@@ -171,9 +204,10 @@ class WriterProcess:
             self._receiving = True
         try:
             kind, value = pipe.recv()
-        except (EOFError, OSError) as e:
+        except Exception as e:  # EOF, a reset, or an answer that does not unpickle: the child is lost
             with self._state:
                 self._receiving = False
+                self._state.notify_all()  # stop() and _ensure() wait for the reader to be done with the pipe
                 raise self._died(generation, len(items)) from e
         with self._state:
             self._receiving = False
@@ -188,26 +222,59 @@ class WriterProcess:
         return await anyio.to_thread.run_sync(self._round_trip, items, hashes, limiter=self._limiter)
 
     def stop(self) -> None:
-        """Ask the child to finish (it ends after the batches in hand) and wait for it; kill it after
-        STOP_TIMEOUT_S."""
+        """Let the child answer the batches in hand and finish, and wait for it; kill it when it has not
+        within STOP_TIMEOUT_S (a hung child: the callers still waiting then get 503, and shutdown does not
+        wait for an answer that never comes)."""
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        with self._state:
+            while self.pipe is not None and not self._broken and self._received < self._sent:
+                if not self._state.wait(max(0.0, deadline - time.monotonic())):
+                    break
+            answered, process = self._received == self._sent, self.process
+        # the pipe is empty once every batch is answered, so asking the child to end cannot block on it
+        if answered and self._send_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            try:
+                with self._state:
+                    if self.pipe is not None:
+                        with suppress(OSError):
+                            self.pipe.send_bytes(b"")
+            finally:
+                self._send_lock.release()
+        if process is not None:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join()
+        # the child is gone: a sender or receiver of its pipe fails at once (503) before the pipe is closed
         with self._send_lock, self._state:
-            while self._receiving:
-                self._state.wait()
-            if self.pipe is not None:
-                with suppress(OSError):
-                    self.pipe.send(None)
             self._generation += 1
             self._state.notify_all()
+            while self._receiving:
+                self._state.wait()
             self._reap()
 
 
 def _child(pipe: Pipe, url: str, expect: Expectations, log_level: int) -> None:
-    """The child's loop: (items, hashes) in, ("ok", results) or ("error", exception) out; None or the
-    parent's end closing stops it."""
+    """The child's loop: a batch, (items, hashes) in MessagePack, in; ("ok", results) or ("error",
+    exception), pickled, out; an empty message or the parent's end closing stops it."""
     from agent.collector import db, group_commit, store
 
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
+    # Ctrl-C reaches the whole group: the parent stops us through the pipe once its batches are answered.
+    # So does `systemctl stop`'s SIGTERM (KillMode=control-group), which must not cost the batches in hand
+    # (sent, maybe not read yet) their commit: we end at once only when idle with nothing in the pipe, else
+    # after storing what the pipe holds. (A SIGTERM must still end us: multiprocessing terminates and joins
+    # a daemonic child left running at the parent's exit.)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    idle, stopping = True, False
+
+    def terminate(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if idle and not pipe.poll():
+            raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, terminate)
     try:
         engine = db.create(url, pool_size=1)
         with engine.connect():
@@ -217,15 +284,18 @@ def _child(pipe: Pipe, url: str, expect: Expectations, log_level: int) -> None:
         return
     pipe.send("ready")
     try:
-        while True:
+        while not stopping or pipe.poll():
+            idle = True
             try:
-                message = pipe.recv()
+                message = pipe.recv_bytes()
             except EOFError:
                 return  # the parent is gone
-            if message is None:
+            finally:
+                idle = False
+            if not message:
                 return
-            items, hashes = message
             try:
+                items, hashes = _BATCH_DECODER.decode(message)
                 results = store.ingest_group(engine, items, expect=expect,
                                              revoked=functools.partial(group_commit.revoked, hashes))
                 reply: tuple[str, object] = ("ok", [_picklable(r) for r in results])

@@ -15,9 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, create_engine, func, make_url, select, text
+from sqlalchemy.pool import NullPool
 
-from agent.collector import tokens
+from agent.collector import tokens, writer_process
 from agent.collector.cli import main
 from agent.collector.context import Collector, CollectorSettings
 from agent.collector.errors import CollectorError, DatabaseError, InvalidReportError
@@ -163,6 +164,24 @@ def test_serve_refuses_a_writer_process_without_group_commit_or_with_a_private_d
     assert "--writer-process needs a database another process can open" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("url", [
+    "sqlite://", "sqlite:///:memory:",
+    "sqlite:///file::memory:?cache=shared&uri=true",  # SQLite's shared in-memory database
+    "sqlite:///file:scratch?mode=memory&cache=shared&uri=true",  # a named one
+])
+def test_every_form_of_an_in_memory_sqlite_database_is_refused(url: str) -> None:
+    with pytest.raises(CollectorError, match="not an in-memory SQLite database"):
+        writer_process.database_url(create_engine(url, poolclass=NullPool))
+
+
+@pytest.mark.parametrize("url", ["sqlite:///{path}", "sqlite:///file:{path}?uri=true",
+                                 "sqlite:///file:{path}?mode=rwc&uri=true"])
+def test_a_sqlite_file_by_path_or_uri_is_accepted(tmp_path: Path, url: str) -> None:
+    given = make_url(url.format(path=tmp_path / "c.db"))
+    opened = make_url(writer_process.database_url(create_engine(given, poolclass=NullPool)))
+    assert (opened.database, dict(opened.query)) == (given.database, dict(given.query))
+
+
 def test_a_served_collector_starts_its_writer_and_stops_it(db_url: str) -> None:
     """A real `serve --writer-process`: the child starts with it (before the first request), stores what
     is sent, and is gone when the collector stops."""
@@ -255,3 +274,187 @@ def test_two_batches_in_the_pipe_are_answered_in_order_and_both_fail_when_the_ch
         thread.join(60)
     assert outcomes == {"first": [True], "second": [True]} and writer.starts == 2
     assert count(engine, runs) == 2
+
+
+def _batch_in_a_stopped_childs_hand(writer: WriterProcess) -> tuple[int, threading.Thread, dict[str, Any]]:
+    """Start the child, stop it (SIGSTOP), and send it a batch from a thread, which then waits for the
+    answer: (the child's pid, the thread, where the thread puts the result or the exception as "write")."""
+    writer.start()
+    assert writer.process is not None and writer.process.pid is not None
+    pid = writer.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["write"] = writer._round_trip([(make_report("web01.example.com"), b"{}", BASE_TIME)], [None])
+        except Exception as e:
+            outcome["write"] = e
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not writer._receiving and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert writer._receiving
+    return pid, thread, outcome
+
+
+def test_stop_with_a_hung_child_holding_a_batch_returns_and_fails_the_batch(
+        writer: WriterProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shutdown while the child hangs (stopped here) with a batch in hand: stop() kills it after
+    STOP_TIMEOUT_S instead of waiting for the batch's answer forever, and the batch gets its 503."""
+    monkeypatch.setattr(writer_process, "STOP_TIMEOUT_S", 0.5)
+    pid, sender, outcome = _batch_in_a_stopped_childs_hand(writer)
+    stopper = threading.Thread(target=writer.stop, daemon=True)
+    stopper.start()
+    stopper.join(5)
+    hung = stopper.is_alive()
+    if hung:  # let the test end: the child's death frees both threads
+        os.kill(pid, signal.SIGKILL)
+        stopper.join(10)
+    assert not hung, "stop() waited for a hung child's answer"
+    sender.join(5)
+    assert isinstance(outcome.get("write"), DatabaseError), outcome
+    assert writer.process is None
+
+
+def test_stop_returns_when_the_reader_sees_the_killed_childs_eof_only_after_stop_waits_for_it(
+        writer: WriterProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race that once hung a CI run: stop() killed the hung child and waited for the pipe's reader to
+    finish, and the reader, scheduled late, saw the EOF only then: it must wake stop() (here it is made
+    late on purpose: its EOF is held for 1 s)."""
+    monkeypatch.setattr(writer_process, "STOP_TIMEOUT_S", 0.5)
+    writer.start()
+    assert writer.pipe is not None
+    pipe, recv = writer.pipe, writer.pipe.recv
+
+    def late_eof() -> Any:
+        try:
+            return recv()
+        except (EOFError, OSError):
+            time.sleep(1.0)
+            raise
+
+    monkeypatch.setattr(pipe, "recv", late_eof)
+    _, sender, outcome = _batch_in_a_stopped_childs_hand(writer)
+    stopper = threading.Thread(target=writer.stop, daemon=True)
+    stopper.start()
+    stopper.join(6)
+    hung = stopper.is_alive()
+    if hung:  # let the test end: wake the waiter
+        with writer._state:
+            writer._state.notify_all()
+        stopper.join(5)
+    assert not hung, "stop() was not woken by the reader's EOF"
+    sender.join(5)
+    assert isinstance(outcome.get("write"), DatabaseError), outcome
+
+
+def test_a_batch_that_cannot_be_encoded_fails_alone_and_the_next_batch_is_answered(
+        engine: Engine, writer: WriterProcess) -> None:
+    """A batch that cannot cross the pipe fails with its own error; it took no ticket, so the next batch
+    does not wait for an answer that never comes."""
+    writer.start()
+    odd = [(make_report("web01.example.com"), b"{}", lambda: None)]
+    with pytest.raises(TypeError, match="unsupported"):  # msgspec's refusal of a function
+        writer._round_trip(odd, [None])  # type: ignore[arg-type]
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        outcome["write"] = writer._round_trip([(make_report("web02.example.com"), b"{}", BASE_TIME)], [None])
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(5)
+    hung = thread.is_alive()
+    if hung:
+        assert writer.process is not None and writer.process.pid is not None
+        os.kill(writer.process.pid, signal.SIGKILL)
+        thread.join(10)
+    assert not hung, "the next batch waited for the unsent batch's answer"
+    assert outcome == {"write": [True]} and count(engine, runs) == 1 and writer.starts == 1
+
+
+def test_a_sigterm_to_the_whole_group_leaves_the_child_to_finish_its_batch(
+        engine: Engine, writer: WriterProcess) -> None:
+    """`systemctl stop` (the unit's default KillMode=control-group) sends SIGTERM to every process of the
+    service: the parent shuts down gracefully and stops its child itself, so the child must not die with
+    the batch in hand (the thread writer would answer it 201)."""
+    pid, thread, outcome = _batch_in_a_stopped_childs_hand(writer)  # in hand when the signal comes
+    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGCONT)
+    thread.join(20)
+    assert outcome == {"write": [True]} and writer.starts == 1 and count(engine, runs) == 1
+
+
+def test_two_batches_larger_than_the_pipes_buffer_cross_both_ways_at_once(
+        engine: Engine, writer: WriterProcess) -> None:
+    """Two batches of megabytes in flight at once (far over the socket's buffer): the second's sender
+    blocks until the child reads it, while the first's receiver takes its answer; neither deadlocks."""
+    writer.start()
+    body = b"{" + b" " * (3 * 1024 * 1024) + b"}"
+    batches = {name: [(make_report(f"{name}{i}.example.com"), body, BASE_TIME) for i in range(2)]
+               for name in ("first", "second")}
+    outcomes: dict[str, Any] = {}
+
+    def call(name: str) -> None:
+        try:
+            outcomes[name] = writer._round_trip(batches[name], [None, None])
+        except Exception as e:
+            outcomes[name] = e
+
+    threads = [threading.Thread(target=call, args=(name,), daemon=True) for name in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert outcomes == {"first": [True, True], "second": [True, True]}
+    assert count(engine, runs) == 4 and writer.starts == 1
+
+
+def test_an_idle_child_ends_at_sigterm(writer: WriterProcess) -> None:
+    """multiprocessing terminates (SIGTERM) and joins a daemonic child still running when the parent
+    exits: an idle child must end then, or the exit waits for ever."""
+    writer.start()
+    assert writer.process is not None
+    writer.process.terminate()
+    writer.process.join(5)
+    assert not writer.process.is_alive()
+
+
+def test_a_child_that_cannot_be_spawned_costs_the_batch_a_503(
+        engine: Engine, writer: WriterProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fork/exec refused (EAGAIN: the service's TasksMax, or no memory): the batch gets 503, "retry", as
+    for a child that died, not a 500; the next batch spawns one."""
+    import errno
+    import multiprocessing.context
+
+    def refused(self: Any) -> None:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", refused)
+    items = [(make_report("web01.example.com"), b"{}", BASE_TIME)]
+    with pytest.raises(DatabaseError, match="writer process"):
+        writer._round_trip(items, [None])
+    monkeypatch.undo()
+    assert writer._round_trip(items, [None]) == [True] and count(engine, runs) == 1
+
+
+def test_a_batch_crosses_the_pipe_as_the_same_values_of_the_same_types() -> None:
+    """The batch's MessagePack form reads back as what was sent, record by record, types, enums and time
+    zones included (repr compares them), for reports built by both parsers (msgspec's fast path and
+    report.from_dict) holding every record type."""
+    import json
+
+    from agent.collector.payload import PayloadLimits, parse_report
+    from agent.report import from_dict
+    from tests.collector.test_payload import _full_report
+    data = _full_report()
+    fast = parse_report(json.dumps(data).encode(), PayloadLimits())
+    slow = from_dict(_full_report())
+    plain = make_report("web01.example.com")
+    items = [(fast, b'{"a": 1}', BASE_TIME), (slow, b"", BASE_TIME), (plain, bytes(range(256)), BASE_TIME)]
+    hashes = ["ab" * 32, None, "cd" * 32]
+    back = writer_process._BATCH_DECODER.decode(writer_process._BATCH_ENCODER.encode((items, hashes)))
+    assert repr(back) == repr((items, hashes)) and back == (items, hashes)
