@@ -15,8 +15,9 @@ from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from agent.collector import (
     api,
@@ -36,6 +37,8 @@ from agent.collector.context import Collector
 from agent.collector.errors import CollectorError, InvalidReportError
 
 log = logging.getLogger(__name__)
+
+INGEST_PATH = "/api/v1/reports"
 
 
 def _error_body(message: str, status: int, field: str | None = None) -> JSONResponse:
@@ -62,7 +65,7 @@ async def _database_error(request: Request, exc: Exception) -> Response:
 async def _data_error(request: Request, exc: Exception) -> Response:
     # The database refused a value: retrying cannot help, so this is the sender's permanent 422.
     log.warning("database refused a value on %s %s: %s", request.method, request.url.path, exc)
-    what = "report" if request.url.path == "/api/v1/reports" else "request"
+    what = "report" if request.url.path == INGEST_PATH else "request"
     return _error_body(f"the database refused a value of this {what}", 422)
 
 
@@ -79,7 +82,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 ROUTES = [
-    Route("/api/v1/reports", api.post_report, methods=["POST"]),
+    Route(INGEST_PATH, api.post_report, methods=["POST"]),
     Route("/api/v1/hosts", api.list_hosts),
     Route("/api/v1/hosts/{host}", api.get_host),
     Route("/api/v1/hosts/{host}/runs", api.host_runs),
@@ -102,6 +105,37 @@ ROUTES = [
 ]
 
 
+class CollectorApp(Starlette):
+    """Starlette, with one shortcut: `POST /api/v1/reports` goes straight to `api.post_report`, past the
+    router and Starlette's two error middlewares, whose layers cost the serving process about a quarter
+    of its CPU per report under load (bench/ingest_wrk.py --profile; docs/scale.md, section 2, "Sixth
+    pass"). Its answers are the same: an exception is answered by the handler `create_app` installed for
+    its class (looked up along the MRO, as Starlette does); any other, or a failure of that handler, by a
+    plain 500, and then raised, so that the server logs its traceback, as Starlette's
+    ServerErrorMiddleware does. Every other request, and the lifespan, goes through Starlette as built."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] != "http" or scope["path"] != INGEST_PATH or scope["method"] != "POST"
+                or scope.get("root_path")):
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        request = Request(scope, receive, send)
+        try:
+            try:
+                response = await api.post_report(request)
+            except Exception as exc:
+                handler = next((self.exception_handlers[cls] for cls in type(exc).__mro__
+                                if cls in self.exception_handlers), None)
+                if handler is None:
+                    raise
+                response = await handler(request, exc)
+        except Exception:  # no handler, or the handler failed
+            await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
+            raise
+        await response(scope, receive, send)
+
+
 @asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     async with (writer_process.lifespan(app), leader.lifespan(app), notify.lifespan(app),
@@ -116,7 +150,7 @@ def create_app(collector: Collector) -> Starlette:
     pages += enrolment_views.PAGE_ROUTES
     pages += compliance_views.PAGE_ROUTES
     pages += evidence_views.PAGE_ROUTES  # the evidence export's pages (its API is in ROUTES)
-    app = Starlette(routes=[*ROUTES, *pages], lifespan=_lifespan, exception_handlers={
+    app = CollectorApp(routes=[*ROUTES, *pages], lifespan=_lifespan, exception_handlers={
         CollectorError: _collector_error,
         SQLAlchemyError: _database_error,
         DataError: _data_error,
