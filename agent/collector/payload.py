@@ -153,7 +153,10 @@ def decode_utf8(raw: bytes) -> str:
 # optional JSON whitespace and a colon; a string value can add matches (then the counts differ: the strict
 # path decides), never hide one.
 _KEY_END = re.compile(rb'"[ \t\n\r]*:')
-_QUOTE_SPACE = re.compile(rb'"[ \t\n\r]')
+# Whitespace between a quote and a colon: without it, _KEY_END's matches are exactly the '":' pairs. (Only a
+# colon after it: a quote followed by whitespace alone, as in a string value that starts with spaces, is
+# common in reports and says nothing about keys.)
+_QUOTE_SPACE_COLON = re.compile(rb'"[ \t\n\r]+:')
 
 
 def _fast_decode(raw: bytes, limits: PayloadLimits) -> Any:
@@ -203,8 +206,10 @@ def _keys_within_limits(data: dict[str, Any], limits: PayloadLimits) -> int | No
 
 def _keys_in_body(raw: bytes) -> int:
     """Keys written in a valid JSON body (at least: a string value may add some, see _KEY_END)."""
-    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
-    if _QUOTE_SPACE.search(unescaped):  # whitespace between a key and its colon, maybe
+    # Escaped quotes dropped (escaped backslashes first, so that a key ending in one keeps its closing
+    # quote): a string's \\": then counts no key. Without them the body is scanned as it is.
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"") if b'\\"' in raw else raw
+    if _QUOTE_SPACE_COLON.search(unescaped):  # whitespace between a key and its colon, maybe
         return len(_KEY_END.findall(unescaped))
     return unescaped.count(b'":')
 
