@@ -239,6 +239,22 @@ def test_units_boot_under_systemd_and_survive_self_upgrade(make_host: object, im
                 f"--- processes\n{machine.run('/bin/sh', '-c', PROCESSES).stdout}")
             machine.wait_for_unit("gitops-agent.service", 120)
             assert machine.run("dpkg", "--audit").stdout.strip() == ""
+
+            # `serve --writer-process` under the unit's sandbox, through collector.env: the child is
+            # spawned and opens the database before the first answer, and a stop ends the whole unit cleanly
+            machine.run("/bin/sh", "-c", "echo GITOPS_COLLECTOR_SERVE_OPTIONS=--writer-process >> "
+                        "/etc/gitops-collector/collector.env", check=True)
+            machine.run("systemctl", "restart", "gitops-collector.service", check=True)
+            machine.wait_for_unit("gitops-collector.service", 60)
+            health = machine.run("/opt/gitops-collector/bin/python3", "-c", HEALTH_PROBE, timeout_s=60)
+            assert health.stdout.strip() == "200", health.stdout + health.stderr
+            pids = machine.run("cat", _cgroup_procs(machine, "gitops-collector.service")).stdout.split()
+            commands = [machine.run("cat", f"/proc/{pid}/cmdline").stdout.replace("\0", " ") for pid in pids]
+            assert any("multiprocessing.spawn" in c for c in commands), commands
+            machine.run("systemctl", "stop", "gitops-collector.service", check=True, timeout_s=60)
+            stopped = machine.unit_state("gitops-collector.service")
+            assert (stopped.get("ActiveState"), stopped.get("Result")) == ("inactive", "success"), (
+                f"{stopped}\n--- journal\n{machine.journal('gitops-collector.service')[-3000:]}")
     finally:
         subprocess.run(["ip", "netns", "del", "ga-boot1"], check=False)
         image.remove_tree(tmp_path / "nspawn")
