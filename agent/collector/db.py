@@ -26,7 +26,17 @@ from agent.redact import redact_url
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
+# SQLite's page cache and WAL checkpoints, set for what a collector does: many small writes to indexes
+# spread over the whole file (https://sqlite.org/pragma.html#pragma_cache_size, #pragma_wal_autocheckpoint).
+# A connection that writes keeps up to SQLITE_WRITER_CACHE_KIB of pages (SQLite's default is 2 MiB, which
+# the B-trees' inner pages of a batch's indexes outgrow); the WAL is copied back into the database file
+# every SQLITE_WAL_AUTOCHECKPOINT_PAGES pages (64 MiB at SQLite's 4 KiB pages; default 1,000 pages) rather
+# than about 30 times a second under load, so that a page a batch changes again is copied back once. With
+# both, about 1.2x the reports per second (docs/scale.md, section 2, "Seventh pass").
+SQLITE_WRITER_CACHE_KIB = 32 * 1024
+SQLITE_WAL_AUTOCHECKPOINT_PAGES = 16_384
 _WRITE_LOCK = "gitops_write_lock"
+_WRITER_CACHE = "gitops_writer_cache"
 _NO_PG_DATABASE = re.compile(r'FATAL: +database ".*" does not exist')
 
 
@@ -65,6 +75,7 @@ def _sqlite_engine(url: str) -> Engine:
         # the rows a REPLACE (INSERT OR REPLACE, UPDATE OR REPLACE) deletes fire DELETE triggers only with
         # this on (sqlite.org/lang_conflict.html): the drift counts' triggers (migration 0012) need them
         cursor.execute("PRAGMA recursive_triggers=ON")
+        cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_AUTOCHECKPOINT_PAGES}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -77,6 +88,9 @@ def _sqlite_engine(url: str) -> Engine:
         if not write_lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_S):
             raise DatabaseError("timed out waiting for the SQLite write lock")
         try:
+            if not conn.info.get(_WRITER_CACHE):  # once per connection, the first time it writes
+                conn.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_WRITER_CACHE_KIB}")
+                conn.info[_WRITER_CACHE] = True
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         except BaseException:
             write_lock.release()
