@@ -373,9 +373,12 @@ def app_from_env() -> Starlette:
     from agent.collector import db
     from agent.collector.app import create_app
     from agent.collector.context import Collector
+    from agent.collector.heap import freeze_startup_heap
 
     args = _parser().parse_args(json.loads(os.environ[SERVE_ARGS_ENV]))
-    return create_app(Collector(db.create(args.db), _settings(args)))
+    app = create_app(Collector(db.create(args.db), _settings(args)))
+    freeze_startup_heap()
+    return app
 
 
 def _serve(args: argparse.Namespace, argv: list[str]) -> int:
@@ -386,6 +389,7 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
     from agent.collector import db
     from agent.collector.app import create_app
     from agent.collector.context import Collector
+    from agent.collector.heap import freeze_startup_heap
     from agent.redact import redact_url
 
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -411,7 +415,9 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
             engine.dispose()
             uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=args.workers, **options)
         else:
-            uvicorn.run(create_app(Collector(engine, settings)), **options)
+            app = create_app(Collector(engine, settings))
+            freeze_startup_heap()
+            uvicorn.run(app, **options)
     return 0
 
 

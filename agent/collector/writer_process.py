@@ -258,6 +258,7 @@ def _child(pipe: Pipe, url: str, expect: Expectations, log_level: int) -> None:
     """The child's loop: a batch, (items, hashes) in MessagePack, in; ("ok", results) or ("error",
     exception), pickled, out; an empty message or the parent's end closing stops it."""
     from agent.collector import db, group_commit, store
+    from agent.collector.heap import freeze_startup_heap
 
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
     # Ctrl-C reaches the whole group: the parent stops us through the pipe once its batches are answered.
@@ -283,6 +284,7 @@ def _child(pipe: Pipe, url: str, expect: Expectations, log_level: int) -> None:
         pipe.send(DatabaseError(f"the writer process cannot open the database: {e}"))
         return
     pipe.send("ready")
+    freeze_startup_heap()
     try:
         while not stopping or pipe.poll():
             idle = True
@@ -296,7 +298,7 @@ def _child(pipe: Pipe, url: str, expect: Expectations, log_level: int) -> None:
                 return
             try:
                 items, hashes = _BATCH_DECODER.decode(message)
-                results = store.ingest_group(engine, items, expect=expect,
+                results = store.ingest_group(engine, items, expect=expect, checked=True,
                                              revoked=functools.partial(group_commit.revoked, hashes))
                 reply: tuple[str, object] = ("ok", [_picklable(r) for r in results])
             except Exception as e:  # the whole batch failed: the parent raises it
