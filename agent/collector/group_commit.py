@@ -86,7 +86,8 @@ class GroupCommit:
     async def ingest(self, report: Report, raw: bytes, *, received_at: datetime,
                      token_hash: str | None = None) -> bool:
         """True: stored now; False: the same report was stored before. Raises what `store.ingest` raises,
-        and UnauthorizedError when `token_hash` was revoked before the batch's commit."""
+        and UnauthorizedError when `token_hash` was revoked before the batch's commit. `report` has passed
+        `store.check_storable` (api.post_report checks it first): the batch does not check it again."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.queue.append((report, raw, received_at, future, token_hash))
         self.drains = [task for task in self.drains if not task.done()]
@@ -102,7 +103,7 @@ class GroupCommit:
             items = [(report, raw, received_at) for report, raw, received_at, _, _ in batch]
             hashes = [h for *_, h in batch]
             call = functools.partial(store.ingest_group, self.engine, items, expect=self.expect,
-                                     revoked=functools.partial(revoked, hashes))
+                                     revoked=functools.partial(revoked, hashes), checked=True)
             try:
                 if self.writer_process is not None:  # serve --writer-process: a child stores the batch
                     results = await self.writer_process.write(items, hashes)

@@ -296,19 +296,24 @@ RUNS_PRESENT = select(runs.c.run_id).where(runs.c.run_id.in_(bindparam("run_ids"
 
 def ingest_group(engine: Engine, items: Sequence[tuple[Report, bytes, datetime]], *,
                  expect: Expectations = Expectations(),
-                 revoked: Callable[[Connection], set[int]] | None = None) -> list[bool | Exception]:
+                 revoked: Callable[[Connection], set[int]] | None = None,
+                 checked: bool = False) -> list[bool | Exception]:
     """`ingest_batch`'s contract with batched statements: one SELECT for the batch's run_ids already
     stored, one executemany each for the runs and the commits, then the newest report of each host updates
     its row (hosts in name order, so that two processes' batches never deadlock). No savepoint per report:
     when anything of the batch fails, the transaction is rolled back and the batch is stored again by
     `ingest_batch` (a savepoint per report), so only the bad report gets its error. `revoked(conn)`, when
     given, returns the indexes of items whose token is no longer valid, checked in this same transaction:
-    those get UnauthorizedError (401) and are never stored."""
+    those get UnauthorizedError (401) and are never stored. `checked`: every report has passed
+    `check_storable` already (api.post_report checks each before it is queued), so it is not checked again
+    (a value that slipped through is then refused by the database, and `ingest_batch`, which checks, finds
+    the report)."""
     results: list[bool | Exception | None] = [None] * len(items)
     prepared: list[tuple[Report, bytes, datetime]] = []
     for i, (report, raw, received_at) in enumerate(items):
         try:
-            check_storable(report)
+            if not checked:
+                check_storable(report)
             report = clamp(report, received_at)
         except CollectorError as e:
             results[i] = e

@@ -281,3 +281,35 @@ def test_a_valid_token_is_served_from_the_map_for_minutes_an_unknown_one_for_a_s
     assert ask(secret).name == "web01.example.com" and ask("nope") is None and asked == [secret, "nope", "nope"]
     clock[0] += group_commit.VALID_CACHE_S
     assert ask(secret) is not None and asked[-1] == secret  # expired: asked again
+
+
+def test_a_report_is_checked_once_on_its_way_through_group_commit(send: Any, collector: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """api.post_report checks each report (a 422 names the field) before it is queued; the batch, told so
+    (ingest_group's `checked`), does not check it again."""
+    assert collector.group is not None
+    checked: list[str] = []
+    real = store.check_storable
+
+    def counting(report: Any) -> None:
+        checked.append(report.run_id)
+        real(report)
+
+    monkeypatch.setattr(store, "check_storable", counting)
+    reports = [make_report(f"web0{i}.example.com") for i in (1, 2)]
+    assert [send(r).status_code for r in reports] == [201, 201]
+    assert checked == [r.run_id for r in reports]
+    bad = make_report("web03.example.com", interval_s=2**40)  # still refused, by the handler's check
+    refused = send(bad)
+    assert refused.status_code == 422 and "interval_s" in refused.json()["error"]
+
+
+def test_a_batch_told_its_reports_are_checked_does_not_check_them(engine: Engine,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(report: Any) -> None:
+        raise AssertionError("checked again")
+
+    monkeypatch.setattr(store, "check_storable", refuse)
+    report = make_report("web01.example.com")
+    assert store.ingest_group(engine, [(report, to_json(report).encode(), BASE_TIME)], checked=True) == [True]
+    assert count(engine, runs) == 1
