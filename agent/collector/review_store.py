@@ -12,11 +12,13 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -47,7 +49,7 @@ from agent.collector.tables import (
     review_hosts,
     review_items,
 )
-from agent.report import DriftItem, DriftKind, Report, format_time
+from agent.report import Diff, DriftItem, DriftKind, Report, format_time
 
 RESOLVED = "resolved"
 # json.dumps(..., ensure_ascii=False) builds a new JSONEncoder per call; this one encoder writes the same
@@ -61,11 +63,52 @@ def key_sha256(key: ItemKey) -> str:
 
 
 def diff_sha256(drift: DriftItem) -> str | None:
-    """A hash of the item's diffs (path, before, after), so hosts with the same diff group together."""
+    """A hash of the item's diffs (path, before, after), so hosts with the same diff group together:
+    the SHA-256 (hex) of their JSON as [[path, before, after], ...], or None for an item without diffs.
+    Remembered per diffs (DIFF_HASHES): each sighting of an item hashes its diffs again, and an item is
+    sighted at every check of its host, with the same diffs on many hosts."""
     if not drift.diffs:
         return None
-    parts = [[d.path, d.before, d.after] for d in drift.diffs]
-    return hashlib.sha256(_JSON_UNICODE.encode(parts).encode("utf-8")).hexdigest()
+    return DIFF_HASHES.get(drift.diffs)
+
+
+class DiffHashes:
+    """`get(diffs)`: the diffs' hash, computed once and kept while the diffs kept (their paths and texts)
+    stay under `max_chars` characters in all; past that everything is forgotten and kept anew (a fleet's
+    current diffs are few, each repeated by many hosts and checks). Diffs longer than `max_chars` are
+    hashed every time. Thread-safe. The key is the diffs
+    themselves (equal diffs, equal hash), never a digest of them: a collision cannot give one diff
+    another's hash."""
+
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars = max_chars
+        self._hashes: dict[tuple[Diff, ...], str] = {}
+        self._chars = 0
+        self._lock = threading.Lock()
+
+    def get(self, diffs: tuple[Diff, ...]) -> str:
+        with self._lock:
+            known = self._hashes.get(diffs)
+        if known is not None:
+            return known
+        parts = [[d.path, d.before, d.after] for d in diffs]
+        digest = hashlib.sha256(_JSON_UNICODE.encode(parts).encode("utf-8")).hexdigest()
+        chars = sum(len(d.path) + len(d.before or "") + len(d.after or "") for d in diffs)
+        if chars > self.max_chars:  # never kept, and no reason to forget the others
+            return digest
+        with self._lock:
+            if self._chars + chars > self.max_chars:
+                self._hashes.clear()
+                self._chars = 0
+            if diffs not in self._hashes:
+                self._hashes[diffs] = digest
+                self._chars += chars
+        return digest
+
+
+# at most 8 Mi characters of diffs kept (the agent cuts each diff text at 64 Ki, agent/result_text.py; a
+# collector may still be sent longer ones, which are hashed every time when over the whole budget)
+DIFF_HASHES = DiffHashes(8 * 1024 * 1024)
 
 
 def _key_of(row: Any) -> ItemKey:
@@ -76,10 +119,10 @@ def _key_of(row: Any) -> ItemKey:
 
 def item_of(row: Any) -> ReviewItem:
     """A `review_items` row as the pure ReviewItem."""
-    kinds = tuple((DriftKind(k), datetime.fromisoformat(at)) for k, at in json.loads(row.kinds))
+    kinds = tuple((DriftKind(k), datetime.fromisoformat(at)) for k, at in msgspec.json.decode(row.kinds))
     return ReviewItem(
         key=_key_of(row), first_seen_at=row.first_seen_at, last_seen_at=row.last_seen_at, kinds=kinds,
-        checks=row.checks, commits=tuple(json.loads(row.commits)), commit_count=row.commit_count,
+        checks=row.checks, commits=tuple(msgspec.json.decode(row.commits)), commit_count=row.commit_count,
         module=row.module, task_path=row.task_path, acknowledged_at=row.acknowledged_at,
         acknowledged_by=row.acknowledged_by, accepted_by=row.accepted_by, resolved_at=row.resolved_at,
         resolution=Resolution(row.resolution) if row.resolution else None, id=row.id)
@@ -175,17 +218,27 @@ def record_report(conn: Connection, report: Report, *, now: datetime) -> Changes
 
 def record_reports(conn: Connection, items: Sequence[tuple[Report, datetime]]) -> None:
     """`record_report` for each (report, now), in the caller's transaction (store.ingest_group), with the
-    reads batched: the items and last checks of all hosts that have one report here in one SELECT each
-    (500 hosts a statement), the active exceptions once (at the earliest `now`; `covering` checks each
-    report's own `now`), the new items in one executemany. A host with several reports here is recorded
-    report by report, in order, as each depends on the one before."""
-    per_host = collections.Counter(report.host for report, _ in items)
-    single = [(report, now) for report, now in items if per_host[report.host] == 1]
+    reads batched. A host with several reports here has them recorded in their order, each on what the one
+    before left: in rounds, each host's first report in the first round, its second in the second, and so
+    on (a host's items, last check and writes are its own; the exceptions are only read), each round
+    batched (`_record_round`)."""
+    rounds: list[list[tuple[Report, datetime]]] = []
+    nth: collections.Counter[str] = collections.Counter()
     for report, now in items:
-        if per_host[report.host] > 1:
-            record_report(conn, report, now=now)
-    if not single:
-        return
+        k = nth[report.host]
+        nth[report.host] += 1
+        if k == len(rounds):
+            rounds.append([])
+        rounds[k].append((report, now))
+    for single in rounds:
+        _record_round(conn, single)
+
+
+def _record_round(conn: Connection, single: Sequence[tuple[Report, datetime]]) -> None:
+    """`record_report` for reports of distinct hosts: the items and last checks of all their hosts in one
+    SELECT each (500 hosts a statement), the active exceptions once (at the earliest `now`; `covering`
+    checks each report's own `now`), the new items in one executemany, the changed ones in one per set of
+    columns."""
     names = sorted(report.host for report, _ in single)
     current: dict[str, list[ReviewItem]] = {h: [] for h in names}
     last_checks: dict[str, datetime] = {}

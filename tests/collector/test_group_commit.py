@@ -313,3 +313,61 @@ def test_a_batch_told_its_reports_are_checked_does_not_check_them(engine: Engine
     report = make_report("web01.example.com")
     assert store.ingest_group(engine, [(report, to_json(report).encode(), BASE_TIME)], checked=True) == [True]
     assert count(engine, runs) == 1
+
+
+def test_several_reports_of_one_host_in_a_batch_are_recorded_in_rounds_as_one_by_one(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drift review of a batch where hosts send several reports (opened, seen again, resolved as
+    absent, corrected, one report older than the host's last check) is what ingest one by one leaves, and
+    no report goes through the per-report path (`review_store.record_report`) on the way."""
+    import tempfile
+
+    from agent.collector import db, review_store
+    from agent.collector.tables import review_hosts, review_items
+    from agent.report import DriftKind
+    from tests.factory import drift_item
+
+    t = BASE_TIME
+    batch = [
+        make_report("web01.example.com", status=Status.DRIFTED, finished_at=t,
+                    drift=(drift_item("a"), drift_item("b"))),
+        make_report("db01.example.com", status=Status.DRIFTED, finished_at=t + timedelta(minutes=10),
+                    drift=(drift_item("x"),)),
+        make_report("web01.example.com", status=Status.DRIFTED, finished_at=t + timedelta(minutes=1),
+                    drift=(drift_item("a"),)),  # b is gone from a complete check: resolved as absent
+        make_report("db01.example.com", status=Status.DRIFTED, finished_at=t - timedelta(minutes=10),
+                    drift=(drift_item("y"),)),  # older than db01's last check: opens nothing
+        make_report("app01.example.com", status=Status.DRIFTED, finished_at=t,
+                    drift=(drift_item("r", kind=DriftKind.RECURRING),)),
+        make_report("web01.example.com", status=Status.CORRECTED, finished_at=t + timedelta(minutes=2),
+                    drift=(drift_item("a"),)),  # corrected by the apply: resolved
+        make_report("web01.example.com", status=Status.DRIFTED, finished_at=t + timedelta(minutes=3),
+                    drift=(drift_item("a"),), commit="b" * 40),  # opened again, another commit
+    ]
+    items = [(r, to_json(r).encode(), t + timedelta(minutes=20)) for r in batch]
+
+    def review(e: Engine) -> list[list[str]]:  # ids left out; repr, since some columns are NULL
+        with e.connect() as conn:
+            return [sorted(repr(tuple(r)[1:] if table is review_items else tuple(r))
+                           for r in conn.execute(select(table)).all()) for table in (review_items, review_hosts)]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = db.create(f"sqlite:///{tmp}/ref.db")
+        db.prepare(reference)
+        for r, raw, at in items:
+            store.ingest(reference, r, raw, received_at=at)
+        want = review(reference)
+        reference.dispose()
+
+    def one_by_one(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a report of the batch went through record_report")
+
+    monkeypatch.setattr(review_store, "record_report", one_by_one)
+    assert store.ingest_group(engine, items) == [True] * len(items)
+    assert review(engine) == want
+    with engine.connect() as conn:  # what the reports say happened on web01 (db01's late y opens nothing)
+        web01 = sorted(tuple(r) for r in conn.execute(
+            select(review_items.c.task, review_items.c.state, review_items.c.resolution, review_items.c.checks)
+            .where(review_items.c.host.in_(["web01.example.com", "db01.example.com"]))))
+    assert web01 == [("a", "open", None, 1), ("a", "resolved", "corrected", 3), ("b", "resolved", "absent", 1),
+                     ("x", "open", None, 1)]
