@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from unittest import mock
 
 import pytest
@@ -37,56 +37,83 @@ ROLE_SETS = (("web",), ("db",), ("web", "db"), ())
 ACTOR = review_store.Actor("tester", "cli")
 SCRATCH = "/dev/shm" if Path("/dev/shm").is_dir() else None  # each ingest commits (FULL sync): in memory, faster
 
-# minutes, coarse so that equal times (ties) happen often
-minutes = st.integers(min_value=-6, max_value=6).map(lambda m: timedelta(minutes=10 * m))
+TIMES = st.integers(min_value=-6, max_value=6).map(lambda m: 10 * m)  # minutes, coarse: ties happen often
 
-drift = st.builds(lambda task, kind, role, diffs: drift_item(task, kind=kind, role=role, diffs=diffs),
-                  st.sampled_from(TASKS), st.sampled_from(list(DriftKind)), st.sampled_from(ROLES),
-                  st.integers(min_value=0, max_value=2))
+
+class Drift(NamedTuple):
+    task: str
+    kind: str
+    role: str
+    diffs: int
+
+
+class Sent(NamedTuple):
+    """A report as plain values (small falsifying examples); times in minutes after BASE_TIME."""
+
+    host: str
+    status: str
+    finished: int
+    received: int
+    commit: str | None
+    roles: tuple[str, ...]
+    drift: tuple[Drift, ...]
+
+    def build(self) -> tuple[Report, datetime]:
+        report = make_report(self.host, status=Status(self.status), finished_at=at(self.finished),
+                             commit=self.commit, roles=self.roles,
+                             drift=tuple(drift_item(d.task, kind=DriftKind(d.kind), role=d.role, diffs=d.diffs)
+                                         for d in self.drift))
+        return report, at(self.received)  # received before it finished too: clamped
+
+
+class Accepted(NamedTuple):
+    """A task or playbook-role exception for all hosts, a pattern or a group, created and expiring around
+    the batches' times (minutes after BASE_TIME); revoked after the first batch or not."""
+
+    scope: str
+    hosts: str
+    role: str
+    task: str
+    created: int
+    lasts: int
+    revoked: bool
+
+    def build(self) -> dx.DriftException:
+        selector = (dx.HostSelector(group=self.hosts[6:]) if self.hosts.startswith("group:")
+                    else dx.HostSelector(pattern=None if self.hosts == "all" else self.hosts))
+        fields: dict[str, Any] = {"role": self.role, "role_kind": dx.RoleKind.PLAYBOOK}
+        if self.scope == "task":
+            fields = {"task": ItemKey.of("x", drift_item(self.task, role=self.role)).task}
+        return dx.DriftException(id=0, scope=dx.ExceptionScope(self.scope), owner="ops", reason="accepted",
+                                 ticket="OPS-1", created_at=at(self.created),
+                                 expires_at=at(self.created + self.lasts), hosts=selector, **fields)
+
+
+def at(minutes: int) -> datetime:
+    return BASE_TIME + timedelta(minutes=minutes)
+
+
+drifts = st.builds(Drift, st.sampled_from(TASKS), st.sampled_from([k.value for k in DriftKind]),
+                   st.sampled_from(ROLES), st.integers(min_value=0, max_value=2))
 
 
 @st.composite
-def a_report(draw: Any, host: str, base: datetime) -> tuple[Report, datetime]:
-    report = make_report(host, status=draw(st.sampled_from(STATUSES)), finished_at=base + draw(minutes),
-                         commit=draw(st.sampled_from(COMMITS)),
-                         drift=tuple(draw(st.lists(drift, max_size=3))), roles=draw(st.sampled_from(ROLE_SETS)))
-    return report, base + draw(minutes)  # received before it finished too: clamped
-
-
-@st.composite
-def a_batch(draw: Any, base: datetime) -> list[tuple[Report, datetime]]:
-    """2-4 hosts, 1-5 reports each, interleaved at random."""
+def a_batch(draw: Any, base: int) -> list[Sent]:
+    """2-4 hosts, 1-5 reports each, interleaved at random, around `base`."""
     hosts = draw(st.lists(st.sampled_from(HOSTS), min_size=2, max_size=4, unique=True))
-    order = [h for h in hosts for _ in range(draw(st.integers(min_value=1, max_value=5)))]
-    order = draw(st.permutations(order))
-    return [draw(a_report(h, base)) for h in order]
+    order = draw(st.permutations([h for h in hosts for _ in range(draw(st.integers(min_value=1, max_value=5)))]))
+    return [Sent(h, draw(st.sampled_from([s.value for s in STATUSES])), base + draw(TIMES), base + draw(TIMES),
+                 draw(st.sampled_from(COMMITS)), draw(st.sampled_from(ROLE_SETS)),
+                 tuple(draw(st.lists(drifts, max_size=3)))) for h in order]
 
 
-@st.composite
-def an_exception(draw: Any) -> tuple[dx.DriftException, datetime]:
-    """A task or playbook-role exception (all hosts, a pattern or a group), created and expiring around the
-    batches' times; returned with its creation time."""
-    scope = draw(st.sampled_from([dx.ExceptionScope.TASK, dx.ExceptionScope.ROLE]))
-    hosts = draw(st.sampled_from([dx.HostSelector(), dx.HostSelector(pattern="web*"),
-                                  dx.HostSelector(group="web"), dx.HostSelector(group="db")]))
-    created = BASE_TIME + draw(minutes) + timedelta(minutes=draw(st.integers(min_value=0, max_value=20)))
-    expires = created + timedelta(minutes=draw(st.integers(min_value=1, max_value=150)))
-    role = draw(st.sampled_from(ROLES))
-    fields: dict[str, Any] = {}
-    if scope is dx.ExceptionScope.TASK:
-        fields["task"] = ItemKey.of("x", drift_item(draw(st.sampled_from(TASKS)), role=role)).task
-    else:
-        fields.update(role=role, role_kind=dx.RoleKind.PLAYBOOK)
-    exc = dx.DriftException(id=0, scope=scope, owner="ops", reason="accepted", ticket="OPS-1", created_at=created,
-                            expires_at=expires, hosts=hosts, **fields)
-    return exc, created
+accepted = st.builds(Accepted, st.sampled_from(["task", "role"]),
+                     st.sampled_from(["all", "web*", "group:web", "group:db"]), st.sampled_from(ROLES),
+                     st.sampled_from(TASKS), st.integers(min_value=-60, max_value=80),
+                     st.integers(min_value=1, max_value=150), st.booleans())
 
-
-examples = st.tuples(
-    st.lists(an_exception(), max_size=2),
-    st.lists(st.booleans(), min_size=2, max_size=2),  # revoke each exception (after the first batch)?
-    a_batch(BASE_TIME), a_batch(BASE_TIME + timedelta(minutes=30)),
-    st.one_of(st.none(), a_batch(BASE_TIME + timedelta(minutes=60))))
+examples = st.tuples(st.lists(accepted, max_size=2), a_batch(0), a_batch(30),
+                     st.one_of(st.none(), a_batch(60)))
 
 
 @pytest.fixture(scope="module")
@@ -106,22 +133,14 @@ def review(e: Engine) -> list[list[str]]:  # ids left out; repr, since some colu
                        for r in conn.execute(select(table)).all()) for table in (review_items, review_hosts)]
 
 
-def describe(batches: list[list[tuple[Report, datetime]]]) -> str:
-    lines = []
-    for n, batch in enumerate(batches):
-        for r, at in batch:
-            lines.append(f"batch {n}: {r.host} {r.status.value} started={r.started_at:%H:%M} "
-                         f"finished={r.finished_at:%H:%M} received={at:%H:%M} commit={(r.source.commit or '-')[:2]} "
-                         f"roles={r.roles} drift={[(d.task, d.kind.value, d.role, len(d.diffs)) for d in r.drift]}")
-    return "\n".join(lines)
-
-
+# a failure's shrinking may run Hypothesis' five minutes: past pytest-timeout's 300 s it would be cut off
+@pytest.mark.timeout(600)
 @settings(max_examples=40, deadline=None, derandomize=True, database=None, report_multiple_bugs=False,
           suppress_health_check=[HealthCheck.too_slow])
 @given(example=examples)
 def test_a_batch_records_the_drift_review_that_ingest_one_by_one_records(template: Path, example: Any) -> None:
-    exceptions, revoke, *batches = example
-    batches = [b for b in batches if b is not None]
+    accepts, *sent = example
+    batches = [[s.build() for s in b] for b in sent if b is not None]
     with tempfile.TemporaryDirectory(dir=SCRATCH) as tmp, ExitStack() as stack:
         engines = []
         for name in ("group.db", "single.db"):
@@ -132,22 +151,22 @@ def test_a_batch_records_the_drift_review_that_ingest_one_by_one_records(templat
         grouped, single = engines
         ids: list[list[int]] = [[], []]
         for engine, got in zip(engines, ids, strict=True):
-            for exc, created in exceptions:
-                got.append(review_store.create_exception(engine, exc, actor=ACTOR, now=created))
+            for a in accepts:
+                got.append(review_store.create_exception(engine, a.build(), actor=ACTOR, now=at(a.created)))
         assert ids[0] == ids[1]
         for n, batch in enumerate(batches):
-            items = [(r, to_json(r).encode(), at) for r, at in batch]
+            items = [(r, to_json(r).encode(), received) for r, received in batch]
             # the batch path alone: no fallback to report-by-report storing, no per-report review
             with mock.patch.object(store, "ingest_batch", side_effect=AssertionError("fell back to ingest_batch")), \
                     mock.patch.object(review_store, "record_report",
                                       side_effect=AssertionError("went through record_report")):
                 assert store.ingest_group(grouped, items) == [True] * len(items)
-            for r, raw, at in items:
-                assert store.ingest(single, r, raw, received_at=at) is True
+            for r, raw, received in items:
+                assert store.ingest(single, r, raw, received_at=received) is True
             if n == 0:
-                for (_exc, created), exc_id, gone in zip(exceptions, ids[0], revoke, strict=False):
-                    if gone:
+                for a, exc_id in zip(accepts, ids[0], strict=True):
+                    if a.revoked:
                         for engine in engines:
                             review_store.revoke_exception(engine, exc_id, actor=ACTOR, reason="done",
-                                                          now=created + timedelta(minutes=5))
-            assert review(grouped) == review(single), f"after batch {n}:\n{describe(batches[:n + 1])}"
+                                                          now=at(a.created + 5))
+            assert review(grouped) == review(single), f"after batch {n}"
