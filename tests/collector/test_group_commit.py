@@ -20,6 +20,14 @@ from agent.report import Status, to_json
 from tests.factory import BASE_TIME, make_report
 
 
+def review_snapshot(e: Engine) -> list[list[str]]:
+    """The drift review's tables: review_items without ids, review_hosts (repr: some columns are NULL)."""
+    from agent.collector.tables import review_hosts, review_items
+    with e.connect() as conn:
+        return [sorted(repr(tuple(r)[1:] if t is review_items else tuple(r))
+                       for r in conn.execute(select(t)).all()) for t in (review_items, review_hosts)]
+
+
 def count(engine: Engine, table: Any) -> int:
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
@@ -160,12 +168,6 @@ def test_batched_statements_store_what_one_by_one_stores(engine: Engine) -> None
         with e.connect() as conn:
             return [sorted(tuple(r) for r in conn.execute(select(t)).all())
                     for t in (hosts, host_roles, drift_items, commits, runs)]
-
-    def review_snapshot(e: Engine) -> list[list[str]]:  # ids left out; repr, since some columns are NULL
-        from agent.collector.tables import review_hosts, review_items
-        with e.connect() as conn:
-            return [sorted(repr(tuple(r)[1:] if t is review_items else tuple(r))
-                           for r in conn.execute(select(t)).all()) for t in (review_items, review_hosts)]
 
     import tempfile
 
@@ -323,7 +325,7 @@ def test_several_reports_of_one_host_in_a_batch_are_recorded_in_rounds_as_one_by
     import tempfile
 
     from agent.collector import db, review_store
-    from agent.collector.tables import review_hosts, review_items
+    from agent.collector.tables import review_items
     from agent.report import DriftKind
     from tests.factory import drift_item
 
@@ -346,17 +348,12 @@ def test_several_reports_of_one_host_in_a_batch_are_recorded_in_rounds_as_one_by
     ]
     items = [(r, to_json(r).encode(), t + timedelta(minutes=20)) for r in batch]
 
-    def review(e: Engine) -> list[list[str]]:  # ids left out; repr, since some columns are NULL
-        with e.connect() as conn:
-            return [sorted(repr(tuple(r)[1:] if table is review_items else tuple(r))
-                           for r in conn.execute(select(table)).all()) for table in (review_items, review_hosts)]
-
     with tempfile.TemporaryDirectory() as tmp:
         reference = db.create(f"sqlite:///{tmp}/ref.db")
         db.prepare(reference)
         for r, raw, at in items:
             store.ingest(reference, r, raw, received_at=at)
-        want = review(reference)
+        want = review_snapshot(reference)
         reference.dispose()
 
     def one_by_one(*args: Any, **kwargs: Any) -> Any:
@@ -364,7 +361,7 @@ def test_several_reports_of_one_host_in_a_batch_are_recorded_in_rounds_as_one_by
 
     monkeypatch.setattr(review_store, "record_report", one_by_one)
     assert store.ingest_group(engine, items) == [True] * len(items)
-    assert review(engine) == want
+    assert review_snapshot(engine) == want
     with engine.connect() as conn:  # what the reports say happened on web01 (db01's late y opens nothing)
         web01 = sorted(tuple(r) for r in conn.execute(
             select(review_items.c.task, review_items.c.state, review_items.c.resolution, review_items.c.checks)
