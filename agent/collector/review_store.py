@@ -76,9 +76,8 @@ class DiffHashes:
     """`get(diffs)`: the diffs' hash, computed once and kept while the diffs kept (their paths and texts)
     stay under `max_chars` characters in all; past that everything is forgotten and kept anew (a fleet's
     current diffs are few, each repeated by many hosts and checks). Diffs longer than `max_chars` are
-    hashed every time. Thread-safe. The key is the diffs
-    themselves (equal diffs, equal hash), never a digest of them: a collision cannot give one diff
-    another's hash."""
+    hashed every time. Thread-safe. The key is the diffs themselves (equal diffs, equal hash), never a
+    digest of them: a collision cannot give one diff another's hash."""
 
     def __init__(self, max_chars: int) -> None:
         self.max_chars = max_chars
