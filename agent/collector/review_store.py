@@ -13,7 +13,7 @@ import collections
 import hashlib
 import json
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -140,6 +140,32 @@ def _values(item: ReviewItem) -> dict[str, Any]:
     }
 
 
+# The columns of `_values` that are an item's field as it is; the others are derived or encoded.
+_PLAIN_COLUMNS = ("first_seen_at", "last_seen_at", "checks", "commit_count", "module", "task_path",
+                  "acknowledged_at", "acknowledged_by", "accepted_by", "resolved_at")
+
+
+def _changed_values(old: ReviewItem, new: ReviewItem) -> dict[str, Any]:
+    """The columns of `_values(new)` whose value differs from `_values(old)`'s, and only those: what an
+    item's UPDATE sets. A sighting changes last_seen_at and checks and little else, and SQLite rewrites
+    only the indexes (and the triggers only fire) whose columns the SET names, where setting every column
+    would rewrite all seven of review_items' indexes at every check of every drifting host (bench/README.md,
+    "Ninth pass"). tests/collector/test_review_store.py checks that `{**_values(old), **_changed_values(old,
+    new)} == _values(new)`."""
+    values = {c: getattr(new, c) for c in _PLAIN_COLUMNS if getattr(old, c) != getattr(new, c)}
+    if old.state is not new.state:
+        values["state"] = new.state.value
+    if old.kinds != new.kinds:
+        values["kinds"] = json.dumps([[k.value, at.isoformat()] for k, at in new.kinds])
+        if old.kind is not new.kind:
+            values["kind"] = new.kind.value
+    if old.commits != new.commits:
+        values["commits"] = json.dumps(list(new.commits))
+    if old.resolution is not new.resolution:
+        values["resolution"] = new.resolution.value if new.resolution else None
+    return values
+
+
 def _insert_row(item: ReviewItem, diff: str | None) -> dict[str, Any]:
     k, t = item.key, item.key.task
     return {"key_sha256": key_sha256(k), "host": k.host, "role": t.role, "play": t.play,
@@ -207,12 +233,13 @@ def _groups(conn: Connection, hosts: Iterable[str]) -> dict[str, set[str]]:
 
 def record_report(conn: Connection, report: Report, *, now: datetime) -> Changes:
     """Update the host's drift items for one new report, in the caller's transaction (store.ingest)."""
-    current = [item_of(r) for r in conn.execute(select(review_items).where(
-        review_items.c.host == report.host, review_items.c.state != RESOLVED))]
+    rows = conn.execute(select(review_items).where(review_items.c.host == report.host,
+                                                   review_items.c.state != RESOLVED)).all()
+    current = [item_of(r) for r in rows]
     last_check_at = conn.execute(select(review_hosts.c.last_check_at)
                                  .where(review_hosts.c.host == report.host)).scalar_one_or_none()
     exceptions = active_exceptions(conn, now) if report.drift else []
-    return _record(conn, report, now, current, last_check_at, exceptions)
+    return _record(conn, report, now, current, {r.id: r.diff_sha256 for r in rows}, last_check_at, exceptions)
 
 
 def record_reports(conn: Connection, items: Sequence[tuple[Report, datetime]]) -> None:
@@ -240,11 +267,13 @@ def _record_round(conn: Connection, single: Sequence[tuple[Report, datetime]]) -
     columns."""
     names = sorted(report.host for report, _ in single)
     current: dict[str, list[ReviewItem]] = {h: [] for h in names}
+    stored_diffs: dict[int, str | None] = {}
     last_checks: dict[str, datetime] = {}
     for start in range(0, len(names), 500):
         chunk = names[start:start + 500]
         for row in conn.execute(CURRENT_ITEMS_OF, {"hosts": chunk}):
             current[row.host].append(item_of(row))
+            stored_diffs[row.id] = row.diff_sha256
         last_checks.update(conn.execute(LAST_CHECKS_OF, {"hosts": chunk}).all())
     drifted = [now for report, now in single if report.drift]
     exceptions = active_exceptions(conn, min(drifted)) if drifted else []
@@ -252,8 +281,8 @@ def _record_round(conn: Connection, single: Sequence[tuple[Report, datetime]]) -
     checks: list[tuple[str, datetime, bool]] = []
     updates: list[dict[str, Any]] = []
     for report, now in single:
-        _record(conn, report, now, current[report.host], last_checks.get(report.host), exceptions, inserts,
-                checks, updates)
+        _record(conn, report, now, current[report.host], stored_diffs, last_checks.get(report.host),
+                exceptions, inserts, checks, updates)
     bulk.executemany(conn, ITEMS_INSERT, inserts)
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = collections.defaultdict(list)
     for values in updates:  # one executemany per set of columns (with or without diff_sha256)
@@ -278,14 +307,16 @@ LAST_CHECK_INSERT = review_hosts.insert()
 
 
 def _record(conn: Connection, report: Report, now: datetime, current: list[ReviewItem],
-            last_check_at: datetime | None, exceptions: list[dx.DriftException],
+            stored_diffs: Mapping[int, str | None], last_check_at: datetime | None,
+            exceptions: list[dx.DriftException],
             inserts: list[dict[str, Any]] | None = None,
             checks: list[tuple[str, datetime, bool]] | None = None,
             updates: list[dict[str, Any]] | None = None) -> Changes:
-    """The writes of `record_report` from what it read. When the lists are given, new items are appended
-    to `inserts`, the host's new last check to `checks` as (host, time, first check) and the changed
-    items' columns to `updates` (with their id as key_id, for ITEM_SET) for the caller to write; else they
-    are written here."""
+    """The writes of `record_report` from what it read (`stored_diffs`: the current items' diff_sha256 by
+    id). When the lists are given, new items are appended to `inserts`, the host's new last check to
+    `checks` as (host, time, first check) and the changed items' changed columns (`_changed_values`) to
+    `updates` (with their id as key_id, for ITEM_SET) for the caller to write; else they are written
+    here."""
     groups = set(report.roles)
 
     def coverage(key: ItemKey) -> int | None:
@@ -299,10 +330,15 @@ def _record(conn: Connection, report: Report, now: datetime, current: list[Revie
             conn.execute(review_items.insert(), rows)
         else:
             inserts.extend(rows)
+    before = {i.key: i for i in current}
     for item in (*changes.updated, *changes.resolved):
-        values = _values(item)
+        values = _changed_values(before[item.key], item)
         if item.key in drifts:
-            values["diff_sha256"] = diff_sha256(drifts[item.key])
+            diff = diff_sha256(drifts[item.key])
+            if item.id is None or diff != stored_diffs.get(item.id):
+                values["diff_sha256"] = diff
+        if not values:
+            continue
         if updates is not None:
             updates.append({"key_id": item.id, **values})
         else:

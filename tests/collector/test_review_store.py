@@ -1,0 +1,98 @@
+"""review_store's UPDATE of a drift item sets only the columns that changed (`_changed_values`): the row it
+leaves is the row setting every column would leave, and a sighting that changes little names little."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from datetime import timedelta
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import Engine, event, select
+
+from agent.collector import review_store, store
+from agent.collector.drift_review import ItemKey, Resolution, ReviewItem, TaskIdentity
+from agent.collector.review_store import _changed_values, _values
+from agent.collector.tables import review_items
+from agent.report import Diff, DriftKind, to_json
+from tests.factory import BASE_TIME, COMMIT_A, COMMIT_B, drift_item, make_report
+
+KEY = ItemKey("web01.example.com", TaskIdentity("web", "web servers", "web", "roles/web/tasks/main.yml",
+                                                "nginx config"), "", 0)
+times = st.integers(min_value=0, max_value=5).map(lambda h: BASE_TIME + timedelta(hours=h))
+maybe_time = st.none() | times
+kinds = st.lists(st.tuples(st.sampled_from(DriftKind), times), min_size=1, max_size=3).map(tuple)
+items = st.builds(
+    ReviewItem, key=st.just(KEY), first_seen_at=times, last_seen_at=times, kinds=kinds,
+    checks=st.integers(1, 4), commits=st.lists(st.sampled_from([COMMIT_A, COMMIT_B]), max_size=2).map(tuple),
+    commit_count=st.integers(0, 3), module=st.sampled_from(["template", "copy"]),
+    task_path=st.sampled_from(["", "roles/web/tasks/main.yml:3"]), acknowledged_at=maybe_time,
+    acknowledged_by=st.none() | st.sampled_from(["ana", "bo"]), accepted_by=st.none() | st.integers(1, 2),
+    resolved_at=maybe_time, resolution=st.none() | st.sampled_from(Resolution), id=st.just(1))
+
+
+@given(items, items)
+def test_the_changed_columns_over_the_old_row_make_the_new_row(old: ReviewItem, new: ReviewItem) -> None:
+    changed = _changed_values(old, new)
+    assert {**_values(old), **changed} == _values(new)
+    assert all(_values(old)[c] != v for c, v in changed.items())  # only what changed
+
+
+def test_an_unchanged_item_sets_nothing_and_every_column_of_values_can_be_set() -> None:
+    item = ReviewItem(key=KEY, first_seen_at=BASE_TIME, last_seen_at=BASE_TIME,
+                      kinds=((DriftKind.CORRECTIVE, BASE_TIME),))
+    assert _changed_values(item, item) == {}
+    later = BASE_TIME + timedelta(hours=1)
+    other = dataclasses.replace(
+        item, first_seen_at=later, last_seen_at=later, kinds=((DriftKind.RECURRING, later),), checks=2,
+        commits=(COMMIT_A,), commit_count=1, module="copy", task_path="x.yml:1", acknowledged_at=later,
+        acknowledged_by="ana", accepted_by=3, resolved_at=later, resolution=Resolution.ABSENT)
+    assert set(_changed_values(item, other)) == set(_values(item))  # no column of _values is left out
+
+
+def updates_of(engine: Engine, run: Any) -> list[str]:
+    """The columns each UPDATE of review_items that `run()` sends sets, as "column column ..."."""
+    sets: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("UPDATE review_items SET"):
+            set_list = re.sub(r" WHERE .*", "", statement.removeprefix("UPDATE review_items SET "),
+                              flags=re.DOTALL)
+            sets.append(" ".join(re.findall(r"(\w+)=", set_list)))  # SQLite's and psycopg's markers alike
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        run()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    return sets
+
+
+def test_a_sighting_sets_only_what_it_changed_and_the_diff_hash_only_when_the_diff_changed(
+        engine: Engine) -> None:
+    drift = (drift_item(), drift_item("php config"))
+    at = BASE_TIME
+
+    def send(*drifts: Any, batched: bool) -> None:
+        nonlocal at
+        at += timedelta(minutes=30)
+        report = make_report(status=make_report().status.DRIFTED, drift=drifts, finished_at=at)
+        if batched:
+            assert store.ingest_group(engine, [(report, to_json(report).encode(), at)]) == [True]
+        else:
+            assert store.ingest(engine, report, to_json(report).encode(), received_at=at)
+
+    send(*drift, batched=True)
+    for batched in (True, False):  # the group commit's executemany and store.ingest's own statements
+        sets = updates_of(engine, lambda b=batched: send(*drift, batched=b))
+        assert sets == ["last_seen_at checks"] * (1 if batched else 2)
+    changed = dataclasses.replace(drift[0], diffs=(Diff("/etc/nginx/nginx.conf", "a\n", "b\n"),))
+    sets = updates_of(engine, lambda: send(changed, drift[1], batched=True))
+    assert sorted(sets) == ["last_seen_at checks", "last_seen_at checks diff_sha256"]
+    with engine.connect() as conn:
+        rows = conn.execute(select(review_items.c.task, review_items.c.checks, review_items.c.diff_sha256)
+                            .order_by(review_items.c.task)).all()
+    assert [(r.task, r.checks) for r in rows] == [("nginx config", 4), ("php config", 4)]
+    assert rows[0].diff_sha256 == review_store.diff_sha256(changed) != rows[1].diff_sha256
