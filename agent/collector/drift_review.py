@@ -10,8 +10,11 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
+
+import msgspec
+from msgspec.structs import replace
 
 from agent.report import DriftItem, DriftKind, Phase, Report, Status
 
@@ -40,8 +43,11 @@ def task_file(task_path: str | None) -> str:
     return _LINE.sub("", task_path or "")
 
 
-@dataclass(frozen=True, order=True)
-class TaskIdentity:
+# The item types are msgspec Structs, not dataclasses: built, replaced and hashed in C. The drift review
+# builds several per drift item of every report at ingest, where a frozen dataclass's __init__ and
+# `dataclasses.replace` were 5-9 us each on the collector's machines (bench/README.md, "Ninth pass").
+# Frozen and ordered as the dataclasses were; `replace` is msgspec.structs.replace.
+class TaskIdentity(msgspec.Struct, frozen=True, order=True):
     """A task across hosts: what a `task` exception names. Missing parts are ''."""
 
     role: str  # the agent's role (the playbook)
@@ -51,8 +57,7 @@ class TaskIdentity:
     task: str
 
 
-@dataclass(frozen=True, order=True)
-class ItemKey:
+class ItemKey(msgspec.Struct, frozen=True, order=True):
     """The key of a drift item: (host, task identity, loop item, twin number); docs/drift-review.md
     section 1. `nth` tells twins apart: tasks of one identity at different lines (the same name twice in
     one play, file and role), numbered 0, 1, ... in the order the report lists them."""
@@ -69,8 +74,7 @@ class ItemKey:
         return cls(host=host, task=identity, item=drift.item or "")
 
 
-@dataclass(frozen=True)
-class ReviewItem:
+class ReviewItem(msgspec.Struct, frozen=True):
     """One episode of a drift item. `accepted_by` is the id of the exception covering it (derived)."""
 
     key: ItemKey
@@ -148,16 +152,18 @@ def report_keys(report: Report) -> dict[ItemKey, DriftItem]:
 
 
 def apply_report(current: Sequence[ReviewItem], report: Report, *, last_check_at: datetime | None = None,
-                 coverage: Coverage = _no_coverage) -> Changes:
+                 coverage: Coverage = _no_coverage,
+                 keys: dict[ItemKey, DriftItem] | None = None) -> Changes:
     """The changes one report makes to its host's current (unresolved) items.
 
     `last_check_at` is when the newest complete check already applied to this host started: an older
     report (an outbox flushed late) only counts sightings of current items; it never opens or resolves.
+    `keys`: `report_keys(report)`, when the caller has it already.
     """
     at = report.started_at
     commit = report.source.commit
     by_key = {i.key: i for i in current if i.resolved_at is None}
-    seen = report_keys(report)
+    seen = report_keys(report) if keys is None else keys
     stale = last_check_at is not None and at < last_check_at
     fixed = report.status is Status.CORRECTED and not stale
     inserted: list[ReviewItem] = []

@@ -322,8 +322,8 @@ def _record(conn: Connection, report: Report, now: datetime, current: list[Revie
     def coverage(key: ItemKey) -> int | None:
         return dx.covering(exceptions, key, groups, now)
 
-    changes = apply_report(current, report, last_check_at=last_check_at, coverage=coverage)
     drifts = report_keys(report)
+    changes = apply_report(current, report, last_check_at=last_check_at, coverage=coverage, keys=drifts)
     if changes.inserted:
         rows = [_insert_row(i, diff_sha256(drifts[i.key])) for i in changes.inserted]
         if inserts is None:

@@ -8,6 +8,7 @@ import re
 from datetime import timedelta
 from typing import Any
 
+import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Engine, event, select
@@ -45,7 +46,7 @@ def test_an_unchanged_item_sets_nothing_and_every_column_of_values_can_be_set() 
                       kinds=((DriftKind.CORRECTIVE, BASE_TIME),))
     assert _changed_values(item, item) == {}
     later = BASE_TIME + timedelta(hours=1)
-    other = dataclasses.replace(
+    other = msgspec.structs.replace(
         item, first_seen_at=later, last_seen_at=later, kinds=((DriftKind.RECURRING, later),), checks=2,
         commits=(COMMIT_A,), commit_count=1, module="copy", task_path="x.yml:1", acknowledged_at=later,
         acknowledged_by="ana", accepted_by=3, resolved_at=later, resolution=Resolution.ABSENT)
