@@ -148,10 +148,10 @@ _PLAIN_COLUMNS = ("first_seen_at", "last_seen_at", "checks", "commit_count", "mo
 def _changed_values(old: ReviewItem, new: ReviewItem) -> dict[str, Any]:
     """The columns of `_values(new)` whose value differs from `_values(old)`'s, and only those: what an
     item's UPDATE sets. A sighting changes last_seen_at and checks and little else, and SQLite rewrites
-    only the indexes (and the triggers only fire) whose columns the SET names, where setting every column
-    would rewrite all seven of review_items' indexes at every check of every drifting host (bench/README.md,
-    "Ninth pass"). tests/collector/test_review_store.py checks that `{**_values(old), **_changed_values(old,
-    new)} == _values(new)`."""
+    only the indexes whose columns the SET names, where setting every column would rewrite all seven of
+    review_items' indexes at every check of every drifting host (bench/README.md, "Ninth pass").
+    tests/collector/test_review_store.py checks that `{**_values(old), **_changed_values(old, new)} ==
+    _values(new)`."""
     values = {c: getattr(new, c) for c in _PLAIN_COLUMNS if getattr(old, c) != getattr(new, c)}
     if old.state is not new.state:
         values["state"] = new.state.value
