@@ -234,7 +234,8 @@ def _groups(conn: Connection, hosts: Iterable[str]) -> dict[str, set[str]]:
 def record_report(conn: Connection, report: Report, *, now: datetime) -> Changes:
     """Update the host's drift items for one new report, in the caller's transaction (store.ingest)."""
     rows = conn.execute(select(review_items).where(review_items.c.host == report.host,
-                                                   review_items.c.state != RESOLVED)).all()
+                                                   review_items.c.state != RESOLVED)
+                        .order_by(review_items.c.id).with_for_update()).all()
     current = [item_of(r) for r in rows]
     last_check_at = conn.execute(select(review_hosts.c.last_check_at)
                                  .where(review_hosts.c.host == report.host)).scalar_one_or_none()
@@ -297,7 +298,8 @@ def _record_round(conn: Connection, single: Sequence[tuple[Report, datetime]]) -
 
 # record_reports' statements, built once (the same SQL as built per call)
 CURRENT_ITEMS_OF = select(review_items).where(review_items.c.host.in_(bindparam("hosts", expanding=True)),
-                                              review_items.c.state != RESOLVED)
+                                              review_items.c.state != RESOLVED) \
+    .order_by(review_items.c.id).with_for_update()
 LAST_CHECKS_OF = select(review_hosts.c.host, review_hosts.c.last_check_at).where(
     review_hosts.c.host.in_(bindparam("hosts", expanding=True)))
 LAST_CHECK_SET = update(review_hosts).where(review_hosts.c.host == bindparam("key_host"))
@@ -372,11 +374,27 @@ def _audit(conn: Connection, actor: Actor, action: str, target: str, reason: str
                                               details=json.dumps(details, ensure_ascii=False, default=str)))
 
 
-def _load_item(conn: Connection, item_id: int) -> ReviewItem:
-    row = conn.execute(select(review_items).where(review_items.c.id == item_id)).first()
+def _load_item(conn: Connection, item_id: int, *, lock: bool = False) -> ReviewItem:
+    """The item by id; `lock`: FOR UPDATE (the row locks: see `_set`)."""
+    query = select(review_items).where(review_items.c.id == item_id)
+    row = conn.execute(query.with_for_update() if lock else query).first()
     if row is None:
         raise NotFoundError(f"drift item {item_id} does not exist")
     return item_of(row)
+
+
+# The row locks (PostgreSQL; SQLite has one writer at a time and takes none): a review action reads the items
+# it changes FOR UPDATE, and so does the ingest (the host's current items), all in id order, so that
+# neither writes over the other's change from a row it read before that change committed (an
+# acknowledgement racing the ingest that resolves the item would bring it back), and two of them never
+# wait for each other in a cycle. Every writer sets only the columns it changed (`_changed_values`).
+
+
+def _set(conn: Connection, old: ReviewItem, new: ReviewItem) -> None:
+    """UPDATE the item's row from `old` to `new`: the changed columns only."""
+    values = _changed_values(old, new)
+    if values:
+        conn.execute(update(review_items).where(review_items.c.id == new.id).values(**values))
 
 
 def _need_reason(reason: str | None) -> str:
@@ -393,12 +411,12 @@ def acknowledge(engine: Engine, item_id: int, *, actor: Actor, reason: str | Non
     """Mark a current item acknowledged (someone is on it). 404 unknown, 409 resolved, 422 no reason."""
     reason = _need_reason(reason)
     with db.write(engine) as conn:
-        item = _load_item(conn, item_id)
+        item = _load_item(conn, item_id, lock=True)
         try:
             changed = ack_item(item, by=actor.name, at=now)
         except ValueError as e:
             raise ConflictError(str(e)) from e
-        conn.execute(update(review_items).where(review_items.c.id == item_id).values(**_values(changed)))
+        _set(conn, item, changed)
         _audit(conn, actor, "acknowledge", f"item:{item_id}", reason, now, host=item.key.host,
                task=item.key.task.task)
 
@@ -407,11 +425,10 @@ def unacknowledge_item(engine: Engine, item_id: int, *, actor: Actor, reason: st
                        now: datetime) -> None:
     reason = _need_reason(reason)
     with db.write(engine) as conn:
-        item = _load_item(conn, item_id)
+        item = _load_item(conn, item_id, lock=True)
         if item.resolved_at is not None:
             raise ConflictError(f"drift item {item_id} is resolved")
-        changed = unacknowledge(item)
-        conn.execute(update(review_items).where(review_items.c.id == item_id).values(**_values(changed)))
+        _set(conn, item, unacknowledge(item))
         _audit(conn, actor, "unacknowledge", f"item:{item_id}", reason, now, host=item.key.host,
                task=item.key.task.task)
 
@@ -422,14 +439,15 @@ def _recheck(conn: Connection, now: datetime, where: Any = None) -> int:
     query = select(review_items).where(review_items.c.state != RESOLVED)
     if where is not None:
         query = query.where(where)
-    items = [item_of(r) for r in conn.execute(query)]
+    items = [item_of(r) for r in conn.execute(query.order_by(review_items.c.id).with_for_update())]
     groups = _groups(conn, (i.key.host for i in items))
     changed = 0
     def coverage(key: ItemKey) -> int | None:
         return dx.covering(exceptions, key, groups.get(key.host, set()), now)
 
+    before = {i.id: i for i in items}
     for new in recheck_coverage(items, coverage):
-        conn.execute(update(review_items).where(review_items.c.id == new.id).values(**_values(new)))
+        _set(conn, before[new.id], new)
         changed += 1
     return changed
 

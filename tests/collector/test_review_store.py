@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
+import time
 from datetime import timedelta
 from typing import Any
 
 import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import Engine, event, select
+from sqlalchemy import Engine, event, select, text
 
-from agent.collector import review_store, store
+from agent.collector import review_store, rollout_ingest, store
 from agent.collector.drift_review import ItemKey, Resolution, ReviewItem, TaskIdentity
+from agent.collector.errors import ConflictError
 from agent.collector.review_store import _changed_values, _values
 from agent.collector.tables import review_items
-from agent.report import Diff, DriftKind, to_json
+from agent.report import Diff, DriftKind, Status, to_json
 from tests.factory import BASE_TIME, COMMIT_A, COMMIT_B, drift_item, make_report
 
 KEY = ItemKey("web01.example.com", TaskIdentity("web", "web servers", "web", "roles/web/tasks/main.yml",
@@ -97,3 +100,102 @@ def test_a_sighting_sets_only_what_it_changed_and_the_diff_hash_only_when_the_di
                             .order_by(review_items.c.task)).all()
     assert [(r.task, r.checks) for r in rows] == [("nginx config", 4), ("php config", 4)]
     assert rows[0].diff_sha256 == review_store.diff_sha256(changed) != rows[1].diff_sha256
+
+
+def blocked_on_a_lock(engine: Engine, thread: threading.Thread) -> bool:
+    """Whether `thread` (a review action) waits for a lock: on PostgreSQL a backend waiting on a row lock;
+    on SQLite (one writer at a time) the thread still inside db.write after a while."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as conn:
+                if conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                     "AND datname = current_database()")).scalar_one():
+                    return True
+        elif thread.is_alive():
+            time.sleep(0.5)
+            return thread.is_alive()
+        time.sleep(0.05)
+    return False
+
+
+def paused_ingest(engine: Engine, monkeypatch: Any, where: str, report: Any, at: Any) -> tuple[
+        threading.Thread, threading.Event, threading.Event]:
+    """store.ingest of `report` in a thread, paused inside its transaction: after reading the host's items
+    (where="read": at its active_exceptions call) or after all its writes, before the commit
+    (where="written": at rollout_ingest.record_report). Returns (thread, reached, release)."""
+    reached, release = threading.Event(), threading.Event()
+    target = (review_store, "active_exceptions") if where == "read" else (rollout_ingest, "record_report")
+    real = getattr(*target)
+
+    def pause(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            reached.set()
+            release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(*target, pause)
+    thread = threading.Thread(target=store.ingest, args=(engine, report, to_json(report).encode()),
+                              kwargs={"received_at": at})
+    thread.start()
+    assert reached.wait(30)
+    return thread, reached, release
+
+
+def test_an_acknowledgement_waits_for_the_ingest_that_resolves_the_item_and_is_refused_after_it(
+        engine: Engine, monkeypatch: Any) -> None:
+    """Without the row lock the acknowledgement read the item open, and wrote it back open over the
+    resolution once the ingest committed (PostgreSQL)."""
+    report = make_report(status=Status.DRIFTED, drift=(drift_item(),), finished_at=BASE_TIME)
+    assert store.ingest(engine, report, to_json(report).encode(), received_at=BASE_TIME)
+    with engine.connect() as conn:
+        item_id = conn.execute(select(review_items.c.id)).scalar_one()
+    later = BASE_TIME + timedelta(minutes=30)
+    converged = make_report(status=Status.IN_SYNC, finished_at=later)  # a complete check: resolved (absent)
+    ingest, _, release = paused_ingest(engine, monkeypatch, "written", converged, later)
+    errors: list[Exception] = []
+
+    def ack() -> None:
+        try:
+            review_store.acknowledge(engine, item_id, actor=review_store.Actor("ana", "cli"), reason="on it",
+                                     now=later)
+        except Exception as e:  # checked below
+            errors.append(e)
+
+    action = threading.Thread(target=ack)
+    action.start()
+    try:
+        assert blocked_on_a_lock(engine, action)
+    finally:
+        release.set()
+        ingest.join(30)
+        action.join(30)
+    assert [type(e) for e in errors] == [ConflictError]
+    with engine.connect() as conn:
+        row = conn.execute(select(review_items.c.state, review_items.c.resolution,
+                                  review_items.c.acknowledged_by)).one()
+    assert tuple(row) == ("resolved", "absent", None)
+
+
+def test_an_acknowledgement_during_an_ingest_of_its_host_is_kept_and_so_is_the_sighting(
+        engine: Engine, monkeypatch: Any) -> None:
+    report = make_report(status=Status.DRIFTED, drift=(drift_item(),), finished_at=BASE_TIME)
+    assert store.ingest(engine, report, to_json(report).encode(), received_at=BASE_TIME)
+    with engine.connect() as conn:
+        item_id = conn.execute(select(review_items.c.id)).scalar_one()
+    later = BASE_TIME + timedelta(minutes=30)
+    again = make_report(status=Status.DRIFTED, drift=(drift_item(),), finished_at=later)
+    ingest, _, release = paused_ingest(engine, monkeypatch, "read", again, later)
+    action = threading.Thread(target=review_store.acknowledge, args=(engine, item_id), kwargs={
+        "actor": review_store.Actor("ana", "cli"), "reason": "on it", "now": later})
+    action.start()
+    try:
+        assert blocked_on_a_lock(engine, action)  # the ingest read the host's items FOR UPDATE
+    finally:
+        release.set()
+        ingest.join(30)
+        action.join(30)
+    with engine.connect() as conn:
+        row = conn.execute(select(review_items.c.state, review_items.c.acknowledged_by,
+                                  review_items.c.checks)).one()
+    assert tuple(row) == ("acknowledged", "ana", 2)
