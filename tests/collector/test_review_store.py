@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Engine, event, select, text
 
+from agent.collector import drift_exceptions as dx
 from agent.collector import review_store, rollout_ingest, store
 from agent.collector.drift_review import ItemKey, Resolution, ReviewItem, TaskIdentity
 from agent.collector.errors import ConflictError
@@ -199,3 +200,33 @@ def test_an_acknowledgement_during_an_ingest_of_its_host_is_kept_and_so_is_the_s
         row = conn.execute(select(review_items.c.state, review_items.c.acknowledged_by,
                                   review_items.c.checks)).one()
     assert tuple(row) == ("acknowledged", "ana", 2)
+
+
+def test_an_exception_created_during_the_ingest_that_resolves_its_item_leaves_the_item_resolved(
+        engine: Engine, monkeypatch: Any) -> None:
+    """The exception's recheck reads the current items FOR UPDATE: without it, it read the item open and
+    wrote it back accepted over the resolution (PostgreSQL)."""
+    report = make_report(status=Status.DRIFTED, drift=(drift_item(),), finished_at=BASE_TIME)
+    assert store.ingest(engine, report, to_json(report).encode(), received_at=BASE_TIME)
+    with engine.connect() as conn:
+        item_id = conn.execute(select(review_items.c.id)).scalar_one()
+    task = review_store.load_item(engine, item_id).key.task
+    later = BASE_TIME + timedelta(minutes=30)
+    converged = make_report(status=Status.IN_SYNC, finished_at=later)
+    ingest, _, release = paused_ingest(engine, monkeypatch, "written", converged, later)
+    exception = dx.DriftException(id=0, scope=dx.ExceptionScope.TASK, owner="ops", reason="known",
+                                  ticket="T-1", created_at=later, expires_at=later + timedelta(days=3),
+                                  task=task)
+    action = threading.Thread(target=review_store.create_exception, args=(engine, exception), kwargs={
+        "actor": review_store.Actor("ana", "cli"), "now": later})
+    action.start()
+    try:
+        assert blocked_on_a_lock(engine, action)
+    finally:
+        release.set()
+        ingest.join(30)
+        action.join(30)
+    with engine.connect() as conn:
+        row = conn.execute(select(review_items.c.state, review_items.c.accepted_by,
+                                  review_items.c.resolution)).one()
+    assert tuple(row) == ("resolved", None, "absent")
