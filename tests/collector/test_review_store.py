@@ -7,6 +7,7 @@ import dataclasses
 import re
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -120,11 +121,11 @@ def blocked_on_a_lock(engine: Engine, thread: threading.Thread) -> bool:
     return False
 
 
-def paused_ingest(engine: Engine, monkeypatch: Any, where: str, report: Any, at: Any) -> tuple[
-        threading.Thread, threading.Event, threading.Event]:
+def paused_ingest(engine: Engine, monkeypatch: Any, where: str, report: Any,
+                  at: Any) -> tuple[threading.Thread, threading.Event]:
     """store.ingest of `report` in a thread, paused inside its transaction: after reading the host's items
     (where="read": at its active_exceptions call) or after all its writes, before the commit
-    (where="written": at rollout_ingest.record_report). Returns (thread, reached, release)."""
+    (where="written": at rollout_ingest.record_report). Returns the thread and the event that lets it go on."""
     reached, release = threading.Event(), threading.Event()
     target = (review_store, "active_exceptions") if where == "read" else (rollout_ingest, "record_report")
     real = getattr(*target)
@@ -140,37 +141,50 @@ def paused_ingest(engine: Engine, monkeypatch: Any, where: str, report: Any, at:
                               kwargs={"received_at": at})
     thread.start()
     assert reached.wait(30)
-    return thread, reached, release
+    return thread, release
+
+
+def drifting_item(engine: Engine) -> int:
+    """Store one drifted report of web01 (one drift item) and return the item's id."""
+    report = make_report(status=Status.DRIFTED, drift=(drift_item(),), finished_at=BASE_TIME)
+    assert store.ingest(engine, report, to_json(report).encode(), received_at=BASE_TIME)
+    with engine.connect() as conn:
+        return int(conn.execute(select(review_items.c.id)).scalar_one())
+
+
+def act_during(engine: Engine, ingest: threading.Thread, release: threading.Event,
+               action: Callable[[], Any]) -> list[Exception]:
+    """Run `action` in a thread while the paused `ingest` holds its transaction; once the action waits
+    for a lock, let the ingest commit. Returns what the action raised."""
+    errors: list[Exception] = []
+
+    def run() -> None:
+        try:
+            action()
+        except Exception as e:  # the caller checks
+            errors.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert blocked_on_a_lock(engine, thread)
+    finally:
+        release.set()
+        ingest.join(30)
+        thread.join(30)
+    return errors
 
 
 def test_an_acknowledgement_waits_for_the_ingest_that_resolves_the_item_and_is_refused_after_it(
         engine: Engine, monkeypatch: Any) -> None:
     """Without the row lock the acknowledgement read the item open, and wrote it back open over the
     resolution once the ingest committed (PostgreSQL)."""
-    report = make_report(status=Status.DRIFTED, drift=(drift_item(),), finished_at=BASE_TIME)
-    assert store.ingest(engine, report, to_json(report).encode(), received_at=BASE_TIME)
-    with engine.connect() as conn:
-        item_id = conn.execute(select(review_items.c.id)).scalar_one()
+    item_id = drifting_item(engine)
     later = BASE_TIME + timedelta(minutes=30)
     converged = make_report(status=Status.IN_SYNC, finished_at=later)  # a complete check: resolved (absent)
-    ingest, _, release = paused_ingest(engine, monkeypatch, "written", converged, later)
-    errors: list[Exception] = []
-
-    def ack() -> None:
-        try:
-            review_store.acknowledge(engine, item_id, actor=review_store.Actor("ana", "cli"), reason="on it",
-                                     now=later)
-        except Exception as e:  # checked below
-            errors.append(e)
-
-    action = threading.Thread(target=ack)
-    action.start()
-    try:
-        assert blocked_on_a_lock(engine, action)
-    finally:
-        release.set()
-        ingest.join(30)
-        action.join(30)
+    ingest, release = paused_ingest(engine, monkeypatch, "written", converged, later)
+    errors = act_during(engine, ingest, release, lambda: review_store.acknowledge(
+        engine, item_id, actor=review_store.Actor("ana", "cli"), reason="on it", now=later))
     assert [type(e) for e in errors] == [ConflictError]
     with engine.connect() as conn:
         row = conn.execute(select(review_items.c.state, review_items.c.resolution,
@@ -180,22 +194,13 @@ def test_an_acknowledgement_waits_for_the_ingest_that_resolves_the_item_and_is_r
 
 def test_an_acknowledgement_during_an_ingest_of_its_host_is_kept_and_so_is_the_sighting(
         engine: Engine, monkeypatch: Any) -> None:
-    report = make_report(status=Status.DRIFTED, drift=(drift_item(),), finished_at=BASE_TIME)
-    assert store.ingest(engine, report, to_json(report).encode(), received_at=BASE_TIME)
-    with engine.connect() as conn:
-        item_id = conn.execute(select(review_items.c.id)).scalar_one()
+    item_id = drifting_item(engine)
     later = BASE_TIME + timedelta(minutes=30)
     again = make_report(status=Status.DRIFTED, drift=(drift_item(),), finished_at=later)
-    ingest, _, release = paused_ingest(engine, monkeypatch, "read", again, later)
-    action = threading.Thread(target=review_store.acknowledge, args=(engine, item_id), kwargs={
-        "actor": review_store.Actor("ana", "cli"), "reason": "on it", "now": later})
-    action.start()
-    try:
-        assert blocked_on_a_lock(engine, action)  # the ingest read the host's items FOR UPDATE
-    finally:
-        release.set()
-        ingest.join(30)
-        action.join(30)
+    ingest, release = paused_ingest(engine, monkeypatch, "read", again, later)
+    # it waits: the ingest read the host's items FOR UPDATE
+    assert act_during(engine, ingest, release, lambda: review_store.acknowledge(
+        engine, item_id, actor=review_store.Actor("ana", "cli"), reason="on it", now=later)) == []
     with engine.connect() as conn:
         row = conn.execute(select(review_items.c.state, review_items.c.acknowledged_by,
                                   review_items.c.checks)).one()
@@ -206,26 +211,15 @@ def test_an_exception_created_during_the_ingest_that_resolves_its_item_leaves_th
         engine: Engine, monkeypatch: Any) -> None:
     """The exception's recheck reads the current items FOR UPDATE: without it, it read the item open and
     wrote it back accepted over the resolution (PostgreSQL)."""
-    report = make_report(status=Status.DRIFTED, drift=(drift_item(),), finished_at=BASE_TIME)
-    assert store.ingest(engine, report, to_json(report).encode(), received_at=BASE_TIME)
-    with engine.connect() as conn:
-        item_id = conn.execute(select(review_items.c.id)).scalar_one()
-    task = review_store.load_item(engine, item_id).key.task
+    task = review_store.load_item(engine, drifting_item(engine)).key.task
     later = BASE_TIME + timedelta(minutes=30)
     converged = make_report(status=Status.IN_SYNC, finished_at=later)
-    ingest, _, release = paused_ingest(engine, monkeypatch, "written", converged, later)
+    ingest, release = paused_ingest(engine, monkeypatch, "written", converged, later)
     exception = dx.DriftException(id=0, scope=dx.ExceptionScope.TASK, owner="ops", reason="known",
                                   ticket="T-1", created_at=later, expires_at=later + timedelta(days=3),
                                   task=task)
-    action = threading.Thread(target=review_store.create_exception, args=(engine, exception), kwargs={
-        "actor": review_store.Actor("ana", "cli"), "now": later})
-    action.start()
-    try:
-        assert blocked_on_a_lock(engine, action)
-    finally:
-        release.set()
-        ingest.join(30)
-        action.join(30)
+    assert act_during(engine, ingest, release, lambda: review_store.create_exception(
+        engine, exception, actor=review_store.Actor("ana", "cli"), now=later)) == []
     with engine.connect() as conn:
         row = conn.execute(select(review_items.c.state, review_items.c.accepted_by,
                                   review_items.c.resolution)).one()
