@@ -7,9 +7,8 @@ current items (state != 'resolved'): `items`, `hosts` (distinct hosts), one coun
 (corrective, intentional, recurring, unverifiable) and one per stored current state (open, acknowledged,
 accepted). Triggers on `review_items` keep it exact in the writer's own transaction, whoever writes (the
 batched ingest's executemany, the review actions, a raw UPDATE or DELETE): after an insert, a delete, and
-an update that really changes state, kind, host or an identity column (compared with IS NOT: a writer may
-SET a column to the value it holds, as the review actions do for every column, and then the trigger does
-nothing). The rows a REPLACE deletes
+an update that really changes state, kind, host or an identity column (compared with IS NOT: an UPDATE
+may SET a column to the value it holds, and then the trigger does nothing). The rows a REPLACE deletes
 fire the DELETE trigger only with PRAGMA recursive_triggers=ON: db.create sets it on every connection.
 Each subtracts the old row's contribution if it was current and adds the new row's if it is (an
 UPSERT). `hosts` is a distinct count: a host adds 1 only when no other current item (id != this one) of
