@@ -11,7 +11,11 @@ reports/s").
 The batch is written by `store.ingest_group` (batched statements). Token checks: `principal()` answers from
 a per-process map and asks the database only on a miss: a valid token's entry lives VALID_CACHE_S (a token's
 host and kind never change; at 1,000 hosts reporting once a second each a 1 s entry would always miss), an
-unknown one's CACHE_S (so a token just created works within a second). Revocation still takes effect at
+unknown one's CACHE_S (so a token just created works within a second). Misses are looked up together, as
+reports are stored: one task asks the database for every token missed since its last lookup, in one worker
+thread and one read (`tokens.principals_of`). When a collector starts, each of its agents' first reports
+misses; one thread hand-off and query each made 1,000 agents wait up to a second or more in the first
+seconds (docs/scale.md, section 2, "Tenth pass"). Revocation still takes effect at
 once, because the batch's transaction checks every report's token again (one SELECT for the batch) and
 refuses, with 401, the reports of a token revoked since; and a request refused before it reaches a batch
 (a body that is too large, not a report, another host's) asks the database again (`confirm`), so a revoked
@@ -59,21 +63,45 @@ class GroupCommit:
         self.drains: list[asyncio.Task[None]] = []  # the tasks taking batches off the queue
         self.max_in_flight = 1  # batches being stored at once (a writer process takes the next one in line)
         self.principals: dict[str, tuple[float, Principal | None]] = {}
+        self.lookups = 0  # database reads of missed tokens so far (each for every miss queued before it)
+        self._missed: dict[str, asyncio.Future[Principal | None]] = {}  # token hash -> its lookup's answer
+        self._looking_up: asyncio.Task[None] | None = None  # the task asking the database for them
         self.writer_process: WriterProcess | None = None  # serve --writer-process (writer_process.py)
 
     async def principal(self, secret: str) -> tuple[Principal | None, str]:
         """The token's principal (None: unknown or revoked) and its hash, from the map when the entry is
-        younger than CACHE_S, else from the database (in a worker thread)."""
+        younger than CACHE_S (VALID_CACHE_S for a valid token), else from the database, in the next lookup
+        of the tokens missed meanwhile. Raises what the database raises."""
         key_hash = tokens.hash_token(secret)
         hit = self.principals.get(key_hash)
-        now = time.monotonic()
-        if hit is not None and now - hit[0] < (CACHE_S if hit[1] is None else VALID_CACHE_S):
+        if hit is not None and time.monotonic() - hit[0] < (CACHE_S if hit[1] is None else VALID_CACHE_S):
             return hit[1], key_hash
-        found = await anyio.to_thread.run_sync(tokens.authenticate, self.engine, secret, limiter=self.limiter)
-        if len(self.principals) > 100_000:
-            self.principals.clear()
-        self.principals[key_hash] = (now, found)
-        return found, key_hash
+        answer = self._missed.get(key_hash)
+        if answer is None:
+            answer = self._missed[key_hash] = asyncio.get_running_loop().create_future()
+            if self._looking_up is None or self._looking_up.done():
+                self._looking_up = asyncio.get_running_loop().create_task(self._look_up())
+        # shielded: the answer may be awaited by several requests, and one going away must not cancel it
+        return await asyncio.shield(answer), key_hash
+
+    async def _look_up(self) -> None:
+        """Answer the missed tokens: all those queued, in one database read, until none is queued."""
+        while self._missed:
+            missed, self._missed = self._missed, {}
+            self.lookups += 1
+            try:
+                found = await anyio.to_thread.run_sync(tokens.principals_of, self.engine, list(missed),
+                                                       limiter=self.limiter)
+            except Exception as e:  # each waiting request fails with it; the next miss asks again
+                for answer in missed.values():
+                    answer.set_exception(e)
+                continue
+            now = time.monotonic()
+            if len(self.principals) + len(missed) > 100_000:
+                self.principals.clear()
+            for key_hash, answer in missed.items():
+                self.principals[key_hash] = (now, found.get(key_hash))
+                answer.set_result(found.get(key_hash))
 
     async def confirm(self, secret: str) -> None:
         """Ask the database again, whatever the map holds: raises UnauthorizedError when the token is

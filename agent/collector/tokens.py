@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -99,11 +100,28 @@ AUTHENTICATE = select(tokens.c.kind, tokens.c.name).where(
     tokens.c.token_hash == bindparam("key_hash"), tokens.c.revoked_at.is_(None))
 
 
+PRINCIPALS_OF = select(tokens.c.token_hash, tokens.c.kind, tokens.c.name).where(
+    tokens.c.token_hash.in_(bindparam("hashes", expanding=True)), tokens.c.revoked_at.is_(None))
+PRINCIPALS_PER_STATEMENT = 500  # hashes a statement asks for (SQLite binds up to 32,766 parameters)
+
+
 def authenticate(engine: Engine, secret: str) -> Principal | None:
     """The principal of a valid, unrevoked token, else None."""
     with engine.connect() as conn:
         row = conn.execute(AUTHENTICATE, {"key_hash": hash_token(secret)}).first()
     return None if row is None else Principal(TokenKind(row.kind), row.name)
+
+
+def principals_of(engine: Engine, hashes: Sequence[str]) -> dict[str, Principal]:
+    """{token hash (`hash_token`): principal} for those of `hashes` that are valid, unrevoked tokens; the
+    others are absent. One read transaction, a statement per PRINCIPALS_PER_STATEMENT hashes."""
+    found: dict[str, Principal] = {}
+    with engine.connect() as conn:
+        for start in range(0, len(hashes), PRINCIPALS_PER_STATEMENT):
+            chunk = list(hashes[start:start + PRINCIPALS_PER_STATEMENT])
+            for key_hash, kind, name in conn.execute(PRINCIPALS_OF, {"hashes": chunk}):
+                found[key_hash] = Principal(TokenKind(kind), name)
+    return found
 
 
 def list_all(engine: Engine) -> list[TokenInfo]:

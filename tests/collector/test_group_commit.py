@@ -264,13 +264,14 @@ def test_a_valid_token_is_served_from_the_map_for_minutes_an_unknown_one_for_a_s
 
     secret = tokens.create(engine, tokens.TokenKind.INGEST, "web01.example.com", now=BASE_TIME)[1]
     asked: list[str] = []
-    real = tokens.authenticate
+    real = tokens.principals_of
+    secrets = {tokens.hash_token(s): s for s in (secret, "nope")}
 
-    def counting(engine: Engine, secret: str) -> Any:
-        asked.append(secret)
-        return real(engine, secret)
+    def counting(engine: Engine, hashes: Any) -> Any:
+        asked.extend(secrets[h] for h in hashes)
+        return real(engine, hashes)
 
-    monkeypatch.setattr(tokens, "authenticate", counting)
+    monkeypatch.setattr(tokens, "principals_of", counting)
     clock = [1000.0]
     monkeypatch.setattr(group_commit.time, "monotonic", lambda: clock[0])
     group = GroupCommit(engine, Expectations(), None)
@@ -368,3 +369,64 @@ def test_several_reports_of_one_host_in_a_batch_are_recorded_in_rounds_as_one_by
             .where(review_items.c.host.in_(["web01.example.com", "db01.example.com"]))))
     assert web01 == [("a", "open", None, 1), ("a", "resolved", "corrected", 3), ("b", "resolved", "absent", 1),
                      ("x", "open", None, 1)]
+
+
+def test_tokens_missed_together_are_looked_up_in_one_read_and_each_gets_its_own_answer(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A collector that starts meets every agent's token at once: the misses queued while a lookup runs
+    share the next one (one thread hand-off, one read), and each request gets its own token's answer."""
+    from agent.collector import tokens
+
+    monkeypatch.setattr(tokens, "PRINCIPALS_PER_STATEMENT", 7)  # several statements in the one read
+    ingest = {f"web{i:02d}.example.com": tokens.create(engine, tokens.TokenKind.INGEST, f"web{i:02d}.example.com",
+                                                       now=BASE_TIME)[1] for i in range(30)}
+    reader = tokens.create(engine, tokens.TokenKind.READER, "alice", now=BASE_TIME)[1]
+    revoked_secret = tokens.create(engine, tokens.TokenKind.INGEST, "old.example.com", now=BASE_TIME)[1]
+    tokens.revoke(engine, "old.example.com", now=BASE_TIME)
+    group = GroupCommit(engine, Expectations(), None)
+    secrets = [*ingest.values(), reader, revoked_secret, "nope", *ingest.values()]  # each valid one twice
+
+    async def all_at_once() -> list[Any]:
+        return list(await asyncio.gather(*(group.principal(s) for s in secrets)))
+
+    answers = asyncio.run(all_at_once())
+    assert group.lookups == 1
+    names = [None if p is None else (p.kind, p.name) for p, _ in answers]
+    assert names == [*((tokens.TokenKind.INGEST, h) for h in ingest), (tokens.TokenKind.READER, "alice"), None,
+                     None, *((tokens.TokenKind.INGEST, h) for h in ingest)]
+    assert [h for _, h in answers] == [tokens.hash_token(s) for s in secrets]
+    assert asyncio.run(all_at_once()) == answers and group.lookups == 1  # from the map now
+
+
+def test_a_request_that_goes_away_leaves_the_lookup_to_the_others_and_a_failed_lookup_fails_each(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.collector import tokens
+    from agent.collector.errors import DatabaseError
+
+    secret = tokens.create(engine, tokens.TokenKind.INGEST, "web01.example.com", now=BASE_TIME)[1]
+    group = GroupCommit(engine, Expectations(), None)
+
+    async def one_leaves() -> Any:
+        leaving = asyncio.create_task(group.principal(secret))
+        staying = asyncio.create_task(group.principal(secret))
+        await asyncio.sleep(0)  # both wait for the same lookup
+        leaving.cancel()
+        return await staying, leaving.cancelled()
+
+    (principal, _), cancelled = asyncio.run(one_leaves())
+    assert cancelled and principal is not None and principal.name == "web01.example.com"
+
+    def failing(engine: Engine, hashes: Any) -> Any:
+        raise DatabaseError("database is locked")
+
+    monkeypatch.setattr(tokens, "principals_of", failing)
+    group = GroupCommit(engine, Expectations(), None)
+
+    async def both_fail() -> list[Any]:
+        return list(await asyncio.gather(group.principal(secret), group.principal("nope"),
+                                         return_exceptions=True))
+
+    assert [str(e) for e in asyncio.run(both_fail())] == ["database is locked"] * 2
+    assert not group.principals  # nothing remembered: the next request asks again
+    monkeypatch.undo()
+    assert asyncio.run(group.principal(secret))[0] is not None and group.lookups == 2
