@@ -11,6 +11,7 @@ rate to the median floor rate.
     .venv/bin/python bench/ingest_wrk.py --hosts 1000 --connections 1000 --threads 2
     .venv/bin/python bench/ingest_wrk.py --hosts 1000 --connections 1000 --threads 2 --pause-ms 1000  # paced
     .venv/bin/python bench/ingest_wrk.py --profile 15            # also: py-spy on an extra ingest round
+    .venv/bin/python bench/ingest_wrk.py --timeline ...          # and each ingest round second by second
     .venv/bin/python bench/ingest_wrk.py --also=--no-group-commit   # and a second collector, side by side
     .venv/bin/python bench/ingest_wrk.py --baseline /tmp/old     # and main's collector: old against new
     GITOPS_TEST_POSTGRES_URL=$(bash .ci/postgres-up) .venv/bin/python bench/ingest_wrk.py --db postgresql
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import os
 import random
@@ -32,8 +34,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -142,6 +147,43 @@ def wrk(url: str, mode: str, args: argparse.Namespace, data: Path, seconds: floa
     return r
 
 
+def measure(url: str, mode: str, args: argparse.Namespace, data: Path,
+            reader: str) -> tuple[dict[str, float], list[str]]:
+    """One round of `wrk`: its result, and with --timeline for ingest a line per second of it."""
+    run = functools.partial(wrk, url, mode, args, data, args.seconds)
+    return timeline(url, reader, run) if mode == "ingest" and args.timeline else (run(), [])
+
+
+def latency_buckets(url: str, reader: str) -> dict[str, float]:
+    """The collector's ingest latency histogram: {upper bound ("0.1", ..., "+Inf"): cumulative count}."""
+    request = urllib.request.Request(url + "/metrics", headers={"Authorization": f"Bearer {reader}"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        text = answer.read().decode()
+    prefix = 'gitops_ingest_duration_seconds_bucket{le="'
+    return {line[len(prefix):].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line.startswith(prefix)}
+
+
+def timeline(url: str, reader: str, run: Callable[[], dict[str, float]]) -> tuple[dict[str, float], list[str]]:
+    """`run()` (a wrk round) while the histogram is read once a second: (its result, a line per second)."""
+    result: dict[str, float] = {}
+    thread = threading.Thread(target=lambda: result.update(run()))
+    lines, before = [], latency_buckets(url, reader)
+    thread.start()
+    while thread.is_alive():
+        thread.join(1.0)
+        now = latency_buckets(url, reader)
+        delta = {bound: now[bound] - before.get(bound, 0.0) for bound in now}
+        total = delta.get("+Inf", 0.0)
+        lines.append(f"{total:5.0f} answered, " + ", ".join(
+            f"{total - delta[bound]:4.0f} over {label}" for bound, label in
+            (("0.1", "100 ms"), ("0.25", "250 ms"), ("1.0", "1 s"))))
+        before = now
+    if not result:
+        raise RuntimeError("wrk failed during --timeline (see above)")
+    return result, lines
+
+
 def summarize_profile(raw: Path, top: int) -> None:
     """Top functions of py-spy's collapsed stacks: self (innermost frame) and inclusive share of samples."""
     own: collections.Counter[str] = collections.Counter()
@@ -214,6 +256,11 @@ def main() -> int:
     parser.add_argument("--profile-out", type=Path, metavar="FILE", default=None,
                         help="also keep the profile's raw collapsed stacks in FILE (for flame graphs, or to "
                              "sum up the frames of your choice)")
+    parser.add_argument("--timeline", action="store_true",
+                        help="also print each ingest round second by second: reports answered, and how many "
+                             "took over 100 ms, 250 ms and 1 s, from the collector's own latency histogram "
+                             "(GET /metrics once a second; it times a request from its handler's start, so a "
+                             "wait in front of the event loop is not in it): where in a round the tail is")
     parser.add_argument("--serve-args", nargs=argparse.REMAINDER, default=[],
                         help="passed to `gitops-collector serve`, e.g. --serve-args --db-threads 4")
     args = parser.parse_args()
@@ -237,6 +284,7 @@ def main() -> int:
         db.prepare(engine)
         hosts = [f"host{i:05d}.bench" for i in range(args.hosts)]
         secrets = {h: tokens.create(engine, TokenKind.INGEST, h, now=BASE_TIME)[1] for h in hosts}
+        reader = tokens.create(engine, TokenKind.READER, "bench-reader", now=BASE_TIME)[1]  # for --timeline
         data = Path(tmp) / "hosts.tsv"
         write_hosts(data, secrets, args.drift_items)
         variants = variants_of(args)
@@ -249,7 +297,7 @@ def main() -> int:
                     wrk(server.url, "floor", args, data, 2)  # warm-up: imports, first connections
                     for mode in ("floor", "ingest"):
                         before = cpu_s(server.pid)
-                        r = wrk(server.url, mode, args, data, args.seconds)
+                        r, seconds = measure(server.url, mode, args, data, reader)
                         cpu_ms = (cpu_s(server.pid) - before) * 1000 / max(r["requests"], 1)
                         ok = r["s201"] if mode == "ingest" else r["s200"]
                         acked += int(r["s201"]) if mode == "ingest" else 0
@@ -261,7 +309,8 @@ def main() -> int:
                         print(f"{round_no + 1:>5} {name:<24} {mode:<8} {r['requests']:>9.0f} {r['rate']:>9.1f} "
                               f"{r['p50_us'] / 1000:>8.1f} {r['p99_us'] / 1000:>8.1f} {cpu_ms:>11.2f} "
                               f"{r['requests'] - ok:>8.0f} {errors:>7.0f} {lost if mode == 'ingest' else '-':>5}",
-                              flush=True)
+                              *(f"\n{'':>40} second {n:>3}: {line}" for n, line in enumerate(seconds, 1)),
+                              sep="", flush=True)
         print()
         for name, by_mode in rates.items():
             floor, ingest = statistics.median(by_mode["floor"]), statistics.median(by_mode["ingest"])
