@@ -86,22 +86,29 @@ class GroupCommit:
 
     async def _look_up(self) -> None:
         """Answer the missed tokens: all those queued, in one database read, until none is queued."""
-        while self._missed:
-            missed, self._missed = self._missed, {}
-            self.lookups += 1
-            try:
-                found = await anyio.to_thread.run_sync(tokens.principals_of, self.engine, list(missed),
-                                                       limiter=self.limiter)
-            except Exception as e:  # each waiting request fails with it; the next miss asks again
-                for answer in missed.values():
-                    answer.set_exception(e)
-                continue
-            now = time.monotonic()
-            if len(self.principals) + len(missed) > 100_000:
-                self.principals.clear()
-            for key_hash, answer in missed.items():
-                self.principals[key_hash] = (now, found.get(key_hash))
-                answer.set_result(found.get(key_hash))
+        missed: dict[str, asyncio.Future[Principal | None]] = {}
+        try:
+            while self._missed:
+                missed, self._missed = self._missed, {}
+                self.lookups += 1
+                asked_at = time.monotonic()  # an entry's age counts from before the read, as a hit's does
+                try:
+                    found = await anyio.to_thread.run_sync(tokens.principals_of, self.engine, list(missed),
+                                                           limiter=self.limiter)
+                except Exception as e:  # each waiting request fails with it; the next miss asks again
+                    for answer in missed.values():
+                        answer.set_exception(e)
+                        answer.exception()  # read here: when every request went away, nothing else reads it
+                    continue
+                if len(self.principals) + len(missed) > 100_000:
+                    self.principals.clear()
+                for key_hash, answer in missed.items():
+                    self.principals[key_hash] = (asked_at, found.get(key_hash))
+                    answer.set_result(found.get(key_hash))
+        finally:  # cancelled (the loop ends) or worse: no request waits for an answer that never comes
+            for answer in (*missed.values(), *self._missed.values()):
+                answer.cancel()  # an answered one keeps its answer
+            self._missed = {key: answer for key, answer in self._missed.items() if not answer.done()}
 
     async def confirm(self, secret: str) -> None:
         """Ask the database again, whatever the map holds: raises UnauthorizedError when the token is

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from agent.collector.digits import whole_number
 from agent.collector.errors import BadRequestError, NotFoundError
 from agent.collector.hostnames import host_name_problem
 from agent.collector.tables import tokens
+
+log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "gco_"  # noqa: S105 (a label, not a secret)
 
@@ -114,13 +117,19 @@ def authenticate(engine: Engine, secret: str) -> Principal | None:
 
 def principals_of(engine: Engine, hashes: Sequence[str]) -> dict[str, Principal]:
     """{token hash (`hash_token`): principal} for those of `hashes` that are valid, unrevoked tokens; the
-    others are absent. One read transaction, a statement per PRINCIPALS_PER_STATEMENT hashes."""
+    others are absent, and so is a token of a kind this collector does not know (written by a newer
+    collector sharing the database: it grants nothing here, and must not fail the other tokens asked with
+    it). One read transaction, a statement per PRINCIPALS_PER_STATEMENT hashes."""
     found: dict[str, Principal] = {}
+    kinds = {kind.value: kind for kind in TokenKind}
     with engine.connect() as conn:
         for start in range(0, len(hashes), PRINCIPALS_PER_STATEMENT):
             chunk = list(hashes[start:start + PRINCIPALS_PER_STATEMENT])
             for key_hash, kind, name in conn.execute(PRINCIPALS_OF, {"hashes": chunk}):
-                found[key_hash] = Principal(TokenKind(kind), name)
+                if kind in kinds:
+                    found[key_hash] = Principal(kinds[kind], name)
+                else:
+                    log.warning("a token of %r has kind %r, unknown to this collector: refused", name, kind)
     return found
 
 

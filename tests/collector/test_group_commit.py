@@ -430,3 +430,78 @@ def test_a_request_that_goes_away_leaves_the_lookup_to_the_others_and_a_failed_l
     assert not group.principals  # nothing remembered: the next request asks again
     monkeypatch.undo()
     assert asyncio.run(group.principal(secret))[0] is not None and group.lookups == 2
+
+
+def test_a_token_of_a_kind_this_collector_does_not_know_is_refused_alone(
+        engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    """A newer collector sharing the database may write a kind this one does not know: that token grants
+    nothing here (401), and the tokens looked up with it are answered as usual."""
+    from sqlalchemy import update
+
+    from agent.collector import tokens
+    from agent.collector.tables import tokens as tokens_table
+
+    good = tokens.create(engine, tokens.TokenKind.INGEST, "web01.example.com", now=BASE_TIME)[1]
+    odd = tokens.create(engine, tokens.TokenKind.INGEST, "web02.example.com", now=BASE_TIME)[1]
+    with engine.begin() as conn:
+        conn.execute(update(tokens_table).where(tokens_table.c.name == "web02.example.com").values(kind="admin"))
+    group = GroupCommit(engine, Expectations(), None)
+
+    async def both() -> list[Any]:
+        return list(await asyncio.gather(group.principal(good), group.principal(odd)))
+
+    (first, _), (second, _) = asyncio.run(both())
+    assert first is not None and first.name == "web01.example.com" and second is None and group.lookups == 1
+    assert "a token of 'web02.example.com' has kind 'admin', unknown to this collector: refused" in caplog.text
+
+
+def test_no_request_waits_for_a_lookup_that_was_cancelled_and_a_failure_nobody_awaits_is_not_logged(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import gc
+    import threading
+
+    from agent.collector import tokens
+    from agent.collector.errors import DatabaseError
+
+    secret = tokens.create(engine, tokens.TokenKind.INGEST, "web01.example.com", now=BASE_TIME)[1]
+    release = threading.Event()
+
+    def slow(engine: Engine, hashes: Any) -> Any:
+        release.wait(5)
+        raise DatabaseError("database is locked")
+
+    monkeypatch.setattr(tokens, "principals_of", slow)
+    group = GroupCommit(engine, Expectations(), None)
+
+    async def lookup_cancelled() -> BaseException | None:
+        waiting = asyncio.create_task(group.principal(secret))
+        queued = asyncio.create_task(group.principal("another"))
+        await asyncio.sleep(0.05)  # the lookup of the first reads; the second waits in the queue for the next
+        assert group._looking_up is not None
+        group._looking_up.cancel()  # as when the loop ends
+        release.set()
+        results = await asyncio.wait_for(asyncio.gather(waiting, queued, return_exceptions=True), 3)
+        return next((r for r in results if not isinstance(r, asyncio.CancelledError)), None)
+
+    assert asyncio.run(lookup_cancelled()) is None  # both cancelled, neither left waiting
+    release.clear()
+    group = GroupCommit(engine, Expectations(), None)
+
+    async def all_go_away() -> Any:
+        leaving = asyncio.create_task(group.principal(secret))
+        await asyncio.sleep(0)
+        answer = group._missed[tokens.hash_token(secret)]  # the lookup's answer, before the lookup takes it
+        await asyncio.sleep(0.05)
+        leaving.cancel()
+        release.set()  # the read fails with nobody waiting for it
+        await asyncio.sleep(0.2)
+        gc.collect()
+        return answer
+
+    with caplog.at_level("ERROR", logger="asyncio"):
+        answer = asyncio.run(all_go_away())
+        # its exception was read (else asyncio logs "Future exception was never retrieved" when it goes)
+        assert not answer._log_traceback and isinstance(answer.exception(), DatabaseError)
+        del answer
+        gc.collect()
+    assert "never retrieved" not in caplog.text
