@@ -108,28 +108,39 @@ PRINCIPALS_OF = select(tokens.c.token_hash, tokens.c.kind, tokens.c.name).where(
 PRINCIPALS_PER_STATEMENT = 500  # hashes a statement asks for (SQLite binds up to 32,766 parameters)
 
 
+_KINDS = {kind.value: kind for kind in TokenKind}
+
+
+def principal_of(kind: str, name: str) -> Principal | None:
+    """The principal of a stored token's kind and name; None, with a warning, for a kind this collector
+    does not know (written by a newer collector sharing the database): such a token grants nothing here,
+    and asking for it fails no other request."""
+    known = _KINDS.get(kind)
+    if known is None:
+        log.warning("a token of %r has kind %r, unknown to this collector: refused", name, kind)
+        return None
+    return Principal(known, name)
+
+
 def authenticate(engine: Engine, secret: str) -> Principal | None:
     """The principal of a valid, unrevoked token, else None."""
     with engine.connect() as conn:
         row = conn.execute(AUTHENTICATE, {"key_hash": hash_token(secret)}).first()
-    return None if row is None else Principal(TokenKind(row.kind), row.name)
+    return None if row is None else principal_of(row.kind, row.name)
 
 
 def principals_of(engine: Engine, hashes: Sequence[str]) -> dict[str, Principal]:
-    """{token hash (`hash_token`): principal} for those of `hashes` that are valid, unrevoked tokens; the
-    others are absent, and so is a token of a kind this collector does not know (written by a newer
-    collector sharing the database: it grants nothing here, and must not fail the other tokens asked with
-    it). One read transaction, a statement per PRINCIPALS_PER_STATEMENT hashes."""
+    """{token hash (`hash_token`): principal} for those of `hashes` that are valid, unrevoked tokens of a
+    kind this collector knows (`principal_of`); the others are absent. One read transaction, a statement
+    per PRINCIPALS_PER_STATEMENT hashes."""
     found: dict[str, Principal] = {}
-    kinds = {kind.value: kind for kind in TokenKind}
     with engine.connect() as conn:
         for start in range(0, len(hashes), PRINCIPALS_PER_STATEMENT):
             chunk = list(hashes[start:start + PRINCIPALS_PER_STATEMENT])
             for key_hash, kind, name in conn.execute(PRINCIPALS_OF, {"hashes": chunk}):
-                if kind in kinds:
-                    found[key_hash] = Principal(kinds[kind], name)
-                else:
-                    log.warning("a token of %r has kind %r, unknown to this collector: refused", name, kind)
+                principal = principal_of(kind, name)
+                if principal is not None:
+                    found[key_hash] = principal
     return found
 
 

@@ -453,6 +453,8 @@ def test_a_token_of_a_kind_this_collector_does_not_know_is_refused_alone(
     (first, _), (second, _) = asyncio.run(both())
     assert first is not None and first.name == "web01.example.com" and second is None and group.lookups == 1
     assert "a token of 'web02.example.com' has kind 'admin', unknown to this collector: refused" in caplog.text
+    # the check of a token one at a time (no group commit; a refused body's `confirm`) says the same
+    assert tokens.authenticate(engine, odd) is None and tokens.authenticate(engine, good) is not None
 
 
 def test_no_request_waits_for_a_lookup_that_was_cancelled_and_a_failure_nobody_awaits_is_not_logged(
