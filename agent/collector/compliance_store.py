@@ -32,7 +32,7 @@ from agent.collector import db
 from agent.collector import drift_exceptions as dx
 from agent.collector.compliance import Figure
 from agent.collector.queries import CURRENT_ITEM
-from agent.collector.review_store import exception_of, item_of
+from agent.collector.review_store import IS_CURRENT, exception_of, item_of
 from agent.collector.tables import (
     compliance_daily,
     drift_exceptions,
@@ -163,7 +163,7 @@ def host_figure(engine: Engine, host: str, now: datetime) -> Figure:
         checked = conn.execute(select(review_hosts.c.host).where(review_hosts.c.host == host)).first()
         if checked is None:
             return Figure(0, 0, 0, 1)
-        rows = _per_host(conn, now, (), (review_items.c.host == host,))
+        rows = _per_host(conn, now, (), (review_items.c.host == host, IS_CURRENT))
     unaccepted = any(u for _, u in rows)
     return Figure(1, int(not rows), int(not unaccepted))
 

@@ -52,7 +52,7 @@ STATUS_SEVERITY = case({s: i for i, s in enumerate(SEVERITY)}, value=hosts.c.sta
 # when the query says the index's condition word for word.
 CURRENT_ITEM = review_items.c.state != literal_column("'resolved'")
 CURRENT_DRIFT_COUNT = (select(func.count()).select_from(review_items)
-                       .where(review_items.c.host == hosts.c.host, CURRENT_ITEM)
+                       .where(review_items.c.host == hosts.c.host, review_store.IS_CURRENT)
                        .correlate(hosts).scalar_subquery())
 HOST_VIEW = [*(c for c in hosts.c if c.name != "drift_count"), CURRENT_DRIFT_COUNT.label("drift_count"),
              hosts.c.drift_count.label("last_run_drift_count")]
@@ -273,6 +273,8 @@ def _drift_where(task: str | None = None, kind: str | None = None, role: str | N
                           (review_items.c.role, role), (review_items.c.host, host)):
         if value is not None:
             where.append(column == value)
+    if host is not None:  # the host's current items only, not its resolved history (review_store.IS_CURRENT)
+        where.append(review_store.IS_CURRENT)
     if state is not None:
         where.append(state_is(state, now, dialect))
     return where

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, literal_column, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from agent.collector import bulk, db
@@ -27,6 +27,7 @@ from agent.collector import drift_exceptions as dx
 from agent.collector.drift_review import (
     Changes,
     ItemKey,
+    ItemState,
     Resolution,
     ReviewItem,
     TaskIdentity,
@@ -51,7 +52,12 @@ from agent.collector.tables import (
 )
 from agent.report import Diff, DriftItem, DriftKind, Report, format_time
 
-RESOLVED = "resolved"
+# A current item, by its states rather than as "state != 'resolved'": resolved items stay as history, a host
+# gathers more of them with every report for as long as it is kept, and where an index starts (host, state)
+# or (state, ...) "state IN (...)" seeks to the current ones while "state != ?" reads every resolved one too
+# (ix_review_items_host_state; SQLite and PostgreSQL alike). Literals: one statement for all callers.
+CURRENT_STATES = tuple(s.value for s in ItemState if s is not ItemState.RESOLVED)
+IS_CURRENT = review_items.c.state.in_([literal_column(f"'{s}'") for s in CURRENT_STATES])
 # json.dumps(..., ensure_ascii=False) builds a new JSONEncoder per call; this one encoder writes the same
 _JSON_UNICODE = json.JSONEncoder(ensure_ascii=False)
 
@@ -233,8 +239,7 @@ def _groups(conn: Connection, hosts: Iterable[str]) -> dict[str, set[str]]:
 
 def record_report(conn: Connection, report: Report, *, now: datetime) -> Changes:
     """Update the host's drift items for one new report, in the caller's transaction (store.ingest)."""
-    rows = conn.execute(select(review_items).where(review_items.c.host == report.host,
-                                                   review_items.c.state != RESOLVED)
+    rows = conn.execute(select(review_items).where(review_items.c.host == report.host, IS_CURRENT)
                         .order_by(review_items.c.id).with_for_update()).all()
     current = [item_of(r) for r in rows]
     last_check_at = conn.execute(select(review_hosts.c.last_check_at)
@@ -298,7 +303,7 @@ def _record_round(conn: Connection, single: Sequence[tuple[Report, datetime]]) -
 
 # record_reports' statements, built once (the same SQL as built per call)
 CURRENT_ITEMS_OF = select(review_items).where(review_items.c.host.in_(bindparam("hosts", expanding=True)),
-                                              review_items.c.state != RESOLVED) \
+                                              IS_CURRENT) \
     .order_by(review_items.c.id).with_for_update()
 LAST_CHECKS_OF = select(review_hosts.c.host, review_hosts.c.last_check_at).where(
     review_hosts.c.host.in_(bindparam("hosts", expanding=True)))
@@ -436,7 +441,7 @@ def unacknowledge_item(engine: Engine, item_id: int, *, actor: Actor, reason: st
 def _recheck(conn: Connection, now: datetime, where: Any = None) -> int:
     """Recompute `accepted` for current items after exceptions changed. Returns how many changed."""
     exceptions = active_exceptions(conn, now)
-    query = select(review_items).where(review_items.c.state != RESOLVED)
+    query = select(review_items).where(IS_CURRENT)
     if where is not None:
         query = query.where(where)
     items = [item_of(r) for r in conn.execute(query.order_by(review_items.c.id).with_for_update())]
@@ -496,7 +501,7 @@ def expire_exceptions(engine: Engine, *, now: datetime) -> list[int]:
             or_(drift_exceptions.c.expires_at <= now, drift_exceptions.c.revoked_at.is_not(None)))
         stale_items = and_(review_items.c.accepted_by.in_(expired))
         ids = sorted({r for (r,) in conn.execute(select(review_items.c.accepted_by).where(
-            review_items.c.state != RESOLVED, stale_items).distinct())})
+            IS_CURRENT, stale_items).distinct())})
         if not ids:
             return []
         _recheck(conn, now, stale_items)
@@ -595,7 +600,8 @@ def exception_notices(engine: Engine, *, now: datetime) -> list[ExceptionNotice]
         notices = []
         by_id = {r.id: r for r in rows}
         for exc_id, alert in due:
-            covered = and_(review_items.c.accepted_by == exc_id, review_items.c.resolved_at.is_(None))
+            covered = and_(review_items.c.accepted_by == exc_id, IS_CURRENT,
+                           review_items.c.resolved_at.is_(None))
             hosts = conn.execute(select(review_items.c.host).where(covered).distinct()).scalars()
             row = by_id[exc_id]
             label = f"exception #{exc_id} ({row.scope}, owner {row.owner}, ticket {row.ticket})"
