@@ -509,7 +509,7 @@ def _token(engine: Engine, args: argparse.Namespace) -> int:
         for t in tokens.list_all(engine):
             revoked = t.revoked_at.strftime("%Y-%m-%d %H:%M") if t.revoked_at else "-"
             created = t.created_at.strftime("%Y-%m-%d %H:%M")
-            print(f"{t.id:>4}  {t.kind.value:<6}  {t.name:<30}  {t.prefix:<12}  {created:<20}  {revoked}")
+            print(f"{t.id:>4}  {t.kind:<6}  {t.name:<30}  {t.prefix:<12}  {created:<20}  {revoked}")
     else:
         print(f"revoked {tokens.revoke(engine, args.ref, now=_now())} token(s)")
     return 0
@@ -518,7 +518,7 @@ def _token(engine: Engine, args: argparse.Namespace) -> int:
 def _token_json(t: tokens.TokenInfo) -> dict[str, Any]:
     from agent.report import format_time
 
-    return {"id": t.id, "kind": t.kind.value, "name": t.name, "prefix": t.prefix,
+    return {"id": t.id, "kind": str(t.kind), "name": t.name, "prefix": t.prefix,
             "created_at": format_time(t.created_at),
             "revoked_at": format_time(t.revoked_at) if t.revoked_at else None}
 

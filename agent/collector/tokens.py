@@ -45,7 +45,7 @@ class Principal:
 @dataclass(frozen=True)
 class TokenInfo:
     id: int
-    kind: TokenKind
+    kind: str  # a TokenKind's value, or a kind unknown here (a newer collector sharing the database)
     name: str
     prefix: str
     created_at: datetime
@@ -145,9 +145,11 @@ def principals_of(engine: Engine, hashes: Sequence[str]) -> dict[str, Principal]
 
 
 def list_all(engine: Engine) -> list[TokenInfo]:
+    """Every token as stored, its kind as written (`token list` shows one of a kind unknown here too, so that
+    an operator can see and revoke it)."""
     with engine.connect() as conn:
         rows = conn.execute(select(tokens).order_by(tokens.c.id)).all()
-    return [TokenInfo(r.id, TokenKind(r.kind), r.name, r.prefix, r.created_at, r.revoked_at) for r in rows]
+    return [TokenInfo(r.id, r.kind, r.name, r.prefix, r.created_at, r.revoked_at) for r in rows]
 
 
 def revoke(engine: Engine, ref: str, *, now: datetime) -> int:

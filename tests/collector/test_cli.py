@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -92,6 +93,29 @@ def test_token_create_prints_the_token_once_as_last_line_and_stores_a_hash(db_ur
     assert tokens.authenticate(engine, secret) is not None
     assert main(["token", "revoke", "alice", "--db", db_url]) == 1
     assert "no active token" in capsys.readouterr().err
+
+
+def test_token_list_shows_a_token_of_a_kind_this_collector_does_not_know_and_revoke_takes_it(
+        db_url, capsys, engine):
+    """A newer collector sharing the database may write a kind this one does not know: the listing shows it
+    as stored (text and JSON) instead of failing, so that an operator can see it and revoke it."""
+    from sqlalchemy import update
+
+    tokens.create(engine, tokens.TokenKind.INGEST, "web01.example.com", now=BASE_TIME)
+    tokens.create(engine, tokens.TokenKind.INGEST, "web02.example.com", now=BASE_TIME)
+    with engine.begin() as conn:
+        conn.execute(update(tokens.tokens).where(tokens.tokens.c.name == "web02.example.com").values(kind="admin"))
+    assert main(["token", "list", "--db", db_url]) == 0
+    rows = [line.split()[:3] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert rows == [["1", "ingest", "web01.example.com"], ["2", "admin", "web02.example.com"]]
+    assert main(["token", "list", "--json", "--db", db_url]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(t["kind"], t["name"], t["revoked_at"]) for t in listed] == [
+        ("ingest", "web01.example.com", None), ("admin", "web02.example.com", None)]
+    assert main(["token", "revoke", "web02.example.com", "--db", db_url]) == 0
+    assert capsys.readouterr().out == "revoked 1 token(s)\n"
+    assert main(["token", "list", "--json", "--db", db_url]) == 0
+    assert [t["revoked_at"] is not None for t in json.loads(capsys.readouterr().out)] == [False, True]
 
 
 def test_prune_keeps_each_hosts_latest_run(engine, db_url, capsys):
