@@ -240,10 +240,11 @@ def test_units_boot_under_systemd_and_survive_self_upgrade(make_host: object, im
             machine.wait_for_unit("gitops-agent.service", 120)
             assert machine.run("dpkg", "--audit").stdout.strip() == ""
 
-            # `serve --writer-process` under the unit's sandbox, through collector.env: the child is
-            # spawned and opens the database before the first answer, and a stop ends the whole unit cleanly
-            machine.run("/bin/sh", "-c", "echo GITOPS_COLLECTOR_SERVE_OPTIONS=--writer-process >> "
-                        "/etc/gitops-collector/collector.env", check=True)
+            # `serve --writer-process`, which the shipped collector.env turns on, under the unit's sandbox:
+            # the child is spawned and opens the database before the first answer (after a restart too),
+            # and a stop ends the whole unit cleanly
+            env = machine.run("cat", "/etc/gitops-collector/collector.env", check=True).stdout
+            assert "\nGITOPS_COLLECTOR_SERVE_OPTIONS=--writer-process\n" in env, env
             machine.run("systemctl", "restart", "gitops-collector.service", check=True)
             machine.wait_for_unit("gitops-collector.service", 60)
             health = machine.run("/opt/gitops-collector/bin/python3", "-c", HEALTH_PROBE, timeout_s=60)
