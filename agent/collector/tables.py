@@ -4,7 +4,8 @@ a test compares the two.
 - hosts: one row per host with its current state (from its newest report), for the fleet overview.
 - host_roles: (host, role) so that "hosts with role R" is an indexed query.
 - runs: one row per report with the columns the queries filter on; the whole report is a zlib blob.
-- drift_items: one row per drifted task of a run, so "which hosts drift on task X" is one indexed query.
+- drift_items: one row per drifted task of a run (read by run; "which hosts drift on task X" is a read of
+  review_items, the drift review's).
 - commits: what is known about a commit (author, subject, signature), for rollout pages.
 - tokens: ingest tokens (bound to a host) and reader tokens; only a SHA-256 of each token is stored.
 - sessions: web UI sign-ins (migration 0005); only a SHA-256 of each session cookie is stored.
@@ -138,9 +139,7 @@ drift_items = Table(
     Column("kind", String(16), nullable=False),
     Column("diff_count", Integer, nullable=False),
     Column("first_seen_at", UTCDateTime, nullable=True),
-    Index("ix_drift_items_run", "run_id"),
-    Index("ix_drift_items_task_run", "task", "run_id"),
-    Index("ix_drift_items_host", "host"),
+    Index("ix_drift_items_run", "run_id"),  # read by run only (0013 dropped (task, run_id) and (host))
 )
 
 commits = Table(
@@ -267,7 +266,8 @@ rollout_hosts = Table(  # each host's latest outcome on (commit, policy digest),
 # - drift_exceptions: accepted drift until a date; the scope's fields (key, task, item, role, role_kind) as
 #   JSON in `scope_fields`, the host selector in host_pattern / host_group.
 # - review_items: one row per episode of a drift item; `key_sha256` hashes the item key (the key's parts
-#   are long texts); `state` is the derived state, stored for the inbox's filters.
+#   are long texts; not indexed since 0013, nothing looks an item up by it); `state` is the derived state,
+#   stored for the inbox's filters.
 # - review_hosts: per host, when its newest complete check started (late reports never resolve items).
 # - review_audit: every review action (append-only); drift_exception_alerts: alerts already sent.
 # - compliance_daily: one row per UTC day and fleet/role/task scope (compliance_store.snapshot).
@@ -321,7 +321,6 @@ review_items = Table(
     Column("accepted_by", Integer, ForeignKey("drift_exceptions.id"), nullable=True),
     Column("resolved_at", UTCDateTime, nullable=True),
     Column("resolution", String(16), nullable=True),
-    Index("ix_review_items_key", "key_sha256", "resolved_at"),
     Index("ix_review_items_host_state", "host", "state"),
     Index("ix_review_items_state_first", "state", "first_seen_at"),
     Index("ix_review_items_role_host", "role", "host", "state", "accepted_by"),  # 0009: compliance
