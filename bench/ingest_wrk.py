@@ -1,6 +1,6 @@
 """Ingest against the floor: `wrk` posts real agent reports, and fetches a static file, from one collector.
 
-One collector (`gitops-collector serve` on 127.0.0.1), one run: rounds alternate a floor round (`wrk` GETs
+One collector (`gitops-collector serve` on 127.0.0.1) on a database of its own, one run: rounds alternate a floor round (`wrk` GETs
 /static/ui.css from the same server, the cheapest thing it serves) and an ingest round (`wrk` POSTs agent
 reports of --hosts hosts, each with its own ingest token, through bench/ingest_wrk.lua, every request a new
 run_id). Prints, per round, requests/s, p50/p99 latency and, for ingest, the collector's CPU per report and
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import functools
 import json
 import os
@@ -41,12 +42,13 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.collector import db, tokens
 from agent.collector.tables import runs
+from agent.collector.tables import tokens as tokens_table
 from agent.collector.tokens import TokenKind
 from bench.ingest import realistic_body
 from tests.factory import BASE_TIME
@@ -219,6 +221,49 @@ def short(frame: str) -> str:
     return f"{name} ({path})"
 
 
+def prepare(url: str, code: Path | None) -> None:
+    """Migrate the database at `url` with this tree's collector, or with the one in `code`."""
+    if code is None:
+        engine = db.create(url)
+        try:
+            db.prepare(engine)
+        finally:
+            engine.dispose()
+        return
+    subprocess.run([sys.executable, "-c", "import sys; from agent.collector import db; "
+                    "e = db.create(sys.argv[1]); db.prepare(e); e.dispose()", url],
+                   cwd=code, env={**os.environ, "PYTHONPATH": str(code)}, check=True)
+
+
+def databases(args: argparse.Namespace, variants: dict[str, tuple[list[str], Path | None]], tmp: Path,
+              stack: contextlib.ExitStack) -> tuple[dict[str, str], dict[str, Engine]]:
+    """A database of its own for each variant, migrated by that variant's code (a baseline may be a
+    schema behind), removed when `stack` closes: (URLs, engines) by variant."""
+    urls, engines = {}, {}
+    for n, (name, (_, code)) in enumerate(variants.items()):
+        (tmp / str(n)).mkdir()
+        urls[name] = stack.enter_context(fresh_database(args.db, tmp / str(n)))
+        prepare(urls[name], code)
+        engines[name] = db.create(urls[name])
+        stack.callback(engines[name].dispose)
+    return urls, engines
+
+
+def make_tokens(count: int, engines: list[Engine]) -> tuple[dict[str, str], str]:
+    """An ingest token for each of `count` hosts and a reader token (for --timeline), the same in every
+    database: (secret by host, the reader's secret)."""
+    first = engines[0]
+    hosts = [f"host{i:05d}.bench" for i in range(count)]
+    secrets = {h: tokens.create(first, TokenKind.INGEST, h, now=BASE_TIME)[1] for h in hosts}
+    reader = tokens.create(first, TokenKind.READER, "bench-reader", now=BASE_TIME)[1]
+    with first.connect() as conn:
+        rows = [dict(r) for r in conn.execute(select(tokens_table)).mappings()]
+    for engine in engines[1:]:
+        with engine.begin() as conn:
+            conn.execute(tokens_table.insert(), rows)
+    return secrets, reader
+
+
 def variants_of(args: argparse.Namespace) -> dict[str, tuple[list[str], Path | None]]:
     """The collectors to measure: name -> (serve options, the checkout of another `agent`, or None)."""
     variants: dict[str, tuple[list[str], Path | None]] = {"as given": (list(args.serve_args), None)}
@@ -279,20 +324,18 @@ def main() -> int:
              if args.pause_ms else ""))
     print(f"{'round':>5} {'collector':<24} {'':<8} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>11} "
           f"{'non-2xx':>8} {'errors':>7} {'lost':>5}")
-    with tempfile.TemporaryDirectory(prefix="gitops-bench-") as tmp, fresh_database(args.db, Path(tmp)) as url:
-        engine = db.create(url)
-        db.prepare(engine)
-        hosts = [f"host{i:05d}.bench" for i in range(args.hosts)]
-        secrets = {h: tokens.create(engine, TokenKind.INGEST, h, now=BASE_TIME)[1] for h in hosts}
-        reader = tokens.create(engine, TokenKind.READER, "bench-reader", now=BASE_TIME)[1]  # for --timeline
+    with tempfile.TemporaryDirectory(prefix="gitops-bench-") as tmp, contextlib.ExitStack() as stack:
+        variants = variants_of(args)
+        urls, engines = databases(args, variants, Path(tmp), stack)
+        secrets, reader = make_tokens(args.hosts, list(engines.values()))
         data = Path(tmp) / "hosts.tsv"
         write_hosts(data, secrets, args.drift_items)
-        variants = variants_of(args)
         rates: dict[str, dict[str, list[float]]] = {v: {"floor": [], "ingest": []} for v in variants}
-        acked = 0
+        acked = dict.fromkeys(variants, 0)
         for round_no in range(args.rounds):
             for name, (serve_args, code) in variants.items():
-                # each variant gets its own collector, started fresh each round, on the same database
+                # each variant gets its own collector, started fresh each round, on its own database
+                url, engine = urls[name], engines[name]
                 with Collector(url, serve_args, Path(tmp) / "collector.log", code) as server:
                     wrk(server.url, "floor", args, data, 2)  # warm-up: imports, first connections
                     for mode in ("floor", "ingest"):
@@ -300,11 +343,11 @@ def main() -> int:
                         r, seconds = measure(server.url, mode, args, data, reader)
                         cpu_ms = (cpu_s(server.pid) - before) * 1000 / max(r["requests"], 1)
                         ok = r["s201"] if mode == "ingest" else r["s200"]
-                        acked += int(r["s201"]) if mode == "ingest" else 0
+                        acked[name] += int(r["s201"]) if mode == "ingest" else 0
                         rates[name][mode].append(r["rate"])
                         with engine.connect() as conn:
                             stored = conn.execute(select(func.count()).select_from(runs)).scalar_one()
-                        lost = max(acked - stored, 0) if mode == "ingest" else 0
+                        lost = max(acked[name] - stored, 0) if mode == "ingest" else 0
                         errors = r["err_connect"] + r["err_read"] + r["err_write"] + r["err_timeout"]
                         print(f"{round_no + 1:>5} {name:<24} {mode:<8} {r['requests']:>9.0f} {r['rate']:>9.1f} "
                               f"{r['p50_us'] / 1000:>8.1f} {r['p99_us'] / 1000:>8.1f} {cpu_ms:>11.2f} "
@@ -317,7 +360,7 @@ def main() -> int:
             print(f"{name}: median ingest {ingest:.1f} reports/s, median floor {floor:.1f} requests/s: "
                   f"ratio {ingest / floor:.3f} (goal: >= 0.5 and >= 1000 reports/s)")
         if args.profile:
-            with Collector(url, list(args.serve_args), Path(tmp) / "collector.log") as server:
+            with Collector(urls["as given"], list(args.serve_args), Path(tmp) / "collector.log") as server:
                 raw = Path(tmp) / "profile.txt"
                 spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
                 prof = subprocess.Popen([spy, "record", "--pid", str(server.pid), "--duration",
@@ -331,7 +374,6 @@ def main() -> int:
                 summarize_profile(raw, args.top)
                 if args.profile_out is not None:
                     shutil.copyfile(raw, args.profile_out)
-        engine.dispose()
         logged = (Path(tmp) / "collector.log").read_text(errors="replace")
         tracebacks = logged.count("Exception in ASGI application")
         disconnects = logged.count("starlette.requests.ClientDisconnect")
