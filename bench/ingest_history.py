@@ -10,8 +10,8 @@ DIR (a tree made by `git archive <commit> agent bench tests | tar -x -C DIR`), t
 follows in its own process, then the two are printed side by side with their ratio (new / old). The
 two runs are sequential, so a shared machine's noise is in the ratio; run it twice.
 
---run-ids says what the reports' run_ids look like: `uuid4` (random, what agents before 0.9 send) or
-`uuid7` (time-ordered, RFC 9562 section 5.7).
+--run-ids says what the reports' run_ids look like: `uuid4` (random, what agents send: report schema v1) or
+`uuid7` (time-ordered, RFC 9562 section 5.7), to see what time-ordered ones would change.
 
     .venv/bin/python bench/ingest_history.py --reports 60000 --baseline /tmp/base
 """
