@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Batch = Sequence[tuple[Report, bytes, datetime]]
+# how a child stopped by SIGTERM ends: killed by it before its handler is in place, or by the handler
+STOPPED = (-signal.SIGTERM, 0)
 START_TIMEOUT_S = 60.0  # the child imports the collector and opens its engine before it says ready
 STOP_TIMEOUT_S = 10.0
 IN_FLIGHT = 2  # batches in the pipe at once (GroupCommit.max_in_flight follows it)
@@ -111,6 +113,7 @@ class WriterProcess:
         self._sent = self._received = 0  # tickets handed out and answers taken, of the current child
         self._receiving = False  # a caller is reading the pipe (its fd must stay open until it is done)
         self._limiter = anyio.CapacityLimiter(IN_FLIGHT)
+        self.last_exitcode: int | None = None  # of the last child reaped (multiprocessing's: -N for signal N)
 
     def start(self) -> None:
         """Start the child unless it runs, and wait until it has opened the database. Raises DatabaseError
@@ -170,6 +173,7 @@ class WriterProcess:
             if process.is_alive():
                 process.kill()
                 process.join()
+            self.last_exitcode = process.exitcode
 
     def _died(self, generation: int, reports: int) -> DatabaseError:
         """The pipe of child `generation` failed (callers hold `_state`): the error for each caller of it."""
@@ -332,7 +336,16 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     if writer is None:
         yield
         return
-    await anyio.to_thread.run_sync(writer.start)
+    try:
+        await anyio.to_thread.run_sync(writer.start)
+    except DatabaseError:
+        if writer.last_exitcode not in STOPPED:
+            raise
+        # `systemctl stop` (SIGTERM to the unit's every process) while the child was still starting: the
+        # server got it too and stops once started; this is no failure to start (which would fail the
+        # unit's stop). Were only the child stopped, the next batch starts another, as after any death.
+        log.warning("the writer process was stopped while starting (exit code %s); the next batch starts "
+                    "another", writer.last_exitcode)
     try:
         yield
     finally:

@@ -207,6 +207,36 @@ def test_a_served_collector_starts_its_writer_and_stops_it(db_url: str) -> None:
     assert "Traceback" not in server.log
 
 
+@pytest.mark.parametrize("delay_s", [0.0, 0.3])
+def test_a_stop_while_the_writer_starts_is_a_clean_stop(db_url: str, tmp_path: Path, delay_s: float) -> None:
+    """`systemctl stop` (SIGTERM to every process of the unit) just after `serve --writer-process` spawned
+    its child, before the child said ready: the server stops as at any SIGTERM (no "startup failed", no
+    exit code 3, which would fail the unit's stop), with one warning naming what happened."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "agent.collector.cli", "serve", "--db", db_url,
+                                 "--listen", "127.0.0.1:0", "--writer-process"],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 30
+            while not _children(proc.pid) and time.monotonic() < deadline:  # the writer is spawned
+                time.sleep(0.005)
+            assert _children(proc.pid), "no writer process spawned"
+            time.sleep(delay_s)
+            os.killpg(proc.pid, signal.SIGTERM)
+            code = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    text_ = log.read_text(errors="replace")
+    assert code in (-signal.SIGTERM, 0), text_
+    assert "startup failed" not in text_ and "Traceback" not in text_, text_
+
+
 def _running(pids: list[int]) -> list[int]:
     """Those of `pids` still running (a zombie waiting for init to reap it has stopped)."""
     alive = []
