@@ -248,9 +248,11 @@ def host_series(engine: Engine, host: str, *, now: datetime,
                                   .where(hosts.c.host == host)).scalar_one_or_none()
         if first_seen is None:
             return []
-        episodes = conn.execute(select(review_items).where(
-            ri.host == host, ri.first_seen_at <= now,
-            (ri.resolved_at.is_(None)) | (ri.resolved_at > start))).all()
+        # the current episodes, then those resolved within the window: two seeks of (host, state,
+        # resolved_at) (migration 0013), not a read of every episode the host ever had
+        of_host = select(review_items).where(ri.host == host, ri.first_seen_at <= now)
+        episodes = [*conn.execute(of_host.where(IS_CURRENT, ri.resolved_at.is_(None))),
+                    *conn.execute(of_host.where(ri.state == "resolved", ri.resolved_at > start))]
         exceptions = [exception_of(r) for r in conn.execute(select(drift_exceptions))] if episodes else []
         groups = {r for (r,) in conn.execute(select(host_roles.c.role).where(host_roles.c.host == host))}
     items = [item_of(r) for r in episodes]

@@ -167,12 +167,14 @@ def _list(engine: Engine, args: argparse.Namespace, out: TextIO) -> Result:
     now = utc_now()
     state_now = effective_state(now).label("state_now")
     query = select(review_items, state_now)
+    # current: IS_CURRENT too, which seeks a host's current items past its resolved history
     if args.state == "current":
-        query = query.where(review_items.c.resolved_at.is_(None))
+        query = query.where(review_items.c.resolved_at.is_(None), review_store.IS_CURRENT)
     elif args.state == "resolved":
         query = query.where(review_items.c.resolved_at.is_not(None))
     else:
-        query = query.where(review_items.c.resolved_at.is_(None), state_now == args.state)
+        query = query.where(review_items.c.resolved_at.is_(None), review_store.IS_CURRENT,
+                            state_now == args.state)
     for name in ("host", "role", "task"):
         if getattr(args, name):
             query = query.where(review_items.c[name] == getattr(args, name))
@@ -251,10 +253,11 @@ def _revoke(engine: Engine, args: argparse.Namespace, out: TextIO) -> Result:
 def _covered(engine: Engine, exc_id: int) -> int:
     from sqlalchemy import func, select
 
+    from agent.collector.review_store import IS_CURRENT
     from agent.collector.tables import review_items
 
     with engine.connect() as conn:
-        return int(conn.execute(select(func.count()).where(review_items.c.accepted_by == exc_id,
+        return int(conn.execute(select(func.count()).where(review_items.c.accepted_by == exc_id, IS_CURRENT,
                                                            review_items.c.resolved_at.is_(None))).scalar_one())
 
 

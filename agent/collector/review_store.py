@@ -55,7 +55,8 @@ from agent.report import Diff, DriftItem, DriftKind, Report, format_time
 # A current item, by its states rather than as "state != 'resolved'": resolved items stay as history, a host
 # gathers more of them with every report for as long as it is kept, and where an index starts (host, state)
 # or (state, ...) "state IN (...)" seeks to the current ones while "state != ?" reads every resolved one too
-# (ix_review_items_host_state; SQLite and PostgreSQL alike). Literals: one statement for all callers.
+# (ix_review_items_host_state; on PostgreSQL a host's read seeks so too, while a batch's many hosts may be
+# planned as a bitmap of two indexes, which reads no more than before). Literals: one statement for all.
 CURRENT_STATES = tuple(s.value for s in ItemState if s is not ItemState.RESOLVED)
 IS_CURRENT = review_items.c.state.in_([literal_column(f"'{s}'") for s in CURRENT_STATES])
 # json.dumps(..., ensure_ascii=False) builds a new JSONEncoder per call; this one encoder writes the same

@@ -2,15 +2,17 @@
 
 Resolved items stay as history, and a host whose drift comes and goes gathers more of them with every
 report, for as long as they are kept. Every read that asks for a host's current items (ingest's single and
-batched paths, the hosts list's and a host page's drift counts, a host's compliance figure, and the
-exceptions' rechecks) must cost the same with 600 resolved items behind the host as with none
-(review_store.IS_CURRENT). Measured as SQLite's virtual-machine instructions (its progress handler),
-which count the index entries a statement reads whatever plan it takes; the same statements seek
-(host, state) on PostgreSQL.
+batched paths, the hosts list's and a host page's drift counts, a host's compliance figure and chart,
+`drift list --host`, and the exceptions' rechecks) must cost the same with 600 resolved items behind the
+host as with none (review_store.IS_CURRENT; the chart reads its window's episodes, migration 0013). Measured as SQLite's virtual-machine instructions (its progress handler),
+which count the index entries a statement reads whatever plan it takes. SQLite only: PostgreSQL plans a
+host's read as the same seek, but may plan a batch's (many hosts) as a bitmap of two indexes.
 """
 
 from __future__ import annotations
 
+import argparse
+import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +22,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, event, func, select
 
-from agent.collector import compliance_store, db, queries, review_store, store
+from agent.collector import compliance_store, db, drift_cli, queries, review_store, store
+from agent.collector import drift_exceptions as dx
 from agent.collector.queries import HostFilter, Page
 from agent.collector.tables import review_items
 from agent.report import Report, Status, to_json
@@ -30,6 +33,7 @@ from tests.live_collector import fresh_database
 HOST = "web01.example.com"
 HISTORY = 60  # reports, each drifting on tasks of its own: 10 items each, resolved by the next report
 CURRENT = tuple(drift_item(f"current task {i}") for i in range(3))
+ACTOR = review_store.Actor("ops", "cli")
 
 
 @dataclass
@@ -96,6 +100,19 @@ def _resolved(engine: Engine) -> int:
             review_items.c.state == "resolved")).scalar_one()
 
 
+def _drift_list(host: str, state: str) -> Callable[[Engine, int], Any]:
+    """`gitops-collector drift list --host HOST --state STATE`'s read."""
+    args = argparse.Namespace(state=state, host=host, role=None, task=None, limit=100)
+    return lambda engine, n: drift_cli._list(engine, args, io.StringIO())
+
+
+def _exception(n: int) -> dx.DriftException:
+    """Accepts the web role's drift for a day from BASE_TIME + n minutes (a new one per call)."""
+    return dx.DriftException(id=0, scope=dx.ExceptionScope.ROLE, owner="ops", reason="vendor", ticket=f"T-{n}",
+                             created_at=BASE_TIME, expires_at=BASE_TIME + timedelta(days=1, minutes=n),
+                             role="web", role_kind=dx.RoleKind.PLAYBOOK)
+
+
 READS: dict[str, Callable[[Engine, int], Any]] = {
     "ingest": lambda engine, n: _store(engine, _report(n, CURRENT)),
     "ingest_group": lambda engine, n: store.ingest_group(
@@ -105,7 +122,14 @@ READS: dict[str, Callable[[Engine, int], Any]] = {
     "host page": lambda engine, n: queries.get_host(engine, HOST, stale_before=BASE_TIME),
     "drift items of the host": lambda engine, n: queries.drift_items_now(engine, Page(), host=HOST),
     "compliance figure": lambda engine, n: compliance_store.host_figure(engine, HOST, BASE_TIME),
-    "exceptions expired": lambda engine, n: review_store.expire_exceptions(engine, now=BASE_TIME),
+    "an exception created (its recheck)": lambda engine, n: review_store.create_exception(
+        engine, _exception(n), actor=ACTOR, now=BASE_TIME),
+    "exceptions expired": lambda engine, n: review_store.expire_exceptions(engine, now=BASE_TIME + timedelta(days=3)),
+    "drift list --host": _drift_list(HOST, "current"),
+    "drift list --host --state open": _drift_list(HOST, "open"),
+    # the host page's chart: history older than its 90-day window is not read
+    "compliance chart": lambda engine, n: compliance_store.host_series(engine, HOST,
+                                                                       now=BASE_TIME + timedelta(days=200)),
 }
 
 
