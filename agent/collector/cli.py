@@ -505,11 +505,14 @@ def _token(engine: Engine, args: argparse.Namespace) -> int:
     elif args.action == "list" and args.json:
         print(json.dumps([_token_json(t) for t in tokens.list_all(engine)], indent=2))
     elif args.action == "list":
-        print(f"{'ID':>4}  {'KIND':<6}  {'NAME':<30}  {'PREFIX':<12}  {'CREATED':<20}  REVOKED")
+        from agent.collector.terminal import printable  # a kind or name from a shared database
+
+        print(f"{'ID':>4}  {'KIND':<8}  {'NAME':<30}  {'PREFIX':<12}  {'CREATED':<20}  REVOKED")
         for t in tokens.list_all(engine):
             revoked = t.revoked_at.strftime("%Y-%m-%d %H:%M") if t.revoked_at else "-"
             created = t.created_at.strftime("%Y-%m-%d %H:%M")
-            print(f"{t.id:>4}  {t.kind:<6}  {t.name:<30}  {t.prefix:<12}  {created:<20}  {revoked}")
+            kind, name = printable(t.kind), printable(t.name)
+            print(f"{t.id:>4}  {kind:<8}  {name:<30}  {t.prefix:<12}  {created:<20}  {revoked}")
     else:
         print(f"revoked {tokens.revoke(engine, args.ref, now=_now())} token(s)")
     return 0

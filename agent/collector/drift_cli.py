@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from agent.collector.errors import CollectorError, NotFoundError
+from agent.collector.terminal import printable as _p  # reports are untrusted: control characters escaped
 
 if TYPE_CHECKING:  # the actions import what they use when they run: `--help` stays light (cli.py)
     from sqlalchemy import Engine
@@ -190,11 +191,6 @@ def _list(engine: Engine, args: argparse.Namespace, out: TextIO) -> Result:
                      f"{_p(i['task'])}\n")
     lines.append(f"{len(items)} of {total} item(s)\n")
     return {"items": items, "total": total}, "".join(lines)
-
-
-def _p(text: str) -> str:
-    """Control characters escaped: reports are untrusted, a terminal obeys escape sequences."""
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def _age(seconds: int | None) -> str:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from agent.collector import terminal
 from agent.collector.client import (
     CA_FILE_ENV,
     DEFAULT_URL,
@@ -111,7 +112,7 @@ def printable(value: Any) -> Any:
     """`value` (the API's JSON) with every string's control characters escaped (\\x1b, \\n...): what
     reports hold is untrusted, and a terminal would obey the escape sequences in a host or task name."""
     if isinstance(value, str):
-        return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in value)
+        return terminal.printable(value)
     if isinstance(value, list):
         return [printable(v) for v in value]
     if isinstance(value, dict):

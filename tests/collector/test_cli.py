@@ -108,10 +108,16 @@ def test_token_list_shows_a_token_of_a_kind_this_collector_does_not_know_and_rev
     assert main(["token", "list", "--db", db_url]) == 0
     rows = [line.split()[:3] for line in capsys.readouterr().out.splitlines()[1:]]
     assert rows == [["1", "ingest", "web01.example.com"], ["2", "admin", "web02.example.com"]]
+    with engine.begin() as conn:  # a terminal's escape sequence in a stored kind is printed, not obeyed
+        conn.execute(update(tokens.tokens).where(tokens.tokens.c.name == "web02.example.com")
+                     .values(kind="\x1b[2Jad"))  # the kind column holds 8 characters
+    assert main(["token", "list", "--db", db_url]) == 0
+    listed = capsys.readouterr().out
+    assert "\x1b" not in listed and "\\x1b[2Jad" in listed
     assert main(["token", "list", "--json", "--db", db_url]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(t["kind"], t["name"], t["revoked_at"]) for t in listed] == [
-        ("ingest", "web01.example.com", None), ("admin", "web02.example.com", None)]
+        ("ingest", "web01.example.com", None), ("\x1b[2Jad", "web02.example.com", None)]
     assert main(["token", "revoke", "web02.example.com", "--db", db_url]) == 0
     assert capsys.readouterr().out == "revoked 1 token(s)\n"
     assert main(["token", "list", "--json", "--db", db_url]) == 0

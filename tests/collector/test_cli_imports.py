@@ -18,7 +18,8 @@ HEAVY = ("sqlalchemy", "alembic", "starlette", "jinja2", "msgspec", "httpx", "uv
 # What the parser needs, and nothing else under agent/ (agent.report alone costs more than argparse).
 PARSER_MODULES = {"agent", "agent.errors", "agent.collector", "agent.collector.cli", "agent.collector.client",
                   "agent.collector.digits", "agent.collector.drift_cli", "agent.collector.enrol_cli",
-                  "agent.collector.errors", "agent.collector.fleet_cli", "agent.collector.hostnames"}
+                  "agent.collector.errors", "agent.collector.fleet_cli", "agent.collector.hostnames",
+                  "agent.collector.terminal"}
 
 PROBE = textwrap.dedent("""\
     import argparse, contextlib, io, json, sys
