@@ -511,8 +511,8 @@ def _token(engine: Engine, args: argparse.Namespace) -> int:
         for t in tokens.list_all(engine):
             revoked = t.revoked_at.strftime("%Y-%m-%d %H:%M") if t.revoked_at else "-"
             created = t.created_at.strftime("%Y-%m-%d %H:%M")
-            kind, name = printable(t.kind), printable(t.name)
-            print(f"{t.id:>4}  {kind:<8}  {name:<30}  {t.prefix:<12}  {created:<20}  {revoked}")
+            shown_kind, shown_name = printable(t.kind), printable(t.name)
+            print(f"{t.id:>4}  {shown_kind:<8}  {shown_name:<30}  {t.prefix:<12}  {created:<20}  {revoked}")
     else:
         print(f"revoked {tokens.revoke(engine, args.ref, now=_now())} token(s)")
     return 0
