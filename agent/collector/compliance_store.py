@@ -248,8 +248,9 @@ def host_series(engine: Engine, host: str, *, now: datetime,
                                   .where(hosts.c.host == host)).scalar_one_or_none()
         if first_seen is None:
             return []
-        # the current episodes, then those resolved within the window: two seeks of (host, state,
-        # resolved_at) (migration 0013), not a read of every episode the host ever had
+        # the current episodes (a seek of (host, state)), then those resolved within the window: this one
+        # still reads every resolved episode of the host. Indexing (host, state, resolved_at) would make it a
+        # seek, but cost ingest more (a wider index every batch writes: bench/README.md, "Eleventh pass")
         of_host = select(review_items).where(ri.host == host, ri.first_seen_at <= now)
         episodes = [*conn.execute(of_host.where(IS_CURRENT, ri.resolved_at.is_(None))),
                     *conn.execute(of_host.where(ri.state == "resolved", ri.resolved_at > start))]

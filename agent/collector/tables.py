@@ -321,7 +321,7 @@ review_items = Table(
     Column("accepted_by", Integer, ForeignKey("drift_exceptions.id"), nullable=True),
     Column("resolved_at", UTCDateTime, nullable=True),
     Column("resolution", String(16), nullable=True),
-    Index("ix_review_items_host_state", "host", "state", "resolved_at"),  # resolved_at: 0013
+    Index("ix_review_items_host_state", "host", "state"),
     Index("ix_review_items_state_first", "state", "first_seen_at"),
     Index("ix_review_items_role_host", "role", "host", "state", "accepted_by"),  # 0009: compliance
     # 0011: the drift inbox. Accepted items by exception (whose exception lapsed), and the per-task

@@ -1,5 +1,4 @@
-"""Drop three indexes that no statement of the collector reads, and that every report writes to; a host's
-items indexed by (host, state, resolved_at), so that its chart reads only the episodes of its window.
+"""Drop three indexes that no statement of the collector reads, and that every report writes to.
 
 - `ix_review_items_key (key_sha256, resolved_at)`: made with the drift review's schema (0007) before
   ingest wrote it; nothing looks an item up by its key hash (review_store reads a host's current items
@@ -13,12 +12,7 @@ Measured (bench/README.md, "Eleventh pass"): after 60,000 reports of 200 hosts, 
 changed 1,634 pages of the database, 526 of them in these three indexes; every page a batch changes is
 written to the WAL, fsync'd, and copied back at a checkpoint.
 
-- `ix_review_items_host_state` gains `resolved_at`: a host's compliance chart (compliance_store.host_series,
-  on every host page) reads its current episodes and those resolved within its window, a seek each,
-  instead of every episode the host ever had. An item's state and resolved_at change together (at its
-  resolution), so the entry moves no more often than before.
-
-Downgrade builds them as they were.
+Downgrade builds them again.
 
 Revision ID: 0013
 """
@@ -34,8 +28,6 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.drop_index("ix_review_items_host_state", "review_items")
-    op.create_index("ix_review_items_host_state", "review_items", ["host", "state", "resolved_at"])
     op.drop_index("ix_review_items_key", "review_items")
     op.drop_index("ix_drift_items_task_run", "drift_items")
     op.drop_index("ix_drift_items_host", "drift_items")
@@ -45,5 +37,3 @@ def downgrade() -> None:
     op.create_index("ix_drift_items_host", "drift_items", ["host"])
     op.create_index("ix_drift_items_task_run", "drift_items", ["task", "run_id"])
     op.create_index("ix_review_items_key", "review_items", ["key_sha256", "resolved_at"])
-    op.drop_index("ix_review_items_host_state", "review_items")
-    op.create_index("ix_review_items_host_state", "review_items", ["host", "state"])
