@@ -311,14 +311,36 @@ def parse_time(text: str) -> datetime:
         raise TimeRangeError("out of range in UTC (years 1 to 9999)") from None
 
 
-def _encode(value: Any) -> Any:
+# How each type encodes, found on first use: a dataclass's field names, or one of the kinds below.
+_PLAN_OF: dict[type, tuple[str, ...] | str] = {}
+_SCALARS = frozenset({str, int, float, bool})
+
+
+def _encode_plan(value: Any) -> tuple[str, ...] | str:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return tuple(f.name for f in dataclasses.fields(value))
     if isinstance(value, enum.Enum):
-        return value.value
+        return "enum"
     if isinstance(value, datetime):
-        return format_time(value)
+        return "time"
     if isinstance(value, tuple | list):
+        return "list"
+    return "as is"
+
+
+def _encode(value: Any) -> Any:
+    if value is None or type(value) in _SCALARS:
+        return value
+    plan = _PLAN_OF.get(type(value))
+    if plan is None:
+        plan = _PLAN_OF[type(value)] = _encode_plan(value)
+    if type(plan) is tuple:
+        return {name: _encode(getattr(value, name)) for name in plan}
+    if plan == "enum":
+        return value._value_  # what .value returns, without the enum property's lookup
+    if plan == "time":
+        return format_time(value)
+    if plan == "list":
         return [_encode(v) for v in value]
     return value
 

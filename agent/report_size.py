@@ -16,10 +16,11 @@ and a line in `warnings` saying what was done. Cut text ends with a note saying 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import replace
 
-from agent.report import Diff, DriftItem, ErrorItem, FailedTask, Report, to_json
+from agent.report import Diff, DriftItem, ErrorItem, FailedTask, Report, encode, to_json
 
 MAX_REPORT_BYTES = 4 * 1024 * 1024  # below the collector's default body limit (5 MiB)
 MAX_TEXT_CHARS = 512 * 1024  # below the collector's limit on one string (1 MiB characters)
@@ -63,16 +64,26 @@ def _note(report: Report, note: str) -> Report:
 
 def _shrink_list(report: Report, max_bytes: int, field: str,
                  make: Callable[[Report, int], Report]) -> Report:
-    """Keep the longest prefix of a list field that fits (binary search), at least none."""
+    """Keep the longest prefix of a list field that fits, at least none.
+
+    The JSON of `make(report, n)` is that of `make(report, 0)` plus the first n elements, each followed
+    by json.dumps's ", " but the last; so n is found from the elements' sizes, taken once, and only the
+    last steps serialize the whole report (`make` may change more than the list, for example a count in
+    a warning, which the sizes do not see). A 20,000-item report thus costs a few serializations, not one
+    per step of a binary search.
+    """
     items = getattr(report, field)
-    low, high = 0, len(items)
-    while low < high:
-        mid = (low + high + 1) // 2
-        if size_bytes(make(report, mid)) <= max_bytes:
-            low = mid
-        else:
-            high = mid - 1
-    return make(report, low)
+    total, n = size_bytes(make(report, 0)), 0
+    for item in items:
+        grown = total + len(json.dumps(encode(item), ensure_ascii=False).encode("utf-8")) + (2 if n else 0)
+        if grown > max_bytes:
+            break
+        total, n = grown, n + 1
+    while n > 0 and size_bytes(make(report, n)) > max_bytes:
+        n -= 1
+    while n < len(items) and size_bytes(make(report, n + 1)) <= max_bytes:
+        n += 1
+    return make(report, n)
 
 
 def fit(report: Report, max_bytes: int = MAX_REPORT_BYTES) -> Report:
@@ -82,7 +93,9 @@ def fit(report: Report, max_bytes: int = MAX_REPORT_BYTES) -> Report:
                      drift=tuple(_cut_diffs(d, MAX_TEXT_CHARS) for d in report.drift))
     if capped != report:
         report = _note(capped, f"texts longer than {MAX_TEXT_CHARS} characters were cut")
-    if size_bytes(report) <= max_bytes:
+        if size_bytes(report) <= max_bytes:
+            return report
+    elif before <= max_bytes:
         return report
     limit = _longest_side(report)
     while limit > MIN_DIFF_CHARS:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -66,6 +67,30 @@ def test_every_shape_of_oversized_report_fits(what: str, report: Report) -> None
     strings += [e["message"] for e in data["errors"]]
     assert max(map(len, strings), default=0) <= PayloadLimits().max_string_chars, what
     assert fitted.truncated and fitted.warnings, what
+
+
+@pytest.mark.parametrize(("what", "report", "field"), [
+    ("drift items of mixed sizes and non-ASCII text", make_report(HOST, status=Status.CORRECTED, drift=tuple(
+        DriftItem(play="App", task=f"t{i} é€" * (1 + i % 7), role=None, module="ansible.builtin.command",
+                  kind=DriftKind.CORRECTIVE) for i in range(3000))), "drift"),
+    ("errors of mixed sizes", make_report(HOST, status=Status.ERROR, errors=tuple(
+        ErrorItem(Phase.CHECK, "ü" * (50 + 37 * (i % 11))) for i in range(2000))), "errors"),
+])
+def test_the_longest_prefix_that_fits_is_kept(what: str, report: Report, field: str) -> None:
+    """Items are left out from the last one on, and no more than needed: one item more would not fit."""
+    cap = report_size.size_bytes(report) // 3
+    fitted = report_size.fit(report, cap)
+    kept = len(getattr(fitted, field))
+    assert 0 < kept < len(getattr(report, field)), what
+    assert getattr(fitted, field) == getattr(report, field)[:kept], what
+    assert report_size.size_bytes(fitted) <= cap, what
+    if field == "drift":  # the warning counts the items left out, so one more item means one fewer left out
+        total = len(report.drift)
+        warnings = (*fitted.warnings[:-1], f"{total - kept - 1} of {total} drift items were left out")
+        one_more = replace(fitted, drift=report.drift[:kept + 1], warnings=warnings)
+    else:
+        one_more = replace(fitted, errors=report.errors[:kept + 1])
+    assert report_size.size_bytes(one_more) > cap, what
 
 
 @pytest.mark.ansible
