@@ -1,5 +1,5 @@
 """Self-enrolment end to end: a real collector on 127.0.0.1 and the real agent. A new host with only the
-site enrolment secret runs once (one Ansible run): its report waits in the outbox while its request is
+site enrolment secret runs a check (one Ansible run): its report waits in the outbox while its request is
 pending; an operator approves its group with `gitops-collector enrol approve`; the agent collects its own
 token (0600, where collector.token_file says) and the waiting report arrives. With client certificates
 (`serve --tls-client-ca --enrol-autosign`), a host whose certificate matches is enrolled at once."""
@@ -41,8 +41,8 @@ def test_a_new_host_enrols_waits_for_approval_and_delivers_what_waited(cli, writ
         config = str(write_config(app_repo.path, collector={
             "url": collector.url, "token_file": str(token_file), "enrol": True,
             "enrol_secret_file": str(secret_file)}))
-        first = cli("run", "--json", "--config", config)  # the one Ansible run of this test
-        assert first.code == 0 and first.report["status"] == "corrected", first.err
+        first = cli("run", "--check", "--json", "--config", config)  # the one Ansible run of this test
+        assert first.code == 2 and first.report["status"] == "drifted", first.err
         assert "waiting for an operator to approve enrolment request" in first.err
         assert not token_file.exists()
         waiting = cli("enrol", "--json", "--config", config)

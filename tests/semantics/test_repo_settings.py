@@ -2,8 +2,9 @@
 
 The agent's settings sit beneath the checkout's ansible.cfg (agent.ansible_env): a setting the file names
 is left to it, search paths are merged (the file's first), the agent's own ANSIBLE_* environment never
-reaches Ansible, and a changed fact subset starts a fresh fact cache. One real run for the case repo, two
-for the fact cache; the rest is the environment as built, without Ansible.
+reaches Ansible, and a changed fact subset starts a fresh fact cache (here without Ansible; with real runs
+in tests/test_strategy.py::test_facts_are_gathered_once_and_cached). One real run for the case repo; the
+rest is the environment as built, without Ansible.
 """
 
 from __future__ import annotations
@@ -54,31 +55,6 @@ def test_the_repos_ansible_cfg_wins_and_the_agents_environment_does_not_leak(cli
     log = (tmp_path / "state/releases" / repo.head / "task_log.txt").read_text()
     assert log.splitlines() == ["testhost acme.motd : Message of the day changed",
                                 "testhost site_files : Site directory changed", "testhost site_files : Site index changed"]
-
-
-@pytest.mark.ansible
-def test_a_changed_fact_subset_starts_a_fresh_cache(cli, write_config, tmp_path: Path) -> None:
-    """Under smart gathering, cached facts of a smaller subset used to keep failing plays that now ask for
-    more, until the cache expired (10 minutes). The cache is kept per subset instead."""
-    play = ("- hosts: app\n  gather_facts: true\n  gather_subset: {subset}\n  tasks:\n"
-            "    - ansible.builtin.copy:\n        dest: \"{{{{ target_root }}}}/facts.txt\"\n"
-            "        content: \"{content}\\n\"\n")
-    inventory = "all:\n  children:\n    app:\n      hosts:\n        testhost:\n"
-    repo = make_repo(tmp_path / "origin", {
-        "playbooks/app.yml": play.format(subset="[min]", content="{{ ansible_facts.system }}"),
-        "inventory/hosts.yml": inventory})
-    config = write_config(repo.path)
-    first = cli("run", "--check", "--json", "--config", str(config))
-    assert first.report["status"] == "drifted", first.out + first.err
-    (before,) = (tmp_path / "state/facts").iterdir()
-
-    repo.commit({"playbooks/app.yml": play.format(subset="[min, network]",
-                                                  content="{{ ansible_facts.interfaces | length > 0 }}")})
-    second = cli("run", "--check", "--json", "--config", str(config))
-    assert second.report["status"] == "drifted", second.report["errors"]
-    assert second.report["drift"][0]["diffs"][0]["after"].strip() == "True"
-    (after,) = (tmp_path / "state/facts").iterdir()  # the old subset's cache is gone
-    assert after.name != before.name and stat.S_IMODE(after.stat().st_mode) == 0o700
 
 
 def test_settings_the_file_names_are_left_to_it(tmp_path: Path) -> None:
