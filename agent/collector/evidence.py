@@ -47,6 +47,7 @@ from agent.collector.review_store import exception_of
 from agent.collector.tables import (
     commits,
     drift_exceptions,
+    host_commits,
     host_roles,
     hosts,
     review_audit,
@@ -191,11 +192,15 @@ def _item_in_scope(scope: Scope) -> ColumnElement[bool] | None:
 
 
 def _commit_used(column: Any, scope: Scope) -> ColumnElement[bool] | None:
-    """Rows about a commit some host in scope ran (any time): approvals and rollout actions."""
-    where = _run_in_scope(scope)
-    if where is None:
+    """Rows about a commit some host in scope ran (any time, its runs pruned or not: `host_commits`):
+    approvals and rollout actions."""
+    if scope.kind == "host":
+        where = host_commits.c.host == scope.name
+    elif scope.kind == "role":
+        where = host_commits.c.host.in_(_hosts_of(scope))
+    else:
         return None
-    return exists(select(runs.c.run_id).where(runs.c.commit == column, where))
+    return exists(select(host_commits.c.host).where(host_commits.c.commit == column, where))
 
 
 def _where(*parts: ColumnElement[bool] | None) -> ColumnElement[bool]:

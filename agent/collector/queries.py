@@ -34,6 +34,7 @@ from agent.collector.tables import (
     commits,
     drift_exceptions,
     drift_task_counts,
+    host_commits,
     host_roles,
     hosts,
     review_items,
@@ -419,8 +420,8 @@ def _rollout_summary(engine: Engine, sha: str) -> dict[str, int]:
         status_q = select(hosts.c.status, count).where(hosts.c.commit == sha).group_by(hosts.c.status)
         by_status: dict[str, int] = dict(conn.execute(status_q).all())
         total = conn.execute(select(count).select_from(hosts)).scalar_one()
-        ran = select(runs.c.run_id).where(runs.c.commit == sha, runs.c.host == hosts.c.host).exists()
-        ever_ran = select(count).select_from(hosts).where(ran)  # index probes, not a scan of its runs
+        # hosts are never deleted, so each pair is a host of the fleet; kept when prune deletes the runs
+        ever_ran = select(count).select_from(host_commits).where(host_commits.c.commit == sha)
         ever = conn.execute(ever_ran).scalar_one()
     running = sum(by_status.values())
     return {

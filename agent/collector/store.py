@@ -25,7 +25,7 @@ from agent.collector import bulk, db, review_store, rollout_ingest
 from agent.collector.errors import CollectorError, ConflictError, InvalidReportError, UnauthorizedError
 from agent.collector.hostnames import host_name_problem
 from agent.collector.report_times import check_run_times, clamp
-from agent.collector.tables import UTCDateTime, commits, drift_items, host_roles, hosts, runs
+from agent.collector.tables import UTCDateTime, commits, drift_items, host_commits, host_roles, hosts, runs
 from agent.report import Report, Status
 
 PRUNE_BATCH = 500
@@ -237,6 +237,7 @@ def _insert_ignore(conn: Connection, table: Table, values: dict[str, Any]) -> No
 
 
 def _upsert_commit(conn: Connection, report: Report, received_at: datetime) -> None:
+    """The commit's row, and the (commit, host) pair's (`host_commits`), where not stored yet."""
     source = report.source
     if not source.commit:
         return
@@ -245,6 +246,7 @@ def _upsert_commit(conn: Connection, report: Report, received_at: datetime) -> N
         "subject": source.subject, "signature_status": source.signature.status.value,
         "signer": source.signature.signer, "first_seen_at": received_at,
     })
+    _insert_ignore(conn, host_commits, {"commit": source.commit, "host": report.host})
 
 
 def _host_state(report: Report) -> dict[str, Any]:
@@ -350,6 +352,10 @@ def _write_fresh(conn: Connection, fresh: Sequence[tuple[Report, bytes, datetime
     # one executemany for the batch's drift items, in the order of its runs
     bulk.executemany(conn, DRIFT_INSERT, drift_rows)
     bulk.executemany(conn, _insert_ignore_stmt(conn.dialect.name, commits), _commit_rows(fresh))
+    # sorted, as the hosts are: two processes' batches take the pairs' locks in one order (PostgreSQL)
+    pairs = sorted({(r.source.commit, r.host) for r, _, _ in fresh if r.source.commit})
+    bulk.executemany(conn, _insert_ignore_stmt(conn.dialect.name, host_commits),
+                     [{"commit": commit, "host": host} for commit, host in pairs])
     _upsert_hosts(conn, _newest_per_host(fresh), expect)
     # after the hosts' rows, as in ingest (_record_outcomes); the drift items' reads batched
     review_store.record_reports(conn, [(report, received_at) for report, _, received_at in fresh])

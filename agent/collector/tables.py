@@ -122,7 +122,9 @@ runs = Table(
     Column("duration_s", Float, nullable=True),
     Column("report", LargeBinary, nullable=False),
     Index("ix_runs_host_finished", "host", "finished_at"),
-    Index("ix_runs_commit_host", "commit", "host"),
+    # migration 0014: a commit's runs in time order (the listings and the evidence export filter by
+    # commit); a batch's entries go to the end of their commit's range, not one place per host
+    Index("ix_runs_commit_finished", "commit", "finished_at"),
     Index("ix_runs_status_finished", "status", "finished_at"),
     Index("ix_runs_finished", "finished_at"),
 )
@@ -151,6 +153,15 @@ commits = Table(
     Column("signature_status", String(16), nullable=False),
     Column("signer", Text, nullable=True),
     Column("first_seen_at", UTCDateTime, nullable=False),
+)
+
+# migration 0014: each (commit, host) that some run reported, kept when prune deletes the runs. "Which
+# hosts ever ran commit X" (the rollout's summary, the evidence export's scope) reads it; ingest adds a row
+# only the first time a host reports a commit, so a report in steady state writes no page of it.
+host_commits = Table(
+    "host_commits", metadata,
+    Column("commit", String(SHA), primary_key=True),
+    Column("host", String(HOST), primary_key=True),
 )
 
 tokens = Table(

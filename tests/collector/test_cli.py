@@ -12,7 +12,7 @@ from sqlalchemy import inspect, select
 
 from agent.collector import db, store, tokens
 from agent.collector.cli import main
-from agent.collector.tables import drift_items, metadata, runs, sqlite_metadata
+from agent.collector.tables import drift_items, host_commits, metadata, runs, sqlite_metadata
 from agent.redact import redact_url
 from agent.report import Status, to_json
 from tests.factory import BASE_TIME, make_report
@@ -48,8 +48,9 @@ def test_upgrade_from_the_first_revision_keeps_the_data(db_url, monkeypatch):
     try:
         assert db.migrate(engine, "0001") == "0001"
         report = make_report("web01", status=Status.DRIFTED)
-        with monkeypatch.context() as m:  # the drift review's tables (0007) do not exist at 0001
-            m.setattr(store.review_store, "record_report", lambda *a, **k: None)
+        with monkeypatch.context() as m:  # the drift review's tables (0007) and host_commits (0014) do not
+            m.setattr(store.review_store, "record_report", lambda *a, **k: None)  # exist at 0001
+            m.setattr(store, "_upsert_commit", lambda *a, **k: None)
             store.ingest(engine, report, to_json(report).encode(), received_at=BASE_TIME)
         with pytest.raises(db.DatabaseError, match="migrate"):
             db.prepare(engine)
@@ -57,6 +58,44 @@ def test_upgrade_from_the_first_revision_keeps_the_data(db_url, monkeypatch):
         db.prepare(engine)
         with engine.connect() as conn:
             assert conn.execute(select(runs.c.run_id)).scalars().all() == [report.run_id]
+            assert conn.execute(select(host_commits)).all() == [(report.source.commit, "web01")]  # 0014's fill
+    finally:
+        engine.dispose()
+
+
+def test_0014_fills_the_hosts_commits_from_the_runs_and_goes_back(db_url):
+    """host_commits is filled from the runs stored; downgrading to 0013 builds ix_runs_commit_host again."""
+    from alembic import command
+
+    from tests.factory import COMMIT_A, COMMIT_B
+
+    engine = db.create(db_url)
+    try:
+        db.migrate(engine)
+        reports = [make_report("web01", commit=COMMIT_A, finished_at=BASE_TIME),
+                   make_report("web01", commit=COMMIT_B, finished_at=BASE_TIME + timedelta(hours=1)),
+                   make_report("web02", commit=COMMIT_B), make_report("web03", commit=None)]
+        for report in reports:
+            store.ingest(engine, report, to_json(report).encode(), received_at=BASE_TIME)
+
+        def pairs():
+            with engine.connect() as conn:
+                return sorted(tuple(r) for r in conn.execute(select(host_commits)))
+
+        written = pairs()
+        assert written == [(COMMIT_A, "web01"), (COMMIT_B, "web01"), (COMMIT_B, "web02")]
+        config = db._alembic_config()
+        with db.write(engine) as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0013")
+        with engine.connect() as conn:
+            assert "host_commits" not in inspect(conn).get_table_names()
+            assert "ix_runs_commit_host" in {i["name"] for i in inspect(conn).get_indexes("runs")}
+        assert db.migrate(engine) == db.head_revision()
+        assert pairs() == written
+        with engine.connect() as conn:
+            names = {i["name"] for i in inspect(conn).get_indexes("runs")}
+        assert "ix_runs_commit_finished" in names and "ix_runs_commit_host" not in names
     finally:
         engine.dispose()
 

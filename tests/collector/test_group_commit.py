@@ -137,10 +137,10 @@ def test_the_api_answers_through_group_commit(send: Any, engine: Engine, collect
 
 
 def test_batched_statements_store_what_one_by_one_stores(engine: Engine) -> None:
-    """Hosts, roles, drift and commits after a batch with two reports of one host (the newer wins, in
-    either order) are what report-by-report ingest leaves."""
-    from agent.collector.tables import commits, drift_items, host_roles
-    from tests.factory import drift_item
+    """Hosts, roles, drift, commits and the hosts' commits after a batch with two reports of one host (the
+    newer wins, in either order) are what report-by-report ingest leaves."""
+    from agent.collector.tables import commits, drift_items, host_commits, host_roles
+    from tests.factory import COMMIT_A, COMMIT_B, drift_item
 
     older = make_report("web01.example.com", status=Status.DRIFTED, finished_at=BASE_TIME,
                         drift=(drift_item("task a"),))
@@ -154,20 +154,22 @@ def test_batched_statements_store_what_one_by_one_stores(engine: Engine) -> None
     fixed = make_report("app01.example.com", finished_at=BASE_TIME + timedelta(minutes=1))
     # a batch after: a report older than the stored one (its roles must not replace the host's), and a new
     # host whose roles change in the same batch as another's stay
-    late = make_report("web01.example.com", finished_at=BASE_TIME - timedelta(hours=2), roles=("db",))
-    again = make_report("db01.example.com", finished_at=BASE_TIME + timedelta(hours=1), roles=())
+    late = make_report("web01.example.com", finished_at=BASE_TIME - timedelta(hours=2), roles=("db",),
+                       commit=COMMIT_B)
+    again = make_report("db01.example.com", finished_at=BASE_TIME + timedelta(hours=1), roles=(), commit=COMMIT_B)
+    bare = make_report("bare01.example.com", commit=None, roles=())  # no commit: no pair
     fresh = make_report("new01.example.com", roles=("web", "web", "cache"))
     first = [(r, to_json(r).encode(), BASE_TIME - timedelta(minutes=30)) for r in before]
     items = [(r, to_json(r).encode(), BASE_TIME + timedelta(minutes=6)) for r in (newer, other, older, fixed)]
-    after = [(r, to_json(r).encode(), BASE_TIME + timedelta(hours=2)) for r in (late, again, fresh)]
+    after = [(r, to_json(r).encode(), BASE_TIME + timedelta(hours=2)) for r in (late, again, fresh, bare)]
     assert store.ingest_group(engine, first) == [True, True]
     assert store.ingest_group(engine, items) == [True, True, True, True]
-    assert store.ingest_group(engine, after) == [True, True, True]
+    assert store.ingest_group(engine, after) == [True, True, True, True]
 
     def snapshot(e: Engine) -> Any:
         with e.connect() as conn:
             return [sorted(tuple(r) for r in conn.execute(select(t)).all())
-                    for t in (hosts, host_roles, drift_items, commits, runs)]
+                    for t in (hosts, host_roles, drift_items, commits, runs, host_commits)]
 
     import tempfile
 
@@ -181,7 +183,7 @@ def test_batched_statements_store_what_one_by_one_stores(engine: Engine) -> None
         reference_review = review_snapshot(reference)
         reference.dispose()
     drop_ids = [lambda rows: rows, lambda rows: rows, lambda rows: [r[1:] for r in rows], lambda rows: rows,
-                lambda rows: rows]
+                lambda rows: rows, lambda rows: rows]
     assert [f(g) for f, g in zip(drop_ids, got, strict=True)] == \
         [f(w) for f, w in zip(drop_ids, want, strict=True)]
     assert review_snapshot(engine) == reference_review  # the drift items too (docs/drift-review.md)
@@ -189,6 +191,9 @@ def test_batched_statements_store_what_one_by_one_stores(engine: Engine) -> None
         roles = sorted(tuple(r) for r in conn.execute(select(host_roles)).all())
     assert roles == [("app01.example.com", "web"), ("new01.example.com", "cache"), ("new01.example.com", "web"),
                      ("web01.example.com", "lb"), ("web01.example.com", "web")]
+    assert got[-1] == [(COMMIT_A, h) for h in ("app01.example.com", "db01.example.com", "new01.example.com",
+                                              "web01.example.com")] + [(COMMIT_B, "db01.example.com"),
+                                                                       (COMMIT_B, "web01.example.com")]
 
 
 def test_a_refused_report_fails_only_itself(engine: Engine) -> None:

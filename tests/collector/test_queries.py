@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from agent.collector import tokens
+from agent.collector import store, tokens
 from agent.collector.auth import ProxyAuth
 from agent.collector.context import CollectorSettings
 from agent.report import DriftKind, Status
@@ -147,6 +147,17 @@ def test_commit_rollout(client, reader, fleet):
     assert names_of(body["hosts"]) == ["db01", "web01", "web02"]
     behind = client.get(f"/api/v1/commits/{COMMIT_B}?hosts=not_reached", headers=reader).json()
     assert names_of(behind["hosts"]) == ["db02", "web03"]
+
+
+def test_a_host_that_ran_a_commit_still_counts_after_prune_deletes_that_run(client, reader, fleet, engine):
+    """`ever_ran` is every host that ever reported the commit (host_commits), not only those whose run of it
+    is still stored: web02's run of COMMIT_A is a day old, and not its latest."""
+    def ever_ran(commit):
+        return client.get(f"/api/v1/commits/{commit}", headers=reader).json()["summary"]["ever_ran"]
+
+    assert (ever_ran(COMMIT_A), ever_ran(COMMIT_B)) == (3, 3)  # A: web02 (the old run), web03, db02
+    assert store.prune(engine, older_than=BASE_TIME) == 1
+    assert (ever_ran(COMMIT_A), ever_ran(COMMIT_B)) == (3, 3)
 
 
 def names_of(listing):
