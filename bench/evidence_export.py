@@ -39,7 +39,7 @@ def seed(url: str, runs: int) -> None:
     from sqlalchemy import insert
 
     from agent.collector import db, tokens
-    from agent.collector.tables import commits, hosts, review_audit, review_items
+    from agent.collector.tables import commits, host_commits, hosts, review_audit, review_items
     from agent.collector.tables import runs as runs_t
     from agent.collector.tokens import TokenKind
     from tests.factory import BASE_TIME
@@ -60,6 +60,7 @@ def seed(url: str, runs: int) -> None:
                                       "last_seen_at": BASE_TIME, "due_at": BASE_TIME, "first_seen_at": BASE_TIME}
                                      for h in range(1000)])
     step = 20_000
+    pairs: set[tuple[str, str]] = set()  # host_commits, as ingest keeps it
     for start in range(0, runs, step):
         rows = []
         for n in range(start, min(runs, start + step)):
@@ -70,9 +71,11 @@ def seed(url: str, runs: int) -> None:
                          "started_at": finished - timedelta(seconds=40), "finished_at": finished,
                          "received_at": finished, "drift_count": 0, "changed": 0, "failed_count": 0,
                          "error_count": 0, "compacted": 0, "duration_s": 40.0, "report": blob})
+        pairs.update((r["commit"], r["host"]) for r in rows)
         with db.write(engine) as conn:
             conn.execute(insert(runs_t), rows)
     with db.write(engine) as conn:
+        conn.execute(insert(host_commits), [{"commit": c, "host": h} for c, h in sorted(pairs)])
         conn.execute(insert(review_items), [{
             "key_sha256": f"{n:064x}", "host": f"h{n % 1000:04d}.example.com", "role": "web", "play": "web",
             "ansible_role": "nginx", "task_file": "roles/nginx/tasks/main.yml", "task": f"task {n % 50}",

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.collector import db, store, tokens
 from agent.collector.app import create_app
 from agent.collector.context import Collector, CollectorSettings
-from agent.collector.tables import drift_items, hosts, runs
+from agent.collector.tables import drift_items, host_commits, hosts, runs
 from agent.collector.tokens import TokenKind
 from agent.report import DriftKind, Status, to_json
 from tests.factory import BASE_TIME, drift_item, make_report
@@ -112,8 +112,11 @@ def _flush(engine: Engine, batch: list[dict[str, Any]]) -> int:
     drift = [{"run_id": r["run_id"], "host": r["host"], "play": "p", "role": "web", "module": "template",
               "task": TASKS[sum(r["host"].encode()) % len(TASKS)], "kind": "corrective", "diff_count": 1,
               "first_seen_at": r["finished_at"]} for r in batch if r["drift_count"]]
+    pairs = sorted({(r["commit"], r["host"]) for r in batch})  # host_commits, as ingest keeps it
     with db.write(engine) as conn:
         conn.execute(runs.insert(), batch)
+        conn.execute(store._insert_ignore_stmt(conn.dialect.name, host_commits),
+                     [{"commit": c, "host": h} for c, h in pairs])
         if drift:
             conn.execute(drift_items.insert(), drift)
     count = len(batch)

@@ -191,14 +191,19 @@ def _item_in_scope(scope: Scope) -> ColumnElement[bool] | None:
     return None
 
 
-def _commit_used(column: Any, scope: Scope) -> ColumnElement[bool] | None:
-    """Rows about a commit some host in scope ran (any time, its runs pruned or not: `host_commits`):
-    approvals and rollout actions."""
+def _pair_in_scope(scope: Scope) -> ColumnElement[bool] | None:
+    """`host_commits` rows (a commit some host ever ran, its runs pruned or not) of the scope's hosts."""
     if scope.kind == "host":
-        where = host_commits.c.host == scope.name
-    elif scope.kind == "role":
-        where = host_commits.c.host.in_(_hosts_of(scope))
-    else:
+        return host_commits.c.host == scope.name
+    if scope.kind == "role":
+        return host_commits.c.host.in_(_hosts_of(scope))
+    return None
+
+
+def _commit_used(column: Any, scope: Scope) -> ColumnElement[bool] | None:
+    """Rows about a commit some host in scope ran (any time): approvals and rollout actions."""
+    where = _pair_in_scope(scope)
+    if where is None:
         return None
     return exists(select(host_commits.c.host).where(host_commits.c.commit == column, where))
 
@@ -374,9 +379,12 @@ def _rollout(engine: Engine, req: Export, table: Any, names: Sequence[str]) -> I
 
 
 def _commits(engine: Engine, req: Export) -> Iterator[Any]:
-    used = exists(select(runs.c.run_id).where(_where(
+    used: ColumnElement[bool] = exists(select(runs.c.run_id).where(_where(
         runs.c.commit == commits.c.sha, runs.c.finished_at >= req.start, runs.c.finished_at < req.end,
         runs.c.received_at <= req.as_of, _run_in_scope(req.scope))))
+    pairs = _pair_in_scope(req.scope)
+    if pairs is not None:  # only the commits the scope's hosts ran are looked for in the window's runs
+        used = and_(commits.c.sha.in_(select(host_commits.c.commit).where(pairs)), used)
     cols = [commits.c[name] for name in COLUMNS["commit"]]
 
     def fetch(conn: Connection, after: Any) -> Sequence[Any]:

@@ -436,7 +436,7 @@ def _upsert_hosts(conn: Connection, newest: Sequence[tuple[Report, bytes, dateti
 
 def _commit_rows(batch: Sequence[tuple[Report, bytes, datetime]]) -> list[dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
-    for report, _, received_at in batch:
+    for report, _, received_at in sorted(batch, key=lambda item: item[0].source.commit or ""):
         source = report.source
         if source.commit and source.commit not in rows:
             rows[source.commit] = {

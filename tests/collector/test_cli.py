@@ -74,7 +74,8 @@ def test_0014_fills_the_hosts_commits_from_the_runs_and_goes_back(db_url):
         db.migrate(engine)
         reports = [make_report("web01", commit=COMMIT_A, finished_at=BASE_TIME),
                    make_report("web01", commit=COMMIT_B, finished_at=BASE_TIME + timedelta(hours=1)),
-                   make_report("web02", commit=COMMIT_B), make_report("web03", commit=None)]
+                   make_report("web02", commit=COMMIT_B), make_report("web03", commit=None),
+                   make_report("web04", commit="")]  # an empty commit is no commit: no pair, as at ingest
         for report in reports:
             store.ingest(engine, report, to_json(report).encode(), received_at=BASE_TIME)
 

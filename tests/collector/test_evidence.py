@@ -131,6 +131,25 @@ def test_scopes_keep_only_their_hosts_and_roles(client, reader, fleet):
     assert len([r for r in role if r["type"] == "drift_item"]) == 2
     assert [r["action"] for r in role if r["type"] == "review_action"] == ["acknowledge", "accept"]
     assert len([r for r in role if r["type"] == "exception"]) == 1
+    for records in (host, role):  # approvals and actions: the commits the scope's hosts ran, and only those
+        assert [a["commit"] for a in records if a["type"] == "rollout_action"] == [
+            COMMIT_B if records is host else COMMIT_A]
+    assert [c["sha"] for c in role if c["type"] == "commit"] == [COMMIT_A]
+    assert [a["commit"] for a in role if a["type"] == "approval"] == [COMMIT_A]
+
+
+def test_a_scoped_export_keeps_the_approvals_of_a_commit_whose_runs_were_pruned(client, reader, send, fleet,
+                                                                                 engine):
+    """An approval is about a commit a host in scope ever ran (host_commits), kept when prune deletes the
+    runs: web01's run of COMMIT_B, two days old, is pruned."""
+    from agent.collector import store
+
+    assert send(make_report(WEB, status=Status.IN_SYNC, finished_at=at(-2 * 1440), roles=("web",),
+                            commit=COMMIT_B, drift=())).status_code == 201
+    assert store.prune(engine, older_than=at(-1440)) == 2  # that run, and the one three days old
+    role = jsonl(bundle(client, reader, f"{RANGE}&scope=role:web"))
+    assert sorted(a["commit"] for a in role if a["type"] == "approval") == sorted([COMMIT_A, COMMIT_B])
+    assert [c["sha"] for c in role if c["type"] == "commit"] == [COMMIT_A]  # commits: runs in the window only
 
 
 def test_csv_bundle_has_one_file_per_type(client, reviewer, fleet):

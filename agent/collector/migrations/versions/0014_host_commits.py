@@ -39,7 +39,9 @@ def upgrade() -> None:
     columns = (sa.column("commit", sa.String(64)), sa.column("host", sa.String(255)))
     runs = sa.table("runs", *columns)
     host_commits = sa.table("host_commits", *(sa.column(c.name, c.type) for c in columns))
-    pairs = sa.select(runs.c.commit, runs.c.host).where(runs.c.commit.is_not(None)).distinct()
+    # as ingest (store._upsert_commit): an empty commit is no commit, and gets no pair
+    stored = sa.and_(runs.c.commit.is_not(None), runs.c.commit != "")
+    pairs = sa.select(runs.c.commit, runs.c.host).where(stored).distinct()
     op.execute(host_commits.insert().from_select(["commit", "host"], pairs))
     op.create_index("ix_runs_commit_finished", "runs", ["commit", "finished_at"])
     op.drop_index("ix_runs_commit_host", "runs")
