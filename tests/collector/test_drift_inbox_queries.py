@@ -30,6 +30,7 @@ from agent.collector.queries import CURRENT_ITEM, TASK_IDENTITY, Page, effective
 from agent.collector.tables import (
     drift_exceptions,
     drift_task_counts,
+    host_commits,
     host_roles,
     hosts,
     review_hosts,
@@ -471,12 +472,14 @@ def test_migration_backfills_the_counts_from_existing_items(tmp_path):
         engine = db.create(url)
         try:
             assert db.migrate(engine, "0011") == "0011"
+            host_commits.create(engine)  # today's ingest writes it (0014); it goes before the upgrade
             fleet = Fleet(engine)
             users = [_drift("users", item=name) for name in ("alice", "bob")]
             fleet.ingest("web01", _drift("nginx config"), *users)
             fleet.group(("web02", (_drift("nginx config", DriftKind.RECURRING), users[0]), "web"),
                         ("db01", (_drift("sysctl", role="db"),), "db"))
             fleet.ingest("db01")  # resolved: not counted
+            host_commits.drop(engine)
             assert db.migrate(engine) == db.head_revision()
             kept = check_counts(engine)
             assert kept and any(row[:1] == ("users",) and row[5:7] == (3, 2) for row in kept)
