@@ -177,7 +177,7 @@ def timeline(url: str, reader: str, run: Callable[[], dict[str, float]]) -> tupl
         now = latency_buckets(url, reader)
         delta = {bound: now[bound] - before.get(bound, 0.0) for bound in now}
         total = delta.get("+Inf", 0.0)
-        lines.append(f"{total:5.0f} answered, " + ", ".join(
+        lines.append(f"{time.strftime('%H:%M:%S', time.gmtime())} UTC, {total:5.0f} answered, " + ", ".join(
             f"{total - delta[bound]:4.0f} over {label}" for bound, label in
             (("0.1", "100 ms"), ("0.25", "250 ms"), ("1.0", "1 s"))))
         before = now
@@ -303,7 +303,7 @@ def main() -> int:
                              "sum up the frames of your choice)")
     parser.add_argument("--timeline", action="store_true",
                         help="also print each ingest round second by second: reports answered, and how many "
-                             "took over 100 ms, 250 ms and 1 s, from the collector's own latency histogram "
+                             "took over 100 ms, 250 ms and 1 s (each line with its UTC time, to set beside vmstat or a log), from the collector's own latency histogram "
                              "(GET /metrics once a second; it times a request from its handler's start, so a "
                              "wait in front of the event loop is not in it): where in a round the tail is")
     parser.add_argument("--serve-args", nargs=argparse.REMAINDER, default=[],
