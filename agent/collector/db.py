@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,9 +19,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from agent.collector.errors import DatabaseError, NoDatabaseError
+from agent.collector.errors import ConfigurationError, DatabaseError, NoDatabaseError
 from agent.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,27 @@ def normalize_url(url: str) -> str:
 
 
 def create(url: str, *, pool_size: int = 10) -> Engine:
-    """An engine for `url`. SQLite files get WAL, FULL sync and a busy timeout."""
+    """An engine for `url`. SQLite files get WAL, FULL sync and a busy timeout. Raises ConfigurationError
+    for a URL that names no database SQLAlchemy can open (a plain path, an unknown scheme)."""
     url = normalize_url(url)
+    check_url(url)
     if url.startswith("sqlite"):
         return _sqlite_engine(url)
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def check_url(url: str) -> None:
+    """Refuse (ConfigurationError) what SQLAlchemy cannot parse as a URL, or whose scheme names no dialect or
+    driver installed here (https://docs.sqlalchemy.org/en/20/core/engines.html#database-urls)."""
+    expected = "expected sqlite:///RELATIVE/PATH, sqlite:////ABSOLUTE/PATH or postgresql://USER@HOST/NAME"
+    try:
+        make_url(url).get_dialect()
+    except ArgumentError:  # unparsed: shown unless it may hold a password (user:password@host)
+        shown = repr(url) if "@" not in url else "(not shown: it may hold a password)"
+        raise ConfigurationError(f"--db {shown} is not a database URL: {expected}") from None
+    except NoSuchModuleError:
+        raise ConfigurationError(f"--db {redact_url(url)!r}: no database driver for "
+                               f"{make_url(url).drivername!r}; {expected}") from None
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -69,7 +86,10 @@ def _sqlite_engine(url: str) -> Engine:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" event below emits BEGIN itself
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")  # the first read of the file
+        except sqlite3.DatabaseError as e:  # "file is not a database": a file of something else
+            raise DatabaseError(f"database {database}: {e}") from None
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         # the rows a REPLACE (INSERT OR REPLACE, UPDATE OR REPLACE) deletes fire DELETE triggers only with

@@ -59,6 +59,13 @@ class NoDatabaseError(DatabaseError):
     exit_code = 66
 
 
+class ConfigurationError(CollectorError):
+    """A setting names something this collector cannot use: a --db URL that is none, a TLS file it cannot
+    load (exit 78, EX_CONFIG)."""
+
+    exit_code = 78
+
+
 class InvalidActionError(CollectorError):
     """A review action with a missing or wrong field (the message names it): 422."""
 

@@ -52,9 +52,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     output = reader.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the API's JSON (default when not a TTY)")
     output.add_argument("--table", action="store_true", help="print a table (default on a TTY)")
-    limit = argparse.ArgumentParser(add_help=False)
-    limit.add_argument("--limit", type=_count, default=100, metavar="N",
-                       help="at most N rows (default 100; 0: all)")
+    limit, few = _limit(100), _limit(20)
 
     hosts = sub.add_parser("hosts", parents=[reader, limit], help="hosts and their state (query API)")
     hosts.add_argument("--status", action="append", choices=[*SEVERITY], help="only these (repeatable)")
@@ -72,10 +70,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     for name in ("task", "role", "host"):
         drift.add_argument(f"--{name}", help=f"only this {name}")
     drift.add_argument("--kind", choices=["intentional", "corrective", "recurring", "unverifiable"])
-    runs = sub.add_parser("runs", parents=[reader, limit], help="runs, newest first (all hosts, or --host)")
+    runs = sub.add_parser("runs", parents=[reader, few], help="runs, newest first (all hosts, or --host)")
     runs.add_argument("--host", help="only this host's runs")
     runs.add_argument("--status", action="append", choices=[*SEVERITY], help="only these (repeatable)")
-    runs.set_defaults(limit=20)
     run = sub.add_parser("run", parents=[reader], help="one run: phases, errors, drift")
     run.add_argument("run_id", metavar="RUN_ID")
     sub.add_parser("commits", parents=[reader, limit], help="commits hosts reported, newest first")
@@ -84,9 +81,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     commit.add_argument("--not-reached", action="store_true", help="list the hosts not running it yet")
 
 
+def _limit(default: int) -> argparse.ArgumentParser:
+    """A parent parser with --limit. One per default: a parent's actions are shared by every parser made
+    from it, so a `set_defaults` on one of them would change the default of all."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--limit", type=_count, default=default, metavar="N",
+                        help=f"at most N rows (default {default}; 0: all)")
+    return parent
+
+
 def _count(text: str) -> int:
     if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of rows (0 or more)")
     return int(text)
 
 

@@ -297,3 +297,56 @@ def test_every_query_command_is_in_the_parser():
     help_text = build_parser().format_help()
     assert all(name in help_text for name in COMMANDS)
 
+
+
+def test_each_listing_has_its_documented_default_limit():
+    """docs/collector.md: lists show 100 rows, `runs` 20. (`runs` once set its default on a parent parser
+    shared by all listings, which made every listing's default 20.)"""
+    from agent.collector.cli import _parser
+
+    parser = _parser()
+    defaults = {command: parser.parse_args([command, *extra]).limit
+                for command, extra in (("hosts", ()), ("drift", ()), ("commits", ()), ("commit", ("abcd",)),
+                                       ("runs", ()))}
+    assert defaults == {"hosts": 100, "drift": 100, "commits": 100, "commit": 100, "runs": 20}
+
+
+BAD_DATABASES = {
+    "a plain path": ("{tmp}/c.db", 78, "--db '{tmp}/c.db' is not a database URL: expected sqlite:///"),
+    "an unknown scheme": ("notadb://x", 78, "is not a database URL" ),
+    "a password in what does not parse": ("user:secret@/x", 78, "(not shown: it may hold a password)"),
+    "a file of something else": ("sqlite:///{tmp}/text", 1, "database {tmp}/text: file is not a database"),
+}
+
+
+@pytest.mark.parametrize("command", [("token", "list"), ("migrate",), ("token", "create", "--reader", "ops")],
+                         ids=" ".join)
+@pytest.mark.parametrize("case", BAD_DATABASES.values(), ids=BAD_DATABASES.keys())
+def test_a_bad_database_url_or_file_is_one_line(tmp_path, capsys, command, case):
+    url, code, message = (part.format(tmp=tmp_path) if isinstance(part, str) else part for part in case)
+    (tmp_path / "text").write_text("not a database\n")
+    assert main([*command, "--db", url]) == code
+    err = capsys.readouterr().err
+    assert err.startswith("gitops-collector: ") and err.count("\n") == 1 and message in err, err
+    assert "secret" not in err
+    assert (tmp_path / "text").read_text() == "not a database\n"  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["text"]  # nothing made
+
+
+def test_token_create_refuses_bad_input_before_it_makes_a_database(tmp_path, capsys):
+    path = tmp_path / "new.db"
+    hosts = tmp_path / "hosts"
+    hosts.write_text("web01.example.com\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "web01.example.com").write_text("kept\n")
+    for args, message in ((("--hosts-from", "/nonexistent"), "--hosts-from /nonexistent: cannot read it"),
+                          (("--hosts-from", str(hosts), "--out-dir", str(tmp_path / "out")),
+                           "web01.example.com already exists")):
+        assert main(["token", "create", *args, "--db", f"sqlite:///{path}"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+        assert not path.exists()
+    assert (tmp_path / "out" / "web01.example.com").read_text() == "kept\n"
+    # an empty name is refused as a name, not taken for a missing host (was an AttributeError)
+    assert main(["token", "create", "--reader", "", "--db", f"sqlite:///{path}"]) == 1
+    assert capsys.readouterr().err == "gitops-collector: token name '': give 1 to 255 characters\n"
