@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 # Building the parser and printing --help import nothing heavy (SQLAlchemy, Alembic, Starlette, msgspec,
 # httpx...): each command imports what it runs in its own function, so `--help` and the light commands
@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 from agent import __version__
 from agent.collector import drift_cli, enrol_cli, fleet_cli
 from agent.collector.digits import whole_number
-from agent.collector.errors import CollectorError
+from agent.collector.errors import CollectorError, ConfigurationError
 from agent.collector.hostnames import host_name_problem
-from agent.errors import AgentError
+from agent.errors import AgentError, UsageError
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -92,13 +92,25 @@ def listen_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), number
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a wrong command line is one line (exit 2, as argparse's own): its message and
+    where to look, not the whole usage. Subcommands' parsers are made of this class too (add_subparsers)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.partition(" ")[2]  # "token create" of "gitops-collector token create"
+        raise UsageError(f"{command + ': ' if command else ''}{message} (see: {self.prog} --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", default=os.environ.get(DB_ENV, DEFAULT_DB),
                         help=f"database URL: sqlite:///PATH or postgresql://... (env {DB_ENV})")
-    parser = argparse.ArgumentParser(prog="gitops-collector", description="gitops-agent report collector")
+    parser = _Parser(prog="gitops-collector", description="gitops-agent report collector")
     parser.add_argument("--version", action="version", version=f"gitops-collector {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # typed as argparse's own: the commands' parsers are _Parser at run time (add_subparsers makes them of
+    # the parent's class), which the helpers that add them need not know
+    sub = cast("argparse._SubParsersAction[argparse.ArgumentParser]",
+               parser.add_subparsers(dest="command", required=True))
     serve = sub.add_parser("serve", parents=[common], help="serve the ingest and query API")
     serve.add_argument("--listen", type=listen_address, default=("127.0.0.1", 8080), help="HOST:PORT")
     serve.add_argument("--max-body", type=size_bytes, default=MAX_BODY_BYTES,
@@ -397,6 +409,8 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
     if args.tls_client_ca and not args.tls_cert:
         raise CollectorError("serve: --tls-client-ca needs --tls-cert and --tls-key")
     settings = _settings(args)  # refuses bad webhooks and public URLs before anything starts
+    _check_tls_files(args)
+    _check_listen(*args.listen)
     with _open(args.db) as engine:  # checks (or creates) the schema once, before any worker starts
         host, port = args.listen
         # proxy_headers=False: the client address is the socket's peer. uvicorn would otherwise take it
@@ -419,6 +433,42 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
             freeze_startup_heap()
             uvicorn.run(app, **options)
     return 0
+
+
+def _check_tls_files(args: argparse.Namespace) -> None:
+    """Load --tls-cert/--tls-key (and --tls-client-ca) as uvicorn will, so that an unreadable or wrong file
+    is one line (ConfigurationError) before a database is opened, not a traceback from the server."""
+    import ssl
+
+    if not args.tls_cert:
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigurationError(f"serve: --tls-cert {args.tls_cert} / --tls-key {args.tls_key}: cannot load "
+                                 f"them ({getattr(e, 'strerror', None) or e})") from None
+    if args.tls_client_ca:
+        try:
+            context.load_verify_locations(args.tls_client_ca)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigurationError(f"serve: --tls-client-ca {args.tls_client_ca}: cannot load it "
+                                     f"({getattr(e, 'strerror', None) or e})") from None
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Bind the --listen address once (SO_REUSEADDR, as uvicorn does) and let it go, so that an address in
+    use is one line before a database is opened. Another process can still take the port in between; then
+    uvicorn says so itself."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as e:
+        raise CollectorError(f"serve: cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 def hosts_file(path: Path) -> list[str]:
@@ -447,10 +497,9 @@ def hosts_file(path: Path) -> list[str]:
     return hosts
 
 
-def _token_bulk(engine: Engine, args: argparse.Namespace) -> int:
-    from agent.collector import tokens
-    from agent.collector.context import utc_now
-
+def _bulk_hosts(args: argparse.Namespace) -> list[str]:
+    """`token create --hosts-from`'s hosts, and its --out-dir made and checked for clashes: all before the
+    database is opened (or created), so that a bad file or directory leaves nothing behind."""
     hosts = hosts_file(args.hosts_from)
     out: Path | None = args.out_dir
     if out is not None:
@@ -462,6 +511,15 @@ def _token_bulk(engine: Engine, args: argparse.Namespace) -> int:
         if clash:
             raise CollectorError(f"--out-dir {out}: {clash[0]} already exists (and {len(clash) - 1} more); "
                                  "nothing was created")
+    return hosts
+
+
+def _token_bulk(engine: Engine, args: argparse.Namespace) -> int:
+    from agent.collector import tokens
+    from agent.collector.context import utc_now
+
+    hosts: list[str] = args.hosts  # _bulk_hosts(args), called by _run before the database opened
+    out: Path | None = args.out_dir
     made = tokens.create_many(engine, hosts, now=utc_now())
     if out is None:
         for info, secret in made:
@@ -494,10 +552,12 @@ def _token(engine: Engine, args: argparse.Namespace) -> int:
     if args.action == "create" and args.out_dir is not None:
         raise CollectorError("token create: --out-dir goes with --hosts-from")
     if args.action == "create":
-        kind, name = (TokenKind.READER, args.reader) if args.reader else (TokenKind.INGEST, args.host)
-        if args.reviewer:
+        # `is not None`: an empty name ("--reader ''") is refused by tokens.create, not taken for a host
+        kind, name = ((TokenKind.READER, args.reader) if args.reader is not None
+                      else (TokenKind.INGEST, args.host))
+        if args.reviewer is not None:
             kind, name = TokenKind.REVIEWER, args.reviewer
-        if args.enrol:
+        if args.enrol is not None:
             kind, name = TokenKind.ENROL, args.enrol
         info, secret = tokens.create(engine, kind, name, now=_now())
         print(f"{kind.value} token {info.id} for {name!r} (prefix {info.prefix}); shown once, store it now:")
@@ -545,6 +605,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             if args.command == "enrol":
                 return enrol_cli.run(engine, args)
             return _token(engine, args) if args.command == "token" else _prune(engine, args)
+    if args.command == "token" and getattr(args, "hosts_from", None) is not None:
+        args.hosts = _bulk_hosts(args)  # before a database is created
     with _open(args.db, check=args.command != "migrate") as engine:
         if args.command == "migrate":
             from agent.collector import db, review_backfill
@@ -583,7 +645,11 @@ def _open_existing(url: str) -> Iterator[Engine]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except UsageError as e:
+        print(f"gitops-collector: {e}", file=sys.stderr)
+        return 2
     if args.command == "serve":  # before logging is set up, as when the parser imported it: importing
         import agent.collector.db  # noqa: F401  Alembic logs each of its plugins at INFO
     logging.basicConfig(level=getattr(args, "log_level", "warning").upper(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from datetime import timedelta
 
 import pytest
@@ -180,11 +181,13 @@ def test_prune_keeps_each_hosts_latest_run(engine, db_url, capsys):
     assert drift_left == {only_old.run_id}
 
 
-def test_bad_arguments_exit_2(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["prune", "--older-than", "soon"])
-    assert e.value.code == 2
-    assert "not a duration" in capsys.readouterr().err
+def test_bad_arguments_exit_2_with_one_line(capsys):
+    assert main(["prune", "--older-than", "soon"]) == 2
+    assert capsys.readouterr().err == ("gitops-collector: prune: argument --older-than: 'soon' is not a duration "
+                                       "(e.g. 90s, 10m, 1h, 90d) (see: gitops-collector prune --help)\n")
+    assert main(["serve", "--listen", "foo"]) == 2  # was argparse's whole usage, ~22 lines
+    assert capsys.readouterr().err == ("gitops-collector: serve: argument --listen: 'foo': expected HOST:PORT, "
+                                       "e.g. 127.0.0.1:8080 (see: gitops-collector serve --help)\n")
 
 
 def test_postgres_urls_use_psycopg3():
@@ -211,3 +214,23 @@ def test_client_ca_needs_tls_and_limits_reach_the_settings(tmp_path, capsys):
     assert (settings.payload.max_depth, settings.payload.max_string_chars) == (5, 2048)
     assert settings.client_cert_required
     assert not _settings(_parser().parse_args(["serve"])).client_cert_required
+
+
+def test_serve_refuses_unusable_tls_files_and_a_taken_port_before_it_opens_a_database(tmp_path, capsys):
+    """One line each, and no database made: a missing or wrong certificate (was uvicorn's traceback), and
+    an address in use (was six lines of uvicorn's log, exit 3, and the database left behind)."""
+    path = tmp_path / "collector.db"
+    serve = ["serve", "--db", f"sqlite:///{path}"]
+    (tmp_path / "bad.pem").write_text("not a certificate\n")
+    for cert, reason in ((tmp_path / "none.pem", "No such file or directory"), (tmp_path / "bad.pem", "PEM")):
+        assert main([*serve, "--tls-cert", str(cert), "--tls-key", str(cert)]) == 78
+        err = capsys.readouterr().err
+        assert err.startswith(f"gitops-collector: serve: --tls-cert {cert} / --tls-key {cert}: cannot load them")
+        assert err.count("\n") == 1 and reason in err, err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main([*serve, "--listen", f"127.0.0.1:{port}"]) == 1
+    assert capsys.readouterr().err == f"gitops-collector: serve: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    assert not path.exists()

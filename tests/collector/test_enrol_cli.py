@@ -61,9 +61,8 @@ def test_list_approve_by_pattern_and_deny_with_who_and_why(db_url: str, engine: 
 
 def test_refusals_are_one_line(db_url: str, engine: Engine, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     web = _ask(engine, "web07")
-    with pytest.raises(SystemExit):  # --reason is required
-        main(["enrol", "approve", web, "--db", db_url])
-    capsys.readouterr()
+    assert main(["enrol", "approve", web, "--db", db_url]) == 2  # --reason is required
+    assert "the following arguments are required: --reason" in capsys.readouterr().err
     assert main(["enrol", "approve", "--reason", "x", "--db", db_url]) == 1
     assert "give exactly one of" in capsys.readouterr().err
     assert main(["enrol", "approve", "nope", "--reason", "x", "--db", db_url]) == 1
