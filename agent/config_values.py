@@ -9,6 +9,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
 
@@ -44,6 +45,24 @@ def _string(value: Any) -> str:
 
 def _opt_string(value: Any) -> str | None:
     return None if value is None else _string(value)
+
+
+def _opt_http_url(value: Any) -> str | None:
+    """A collector's base URL: http(s)://HOST[:PORT][/PATH], no query; None when unset. What httpx would
+    refuse only when a report is sent (no scheme, another scheme, a port out of range) is refused here."""
+    if value is None:
+        return None
+    text = _string(value).strip()
+    try:
+        parts = urlsplit(text)
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        port_ok, parts = False, urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or parts.query:
+        shown = f"{text!r} is" if "@" not in text else "it is"  # user:password@ is not repeated
+        raise ValueError(f"{shown} not a collector URL: expected http(s)://HOST[:PORT], "
+                         "e.g. https://collector.example.com:8080")
+    return text
 
 
 def _boolean(value: Any) -> bool:

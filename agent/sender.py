@@ -108,6 +108,8 @@ def read_token(path: Path) -> str:
     """The token in `path`; refused (like ssh does for keys) when group or others can access it."""
     try:
         mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):  # a directory's 0755 is no reason to advise chmod 600
+            raise ConfigError(f"{path}: not a regular file (the collector token file)")
         if mode & 0o077:
             raise ConfigError(
                 f"Permissions {stat.S_IMODE(mode):04o} for '{path}' are too open: a token file must not be "

@@ -53,10 +53,25 @@ def test_urls_are_kept(url: str) -> None:
     ({"source": {"url": "x"}, "watch_contested_flips": 0}, "'watch_contested_flips' must be at least 1"),
     ({"source": {"url": "x"}, "watch_max_watches": -1}, "'watch_max_watches': expected a whole number"),
     ({"source": {"url": "x"}, "watch_debounc": "1s"}, "unknown key 'watch_debounc'"),
+    # a collector URL httpx would refuse only at the first report (which then waits in the outbox for ever)
+    ({"source": {"url": "x"}, "collector": {"url": "htp//bad url"}},
+     "'collector.url': 'htp//bad url' is not a collector URL: expected http(s)://HOST[:PORT]"),
+    ({"source": {"url": "x"}, "collector": {"url": "ftp://example.com"}}, "'ftp://example.com' is not a collector"),
+    ({"source": {"url": "x"}, "collector": {"url": "http://127.0.0.1:99999"}}, "'http://127.0.0.1:99999' is not"),
+    ({"source": {"url": "x"}, "collector": {"url": "https://c.example.com/?x=1"}}, "is not a collector URL"),
+    ({"source": {"url": "x"}, "collector": {"url": "https://ops:s3cret@"}}, "'collector.url': it is not a collector"),
+    ({"source": {"url": "x"}, "collector": {"url": 8080}}, "'collector.url': expected a non-empty string"),
 ])
 def test_bad_config_names_the_key(data: object, message: str) -> None:
-    with pytest.raises(ConfigError, match=re.escape(message)):
+    with pytest.raises(ConfigError, match=re.escape(message)) as raised:
         config.validate(data)
+    assert "s3cret" not in str(raised.value)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "https://collector.example.com",
+                                 "https://collector.example.com:8443/gitops", "http://[::1]:8080"])
+def test_collector_urls_are_kept(url: str) -> None:
+    assert config.validate({"source": {"url": "x"}, "collector": {"url": url}}).collector.url == url
 
 
 def test_unreadable_and_invalid_files(tmp_path: Path) -> None:

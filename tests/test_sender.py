@@ -172,6 +172,14 @@ def test_missing_token_file(tmp_path):
         read_token(tmp_path / "absent")
 
 
+def test_a_directory_is_no_token_file(tmp_path):
+    """Not "too open ... chmod 600", which doctor printed beside its own "not a regular file"."""
+    (tmp_path / "dir").mkdir(mode=0o755)
+    with pytest.raises(ConfigError) as e:
+        read_token(tmp_path / "dir")
+    assert str(e.value) == f"{tmp_path / 'dir'}: not a regular file (the collector token file)"
+
+
 def test_from_config_needs_a_url_and_checks_the_token(tmp_path):
     with pytest.raises(ConfigError, match=r"collector\.url"):
         Sender.from_config(CollectorConfig(None, tmp_path / "token", None))
