@@ -48,8 +48,9 @@ def _opt_string(value: Any) -> str | None:
 
 
 def _opt_http_url(value: Any) -> str | None:
-    """A collector's base URL: http(s)://HOST[:PORT][/PATH], no query; None when unset. What httpx would
-    refuse only when a report is sent (no scheme, another scheme, a port out of range) is refused here."""
+    """A collector's base URL: http(s)://HOST[:PORT][/PATH], no query or fragment; None when unset. What
+    httpx would refuse only when a report is sent (no scheme, another scheme, a port out of range), and what
+    would garble the API paths appended to it (a query, a fragment), is refused here."""
     if value is None:
         return None
     text = _string(value).strip()
@@ -58,9 +59,11 @@ def _opt_http_url(value: Any) -> str | None:
         port_ok = parts.port is None or 0 < parts.port < 65536
     except ValueError:
         port_ok, parts = False, urlsplit("")
-    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or parts.query:
+    # a query or fragment, even empty, would end up in the middle of the API paths the agent appends
+    if (parts.scheme.lower() not in ("http", "https") or not parts.hostname or not port_ok or "?" in text
+            or "#" in text):
         shown = f"{text!r} is" if "@" not in text else "it is"  # user:password@ is not repeated
-        raise ValueError(f"{shown} not a collector URL: expected http(s)://HOST[:PORT], "
+        raise ValueError(f"{shown} not a collector URL: expected http(s)://HOST[:PORT][/PATH], "
                          "e.g. https://collector.example.com:8080")
     return text
 

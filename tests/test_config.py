@@ -59,6 +59,8 @@ def test_urls_are_kept(url: str) -> None:
     ({"source": {"url": "x"}, "collector": {"url": "ftp://example.com"}}, "'ftp://example.com' is not a collector"),
     ({"source": {"url": "x"}, "collector": {"url": "http://127.0.0.1:99999"}}, "'http://127.0.0.1:99999' is not"),
     ({"source": {"url": "x"}, "collector": {"url": "https://c.example.com/?x=1"}}, "is not a collector URL"),
+    ({"source": {"url": "x"}, "collector": {"url": "https://c.example.com/?"}}, "is not a collector URL"),
+    ({"source": {"url": "x"}, "collector": {"url": "https://c.example.com#x"}}, "is not a collector URL"),
     ({"source": {"url": "x"}, "collector": {"url": "https://ops:s3cret@"}}, "'collector.url': it is not a collector"),
     ({"source": {"url": "x"}, "collector": {"url": 8080}}, "'collector.url': expected a non-empty string"),
 ])
@@ -68,7 +70,7 @@ def test_bad_config_names_the_key(data: object, message: str) -> None:
     assert "s3cret" not in str(raised.value)
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "https://collector.example.com",
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "https://collector.example.com", "HTTPS://c.example.com/",
                                  "https://collector.example.com:8443/gitops", "http://[::1]:8080"])
 def test_collector_urls_are_kept(url: str) -> None:
     assert config.validate({"source": {"url": "x"}, "collector": {"url": url}}).collector.url == url

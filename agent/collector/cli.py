@@ -468,7 +468,8 @@ def _check_listen(host: str, port: int) -> None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
     except OSError as e:
-        raise CollectorError(f"serve: cannot listen on {host}:{port}: {e.strerror or e}") from None
+        shown = f"[{host}]" if ":" in host else host
+        raise CollectorError(f"serve: cannot listen on {shown}:{port}: {e.strerror or e}") from None
 
 
 def hosts_file(path: Path) -> list[str]:
@@ -497,29 +498,36 @@ def hosts_file(path: Path) -> list[str]:
     return hosts
 
 
-def _bulk_hosts(args: argparse.Namespace) -> list[str]:
-    """`token create --hosts-from`'s hosts, and its --out-dir made and checked for clashes: all before the
-    database is opened (or created), so that a bad file or directory leaves nothing behind."""
-    hosts = hosts_file(args.hosts_from)
+def _check_token_create(args: argparse.Namespace) -> None:
+    """Before `token create` opens (or creates) its database: the --db URL, --out-dir's company, and with
+    --hosts-from the file read into `args.hosts` and --out-dir checked for clashes (made, when missing,
+    only once the database is open), so that a bad input leaves nothing behind."""
+    from agent.collector import db
+
+    db.check_url(db.normalize_url(args.db))
+    if args.out_dir is not None and args.hosts_from is None:
+        raise CollectorError("token create: --out-dir goes with --hosts-from")
+    if args.hosts_from is None:
+        return
+    args.hosts = hosts_file(args.hosts_from)
     out: Path | None = args.out_dir
-    if out is not None:
-        try:
-            out.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as e:
-            raise CollectorError(f"--out-dir {out}: cannot create it ({e})") from e
-        clash = [h for h in hosts if (out / h).exists()]
-        if clash:
-            raise CollectorError(f"--out-dir {out}: {clash[0]} already exists (and {len(clash) - 1} more); "
-                                 "nothing was created")
-    return hosts
+    clash = [h for h in args.hosts if (out / h).exists()] if out is not None else []
+    if clash:
+        raise CollectorError(f"--out-dir {out}: {clash[0]} already exists (and {len(clash) - 1} more); "
+                             "nothing was created")
 
 
 def _token_bulk(engine: Engine, args: argparse.Namespace) -> int:
     from agent.collector import tokens
     from agent.collector.context import utc_now
 
-    hosts: list[str] = args.hosts  # _bulk_hosts(args), called by _run before the database opened
+    hosts: list[str] = args.hosts  # read by _check_token_create before the database opened
     out: Path | None = args.out_dir
+    if out is not None:
+        try:
+            out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise CollectorError(f"--out-dir {out}: cannot create it ({e})") from e
     made = tokens.create_many(engine, hosts, now=utc_now())
     if out is None:
         for info, secret in made:
@@ -549,8 +557,6 @@ def _token(engine: Engine, args: argparse.Namespace) -> int:
 
     if args.action == "create" and args.hosts_from is not None:
         return _token_bulk(engine, args)
-    if args.action == "create" and args.out_dir is not None:
-        raise CollectorError("token create: --out-dir goes with --hosts-from")
     if args.action == "create":
         # `is not None`: an empty name ("--reader ''") is refused by tokens.create, not taken for a host
         kind, name = ((TokenKind.READER, args.reader) if args.reader is not None
@@ -605,8 +611,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             if args.command == "enrol":
                 return enrol_cli.run(engine, args)
             return _token(engine, args) if args.command == "token" else _prune(engine, args)
-    if args.command == "token" and getattr(args, "hosts_from", None) is not None:
-        args.hosts = _bulk_hosts(args)  # before a database is created
+    if args.command == "token":  # token create: what it was given is checked before a database is made
+        _check_token_create(args)
     with _open(args.db, check=args.command != "migrate") as engine:
         if args.command == "migrate":
             from agent.collector import db, review_backfill

@@ -63,14 +63,15 @@ def check_url(url: str) -> None:
     """Refuse (ConfigurationError) what SQLAlchemy cannot parse as a URL, or whose scheme names no dialect or
     driver installed here (https://docs.sqlalchemy.org/en/20/core/engines.html#database-urls)."""
     expected = "expected sqlite:///RELATIVE/PATH, sqlite:////ABSOLUTE/PATH or postgresql://USER@HOST/NAME"
+    # shown unless it may hold a password: user:password@host, or ?password=... (not all parse to redact)
+    shown = repr(url) if "@" not in url and "?" not in url else "(not shown: it may hold a password)"
     try:
         make_url(url).get_dialect()
-    except ArgumentError:  # unparsed: shown unless it may hold a password (user:password@host)
-        shown = repr(url) if "@" not in url else "(not shown: it may hold a password)"
+    except NoSuchModuleError:  # a subclass of ArgumentError: first
+        raise ConfigurationError(f"--db {shown}: no database driver for {make_url(url).drivername!r} here; "
+                                 f"{expected}") from None
+    except ArgumentError:
         raise ConfigurationError(f"--db {shown} is not a database URL: {expected}") from None
-    except NoSuchModuleError:
-        raise ConfigurationError(f"--db {redact_url(url)!r}: no database driver for "
-                               f"{make_url(url).drivername!r}; {expected}") from None
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -88,8 +89,10 @@ def _sqlite_engine(url: str) -> Engine:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute("PRAGMA journal_mode=WAL")  # the first read of the file
-        except sqlite3.DatabaseError as e:  # "file is not a database": a file of something else
-            raise DatabaseError(f"database {database}: {e}") from None
+        except sqlite3.DatabaseError as e:
+            if type(e) is not sqlite3.DatabaseError:  # OperationalError (locked, I/O): the callers' to handle
+                raise
+            raise DatabaseError(f"database {database}: {e}") from None  # "file is not a database"
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         # the rows a REPLACE (INSERT OR REPLACE, UPDATE OR REPLACE) deletes fire DELETE triggers only with
@@ -163,6 +166,7 @@ def require_existing(url: str) -> None:
     creates it.
     A server database (PostgreSQL) is never created by connecting, so it needs no check here."""
     url = normalize_url(url)
+    check_url(url)
     if not url.startswith("sqlite"):
         return
     database = make_url(url).database

@@ -313,14 +313,17 @@ def test_each_listing_has_its_documented_default_limit():
 
 BAD_DATABASES = {
     "a plain path": ("{tmp}/c.db", 78, "--db '{tmp}/c.db' is not a database URL: expected sqlite:///"),
-    "an unknown scheme": ("notadb://x", 78, "is not a database URL" ),
+    "an unknown scheme": ("notadb://x", 78, "--db 'notadb://x': no database driver for 'notadb' here"),
+    "a driver not installed": ("postgresql+psycopg3://h/d", 78, "no database driver for 'postgresql+psycopg3' here"),
+    "no URL, though it starts with sqlite": ("sqlite.db", 78, "--db 'sqlite.db' is not a database URL"),
     "a password in what does not parse": ("user:secret@/x", 78, "(not shown: it may hold a password)"),
+    "a password in a query": ("psql://h/d?password=secret", 78, "(not shown: it may hold a password)"),
     "a file of something else": ("sqlite:///{tmp}/text", 1, "database {tmp}/text: file is not a database"),
 }
 
 
-@pytest.mark.parametrize("command", [("token", "list"), ("migrate",), ("token", "create", "--reader", "ops")],
-                         ids=" ".join)
+@pytest.mark.parametrize("command", [("token", "list"), ("migrate",), ("token", "create", "--reader", "ops"),
+                                     ("drift", "list")], ids=" ".join)
 @pytest.mark.parametrize("case", BAD_DATABASES.values(), ids=BAD_DATABASES.keys())
 def test_a_bad_database_url_or_file_is_one_line(tmp_path, capsys, command, case):
     url, code, message = (part.format(tmp=tmp_path) if isinstance(part, str) else part for part in case)
@@ -347,6 +350,13 @@ def test_token_create_refuses_bad_input_before_it_makes_a_database(tmp_path, cap
         assert err.count("\n") == 1 and message in err, err
         assert not path.exists()
     assert (tmp_path / "out" / "web01.example.com").read_text() == "kept\n"
+    assert main(["token", "create", "--reader", "ops", "--out-dir", str(tmp_path / "o"),
+                 "--db", f"sqlite:///{path}"]) == 1
+    assert capsys.readouterr().err == "gitops-collector: token create: --out-dir goes with --hosts-from\n"
+    assert main(["token", "create", "--hosts-from", str(hosts), "--out-dir", str(tmp_path / "new"),
+                 "--db", "notadb://x"]) == 78
+    assert "no database driver" in capsys.readouterr().err
+    assert not path.exists() and not (tmp_path / "o").exists() and not (tmp_path / "new").exists()
     # an empty name is refused as a name, not taken for a missing host (was an AttributeError)
     assert main(["token", "create", "--reader", "", "--db", f"sqlite:///{path}"]) == 1
     assert capsys.readouterr().err == "gitops-collector: token name '': give 1 to 255 characters\n"

@@ -159,7 +159,8 @@ def test_serve_refuses_a_writer_process_without_group_commit_or_with_a_private_d
     db = f"sqlite:///{tmp_path / 'c.db'}"
     assert main(["serve", "--db", db, "--writer-process", "--no-group-commit"]) == 1
     assert "--writer-process" in capsys.readouterr().err
-    assert main(["serve", "--db", "sqlite://", "--writer-process"]) == 1
+    # --listen: serve binds its address once before this check, and 8080 may be in use here
+    assert main(["serve", "--db", "sqlite://", "--writer-process", "--listen", "127.0.0.1:0"]) == 1
     err = capsys.readouterr().err
     assert "--writer-process needs a database another process can open" in err and len(err.splitlines()) == 1
 
