@@ -66,11 +66,11 @@ def check_url(url: str) -> None:
     # shown unless it may hold a password: user:password@host, or ?password=... (not all parse to redact)
     shown = repr(url) if "@" not in url and "?" not in url else "(not shown: it may hold a password)"
     try:
-        make_url(url).get_dialect()
-    except NoSuchModuleError:  # a subclass of ArgumentError: first
+        make_url(url).get_dialect().import_dbapi()  # the driver module too (mysql:// needs MySQLdb)
+    except (NoSuchModuleError, ImportError):  # NoSuchModuleError, a subclass of ArgumentError: first
         raise ConfigurationError(f"--db {shown}: no database driver for {make_url(url).drivername!r} here; "
                                  f"{expected}") from None
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise ConfigurationError(f"--db {shown} is not a database URL: {expected}") from None
 
 

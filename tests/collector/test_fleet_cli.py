@@ -316,6 +316,9 @@ BAD_DATABASES = {
     "an unknown scheme": ("notadb://x", 78, "--db 'notadb://x': no database driver for 'notadb' here"),
     "a driver not installed": ("postgresql+psycopg3://h/d", 78, "no database driver for 'postgresql+psycopg3' here"),
     "no URL, though it starts with sqlite": ("sqlite.db", 78, "--db 'sqlite.db' is not a database URL"),
+    "a port that is no number": ("postgresql://h:abc/d", 78, "--db 'postgresql+psycopg://h:abc/d' is not a database URL"),
+    "a dialect without its driver module": ("mysql://h/d", 78, "--db 'mysql://h/d': no database driver for "
+                                            "'mysql' here"),
     "a password in what does not parse": ("user:secret@/x", 78, "(not shown: it may hold a password)"),
     "a password in a query": ("psql://h/d?password=secret", 78, "(not shown: it may hold a password)"),
     "a file of something else": ("sqlite:///{tmp}/text", 1, "database {tmp}/text: file is not a database"),
